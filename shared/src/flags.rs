@@ -1,0 +1,67 @@
+//! On/off switches as written in flags (`--lod off`) and environment
+//! variables (`ENABLE_LOD=false`).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// An on/off value. Accepts `on/off`, `true/false`, `yes/no`, `1/0`
+/// (any case); anything else is an error that lists what is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Switch(pub bool);
+
+impl Switch {
+    pub const ON: Switch = Switch(true);
+    pub const OFF: Switch = Switch(false);
+    pub const ALLOWED: &'static str = "on, off, true, false, yes, no, 1, 0";
+
+    pub fn is_on(self) -> bool {
+        self.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{value}` is not an on/off value; allowed: {allowed}", allowed = Switch::ALLOWED)]
+pub struct SwitchParseError {
+    pub value: String,
+}
+
+impl FromStr for Switch {
+    type Err = SwitchParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "on" | "true" | "yes" | "1" => Ok(Switch::ON),
+            "off" | "false" | "no" | "0" => Ok(Switch::OFF),
+            _ => Err(SwitchParseError { value: s.to_owned() }),
+        }
+    }
+}
+
+impl fmt::Display for Switch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0 { "on" } else { "off" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_documented_spellings() {
+        for on in ["on", "ON", "true", "Yes", "1", " on "] {
+            assert_eq!(on.parse::<Switch>(), Ok(Switch::ON), "{on}");
+        }
+        for off in ["off", "False", "no", "0"] {
+            assert_eq!(off.parse::<Switch>(), Ok(Switch::OFF), "{off}");
+        }
+    }
+
+    #[test]
+    fn rejects_anything_else_naming_the_allowed_values() {
+        let err = "maybe".parse::<Switch>().unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("`maybe`") && text.contains("on, off"), "{text}");
+        assert!("".parse::<Switch>().is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! `plaza-shared`: what Plaza's client, server, load tool and bots agree on.
+//!
+//! Plain data and pure functions only — no Bevy, no tokio — so every crate in
+//! the workspace (and the fuzzers) can use it cheaply.
+//!
+//! - [`messages`]: every WebSocket message of the contract, as Rust types.
+//! - [`codec`]: the two subprotocols, `plaza.v1.json` and `plaza.v1.bin`.
+//! - [`pose`]: poses, their validation and their quantization.
+//! - [`limits`]: sizes and rates both sides enforce.
+//! - [`quality`]: the quality presets (low / medium / high / ultra).
+//! - [`lod`]: the level-of-detail policy: distances, bias, hysteresis, budget.
+//! - [`flags`]: parsing of the on/off switches used by flags and env vars.
+
+pub mod codec;
+pub mod flags;
+pub mod limits;
+pub mod lod;
+pub mod messages;
+pub mod pose;
+pub mod quality;
+
+pub use codec::{DecodeError, Subprotocol};
+pub use messages::{ClientMessage, ServerMessage};
+pub use pose::{Pose, Transform};

@@ -1,0 +1,58 @@
+//! Limits of the wire protocol. Both sides enforce them; the server closes
+//! or answers with an `error` when a client exceeds them.
+
+/// Protocol version sent in `hello` and checked before the token.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// First byte of every `plaza.v1.bin` frame.
+pub const BINARY_FORMAT_VERSION: u8 = 1;
+
+/// WebSocket subprotocol names.
+pub const SUBPROTOCOL_BINARY: &str = "plaza.v1.bin";
+pub const SUBPROTOCOL_JSON: &str = "plaza.v1.json";
+
+/// Largest message (after any decompression); larger closes with 1009.
+pub const MAX_MESSAGE_BYTES: usize = 16_384;
+/// Chat text, in characters (Unicode scalar values).
+pub const CHAT_TEXT_MAX_CHARS: usize = 500;
+/// Client chat message id, in characters.
+pub const CHAT_ID_MAX_CHARS: usize = 64;
+/// Display names, in characters.
+pub const NAME_MAX_CHARS: usize = 32;
+/// Room names, in characters.
+pub const ROOM_NAME_MAX_CHARS: usize = 64;
+/// Default and maximum room capacity.
+pub const DEFAULT_ROOM_CAPACITY: u32 = 40;
+pub const MAX_ROOM_CAPACITY: u32 = 200;
+
+/// The hello must arrive within this many milliseconds of the upgrade.
+pub const HELLO_TIMEOUT_MS: u64 = 5_000;
+/// Room tick rate.
+pub const TICK_HZ: u32 = 20;
+/// Clients send poses at most this often.
+pub const MAX_POSE_HZ: u32 = 30;
+
+/// Per-socket token bucket: sustained rate and burst.
+pub const RATE_PER_SECOND: u32 = 60;
+pub const RATE_BURST: u32 = 120;
+/// More than this many messages within [`FLOOD_WINDOW_MS`] closes with 4008.
+pub const FLOOD_MESSAGES: u32 = 240;
+pub const FLOOD_WINDOW_MS: u64 = 2_000;
+/// The Nth invalid message within [`INVALID_WINDOW_MS`] closes with 1008.
+pub const INVALID_MESSAGES_BEFORE_CLOSE: u32 = 10;
+pub const INVALID_WINDOW_MS: u64 = 60_000;
+
+/// Positions are valid within this many metres of the origin on each axis.
+pub const WORLD_HALF_EXTENT_M: f32 = 1_000.0;
+/// Head and hands must stay within this many metres of the avatar's root.
+pub const LIMB_REACH_M: f32 = 4.0;
+
+/// WebSocket close codes used by Plaza.
+pub mod close {
+    pub const SERVER_DRAINING: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_LARGE: u16 = 1009;
+    pub const BAD_HELLO: u16 = 4000;
+    pub const BAD_TOKEN: u16 = 4001;
+    pub const RATE_LIMITED: u16 = 4008;
+    pub const TOO_SLOW: u16 = 4009;
+}

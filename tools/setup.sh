@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs the Debian/Ubuntu packages Plaza needs, only those missing.
+# Idempotent; works as root or through sudo. Safe to run on every `make`.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  pkg-config cmake clang lld
+  # Bevy on Linux: audio, input, windowing
+  libasound2-dev libudev-dev libwayland-dev libxkbcommon-dev libx11-dev
+  libxcursor-dev libxrandr-dev libxi-dev
+  # headless rendering: Vulkan on the CPU (lavapipe) under Xvfb
+  mesa-vulkan-drivers libvulkan1 vulkan-tools xvfb xauth
+  # voice
+  libopus-dev
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "setup.sh: apt-get not found; install these packages by hand: ${missing[*]}" >&2
+  exit 1
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    SUDO="sudo"
+  else
+    echo "setup.sh: not root and no sudo; install these packages: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+echo "setup.sh: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
