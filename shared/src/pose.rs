@@ -121,9 +121,10 @@ fn check_rotation(what: &'static str, r: [f32; 4]) -> Result<(), PoseError> {
 // ---- positions ------------------------------------------------------------
 
 pub const POSITION_BITS: u32 = 17;
-const POSITION_STEPS: f64 = ((1u64 << POSITION_BITS) - 1) as f64;
+// An even number of intervals, so 0 (ground level, the origin) is exact.
+const POSITION_STEPS: f64 = ((1u64 << POSITION_BITS) - 2) as f64;
 pub const OFFSET_BITS: u32 = 10;
-const OFFSET_STEPS: f64 = ((1u64 << OFFSET_BITS) - 1) as f64;
+const OFFSET_STEPS: f64 = ((1u64 << OFFSET_BITS) - 2) as f64;
 
 fn quantize_range(v: f32, half_extent: f32, steps: f64) -> u32 {
     let v = if v.is_finite() { f64::from(v) } else { 0.0 };
@@ -159,7 +160,7 @@ pub fn dequantize_offset(root: [f32; 3], q: [u32; 3]) -> [f32; 3] {
 
 pub const YAW_BITS: u32 = 13;
 pub const COMPONENT_BITS: u32 = 12;
-const COMPONENT_STEPS: f64 = ((1u64 << COMPONENT_BITS) - 1) as f64;
+const COMPONENT_STEPS: f64 = ((1u64 << COMPONENT_BITS) - 2) as f64;
 /// x and z may be this far from zero for a rotation to go as yaw-only
 /// (dropping them turns it by at most 2·√2·tolerance rad ≈ 0.035°).
 pub const YAW_ONLY_TOLERANCE: f32 = 2e-4;
@@ -295,8 +296,8 @@ mod tests {
             let qroot = dequantize_position(quantize_position(root));
             let back = dequantize_offset(qroot, quantize_offset(limb, qroot));
             for i in 0..3 {
-                // Root error plus offset error, each under a centimetre; the
-                // limb itself is measured against its true position.
+                // Offsets are taken from the root the receiver sees, so only
+                // the offset's own error remains.
                 prop_assert!((back[i] - limb[i]).abs() <= 0.01, "axis {i}: {} -> {}", limb[i], back[i]);
             }
         }
@@ -326,6 +327,16 @@ mod tests {
         };
         let err = long_arm.validate().unwrap_err();
         assert!(err.to_string().contains("left hand"), "{err}");
+    }
+
+    #[test]
+    fn zero_and_identity_are_exact() {
+        assert_eq!(dequantize_position(quantize_position([0.0; 3])), [0.0; 3]);
+        assert_eq!(dequantize_offset([1.5, 0.0, -2.0], quantize_offset([1.5, 0.0, -2.0], [1.5, 0.0, -2.0])), [1.5, 0.0, -2.0]);
+        assert_eq!(dequantize_rotation(quantize_rotation(IDENTITY)), IDENTITY);
+        let tilted = [0.0, 0.0, 0.38268343, 0.9238795]; // 45° about z: x, y stay exactly 0
+        let back = dequantize_rotation(quantize_rotation(tilted));
+        assert_eq!((back[0], back[1]), (0.0, 0.0));
     }
 
     #[test]

@@ -259,3 +259,23 @@ fn json_errors_say_what_was_wrong() {
     let err = json::decode::<ClientMessage>(br#"{"type":"pose","t":1,"p":[1,2],"r":[0,0,0,1]}"#).unwrap_err();
     assert!(matches!(err, DecodeError::Json(_)));
 }
+
+/// The worked examples in docs/protocol.md, byte for byte.
+#[test]
+fn protocol_doc_examples_are_exact() {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ");
+    assert_eq!(hex(&binary::encode_client(&ClientMessage::Leave)), "01 03");
+    assert_eq!(hex(&binary::encode_client(&ClientMessage::Ping(Ping { t: 1234 }))), "01 06 d2 09");
+    assert_eq!(hex(&binary::encode_client(&ClientMessage::Join(Join { room: "plaza".into() }))), "01 02 05 70 6c 61 7a 61");
+    let hello = ClientMessage::Hello(Hello { token: "abc".into(), protocol: 1, resume: None });
+    assert_eq!(hex(&binary::encode_client(&hello)), "01 01 01 03 61 62 63 00");
+    assert_eq!(hex(&binary::encode_server(&ServerMessage::ChatAck(ChatAck { id: "m1".into() }))), "01 85 02 6d 31");
+    let half = std::f32::consts::FRAC_1_SQRT_2;
+    let pose = Pose { p: [2.5, 0.0, -4.0], r: [0.0, half, 0.0, half], head: None, hands: None };
+    let delta = ServerMessage::Delta(Delta { tick: 48214, avatars: vec![AvatarPose { id: 3, t: None, pose }], joined: vec![], left: vec![] });
+    let bytes = binary::encode_server(&delta);
+    println!("delta: {}", hex(&bytes));
+    assert_eq!(hex(&bytes), DOC_DELTA_HEX);
+}
+
+const DOC_DELTA_HEX: &str = "01 83 d6 f8 02 01 03 10 0a 37 ff fb fb e4 80 00 00 00";

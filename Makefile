@@ -1,0 +1,60 @@
+# Plaza. `make run` and `make test` are the two commands that matter; both
+# install what is missing first (tools/setup.sh, idempotent).
+#
+# One target directory outside the clone, shared by every command and by CI,
+# so a Bevy build is paid once per machine.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/plaza/target
+export CARGO_TARGET_DIR
+CARGO ?= cargo
+RUN_DIR := target/plaza-run
+RUN_FRAMES ?= 90
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS := decode_client_bin decode_server_bin decode_client_json decode_server_json
+
+.PHONY: setup build run test check-deps bench fuzz clippy clean-run
+
+setup:
+	@bash tools/setup.sh
+
+# Builds exactly what `make test` builds (tests included), so `make run`
+# after `make test` (or the other way round) never compiles Bevy twice:
+# different cargo invocations can unify features differently.
+build: setup
+	$(CARGO) test --workspace --locked --no-run
+
+run: build
+	@if [ -z "$$DISPLAY" ] && [ -z "$$WAYLAND_DISPLAY" ]; then \
+		echo "make run: no display (DISPLAY and WAYLAND_DISPLAY unset); rendering headless to $(RUN_DIR)/"; \
+		mkdir -p $(RUN_DIR); \
+		"$(CARGO_TARGET_DIR)/debug/plaza" --headless --frames $(RUN_FRAMES) \
+			--screenshot $(RUN_DIR)/screenshot.png --report $(RUN_DIR)/report.json $(ARGS) && \
+		echo "make run: wrote $(RUN_DIR)/screenshot.png and $(RUN_DIR)/report.json"; \
+	else \
+		"$(CARGO_TARGET_DIR)/debug/plaza" $(ARGS); \
+	fi
+
+test: setup check-deps
+	$(CARGO) test --workspace --locked
+
+# Only plaza-client may pull in Bevy.
+check-deps:
+	@bash tools/check-deps.sh
+
+bench: setup
+	$(CARGO) bench -p plaza-benches --bench codec
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+# Each decoder for FUZZ_SECONDS (default 5 minutes). Needs cargo-fuzz; the
+# stable toolchain runs it with RUSTC_BOOTSTRAP=1.
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@for t in $(FUZZ_TARGETS); do \
+		echo "fuzz: $$t for $(FUZZ_SECONDS)s"; \
+		(cd fuzz && CARGO_TARGET_DIR=$(CURDIR)/fuzz/target RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=16384 -print_final_stats=1) || exit 1; \
+	done
+
+clean-run:
+	rm -rf $(RUN_DIR)

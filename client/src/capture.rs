@@ -1,0 +1,360 @@
+//! Frame capture for headless runs and benchmarks: counts frames, records
+//! frame times, and after `--frames N` writes the screenshot and the JSON
+//! frame report (the contract's keys), then exits.
+//!
+//! Counts are exact for what the main camera saw in the measured frames:
+//! `visible` is the meshes in the camera's `VisibleEntities` (after frustum
+//! culling), `culled` the other meshes; `triangles` sums the index (or
+//! vertex) counts of visible meshes; `draw_calls` is the number of visible
+//! mesh instances the main pass draws (shadow passes are not counted yet).
+//!
+//! Frames count only once the renderer has compiled every pipeline it asked
+//! for: Bevy compiles them in the background, and until then frames come out
+//! blank (on lavapipe, for a few dozen frames).
+
+use crate::avatars::Avatar;
+use crate::quality::ActiveQuality;
+use bevy::app::AppExit;
+use bevy::mesh::{Indices, PrimitiveTopology};
+use bevy::prelude::*;
+use bevy::render::renderer::RenderAdapterInfo;
+use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured};
+use bevy::camera::visibility::VisibleEntities;
+use bevy::render::render_resource::PipelineCache;
+use bevy::render::{Render, RenderApp, RenderSystems};
+use serde::Serialize;
+use std::any::TypeId;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::quality::MainCamera;
+use crate::scene::OffscreenTarget;
+
+pub struct CapturePlugin {
+    pub frames: u32,
+    pub screenshot: Option<PathBuf>,
+    pub report: Option<PathBuf>,
+}
+
+#[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CaptureSystems {
+    Measure,
+}
+
+/// Frames before this fraction of the run are warm-up (shader compilation,
+/// first uploads) and left out of the timings.
+const WARMUP_FRACTION: f32 = 0.2;
+/// How long to wait for the screenshot after the last frame before failing.
+const SCREENSHOT_WAIT_FRAMES: u32 = 300;
+/// Frames to wait for pipelines before measuring anyway (with a warning).
+const PIPELINE_WAIT_FRAMES: u32 = 2_000;
+/// Pipelines count as ready once none is waiting and their number held for
+/// this many render frames (new ones are requested as things come into view).
+const STABLE_RENDER_FRAMES: u32 = 3;
+
+/// Set by the render world once every requested pipeline is compiled.
+#[derive(Resource, Clone, Default)]
+pub struct PipelinesReady(Arc<AtomicBool>);
+
+impl PipelinesReady {
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+fn watch_pipelines(cache: Res<PipelineCache>, ready: Res<PipelinesReady>, mut last: Local<(usize, u32)>) {
+    let total = cache.pipelines().count();
+    let waiting = cache.waiting_pipelines().count();
+    let (last_total, stable) = *last;
+    let stable = if waiting == 0 && total > 0 && total == last_total { stable + 1 } else { 0 };
+    *last = (total, stable);
+    ready.0.store(stable >= STABLE_RENDER_FRAMES, Ordering::Relaxed);
+}
+
+#[derive(Resource, Debug)]
+struct CaptureState {
+    frames: u32,
+    warmup: u32,
+    screenshot: Option<PathBuf>,
+    report: Option<PathBuf>,
+    frame: u32,
+    /// Frames waited for pipelines before counting started.
+    waited: u32,
+    frame_ms: Vec<f64>,
+    sums: Counts,
+    measured: u32,
+    screenshot_requested: bool,
+    screenshot_done: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    visible: u64,
+    culled: u64,
+    triangles: u64,
+    draw_calls: u64,
+    avatars_visible: u64,
+    avatars_hidden: u64,
+}
+
+impl Plugin for CapturePlugin {
+    fn build(&self, app: &mut App) {
+        let warmup = ((self.frames as f32 * WARMUP_FRACTION) as u32).min(self.frames.saturating_sub(1));
+        app.insert_resource(CaptureState {
+            frames: self.frames,
+            warmup,
+            screenshot: self.screenshot.clone(),
+            report: self.report.clone(),
+            frame: 0,
+            waited: 0,
+            frame_ms: Vec::with_capacity(self.frames as usize),
+            sums: Counts::default(),
+            measured: 0,
+            screenshot_requested: false,
+            screenshot_done: self.screenshot.is_none(),
+        })
+        .add_systems(Last, measure_frame.in_set(CaptureSystems::Measure));
+        let ready = PipelinesReady::default();
+        app.insert_resource(ready.clone());
+        match app.get_sub_app_mut(RenderApp) {
+            Some(render) => {
+                render.insert_resource(ready).add_systems(Render, watch_pipelines.in_set(RenderSystems::Cleanup));
+            }
+            // No renderer (ECS tests): nothing to wait for.
+            None => ready.0.store(true, Ordering::Relaxed),
+        }
+    }
+}
+
+fn triangles_of(mesh: &Mesh) -> u64 {
+    let primitives = match mesh.indices() {
+        Some(Indices::U16(i)) => i.len(),
+        Some(Indices::U32(i)) => i.len(),
+        None => mesh.count_vertices(),
+    } as u64;
+    match mesh.primitive_topology() {
+        PrimitiveTopology::TriangleList => primitives / 3,
+        PrimitiveTopology::TriangleStrip => primitives.saturating_sub(2),
+        _ => 0,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure_frame(
+    mut state: ResMut<CaptureState>,
+    time: Res<Time<Real>>,
+    meshes: Res<Assets<Mesh>>,
+    all_meshes: Query<&Mesh3d>,
+    camera: Query<&VisibleEntities, With<MainCamera>>,
+    avatars: Query<&Children, With<Avatar>>,
+    ready: Res<PipelinesReady>,
+    offscreen: Option<Res<OffscreenTarget>>,
+    quality: Res<ActiveQuality>,
+    adapter: Option<Res<RenderAdapterInfo>>,
+    windows: Query<&Window>,
+    mut commands: Commands,
+    mut exit: MessageWriter<AppExit>,
+) {
+    if state.frame == 0 && !ready.get() {
+        state.waited += 1;
+        if state.waited < PIPELINE_WAIT_FRAMES {
+            return;
+        }
+        warn!(frames = state.waited, "pipelines still compiling; measuring anyway");
+    }
+    if state.frame == 0 {
+        info!(frames = state.waited, "pipelines ready; measuring");
+    }
+    state.frame += 1;
+    let frame = state.frame;
+    if frame > state.frames {
+        if state.screenshot_done {
+            let written = finish(&state, offscreen.as_deref(), &quality, adapter.as_deref(), &windows);
+            exit.write(if written { AppExit::Success } else { AppExit::error() });
+        } else if frame > state.frames + SCREENSHOT_WAIT_FRAMES {
+            error!(frames = SCREENSHOT_WAIT_FRAMES, "the screenshot never arrived; giving up");
+            exit.write(AppExit::error());
+        }
+        return;
+    }
+    if frame > state.warmup {
+        state.frame_ms.push(time.delta_secs_f64() * 1000.0);
+        let mut c = Counts::default();
+        let seen: bevy::platform::collections::HashSet<Entity> =
+            camera.iter().flat_map(|v| v.iter(TypeId::of::<Mesh3d>()).copied()).collect();
+        for entity in &seen {
+            if let Ok(mesh) = all_meshes.get(*entity) {
+                c.visible += 1;
+                c.draw_calls += 1;
+                c.triangles += meshes.get(&mesh.0).map(triangles_of).unwrap_or(0);
+            }
+        }
+        c.culled = all_meshes.iter().count() as u64 - c.visible;
+        for children in &avatars {
+            if children.iter().any(|child| seen.contains(&child)) {
+                c.avatars_visible += 1
+            } else {
+                c.avatars_hidden += 1
+            }
+        }
+        let s = &mut state.sums;
+        s.visible += c.visible;
+        s.culled += c.culled;
+        s.triangles += c.triangles;
+        s.draw_calls += c.draw_calls;
+        s.avatars_visible += c.avatars_visible;
+        s.avatars_hidden += c.avatars_hidden;
+        state.measured += 1;
+    }
+    if frame == state.frames && !state.screenshot_requested {
+        if let Some(path) = state.screenshot.clone() {
+            state.screenshot_requested = true;
+            let shot = match &offscreen {
+                Some(target) => Screenshot::image(target.image.clone()),
+                None => Screenshot::primary_window(),
+            };
+            commands.spawn(shot).observe(move |captured: On<ScreenshotCaptured>, mut state: ResMut<CaptureState>| {
+                save_png(&captured.image, &path);
+                state.screenshot_done = true;
+            });
+        }
+    }
+}
+
+fn save_png(image: &Image, path: &std::path::Path) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            error!(path = %dir.display(), cause = %e, "can't create screenshot folder");
+            return;
+        }
+    }
+    match image.clone().try_into_dynamic() {
+        Ok(dynamic) => match dynamic.to_rgb8().save(path) {
+            Ok(()) => info!(path = %path.display(), "screenshot written"),
+            Err(e) => error!(path = %path.display(), cause = %e, "can't write screenshot"),
+        },
+        Err(e) => error!(cause = ?e, "can't convert screenshot"),
+    }
+}
+
+#[derive(Serialize)]
+struct Percentiles {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+}
+
+#[derive(Serialize)]
+struct EntityCounts {
+    visible: u64,
+    culled: u64,
+}
+
+#[derive(Serialize)]
+struct AvatarsByLod {
+    full: u64,
+    reduced: u64,
+    low: u64,
+    impostor: u64,
+    hidden: u64,
+}
+
+#[derive(Serialize)]
+struct FrameReport {
+    frames: u32,
+    warmup_frames: u32,
+    pipeline_wait_frames: u32,
+    preset: String,
+    resolution: [u32; 2],
+    adapter: String,
+    frame_ms: Percentiles,
+    fps_1pct_low: f64,
+    entities: EntityCounts,
+    triangles: u64,
+    draw_calls: u64,
+    avatars_by_lod: AvatarsByLod,
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Writes the report, if asked for; false when that failed.
+fn finish(state: &CaptureState, offscreen: Option<&OffscreenTarget>, quality: &ActiveQuality, adapter: Option<&RenderAdapterInfo>, windows: &Query<&Window>) -> bool {
+    let Some(path) = &state.report else { return true };
+    let mut sorted = state.frame_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    // 1% low: the average fps of the slowest 1% of frames (at least one).
+    let slow = (sorted.len() / 100).max(1).min(sorted.len());
+    let slow_ms = sorted.iter().rev().take(slow).sum::<f64>() / slow.max(1) as f64;
+    let n = u64::from(state.measured.max(1));
+    let avg = |v: u64| (v as f64 / n as f64).round() as u64;
+    let resolution = match (offscreen, windows.iter().next()) {
+        (Some(t), _) => [t.size.0, t.size.1],
+        (None, Some(w)) => [w.physical_width(), w.physical_height()],
+        (None, None) => [0, 0],
+    };
+    let report = FrameReport {
+        frames: state.measured,
+        warmup_frames: state.warmup,
+        pipeline_wait_frames: state.waited,
+        preset: quality.settings.preset.to_string(),
+        resolution,
+        adapter: adapter.map(|a| format!("{} ({:?})", a.name, a.backend)).unwrap_or_else(|| "unknown".into()),
+        frame_ms: Percentiles {
+            p50: percentile(&sorted, 0.50),
+            p95: percentile(&sorted, 0.95),
+            p99: percentile(&sorted, 0.99),
+            max: sorted.last().copied().unwrap_or(0.0),
+        },
+        fps_1pct_low: if slow_ms > 0.0 { 1000.0 / slow_ms } else { 0.0 },
+        entities: EntityCounts { visible: avg(state.sums.visible), culled: avg(state.sums.culled) },
+        triangles: avg(state.sums.triangles),
+        draw_calls: avg(state.sums.draw_calls),
+        // No LOD levels yet: every visible avatar is drawn at full detail.
+        avatars_by_lod: AvatarsByLod { full: avg(state.sums.avatars_visible), reduced: 0, low: 0, impostor: 0, hidden: avg(state.sums.avatars_hidden) },
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let json = serde_json::to_string_pretty(&report).expect("report serializes");
+    match std::fs::write(path, json) {
+        Ok(()) => {
+            info!(path = %path.display(), "frame report written");
+            true
+        }
+        Err(e) => {
+            error!(path = %path.display(), cause = %e, "can't write frame report");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&[7.0], 0.95), 7.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn triangles_count_indices_or_vertices() {
+        let cube = Mesh::from(Cuboid::new(1.0, 1.0, 1.0));
+        assert_eq!(triangles_of(&cube), 12);
+        let plane = Plane3d::default().mesh().size(1.0, 1.0).build();
+        assert_eq!(triangles_of(&plane), 2);
+    }
+}

@@ -1,0 +1,168 @@
+//! The plaza itself: ground, paths, a fountain, benches, trees, lamps, the
+//! sun and the camera. Placeholder shapes until the asset pipeline ships
+//! real meshes.
+
+use crate::quality::{LAMP_INTENSITY, MainCamera, OptionalLight};
+use bevy::asset::RenderAssetUsages;
+use bevy::camera::RenderTarget;
+use bevy::light::CascadeShadowConfig;
+use bevy::prelude::*;
+use bevy::render::render_resource::TextureFormat;
+
+/// Where the main camera draws when there is no window.
+#[derive(Resource, Debug, Clone)]
+pub struct OffscreenTarget {
+    pub image: Handle<Image>,
+    pub size: (u32, u32),
+}
+
+#[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SceneSystems {
+    Spawn,
+}
+
+pub struct ScenePlugin {
+    /// `Some(size)`: render offscreen to an image of that size.
+    pub offscreen: Option<(u32, u32)>,
+}
+
+impl Plugin for ScenePlugin {
+    fn build(&self, app: &mut App) {
+        if let Some(size) = self.offscreen {
+            app.add_systems(PreStartup, move |mut images: ResMut<Assets<Image>>, mut commands: Commands| {
+                let mut image = Image::new_target_texture(size.0, size.1, TextureFormat::Rgba8UnormSrgb, None);
+                image.asset_usage = RenderAssetUsages::default();
+                commands.insert_resource(OffscreenTarget { image: images.add(image), size });
+            });
+        }
+        app.insert_resource(ClearColor(Color::srgb(0.62, 0.76, 0.92)))
+            .insert_resource(GlobalAmbientLight { color: Color::WHITE, brightness: 400.0, ..default() })
+            .add_systems(Startup, (spawn_camera, spawn_plaza).in_set(SceneSystems::Spawn));
+    }
+}
+
+fn spawn_camera(mut commands: Commands, offscreen: Option<Res<OffscreenTarget>>) {
+    let mut camera = commands.spawn((
+        Camera3d::default(),
+        MainCamera,
+        Projection::Perspective(PerspectiveProjection { fov: 60f32.to_radians(), ..default() }),
+        Transform::from_xyz(0.0, 6.0, 26.0).looking_at(Vec3::new(0.0, 1.0, 0.0), Vec3::Y),
+    ));
+    if let Some(target) = offscreen {
+        camera.insert(RenderTarget::Image(target.image.clone().into()));
+    }
+}
+
+/// Lamp positions around the fountain; their rank decides which stay lit
+/// under presets with fewer lights.
+const LAMP_RING_RADIUS: f32 = 14.0;
+const LAMPS: u32 = 12;
+
+fn spawn_plaza(
+    mut commands: Commands,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+) {
+    let mut mat = |r: f32, g: f32, b: f32, rough: f32| {
+        materials.add(StandardMaterial { base_color: Color::srgb(r, g, b), perceptual_roughness: rough, ..default() })
+    };
+    let grass = mat(0.33, 0.52, 0.28, 0.95);
+    let stone = mat(0.72, 0.70, 0.66, 0.8);
+    let wood = mat(0.45, 0.30, 0.18, 0.9);
+    let leaves = mat(0.20, 0.45, 0.22, 0.9);
+    let water = mat(0.25, 0.50, 0.80, 0.1);
+    let metal = mat(0.15, 0.15, 0.17, 0.4);
+    let walls = [mat(0.85, 0.78, 0.66, 0.9), mat(0.74, 0.56, 0.48, 0.9), mat(0.80, 0.82, 0.86, 0.9)];
+
+    commands.spawn((
+        DirectionalLight { illuminance: 9_000.0, shadow_maps_enabled: true, ..default() },
+        CascadeShadowConfig::default(),
+        Transform::from_xyz(30.0, 50.0, 20.0).looking_at(Vec3::ZERO, Vec3::Y),
+    ));
+
+    commands.spawn((
+        Mesh3d(meshes.add(Plane3d::default().mesh().size(160.0, 160.0))),
+        MeshMaterial3d(grass),
+        Name::new("ground"),
+    ));
+    // Paths: a cross through the plaza and a ring around the fountain.
+    for (size, pos) in [((4.0, 120.0), Vec3::ZERO), ((120.0, 4.0), Vec3::ZERO)] {
+        commands.spawn((
+            Mesh3d(meshes.add(Cuboid::new(size.0, 0.04, size.1))),
+            MeshMaterial3d(stone.clone()),
+            Transform::from_translation(pos + Vec3::Y * 0.02),
+        ));
+    }
+    commands.spawn((
+        Mesh3d(meshes.add(Annulus::new(8.0, 11.0).mesh().resolution(64))),
+        MeshMaterial3d(stone.clone()),
+        Transform::from_xyz(0.0, 0.03, 0.0).with_rotation(Quat::from_rotation_x(-std::f32::consts::FRAC_PI_2)),
+    ));
+    // Fountain.
+    commands.spawn((
+        Mesh3d(meshes.add(Cylinder::new(4.0, 0.8))),
+        MeshMaterial3d(stone.clone()),
+        Transform::from_xyz(0.0, 0.4, 0.0),
+    ));
+    commands.spawn((
+        Mesh3d(meshes.add(Cylinder::new(3.6, 0.1))),
+        MeshMaterial3d(water),
+        Transform::from_xyz(0.0, 0.78, 0.0),
+    ));
+    commands.spawn((
+        Mesh3d(meshes.add(Cylinder::new(0.4, 2.4))),
+        MeshMaterial3d(stone.clone()),
+        Transform::from_xyz(0.0, 1.2, 0.0),
+    ));
+    // Lamps with benches beside them.
+    let pole = meshes.add(Cylinder::new(0.08, 4.0));
+    let globe = meshes.add(Sphere::new(0.3).mesh().ico(2).expect("small icosphere"));
+    let seat = meshes.add(Cuboid::new(2.0, 0.12, 0.6));
+    let leg = meshes.add(Cuboid::new(0.1, 0.45, 0.5));
+    for i in 0..LAMPS {
+        let angle = i as f32 / LAMPS as f32 * std::f32::consts::TAU;
+        let at = Vec3::new(angle.cos(), 0.0, angle.sin()) * LAMP_RING_RADIUS;
+        commands.spawn((Mesh3d(pole.clone()), MeshMaterial3d(metal.clone()), Transform::from_translation(at + Vec3::Y * 2.0)));
+        commands.spawn((
+            Mesh3d(globe.clone()),
+            MeshMaterial3d(materials.add(StandardMaterial { emissive: LinearRgba::rgb(6.0, 5.0, 3.0), ..default() })),
+            Transform::from_translation(at + Vec3::Y * 4.1),
+        ));
+        commands.spawn((
+            PointLight { intensity: LAMP_INTENSITY, range: 12.0, color: Color::srgb(1.0, 0.85, 0.6), ..default() },
+            OptionalLight { rank: i },
+            Transform::from_translation(at + Vec3::Y * 3.9),
+        ));
+        let bench_at = at * 1.12;
+        let facing = Transform::from_translation(bench_at).looking_at(Vec3::new(0.0, 0.0, 0.0), Vec3::Y);
+        commands
+            .spawn((Transform::from_translation(bench_at).with_rotation(facing.rotation), Visibility::default()))
+            .with_children(|b| {
+                b.spawn((Mesh3d(seat.clone()), MeshMaterial3d(wood.clone()), Transform::from_xyz(0.0, 0.5, 0.0)));
+                for x in [-0.85, 0.85] {
+                    b.spawn((Mesh3d(leg.clone()), MeshMaterial3d(metal.clone()), Transform::from_xyz(x, 0.225, 0.0)));
+                }
+            });
+    }
+    // Trees in a loose ring.
+    let trunk = meshes.add(Cylinder::new(0.25, 3.0));
+    let crown = meshes.add(Sphere::new(1.8).mesh().ico(3).expect("icosphere"));
+    for i in 0..16 {
+        let angle = (i as f32 + 0.5) / 16.0 * std::f32::consts::TAU;
+        let r = 24.0 + (i % 3) as f32 * 3.0;
+        let at = Vec3::new(angle.cos() * r, 0.0, angle.sin() * r);
+        commands.spawn((Mesh3d(trunk.clone()), MeshMaterial3d(wood.clone()), Transform::from_translation(at + Vec3::Y * 1.5)));
+        commands.spawn((Mesh3d(crown.clone()), MeshMaterial3d(leaves.clone()), Transform::from_translation(at + Vec3::Y * 4.2)));
+    }
+    // Buildings around the square.
+    for i in 0..12 {
+        let angle = i as f32 / 12.0 * std::f32::consts::TAU;
+        let at = Vec3::new(angle.cos(), 0.0, angle.sin()) * 55.0;
+        let height = 8.0 + (i * 7 % 5) as f32 * 3.0;
+        commands.spawn((
+            Mesh3d(meshes.add(Cuboid::new(14.0, height, 10.0))),
+            MeshMaterial3d(walls[i % walls.len()].clone()),
+            Transform::from_translation(at + Vec3::Y * height / 2.0).looking_at(Vec3::new(0.0, height / 2.0, 0.0), Vec3::Y),
+        ));
+    }
+}

@@ -1,0 +1,82 @@
+//! Render smoke test: the real `plaza` binary renders the plaza offscreen on
+//! whatever Vulkan the machine has (Mesa's lavapipe in CI), writes a
+//! screenshot and a frame report, and both make sense.
+//!
+//! Small frame and few frames: lavapipe renders on the CPU.
+
+use std::path::Path;
+use std::process::Command;
+
+fn read_png(path: &Path) -> (u32, u32, Vec<u8>, png::ColorType) {
+    let file = std::io::BufReader::new(std::fs::File::open(path).expect("screenshot exists"));
+    let mut reader = png::Decoder::new(file).read_info().expect("a valid PNG");
+    let mut buf = vec![0; reader.output_buffer_size().expect("size fits")];
+    let info = reader.next_frame(&mut buf).expect("one frame");
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf, info.color_type)
+}
+
+#[test]
+fn headless_render_writes_a_screenshot_and_a_sane_report() {
+    let dir = std::env::temp_dir().join(format!("plaza-smoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let shot = dir.join("shot.png");
+    let report = dir.join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_plaza"))
+        .args(["--headless", "--frames", "6", "--resolution", "320x180", "--bots", "24", "--preset", "low"])
+        .arg("--screenshot")
+        .arg(&shot)
+        .arg("--report")
+        .arg(&report)
+        .env_remove("CLIENT_QUALITY_PRESET")
+        .output()
+        .expect("plaza runs");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "plaza failed: {}\n{log}", out.status);
+
+    let (w, h, pixels, color) = read_png(&shot);
+    assert_eq!((w, h), (320, 180));
+    assert_eq!(color, png::ColorType::Rgb);
+    // Not blank: the sky, the ground and the avatars give many colours, and
+    // the bottom (ground) differs from the top (sky).
+    let mut colours: Vec<[u8; 3]> = pixels.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect();
+    let top = colours[..(w as usize * 10)].to_vec();
+    let bottom = colours[colours.len() - w as usize * 10..].to_vec();
+    colours.sort_unstable();
+    colours.dedup();
+    assert!(colours.len() > 50, "only {} distinct colours: blank frame?", colours.len());
+    let mean = |px: &[[u8; 3]]| px.iter().map(|p| p.iter().map(|&c| f64::from(c)).sum::<f64>()).sum::<f64>() / px.len() as f64;
+    assert!((mean(&top) - mean(&bottom)).abs() > 20.0, "sky and ground look the same");
+
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).expect("report exists")).expect("JSON");
+    for key in ["frames", "preset", "resolution", "adapter", "frame_ms", "fps_1pct_low", "entities", "triangles", "draw_calls", "avatars_by_lod"] {
+        assert!(report.get(key).is_some(), "report lacks `{key}`: {report}");
+    }
+    assert_eq!(report["preset"], "low");
+    assert_eq!(report["resolution"], serde_json::json!([320, 180]));
+    let frames = report["frames"].as_u64().unwrap();
+    assert!((1..=6).contains(&frames), "{report}");
+    let visible = report["entities"]["visible"].as_u64().unwrap();
+    let culled = report["entities"]["culled"].as_u64().unwrap();
+    let draws = report["draw_calls"].as_u64().unwrap();
+    let triangles = report["triangles"].as_u64().unwrap();
+    assert!(visible > 20, "the plaza has more than 20 visible meshes: {report}");
+    assert!(culled > 0, "some buildings and bots are behind the camera: {report}");
+    assert_eq!(draws, visible, "one draw per visible mesh instance");
+    assert!(triangles > visible * 2, "{report}");
+    let lod = &report["avatars_by_lod"];
+    let avatars: u64 = ["full", "reduced", "low", "impostor", "hidden"].iter().map(|k| lod[k].as_u64().unwrap()).sum();
+    assert!((23..=25).contains(&avatars), "24 bots, averaged over frames: {report}");
+    let p50 = report["frame_ms"]["p50"].as_f64().unwrap();
+    let max = report["frame_ms"]["max"].as_f64().unwrap();
+    assert!(p50 > 0.0 && max >= p50, "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_clear_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_plaza")).args(["--preset", "extreme"]).output().expect("plaza runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--preset") && err.contains("low, medium (or med), high, ultra, auto"), "{err}");
+}
