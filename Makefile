@@ -7,7 +7,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/plaza/target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 RUN_DIR := target/plaza-run
-RUN_FRAMES ?= 90
+RUN_FRAMES ?= 30
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := decode_client_bin decode_server_bin decode_client_json decode_server_json
 
