@@ -2,34 +2,64 @@
 //! listener until `shutdown` resolves; the binary only parses config and
 //! sets up logging, and tests pass their own listener and shutdown future.
 //!
-//! Today it answers `GET /health`; rooms, auth, chat and voice arrive with
-//! the server issue.
+//! - [`http`]: routes, request ids, JSON errors.
+//! - [`auth`]: guest tokens.
+//! - [`gateway`]: one task per WebSocket.
+//! - [`rooms`]: one task per room (20 Hz tick) and the room directory.
+//! - [`limiter`]: per-socket rate limits.
+//!
+//! Not yet here (see the server issue): chat storage, resume, metrics,
+//! readiness and draining, bots, voice.
 
-use axum::Router;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::get;
+pub mod auth;
+pub mod gateway;
+pub mod http;
+pub mod limiter;
+pub mod rooms;
+
 use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// Everything the HTTP side serves.
-pub fn router() -> Router {
-    Router::new().route("/health", get(health)).fallback(not_found)
+/// What the server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Signs access tokens.
+    pub token_secret: Vec<u8>,
+    /// Access tokens live this long (the contract's default: 15 min).
+    pub access_ttl: Duration,
 }
 
-async fn health() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"status": "ok"}))
+impl ServerConfig {
+    /// For tests and `--dev`: a random secret.
+    pub fn ephemeral() -> Self {
+        ServerConfig { token_secret: auth::random_token(32).into_bytes(), access_ttl: Duration::from_secs(15 * 60) }
+    }
 }
 
-async fn not_found() -> impl IntoResponse {
-    (
-        StatusCode::NOT_FOUND,
-        axum::Json(serde_json::json!({"error": {"code": "not_found", "message": "no such route"}})),
-    )
+/// Shared, cheap to clone; the mutable state lives in tasks (rooms,
+/// directory) or behind the one lock of the refresh ledger.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub keys: auth::TokenKeys,
+    pub directory: rooms::Directory,
+    pub refresh: Arc<Mutex<auth::RefreshLedger>>,
+}
+
+impl AppState {
+    pub fn new(config: &ServerConfig) -> Self {
+        AppState {
+            keys: auth::TokenKeys::new(config.token_secret.clone(), config.access_ttl),
+            directory: rooms::Directory::spawn(),
+            refresh: Arc::default(),
+        }
+    }
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and returns.
-pub async fn run(listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "plaza-server listening");
-    axum::serve(listener, router()).with_graceful_shutdown(shutdown).await
+    let app = http::router(AppState::new(&config));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -1,6 +1,7 @@
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Parser;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 /// Plaza's server.
 #[derive(Debug, Parser)]
@@ -9,9 +10,57 @@ struct Config {
     /// Address to listen on.
     #[arg(long, env = "PLAZA_BIND", default_value = "127.0.0.1:7878")]
     bind: SocketAddr,
+    /// Where the server keeps its files (default: $XDG_DATA_HOME/plaza).
+    #[arg(long, env = "PLAZA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Local development: make (once) and keep a token secret in the data dir.
+    #[arg(long)]
+    dev: bool,
     /// Log format: json (one object a line) or pretty.
     #[arg(long, env = "LOG_FORMAT", default_value = "json", value_parser = ["json", "pretty"])]
     log_format: String,
+}
+
+fn data_dir(config: &Config) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = &config.data_dir {
+        return Ok(dir.clone());
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
+        .context("can't find a data directory: set --data-dir, PLAZA_DATA_DIR, XDG_DATA_HOME or HOME")?;
+    Ok(base.join("plaza"))
+}
+
+/// `PLAZA_TOKEN_SECRET`, or with `--dev` a secret kept in the data dir.
+fn token_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    if let Ok(secret) = std::env::var("PLAZA_TOKEN_SECRET") {
+        if secret.len() < 16 {
+            bail!("PLAZA_TOKEN_SECRET is {} bytes; use at least 16 random bytes", secret.len());
+        }
+        return Ok(secret.into_bytes());
+    }
+    if !config.dev {
+        bail!("PLAZA_TOKEN_SECRET is not set; set it to a long random string, or pass --dev for local use");
+    }
+    let dir = data_dir(config)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("can't create data dir {}", dir.display()))?;
+    let path = dir.join("dev-token-secret");
+    match std::fs::read(&path) {
+        Ok(secret) if secret.len() >= 16 => Ok(secret),
+        Ok(_) => bail!("{} is too short; delete it to make a new one", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let secret = plaza_server::auth::random_token(32).into_bytes();
+            std::fs::write(&path, &secret).with_context(|| format!("can't write {}", path.display()))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(secret)
+        }
+        Err(e) => Err(e).with_context(|| format!("can't read {}", path.display())),
+    }
 }
 
 #[tokio::main]
@@ -20,15 +69,16 @@ async fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let logs = tracing_subscriber::fmt().with_env_filter(filter);
     if config.log_format == "json" {
-        logs.json().flatten_event(true).init();
+        logs.json().flatten_event(true).with_current_span(true).init();
     } else {
         logs.init();
     }
+    let server = plaza_server::ServerConfig { token_secret: token_secret(&config)?, ..plaza_server::ServerConfig::ephemeral() };
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("can't listen on {}", config.bind))?;
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    plaza_server::run(listener, shutdown).await.context("server failed")
+    plaza_server::run(server, listener, shutdown).await.context("server failed")
 }

@@ -15,7 +15,7 @@ async fn health_answers_ok_and_unknown_routes_get_a_json_404() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(plaza_server::run(listener, async {
+    let server = tokio::spawn(plaza_server::run(plaza_server::ServerConfig::ephemeral(), listener, async {
         let _ = stopped.await;
     }));
 

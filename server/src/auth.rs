@@ -1,0 +1,194 @@
+//! Guest authentication: signed access tokens and single-use refresh tokens.
+//!
+//! An access token is `base64url(claims JSON) "." base64url(HMAC-SHA256)`,
+//! checked without any lookup. A refresh token is a random 32-byte secret
+//! whose hash the [`RefreshLedger`] keeps: using it returns a new pair and
+//! retires it, so it works once.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// What an access token says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// User id.
+    pub sub: String,
+    /// Display name.
+    pub name: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token signature is wrong")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+}
+
+/// Signs and checks access tokens with one secret.
+#[derive(Clone)]
+pub struct TokenKeys {
+    secret: Vec<u8>,
+    pub access_ttl: Duration,
+}
+
+impl std::fmt::Debug for TokenKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("TokenKeys").field("access_ttl", &self.access_ttl).finish_non_exhaustive()
+    }
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl TokenKeys {
+    pub fn new(secret: impl Into<Vec<u8>>, access_ttl: Duration) -> Self {
+        TokenKeys { secret: secret.into(), access_ttl }
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        HmacSha256::new_from_slice(&self.secret).expect("HMAC takes keys of any length")
+    }
+
+    pub fn issue(&self, sub: &str, name: &str) -> (String, Claims) {
+        let claims = Claims { sub: sub.to_owned(), name: name.to_owned(), exp: now_unix() + self.access_ttl.as_secs() };
+        let body = B64.encode(serde_json::to_vec(&claims).expect("claims serialize"));
+        let mut mac = self.mac();
+        mac.update(body.as_bytes());
+        let sig = B64.encode(mac.finalize().into_bytes());
+        (format!("{body}.{sig}"), claims)
+    }
+
+    /// Checks the signature first (in constant time), then the expiry.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_at(token, now_unix())
+    }
+
+    pub fn verify_at(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+        let (body, sig) = token.split_once('.').ok_or(TokenError::Malformed)?;
+        let sig = B64.decode(sig).map_err(|_| TokenError::Malformed)?;
+        let mut mac = self.mac();
+        mac.update(body.as_bytes());
+        mac.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
+        let raw = B64.decode(body).map_err(|_| TokenError::Malformed)?;
+        let claims: Claims = serde_json::from_slice(&raw).map_err(|_| TokenError::Malformed)?;
+        if claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+}
+
+/// A fresh random id or secret: `bytes` random bytes, base64url.
+pub fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the OS has randomness");
+    B64.encode(buf)
+}
+
+fn hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Who a refresh token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshGrant {
+    pub user_id: String,
+    pub name: String,
+    pub expires_at: u64,
+}
+
+/// Live refresh tokens, by hash (a leaked ledger reveals no usable token).
+/// Owned by the HTTP layer's auth state; each token is taken exactly once.
+#[derive(Debug, Default)]
+pub struct RefreshLedger {
+    live: HashMap<[u8; 32], RefreshGrant>,
+}
+
+pub const REFRESH_TTL_SECS: u64 = 30 * 24 * 3600;
+
+impl RefreshLedger {
+    pub fn issue(&mut self, user_id: &str, name: &str) -> String {
+        let now = now_unix();
+        // Drop expired grants as we go so the ledger can't grow forever.
+        self.live.retain(|_, g| g.expires_at > now);
+        let token = random_token(32);
+        self.live.insert(hash(&token), RefreshGrant { user_id: user_id.into(), name: name.into(), expires_at: now + REFRESH_TTL_SECS });
+        token
+    }
+
+    /// Takes the token: it never works again.
+    pub fn take(&mut self, token: &str) -> Option<RefreshGrant> {
+        self.live.remove(&hash(token)).filter(|g| g.expires_at > now_unix())
+    }
+
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> TokenKeys {
+        TokenKeys::new(b"test secret".to_vec(), Duration::from_secs(900))
+    }
+
+    #[test]
+    fn issued_tokens_verify_and_carry_their_claims() {
+        let (token, claims) = keys().issue("u1", "Ada");
+        assert_eq!(keys().verify(&token), Ok(claims.clone()));
+        assert_eq!(claims.sub, "u1");
+        assert!(claims.exp > now_unix() + 800);
+    }
+
+    #[test]
+    fn forged_tampered_and_expired_tokens_fail() {
+        let (token, claims) = keys().issue("u1", "Ada");
+        let other = TokenKeys::new(b"another secret".to_vec(), Duration::from_secs(900));
+        assert_eq!(other.verify(&token), Err(TokenError::BadSignature));
+        // Swap in claims for someone else, keep the signature.
+        let forged_body = B64.encode(br#"{"sub":"admin","name":"x","exp":99999999999}"#);
+        let sig = token.split_once('.').unwrap().1;
+        assert_eq!(keys().verify(&format!("{forged_body}.{sig}")), Err(TokenError::BadSignature));
+        assert_eq!(keys().verify("nonsense"), Err(TokenError::Malformed));
+        assert_eq!(keys().verify("a.b!"), Err(TokenError::Malformed));
+        assert_eq!(keys().verify_at(&token, claims.exp), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn refresh_tokens_work_once() {
+        let mut ledger = RefreshLedger::default();
+        let t = ledger.issue("u1", "Ada");
+        assert_eq!(ledger.take(&t).map(|g| g.user_id), Some("u1".into()));
+        assert_eq!(ledger.take(&t), None, "second use fails");
+        assert_eq!(ledger.take("made-up"), None);
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        assert!(!format!("{:?}", keys()).contains("test secret"));
+    }
+}

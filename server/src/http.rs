@@ -1,0 +1,169 @@
+//! HTTP routes. Every response carries `x-request-id` (the request's when it
+//! is 1–128 visible ASCII characters, else a new one); errors are
+//! `{"error":{"code","message"}}`.
+
+use crate::AppState;
+use crate::auth::random_token;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use plaza_shared::codec::Subprotocol;
+use plaza_shared::limits::{DEFAULT_ROOM_CAPACITY, MAX_MESSAGE_BYTES, MAX_ROOM_CAPACITY, ROOM_NAME_MAX_CHARS};
+use plaza_shared::messages::validate_display_name;
+use serde::Deserialize;
+use serde_json::json;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/api/v1/auth/guest", post(guest))
+        .route("/api/v1/auth/refresh", post(refresh))
+        .route("/api/v1/rooms", get(list_rooms).post(create_room))
+        .route("/ws", get(websocket))
+        .fallback(not_found)
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+/// An error response: status, code, message.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": {"code": self.1, "message": self.2}}))).into_response()
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, "bad_request", message.into())
+}
+
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    (1..=128).contains(&b.len()) && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = match req.headers().get("x-request-id") {
+        Some(v) if valid_request_id(v) => v.clone(),
+        _ => HeaderValue::from_str(&random_token(12)).expect("base64url is a valid header"),
+    };
+    req.headers_mut().insert("x-request-id", id.clone());
+    let span = tracing::info_span!("http", request_id = %id.to_str().unwrap_or(""), method = %req.method(), path = %req.uri().path());
+    let mut response = {
+        let _e = span.enter();
+        tracing::debug!("request");
+        drop(_e);
+        next.run(req).await
+    };
+    response.headers_mut().insert("x-request-id", id);
+    response
+}
+
+async fn health() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "not_found", "no such route".into())
+}
+
+/// JSON bodies with a clear error for bad ones.
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("bad JSON body: {e}")))
+}
+
+#[derive(Deserialize)]
+struct GuestRequest {
+    name: String,
+}
+
+async fn guest(State(state): State<AppState>, body: axum::body::Bytes) -> Result<impl IntoResponse, ApiError> {
+    let req: GuestRequest = parse(&body)?;
+    validate_display_name(&req.name).map_err(|e| bad_request(e.message))?;
+    let user_id = format!("u_{}", random_token(9));
+    Ok(Json(issue_pair(&state, &user_id, &req.name)))
+}
+
+fn issue_pair(state: &AppState, user_id: &str, name: &str) -> serde_json::Value {
+    let (access, _) = state.keys.issue(user_id, name);
+    let refresh = state.refresh.lock().expect("refresh ledger lock").issue(user_id, name);
+    json!({"user_id": user_id, "access_token": access, "expires_in": state.keys.access_ttl.as_secs(), "refresh_token": refresh})
+}
+
+#[derive(Deserialize)]
+struct RefreshRequest {
+    refresh_token: String,
+}
+
+async fn refresh(State(state): State<AppState>, body: axum::body::Bytes) -> Result<impl IntoResponse, ApiError> {
+    let req: RefreshRequest = parse(&body)?;
+    let grant = state.refresh.lock().expect("refresh ledger lock").take(&req.refresh_token);
+    match grant {
+        Some(g) => Ok(Json(issue_pair(&state, &g.user_id, &g.name))),
+        None => Err(ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "refresh token is unknown, used or expired".into())),
+    }
+}
+
+async fn list_rooms(State(state): State<AppState>) -> impl IntoResponse {
+    let rooms: Vec<_> = state
+        .directory
+        .list()
+        .await
+        .into_iter()
+        .map(|r| json!({"id": &*r.id, "name": &*r.name, "users": r.members(), "capacity": r.capacity}))
+        .collect();
+    Json(rooms)
+}
+
+#[derive(Deserialize)]
+struct CreateRoom {
+    name: String,
+    #[serde(default)]
+    capacity: Option<u32>,
+}
+
+fn bearer(state: &AppState, headers: &HeaderMap) -> Result<crate::auth::Claims, ApiError> {
+    let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, "unauthorized", m.into());
+    let value = headers.get("authorization").ok_or_else(|| unauthorized("needs Authorization: Bearer <access token>"))?;
+    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(|| unauthorized("Authorization must be `Bearer <token>`"))?;
+    state.keys.verify(token).map_err(|e| unauthorized(&e.to_string()))
+}
+
+async fn create_room(State(state): State<AppState>, headers: HeaderMap, body: axum::body::Bytes) -> Result<impl IntoResponse, ApiError> {
+    bearer(&state, &headers)?;
+    let req: CreateRoom = parse(&body)?;
+    let chars = req.name.chars().count();
+    if chars == 0 || chars > ROOM_NAME_MAX_CHARS || req.name.chars().any(char::is_control) {
+        return Err(bad_request(format!("name must have 1–{ROOM_NAME_MAX_CHARS} characters, none of them control characters")));
+    }
+    let capacity = req.capacity.unwrap_or(DEFAULT_ROOM_CAPACITY);
+    if !(1..=MAX_ROOM_CAPACITY).contains(&capacity) {
+        return Err(bad_request(format!("capacity must be 1–{MAX_ROOM_CAPACITY}")));
+    }
+    let room = state
+        .directory
+        .create(&req.name, capacity)
+        .await
+        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "rooms are shutting down".into()))?;
+    Ok((StatusCode::CREATED, Json(json!({"id": &*room.id, "name": &*room.name, "users": 0, "capacity": room.capacity}))))
+}
+
+async fn websocket(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    // `protocols` picks the first of ours the client offered.
+    let ws = ws.protocols(Subprotocol::ALL.map(Subprotocol::name));
+    let protocol = ws.selected_protocol().and_then(|p| p.to_str().ok()).and_then(Subprotocol::from_name);
+    let Some(protocol) = protocol else {
+        return bad_request("ask for subprotocol plaza.v1.bin or plaza.v1.json (Sec-WebSocket-Protocol)").into_response();
+    };
+    ws.max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_MESSAGE_BYTES)
+        // Small read buffer: measured ~14 KB per connection instead of ~140 KB.
+        .read_buffer_size(4096)
+        .on_upgrade(move |socket| crate::gateway::serve(socket, protocol, state))
+}

@@ -1,0 +1,173 @@
+//! A real server on 127.0.0.1:0 and real WebSocket clients for tests.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use plaza_shared::codec::Subprotocol;
+use plaza_shared::messages::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(plaza_server::ServerConfig::ephemeral()).await
+    }
+
+    pub async fn start_with(config: plaza_server::ServerConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(plaza_server::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        TestServer { addr, stop: Some(stop) }
+    }
+
+    /// `(status, headers, body)` of a plain HTTP/1.1 request.
+    pub async fn http(&self, method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let mut req = format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", body.len());
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+        let status = head[9..12].parse().unwrap();
+        (status, head.to_ascii_lowercase(), body.to_owned())
+    }
+
+    pub async fn guest(&self, name: &str) -> serde_json::Value {
+        let (status, _, body) = self.http("POST", "/api/v1/auth/guest", &format!(r#"{{"name":"{name}"}}"#), &[]).await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub async fn token(&self, name: &str) -> String {
+        self.guest(name).await["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// A client that said hello and got its welcome.
+    pub async fn client(&self, name: &str, protocol: Subprotocol) -> (Client, Welcome) {
+        let token = self.token(name).await;
+        let mut c = Client::connect(self.addr, protocol).await;
+        c.send(&ClientMessage::Hello(Hello { token, protocol: 1, resume: None })).await;
+        match c.recv().await {
+            ServerMessage::Welcome(w) => (c, w),
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
+    /// A client in `room`, with the room's `joined`.
+    pub async fn member(&self, name: &str, protocol: Subprotocol, room: &str) -> (Client, Joined) {
+        let (mut c, _) = self.client(name, protocol).await;
+        c.send(&ClientMessage::Join(Join { room: room.into() })).await;
+        match c.recv().await {
+            ServerMessage::Joined(j) => (c, j),
+            other => panic!("expected joined, got {other:?}"),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub struct Client {
+    pub ws: Ws,
+    pub protocol: Subprotocol,
+}
+
+/// How a socket ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Closed(u16),
+    Dropped,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, protocol: Subprotocol) -> Client {
+        let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+        req.headers_mut().insert("sec-websocket-protocol", protocol.name().parse().unwrap());
+        let (ws, response) = tokio_tungstenite::connect_async(req).await.expect("upgrade");
+        assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), protocol.name());
+        Client { ws, protocol }
+    }
+
+    pub async fn send(&mut self, msg: &ClientMessage) {
+        let frame = match self.protocol {
+            Subprotocol::Binary => Message::Binary(plaza_shared::codec::binary::encode_client(msg).into()),
+            Subprotocol::Json => Message::Text(plaza_shared::codec::json::encode(msg).into()),
+        };
+        self.ws.send(frame).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, frame: Message) {
+        let _ = self.ws.send(frame).await;
+    }
+
+    /// The next message within 2 s (pings and pongs skipped).
+    pub async fn recv(&mut self) -> ServerMessage {
+        self.try_recv(Duration::from_secs(2)).await.expect("a message within 2 s")
+    }
+
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<ServerMessage> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            match frame.ok()? {
+                Message::Binary(b) => return Some(plaza_shared::codec::binary::decode_server(&b).expect("valid binary")),
+                Message::Text(t) => return Some(plaza_shared::codec::json::decode(t.as_bytes()).expect("valid JSON")),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads until the socket ends (within `wait`), skipping messages.
+    pub async fn ended(&mut self, wait: Duration) -> Ended {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("socket still open after {wait:?}"),
+                Ok(None) | Ok(Some(Err(_))) => return Ended::Dropped,
+                Ok(Some(Ok(Message::Close(frame)))) => return Ended::Closed(frame.map(|f| u16::from(f.code)).unwrap_or(1005)),
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// The next delta, skipping anything else, within 2 s.
+    pub async fn next_delta(&mut self) -> Delta {
+        loop {
+            if let ServerMessage::Delta(d) = self.recv().await {
+                return d;
+            }
+        }
+    }
+}
+
+pub fn pose_at(x: f32, z: f32) -> plaza_shared::pose::Pose {
+    plaza_shared::pose::Pose { p: [x, 0.0, z], r: [0.0, 0.0, 0.0, 1.0], head: None, hands: None }
+}
+
+pub fn code(c: CloseCode) -> u16 {
+    u16::from(c)
+}

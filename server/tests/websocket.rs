@@ -1,0 +1,226 @@
+//! The WebSocket gateway and rooms against a real server, both subprotocols.
+
+mod common;
+
+use common::*;
+use plaza_shared::codec::Subprotocol;
+use plaza_shared::limits::close;
+use plaza_shared::messages::*;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+const BOTH: [Subprotocol; 2] = [Subprotocol::Binary, Subprotocol::Json];
+
+#[tokio::test]
+async fn hello_gets_a_welcome_for_the_tokens_user() {
+    let server = TestServer::start().await;
+    for protocol in BOTH {
+        let guest = server.guest("Ada").await;
+        let mut c = Client::connect(server.addr, protocol).await;
+        c.send(&ClientMessage::Hello(Hello { token: guest["access_token"].as_str().unwrap().into(), protocol: 1, resume: None })).await;
+        let ServerMessage::Welcome(w) = c.recv().await else { panic!("welcome expected") };
+        assert_eq!(w.user_id, guest["user_id"].as_str().unwrap());
+        assert_eq!(w.tick_hz, 20);
+        assert!(!w.session.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn wrong_version_is_4000_even_with_a_bad_token_and_bad_tokens_are_4001() {
+    let server = TestServer::start().await;
+    for protocol in BOTH {
+        let mut c = Client::connect(server.addr, protocol).await;
+        c.send(&ClientMessage::Hello(Hello { token: "junk".into(), protocol: 2, resume: None })).await;
+        assert_eq!(c.ended(Duration::from_secs(2)).await, Ended::Closed(close::BAD_HELLO));
+
+        let mut c = Client::connect(server.addr, protocol).await;
+        c.send(&ClientMessage::Hello(Hello { token: "junk.token".into(), protocol: 1, resume: None })).await;
+        assert_eq!(c.ended(Duration::from_secs(2)).await, Ended::Closed(close::BAD_TOKEN));
+
+        // A token signed by another server is forged here.
+        let other = plaza_server::auth::TokenKeys::new(b"another secret, not this server's".to_vec(), Duration::from_secs(60));
+        let (forged, _) = other.issue("u_admin", "Admin");
+        let mut c = Client::connect(server.addr, protocol).await;
+        c.send(&ClientMessage::Hello(Hello { token: forged, protocol: 1, resume: None })).await;
+        assert_eq!(c.ended(Duration::from_secs(2)).await, Ended::Closed(close::BAD_TOKEN));
+    }
+}
+
+#[tokio::test]
+async fn anything_but_hello_first_is_4000() {
+    let server = TestServer::start().await;
+    let mut c = Client::connect(server.addr, Subprotocol::Json).await;
+    c.send(&ClientMessage::Ping(Ping { t: 1 })).await;
+    assert_eq!(c.ended(Duration::from_secs(2)).await, Ended::Closed(close::BAD_HELLO));
+}
+
+#[tokio::test]
+async fn no_hello_within_5_s_is_4000() {
+    let server = TestServer::start().await;
+    let mut c = Client::connect(server.addr, Subprotocol::Binary).await;
+    let started = std::time::Instant::now();
+    assert_eq!(c.ended(Duration::from_secs(8)).await, Ended::Closed(close::BAD_HELLO));
+    assert!(started.elapsed() >= Duration::from_millis(4900), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn an_expired_token_is_4001() {
+    let config = plaza_server::ServerConfig { access_ttl: Duration::from_secs(0), ..plaza_server::ServerConfig::ephemeral() };
+    let server = TestServer::start_with(config).await;
+    let token = server.token("Old").await;
+    let mut c = Client::connect(server.addr, Subprotocol::Json).await;
+    c.send(&ClientMessage::Hello(Hello { token, protocol: 1, resume: None })).await;
+    assert_eq!(c.ended(Duration::from_secs(2)).await, Ended::Closed(close::BAD_TOKEN));
+}
+
+#[tokio::test]
+async fn joined_lists_the_others_never_yourself_and_deltas_carry_only_changes() {
+    let server = TestServer::start().await;
+    for protocol in BOTH {
+        let room = format!("square-{}", protocol.name());
+        let (mut ada, joined_a) = server.member("Ada", protocol, &room).await;
+        assert!(joined_a.avatars.is_empty());
+        assert_eq!(joined_a.room_name, room);
+        let (mut bob, joined_b) = server.member("Bob", protocol, &room).await;
+        assert_eq!(joined_b.avatars.len(), 1, "Bob sees Ada only");
+        assert_eq!(joined_b.avatars[0].id, joined_a.you);
+        assert_eq!(joined_b.avatars[0].name, "Ada");
+        assert!(joined_b.avatars.iter().all(|a| a.id != joined_b.you));
+
+        // Ada learns that Bob joined.
+        let d = ada.next_delta().await;
+        assert_eq!(d.joined.iter().map(|a| a.id).collect::<Vec<_>>(), vec![joined_b.you]);
+
+        // Bob moves: Ada gets exactly Bob's new pose; Bob never sees himself.
+        bob.send(&ClientMessage::Pose(PoseUpdate { t: 42, pose: pose_at(3.0, -2.0) })).await;
+        let d = ada.next_delta().await;
+        assert_eq!(d.avatars.len(), 1, "{d:?}");
+        assert_eq!(d.avatars[0].id, joined_b.you);
+        assert_eq!(d.avatars[0].t, Some(42));
+        assert!((d.avatars[0].pose.p[0] - 3.0).abs() < 0.01);
+        assert!(d.joined.is_empty() && d.left.is_empty());
+        // Nothing changes: no more deltas.
+        assert!(ada.try_recv(Duration::from_millis(300)).await.is_none(), "a tick with no change sends nothing");
+        let mut bob_saw_himself = false;
+        while let Some(msg) = bob.try_recv(Duration::from_millis(200)).await {
+            if let ServerMessage::Delta(d) = msg {
+                bob_saw_himself |= d.avatars.iter().any(|a| a.id == joined_b.you);
+            }
+        }
+        assert!(!bob_saw_himself);
+
+        // Bob leaves: Ada is told.
+        bob.send(&ClientMessage::Leave).await;
+        let d = ada.next_delta().await;
+        assert_eq!(d.left, vec![joined_b.you]);
+    }
+}
+
+#[tokio::test]
+async fn rooms_are_isolated() {
+    let server = TestServer::start().await;
+    let (mut a, _) = server.member("A", Subprotocol::Binary, "north").await;
+    let (mut b, _) = server.member("B", Subprotocol::Json, "south").await;
+    a.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(1.0, 1.0) })).await;
+    assert!(b.try_recv(Duration::from_millis(400)).await.is_none(), "nothing of north reaches south");
+    let (status, _, body) = server.http("GET", "/api/v1/rooms", "", &[]).await;
+    assert_eq!(status, 200);
+    let rooms: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = rooms.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["north", "south"]);
+    assert!(rooms.as_array().unwrap().iter().all(|r| r["users"] == 1 && r["capacity"] == 40));
+}
+
+#[tokio::test]
+async fn a_full_room_says_room_full() {
+    let server = TestServer::start().await;
+    let token = server.token("Owner").await;
+    let (status, _, body) = server
+        .http("POST", "/api/v1/rooms", r#"{"name":"tiny","capacity":1}"#, &[("authorization", &format!("Bearer {token}"))])
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_str().unwrap().to_owned();
+    let (_first, _) = server.member("First", Subprotocol::Json, &id).await;
+    let (mut second, _) = server.client("Second", Subprotocol::Json).await;
+    second.send(&ClientMessage::Join(Join { room: id })).await;
+    let ServerMessage::Error(e) = second.recv().await else { panic!("error expected") };
+    assert_eq!(e.code, ErrorCode::RoomFull);
+    // Without a token, creating a room is 401.
+    let (status, _, _) = server.http("POST", "/api/v1/rooms", r#"{"name":"x"}"#, &[]).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn a_pose_before_join_is_an_error_and_the_tenth_bad_message_closes_1008() {
+    let server = TestServer::start().await;
+    for protocol in BOTH {
+        let (mut c, _) = server.client("Eve", protocol).await;
+        c.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(0.0, 0.0) })).await;
+        let ServerMessage::Error(e) = c.recv().await else { panic!("error expected") };
+        assert_eq!(e.code, ErrorCode::NotInRoom);
+        // A second hello and garbage bytes are invalid too.
+        c.send(&ClientMessage::Hello(Hello { token: "x".into(), protocol: 1, resume: None })).await;
+        let ServerMessage::Error(e) = c.recv().await else { panic!("error expected") };
+        assert_eq!(e.code, ErrorCode::BadMessage);
+        for i in 0..7 {
+            let garbage = match protocol {
+                Subprotocol::Binary => Message::Binary(vec![1, 0x7f, i].into()),
+                Subprotocol::Json => Message::Text(format!("{{not json {i}").into()),
+            };
+            c.send_raw(garbage).await;
+            let ServerMessage::Error(e) = c.recv().await else { panic!("error expected") };
+            assert_eq!(e.code, ErrorCode::BadMessage, "{}", e.message);
+        }
+        c.send_raw(Message::Binary(vec![0xff].into())).await;
+        assert_eq!(c.ended(Duration::from_secs(2)).await, Ended::Closed(close::POLICY));
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_message_closes_1009() {
+    let server = TestServer::start().await;
+    for protocol in BOTH {
+        let (mut c, _) = server.client("Big", protocol).await;
+        let big = "x".repeat(20_000);
+        c.send_raw(match protocol {
+            Subprotocol::Binary => Message::Binary(big.into_bytes().into()),
+            Subprotocol::Json => Message::Text(big.into()),
+        })
+        .await;
+        assert_eq!(c.ended(Duration::from_secs(2)).await, Ended::Closed(close::TOO_LARGE));
+    }
+}
+
+#[tokio::test]
+async fn a_flood_is_rate_limited_then_closed_4008() {
+    let server = TestServer::start().await;
+    let (mut c, _) = server.client("Flood", Subprotocol::Binary).await;
+    for t in 0..300 {
+        c.send(&ClientMessage::Ping(Ping { t })).await;
+    }
+    let mut pongs = 0;
+    let mut limited = 0;
+    let ended = loop {
+        match c.try_recv(Duration::from_secs(2)).await {
+            Some(ServerMessage::Pong(_)) => pongs += 1,
+            Some(ServerMessage::Error(e)) if e.code == ErrorCode::RateLimited => limited += 1,
+            Some(other) => panic!("unexpected {other:?}"),
+            None => break c.ended(Duration::from_millis(100)).await,
+        }
+    };
+    assert!((120..=130).contains(&pongs), "the burst of 120 got answers: {pongs}");
+    assert_eq!(limited, 1, "at most one rate_limited a second");
+    assert!(matches!(ended, Ended::Closed(close::RATE_LIMITED) | Ended::Dropped), "{ended:?}");
+}
+
+#[tokio::test]
+async fn ping_gets_pong_with_the_same_t() {
+    let server = TestServer::start().await;
+    for protocol in BOTH {
+        let (mut c, _) = server.client("Pinger", protocol).await;
+        c.send(&ClientMessage::Ping(Ping { t: 123_456_789 })).await;
+        let ServerMessage::Pong(p) = c.recv().await else { panic!("pong expected") };
+        assert_eq!(p.t, 123_456_789);
+        assert!(p.server_time > 1_700_000_000_000);
+    }
+}
