@@ -261,11 +261,9 @@ impl Room {
             }
         }
         for id in too_slow {
-            if let Some(m) = self.members.get(&id) {
-                if m.missed >= SLOW_TICKS_BEFORE_CLOSE {
-                    tracing::warn!(avatar = id, ticks = m.missed, "closing a member too slow to keep up");
-                    let _ = m.link.kick.try_send((close::TOO_SLOW, "too slow to keep up"));
-                }
+            if let Some(m) = self.members.get(&id).filter(|m| m.missed >= SLOW_TICKS_BEFORE_CLOSE) {
+                tracing::warn!(avatar = id, ticks = m.missed, "closing a member too slow to keep up");
+                let _ = m.link.kick.try_send((close::TOO_SLOW, "too slow to keep up"));
             }
             self.remove(id);
         }
