@@ -156,7 +156,7 @@ async fn write_loop(
 /// What a frame turned out to be.
 enum Incoming {
     Message(ClientMessage),
-    Invalid(String),
+    Invalid(ErrorCode, String),
     TooLarge,
     Closed,
     Ignore,
@@ -168,8 +168,8 @@ fn read(protocol: Subprotocol, frame: Option<Result<Message, axum::Error>>) -> I
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Incoming::Ignore,
         Some(Ok(Message::Text(text))) if protocol == Subprotocol::Json => text.as_bytes().to_vec(),
         Some(Ok(Message::Binary(bytes))) if protocol == Subprotocol::Binary => bytes.to_vec(),
-        Some(Ok(Message::Text(_))) => return Incoming::Invalid("plaza.v1.bin takes binary frames, not text".into()),
-        Some(Ok(Message::Binary(_))) => return Incoming::Invalid("plaza.v1.json takes text frames, not binary".into()),
+        Some(Ok(Message::Text(_))) => return Incoming::Invalid(ErrorCode::BadMessage, "plaza.v1.bin takes binary frames, not text".into()),
+        Some(Ok(Message::Binary(_))) => return Incoming::Invalid(ErrorCode::BadMessage, "plaza.v1.json takes text frames, not binary".into()),
         Some(Err(e)) => {
             let too_large = e
                 .into_inner()
@@ -181,10 +181,10 @@ fn read(protocol: Subprotocol, frame: Option<Result<Message, axum::Error>>) -> I
     match protocol.decode_client(&bytes) {
         Ok(msg) => match msg.validate() {
             Ok(()) => Incoming::Message(msg),
-            Err(e) => Incoming::Invalid(e.message),
+            Err(e) => Incoming::Invalid(e.code, e.message),
         },
         Err(DecodeError::TooLarge { .. }) => Incoming::TooLarge,
-        Err(e) => Incoming::Invalid(e.to_string()),
+        Err(e) => Incoming::Invalid(ErrorCode::BadMessage, e.to_string()),
     }
 }
 
@@ -270,14 +270,14 @@ impl Session {
                     continue;
                 }
                 Incoming::TooLarge => return Some((close::TOO_LARGE, "message too large")),
-                Incoming::Invalid(message) => {
+                Incoming::Invalid(code, message) => {
                     last_heard = Instant::now();
                     match self.admit(link).await {
                         Err(close) => return Some(close),
                         Ok(false) => continue,
                         Ok(true) => {}
                     }
-                    if let Some(close) = self.invalid(link, ErrorCode::BadMessage, message).await {
+                    if let Some(close) = self.invalid(link, code, message).await {
                         return Some(close);
                     }
                     continue;
@@ -357,7 +357,22 @@ impl Session {
                 Ok(claims) if claims.sub == self.claims.sub => self.claims = claims,
                 _ => return Some((close::BAD_TOKEN, "refresh token is bad or for another user")),
             },
-            ClientMessage::Chat(_) => return self.invalid(link, ErrorCode::BadMessage, "chat is not available on this server yet".into()).await,
+            ClientMessage::Chat(c) => {
+                let Some((room, _)) = &self.room else {
+                    return self.invalid(link, ErrorCode::NotInRoom, "chat needs a room; join one first".into()).await;
+                };
+                // Stored before acknowledged; then broadcast.
+                match state.store.insert_chat(&room.id, &self.claims.sub, &self.claims.name, &c.id, &c.text, now_unix_ms()).await {
+                    Ok(stored) => {
+                        Self::reply(link, ServerMessage::ChatAck(ChatAck { id: c.id })).await;
+                        room.chat(stored).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(cause = %e, "chat not stored");
+                        Self::error(link, ErrorCode::Internal, "the chat message could not be stored; send it again").await;
+                    }
+                }
+            }
             ClientMessage::Voice(_) => return self.invalid(link, ErrorCode::BadMessage, "voice is not available on this server yet".into()).await,
         }
         None

@@ -5,7 +5,7 @@
 use crate::AppState;
 use crate::auth::random_token;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +23,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/guest", post(guest))
         .route("/api/v1/auth/refresh", post(refresh))
         .route("/api/v1/rooms", get(list_rooms).post(create_room))
+        .route("/api/v1/rooms/{id}/chat", get(chat_history))
         .route("/ws", get(websocket))
         .fallback(not_found)
         .layer(middleware::from_fn(request_id))
@@ -150,7 +151,7 @@ async fn create_room(State(state): State<AppState>, headers: HeaderMap, body: ax
         .directory
         .create(&req.name, capacity)
         .await
-        .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "rooms are shutting down".into()))?;
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
     Ok((StatusCode::CREATED, Json(json!({"id": &*room.id, "name": &*room.name, "users": 0, "capacity": room.capacity}))))
 }
 
@@ -166,4 +167,25 @@ async fn websocket(State(state): State<AppState>, ws: WebSocketUpgrade) -> Respo
         // Small read buffer: measured ~14 KB per connection instead of ~140 KB.
         .read_buffer_size(4096)
         .on_upgrade(move |socket| crate::gateway::serve(socket, protocol, state))
+}
+
+async fn chat_history(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = match query.get("limit") {
+        None => 50,
+        Some(v) => v.parse::<u32>().ok().filter(|n| (1..=200).contains(n)).ok_or_else(|| bad_request(format!("limit `{v}` is not allowed; use 1–200 (default 50)")))?,
+    };
+    let room = state
+        .directory
+        .resolve(&room, false)
+        .await
+        .map_err(|_| ApiError(StatusCode::NOT_FOUND, "room_not_found", "no room has that id".into()))?;
+    let messages = state.store.history(&room.id, limit).await.map_err(|e| {
+        tracing::error!(cause = %e, "chat history failed");
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "chat history is unavailable; try again".into())
+    })?;
+    Ok(Json(messages))
 }

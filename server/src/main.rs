@@ -13,6 +13,9 @@ struct Config {
     /// Where the server keeps its files (default: $XDG_DATA_HOME/plaza).
     #[arg(long, env = "PLAZA_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// sqlite://… or postgres://… (default: sqlite://<data dir>/plaza.db).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: Option<String>,
     /// Local development: make (once) and keep a token secret in the data dir.
     #[arg(long)]
     dev: bool,
@@ -90,7 +93,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     } else {
         logs.init();
     }
-    let server = plaza_server::ServerConfig { token_secret: token_secret(&config)?, ..plaza_server::ServerConfig::ephemeral() };
+    let database_url = match &config.database_url {
+        Some(url) => url.clone(),
+        None => {
+            let dir = data_dir(&config)?;
+            std::fs::create_dir_all(&dir).with_context(|| format!("can't create data dir {}", dir.display()))?;
+            format!("sqlite://{}", dir.join("plaza.db").display())
+        }
+    };
+    let server = plaza_server::ServerConfig {
+        token_secret: token_secret(&config)?,
+        access_ttl: std::time::Duration::from_secs(15 * 60),
+        database_url,
+    };
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("can't listen on {}", config.bind))?;

@@ -11,6 +11,7 @@
 //! in a row is closed with 4009.
 
 use crate::auth::random_token;
+use crate::store::{Store, StoreError};
 use plaza_shared::limits::{DEFAULT_ROOM_CAPACITY, TICK_HZ, close};
 use plaza_shared::messages::{AvatarId, AvatarInfo, AvatarPose, Delta, Joined, ServerMessage};
 use plaza_shared::pose::Pose;
@@ -51,6 +52,8 @@ pub enum JoinError {
     NotFound,
     #[error("the room is closing")]
     Closed,
+    #[error("rooms can't be created right now (the store is unavailable)")]
+    Unavailable,
 }
 
 #[derive(Debug)]
@@ -58,6 +61,8 @@ pub enum RoomCommand {
     Join { user_id: String, name: String, pose: Pose, link: MemberLink, reply: oneshot::Sender<Result<Joined, JoinError>> },
     Leave { avatar: AvatarId },
     Pose { avatar: AvatarId, t: u64, pose: Pose },
+    /// A stored chat message, to every member (the sender included).
+    Chat(Arc<ServerMessage>),
 }
 
 /// A cheap handle to a room task.
@@ -84,6 +89,10 @@ impl RoomHandle {
     /// Fire and forget: a full room queue drops the pose (a newer one follows).
     pub fn pose(&self, avatar: AvatarId, t: u64, pose: Pose) -> bool {
         self.tx.try_send(RoomCommand::Pose { avatar, t, pose }).is_ok()
+    }
+
+    pub async fn chat(&self, message: plaza_shared::messages::ChatMessage) {
+        let _ = self.tx.send(RoomCommand::Chat(Arc::new(ServerMessage::Chat(message)))).await;
     }
 
     pub async fn leave(&self, avatar: AvatarId) {
@@ -124,9 +133,14 @@ struct Room {
 }
 
 pub fn spawn_room(name: &str, capacity: u32) -> RoomHandle {
+    spawn_room_with_id(&format!("r_{}", random_token(9)), name, capacity)
+}
+
+/// A room task for a room that already has an id (one from the store).
+pub fn spawn_room_with_id(id: &str, name: &str, capacity: u32) -> RoomHandle {
     let (tx, rx) = mpsc::channel(ROOM_COMMAND_QUEUE);
     let handle = RoomHandle {
-        id: format!("r_{}", random_token(9)).into(),
+        id: id.into(),
         name: name.into(),
         capacity,
         members: Arc::new(AtomicU32::new(0)),
@@ -183,6 +197,13 @@ impl Room {
                 self.member_count.store(self.members.len() as u32, Ordering::Relaxed);
             }
             RoomCommand::Leave { avatar } => self.remove(avatar),
+            RoomCommand::Chat(message) => {
+                // A member whose queue is full misses it live (it is in the
+                // history); one that stays full is closed by the tick.
+                for m in self.members.values() {
+                    let _ = m.link.outbound.try_send(Outbound::Message(message.clone()));
+                }
+            }
             RoomCommand::Pose { avatar, t, pose } => {
                 if let Some(m) = self.members.get_mut(&avatar) {
                     m.pose = pose;
@@ -279,37 +300,62 @@ pub struct Directory {
 enum DirectoryCommand {
     /// By id, or by name (creating it when `create` and no room has it).
     Resolve { room: String, create: bool, reply: oneshot::Sender<Result<RoomHandle, JoinError>> },
-    Create { name: String, capacity: u32, reply: oneshot::Sender<RoomHandle> },
+    Create { name: String, capacity: u32, reply: oneshot::Sender<Result<RoomHandle, JoinError>> },
     List { reply: oneshot::Sender<Vec<RoomHandle>> },
 }
 
 impl Directory {
-    pub fn spawn() -> Directory {
+    /// Starts the directory with every room the store remembers.
+    pub async fn start(store: Store) -> Result<Directory, StoreError> {
+        let mut by_id: HashMap<Arc<str>, RoomHandle> = HashMap::new();
+        let mut by_name: HashMap<Arc<str>, Arc<str>> = HashMap::new();
+        for (id, name, capacity) in store.rooms().await? {
+            let handle = spawn_room_with_id(&id, &name, capacity);
+            by_name.entry(handle.name.clone()).or_insert_with(|| handle.id.clone());
+            by_id.insert(handle.id.clone(), handle);
+        }
         let (tx, mut rx) = mpsc::channel::<DirectoryCommand>(DIRECTORY_QUEUE);
+        // Rooms are created rarely, so waiting on the store here is fine;
+        // joins of existing rooms never touch it.
+        let create_room = move |name: String, capacity: u32| {
+            let store = store.clone();
+            async move {
+                let handle = spawn_room(&name, capacity);
+                match store.insert_room(&handle.id, &name, capacity).await {
+                    Ok(()) => Ok(handle),
+                    Err(e) => {
+                        tracing::error!(cause = %e, "room not stored");
+                        Err(JoinError::Unavailable)
+                    }
+                }
+            }
+        };
         tokio::spawn(async move {
-            let mut by_id: HashMap<Arc<str>, RoomHandle> = HashMap::new();
-            let mut by_name: HashMap<Arc<str>, Arc<str>> = HashMap::new();
             while let Some(command) = rx.recv().await {
                 match command {
                     DirectoryCommand::Resolve { room, create, reply } => {
                         let found = by_id.get(room.as_str()).or_else(|| by_name.get(room.as_str()).and_then(|id| by_id.get(id))).cloned();
                         let result = match found {
                             Some(handle) => Ok(handle),
-                            None if create => {
-                                let handle = spawn_room(&room, DEFAULT_ROOM_CAPACITY);
-                                by_name.insert(handle.name.clone(), handle.id.clone());
-                                by_id.insert(handle.id.clone(), handle.clone());
-                                Ok(handle)
-                            }
+                            None if create => match create_room(room, DEFAULT_ROOM_CAPACITY).await {
+                                Ok(handle) => {
+                                    by_name.insert(handle.name.clone(), handle.id.clone());
+                                    by_id.insert(handle.id.clone(), handle.clone());
+                                    Ok(handle)
+                                }
+                                Err(e) => Err(e),
+                            },
                             None => Err(JoinError::NotFound),
                         };
                         let _ = reply.send(result);
                     }
                     DirectoryCommand::Create { name, capacity, reply } => {
-                        let handle = spawn_room(&name, capacity);
-                        by_name.entry(handle.name.clone()).or_insert_with(|| handle.id.clone());
-                        by_id.insert(handle.id.clone(), handle.clone());
-                        let _ = reply.send(handle);
+                        let result = create_room(name, capacity).await;
+                        if let Ok(handle) = &result {
+                            by_name.entry(handle.name.clone()).or_insert_with(|| handle.id.clone());
+                            by_id.insert(handle.id.clone(), handle.clone());
+                        }
+                        let _ = reply.send(result);
                     }
                     DirectoryCommand::List { reply } => {
                         let mut rooms: Vec<RoomHandle> = by_id.values().cloned().collect();
@@ -319,7 +365,7 @@ impl Directory {
                 }
             }
         });
-        Directory { tx }
+        Ok(Directory { tx })
     }
 
     pub async fn resolve(&self, room: &str, create: bool) -> Result<RoomHandle, JoinError> {
@@ -328,10 +374,10 @@ impl Directory {
         answer.await.map_err(|_| JoinError::Closed)?
     }
 
-    pub async fn create(&self, name: &str, capacity: u32) -> Option<RoomHandle> {
+    pub async fn create(&self, name: &str, capacity: u32) -> Result<RoomHandle, JoinError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(DirectoryCommand::Create { name: name.to_owned(), capacity, reply }).await.ok()?;
-        answer.await.ok()
+        self.tx.send(DirectoryCommand::Create { name: name.to_owned(), capacity, reply }).await.map_err(|_| JoinError::Closed)?;
+        answer.await.map_err(|_| JoinError::Closed)?
     }
 
     pub async fn list(&self) -> Vec<RoomHandle> {

@@ -88,6 +88,41 @@ impl Drop for TestServer {
     }
 }
 
+/// A server running as its own process (for kill -9 tests).
+pub struct RemoteServer {
+    pub addr: SocketAddr,
+}
+
+impl RemoteServer {
+    /// Waits (up to 10 s) until `/health` answers.
+    pub async fn wait_up(&self) {
+        for _ in 0..200 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(self.addr).await
+                && s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.is_ok()
+            {
+                let mut out = String::new();
+                if s.read_to_string(&mut out).await.is_ok() && out.starts_with("HTTP/1.1 200") {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server at {} never came up", self.addr);
+    }
+
+    fn as_test(&self) -> TestServer {
+        TestServer { addr: self.addr, stop: None }
+    }
+
+    pub async fn http_get(&self, path: &str) -> (u16, String, String) {
+        self.as_test().http("GET", path, "", &[]).await
+    }
+
+    pub async fn member(&self, name: &str) -> (Client, Joined) {
+        self.as_test().member(name, Subprotocol::Json, "storm").await
+    }
+}
+
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub struct Client {

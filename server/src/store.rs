@@ -1,0 +1,214 @@
+//! Durable storage (sqlx): chat messages. SQLite by default (a file in the
+//! data dir, WAL journal), Postgres when the URL says `postgres://`.
+//!
+//! A chat message is stored before it is acknowledged; the client's message
+//! id makes a retry idempotent (the same row comes back, no duplicate).
+
+use plaza_shared::messages::ChatMessage;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database URL `{0}` is not sqlite://… or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chat_messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    ts BIGINT NOT NULL,
+    UNIQUE (room_id, user_id, client_id)
+)";
+
+const ROOMS_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS rooms (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    capacity BIGINT NOT NULL
+)";
+
+const POSTGRES_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chat_messages (
+    seq BIGSERIAL PRIMARY KEY,
+    room_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    ts BIGINT NOT NULL,
+    UNIQUE (room_id, user_id, client_id)
+)";
+
+impl Store {
+    /// Connects and creates the schema. `sqlite::memory:` is one private
+    /// in-memory database (tests).
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        };
+        let memory = url.contains(":memory:");
+        let url = match backend {
+            // Create the file if missing.
+            Backend::Sqlite if !memory && !url.contains("mode=") => format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' }),
+            _ => url.to_owned(),
+        };
+        let pool = AnyPoolOptions::new()
+            // Each in-memory SQLite connection would be its own database.
+            .max_connections(if memory { 1 } else { 8 })
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await?;
+        if backend == Backend::Sqlite {
+            // WAL: readers don't block the writer; a killed process loses
+            // nothing that was committed.
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+            sqlx::query("PRAGMA busy_timeout = 5000").execute(&pool).await?;
+        }
+        let schema = if backend == Backend::Sqlite { SQLITE_SCHEMA } else { POSTGRES_SCHEMA };
+        sqlx::query(schema).execute(&pool).await?;
+        sqlx::query(ROOMS_SCHEMA).execute(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Remembers a room so it (and its chat history) outlives a restart.
+    pub async fn insert_room(&self, id: &str, name: &str, capacity: u32) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO rooms (id, name, capacity) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(name)
+            .bind(i64::from(capacity))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every room ever created: (id, name, capacity).
+    pub async fn rooms(&self) -> Result<Vec<(String, String, u32)>, StoreError> {
+        let rows = sqlx::query("SELECT id, name, capacity FROM rooms").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("name")?, r.try_get::<i64, _>("capacity")?.clamp(1, i64::from(u32::MAX)) as u32)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Stores a chat message (or finds the one this client already stored
+    /// under that id) and returns it as the room will see it.
+    pub async fn insert_chat(&self, room_id: &str, user_id: &str, name: &str, client_id: &str, text: &str, ts: u64) -> Result<ChatMessage, StoreError> {
+        sqlx::query(
+            "INSERT INTO chat_messages (room_id, user_id, client_id, name, text, ts) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (room_id, user_id, client_id) DO NOTHING",
+        )
+        .bind(room_id)
+        .bind(user_id)
+        .bind(client_id)
+        .bind(name)
+        .bind(text)
+        .bind(ts as i64)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT name, text, ts FROM chat_messages WHERE room_id = $1 AND user_id = $2 AND client_id = $3")
+            .bind(room_id)
+            .bind(user_id)
+            .bind(client_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(ChatMessage {
+            id: client_id.to_owned(),
+            room: room_id.to_owned(),
+            from: user_id.to_owned(),
+            name: row.try_get("name")?,
+            text: row.try_get("text")?,
+            ts: row.try_get::<i64, _>("ts")? as u64,
+        })
+    }
+
+    /// The room's latest `limit` messages, oldest first.
+    pub async fn history(&self, room_id: &str, limit: u32) -> Result<Vec<ChatMessage>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT client_id, user_id, name, text, ts FROM chat_messages WHERE room_id = $1 ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(room_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|row| {
+                Ok(ChatMessage {
+                    id: row.try_get("client_id")?,
+                    room: room_id.to_owned(),
+                    from: row.try_get("user_id")?,
+                    name: row.try_get("name")?,
+                    text: row.try_get("text")?,
+                    ts: row.try_get::<i64, _>("ts")? as u64,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        out.reverse();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn chat_is_stored_once_per_client_id_and_read_back_oldest_first() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let a = store.insert_chat("r1", "u1", "Ada", "m1", "hello", 10).await.unwrap();
+        let again = store.insert_chat("r1", "u1", "Ada", "m1", "hello (retry)", 11).await.unwrap();
+        assert_eq!(a, again, "a retry returns the stored message");
+        store.insert_chat("r1", "u2", "Bob", "m1", "hi", 12).await.unwrap();
+        store.insert_chat("r2", "u1", "Ada", "m2", "elsewhere", 13).await.unwrap();
+        let h = store.history("r1", 50).await.unwrap();
+        assert_eq!(h.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), vec!["hello", "hi"]);
+        let last = store.history("r1", 1).await.unwrap();
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].text, "hi");
+    }
+
+    #[tokio::test]
+    async fn a_file_database_is_created_and_survives_reopening() {
+        let dir = std::env::temp_dir().join(format!("plaza-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}/plaza.db", dir.display());
+        {
+            let store = Store::connect(&url).await.unwrap();
+            store.insert_chat("r1", "u1", "Ada", "m1", "kept", 1).await.unwrap();
+            store.insert_room("r1", "plaza", 40).await.unwrap();
+        }
+        let store = Store::connect(&url).await.unwrap();
+        assert_eq!(store.history("r1", 10).await.unwrap()[0].text, "kept");
+        assert_eq!(store.rooms().await.unwrap(), vec![("r1".to_owned(), "plaza".to_owned(), 40)]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn unknown_urls_are_refused_clearly() {
+        let err = Store::connect("mysql://x").await.unwrap_err().to_string();
+        assert!(err.contains("sqlite://") && err.contains("postgres://"), "{err}");
+    }
+}

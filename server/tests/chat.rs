@@ -1,0 +1,134 @@
+//! Chat: stored before it is acknowledged, broadcast to the room, in the
+//! history, and still there after the server is killed.
+
+mod common;
+
+use common::*;
+use plaza_shared::codec::Subprotocol;
+use plaza_shared::messages::*;
+use std::time::Duration;
+
+#[tokio::test]
+async fn chat_is_acked_then_broadcast_to_everyone_with_the_sender_stamped() {
+    let server = TestServer::start().await;
+    for protocol in [Subprotocol::Binary, Subprotocol::Json] {
+        let room = format!("cafe-{}", protocol.name());
+        let (mut ada, joined) = server.member("Ada", protocol, &room).await;
+        let (mut bob, _) = server.member("Bob", protocol, &room).await;
+        let (mut eve, _) = server.member("Eve", protocol, "elsewhere").await;
+        ada.send(&ClientMessage::Chat(ChatSend { id: "m-1".into(), text: "hello, plaza!".into() })).await;
+        let mut acked = false;
+        let mut echoed = None;
+        while echoed.is_none() {
+            match ada.recv().await {
+                ServerMessage::ChatAck(a) => {
+                    assert_eq!(a.id, "m-1");
+                    acked = true;
+                }
+                ServerMessage::Chat(c) => {
+                    assert!(acked, "the ack comes before the broadcast");
+                    echoed = Some(c);
+                }
+                _ => {}
+            }
+        }
+        let mine = echoed.unwrap();
+        let seen = loop {
+            if let ServerMessage::Chat(c) = bob.recv().await {
+                break c;
+            }
+        };
+        assert_eq!(seen, mine);
+        assert_eq!(seen.room, joined.room);
+        assert_eq!(seen.name, "Ada");
+        assert!(seen.from.starts_with("u_"));
+        while let Some(msg) = eve.try_recv(Duration::from_millis(200)).await {
+            assert!(!matches!(msg, ServerMessage::Chat(_)), "chat never leaves its room");
+        }
+        let (status, _, body) = server.http("GET", &format!("/api/v1/rooms/{}/chat?limit=10", joined.room), "", &[]).await;
+        assert_eq!(status, 200, "{body}");
+        let history: Vec<ChatMessage> = serde_json::from_str(&body).unwrap();
+        assert_eq!(history, vec![mine]);
+    }
+}
+
+#[tokio::test]
+async fn chat_limits_and_history_limits_are_checked() {
+    let server = TestServer::start().await;
+    let (mut c, joined) = server.member("Ada", Subprotocol::Json, "limits").await;
+    c.send(&ClientMessage::Chat(ChatSend { id: "m".into(), text: "x".repeat(501) })).await;
+    let ServerMessage::Error(e) = c.recv().await else { panic!("error expected") };
+    assert_eq!(e.code, ErrorCode::TooLong);
+    for bad in ["0", "201", "ten", "-1"] {
+        let (status, _, body) = server.http("GET", &format!("/api/v1/rooms/{}/chat?limit={bad}", joined.room), "", &[]).await;
+        assert_eq!(status, 400, "limit={bad}: {body}");
+        assert!(body.contains("1–200"), "{body}");
+    }
+    let (status, _, _) = server.http("GET", "/api/v1/rooms/r_nope/chat", "", &[]).await;
+    assert_eq!(status, 404);
+    let (mut lonely, _) = server.client("Lonely", Subprotocol::Json).await;
+    lonely.send(&ClientMessage::Chat(ChatSend { id: "m".into(), text: "anyone?".into() })).await;
+    let ServerMessage::Error(e) = lonely.recv().await else { panic!("error expected") };
+    assert_eq!(e.code, ErrorCode::NotInRoom);
+}
+
+/// A chat storm, `kill -9`, restart on the same database: every message
+/// that was acknowledged is in the history.
+#[tokio::test]
+async fn every_acknowledged_message_survives_kill_9() {
+    let dir = std::env::temp_dir().join(format!("plaza-kill9-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_plaza-server"))
+            .args(["--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(&dir)
+            .env("PLAZA_TOKEN_SECRET", "kill-nine-test-secret-0123456789")
+            .env_remove("DATABASE_URL")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let remote = RemoteServer { addr };
+    let mut child = start();
+    remote.wait_up().await;
+    let (mut c, joined) = remote.member("Storm").await;
+    let mut acked = Vec::new();
+    for i in 0..200 {
+        c.send(&ClientMessage::Chat(ChatSend { id: format!("m{i}"), text: format!("message {i}") })).await;
+        // Read whatever has arrived so far without waiting.
+        while let Some(msg) = c.try_recv(Duration::from_millis(1)).await {
+            if let ServerMessage::ChatAck(a) = msg {
+                acked.push(a.id);
+            }
+        }
+    }
+    // Kill it mid-storm: some messages are acked, some may not be.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    while let Some(msg) = c.try_recv(Duration::from_millis(50)).await {
+        if let ServerMessage::ChatAck(a) = msg {
+            acked.push(a.id);
+        }
+    }
+    assert!(acked.len() > 10, "the storm got going: {} acks", acked.len());
+
+    let mut child = start();
+    remote.wait_up().await;
+    let (status, _, body) = remote.http_get(&format!("/api/v1/rooms/{}/chat?limit=200", joined.room)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status, 200, "the room and its history outlive the restart: {body}");
+    let history: Vec<ChatMessage> = serde_json::from_str(&body).unwrap();
+    let stored: std::collections::HashSet<&str> = history.iter().map(|m| m.id.as_str()).collect();
+    for id in &acked {
+        assert!(stored.contains(id.as_str()), "acknowledged {id} was lost");
+    }
+}
