@@ -5,6 +5,7 @@
 //! full.
 
 use crate::AppState;
+use crate::metrics as m;
 use crate::auth::{Claims, now_unix, now_unix_ms, random_token};
 use crate::limiter::{Admission, Limiter};
 use crate::rooms::{JoinError, MemberLink, Outbound, RoomHandle};
@@ -31,6 +32,14 @@ const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves one upgraded socket until it closes.
 pub async fn serve(socket: WebSocket, protocol: Subprotocol, state: AppState) {
+    let _open = state.sockets.clone();
+    metrics::gauge!(m::WS_CONNECTIONS).increment(1.0);
+    serve_inner(socket, protocol, &state).await;
+    metrics::gauge!(m::WS_CONNECTIONS).decrement(1.0);
+}
+
+async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: &AppState) {
+    let state = state.clone();
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (kick_tx, kick_rx) = mpsc::channel(1);
@@ -126,6 +135,13 @@ async fn write_loop(
             next = out_rx.recv() => match next {
                 Some(Outbound::Message(msg)) => {
                     let frame = encode(protocol, &msg, own_avatar.load(Ordering::Relaxed));
+                    metrics::counter!(m::WS_MESSAGES, "direction" => "out", "type" => msg.type_name()).increment(1);
+                    let bytes = match &frame {
+                        Message::Binary(b) => b.len(),
+                        Message::Text(t) => t.len(),
+                        _ => 0,
+                    };
+                    metrics::counter!(m::WS_BYTES, "direction" => "out").increment(bytes as u64);
                     tokio::select! {
                         biased;
                         Some((code, reason)) = kick_rx.recv() => {
@@ -178,9 +194,13 @@ fn read(protocol: Subprotocol, frame: Option<Result<Message, axum::Error>>) -> I
             return if too_large { Incoming::TooLarge } else { Incoming::Closed };
         }
     };
+    metrics::counter!(m::WS_BYTES, "direction" => "in").increment(bytes.len() as u64);
     match protocol.decode_client(&bytes) {
         Ok(msg) => match msg.validate() {
-            Ok(()) => Incoming::Message(msg),
+            Ok(()) => {
+                metrics::counter!(m::WS_MESSAGES, "direction" => "in", "type" => msg.type_name()).increment(1);
+                Incoming::Message(msg)
+            }
             Err(e) => Incoming::Invalid(e.code, e.message),
         },
         Err(DecodeError::TooLarge { .. }) => Incoming::TooLarge,
@@ -200,7 +220,10 @@ async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState,
     if hello.protocol != PROTOCOL_VERSION {
         return Err((close::BAD_HELLO, "unsupported protocol version; this server speaks 1"));
     }
-    let claims = state.keys.verify(&hello.token).map_err(|_| (close::BAD_TOKEN, "token missing, bad or expired"))?;
+    let started = Instant::now();
+    let claims = state.keys.verify(&hello.token);
+    metrics::histogram!(m::AUTH_DURATION).record(started.elapsed().as_secs_f64());
+    let claims = claims.map_err(|_| (close::BAD_TOKEN, "token missing, bad or expired"))?;
     let session = Session { id: random_token(12), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new() };
     let welcome = Welcome { user_id: session.claims.sub.clone(), session: session.id.clone(), server_time: now_unix_ms(), tick_hz: TICK_HZ };
     let _ = link.outbound.try_send(Outbound::Message(Arc::new(ServerMessage::Welcome(welcome))));
@@ -244,14 +267,18 @@ impl Session {
     async fn run(&mut self, stream: &mut Stream, state: &AppState, link: &MemberLink, own_avatar: &AtomicU32) -> Option<(u16, &'static str)> {
         let mut last_heard = Instant::now();
         let mut warned_expiry = false;
+        let mut closing = state.closing.clone();
         loop {
             let expiry_at = self.claims.exp.saturating_sub(TOKEN_WARNING_SECS);
             let until_warning = Duration::from_secs(expiry_at.saturating_sub(now_unix()));
             let frame = tokio::select! {
                 frame = stream.next() => frame,
-                _ = tokio::time::sleep_until(last_heard + HEARTBEAT_TIMEOUT) => {
+                _ = tokio::time::sleep_until(last_heard + state.heartbeat_timeout) => {
                     tracing::info!("heartbeat timeout");
-                    return Some((NORMAL_CLOSE, "no message for 30 s"));
+                    return Some((NORMAL_CLOSE, "no message within the heartbeat timeout"));
+                }
+                _ = async { let _ = closing.wait_for(|c| *c).await; } => {
+                    return Some((close::SERVER_DRAINING, "server is restarting; reconnect shortly"));
                 }
                 _ = tokio::time::sleep(until_warning), if !warned_expiry => {
                     warned_expiry = true;
@@ -305,6 +332,8 @@ impl Session {
         match self.limiter.admit(Instant::now()) {
             Admission::Allowed => Ok(true),
             Admission::Dropped { report } => {
+                metrics::counter!(m::RATE_LIMITED).increment(1);
+                metrics::counter!(m::WS_DROPPED, "reason" => "rate_limited").increment(1);
                 if report {
                     Self::error(link, ErrorCode::RateLimited, "too many messages; some were dropped (60/s, bursts to 120)").await;
                 }
@@ -323,6 +352,7 @@ impl Session {
                     room.leave(avatar).await;
                     own_avatar.store(0, Ordering::Relaxed);
                 }
+                let started = Instant::now();
                 let room = match state.directory.resolve(&j.room, true).await {
                     Ok(room) => room,
                     Err(e) => {
@@ -332,6 +362,8 @@ impl Session {
                 };
                 match room.join(self.claims.sub.clone(), self.claims.name.clone(), Default::default(), link.clone()).await {
                     Ok(joined) => {
+                        metrics::histogram!(m::JOIN_DURATION).record(started.elapsed().as_secs_f64());
+                        tracing::info!(room_id = %room.id, avatar = joined.you, "joined room");
                         own_avatar.store(joined.you, Ordering::Relaxed);
                         self.room = Some((room, joined.you));
                         Self::reply(link, ServerMessage::Joined(joined)).await;
@@ -349,7 +381,10 @@ impl Session {
             },
             ClientMessage::Pose(p) => match &self.room {
                 Some((room, avatar)) => {
-                    room.pose(*avatar, p.t, p.pose);
+                    if !room.pose(*avatar, p.t, p.pose) {
+                        // A newer pose follows within 50 ms; count it, don't stall.
+                        metrics::counter!(m::WS_DROPPED, "reason" => "room_queue_full").increment(1);
+                    }
                 }
                 None => return self.invalid(link, ErrorCode::NotInRoom, "pose needs a room; join one first".into()).await,
             },

@@ -20,6 +20,8 @@ use serde_json::json;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
         .route("/api/v1/auth/guest", post(guest))
         .route("/api/v1/auth/refresh", post(refresh))
         .route("/api/v1/rooms", get(list_rooms).post(create_room))
@@ -70,6 +72,22 @@ async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
+/// 200 when the store answers and the server is not draining.
+async fn ready(State(state): State<AppState>) -> Response {
+    if *state.draining.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining", "reason": "the server is shutting down"}))).into_response();
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => Json(json!({"status": "ok"})).into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": format!("store: {e}")}))).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": "store: no answer within 2 s"}))).into_response(),
+    }
+}
+
+async fn metrics_text() -> impl IntoResponse {
+    ([("content-type", "text/plain; version=0.0.4")], crate::metrics::render())
+}
+
 async fn not_found() -> ApiError {
     ApiError(StatusCode::NOT_FOUND, "not_found", "no such route".into())
 }
@@ -87,8 +105,12 @@ struct GuestRequest {
 async fn guest(State(state): State<AppState>, body: axum::body::Bytes) -> Result<impl IntoResponse, ApiError> {
     let req: GuestRequest = parse(&body)?;
     validate_display_name(&req.name).map_err(|e| bad_request(e.message))?;
+    let started = std::time::Instant::now();
     let user_id = format!("u_{}", random_token(9));
-    Ok(Json(issue_pair(&state, &user_id, &req.name)))
+    let pair = issue_pair(&state, &user_id, &req.name);
+    metrics::histogram!(crate::metrics::AUTH_DURATION).record(started.elapsed().as_secs_f64());
+    tracing::info!(user_id = %user_id, "guest signed in");
+    Ok(Json(pair))
 }
 
 fn issue_pair(state: &AppState, user_id: &str, name: &str) -> serde_json::Value {
@@ -156,6 +178,9 @@ async fn create_room(State(state): State<AppState>, headers: HeaderMap, body: ax
 }
 
 async fn websocket(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    if *state.draining.borrow() {
+        return ApiError(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down; try another instance".into()).into_response();
+    }
     // `protocols` picks the first of ours the client offered.
     let ws = ws.protocols(Subprotocol::ALL.map(Subprotocol::name));
     let protocol = ws.selected_protocol().and_then(|p| p.to_str().ok()).and_then(Subprotocol::from_name);

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod gateway;
 pub mod http;
 pub mod limiter;
+pub mod metrics;
 pub mod rooms;
 pub mod store;
 
@@ -34,6 +35,11 @@ pub struct ServerConfig {
     pub access_ttl: Duration,
     /// `sqlite://…` or `postgres://…`.
     pub database_url: String,
+    /// After the shutdown signal: `/ready` says 503 this long before
+    /// sockets are closed with 1001, so load balancers move traffic first.
+    pub drain_grace: Duration,
+    /// A socket silent this long is dropped.
+    pub heartbeat_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -43,6 +49,8 @@ impl ServerConfig {
             token_secret: auth::random_token(32).into_bytes(),
             access_ttl: Duration::from_secs(15 * 60),
             database_url: "sqlite::memory:".into(),
+            drain_grace: Duration::from_millis(200),
+            heartbeat_timeout: gateway::HEARTBEAT_TIMEOUT,
         }
     }
 }
@@ -55,17 +63,39 @@ pub struct AppState {
     pub directory: rooms::Directory,
     pub refresh: Arc<Mutex<auth::RefreshLedger>>,
     pub store: store::Store,
+    pub heartbeat_timeout: Duration,
+    /// `true` once draining: `/ready` fails and new sockets are refused.
+    pub draining: tokio::sync::watch::Receiver<bool>,
+    /// `true` once sockets must close (1001).
+    pub closing: tokio::sync::watch::Receiver<bool>,
+    /// One clone per open socket; `run` waits for them when stopping.
+    pub sockets: Arc<()>,
+}
+
+/// The two switches of a shutdown: draining, then closing.
+#[derive(Debug)]
+pub struct Shutdown {
+    pub draining: tokio::sync::watch::Sender<bool>,
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
-    pub async fn new(config: &ServerConfig) -> Result<Self, store::StoreError> {
+    pub async fn new(config: &ServerConfig) -> Result<(Self, Shutdown), store::StoreError> {
+        metrics::init();
         let store = store::Store::connect(&config.database_url).await?;
-        Ok(AppState {
+        let (draining_tx, draining) = tokio::sync::watch::channel(false);
+        let (closing_tx, closing) = tokio::sync::watch::channel(false);
+        let state = AppState {
             keys: auth::TokenKeys::new(config.token_secret.clone(), config.access_ttl),
             directory: rooms::Directory::start(store.clone()).await?,
             refresh: Arc::default(),
             store,
-        })
+            heartbeat_timeout: config.heartbeat_timeout,
+            draining,
+            closing,
+            sockets: Arc::new(()),
+        };
+        Ok((state, Shutdown { draining: draining_tx, closing: closing_tx }))
     }
 }
 
@@ -77,10 +107,33 @@ pub enum RunError {
     Io(#[from] std::io::Error),
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and returns.
+/// How long sockets get to close after the 1001 before `run` returns.
+const SOCKET_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Serves until `shutdown` resolves, then drains: `/ready` answers 503 and
+/// new sockets are refused for `drain_grace`, then every socket is closed
+/// with 1001, and `run` returns once they are gone (at most 5 s more).
+/// Chat is stored before it is acknowledged, so nothing acknowledged is lost.
 pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
-    let state = AppState::new(&config).await?;
+    let (state, switches) = AppState::new(&config).await?;
+    let sockets = state.sockets.clone();
     tracing::info!(addr = %listener.local_addr()?, "plaza-server listening");
-    axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await?;
+    let grace = config.drain_grace;
+    let stop = async move {
+        shutdown.await;
+        tracing::info!(grace_ms = grace.as_millis() as u64, "draining");
+        let _ = switches.draining.send(true);
+        tokio::time::sleep(grace).await;
+        tracing::info!("closing sockets");
+        let _ = switches.closing.send(true);
+        // Receivers keep seeing `true` after the senders are dropped.
+    };
+    axum::serve(listener, http::router(state)).with_graceful_shutdown(stop).await?;
+    // Upgraded sockets outlive axum's graceful shutdown: wait for them.
+    let deadline = tokio::time::Instant::now() + SOCKET_CLOSE_WAIT;
+    while Arc::strong_count(&sockets) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(left_open = Arc::strong_count(&sockets) - 1, "stopped");
     Ok(())
 }

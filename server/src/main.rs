@@ -19,6 +19,9 @@ struct Config {
     /// Local development: make (once) and keep a token secret in the data dir.
     #[arg(long)]
     dev: bool,
+    /// Seconds `/ready` answers 503 before sockets are closed on shutdown.
+    #[arg(long, env = "PLAZA_DRAIN_GRACE_S", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=300))]
+    drain_grace_s: u64,
     /// Log format: json (one object a line) or pretty.
     #[arg(long, env = "LOG_FORMAT", default_value = "json", value_parser = ["json", "pretty"])]
     log_format: String,
@@ -105,12 +108,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         token_secret: token_secret(&config)?,
         access_ttl: std::time::Duration::from_secs(15 * 60),
         database_url,
+        drain_grace: std::time::Duration::from_secs(config.drain_grace_s),
+        heartbeat_timeout: plaza_server::gateway::HEARTBEAT_TIMEOUT,
     };
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("can't listen on {}", config.bind))?;
+    // SIGTERM (orchestrators) or Ctrl-C (people) starts the drain.
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        }
     };
     plaza_server::run(server, listener, shutdown).await.context("server failed")
 }

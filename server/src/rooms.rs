@@ -194,7 +194,7 @@ impl Room {
                 tracing::info!(avatar = id, user_id = %user_id, "joined");
                 self.members.insert(id, Member { user_id, name, pose, t: None, moved: false, link, missed: 0, missed_left: Vec::new() });
                 self.joined.push(id);
-                self.member_count.store(self.members.len() as u32, Ordering::Relaxed);
+                self.set_members();
             }
             RoomCommand::Leave { avatar } => self.remove(avatar),
             RoomCommand::Chat(message) => {
@@ -223,11 +223,29 @@ impl Room {
             } else {
                 self.left.push(avatar);
             }
-            self.member_count.store(self.members.len() as u32, Ordering::Relaxed);
+            self.set_members();
+        }
+    }
+
+    fn set_members(&mut self) {
+        let before = self.member_count.swap(self.members.len() as u32, Ordering::Relaxed);
+        match (before, self.members.len()) {
+            (0, n) if n > 0 => metrics::gauge!(crate::metrics::ROOMS_ACTIVE).increment(1.0),
+            (b, 0) if b > 0 => metrics::gauge!(crate::metrics::ROOMS_ACTIVE).decrement(1.0),
+            _ => {}
         }
     }
 
     fn tick(&mut self) {
+        let started = std::time::Instant::now();
+        self.tick_inner();
+        metrics::histogram!(crate::metrics::TICK_DURATION).record(started.elapsed().as_secs_f64());
+        if self.tick % u64::from(TICK_HZ) == 0 && !self.members.is_empty() {
+            metrics::histogram!(crate::metrics::ROOM_USERS).record(self.members.len() as f64);
+        }
+    }
+
+    fn tick_inner(&mut self) {
         self.tick += 1;
         let moved: Vec<AvatarPose> = self
             .members
@@ -270,6 +288,7 @@ impl Room {
             match m.link.outbound.try_send(Outbound::Message(message)) {
                 Ok(()) => m.missed = 0,
                 Err(mpsc::error::TrySendError::Full(Outbound::Message(msg))) => {
+                    metrics::counter!(crate::metrics::WS_DROPPED, "reason" => "slow_consumer").increment(1);
                     m.missed += 1;
                     if let ServerMessage::Delta(d) = msg.as_ref() {
                         if resync { m.missed_left.extend(&d.left) } else { m.missed_left.extend(&left) }

@@ -92,6 +92,17 @@ impl Store {
         Ok(Store { pool })
     }
 
+    /// Answers when the database does (for `/ready`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the pool: every later query fails (tests of `/ready`).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// Remembers a room so it (and its chat history) outlives a restart.
     pub async fn insert_room(&self, id: &str, name: &str, capacity: u32) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO rooms (id, name, capacity) VALUES ($1, $2, $3)")

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 pub struct TestServer {
     pub addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl TestServer {

@@ -1,0 +1,125 @@
+//! What operators rely on: draining, readiness, heartbeats, metrics.
+
+mod common;
+
+use common::*;
+use plaza_shared::codec::Subprotocol;
+use plaza_shared::limits::close;
+use plaza_shared::messages::*;
+use std::time::Duration;
+
+#[tokio::test]
+async fn shutdown_drains_ready_goes_503_then_sockets_close_1001() {
+    let config = plaza_server::ServerConfig { drain_grace: Duration::from_millis(600), ..plaza_server::ServerConfig::ephemeral() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(plaza_server::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    let probe = TestServer { addr, stop: None };
+    let (status, _, _) = probe.http("GET", "/ready", "", &[]).await;
+    assert_eq!(status, 200);
+    let (mut member, _) = probe.member("Ada", Subprotocol::Json, "lobby").await;
+    member.send(&ClientMessage::Chat(ChatSend { id: "before".into(), text: "still here".into() })).await;
+
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Draining: not ready, no new sockets, but the old one still works.
+    let (status, _, body) = probe.http("GET", "/ready", "", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(r#""status":"draining""#) && body.contains("reason"), "{body}");
+    member.send(&ClientMessage::Ping(Ping { t: 7 })).await;
+    let mut ponged = false;
+    while let Some(msg) = member.try_recv(Duration::from_millis(300)).await {
+        ponged |= matches!(msg, ServerMessage::Pong(Pong { t: 7, .. }));
+    }
+    assert!(ponged, "sockets keep working during the grace period");
+    // After the grace period: 1001, and `run` returns.
+    assert_eq!(member.ended(Duration::from_secs(3)).await, Ended::Closed(close::SERVER_DRAINING));
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("run returns").unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn ready_fails_when_the_store_is_gone() {
+    let config = plaza_server::ServerConfig::ephemeral();
+    let (state, _switches) = plaza_server::AppState::new(&config).await.unwrap();
+    let store = state.store.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, plaza_server::http::router(state)).await });
+    let probe = TestServer { addr, stop: None };
+    assert_eq!(probe.http("GET", "/ready", "", &[]).await.0, 200);
+    store.close().await;
+    let (status, _, body) = probe.http("GET", "/ready", "", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(r#""status":"unavailable""#) && body.contains("store"), "{body}");
+    assert_eq!(probe.http("GET", "/health", "", &[]).await.0, 200, "health is only liveness");
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_dropped_after_the_heartbeat_timeout() {
+    let config = plaza_server::ServerConfig { heartbeat_timeout: Duration::from_millis(400), ..plaza_server::ServerConfig::ephemeral() };
+    let server = TestServer::start_with(config).await;
+    let (mut quiet, _) = server.member("Quiet", Subprotocol::Binary, "hb").await;
+    let (mut chatty, _) = server.member("Chatty", Subprotocol::Binary, "hb").await;
+    for i in 0..8 {
+        chatty.send(&ClientMessage::Ping(Ping { t: i })).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(quiet.ended(Duration::from_secs(2)).await, Ended::Closed(1000));
+    // The one that pinged is still there and saw the other leave.
+    let mut saw_leave = false;
+    while let Some(msg) = chatty.try_recv(Duration::from_millis(200)).await {
+        if let ServerMessage::Delta(d) = msg {
+            saw_leave |= !d.left.is_empty();
+        }
+    }
+    assert!(saw_leave);
+}
+
+#[tokio::test]
+async fn metrics_show_every_contract_series_moving() {
+    let server = TestServer::start().await;
+    let (_, _, before) = server.http("GET", "/metrics", "", &[]).await;
+    let (mut a, _) = server.member("A", Subprotocol::Binary, "metrics").await;
+    let (mut b, _) = server.member("B", Subprotocol::Json, "metrics").await;
+    for i in 0..5 {
+        a.send(&ClientMessage::Pose(PoseUpdate { t: i, pose: pose_at(i as f32, 0.0) })).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    b.send(&ClientMessage::Chat(ChatSend { id: "c1".into(), text: "hi".into() })).await;
+    let _ = b.next_delta().await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a room-users sample
+    let (status, head, text) = server.http("GET", "/metrics", "", &[]).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-type: text/plain"), "{head}");
+    let value = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum()
+    };
+    for series in [
+        "plaza_rooms_active",
+        "plaza_room_users_count",
+        "plaza_ws_connections",
+        "plaza_ws_messages_total{direction=\"in\",type=\"pose\"}",
+        "plaza_ws_messages_total{direction=\"out\",type=\"delta\"}",
+        "plaza_ws_bytes_total{direction=\"in\"}",
+        "plaza_ws_bytes_total{direction=\"out\"}",
+        "plaza_auth_duration_seconds_count",
+        "plaza_join_duration_seconds_count",
+        "plaza_tick_duration_seconds_count",
+    ] {
+        let (then, now) = (value(&before, series), value(&text, series));
+        assert!(now > then || (now > 0.0 && !before.contains(series)), "{series} did not move: {then} -> {now}\n{text}");
+    }
+    assert!(value(&text, "process_resident_memory_bytes") > 1e6, "process memory is reported");
+    assert!(text.contains("process_cpu_seconds_total "), "process CPU is reported");
+    // Voice has no SFU yet: its series are there, at zero.
+    for present in ["plaza_voice_bytes_total", "plaza_voice_streams"] {
+        assert!(text.contains(present), "{present} missing");
+    }
+    assert!(!text.contains("=\"u_") && !text.contains("=\"r_"), "no user or room ids as label values");
+}
