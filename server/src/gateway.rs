@@ -59,12 +59,19 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: &AppState)
         }
     };
     let span = tracing::info_span!("socket", user_id = %session.claims.sub, session_id = %session.id, protocol = protocol.name());
-    let _entered = span.enter();
-    tracing::info!("welcomed");
-    let outcome = session.run(&mut stream, &state, &link, &own_avatar).await;
-    if let Some(room) = session.room.take() {
-        room.0.leave(room.1).await;
-    }
+    let outcome = tracing::Instrument::instrument(
+        async {
+            tracing::info!("welcomed");
+            let outcome = session.run(&mut stream, &state, &link, &own_avatar).await;
+            if let Some(room) = session.room.take() {
+                room.0.leave(room.1).await;
+            }
+            tracing::info!(close = outcome.map(|c| c.0), "socket done");
+            outcome
+        },
+        span,
+    )
+    .await;
     if let Some((code, reason)) = outcome {
         // In order, after the replies already queued; the kick channel is
         // for when the queue doesn't drain (a client that stopped reading).
@@ -74,7 +81,6 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: &AppState)
         }
     }
     drop(link);
-    drop(_entered);
     let _ = writer.await;
     linger(&mut stream).await;
 }

@@ -58,12 +58,7 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     };
     req.headers_mut().insert("x-request-id", id.clone());
     let span = tracing::info_span!("http", request_id = %id.to_str().unwrap_or(""), method = %req.method(), path = %req.uri().path());
-    let mut response = {
-        let _e = span.enter();
-        tracing::debug!("request");
-        drop(_e);
-        next.run(req).await
-    };
+    let mut response = tracing::Instrument::instrument(next.run(req), span).await;
     response.headers_mut().insert("x-request-id", id);
     response
 }

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod gateway;
 pub mod http;
 pub mod limiter;
+pub mod logging;
 pub mod metrics;
 pub mod rooms;
 pub mod store;

@@ -89,13 +89,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    if config.log_format == "json" {
-        logs.json().flatten_event(true).with_current_span(true).init();
-    } else {
-        logs.init();
-    }
+    plaza_server::logging::init(&config.log_format);
     let database_url = match &config.database_url {
         Some(url) => url.clone(),
         None => {

@@ -240,7 +240,7 @@ impl Room {
         let started = std::time::Instant::now();
         self.tick_inner();
         metrics::histogram!(crate::metrics::TICK_DURATION).record(started.elapsed().as_secs_f64());
-        if self.tick % u64::from(TICK_HZ) == 0 && !self.members.is_empty() {
+        if self.tick.is_multiple_of(u64::from(TICK_HZ)) && !self.members.is_empty() {
             metrics::histogram!(crate::metrics::ROOM_USERS).record(self.members.len() as f64);
         }
     }
