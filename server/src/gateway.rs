@@ -30,6 +30,12 @@ pub const TOKEN_WARNING_SECS: u64 = 60;
 const NORMAL_CLOSE: u16 = 1000;
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// `WS_RATE_LIMIT_DEBUG` on: log every rate-limit decision.
+fn rate_limit_debug() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("WS_RATE_LIMIT_DEBUG").is_ok_and(|v| v.parse::<plaza_shared::flags::Switch>().is_ok_and(|s| s.is_on())))
+}
+
 /// Serves one upgraded socket until it closes.
 pub async fn serve(socket: WebSocket, protocol: Subprotocol, state: AppState) {
     let _open = state.sockets.clone();
@@ -335,7 +341,11 @@ impl Session {
 
     /// Rate limit: Ok(true) to handle the message, Ok(false) to drop it.
     async fn admit(&mut self, link: &MemberLink) -> Result<bool, (u16, &'static str)> {
-        match self.limiter.admit(Instant::now()) {
+        let verdict = self.limiter.admit(Instant::now());
+        if rate_limit_debug() {
+            tracing::info!(?verdict, "rate limit decision");
+        }
+        match verdict {
             Admission::Allowed => Ok(true),
             Admission::Dropped { report } => {
                 metrics::counter!(m::RATE_LIMITED).increment(1);

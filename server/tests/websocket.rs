@@ -226,3 +226,56 @@ async fn ping_gets_pong_with_the_same_t() {
         assert!(p.server_time > 1_700_000_000_000);
     }
 }
+
+#[tokio::test]
+async fn token_expiring_is_sent_before_expiry_and_an_in_band_refresh_keeps_the_socket() {
+    // 62 s tokens: the warning is due 60 s before expiry, 2 s in.
+    let config = plaza_server::ServerConfig { access_ttl: Duration::from_secs(62), ..plaza_server::ServerConfig::ephemeral() };
+    let server = TestServer::start_with(config).await;
+    let guest = server.guest("Ada").await;
+    let mut c = Client::connect(server.addr, Subprotocol::Json).await;
+    c.send(&ClientMessage::Hello(Hello { token: guest["access_token"].as_str().unwrap().into(), protocol: 1, resume: None })).await;
+    assert!(matches!(c.recv().await, ServerMessage::Welcome(_)));
+    let warning = c.try_recv(Duration::from_secs(4)).await;
+    let Some(ServerMessage::TokenExpiring(t)) = warning else { panic!("token_expiring expected, got {warning:?}") };
+    assert!((58..=61).contains(&t.in_s), "{t:?}");
+    // Refresh over HTTP, hand the new token over in-band: the socket stays.
+    let body = format!(r#"{{"refresh_token":"{}"}}"#, guest["refresh_token"].as_str().unwrap());
+    let (status, _, fresh) = server.http("POST", "/api/v1/auth/refresh", &body, &[]).await;
+    assert_eq!(status, 200);
+    let fresh: serde_json::Value = serde_json::from_str(&fresh).unwrap();
+    c.send(&ClientMessage::Refresh(Refresh { token: fresh["access_token"].as_str().unwrap().into() })).await;
+    c.send(&ClientMessage::Ping(Ping { t: 5 })).await;
+    assert!(matches!(c.recv().await, ServerMessage::Pong(Pong { t: 5, .. })));
+    // Someone else's token is not a refresh: 4001.
+    let other = server.token("Mallory").await;
+    c.send(&ClientMessage::Refresh(Refresh { token: other })).await;
+    assert_eq!(c.ended(Duration::from_secs(2)).await, Ended::Closed(close::BAD_TOKEN));
+}
+
+#[tokio::test]
+async fn ids_a_client_puts_in_a_message_are_ignored() {
+    let server = TestServer::start().await;
+    let (mut victim, joined_v) = server.member("Victim", Subprotocol::Json, "spoof").await;
+    let (mut mallory, joined_m) = server.member("Mallory", Subprotocol::Json, "spoof").await;
+    let _ = victim.next_delta().await; // Mallory joined
+    // A pose that names the victim's avatar and user: extra fields are
+    // ignored, the server stamps the sender.
+    let spoof = format!(
+        r#"{{"type":"pose","t":1,"id":{},"user":"{}","from":"{}","p":[9,0,9],"r":[0,0,0,1]}}"#,
+        joined_v.you, joined_v.avatars.first().map(|a| a.user.as_str()).unwrap_or("u_x"), "u_victim"
+    );
+    mallory.send_raw(tokio_tungstenite::tungstenite::Message::Text(spoof.into())).await;
+    let d = victim.next_delta().await;
+    assert_eq!(d.avatars.len(), 1);
+    assert_eq!(d.avatars[0].id, joined_m.you, "the move is Mallory's, not the victim's");
+    let chat = r#"{"type":"chat","id":"x1","text":"I am the victim","from":"u_victim","name":"Victim"}"#;
+    mallory.send_raw(tokio_tungstenite::tungstenite::Message::Text(chat.into())).await;
+    let seen = loop {
+        if let ServerMessage::Chat(c) = victim.recv().await {
+            break c;
+        }
+    };
+    assert_eq!(seen.name, "Mallory");
+    assert_ne!(seen.from, "u_victim");
+}
