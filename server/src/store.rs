@@ -28,32 +28,30 @@ pub struct Store {
     pool: AnyPool,
 }
 
-const SQLITE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chat_messages (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    room_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    client_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    text TEXT NOT NULL,
-    ts BIGINT NOT NULL,
-    UNIQUE (room_id, user_id, client_id)
-)";
+/// The chat table; only the auto-increment key is spelled per backend.
+fn chat_schema(backend: Backend) -> String {
+    let key = match backend {
+        Backend::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+        Backend::Postgres => "BIGSERIAL PRIMARY KEY",
+    };
+    format!(
+        "CREATE TABLE IF NOT EXISTS chat_messages (
+            seq {key},
+            room_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            client_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            text TEXT NOT NULL,
+            ts BIGINT NOT NULL,
+            UNIQUE (room_id, user_id, client_id)
+        )"
+    )
+}
 
 const ROOMS_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS rooms (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     capacity BIGINT NOT NULL
-)";
-
-const POSTGRES_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS chat_messages (
-    seq BIGSERIAL PRIMARY KEY,
-    room_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    client_id TEXT NOT NULL,
-    name TEXT NOT NULL,
-    text TEXT NOT NULL,
-    ts BIGINT NOT NULL,
-    UNIQUE (room_id, user_id, client_id)
 )";
 
 impl Store {
@@ -86,8 +84,7 @@ impl Store {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
             sqlx::query("PRAGMA busy_timeout = 5000").execute(&pool).await?;
         }
-        let schema = if backend == Backend::Sqlite { SQLITE_SCHEMA } else { POSTGRES_SCHEMA };
-        sqlx::query(schema).execute(&pool).await?;
+        sqlx::query(&chat_schema(backend)).execute(&pool).await?;
         sqlx::query(ROOMS_SCHEMA).execute(&pool).await?;
         Ok(Store { pool })
     }
