@@ -15,7 +15,6 @@ use plaza_shared::codec::{DecodeError, Subprotocol};
 use plaza_shared::limits::{HELLO_TIMEOUT_MS, PROTOCOL_VERSION, TICK_HZ, close};
 use plaza_shared::messages::*;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
@@ -49,8 +48,7 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: &AppState)
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (kick_tx, kick_rx) = mpsc::channel(1);
-    let own_avatar = Arc::new(AtomicU32::new(0));
-    let writer = tokio::spawn(write_loop(sink, out_rx, kick_rx, protocol, own_avatar.clone()));
+    let writer = tokio::spawn(write_loop(sink, out_rx, kick_rx, protocol));
     let link = MemberLink { outbound: out_tx, kick: kick_tx };
 
     let handshake = handshake(&mut stream, protocol, &state, &link).await;
@@ -68,7 +66,7 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: &AppState)
     let outcome = tracing::Instrument::instrument(
         async {
             tracing::info!("welcomed");
-            let outcome = session.run(&mut stream, &state, &link, &own_avatar).await;
+            let outcome = session.run(&mut stream, &state, &link).await;
             if let Some(room) = session.room.take() {
                 room.0.leave(room.1).await;
             }
@@ -114,20 +112,32 @@ async fn send_close(sink: &mut Sink, code: u16, reason: &'static str) {
     let _ = timeout(CLOSE_SEND_TIMEOUT, sink.send(frame)).await;
 }
 
-fn encode(protocol: Subprotocol, msg: &ServerMessage, own: AvatarId) -> Message {
+/// The frame for `msg`, or `None` when it was only about the receiver itself.
+fn encode(protocol: Subprotocol, msg: &ServerMessage, own: AvatarId) -> Option<Message> {
     // A member is never sent its own avatar.
     let filtered;
     let msg = match msg {
-        ServerMessage::Delta(d) if own != 0 && d.avatars.iter().any(|a| a.id == own) => {
-            filtered = ServerMessage::Delta(Delta { avatars: d.avatars.iter().filter(|a| a.id != own).cloned().collect(), ..d.clone() });
+        ServerMessage::Delta(d) if own != 0 && (d.avatars.iter().any(|a| a.id == own) || d.joined.iter().any(|a| a.id == own)) => {
+            filtered = ServerMessage::Delta(Delta {
+                avatars: d.avatars.iter().filter(|a| a.id != own).cloned().collect(),
+                joined: d.joined.iter().filter(|a| a.id != own).cloned().collect(),
+                ..d.clone()
+            });
             &filtered
         }
         other => other,
     };
-    match protocol {
+    if let ServerMessage::Delta(d) = msg
+        && d.avatars.is_empty()
+        && d.joined.is_empty()
+        && d.left.is_empty()
+    {
+        return None; // a tick with no change (for this member) sends nothing
+    }
+    Some(match protocol {
         Subprotocol::Binary => Message::Binary(plaza_shared::codec::binary::encode_server(msg).into()),
         Subprotocol::Json => Message::Text(plaza_shared::codec::json::encode(msg).into()),
-    }
+    })
 }
 
 async fn write_loop(
@@ -135,8 +145,10 @@ async fn write_loop(
     mut out_rx: mpsc::Receiver<Outbound>,
     mut kick_rx: mpsc::Receiver<(u16, &'static str)>,
     protocol: Subprotocol,
-    own_avatar: Arc<AtomicU32>,
 ) {
+    // The receiver's own avatar, learnt from the `joined` passing through
+    // (the room queues it before any delta that could mention it).
+    let mut own: AvatarId = 0;
     loop {
         tokio::select! {
             biased;
@@ -146,7 +158,10 @@ async fn write_loop(
             }
             next = out_rx.recv() => match next {
                 Some(Outbound::Message(msg)) => {
-                    let frame = encode(protocol, &msg, own_avatar.load(Ordering::Relaxed));
+                    if let ServerMessage::Joined(j) = msg.as_ref() {
+                        own = j.you;
+                    }
+                    let Some(frame) = encode(protocol, &msg, own) else { continue };
                     metrics::counter!(m::WS_MESSAGES, "direction" => "out", "type" => msg.type_name()).increment(1);
                     let bytes = match &frame {
                         Message::Binary(b) => b.len(),
@@ -276,7 +291,7 @@ impl Session {
     }
 
     /// Runs until the socket closes; returns the close to send, if any.
-    async fn run(&mut self, stream: &mut Stream, state: &AppState, link: &MemberLink, own_avatar: &AtomicU32) -> Option<(u16, &'static str)> {
+    async fn run(&mut self, stream: &mut Stream, state: &AppState, link: &MemberLink) -> Option<(u16, &'static str)> {
         let mut last_heard = Instant::now();
         let mut warned_expiry = false;
         let mut closing = state.closing.clone();
@@ -330,7 +345,7 @@ impl Session {
                 Ok(true) => {}
             }
             let expiry = self.claims.exp;
-            if let Some(close) = self.handle(msg, state, link, own_avatar).await {
+            if let Some(close) = self.handle(msg, state, link).await {
                 return Some(close);
             }
             if self.claims.exp != expiry {
@@ -359,14 +374,13 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, msg: ClientMessage, state: &AppState, link: &MemberLink, own_avatar: &AtomicU32) -> Option<(u16, &'static str)> {
+    async fn handle(&mut self, msg: ClientMessage, state: &AppState, link: &MemberLink) -> Option<(u16, &'static str)> {
         match msg {
             ClientMessage::Hello(_) => return self.invalid(link, ErrorCode::BadMessage, "already said hello".into()).await,
             ClientMessage::Ping(p) => Self::reply(link, ServerMessage::Pong(Pong { t: p.t, server_time: now_unix_ms() })).await,
             ClientMessage::Join(j) => {
                 if let Some((room, avatar)) = self.room.take() {
                     room.leave(avatar).await;
-                    own_avatar.store(0, Ordering::Relaxed);
                 }
                 let started = Instant::now();
                 let room = match state.directory.resolve(&j.room, true).await {
@@ -378,21 +392,17 @@ impl Session {
                 };
                 match room.join(self.claims.sub.clone(), self.claims.name.clone(), Default::default(), link.clone()).await {
                     Ok(joined) => {
+                        // The room already queued `joined` to this socket.
                         metrics::histogram!(m::JOIN_DURATION).record(started.elapsed().as_secs_f64());
                         tracing::info!(room_id = %room.id, avatar = joined.you, "joined room");
-                        own_avatar.store(joined.you, Ordering::Relaxed);
                         self.room = Some((room, joined.you));
-                        Self::reply(link, ServerMessage::Joined(joined)).await;
                     }
                     Err(JoinError::Full { capacity }) => Self::error(link, ErrorCode::RoomFull, format!("the room is full ({capacity} members)")).await,
                     Err(e) => Self::error(link, ErrorCode::RoomNotFound, e.to_string()).await,
                 }
             }
             ClientMessage::Leave => match self.room.take() {
-                Some((room, avatar)) => {
-                    room.leave(avatar).await;
-                    own_avatar.store(0, Ordering::Relaxed);
-                }
+                Some((room, avatar)) => room.leave(avatar).await,
                 None => return self.invalid(link, ErrorCode::NotInRoom, "leave needs a room; join one first".into()).await,
             },
             ClientMessage::Pose(p) => match &self.room {

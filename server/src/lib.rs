@@ -10,10 +10,13 @@
 //!
 //! - [`store`]: chat storage (sqlx: SQLite or Postgres).
 //!
-//! Not yet here (see the server issue): resume, metrics, readiness and
-//! draining, bots, voice.
+//! - [`metrics`], [`logging`]: what operators see.
+//! - [`bots`]: server-side bots for `--bots N`.
+//!
+//! Not yet here (see the server issue): resume, voice.
 
 pub mod auth;
+pub mod bots;
 pub mod gateway;
 pub mod http;
 pub mod limiter;
@@ -41,6 +44,9 @@ pub struct ServerConfig {
     pub drain_grace: Duration,
     /// A socket silent this long is dropped.
     pub heartbeat_timeout: Duration,
+    /// Bots wandering the plaza (`--bots N`), in the room named `bots_room`.
+    pub bots: u32,
+    pub bots_room: String,
 }
 
 impl ServerConfig {
@@ -52,6 +58,8 @@ impl ServerConfig {
             database_url: "sqlite::memory:".into(),
             drain_grace: Duration::from_millis(200),
             heartbeat_timeout: gateway::HEARTBEAT_TIMEOUT,
+            bots: 0,
+            bots_room: "plaza".into(),
         }
     }
 }
@@ -118,6 +126,7 @@ const SOCKET_CLOSE_WAIT: Duration = Duration::from_secs(5);
 pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
     let (state, switches) = AppState::new(&config).await?;
     let sockets = state.sockets.clone();
+    bots::spawn(state.clone(), config.bots_room.clone(), config.bots);
     tracing::info!(addr = %listener.local_addr()?, "plaza-server listening");
     let grace = config.drain_grace;
     let stop = async move {

@@ -22,6 +22,9 @@ struct Config {
     /// Seconds `/ready` answers 503 before sockets are closed on shutdown.
     #[arg(long, env = "PLAZA_DRAIN_GRACE_S", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=300))]
     drain_grace_s: u64,
+    /// Bots wandering the `plaza` room, chatting now and then.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    bots: u32,
     /// Log format: json (one object a line) or pretty.
     #[arg(long, env = "LOG_FORMAT", default_value = "json", value_parser = ["json", "pretty"])]
     log_format: String,
@@ -104,6 +107,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         database_url,
         drain_grace: std::time::Duration::from_secs(config.drain_grace_s),
         heartbeat_timeout: plaza_server::gateway::HEARTBEAT_TIMEOUT,
+        bots: config.bots,
+        bots_room: "plaza".into(),
     };
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await

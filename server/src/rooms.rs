@@ -188,8 +188,11 @@ impl Room {
                 self.next_avatar += 1;
                 let avatars = self.members.iter().map(|(&other, m)| m.info(other)).collect();
                 let joined = Joined { room: self.id.to_string(), room_name: self.name.to_string(), you: id, tick: self.tick, avatars };
-                if reply.send(Ok(joined)).is_err() {
-                    return; // the socket went away while joining
+                // The room sends `joined` itself, so it is queued before any
+                // delta that mentions the newcomer.
+                let sent = link.outbound.try_send(Outbound::Message(Arc::new(ServerMessage::Joined(joined.clone()))));
+                if sent.is_err() || reply.send(Ok(joined)).is_err() {
+                    return; // the socket is gone or not reading
                 }
                 tracing::info!(avatar = id, user_id = %user_id, "joined");
                 self.members.insert(id, Member { user_id, name, pose, t: None, moved: false, link, missed: 0, missed_left: Vec::new() });
@@ -217,12 +220,10 @@ impl Room {
     fn remove(&mut self, avatar: AvatarId) {
         if self.members.remove(&avatar).is_some() {
             tracing::info!(avatar, "left");
-            // Joined and left within one tick: the others never saw it.
-            if let Some(i) = self.joined.iter().position(|&a| a == avatar) {
-                self.joined.remove(i);
-            } else {
-                self.left.push(avatar);
-            }
+            // Even if it joined this tick: members who joined after it saw it
+            // in their `joined` state. An unknown id in `left` is harmless.
+            self.joined.retain(|&a| a != avatar);
+            self.left.push(avatar);
             self.set_members();
         }
     }
@@ -258,20 +259,17 @@ impl Room {
         for m in self.members.values_mut() {
             m.moved = false;
         }
-        let fresh = std::mem::take(&mut self.joined);
+        self.joined.clear();
         let changed = !moved.is_empty() || !joined.is_empty() || !left.is_empty();
         let delta = changed.then(|| Arc::new(ServerMessage::Delta(Delta { tick: self.tick, avatars: moved, joined, left: left.clone() })));
 
         let mut too_slow = Vec::new();
         let ids: Vec<AvatarId> = self.members.keys().copied().collect();
         for id in ids {
-            let resync = {
-                let m = &self.members[&id];
-                if m.missed == 0 && fresh.contains(&id) {
-                    continue; // its `joined` already had the state
-                }
-                m.missed > 0
-            };
+            // Members that joined this tick get the delta too: others may
+            // have joined after them within the tick. Entries they already
+            // have are upserts; their own entry is filtered by the gateway.
+            let resync = self.members[&id].missed > 0;
             let message = if resync {
                 // Everything it may have missed: all others in full, and
                 // every departure since it fell behind.
@@ -460,6 +458,25 @@ mod tests {
         assert!(with_moves >= ticks - 2, "the others kept their tick: {with_moves} of {ticks}");
         assert_eq!(room.members(), 2, "the slow member is gone");
         assert!(fast_deltas.iter().any(|d| d.left == vec![slow.joined.you]), "the others were told it left");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn members_joining_in_the_same_tick_learn_of_each_other() {
+        let room = spawn_room("t", 40);
+        // Both join before the first tick fires.
+        let mut first = join(&room, "first", 64).await;
+        let mut second = join(&room, "second", 64).await;
+        let third = join(&room, "third", 64).await;
+        room.leave(third.joined.you).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let seen = deltas(&mut first);
+        assert!(seen.iter().any(|d| d.joined.iter().any(|a| a.id == second.joined.you)), "first learns of second: {seen:?}");
+        // `second` saw `third`? No: third joined after it. `first` and
+        // `second` both get third's departure, which is harmless for first.
+        assert!(seen.iter().any(|d| d.left.contains(&third.joined.you)));
+        let seen = deltas(&mut second);
+        assert!(seen.iter().any(|d| d.left.contains(&third.joined.you)), "{seen:?}");
+        assert_eq!(second.joined.avatars.iter().map(|a| a.id).collect::<Vec<_>>(), vec![first.joined.you]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -279,3 +279,15 @@ async fn ids_a_client_puts_in_a_message_are_ignored() {
     assert_eq!(seen.name, "Mallory");
     assert_ne!(seen.from, "u_victim");
 }
+
+#[tokio::test]
+async fn bots_fill_the_plaza_and_move() {
+    let config = plaza_server::ServerConfig { bots: 5, ..plaza_server::ServerConfig::ephemeral() };
+    let server = TestServer::start_with(config).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut me, joined) = server.member("Visitor", Subprotocol::Binary, "plaza").await;
+    assert_eq!(joined.avatars.len(), 5, "{joined:?}");
+    assert!(joined.avatars.iter().all(|a| a.name.starts_with("Bot ")));
+    let d = me.next_delta().await;
+    assert!(!d.avatars.is_empty(), "bots move: {d:?}");
+}
