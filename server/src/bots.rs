@@ -25,7 +25,7 @@ const LINES: [&str; 6] = [
 pub fn bot_pose(i: u32, t: f64) -> Pose {
     let ring = f64::from(i % 5);
     let radius = 8.0 + ring * 4.5;
-    let direction = if i % 2 == 0 { 1.0 } else { -1.0 };
+    let direction = if i.is_multiple_of(2) { 1.0 } else { -1.0 };
     let phase = f64::from(i) * 2.399_963;
     let angle = phase + direction * 1.3 / radius * t;
     let (x, z) = (angle.cos() * radius, angle.sin() * radius);
