@@ -37,14 +37,13 @@ fn rate_limit_debug() -> bool {
 
 /// Serves one upgraded socket until it closes.
 pub async fn serve(socket: WebSocket, protocol: Subprotocol, state: AppState) {
-    let _open = state.sockets.clone();
+    let _open = Arc::clone(&state.sockets);
     metrics::gauge!(m::WS_CONNECTIONS).increment(1.0);
-    serve_inner(socket, protocol, &state).await;
+    serve_inner(socket, protocol, state).await;
     metrics::gauge!(m::WS_CONNECTIONS).decrement(1.0);
 }
 
-async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: &AppState) {
-    let state = state.clone();
+async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState) {
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (kick_tx, kick_rx) = mpsc::channel(1);
@@ -206,11 +205,12 @@ enum Incoming {
 }
 
 fn read(protocol: Subprotocol, frame: Option<Result<Message, axum::Error>>) -> Incoming {
-    let bytes = match frame {
+    // Both payloads are reference-counted buffers: no copy per message.
+    let bytes: axum::body::Bytes = match frame {
         None | Some(Ok(Message::Close(_))) => return Incoming::Closed,
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Incoming::Ignore,
-        Some(Ok(Message::Text(text))) if protocol == Subprotocol::Json => text.as_bytes().to_vec(),
-        Some(Ok(Message::Binary(bytes))) if protocol == Subprotocol::Binary => bytes.to_vec(),
+        Some(Ok(Message::Text(text))) if protocol == Subprotocol::Json => text.into(),
+        Some(Ok(Message::Binary(bytes))) if protocol == Subprotocol::Binary => bytes,
         Some(Ok(Message::Text(_))) => return Incoming::Invalid(ErrorCode::BadMessage, "plaza.v1.bin takes binary frames, not text".into()),
         Some(Ok(Message::Binary(_))) => return Incoming::Invalid(ErrorCode::BadMessage, "plaza.v1.json takes text frames, not binary".into()),
         Some(Err(e)) => {
