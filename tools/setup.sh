@@ -13,6 +13,8 @@ PACKAGES=(
   mesa-vulkan-drivers libvulkan1 vulkan-tools xvfb xauth
   # voice
   libopus-dev
+  # chat store tests on PostgreSQL (the tests start their own cluster)
+  postgresql
 )
 
 missing=()

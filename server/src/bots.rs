@@ -5,7 +5,7 @@
 
 use crate::AppState;
 use crate::auth::now_unix_ms;
-use crate::rooms::MemberLink;
+use crate::rooms::{MemberLink, Occupant};
 use plaza_shared::pose::Pose;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -57,7 +57,9 @@ async fn run_bot(state: AppState, room_name: &str, i: u32) -> Result<(), crate::
     tokio::spawn(async move { while inbox.recv().await.is_some() {} });
     let user_id = format!("bot_{i}");
     let name = format!("Bot {}", i + 1);
-    let joined = room.join(user_id.clone(), name.clone(), bot_pose(i, 0.0), MemberLink { outbound, kick }).await?;
+    // Bots have no socket: connection 0 and a session nobody can resume.
+    let occupant = Occupant { user_id: user_id.clone(), name: name.clone(), session: format!("bot-{i}").into(), conn: 0 };
+    let seat = room.join(occupant, bot_pose(i, 0.0), MemberLink { outbound, kick }).await?;
     let started = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_millis(1000 / POSE_HZ));
     let mut closing = state.closing.clone();
@@ -70,7 +72,7 @@ async fn run_bot(state: AppState, room_name: &str, i: u32) -> Result<(), crate::
             _ = async { let _ = closing.wait_for(|c| *c).await; } => break,
         }
         let t = started.elapsed().as_secs_f64();
-        room.pose(joined.you, now_unix_ms(), bot_pose(i, t));
+        room.pose(seat.you, 0, now_unix_ms(), bot_pose(i, t));
         if tokio::time::Instant::now() >= next_chat {
             let text = LINES[(i as usize + said as usize) % LINES.len()];
             let id = format!("{user_id}-{}-{said}", now_unix_ms());
@@ -82,7 +84,7 @@ async fn run_bot(state: AppState, room_name: &str, i: u32) -> Result<(), crate::
             next_chat += Duration::from_secs(45);
         }
     }
-    room.leave(joined.you).await;
+    room.leave(seat.you, 0).await;
     Ok(())
 }
 

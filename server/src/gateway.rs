@@ -8,13 +8,14 @@ use crate::AppState;
 use crate::metrics as m;
 use crate::auth::{Claims, now_unix, now_unix_ms, random_token};
 use crate::limiter::{Admission, Limiter};
-use crate::rooms::{JoinError, MemberLink, Outbound, RoomHandle};
+use crate::rooms::{JoinError, MemberLink, Occupant, Outbound, RoomHandle};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use plaza_shared::codec::{DecodeError, Subprotocol};
 use plaza_shared::limits::{HELLO_TIMEOUT_MS, PROTOCOL_VERSION, TICK_HZ, close};
 use plaza_shared::messages::*;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
@@ -28,6 +29,28 @@ pub const TOKEN_WARNING_SECS: u64 = 60;
 /// Heartbeat timeouts close normally: the peer is most likely gone anyway.
 const NORMAL_CLOSE: u16 = 1000;
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// A member closed for falling behind has a full socket buffer; its close
+/// frame waits this long behind the data it hasn't read yet.
+const KICK_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Numbers each socket, so the room can tell a resumed seat's new socket
+/// from the one it replaced. 0 is for bots.
+fn next_conn() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client closed the socket: it left.
+    Goodbye,
+    /// The connection dropped without a close frame: its seat waits for a
+    /// resume.
+    Dropped,
+    /// We close it, with this code; it leaves its room.
+    Close(u16, &'static str),
+}
 
 /// `WS_RATE_LIMIT_DEBUG` on: log every rate-limit decision.
 fn rate_limit_debug() -> bool {
@@ -65,12 +88,19 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState) 
     let outcome = tracing::Instrument::instrument(
         async {
             tracing::info!("welcomed");
-            let outcome = session.run(&mut stream, &state, &link).await;
-            if let Some(room) = session.room.take() {
-                room.0.leave(room.1).await;
+            let end = session.run(&mut stream, &state, &link).await;
+            if let Some((room, avatar)) = session.room.take() {
+                if end == End::Dropped {
+                    room.detach(avatar, session.conn).await;
+                } else {
+                    room.leave(avatar, session.conn).await;
+                }
             }
-            tracing::info!(close = outcome.map(|c| c.0), "socket done");
-            outcome
+            tracing::info!(?end, "socket done");
+            match end {
+                End::Close(code, reason) => Some((code, reason)),
+                End::Goodbye | End::Dropped => None,
+            }
         },
         span,
     )
@@ -106,9 +136,9 @@ async fn linger(stream: &mut Stream) {
 type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
 type Stream = futures_util::stream::SplitStream<WebSocket>;
 
-async fn send_close(sink: &mut Sink, code: u16, reason: &'static str) {
+async fn send_close(sink: &mut Sink, code: u16, reason: &'static str, wait: Duration) {
     let frame = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }));
-    let _ = timeout(CLOSE_SEND_TIMEOUT, sink.send(frame)).await;
+    let _ = timeout(wait, sink.send(frame)).await;
 }
 
 /// The frame for `msg`, or `None` when it was only about the receiver itself.
@@ -152,7 +182,7 @@ async fn write_loop(
         tokio::select! {
             biased;
             Some((code, reason)) = kick_rx.recv() => {
-                send_close(&mut sink, code, reason).await;
+                send_close(&mut sink, code, reason, KICK_SEND_TIMEOUT).await;
                 return;
             }
             next = out_rx.recv() => match next {
@@ -171,20 +201,20 @@ async fn write_loop(
                     tokio::select! {
                         biased;
                         Some((code, reason)) = kick_rx.recv() => {
-                            send_close(&mut sink, code, reason).await;
+                            send_close(&mut sink, code, reason, KICK_SEND_TIMEOUT).await;
                             return;
                         }
                         sent = sink.send(frame) => if sent.is_err() { return },
                     }
                 }
                 Some(Outbound::Close(code, reason)) => {
-                    send_close(&mut sink, code, reason).await;
+                    send_close(&mut sink, code, reason, CLOSE_SEND_TIMEOUT).await;
                     return;
                 }
                 None => {
                     // The reader is done; a kick may still be queued.
                     if let Ok((code, reason)) = kick_rx.try_recv() {
-                        send_close(&mut sink, code, reason).await;
+                        send_close(&mut sink, code, reason, KICK_SEND_TIMEOUT).await;
                     } else {
                         let _ = timeout(CLOSE_SEND_TIMEOUT, sink.close()).await;
                     }
@@ -200,25 +230,31 @@ enum Incoming {
     Message(ClientMessage),
     Invalid(ErrorCode, String),
     TooLarge,
+    /// A close frame: the peer said goodbye.
     Closed,
+    /// The connection ended without a close frame.
+    Dropped,
     Ignore,
 }
 
 fn read(protocol: Subprotocol, frame: Option<Result<Message, axum::Error>>) -> Incoming {
     // Both payloads are reference-counted buffers: no copy per message.
     let bytes: axum::body::Bytes = match frame {
-        None | Some(Ok(Message::Close(_))) => return Incoming::Closed,
+        Some(Ok(Message::Close(_))) => return Incoming::Closed,
+        None => return Incoming::Dropped,
         Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Incoming::Ignore,
         Some(Ok(Message::Text(text))) if protocol == Subprotocol::Json => text.into(),
         Some(Ok(Message::Binary(bytes))) if protocol == Subprotocol::Binary => bytes,
         Some(Ok(Message::Text(_))) => return Incoming::Invalid(ErrorCode::BadMessage, "plaza.v1.bin takes binary frames, not text".into()),
         Some(Ok(Message::Binary(_))) => return Incoming::Invalid(ErrorCode::BadMessage, "plaza.v1.json takes text frames, not binary".into()),
         Some(Err(e)) => {
-            let too_large = e
-                .into_inner()
-                .downcast::<tungstenite::Error>()
-                .is_ok_and(|e| matches!(*e, tungstenite::Error::Capacity(_)));
-            return if too_large { Incoming::TooLarge } else { Incoming::Closed };
+            use tungstenite::error::{Error, ProtocolError};
+            return match e.into_inner().downcast::<Error>().map(|e| *e) {
+                Ok(Error::Capacity(_)) => Incoming::TooLarge,
+                Ok(Error::Io(_) | Error::ConnectionClosed | Error::AlreadyClosed | Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => Incoming::Dropped,
+                // Broken framing: the peer is misbehaving, not unlucky.
+                _ => Incoming::Closed,
+            };
         }
     };
     metrics::counter!(m::WS_BYTES, "direction" => "in").increment(bytes.len() as u64);
@@ -240,7 +276,7 @@ async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState,
     let hello = match read(protocol, first) {
         Incoming::Message(ClientMessage::Hello(h)) => h,
         Incoming::TooLarge => return Err((close::TOO_LARGE, "message too large")),
-        Incoming::Closed => return Err((close::BAD_HELLO, "closed before hello")),
+        Incoming::Closed | Incoming::Dropped => return Err((close::BAD_HELLO, "closed before hello")),
         _ => return Err((close::BAD_HELLO, "the first message must be a hello")),
     };
     // The version is checked before the token.
@@ -251,14 +287,20 @@ async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState,
     let claims = state.keys.verify(&hello.token);
     metrics::histogram!(m::AUTH_DURATION).record(started.elapsed().as_secs_f64());
     let claims = claims.map_err(|_| (close::BAD_TOKEN, "token missing, bad or expired"))?;
-    let session = Session { id: random_token(12), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new() };
-    let welcome = Welcome { user_id: session.claims.sub.clone(), session: session.id.clone(), server_time: now_unix_ms(), tick_hz: TICK_HZ };
-    let _ = link.outbound.try_send(Outbound::Message(Arc::new(ServerMessage::Welcome(welcome))));
+    let mut session = Session { id: random_token(12).into(), conn: next_conn(), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new() };
+    if let Some(resume) = hello.resume.as_deref()
+        && session.resume(resume, state, link).await
+    {
+        return Ok(session); // the room queued welcome and the full state
+    }
+    let _ = link.outbound.try_send(Outbound::Message(Arc::new(session.welcome())));
     Ok(session)
 }
 
 struct Session {
-    id: String,
+    id: Arc<str>,
+    /// This socket's number (see [`next_conn`]).
+    conn: u64,
     protocol: Subprotocol,
     claims: Claims,
     room: Option<(RoomHandle, AvatarId)>,
@@ -268,6 +310,38 @@ struct Session {
 }
 
 impl Session {
+    fn welcome(&self) -> ServerMessage {
+        ServerMessage::Welcome(Welcome { user_id: self.claims.sub.clone(), session: self.id.to_string(), server_time: now_unix_ms(), tick_hz: TICK_HZ })
+    }
+
+    fn occupant(&self) -> Occupant {
+        Occupant { user_id: self.claims.sub.clone(), name: self.claims.name.clone(), session: self.id.clone(), conn: self.conn }
+    }
+
+    /// Takes back the seat `resume` held, if the room still keeps it for
+    /// this user. On success this session carries the old id and the room
+    /// has queued `welcome` (with that id) and `joined`; on failure nothing
+    /// was sent and the session keeps its new id.
+    async fn resume(&mut self, resume: &str, state: &AppState, link: &MemberLink) -> bool {
+        let Some((room, avatar)) = state.directory.find_seat(resume).await else {
+            tracing::info!("resume: no seat held for that session");
+            return false;
+        };
+        let previous = std::mem::replace(&mut self.id, resume.into());
+        match room.resume(avatar, self.occupant(), link.clone(), self.welcome()).await {
+            Ok(seat) => {
+                tracing::info!(room_id = %room.id, avatar = seat.you, session_id = %self.id, "resumed");
+                self.room = Some((room, seat.you));
+                true
+            }
+            Err(e) => {
+                tracing::info!(cause = %e, "resume refused");
+                self.id = previous;
+                false
+            }
+        }
+    }
+
     /// Replies wait for room in the queue: a client that doesn't read its
     /// replies slows its own reading down (and the room closes it with 4009
     /// if it also falls behind on deltas).
@@ -280,18 +354,18 @@ impl Session {
     }
 
     /// Counts an invalid message; the 10th within a minute closes.
-    async fn invalid(&mut self, link: &MemberLink, code: ErrorCode, message: String) -> Option<(u16, &'static str)> {
+    async fn invalid(&mut self, link: &MemberLink, code: ErrorCode, message: String) -> Option<End> {
         let now = Instant::now();
         let window = Duration::from_millis(plaza_shared::limits::INVALID_WINDOW_MS);
         self.invalid.retain(|t| now.duration_since(*t) < window);
         self.invalid.push(now);
         tracing::debug!(%message, "invalid message");
         Self::error(link, code, message).await;
-        (self.invalid.len() as u32 >= plaza_shared::limits::INVALID_MESSAGES_BEFORE_CLOSE).then_some((close::POLICY, "too many invalid messages"))
+        (self.invalid.len() as u32 >= plaza_shared::limits::INVALID_MESSAGES_BEFORE_CLOSE).then_some(End::Close(close::POLICY, "too many invalid messages"))
     }
 
-    /// Runs until the socket closes; returns the close to send, if any.
-    async fn run(&mut self, stream: &mut Stream, state: &AppState, link: &MemberLink) -> Option<(u16, &'static str)> {
+    /// Runs until the socket closes; says how it ended.
+    async fn run(&mut self, stream: &mut Stream, state: &AppState, link: &MemberLink) -> End {
         let mut last_heard = Instant::now();
         let mut warned_expiry = false;
         let mut closing = state.closing.clone();
@@ -302,10 +376,11 @@ impl Session {
                 frame = stream.next() => frame,
                 _ = tokio::time::sleep_until(last_heard + state.heartbeat_timeout) => {
                     tracing::info!("heartbeat timeout");
-                    return Some((NORMAL_CLOSE, "no message within the heartbeat timeout"));
+                    // Silent that long: gone, not coming back within the window.
+                    return End::Close(NORMAL_CLOSE, "no message within the heartbeat timeout");
                 }
                 _ = async { let _ = closing.wait_for(|c| *c).await; } => {
-                    return Some((close::SERVER_DRAINING, "server is restarting; reconnect shortly"));
+                    return End::Close(close::SERVER_DRAINING, "server is restarting; reconnect shortly");
                 }
                 _ = tokio::time::sleep(until_warning), if !warned_expiry => {
                     warned_expiry = true;
@@ -315,24 +390,25 @@ impl Session {
                 }
             };
             if self.claims.exp <= now_unix() {
-                return Some((close::BAD_TOKEN, "token expired"));
+                return End::Close(close::BAD_TOKEN, "token expired");
             }
             let msg = match read(self.protocol, frame) {
-                Incoming::Closed => return None,
+                Incoming::Closed => return End::Goodbye,
+                Incoming::Dropped => return End::Dropped,
                 Incoming::Ignore => {
                     last_heard = Instant::now();
                     continue;
                 }
-                Incoming::TooLarge => return Some((close::TOO_LARGE, "message too large")),
+                Incoming::TooLarge => return End::Close(close::TOO_LARGE, "message too large"),
                 Incoming::Invalid(code, message) => {
                     last_heard = Instant::now();
                     match self.admit(link).await {
-                        Err(close) => return Some(close),
+                        Err(end) => return end,
                         Ok(false) => continue,
                         Ok(true) => {}
                     }
-                    if let Some(close) = self.invalid(link, code, message).await {
-                        return Some(close);
+                    if let Some(end) = self.invalid(link, code, message).await {
+                        return end;
                     }
                     continue;
                 }
@@ -340,13 +416,13 @@ impl Session {
             };
             last_heard = Instant::now();
             match self.admit(link).await {
-                Err(close) => return Some(close),
+                Err(end) => return end,
                 Ok(false) => continue,
                 Ok(true) => {}
             }
             let expiry = self.claims.exp;
-            if let Some(close) = self.handle(msg, state, link).await {
-                return Some(close);
+            if let Some(end) = self.handle(msg, state, link).await {
+                return end;
             }
             if self.claims.exp != expiry {
                 warned_expiry = false; // refreshed: warn again before the new expiry
@@ -355,7 +431,7 @@ impl Session {
     }
 
     /// Rate limit: Ok(true) to handle the message, Ok(false) to drop it.
-    async fn admit(&mut self, link: &MemberLink) -> Result<bool, (u16, &'static str)> {
+    async fn admit(&mut self, link: &MemberLink) -> Result<bool, End> {
         let verdict = self.limiter.admit(Instant::now());
         if rate_limit_debug() {
             tracing::info!(?verdict, "rate limit decision");
@@ -370,17 +446,17 @@ impl Session {
                 }
                 Ok(false)
             }
-            Admission::Flood => Err((close::RATE_LIMITED, "more than 240 messages in 2 s")),
+            Admission::Flood => Err(End::Close(close::RATE_LIMITED, "more than 240 messages in 2 s")),
         }
     }
 
-    async fn handle(&mut self, msg: ClientMessage, state: &AppState, link: &MemberLink) -> Option<(u16, &'static str)> {
+    async fn handle(&mut self, msg: ClientMessage, state: &AppState, link: &MemberLink) -> Option<End> {
         match msg {
             ClientMessage::Hello(_) => return self.invalid(link, ErrorCode::BadMessage, "already said hello".into()).await,
             ClientMessage::Ping(p) => Self::reply(link, ServerMessage::Pong(Pong { t: p.t, server_time: now_unix_ms() })).await,
             ClientMessage::Join(j) => {
                 if let Some((room, avatar)) = self.room.take() {
-                    room.leave(avatar).await;
+                    room.leave(avatar, self.conn).await;
                 }
                 let started = Instant::now();
                 let room = match state.directory.resolve(&j.room, true).await {
@@ -390,24 +466,25 @@ impl Session {
                         return None;
                     }
                 };
-                match room.join(self.claims.sub.clone(), self.claims.name.clone(), Default::default(), link.clone()).await {
-                    Ok(joined) => {
+                match room.join(self.occupant(), Default::default(), link.clone()).await {
+                    Ok(seat) => {
                         // The room already queued `joined` to this socket.
                         metrics::histogram!(m::JOIN_DURATION).record(started.elapsed().as_secs_f64());
-                        tracing::info!(room_id = %room.id, avatar = joined.you, "joined room");
-                        self.room = Some((room, joined.you));
+                        tracing::info!(room_id = %room.id, avatar = seat.you, "joined room");
+                        self.room = Some((room.clone(), seat.you));
+                        state.directory.remember(self.id.clone(), room, seat).await;
                     }
                     Err(JoinError::Full { capacity }) => Self::error(link, ErrorCode::RoomFull, format!("the room is full ({capacity} members)")).await,
                     Err(e) => Self::error(link, ErrorCode::RoomNotFound, e.to_string()).await,
                 }
             }
             ClientMessage::Leave => match self.room.take() {
-                Some((room, avatar)) => room.leave(avatar).await,
+                Some((room, avatar)) => room.leave(avatar, self.conn).await,
                 None => return self.invalid(link, ErrorCode::NotInRoom, "leave needs a room; join one first".into()).await,
             },
             ClientMessage::Pose(p) => match &self.room {
                 Some((room, avatar)) => {
-                    if !room.pose(*avatar, p.t, p.pose) {
+                    if !room.pose(*avatar, self.conn, p.t, p.pose) {
                         // A newer pose follows within 50 ms; count it, don't stall.
                         metrics::counter!(m::WS_DROPPED, "reason" => "room_queue_full").increment(1);
                     }
@@ -416,7 +493,7 @@ impl Session {
             },
             ClientMessage::Refresh(r) => match state.keys.verify(&r.token) {
                 Ok(claims) if claims.sub == self.claims.sub => self.claims = claims,
-                _ => return Some((close::BAD_TOKEN, "refresh token is bad or for another user")),
+                _ => return Some(End::Close(close::BAD_TOKEN, "refresh token is bad or for another user")),
             },
             ClientMessage::Chat(c) => {
                 let Some((room, _)) = &self.room else {

@@ -13,7 +13,7 @@
 //! - [`metrics`], [`logging`]: what operators see.
 //! - [`bots`]: server-side bots for `--bots N`.
 //!
-//! Not yet here (see the server issue): resume, voice.
+//! Not yet here: voice.
 
 pub mod auth;
 pub mod bots;
@@ -47,7 +47,15 @@ pub struct ServerConfig {
     /// Bots wandering the plaza (`--bots N`), in the room named `bots_room`.
     pub bots: u32,
     pub bots_room: String,
+    /// Each socket's kernel send buffer (`SO_SNDBUF`), bytes; 0 leaves the
+    /// kernel's autotuning (which grows to megabytes: minutes of stale
+    /// deltas for a slow reader before its queue even fills).
+    pub socket_send_buffer: usize,
 }
+
+/// About a second of a busy room's deltas at the JSON sizes, and enough in
+/// flight for 500 ms round trips.
+pub const DEFAULT_SOCKET_SEND_BUFFER: usize = 128 * 1024;
 
 impl ServerConfig {
     /// For tests and `--dev`: a random secret.
@@ -60,6 +68,7 @@ impl ServerConfig {
             heartbeat_timeout: gateway::HEARTBEAT_TIMEOUT,
             bots: 0,
             bots_room: "plaza".into(),
+            socket_send_buffer: DEFAULT_SOCKET_SEND_BUFFER,
         }
     }
 }
@@ -119,6 +128,20 @@ pub enum RunError {
 /// How long sockets get to close after the 1001 before `run` returns.
 const SOCKET_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
+/// Deltas are small and latency matters: no Nagle delay, and a bounded
+/// send buffer so a slow reader's backlog shows up in its queue (where the
+/// room skips deltas for it) instead of piling up in the kernel.
+fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(cause = %e, "TCP_NODELAY not set");
+    }
+    if send_buffer > 0
+        && let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer)
+    {
+        tracing::debug!(cause = %e, "SO_SNDBUF not set");
+    }
+}
+
 /// Serves until `shutdown` resolves, then drains: `/ready` answers 503 and
 /// new sockets are refused for `drain_grace`, then every socket is closed
 /// with 1001, and `run` returns once they are gone (at most 5 s more).
@@ -138,6 +161,8 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
         let _ = switches.closing.send(true);
         // Receivers keep seeing `true` after the senders are dropped.
     };
+    let send_buffer = config.socket_send_buffer;
+    let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp: &mut tokio::net::TcpStream| tune_socket(tcp, send_buffer));
     axum::serve(listener, http::router(state)).with_graceful_shutdown(stop).await?;
     // Upgraded sockets outlive axum's graceful shutdown: wait for them.
     let deadline = tokio::time::Instant::now() + SOCKET_CLOSE_WAIT;

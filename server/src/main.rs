@@ -109,6 +109,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         heartbeat_timeout: plaza_server::gateway::HEARTBEAT_TIMEOUT,
         bots: config.bots,
         bots_room: "plaza".into(),
+        socket_send_buffer: plaza_server::DEFAULT_SOCKET_SEND_BUFFER,
     };
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await

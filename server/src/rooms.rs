@@ -9,6 +9,13 @@
 //! avatar's full state in `joined`, plus every `left` it missed), so nothing
 //! but time is lost. A member that misses [`SLOW_TICKS_BEFORE_CLOSE`] ticks
 //! in a row is closed with 4009.
+//!
+//! A member whose socket drops (no close frame) keeps its seat for
+//! [`RESUME_WINDOW`]: its avatar stays, frozen, and nobody is told it left.
+//! A new socket that says hello with the old session id gets the seat back
+//! with the room's full state; the others see nothing but the avatar moving
+//! again. Each socket has its own connection number, so a late leave or pose
+//! from a replaced socket never touches the resumed seat.
 
 use crate::auth::random_token;
 use crate::store::{Store, StoreError};
@@ -16,14 +23,17 @@ use plaza_shared::limits::{DEFAULT_ROOM_CAPACITY, TICK_HZ, close};
 use plaza_shared::messages::{AvatarId, AvatarInfo, AvatarPose, Delta, Joined, ServerMessage};
 use plaza_shared::pose::Pose;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 /// Ticks a member may miss in a row before it is closed as too slow (2 s).
 pub const SLOW_TICKS_BEFORE_CLOSE: u32 = 40;
+/// How long a dropped member's seat waits for it to resume.
+pub const RESUME_WINDOW: Duration = Duration::from_secs(30);
 /// Commands queued to one room.
 const ROOM_COMMAND_QUEUE: usize = 1024;
 const DIRECTORY_QUEUE: usize = 256;
@@ -56,11 +66,34 @@ pub enum JoinError {
     Unavailable,
 }
 
+/// Who is joining or resuming: the user, its session and this socket's
+/// connection number.
+#[derive(Debug, Clone)]
+pub struct Occupant {
+    pub user_id: String,
+    pub name: String,
+    pub session: Arc<str>,
+    pub conn: u64,
+}
+
+/// A seat taken in a room. `alive` stops upgrading once the room has let
+/// the seat go (left, expired, closed as too slow).
+#[derive(Debug, Clone)]
+pub struct Seat {
+    pub you: AvatarId,
+    pub alive: Weak<()>,
+}
+
 #[derive(Debug)]
 pub enum RoomCommand {
-    Join { user_id: String, name: String, pose: Pose, link: MemberLink, reply: oneshot::Sender<Result<Joined, JoinError>> },
-    Leave { avatar: AvatarId },
-    Pose { avatar: AvatarId, t: u64, pose: Pose },
+    Join { occupant: Occupant, pose: Pose, link: MemberLink, reply: oneshot::Sender<Result<Seat, JoinError>> },
+    /// Takes a seat back with a new socket; `welcome` is queued before the
+    /// full state.
+    Resume { avatar: AvatarId, occupant: Occupant, link: MemberLink, welcome: Arc<ServerMessage>, reply: oneshot::Sender<Result<Seat, JoinError>> },
+    Leave { avatar: AvatarId, conn: u64 },
+    /// The socket dropped: keep the seat for [`RESUME_WINDOW`].
+    Detach { avatar: AvatarId, conn: u64 },
+    Pose { avatar: AvatarId, conn: u64, t: u64, pose: Pose },
     /// A stored chat message, to every member (the sender included).
     Chat(Arc<ServerMessage>),
 }
@@ -80,29 +113,52 @@ impl RoomHandle {
         self.members.load(Ordering::Relaxed)
     }
 
-    pub async fn join(&self, user_id: String, name: String, pose: Pose, link: MemberLink) -> Result<Joined, JoinError> {
+    /// Takes a new seat; the room queues `joined` to `link` itself.
+    pub async fn join(&self, occupant: Occupant, pose: Pose, link: MemberLink) -> Result<Seat, JoinError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(RoomCommand::Join { user_id, name, pose, link, reply }).await.map_err(|_| JoinError::Closed)?;
+        self.tx.send(RoomCommand::Join { occupant, pose, link, reply }).await.map_err(|_| JoinError::Closed)?;
+        answer.await.map_err(|_| JoinError::Closed)?
+    }
+
+    /// Takes `avatar`'s seat back for the same user and session; the room
+    /// queues `welcome` and then `joined` to `link`. `NotFound` when the
+    /// seat is gone.
+    pub async fn resume(&self, avatar: AvatarId, occupant: Occupant, link: MemberLink, welcome: ServerMessage) -> Result<Seat, JoinError> {
+        let (reply, answer) = oneshot::channel();
+        let welcome = Arc::new(welcome);
+        self.tx.send(RoomCommand::Resume { avatar, occupant, link, welcome, reply }).await.map_err(|_| JoinError::Closed)?;
         answer.await.map_err(|_| JoinError::Closed)?
     }
 
     /// Fire and forget: a full room queue drops the pose (a newer one follows).
-    pub fn pose(&self, avatar: AvatarId, t: u64, pose: Pose) -> bool {
-        self.tx.try_send(RoomCommand::Pose { avatar, t, pose }).is_ok()
+    pub fn pose(&self, avatar: AvatarId, conn: u64, t: u64, pose: Pose) -> bool {
+        self.tx.try_send(RoomCommand::Pose { avatar, conn, t, pose }).is_ok()
     }
 
     pub async fn chat(&self, message: plaza_shared::messages::ChatMessage) {
         let _ = self.tx.send(RoomCommand::Chat(Arc::new(ServerMessage::Chat(message)))).await;
     }
 
-    pub async fn leave(&self, avatar: AvatarId) {
-        let _ = self.tx.send(RoomCommand::Leave { avatar }).await;
+    pub async fn leave(&self, avatar: AvatarId, conn: u64) {
+        let _ = self.tx.send(RoomCommand::Leave { avatar, conn }).await;
+    }
+
+    /// The socket dropped without a goodbye: hold the seat for a resume.
+    pub async fn detach(&self, avatar: AvatarId, conn: u64) {
+        let _ = self.tx.send(RoomCommand::Detach { avatar, conn }).await;
     }
 }
 
 struct Member {
     user_id: String,
     name: String,
+    session: Arc<str>,
+    /// The socket now attached; commands from any other are stale.
+    conn: u64,
+    /// Set while the socket is gone: the seat is let go at this instant.
+    detached_until: Option<Instant>,
+    /// Upgradable while the seat exists (see [`Seat`]).
+    seat: Arc<()>,
     pose: Pose,
     /// Sender clock of the latest pose.
     t: Option<u64>,
@@ -179,42 +235,91 @@ impl Room {
 
     fn handle(&mut self, command: RoomCommand) {
         match command {
-            RoomCommand::Join { user_id, name, pose, link, reply } => {
+            RoomCommand::Join { occupant, pose, link, reply } => {
                 if self.members.len() as u32 >= self.capacity {
                     let _ = reply.send(Err(JoinError::Full { capacity: self.capacity }));
                     return;
                 }
                 let id = self.next_avatar;
                 self.next_avatar += 1;
-                let avatars = self.members.iter().map(|(&other, m)| m.info(other)).collect();
-                let joined = Joined { room: self.id.to_string(), room_name: self.name.to_string(), you: id, tick: self.tick, avatars };
                 // The room sends `joined` itself, so it is queued before any
                 // delta that mentions the newcomer.
-                let sent = link.outbound.try_send(Outbound::Message(Arc::new(ServerMessage::Joined(joined.clone()))));
-                if sent.is_err() || reply.send(Ok(joined)).is_err() {
-                    return; // the socket is gone or not reading
+                if link.outbound.try_send(Outbound::Message(self.full_state(id))).is_err() {
+                    let _ = reply.send(Err(JoinError::Closed)); // the socket is gone or not reading
+                    return;
                 }
-                tracing::info!(avatar = id, user_id = %user_id, "joined");
-                self.members.insert(id, Member { user_id, name, pose, t: None, moved: false, link, missed: 0, missed_left: Vec::new() });
+                let seat = Arc::new(());
+                if reply.send(Ok(Seat { you: id, alive: Arc::downgrade(&seat) })).is_err() {
+                    return;
+                }
+                tracing::info!(avatar = id, user_id = %occupant.user_id, "joined");
+                let Occupant { user_id, name, session, conn } = occupant;
+                let member = Member { user_id, name, session, conn, detached_until: None, seat, pose, t: None, moved: false, link, missed: 0, missed_left: Vec::new() };
+                self.members.insert(id, member);
                 self.joined.push(id);
                 self.set_members();
             }
-            RoomCommand::Leave { avatar } => self.remove(avatar),
+            RoomCommand::Resume { avatar, occupant, link, welcome, reply } => {
+                let Some(m) = self.members.get_mut(&avatar).filter(|m| m.user_id == occupant.user_id && m.session == occupant.session) else {
+                    let _ = reply.send(Err(JoinError::NotFound));
+                    return;
+                };
+                if m.detached_until.is_none() {
+                    // The old socket hasn't noticed it is dead yet (or two
+                    // clients share a session): the newest one wins.
+                    let _ = m.link.kick.try_send((1000, "this session resumed on another connection"));
+                }
+                let welcomed = link.outbound.try_send(Outbound::Message(welcome));
+                let state = self.full_state(avatar);
+                if welcomed.is_err() || link.outbound.try_send(Outbound::Message(state)).is_err() {
+                    let _ = reply.send(Err(JoinError::Closed));
+                    return;
+                }
+                let m = self.members.get_mut(&avatar).expect("member");
+                let seat = Seat { you: avatar, alive: Arc::downgrade(&m.seat) };
+                if reply.send(Ok(seat)).is_err() {
+                    return;
+                }
+                tracing::info!(avatar, user_id = %occupant.user_id, "resumed");
+                m.link = link;
+                m.conn = occupant.conn;
+                m.detached_until = None;
+                // The full state just sent covers everything it missed.
+                m.missed = 0;
+                m.missed_left.clear();
+            }
+            RoomCommand::Detach { avatar, conn } => {
+                if let Some(m) = self.members.get_mut(&avatar).filter(|m| m.conn == conn) {
+                    tracing::info!(avatar, "socket dropped; seat held for a resume");
+                    m.detached_until = Some(Instant::now() + RESUME_WINDOW);
+                }
+            }
+            RoomCommand::Leave { avatar, conn } => {
+                if self.members.get(&avatar).is_some_and(|m| m.conn == conn) {
+                    self.remove(avatar);
+                }
+            }
             RoomCommand::Chat(message) => {
                 // A member whose queue is full misses it live (it is in the
                 // history); one that stays full is closed by the tick.
-                for m in self.members.values() {
+                for m in self.members.values().filter(|m| m.detached_until.is_none()) {
                     let _ = m.link.outbound.try_send(Outbound::Message(message.clone()));
                 }
             }
-            RoomCommand::Pose { avatar, t, pose } => {
-                if let Some(m) = self.members.get_mut(&avatar) {
+            RoomCommand::Pose { avatar, conn, t, pose } => {
+                if let Some(m) = self.members.get_mut(&avatar).filter(|m| m.conn == conn && m.detached_until.is_none()) {
                     m.pose = pose;
                     m.t = Some(t);
                     m.moved = true;
                 }
             }
         }
+    }
+
+    /// `joined` for `you`: every other member in full.
+    fn full_state(&self, you: AvatarId) -> Arc<ServerMessage> {
+        let avatars = self.members.iter().filter(|(id, _)| **id != you).map(|(&other, m)| m.info(other)).collect();
+        Arc::new(ServerMessage::Joined(Joined { room: self.id.to_string(), room_name: self.name.to_string(), you, tick: self.tick, avatars }))
     }
 
     fn remove(&mut self, avatar: AvatarId) {
@@ -248,6 +353,12 @@ impl Room {
 
     fn tick_inner(&mut self) {
         self.tick += 1;
+        let now = Instant::now();
+        let expired: Vec<AvatarId> = self.members.iter().filter(|(_, m)| m.detached_until.is_some_and(|until| until <= now)).map(|(&id, _)| id).collect();
+        for id in expired {
+            tracing::info!(avatar = id, "no resume within the window; seat let go");
+            self.remove(id);
+        }
         let moved: Vec<AvatarPose> = self
             .members
             .iter()
@@ -264,7 +375,7 @@ impl Room {
         let delta = changed.then(|| Arc::new(ServerMessage::Delta(Delta { tick: self.tick, avatars: moved, joined, left: left.clone() })));
 
         let mut too_slow = Vec::new();
-        let ids: Vec<AvatarId> = self.members.keys().copied().collect();
+        let ids: Vec<AvatarId> = self.members.iter().filter(|(_, m)| m.detached_until.is_none()).map(|(&id, _)| id).collect();
         for id in ids {
             // Members that joined this tick get the delta too: others may
             // have joined after them within the tick. Entries they already
@@ -319,6 +430,39 @@ enum DirectoryCommand {
     Resolve { room: String, create: bool, reply: oneshot::Sender<Result<RoomHandle, JoinError>> },
     Create { name: String, capacity: u32, reply: oneshot::Sender<Result<RoomHandle, JoinError>> },
     List { reply: oneshot::Sender<Vec<RoomHandle>> },
+    /// Remembers which seat a session holds, for a resume.
+    Remember { session: Arc<str>, room: RoomHandle, seat: Seat },
+    /// The seat a session held, if the room still keeps it.
+    FindSeat { session: String, reply: oneshot::Sender<Option<(RoomHandle, AvatarId)>> },
+}
+
+/// Sessions' seats. Rooms own the seats; this only keeps weak references,
+/// so a seat the room let go disappears here too (pruned as the map grows).
+#[derive(Default)]
+struct SeatIndex {
+    seats: HashMap<Arc<str>, (RoomHandle, Seat)>,
+    prune_at: usize,
+}
+
+impl SeatIndex {
+    fn remember(&mut self, session: Arc<str>, room: RoomHandle, seat: Seat) {
+        self.seats.insert(session, (room, seat));
+        if self.seats.len() > self.prune_at {
+            self.seats.retain(|_, (_, seat)| seat.alive.strong_count() > 0);
+            self.prune_at = (self.seats.len() * 2).max(1024);
+        }
+    }
+
+    fn find(&mut self, session: &str) -> Option<(RoomHandle, AvatarId)> {
+        match self.seats.get(session) {
+            Some((room, seat)) if seat.alive.strong_count() > 0 => Some((room.clone(), seat.you)),
+            Some(_) => {
+                self.seats.remove(session);
+                None
+            }
+            None => None,
+        }
+    }
 }
 
 impl Directory {
@@ -348,6 +492,7 @@ impl Directory {
             }
         };
         tokio::spawn(async move {
+            let mut seats = SeatIndex::default();
             while let Some(command) = rx.recv().await {
                 match command {
                     DirectoryCommand::Resolve { room, create, reply } => {
@@ -379,6 +524,10 @@ impl Directory {
                         rooms.sort_by(|a, b| a.name.cmp(&b.name));
                         let _ = reply.send(rooms);
                     }
+                    DirectoryCommand::Remember { session, room, seat } => seats.remember(session, room, seat),
+                    DirectoryCommand::FindSeat { session, reply } => {
+                        let _ = reply.send(seats.find(&session));
+                    }
                 }
             }
         });
@@ -395,6 +544,18 @@ impl Directory {
         let (reply, answer) = oneshot::channel();
         self.tx.send(DirectoryCommand::Create { name: name.to_owned(), capacity, reply }).await.map_err(|_| JoinError::Closed)?;
         answer.await.map_err(|_| JoinError::Closed)?
+    }
+
+    /// Remembers the seat `session` took, so a new socket can resume it.
+    pub async fn remember(&self, session: Arc<str>, room: RoomHandle, seat: Seat) {
+        let _ = self.tx.send(DirectoryCommand::Remember { session, room, seat }).await;
+    }
+
+    /// The room and avatar of the seat `session` holds, if it is still held.
+    pub async fn find_seat(&self, session: &str) -> Option<(RoomHandle, AvatarId)> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(DirectoryCommand::FindSeat { session: session.to_owned(), reply }).await.ok()?;
+        answer.await.ok().flatten()
     }
 
     pub async fn list(&self) -> Vec<RoomHandle> {
@@ -417,10 +578,29 @@ mod tests {
         joined: Joined,
     }
 
-    async fn join(room: &RoomHandle, name: &str, queue: usize) -> Probe {
+    fn occupant(name: &str, conn: u64) -> Occupant {
+        Occupant { user_id: format!("u_{name}"), name: name.into(), session: format!("s_{name}").into(), conn }
+    }
+
+    fn link(queue: usize) -> (MemberLink, mpsc::Receiver<Outbound>, mpsc::Receiver<(u16, &'static str)>) {
         let (tx, rx) = mpsc::channel(queue);
         let (kick_tx, kick) = mpsc::channel(1);
-        let joined = room.join(format!("u_{name}"), name.into(), Pose::default(), MemberLink { outbound: tx, kick: kick_tx }).await.unwrap();
+        (MemberLink { outbound: tx, kick: kick_tx }, rx, kick)
+    }
+
+    fn first_joined(rx: &mut mpsc::Receiver<Outbound>) -> Joined {
+        while let Ok(Outbound::Message(m)) = rx.try_recv() {
+            if let ServerMessage::Joined(j) = m.as_ref() {
+                return j.clone();
+            }
+        }
+        panic!("no joined queued");
+    }
+
+    async fn join(room: &RoomHandle, name: &str, queue: usize) -> Probe {
+        let (link, mut rx, kick) = link(queue);
+        room.join(occupant(name, 1), Pose::default(), link).await.unwrap();
+        let joined = first_joined(&mut rx);
         Probe { rx, kick, joined }
     }
 
@@ -449,7 +629,7 @@ mod tests {
         for i in 0..ticks {
             // Poses land between ticks, as they do from real sockets.
             tokio::time::sleep(Duration::from_millis(25)).await;
-            room.pose(mover.joined.you, u64::from(i), moved(i as f32));
+            room.pose(mover.joined.you, 1, u64::from(i), moved(i as f32));
             tokio::time::sleep(Duration::from_millis(25)).await;
             fast_deltas.extend(deltas(&mut fast));
         }
@@ -467,7 +647,7 @@ mod tests {
         let mut first = join(&room, "first", 64).await;
         let mut second = join(&room, "second", 64).await;
         let third = join(&room, "third", 64).await;
-        room.leave(third.joined.you).await;
+        room.leave(third.joined.you, 1).await;
         tokio::time::sleep(Duration::from_millis(60)).await;
         let seen = deltas(&mut first);
         assert!(seen.iter().any(|d| d.joined.iter().any(|a| a.id == second.joined.you)), "first learns of second: {seen:?}");
@@ -487,8 +667,8 @@ mod tests {
         // Fill the lagging member's one-slot queue, then change things.
         tokio::time::sleep(Duration::from_millis(60)).await;
         let late = join(&room, "late", 64).await;
-        room.leave(early.joined.you).await;
-        room.pose(late.joined.you, 7, moved(5.0));
+        room.leave(early.joined.you, 1).await;
+        room.pose(late.joined.you, 1, 7, moved(5.0));
         tokio::time::sleep(Duration::from_millis(120)).await;
         // Now it reads: the queued delta, then the resync.
         let seen = {
@@ -503,5 +683,99 @@ mod tests {
         assert_eq!(resync.joined.iter().map(|a| a.id).collect::<Vec<_>>(), vec![late.joined.you], "everyone there now, in full");
         assert!((resync.joined[0].pose.p[0] - 5.0).abs() < 1e-6, "with the latest pose");
         assert!(seen.iter().any(|d| d.left.contains(&early.joined.you)), "the departure it missed: {seen:?}");
+    }
+
+    fn welcome() -> ServerMessage {
+        ServerMessage::Welcome(plaza_shared::messages::Welcome { user_id: "u_roamer".into(), session: "s_roamer".into(), server_time: 0, tick_hz: TICK_HZ })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_member_resumes_its_seat_and_the_others_see_no_leave_or_join() {
+        let room = spawn_room("t", 40);
+        let mut watcher = join(&room, "watcher", 64).await;
+        let roamer = join(&room, "roamer", 64).await;
+        let you = roamer.joined.you;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        deltas(&mut watcher);
+
+        room.detach(you, 1).await;
+        room.pose(you, 1, 1, moved(9.0)); // a straggler from the dead socket
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(room.members(), 2, "the seat is held");
+
+        let (new_link, mut rx, _kick) = link(64);
+        let seat = room.resume(you, occupant("roamer", 2), new_link, welcome()).await.expect("resumed");
+        assert_eq!(seat.you, you);
+        let Some(Outbound::Message(first)) = rx.try_recv().ok() else { panic!("welcome queued") };
+        assert!(matches!(first.as_ref(), ServerMessage::Welcome(_)), "welcome comes first");
+        let state = first_joined(&mut rx);
+        assert_eq!(state.you, you);
+        assert_eq!(state.avatars.iter().map(|a| a.id).collect::<Vec<_>>(), vec![watcher.joined.you], "the full state");
+
+        // The old socket's late goodbye and poses are ignored; the new one's count.
+        room.leave(you, 1).await;
+        room.pose(you, 1, 2, moved(1.0));
+        room.pose(you, 2, 3, moved(4.0));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let seen = deltas(&mut watcher);
+        assert!(seen.iter().all(|d| d.left.is_empty() && d.joined.is_empty()), "no leave or join storm: {seen:?}");
+        let moves: Vec<f32> = seen.iter().flat_map(|d| d.avatars.iter().filter(|a| a.id == you).map(|a| a.pose.p[0])).collect();
+        assert_eq!(moves, vec![4.0], "only the new socket moves the avatar");
+        assert_eq!(room.members(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_seat_not_resumed_within_the_window_is_let_go() {
+        let room = spawn_room("t", 40);
+        let mut watcher = join(&room, "watcher", 64).await;
+        let roamer = join(&room, "roamer", 64).await;
+        let you = roamer.joined.you;
+        room.detach(you, 1).await;
+        tokio::time::sleep(RESUME_WINDOW - Duration::from_secs(1)).await;
+        assert!(deltas(&mut watcher).iter().all(|d| !d.left.contains(&you)));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(deltas(&mut watcher).iter().any(|d| d.left.contains(&you)), "told it left once the window passed");
+        assert_eq!(room.members(), 1);
+        let (new_link, _rx, _kick) = link(64);
+        assert_eq!(room.resume(you, occupant("roamer", 2), new_link, welcome()).await.err(), Some(JoinError::NotFound));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resume_needs_the_same_user_and_session_and_replaces_a_live_socket() {
+        let room = spawn_room("t", 40);
+        let mut roamer = join(&room, "roamer", 64).await;
+        let you = roamer.joined.you;
+        let thief = Occupant { user_id: "u_thief".into(), ..occupant("roamer", 9) };
+        let (l, _rx, _k) = link(64);
+        assert_eq!(room.resume(you, thief, l, welcome()).await.err(), Some(JoinError::NotFound));
+        let wrong_session = Occupant { session: "s_other".into(), ..occupant("roamer", 9) };
+        let (l, _rx, _k) = link(64);
+        assert_eq!(room.resume(you, wrong_session, l, welcome()).await.err(), Some(JoinError::NotFound));
+        assert!(roamer.kick.try_recv().is_err(), "the live socket is untouched");
+
+        // Not detached yet (the server hasn't noticed the drop): the new socket wins.
+        let (l, _rx, _k) = link(64);
+        room.resume(you, occupant("roamer", 2), l, welcome()).await.expect("resumed");
+        assert_eq!(roamer.kick.try_recv().map(|k| k.0), Ok(1000));
+    }
+
+    #[tokio::test]
+    async fn the_directory_finds_a_held_seat_until_the_room_lets_it_go() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let directory = Directory::start(store).await.unwrap();
+        let room = directory.resolve("square", true).await.unwrap();
+        let (l, _rx, _k) = link(64);
+        let seat = room.join(occupant("ada", 1), Pose::default(), l).await.unwrap();
+        directory.remember("s_ada".into(), room.clone(), seat.clone()).await;
+        assert_eq!(directory.find_seat("s_ada").await.map(|(r, a)| (r.id, a)), Some((room.id.clone(), seat.you)));
+        assert!(directory.find_seat("s_nobody").await.is_none());
+        room.leave(seat.you, 1).await;
+        for _ in 0..100 {
+            if directory.find_seat("s_ada").await.is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the seat was let go but the directory still finds it");
     }
 }

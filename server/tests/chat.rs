@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::postgres::Postgres;
 use common::*;
 use plaza_shared::codec::Subprotocol;
 use plaza_shared::messages::*;
@@ -10,7 +11,36 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn chat_is_acked_then_broadcast_to_everyone_with_the_sender_stamped() {
-    let server = TestServer::start().await;
+    acked_then_broadcast(&TestServer::start().await).await;
+}
+
+#[tokio::test]
+async fn chat_limits_and_history_limits_are_checked() {
+    limits_checked(&TestServer::start().await).await;
+}
+
+#[tokio::test]
+async fn every_acknowledged_message_survives_kill_9() {
+    acknowledged_survive_kill_9(None).await;
+}
+
+/// The same chat tests on PostgreSQL (a fresh cluster on loopback).
+#[tokio::test]
+async fn chat_on_postgres() {
+    let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let config = plaza_server::ServerConfig { database_url: pg.url.clone(), ..plaza_server::ServerConfig::ephemeral() };
+    let server = TestServer::start_with(config).await;
+    acked_then_broadcast(&server).await;
+    limits_checked(&server).await;
+    drop(server);
+    acknowledged_survive_kill_9(Some(&pg.url)).await;
+    // It really was Postgres that kept them.
+    let stored: u64 = pg.query("SELECT count(*) FROM chat_messages").parse().unwrap();
+    assert!(stored > 10, "{stored} rows in Postgres");
+    tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
+}
+
+async fn acked_then_broadcast(server: &TestServer) {
     for protocol in [Subprotocol::Binary, Subprotocol::Json] {
         let room = format!("cafe-{}", protocol.name());
         let (mut ada, joined) = server.member("Ada", protocol, &room).await;
@@ -52,9 +82,7 @@ async fn chat_is_acked_then_broadcast_to_everyone_with_the_sender_stamped() {
     }
 }
 
-#[tokio::test]
-async fn chat_limits_and_history_limits_are_checked() {
-    let server = TestServer::start().await;
+async fn limits_checked(server: &TestServer) {
     let (mut c, joined) = server.member("Ada", Subprotocol::Json, "limits").await;
     c.send(&ClientMessage::Chat(ChatSend { id: "m".into(), text: "x".repeat(501) })).await;
     let ServerMessage::Error(e) = c.recv().await else { panic!("error expected") };
@@ -73,10 +101,11 @@ async fn chat_limits_and_history_limits_are_checked() {
 }
 
 /// A chat storm, `kill -9`, restart on the same database: every message
-/// that was acknowledged is in the history.
-#[tokio::test]
-async fn every_acknowledged_message_survives_kill_9() {
-    let dir = std::env::temp_dir().join(format!("plaza-kill9-{}", std::process::id()));
+/// that was acknowledged is in the history. SQLite in a temp data dir when
+/// `database_url` is `None`.
+async fn acknowledged_survive_kill_9(database_url: Option<&str>) {
+    let backend = if database_url.is_some() { "pg" } else { "sqlite" };
+    let dir = std::env::temp_dir().join(format!("plaza-kill9-{backend}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let port = {
@@ -84,11 +113,15 @@ async fn every_acknowledged_message_survives_kill_9() {
         l.local_addr().unwrap().port()
     };
     let start = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_plaza-server"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_plaza-server"));
+        match database_url {
+            Some(url) => command.env("DATABASE_URL", url),
+            None => command.env_remove("DATABASE_URL"),
+        };
+        command
             .args(["--bind", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(&dir)
             .env("PLAZA_TOKEN_SECRET", "kill-nine-test-secret-0123456789")
-            .env_remove("DATABASE_URL")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -291,3 +291,138 @@ async fn bots_fill_the_plaza_and_move() {
     let d = me.next_delta().await;
     assert!(!d.avatars.is_empty(), "bots move: {d:?}");
 }
+
+#[tokio::test]
+async fn a_dropped_socket_resumes_its_seat_without_a_join_storm() {
+    let server = TestServer::start().await;
+    for protocol in BOTH {
+        let room = format!("resume-{}", protocol.name());
+        let (mut watcher, _) = server.member("Watcher", protocol, &room).await;
+        let token = server.token("Roamer").await;
+        let mut roamer = Client::connect(server.addr, protocol).await;
+        let welcome = roamer.hello(&token, None).await;
+        roamer.send(&ClientMessage::Join(Join { room: room.clone() })).await;
+        let ServerMessage::Joined(first) = roamer.recv().await else { panic!("joined expected") };
+        roamer.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(3.0, 0.0) })).await;
+        let d = watcher.next_delta().await;
+        assert!(d.joined.iter().any(|a| a.id == first.you) || d.avatars.iter().any(|a| a.id == first.you));
+
+        // The connection dies without a close frame (a network drop).
+        drop(roamer);
+        while let Some(msg) = watcher.try_recv(Duration::from_millis(500)).await {
+            if let ServerMessage::Delta(d) = msg {
+                assert!(!d.left.contains(&first.you), "a dropped member isn't reported gone during the resume window");
+            }
+        }
+
+        let mut back = Client::connect(server.addr, protocol).await;
+        let resumed = back.hello(&token, Some(&welcome.session)).await;
+        assert_eq!(resumed.session, welcome.session, "the same session id says the resume worked");
+        let ServerMessage::Joined(state) = back.recv().await else { panic!("the full state follows the welcome") };
+        assert_eq!(state.you, first.you, "the same seat");
+        assert_eq!(state.room, first.room);
+        assert_eq!(state.avatars.len(), 1, "the watcher, in full");
+        back.send(&ClientMessage::Pose(PoseUpdate { t: 2, pose: pose_at(8.0, 0.0) })).await;
+        loop {
+            let d = watcher.next_delta().await;
+            assert!(d.left.is_empty() && d.joined.is_empty(), "no leave or join for the others: {d:?}");
+            if let Some(a) = d.avatars.iter().find(|a| a.id == first.you) {
+                assert!((a.pose.p[0] - 8.0).abs() < 0.01);
+                break;
+            }
+        }
+
+        // A clean close is a goodbye: the others hear of it at once.
+        back.ws.close(None).await.unwrap();
+        loop {
+            let d = watcher.next_delta().await;
+            if d.left.contains(&first.you) {
+                break;
+            }
+        }
+        // And that session can't be resumed any more: a fresh one is made.
+        let mut again = Client::connect(server.addr, protocol).await;
+        let fresh = again.hello(&token, Some(&welcome.session)).await;
+        assert_ne!(fresh.session, welcome.session);
+        assert!(again.try_recv(Duration::from_millis(300)).await.is_none(), "no joined without a seat");
+    }
+}
+
+#[tokio::test]
+async fn another_users_token_cannot_resume_a_session() {
+    let server = TestServer::start().await;
+    let token = server.token("Owner").await;
+    let mut owner = Client::connect(server.addr, Subprotocol::Json).await;
+    let welcome = owner.hello(&token, None).await;
+    owner.send(&ClientMessage::Join(Join { room: "mine".into() })).await;
+    let _ = owner.recv().await;
+    drop(owner);
+    let other = server.token("Other").await;
+    let mut thief = Client::connect(server.addr, Subprotocol::Json).await;
+    let w = thief.hello(&other, Some(&welcome.session)).await;
+    assert_ne!(w.session, welcome.session);
+    assert!(thief.try_recv(Duration::from_millis(300)).await.is_none(), "no seat, no state");
+}
+
+/// A real socket that stops reading: its kernel buffers fill, its queue
+/// fills, it is closed with 4009, and a member reading normally keeps
+/// getting every tick meanwhile.
+#[tokio::test]
+async fn a_slow_reader_is_closed_4009_while_the_others_keep_their_tick() {
+    let config = plaza_server::ServerConfig {
+        bots: 24,
+        bots_room: "busy".into(),
+        heartbeat_timeout: Duration::from_secs(300),
+        ..plaza_server::ServerConfig::ephemeral()
+    };
+    let server = TestServer::start_with(config).await;
+    for _ in 0..100 {
+        if server.room_users("busy").await == Some(24) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut fast, _) = server.member("Fast", Subprotocol::Binary, "busy").await;
+    let token = server.token("Slow").await;
+    let mut slow = Client::connect_small_buffer(server.addr, Subprotocol::Json).await;
+    slow.hello(&token, None).await;
+    slow.send(&ClientMessage::Join(Join { room: "busy".into() })).await;
+    let ServerMessage::Joined(_) = slow.recv().await else { panic!("joined expected") };
+    assert_eq!(server.room_users("busy").await, Some(26));
+
+    // The fast member reads on its own task, timing the gaps between deltas.
+    let (stop_tx, mut stop) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        let (mut deltas, mut max_gap, mut last) = (0u32, Duration::ZERO, std::time::Instant::now());
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                msg = fast.try_recv(Duration::from_secs(2)) => match msg {
+                    Some(ServerMessage::Delta(_)) => {
+                        deltas += 1;
+                        max_gap = max_gap.max(last.elapsed());
+                        last = std::time::Instant::now();
+                    }
+                    Some(_) => {}
+                    None => panic!("the fast member lost its socket or its tick"),
+                },
+            }
+        }
+        (deltas, max_gap)
+    });
+
+    // The slow one reads nothing until the room lets it go.
+    let started = std::time::Instant::now();
+    while server.room_users("busy").await == Some(26) {
+        assert!(started.elapsed() < Duration::from_secs(60), "the slow reader was never closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let slow_for = started.elapsed();
+    // Now it reads: what was buffered, then the close.
+    assert_eq!(slow.ended(Duration::from_secs(10)).await, Ended::Closed(close::TOO_SLOW));
+    let _ = stop_tx.send(());
+    let (deltas, max_gap) = reader.await.unwrap();
+    let ticks = slow_for.as_secs_f64() * 20.0;
+    assert!(f64::from(deltas) >= ticks * 0.5, "the fast member kept its tick: {deltas} deltas in {slow_for:?}");
+    assert!(max_gap < Duration::from_secs(1), "no stall for the fast member: longest gap {max_gap:?}");
+}

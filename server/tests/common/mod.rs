@@ -1,6 +1,8 @@
 //! A real server on 127.0.0.1:0 and real WebSocket clients for tests.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use futures_util::{SinkExt, StreamExt};
 use plaza_shared::codec::Subprotocol;
 use plaza_shared::messages::*;
@@ -70,6 +72,13 @@ impl TestServer {
     }
 
     /// A client in `room`, with the room's `joined`.
+    /// Users in the room called `name`, from `GET /api/v1/rooms`.
+    pub async fn room_users(&self, name: &str) -> Option<u64> {
+        let (_, _, body) = self.http("GET", "/api/v1/rooms", "", &[]).await;
+        let rooms: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        rooms.iter().find(|r| r["name"] == name).and_then(|r| r["users"].as_u64())
+    }
+
     pub async fn member(&self, name: &str, protocol: Subprotocol, room: &str) -> (Client, Joined) {
         let (mut c, _) = self.client(name, protocol).await;
         c.send(&ClientMessage::Join(Join { room: room.into() })).await;
@@ -144,6 +153,27 @@ impl Client {
         let (ws, response) = tokio_tungstenite::connect_async(req).await.expect("upgrade");
         assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), protocol.name());
         Client { ws, protocol }
+    }
+
+    /// A client whose socket takes in only a few KiB before it stops the
+    /// sender: not reading fills the server's side quickly.
+    pub async fn connect_small_buffer(addr: SocketAddr, protocol: Subprotocol) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+        req.headers_mut().insert("sec-websocket-protocol", protocol.name().parse().unwrap());
+        let (ws, _) = tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.expect("upgrade");
+        Client { ws, protocol }
+    }
+
+    /// Says hello (resuming `resume` if given) and returns the welcome.
+    pub async fn hello(&mut self, token: &str, resume: Option<&str>) -> Welcome {
+        self.send(&ClientMessage::Hello(Hello { token: token.into(), protocol: 1, resume: resume.map(Into::into) })).await;
+        match self.recv().await {
+            ServerMessage::Welcome(w) => w,
+            other => panic!("expected welcome, got {other:?}"),
+        }
     }
 
     pub async fn send(&mut self, msg: &ClientMessage) {
