@@ -123,3 +123,52 @@ async fn metrics_show_every_contract_series_moving() {
     }
     assert!(!text.contains("=\"u_") && !text.contains("=\"r_"), "no user or room ids as label values");
 }
+
+/// The real binary and a real SIGTERM: not ready during the grace period,
+/// sockets closed with 1001, a clean exit, and the chat still there after a
+/// restart.
+#[tokio::test]
+async fn sigterm_drains_the_binary_and_nothing_stored_is_lost() {
+    let dir = std::env::temp_dir().join(format!("plaza-sigterm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_plaza-server"))
+            .args(["--bind", &format!("127.0.0.1:{port}"), "--drain-grace-s", "1", "--data-dir"])
+            .arg(&dir)
+            .env("PLAZA_TOKEN_SECRET", "sigterm-test-secret-0123456789ab")
+            .env_remove("DATABASE_URL")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let remote = RemoteServer { addr: format!("127.0.0.1:{port}").parse().unwrap() };
+    let mut child = start();
+    remote.wait_up().await;
+    let (mut member, joined) = remote.member("Ada").await;
+    member.send(&ClientMessage::Chat(ChatSend { id: "last-words".into(), text: "goodnight".into() })).await;
+    loop {
+        if let ServerMessage::ChatAck(_) = member.recv().await {
+            break;
+        }
+    }
+
+    let term = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _, body) = remote.http_get("/ready").await;
+    assert_eq!(status, 503, "draining after SIGTERM: {body}");
+    assert_eq!(member.ended(Duration::from_secs(5)).await, Ended::Closed(close::SERVER_DRAINING));
+    let exited = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(exited.success(), "a drain is a clean exit: {exited}");
+
+    let mut child = start();
+    remote.wait_up().await;
+    let (status, _, body) = remote.http_get(&format!("/api/v1/rooms/{}/chat", joined.room)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("last-words"), "the acknowledged message survived the restart: {body}");
+}
