@@ -2,34 +2,38 @@
 //! frame times, and after `--frames N` writes the screenshot and the JSON
 //! frame report (the contract's keys), then exits.
 //!
-//! Counts are exact for what the main camera saw in the measured frames:
-//! `visible` is the meshes in the camera's `VisibleEntities` (after frustum
-//! culling), `culled` the other meshes; `triangles` sums the index (or
-//! vertex) counts of visible meshes; `draw_calls` is the number of visible
-//! mesh instances the main pass draws (shadow passes are not counted yet).
+//! Counts are exact for what the main camera saw in the measured frames
+//! (see [`crate::stats`]), averaged: `visible` is the meshes in the camera's
+//! `VisibleEntities` (after frustum and distance culling), `culled` the
+//! other meshes; `triangles` sums the index (or vertex) counts of visible
+//! meshes; `draw_calls` is the number of visible mesh instances the main
+//! pass draws (shadow passes are not counted); `avatars_by_lod` counts
+//! avatars per LOD level.
 //!
 //! Frames count only once the renderer has compiled every pipeline it asked
-//! for: Bevy compiles them in the background, and until then frames come out
-//! blank (on lavapipe, for a few dozen frames).
+//! for (Bevy compiles them in the background, and until then frames come out
+//! blank: on lavapipe, for a few dozen frames) and, with a server, once the
+//! client is in its room (or [`CONNECT_WAIT`] has passed), so the report
+//! and screenshot show the room's avatars.
 
-use crate::avatars::Avatar;
+use crate::network::{ConnectionInfo, ConnectionStatus};
 use crate::quality::ActiveQuality;
+use crate::scene::OffscreenTarget;
+use crate::stats::FrameStats;
 use bevy::app::AppExit;
-use bevy::mesh::{Indices, PrimitiveTopology};
 use bevy::prelude::*;
+use bevy::render::render_resource::PipelineCache;
 use bevy::render::renderer::RenderAdapterInfo;
 use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured};
-use bevy::camera::visibility::VisibleEntities;
-use bevy::render::render_resource::PipelineCache;
 use bevy::render::{Render, RenderApp, RenderSystems};
 use serde::Serialize;
-use std::any::TypeId;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use crate::quality::MainCamera;
-use crate::scene::OffscreenTarget;
+/// How long to wait for the room before measuring anyway.
+pub const CONNECT_WAIT: Duration = Duration::from_secs(15);
 
 pub struct CapturePlugin {
     pub frames: u32,
@@ -94,8 +98,7 @@ struct Counts {
     culled: u64,
     triangles: u64,
     draw_calls: u64,
-    avatars_visible: u64,
-    avatars_hidden: u64,
+    avatars_by_lod: [u64; 5],
 }
 
 impl Plugin for CapturePlugin {
@@ -114,7 +117,7 @@ impl Plugin for CapturePlugin {
             screenshot_requested: false,
             screenshot_done: self.screenshot.is_none(),
         })
-        .add_systems(Last, measure_frame.in_set(CaptureSystems::Measure));
+        .add_systems(Last, measure_frame.in_set(CaptureSystems::Measure).after(crate::stats::StatsSystems::Count));
         let ready = PipelinesReady::default();
         app.insert_resource(ready.clone());
         match app.get_sub_app_mut(RenderApp) {
@@ -127,27 +130,13 @@ impl Plugin for CapturePlugin {
     }
 }
 
-fn triangles_of(mesh: &Mesh) -> u64 {
-    let primitives = match mesh.indices() {
-        Some(Indices::U16(i)) => i.len(),
-        Some(Indices::U32(i)) => i.len(),
-        None => mesh.count_vertices(),
-    } as u64;
-    match mesh.primitive_topology() {
-        PrimitiveTopology::TriangleList => primitives / 3,
-        PrimitiveTopology::TriangleStrip => primitives.saturating_sub(2),
-        _ => 0,
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn measure_frame(
     mut state: ResMut<CaptureState>,
     time: Res<Time<Real>>,
-    meshes: Res<Assets<Mesh>>,
-    all_meshes: Query<&Mesh3d>,
-    camera: Query<&VisibleEntities, With<MainCamera>>,
-    avatars: Query<&Children, With<Avatar>>,
+    stats: Res<FrameStats>,
+    connection: Option<Res<ConnectionInfo>>,
+    remote: Option<Res<crate::remote::RemoteAvatars>>,
     ready: Res<PipelinesReady>,
     offscreen: Option<Res<OffscreenTarget>>,
     quality: Res<ActiveQuality>,
@@ -156,6 +145,11 @@ fn measure_frame(
     mut commands: Commands,
     mut exit: MessageWriter<AppExit>,
 ) {
+    let connecting = connection.as_ref().is_some_and(|c| matches!(c.status, ConnectionStatus::Starting | ConnectionStatus::Connecting | ConnectionStatus::Reconnecting { .. }));
+    if state.frame == 0 && connecting && time.elapsed() < CONNECT_WAIT {
+        state.waited += 1;
+        return;
+    }
     if state.frame == 0 && !ready.get() {
         state.waited += 1;
         if state.waited < PIPELINE_WAIT_FRAMES {
@@ -170,7 +164,9 @@ fn measure_frame(
     let frame = state.frame;
     if frame > state.frames {
         if state.screenshot_done {
-            let written = finish(&state, offscreen.as_deref(), &quality, adapter.as_deref(), &windows);
+            let connection = connection.as_ref().map(|c| c.status.label()).unwrap_or_else(|| "none".into());
+            let remote = remote.map(|r| r.by_id.len() as u64).unwrap_or(0);
+            let written = finish(&state, offscreen.as_deref(), &quality, adapter.as_deref(), &windows, connection, remote);
             exit.write(if written { AppExit::Success } else { AppExit::error() });
         } else if frame > state.frames + SCREENSHOT_WAIT_FRAMES {
             error!(frames = SCREENSHOT_WAIT_FRAMES, "the screenshot never arrived; giving up");
@@ -180,31 +176,14 @@ fn measure_frame(
     }
     if frame > state.warmup {
         state.frame_ms.push(time.delta_secs_f64() * 1000.0);
-        let mut c = Counts::default();
-        let seen: bevy::platform::collections::HashSet<Entity> =
-            camera.iter().flat_map(|v| v.iter(TypeId::of::<Mesh3d>()).copied()).collect();
-        for entity in &seen {
-            if let Ok(mesh) = all_meshes.get(*entity) {
-                c.visible += 1;
-                c.draw_calls += 1;
-                c.triangles += meshes.get(&mesh.0).map(triangles_of).unwrap_or(0);
-            }
-        }
-        c.culled = all_meshes.iter().count() as u64 - c.visible;
-        for children in &avatars {
-            if children.iter().any(|child| seen.contains(&child)) {
-                c.avatars_visible += 1
-            } else {
-                c.avatars_hidden += 1
-            }
-        }
         let s = &mut state.sums;
-        s.visible += c.visible;
-        s.culled += c.culled;
-        s.triangles += c.triangles;
-        s.draw_calls += c.draw_calls;
-        s.avatars_visible += c.avatars_visible;
-        s.avatars_hidden += c.avatars_hidden;
+        s.visible += stats.visible;
+        s.culled += stats.culled;
+        s.triangles += stats.triangles;
+        s.draw_calls += stats.draw_calls;
+        for (sum, n) in s.avatars_by_lod.iter_mut().zip(stats.avatars_by_lod) {
+            *sum += u64::from(n);
+        }
         state.measured += 1;
     }
     if frame == state.frames && !state.screenshot_requested {
@@ -275,6 +254,10 @@ struct FrameReport {
     triangles: u64,
     draw_calls: u64,
     avatars_by_lod: AvatarsByLod,
+    /// The connection when the run ended ("in plaza", "offline", …).
+    connection: String,
+    /// Avatars the server told us about (others; not yours).
+    remote_avatars: u64,
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -287,7 +270,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 /// Writes the report, if asked for; false when that failed.
-fn finish(state: &CaptureState, offscreen: Option<&OffscreenTarget>, quality: &ActiveQuality, adapter: Option<&RenderAdapterInfo>, windows: &Query<&Window>) -> bool {
+fn finish(state: &CaptureState, offscreen: Option<&OffscreenTarget>, quality: &ActiveQuality, adapter: Option<&RenderAdapterInfo>, windows: &Query<&Window>, connection: String, remote_avatars: u64) -> bool {
     let Some(path) = &state.report else { return true };
     let mut sorted = state.frame_ms.clone();
     sorted.sort_by(f64::total_cmp);
@@ -318,8 +301,12 @@ fn finish(state: &CaptureState, offscreen: Option<&OffscreenTarget>, quality: &A
         entities: EntityCounts { visible: avg(state.sums.visible), culled: avg(state.sums.culled) },
         triangles: avg(state.sums.triangles),
         draw_calls: avg(state.sums.draw_calls),
-        // No LOD levels yet: every visible avatar is drawn at full detail.
-        avatars_by_lod: AvatarsByLod { full: avg(state.sums.avatars_visible), reduced: 0, low: 0, impostor: 0, hidden: avg(state.sums.avatars_hidden) },
+        avatars_by_lod: {
+            let [full, reduced, low, impostor, hidden] = state.sums.avatars_by_lod.map(avg);
+            AvatarsByLod { full, reduced, low, impostor, hidden }
+        },
+        connection,
+        remote_avatars,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         let _ = std::fs::create_dir_all(dir);
@@ -348,13 +335,5 @@ mod tests {
         assert_eq!(percentile(&v, 0.99), 99.0);
         assert_eq!(percentile(&[7.0], 0.95), 7.0);
         assert_eq!(percentile(&[], 0.5), 0.0);
-    }
-
-    #[test]
-    fn triangles_count_indices_or_vertices() {
-        let cube = Mesh::from(Cuboid::new(1.0, 1.0, 1.0));
-        assert_eq!(triangles_of(&cube), 12);
-        let plane = Plane3d::default().mesh().size(1.0, 1.0).build();
-        assert_eq!(triangles_of(&plane), 2);
     }
 }

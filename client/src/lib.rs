@@ -1,40 +1,86 @@
 //! `plaza-client`: the Bevy app, one plugin per concern, composed by
 //! [`PlazaClientPlugins`].
 //!
+//! - [`options`], [`settings`]: flags, environment, the settings file.
 //! - [`quality`]: presets → MSAA, shadows, view distance, lights.
-//! - [`culling`]: frustum culling on/off (Bevy's culling is the base).
+//! - [`governor`]: `--preset auto`, stepping quality with the frame times.
+//! - [`lod`]: levels of detail by distance, the full-detail budget,
+//!   distance culling.
+//! - [`culling`]: frustum culling on/off at run time.
 //! - [`scene`]: the plaza, the sun and the camera (window or offscreen).
-//! - [`avatars`]: avatars (placeholder bots for now).
-//! - [`capture`]: frame timing, screenshot and JSON report for `--frames`.
-//! - [`options`]: flags and environment variables.
+//! - [`avatars`]: how avatars look at each level; local walkers.
+//! - [`network`]: the network thread (and the embedded server).
+//! - [`remote`]: other people's avatars, interpolated.
+//! - [`player`]: your avatar and the camera that follows it.
+//! - [`hud`]: stats, settings, chat, toasts, nameplates (egui).
+//! - [`stats`]: what each frame drew, counted.
+//! - [`scenario`]: scripted crowds and camera paths for benchmarks.
+//! - [`capture`]: screenshot and JSON frame report for `--frames`.
 
 pub mod avatars;
 pub mod capture;
 pub mod culling;
+pub mod governor;
+pub mod hud;
+pub mod lod;
+pub mod network;
 pub mod options;
+pub mod player;
 pub mod quality;
+pub mod remote;
+pub mod scenario;
 pub mod scene;
+pub mod settings;
+pub mod stats;
 
 use bevy::app::{PluginGroupBuilder, ScheduleRunnerPlugin};
 use bevy::prelude::*;
-use bevy::window::ExitCondition;
+use bevy::window::{ExitCondition, PresentMode};
 use bevy::winit::WinitPlugin;
+use network::NetworkMode;
 use options::ClientOptions;
+use plaza_shared::quality::PresetChoice;
+use scenario::Scenario;
 use std::time::Duration;
 
 /// Plaza's own plugins, configured from the options.
 pub struct PlazaClientPlugins {
     pub options: ClientOptions,
+    pub scenario: Option<Scenario>,
+    /// The HUD needs a renderer (egui draws through it).
+    pub hud: bool,
 }
 
 impl PluginGroup for PlazaClientPlugins {
     fn build(self) -> PluginGroupBuilder {
         let o = self.options;
+        // Scenarios are offline and deterministic; so is --offline.
+        let mode = if self.scenario.is_some() || o.offline {
+            NetworkMode::Offline
+        } else if let Some(server) = &o.server {
+            NetworkMode::Remote { server: server.clone() }
+        } else {
+            NetworkMode::Embedded { bots: o.bots() }
+        };
+        // Offline without a scenario: local walkers stand in for the bots.
+        let walkers = if matches!(mode, NetworkMode::Offline) && self.scenario.is_none() { o.bots() } else { 0 };
         let mut group = PluginGroupBuilder::start::<Self>()
             .add(quality::QualityPlugin { choice: o.preset_choice() })
-            .add(culling::CullingPlugin { frustum: o.culling.is_on() })
+            .add(governor::GovernorPlugin { target_fps: o.platform().target_fps() })
+            .add(lod::LodPlugin { enabled: o.lod_on(), distance_culling: o.culling_on() })
+            .add(culling::CullingPlugin { enabled: o.culling_on() })
             .add(scene::ScenePlugin { offscreen: o.headless.then_some(o.resolution) })
-            .add(avatars::AvatarsPlugin { bots: o.bots });
+            .add(avatars::AvatarsPlugin { walkers })
+            .add(network::NetworkPlugin { mode, room: o.room.clone(), name: o.display_name() })
+            .add(remote::RemotePlugin)
+            .add(player::PlayerPlugin { spawn: self.scenario.is_none() })
+            .add(stats::StatsPlugin);
+        if self.hud {
+            group = group.add(hud::HudPlugin);
+        }
+        if let Some(scenario) = self.scenario {
+            group = group.add(scenario::ScenarioPlugin { scenario });
+        }
         if let Some(frames) = o.frames {
             group = group.add(capture::CapturePlugin { frames, screenshot: o.screenshot.clone(), report: o.report.clone() });
         }
@@ -43,12 +89,16 @@ impl PluginGroup for PlazaClientPlugins {
 }
 
 /// The whole app: Bevy's plugins (windowed or headless) and Plaza's.
-pub fn build_app(options: ClientOptions) -> App {
+pub fn build_app(options: ClientOptions, scenario: Option<Scenario>, settings: settings::SettingsFile) -> App {
     let mut app = App::new();
+    // Under `auto` the governor needs frame times that show headroom, which
+    // vsync would hide (every frame would take exactly one refresh).
+    let present_mode = if options.preset_choice() == PresetChoice::Auto { PresentMode::AutoNoVsync } else { PresentMode::AutoVsync };
     let window = WindowPlugin {
         primary_window: (!options.headless).then(|| Window {
             title: "Plaza".into(),
             resolution: bevy::window::WindowResolution::new(options.resolution.0, options.resolution.1),
+            present_mode,
             ..default()
         }),
         exit_condition: if options.headless { ExitCondition::DontExit } else { ExitCondition::OnPrimaryClosed },
@@ -60,6 +110,22 @@ pub fn build_app(options: ClientOptions) -> App {
     } else {
         app.add_plugins(defaults);
     }
-    app.add_plugins(PlazaClientPlugins { options });
+    if options.xr {
+        warn!("OpenXR is not available in this build; starting the desktop view (VR presets and the 72 fps target still apply)");
+    }
+    app.insert_resource(settings);
+    app.add_plugins(PlazaClientPlugins { options, scenario, hud: true });
     app
+}
+
+/// What ECS tests start from: no window, no renderer.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use bevy::prelude::*;
+
+    pub fn app() -> App {
+        let mut app = App::new();
+        app.add_plugins((MinimalPlugins, AssetPlugin::default(), TransformPlugin)).init_asset::<Mesh>().init_asset::<StandardMaterial>();
+        app
+    }
 }

@@ -1,10 +1,20 @@
 use bevy::app::AppExit;
 use clap::Parser;
 use plaza_client::options::ClientOptions;
+use plaza_client::scenario::Scenario;
+use plaza_client::settings::{SettingsFile, default_path};
 
 fn main() -> std::process::ExitCode {
-    let options = ClientOptions::parse();
-    match plaza_client::build_app(options).run() {
+    let settings = SettingsFile::open(default_path());
+    let options = ClientOptions::parse().resolve(&settings.settings);
+    let scenario = match options.scenario.as_deref().map(Scenario::load).transpose() {
+        Ok(scenario) => scenario,
+        Err(e) => {
+            eprintln!("plaza: --scenario: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match plaza_client::build_app(options, scenario, settings).run() {
         AppExit::Success => std::process::ExitCode::SUCCESS,
         AppExit::Error(code) => std::process::ExitCode::from(code.get()),
     }

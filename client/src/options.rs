@@ -1,7 +1,9 @@
 //! Command-line flags and environment variables (see the contract's
-//! "Client: plaza" table). Flags beat environment variables, which beat
-//! defaults. Bad values exit with status 2 and one line naming the flag and
-//! the allowed values (clap's behaviour, with our parsers' messages).
+//! "Client: plaza" table). Flags beat environment variables, which beat the
+//! settings file ([`crate::settings`]), which beats defaults: the switches
+//! the file can set are `Option`s here, and [`ClientOptions::resolve`]
+//! fills them in. Bad values exit with status 2 and one line naming the flag
+//! and the allowed values (clap's behaviour, with our parsers' messages).
 
 use clap::Parser;
 use plaza_shared::flags::Switch;
@@ -15,21 +17,55 @@ pub struct ClientOptions {
     #[arg(long, env = "CLIENT_QUALITY_PRESET")]
     pub preset: Option<PresetChoice>,
 
-    /// Level of detail by distance: on/off.
-    #[arg(long, env = "ENABLE_LOD", default_value = "on")]
-    pub lod: Switch,
+    /// Level of detail by distance: on/off. Default on.
+    #[arg(long, env = "ENABLE_LOD")]
+    pub lod: Option<Switch>,
 
-    /// Frustum culling: on/off (off draws everything, to measure its worth).
-    #[arg(long, env = "ENABLE_FRUSTUM_CULLING", default_value = "on")]
-    pub culling: Switch,
+    /// Frustum culling: on/off (off draws everything, to measure its worth). Default on.
+    #[arg(long, env = "ENABLE_FRUSTUM_CULLING")]
+    pub culling: Option<Switch>,
 
-    /// Send frame-timing telemetry to the server: on/off.
-    #[arg(long, env = "ENABLE_TELEMETRY", default_value = "on")]
-    pub telemetry: Switch,
+    /// Send frame-timing telemetry to the server: on/off. Default on.
+    #[arg(long, env = "ENABLE_TELEMETRY")]
+    pub telemetry: Option<Switch>,
 
-    /// Number of bot avatars walking in the plaza.
-    #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u32).range(0..=10_000))]
-    pub bots: u32,
+    /// Log voice quality-of-service decisions.
+    #[arg(long, env = "VOICE_QOS_DEBUG")]
+    pub voice_qos_debug: bool,
+
+    /// Server to join, e.g. http://127.0.0.1:7878. Unset: start the embedded
+    /// server on 127.0.0.1 (any free port) with bots.
+    #[arg(long, env = "PLAZA_SERVER", value_parser = parse_server_url)]
+    pub server: Option<String>,
+
+    /// Room to join (an id or a name; a new name creates the room).
+    #[arg(long, default_value = "plaza", value_parser = parse_room)]
+    pub room: String,
+
+    /// Your display name (1–32 characters). Default: from the settings
+    /// file, else "Guest".
+    #[arg(long, value_parser = parse_name)]
+    pub name: Option<String>,
+
+    /// Bots in the room: with the embedded server they are the server's
+    /// bots (default 24); with --server, none unless asked for.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    pub bots: Option<u32>,
+
+    /// A scripted camera path and crowd (TOML), for benchmarks; see
+    /// docs/scenarios.md.
+    #[arg(long)]
+    pub scenario: Option<PathBuf>,
+
+    /// Start in OpenXR; falls back to the desktop view with a notice when no
+    /// runtime is found.
+    #[arg(long)]
+    pub xr: bool,
+
+    /// Don't connect to any server (no embedded one either): the plaza
+    /// with local bots.
+    #[arg(long, conflicts_with = "server")]
+    pub offline: bool,
 
     /// Render offscreen, without a window.
     #[arg(long)]
@@ -52,14 +88,79 @@ pub struct ClientOptions {
     pub resolution: (u32, u32),
 }
 
+/// The maximum number of avatars the embedded server's room holds.
+pub const EMBEDDED_ROOM_CAPACITY: u32 = plaza_shared::limits::DEFAULT_ROOM_CAPACITY;
+
 impl ClientOptions {
     pub fn platform(&self) -> Platform {
-        Platform::Desktop
+        if self.xr { Platform::Vr } else { Platform::Desktop }
     }
 
     pub fn preset_choice(&self) -> PresetChoice {
         self.preset.unwrap_or_else(|| self.platform().default_choice())
     }
+
+    pub fn lod_on(&self) -> bool {
+        self.lod.unwrap_or(Switch::ON).is_on()
+    }
+
+    pub fn culling_on(&self) -> bool {
+        self.culling.unwrap_or(Switch::ON).is_on()
+    }
+
+    pub fn telemetry_on(&self) -> bool {
+        self.telemetry.unwrap_or(Switch::ON).is_on()
+    }
+
+    /// Bots: the server's with the embedded server (default 24), else local
+    /// walkers only when asked for.
+    pub fn bots(&self) -> u32 {
+        self.bots.unwrap_or(if self.embedded_server() { 24 } else { 0 })
+    }
+
+    /// No `--server` and not offline: run the server in-process.
+    pub fn embedded_server(&self) -> bool {
+        self.server.is_none() && !self.offline
+    }
+
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| "Guest".into())
+    }
+
+    /// Fills what flags and environment left unset from the settings file.
+    pub fn resolve(mut self, file: &crate::settings::Settings) -> Self {
+        self.preset = self.preset.or(file.preset);
+        self.lod = self.lod.or(file.lod.map(Switch));
+        self.culling = self.culling.or(file.culling.map(Switch));
+        self.telemetry = self.telemetry.or(file.telemetry.map(Switch));
+        self.name = self.name.or_else(|| file.name.clone());
+        self
+    }
+}
+
+fn parse_server_url(s: &str) -> Result<String, String> {
+    let s = s.trim().trim_end_matches('/');
+    let rest = s.strip_prefix("http://").ok_or_else(|| format!("`{s}` is not a server URL; expected http://HOST:PORT (https is not supported yet)"))?;
+    if rest.is_empty() || rest.contains('/') {
+        return Err(format!("`{s}` is not a server URL; expected http://HOST:PORT with no path"));
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_room(s: &str) -> Result<String, String> {
+    let n = s.chars().count();
+    if n == 0 || n > 64 || s.chars().any(char::is_control) {
+        return Err(format!("`{s}` is not a room; a room id or name is 1–64 characters without control characters"));
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    let n = s.trim().chars().count();
+    if n == 0 || n > 32 || s.chars().any(char::is_control) {
+        return Err(format!("`{s}` is not a display name; names are 1–32 characters without control characters"));
+    }
+    Ok(s.trim().to_owned())
 }
 
 fn parse_resolution(s: &str) -> Result<(u32, u32), String> {
@@ -86,17 +187,34 @@ mod tests {
     fn defaults_follow_the_contract() {
         let o = parse(&[]).unwrap();
         assert_eq!(o.preset_choice(), PresetChoice::Fixed(QualityPreset::High));
-        assert!(o.lod.is_on() && o.culling.is_on() && o.telemetry.is_on());
-        assert_eq!(o.bots, 24);
+        assert!(o.lod_on() && o.culling_on() && o.telemetry_on());
+        assert!(o.embedded_server());
+        assert_eq!(o.bots(), 24);
+        assert_eq!(o.room, "plaza");
         assert_eq!(o.resolution, (1280, 720));
+        let remote = parse(&["--server", "http://10.0.0.5:7878/"]).unwrap();
+        assert_eq!(remote.server.as_deref(), Some("http://10.0.0.5:7878"));
+        assert_eq!(remote.bots(), 0, "no bots of our own on a real server");
+        assert_eq!(parse(&["--xr"]).unwrap().preset_choice(), PresetChoice::Auto, "auto in VR");
     }
 
     #[test]
     fn flags_parse() {
         let o = parse(&["--preset", "med", "--lod", "off", "--culling", "false", "--headless", "--frames", "3", "--resolution", "320x200"]).unwrap();
         assert_eq!(o.preset_choice(), PresetChoice::Fixed(QualityPreset::Medium));
-        assert!(!o.lod.is_on() && !o.culling.is_on() && o.headless);
+        assert!(!o.lod_on() && !o.culling_on() && o.headless);
         assert_eq!((o.frames, o.resolution), (Some(3), (320, 200)));
+    }
+
+    #[test]
+    fn flags_beat_the_settings_file_which_beats_defaults() {
+        let file = crate::settings::Settings { preset: Some(PresetChoice::Fixed(QualityPreset::Low)), lod: Some(false), culling: None, telemetry: Some(false), name: Some("Ada".into()) };
+        let o = parse(&["--lod", "on"]).unwrap().resolve(&file);
+        assert_eq!(o.preset_choice(), PresetChoice::Fixed(QualityPreset::Low), "from the file");
+        assert!(o.lod_on(), "the flag wins");
+        assert!(o.culling_on(), "the default");
+        assert!(!o.telemetry_on());
+        assert_eq!(o.display_name(), "Ada");
     }
 
     #[test]
@@ -113,6 +231,11 @@ mod tests {
         assert!(text.contains("WIDTHxHEIGHT"), "{text}");
 
         assert!(parse(&["--frames", "0"]).is_err());
+        let text = parse(&["--server", "ws://x"]).unwrap_err().to_string();
+        assert!(text.contains("--server") && text.contains("http://HOST:PORT"), "{text}");
+        assert!(parse(&["--room", ""]).is_err());
+        assert!(parse(&["--name", &"n".repeat(33)]).is_err());
+        assert!(parse(&["--offline", "--server", "http://a:1"]).is_err());
         assert!(parse(&["--screenshot", "x.png"]).is_err(), "--screenshot needs --frames");
     }
 }

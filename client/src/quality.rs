@@ -15,17 +15,35 @@ pub struct ActiveQuality {
     pub choice: PresetChoice,
     /// What is applied now.
     pub settings: PresetSettings,
+    /// The adaptive governor's extra LOD bias (1.0 = the preset's own; lower
+    /// switches to coarser levels sooner).
+    pub bias_scale: f32,
 }
 
 impl ActiveQuality {
     pub fn new(choice: PresetChoice) -> Self {
-        // Until the adaptive governor exists, `auto` starts from medium: the
-        // safe middle for unknown hardware.
+        // `auto` starts from medium, the safe middle for unknown hardware;
+        // the governor climbs from there within seconds when it can.
         let preset = match choice {
             PresetChoice::Fixed(p) => p,
             PresetChoice::Auto => QualityPreset::Medium,
         };
-        ActiveQuality { choice, settings: preset.settings() }
+        ActiveQuality { choice, settings: preset.settings(), bias_scale: 1.0 }
+    }
+
+    /// The LOD bias in force: the preset's times the governor's.
+    pub fn lod_bias(&self) -> f32 {
+        self.settings.lod_bias * self.bias_scale
+    }
+
+    /// Switches to a choice the user made (panel, hotkey): a fixed preset
+    /// applies at once; auto starts the governor from the current preset.
+    pub fn choose(&mut self, choice: PresetChoice) {
+        self.choice = choice;
+        if let PresetChoice::Fixed(p) = choice {
+            self.settings = p.settings();
+            self.bias_scale = 1.0;
+        }
     }
 }
 

@@ -1,8 +1,12 @@
 //! The plaza itself: ground, paths, a fountain, benches, trees, lamps, the
 //! sun and the camera. Placeholder shapes until the asset pipeline ships
-//! real meshes.
+//! real meshes. Trees, lamps and benches have LOD levels ([`LodMeshes`]);
+//! the ground, paths, fountain and buildings are always drawn (within the
+//! view distance the camera's far plane sets).
 
+use crate::lod::{Lod, LodMeshes};
 use crate::quality::{LAMP_INTENSITY, MainCamera, OptionalLight};
+use plaza_shared::lod::LodLevel;
 use bevy::asset::RenderAssetUsages;
 use bevy::camera::RenderTarget;
 use bevy::light::CascadeShadowConfig;
@@ -46,7 +50,7 @@ fn spawn_camera(mut commands: Commands, offscreen: Option<Res<OffscreenTarget>>)
         Camera3d::default(),
         MainCamera,
         Projection::Perspective(PerspectiveProjection { fov: 60f32.to_radians(), ..default() }),
-        Transform::from_xyz(0.0, 6.0, 26.0).looking_at(Vec3::new(0.0, 1.0, 0.0), Vec3::Y),
+        crate::player::camera_for(crate::player::START, 0.0),
     ));
     if let Some(target) = offscreen {
         camera.insert(RenderTarget::Image(target.image.clone().into()));
@@ -114,45 +118,50 @@ fn spawn_plaza(
         MeshMaterial3d(stone.clone()),
         Transform::from_xyz(0.0, 1.2, 0.0),
     ));
+    // Props with LOD levels: full, reduced, low, impostor (None: not drawn).
+    let lod_prop = |commands: &mut Commands, levels: [Option<Handle<Mesh>>; 4], material: Handle<StandardMaterial>, transform: Transform| {
+        let first = levels[0].clone().expect("a full level");
+        commands.spawn((Mesh3d(first), MeshMaterial3d(material), transform, Lod::new(LodLevel::Full), LodMeshes(levels)));
+    };
+    let cylinder = |meshes: &mut Assets<Mesh>, r: f32, h: f32, res: u32| meshes.add(Cylinder::new(r, h).mesh().resolution(res).build());
+    let ico = |meshes: &mut Assets<Mesh>, r: f32, n: u32| meshes.add(Sphere::new(r).mesh().ico(n).expect("small icosphere"));
+
     // Lamps with benches beside them.
-    let pole = meshes.add(Cylinder::new(0.08, 4.0));
-    let globe = meshes.add(Sphere::new(0.3).mesh().ico(2).expect("small icosphere"));
-    let seat = meshes.add(Cuboid::new(2.0, 0.12, 0.6));
-    let leg = meshes.add(Cuboid::new(0.1, 0.45, 0.5));
+    let pole = [Some(cylinder(&mut meshes, 0.08, 4.0, 16)), Some(cylinder(&mut meshes, 0.08, 4.0, 8)), Some(cylinder(&mut meshes, 0.08, 4.0, 4)), Some(cylinder(&mut meshes, 0.08, 4.0, 3))];
+    let globe = [Some(ico(&mut meshes, 0.3, 3)), Some(ico(&mut meshes, 0.3, 2)), Some(ico(&mut meshes, 0.3, 1)), None];
+    let seat_mesh = meshes.add(Cuboid::new(2.0, 0.12, 0.6));
+    let seat = [Some(seat_mesh.clone()), Some(seat_mesh.clone()), Some(seat_mesh.clone()), Some(seat_mesh)];
+    let leg_mesh = meshes.add(Cuboid::new(0.1, 0.45, 0.5));
+    let leg = [Some(leg_mesh.clone()), Some(leg_mesh), None, None];
+    let globe_glow = materials.add(StandardMaterial { emissive: LinearRgba::rgb(6.0, 5.0, 3.0), ..default() });
     for i in 0..LAMPS {
         let angle = i as f32 / LAMPS as f32 * std::f32::consts::TAU;
         let at = Vec3::new(angle.cos(), 0.0, angle.sin()) * LAMP_RING_RADIUS;
-        commands.spawn((Mesh3d(pole.clone()), MeshMaterial3d(metal.clone()), Transform::from_translation(at + Vec3::Y * 2.0)));
-        commands.spawn((
-            Mesh3d(globe.clone()),
-            MeshMaterial3d(materials.add(StandardMaterial { emissive: LinearRgba::rgb(6.0, 5.0, 3.0), ..default() })),
-            Transform::from_translation(at + Vec3::Y * 4.1),
-        ));
+        lod_prop(&mut commands, pole.clone(), metal.clone(), Transform::from_translation(at + Vec3::Y * 2.0));
+        lod_prop(&mut commands, globe.clone(), globe_glow.clone(), Transform::from_translation(at + Vec3::Y * 4.1));
         commands.spawn((
             PointLight { intensity: LAMP_INTENSITY, range: 12.0, color: Color::srgb(1.0, 0.85, 0.6), ..default() },
             OptionalLight { rank: i },
             Transform::from_translation(at + Vec3::Y * 3.9),
         ));
+        // Bench parts are placed as roots (LOD measures their own distance).
         let bench_at = at * 1.12;
-        let facing = Transform::from_translation(bench_at).looking_at(Vec3::new(0.0, 0.0, 0.0), Vec3::Y);
-        commands
-            .spawn((Transform::from_translation(bench_at).with_rotation(facing.rotation), Visibility::default()))
-            .with_children(|b| {
-                b.spawn((Mesh3d(seat.clone()), MeshMaterial3d(wood.clone()), Transform::from_xyz(0.0, 0.5, 0.0)));
-                for x in [-0.85, 0.85] {
-                    b.spawn((Mesh3d(leg.clone()), MeshMaterial3d(metal.clone()), Transform::from_xyz(x, 0.225, 0.0)));
-                }
-            });
+        let facing = Transform::from_translation(bench_at).looking_at(Vec3::ZERO, Vec3::Y).rotation;
+        let place = |local: Vec3| Transform::from_translation(bench_at + facing * local).with_rotation(facing);
+        lod_prop(&mut commands, seat.clone(), wood.clone(), place(Vec3::new(0.0, 0.5, 0.0)));
+        for x in [-0.85, 0.85] {
+            lod_prop(&mut commands, leg.clone(), metal.clone(), place(Vec3::new(x, 0.225, 0.0)));
+        }
     }
     // Trees in a loose ring.
-    let trunk = meshes.add(Cylinder::new(0.25, 3.0));
-    let crown = meshes.add(Sphere::new(1.8).mesh().ico(3).expect("icosphere"));
+    let trunk = [Some(cylinder(&mut meshes, 0.25, 3.0, 24)), Some(cylinder(&mut meshes, 0.25, 3.0, 12)), Some(cylinder(&mut meshes, 0.25, 3.0, 6)), Some(cylinder(&mut meshes, 0.25, 3.0, 4))];
+    let crown = [Some(ico(&mut meshes, 1.8, 4)), Some(ico(&mut meshes, 1.8, 3)), Some(ico(&mut meshes, 1.8, 1)), Some(ico(&mut meshes, 1.8, 0))];
     for i in 0..16 {
         let angle = (i as f32 + 0.5) / 16.0 * std::f32::consts::TAU;
         let r = 24.0 + (i % 3) as f32 * 3.0;
         let at = Vec3::new(angle.cos() * r, 0.0, angle.sin() * r);
-        commands.spawn((Mesh3d(trunk.clone()), MeshMaterial3d(wood.clone()), Transform::from_translation(at + Vec3::Y * 1.5)));
-        commands.spawn((Mesh3d(crown.clone()), MeshMaterial3d(leaves.clone()), Transform::from_translation(at + Vec3::Y * 4.2)));
+        lod_prop(&mut commands, trunk.clone(), wood.clone(), Transform::from_translation(at + Vec3::Y * 1.5));
+        lod_prop(&mut commands, crown.clone(), leaves.clone(), Transform::from_translation(at + Vec3::Y * 4.2));
     }
     // Buildings around the square.
     for i in 0..12 {

@@ -29,6 +29,9 @@ fn headless_render_writes_a_screenshot_and_a_sane_report() {
         .arg("--report")
         .arg(&report)
         .env_remove("CLIENT_QUALITY_PRESET")
+        .env_remove("PLAZA_SERVER")
+        // Never the user's own settings file.
+        .env("PLAZA_CONFIG_DIR", &dir)
         .output()
         .expect("plaza runs");
     let log = String::from_utf8_lossy(&out.stderr);
@@ -66,7 +69,10 @@ fn headless_render_writes_a_screenshot_and_a_sane_report() {
     assert!(triangles > visible * 2, "{report}");
     let lod = &report["avatars_by_lod"];
     let avatars: u64 = ["full", "reduced", "low", "impostor", "hidden"].iter().map(|k| lod[k].as_u64().unwrap()).sum();
-    assert!((23..=25).contains(&avatars), "24 bots, averaged over frames: {report}");
+    // The embedded server's 24 bots, from the network, and your own avatar.
+    assert_eq!(report["connection"], "in plaza", "{report}");
+    assert_eq!(report["remote_avatars"], 24, "{report}");
+    assert!((24..=25).contains(&avatars), "24 bots and you, averaged over frames: {report}");
     let p50 = report["frame_ms"]["p50"].as_f64().unwrap();
     let max = report["frame_ms"]["max"].as_f64().unwrap();
     assert!(p50 > 0.0 && max >= p50, "{report}");
@@ -75,8 +81,22 @@ fn headless_render_writes_a_screenshot_and_a_sane_report() {
 
 #[test]
 fn bad_flags_exit_2_with_one_clear_line() {
-    let out = Command::new(env!("CARGO_BIN_EXE_plaza")).args(["--preset", "extreme"]).output().expect("plaza runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_plaza")).args(["--preset", "extreme"]).env("PLAZA_CONFIG_DIR", std::env::temp_dir()).output().expect("plaza runs");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--preset") && err.contains("low, medium (or med), high, ultra, auto"), "{err}");
+}
+
+#[test]
+fn a_bad_scenario_exits_2_saying_what_is_wrong() {
+    let dir = std::env::temp_dir().join(format!("plaza-scenario-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, "crowd = 99999\n[[camera]]\nt = 0.0\nat = [0.0, 1.0, 0.0]\nlook = [1.0, 1.0, 0.0]\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_plaza")).arg("--scenario").arg(&path).env("PLAZA_CONFIG_DIR", &dir).output().expect("plaza runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("bad.toml") && err.contains("0–10000"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

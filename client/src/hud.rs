@@ -1,0 +1,349 @@
+//! The HUD and panels (bevy_egui): frame stats, connection, the settings
+//! panel, chat, toasts and nameplates.
+//!
+//! Keys: F1 settings panel, F2 next preset, F3 stats, Enter chat.
+//! Preset, LOD and culling changes apply at once (no restart, no reload:
+//! see [`crate::quality`]) and are saved to the settings file.
+
+use crate::avatars::Avatar;
+use crate::culling::CullingConfig;
+use crate::governor::AutoQuality;
+use crate::lod::{Lod, LodConfig};
+use crate::network::{ChatUpdate, ConnectionInfo, ConnectionStatus, NetCommand, NetLink, Toast};
+use crate::player::{LocalPlayer, PlayerControl};
+use crate::quality::{ActiveQuality, MainCamera};
+use crate::settings::SettingsFile;
+use crate::stats::FrameStats;
+use bevy::prelude::*;
+use bevy_egui::input::EguiWantsInput;
+use bevy_egui::{EguiContexts, EguiPrimaryContextPass, egui};
+use plaza_shared::lod::LodLevel;
+use plaza_shared::quality::{PresetChoice, QualityPreset};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+/// Nameplates show within this distance.
+pub const NAMEPLATE_DISTANCE: f32 = 15.0;
+const TOAST_FOR: Duration = Duration::from_secs(6);
+const CHAT_LINES: usize = 100;
+
+#[derive(Resource, Debug)]
+pub struct HudState {
+    pub stats: bool,
+    pub settings: bool,
+    pub chat_input: String,
+    pub chat: VecDeque<ChatLine>,
+    pub toasts: VecDeque<(Duration, String)>,
+    next_chat_id: u64,
+    /// The settings panel's last save problem, shown until the next save.
+    pub save_error: Option<String>,
+}
+
+impl Default for HudState {
+    fn default() -> Self {
+        HudState { stats: true, settings: false, chat_input: String::new(), chat: VecDeque::new(), toasts: VecDeque::new(), next_chat_id: 1, save_error: None }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatLine {
+    pub id: Option<String>,
+    pub name: String,
+    pub text: String,
+    /// Ours and not yet stored by the server.
+    pub pending: bool,
+    pub failed: Option<String>,
+}
+
+#[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HudSystems {
+    /// Keys, chat and toast bookkeeping (Update).
+    Input,
+    /// Drawing (bevy_egui's pass).
+    Draw,
+}
+
+pub struct HudPlugin;
+
+impl Plugin for HudPlugin {
+    fn build(&self, app: &mut App) {
+        app.add_plugins(bevy_egui::EguiPlugin::default())
+            .init_resource::<HudState>()
+            .add_systems(Update, (hotkeys, collect_chat_and_toasts, follow_focus).in_set(HudSystems::Input))
+            .add_systems(EguiPrimaryContextPass, (nameplates, stats_window, settings_window, chat_window, toasts_window).chain().in_set(HudSystems::Draw));
+    }
+}
+
+/// The next preset in F2's cycle: low → medium → high → ultra → auto → low.
+pub fn next_choice(choice: PresetChoice) -> PresetChoice {
+    match choice {
+        PresetChoice::Fixed(p) => p.higher().map(PresetChoice::Fixed).unwrap_or(PresetChoice::Auto),
+        PresetChoice::Auto => PresetChoice::Fixed(QualityPreset::Low),
+    }
+}
+
+/// Applies a preset choice and saves it.
+pub fn choose_preset(choice: PresetChoice, quality: &mut ActiveQuality, file: Option<&mut SettingsFile>, hud: &mut HudState) {
+    quality.choose(choice);
+    if let Some(file) = file {
+        hud.save_error = file.update(|s| s.preset = Some(choice)).err().map(|e| e.to_string());
+    }
+}
+
+fn hotkeys(
+    keys: Option<Res<ButtonInput<KeyCode>>>,
+    control: Res<PlayerControl>,
+    mut hud: ResMut<HudState>,
+    mut quality: ResMut<ActiveQuality>,
+    mut file: Option<ResMut<SettingsFile>>,
+) {
+    let Some(keys) = keys else { return };
+    if control.typing {
+        return;
+    }
+    if keys.just_pressed(KeyCode::F1) {
+        hud.settings = !hud.settings;
+    }
+    if keys.just_pressed(KeyCode::F3) {
+        hud.stats = !hud.stats;
+    }
+    if keys.just_pressed(KeyCode::F2) {
+        let next = next_choice(quality.choice);
+        choose_preset(next, &mut quality, file.as_deref_mut(), &mut hud);
+        hud.toasts.push_back((Duration::ZERO, format!("Preset: {next}")));
+    }
+}
+
+fn collect_chat_and_toasts(time: Res<Time<Real>>, mut hud: ResMut<HudState>, mut chat: MessageReader<ChatUpdate>, mut toasts: MessageReader<Toast>, info: Res<ConnectionInfo>) {
+    let now = time.elapsed();
+    for toast in toasts.read() {
+        hud.toasts.push_back((now, toast.0.text()));
+    }
+    // Toasts queued with time zero (hotkeys) start now.
+    for toast in hud.toasts.iter_mut() {
+        if toast.0 == Duration::ZERO {
+            toast.0 = now;
+        }
+    }
+    while hud.toasts.front().is_some_and(|t| now.saturating_sub(t.0) > TOAST_FOR) || hud.toasts.len() > 5 {
+        hud.toasts.pop_front();
+    }
+    for update in chat.read() {
+        match update {
+            ChatUpdate::Message(m) => {
+                let ours = info.user_id.as_deref() == Some(m.from.as_str());
+                if let Some(line) = hud.chat.iter_mut().find(|l| ours && l.id.as_deref() == Some(m.id.as_str())) {
+                    line.pending = false;
+                    continue;
+                }
+                hud.chat.push_back(ChatLine { id: Some(m.id.clone()), name: m.name.clone(), text: m.text.clone(), pending: false, failed: None });
+            }
+            ChatUpdate::Acked(id) => {
+                if let Some(line) = hud.chat.iter_mut().find(|l| l.id.as_deref() == Some(id.as_str())) {
+                    line.pending = false;
+                }
+            }
+            ChatUpdate::Failed { id, reason } => {
+                if let Some(line) = hud.chat.iter_mut().find(|l| l.id.as_deref() == Some(id.as_str())) {
+                    line.pending = false;
+                    line.failed = Some(reason.clone());
+                }
+            }
+        }
+        while hud.chat.len() > CHAT_LINES {
+            hud.chat.pop_front();
+        }
+    }
+}
+
+/// While a text field has the keyboard, the avatar doesn't walk.
+fn follow_focus(wants: Option<Res<EguiWantsInput>>, mut control: ResMut<PlayerControl>) {
+    let typing = wants.is_some_and(|w| w.wants_any_keyboard_input());
+    if control.typing != typing {
+        control.typing = typing;
+    }
+}
+
+fn lod_line(counts: &[u32; 5]) -> String {
+    LodLevel::ALL.iter().zip(counts).map(|(l, n)| format!("{} {n}", l.as_str())).collect::<Vec<_>>().join(" · ")
+}
+
+fn stats_window(mut contexts: EguiContexts, hud: Res<HudState>, stats: Res<FrameStats>, quality: Res<ActiveQuality>, auto: Option<Res<AutoQuality>>, info: Res<ConnectionInfo>) -> Result {
+    if !hud.stats {
+        return Ok(());
+    }
+    let ctx = contexts.ctx_mut()?;
+    egui::Window::new("Plaza").anchor(egui::Align2::LEFT_TOP, [8.0, 8.0]).resizable(false).collapsible(true).show(ctx, |ui| {
+        let ms = stats.smoothed_ms.max(0.001);
+        ui.label(format!("{:.0} fps · {:.1} ms", 1000.0 / ms, ms));
+        let preset = match (quality.choice, &auto) {
+            (PresetChoice::Auto, Some(a)) => format!("auto → {} (LOD ×{:.2}, target {:.1} ms)", quality.settings.preset, quality.bias_scale, a.0.target_ms()),
+            _ => quality.settings.preset.to_string(),
+        };
+        ui.label(format!("preset: {preset}"));
+        ui.label(format!("meshes: {} drawn · {} culled", stats.visible, stats.culled));
+        ui.label(format!("triangles: {} · draws: {}", stats.triangles, stats.draw_calls));
+        ui.label(format!("avatars: {}", lod_line(&stats.avatars_by_lod)));
+        let ping = info.rtt.map(|r| format!("{} ms", r.as_millis())).unwrap_or_else(|| "–".into());
+        ui.label(format!("{} · ping {ping}", info.status.label()));
+        ui.small("F1 settings · F2 preset · F3 stats");
+    });
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn settings_window(
+    mut contexts: EguiContexts,
+    mut hud: ResMut<HudState>,
+    mut quality: ResMut<ActiveQuality>,
+    mut lod: ResMut<LodConfig>,
+    mut culling: ResMut<CullingConfig>,
+    mut file: Option<ResMut<SettingsFile>>,
+) -> Result {
+    if !hud.settings {
+        return Ok(());
+    }
+    let ctx = contexts.ctx_mut()?;
+    let mut open = true;
+    let mut choice = quality.choice;
+    let (mut lod_on, mut culling_on) = (lod.enabled, culling.enabled);
+    egui::Window::new("Settings").open(&mut open).anchor(egui::Align2::CENTER_TOP, [0.0, 40.0]).resizable(false).show(ctx, |ui| {
+        ui.label("Quality preset");
+        ui.horizontal(|ui| {
+            for p in QualityPreset::ALL {
+                ui.radio_value(&mut choice, PresetChoice::Fixed(p), p.as_str());
+            }
+            ui.radio_value(&mut choice, PresetChoice::Auto, "auto");
+        });
+        ui.checkbox(&mut lod_on, "Level of detail by distance");
+        ui.checkbox(&mut culling_on, "Culling (frustum and distance)");
+        match (&file, &hud.save_error) {
+            (_, Some(e)) => ui.colored_label(egui::Color32::from_rgb(230, 120, 80), format!("Not saved: {e}")),
+            (Some(f), None) => ui.small(format!("Saved to {}", f.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "nowhere (no config folder)".into()))),
+            (None, None) => ui.small("Not saved (no settings file)"),
+        };
+    });
+    if !open {
+        hud.settings = false;
+    }
+    if choice != quality.choice {
+        choose_preset(choice, &mut quality, file.as_deref_mut(), &mut hud);
+    }
+    if lod_on != lod.enabled {
+        lod.enabled = lod_on;
+        if let Some(f) = file.as_deref_mut() {
+            hud.save_error = f.update(|s| s.lod = Some(lod_on)).err().map(|e| e.to_string());
+        }
+    }
+    if culling_on != culling.enabled {
+        culling.enabled = culling_on;
+        lod.distance_culling = culling_on;
+        if let Some(f) = file.as_deref_mut() {
+            hud.save_error = f.update(|s| s.culling = Some(culling_on)).err().map(|e| e.to_string());
+        }
+    }
+    Ok(())
+}
+
+fn chat_window(mut contexts: EguiContexts, mut hud: ResMut<HudState>, link: Option<Res<NetLink>>, info: Res<ConnectionInfo>, keys: Option<Res<ButtonInput<KeyCode>>>) -> Result {
+    let Some(link) = link else { return Ok(()) };
+    let ctx = contexts.ctx_mut()?;
+    let hud = hud.as_mut();
+    egui::Window::new("Chat").anchor(egui::Align2::LEFT_BOTTOM, [8.0, -8.0]).default_width(340.0).resizable(false).collapsible(true).show(ctx, |ui| {
+        egui::ScrollArea::vertical().max_height(140.0).stick_to_bottom(true).show(ui, |ui| {
+            for line in &hud.chat {
+                let text = format!("{}: {}", line.name, line.text);
+                match (&line.failed, line.pending) {
+                    (Some(reason), _) => ui.colored_label(egui::Color32::from_rgb(230, 120, 80), format!("{text}  (not sent: {reason})")),
+                    (None, true) => ui.weak(text),
+                    (None, false) => ui.label(text),
+                };
+            }
+        });
+        let input = ui.add(egui::TextEdit::singleline(&mut hud.chat_input).hint_text("Enter to chat").desired_width(320.0).char_limit(plaza_shared::limits::CHAT_TEXT_MAX_CHARS));
+        let enter = ui.input(|i| i.key_pressed(egui::Key::Enter));
+        if input.lost_focus() && enter {
+            let text = hud.chat_input.trim().to_owned();
+            if !text.is_empty() {
+                let id = format!("c{}", hud.next_chat_id);
+                hud.next_chat_id += 1;
+                let name = "You".to_owned();
+                let sent = link.send(NetCommand::Chat { id: id.clone(), text: text.clone() });
+                let failed = (!sent).then(|| "the network is busy; try again".to_owned());
+                hud.chat.push_back(ChatLine { id: Some(id), name, text, pending: sent, failed });
+                hud.chat_input.clear();
+            }
+        } else if !input.has_focus() && keys.is_some_and(|k| k.just_pressed(KeyCode::Enter)) && matches!(info.status, ConnectionStatus::InRoom { .. }) {
+            input.request_focus();
+        }
+    });
+    Ok(())
+}
+
+fn toasts_window(mut contexts: EguiContexts, hud: Res<HudState>) -> Result {
+    if hud.toasts.is_empty() {
+        return Ok(());
+    }
+    let ctx = contexts.ctx_mut()?;
+    egui::Area::new(egui::Id::new("toasts")).anchor(egui::Align2::RIGHT_TOP, [-8.0, 8.0]).show(ctx, |ui| {
+        for (_, text) in &hud.toasts {
+            egui::Frame::popup(ui.style()).show(ui, |ui| {
+                ui.set_max_width(360.0);
+                ui.label(text);
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Names over the heads of avatars near the camera.
+fn nameplates(
+    mut contexts: EguiContexts,
+    camera: Query<(&Camera, &GlobalTransform), With<MainCamera>>,
+    avatars: Query<(&Avatar, &Lod, &GlobalTransform), Without<LocalPlayer>>,
+) -> Result {
+    let Ok((camera, eye)) = camera.single() else { return Ok(()) };
+    let ctx = contexts.ctx_mut()?;
+    let painter = ctx.layer_painter(egui::LayerId::background());
+    let font = egui::FontId::proportional(14.0);
+    for (avatar, lod, at) in &avatars {
+        if lod.level == LodLevel::Hidden || lod.distance > NAMEPLATE_DISTANCE {
+            continue;
+        }
+        let Ok(pos) = camera.world_to_viewport(eye, at.translation() + Vec3::Y * 2.05) else { continue };
+        let pos = egui::pos2(pos.x, pos.y);
+        painter.text(pos + egui::vec2(1.0, 1.0), egui::Align2::CENTER_BOTTOM, &avatar.name, font.clone(), egui::Color32::from_black_alpha(200));
+        painter.text(pos, egui::Align2::CENTER_BOTTOM, &avatar.name, font.clone(), egui::Color32::WHITE);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f2_cycles_every_preset_then_auto() {
+        let mut c = PresetChoice::Fixed(QualityPreset::Low);
+        let mut seen = vec![c];
+        for _ in 0..5 {
+            c = next_choice(c);
+            seen.push(c);
+        }
+        assert_eq!(seen.iter().map(ToString::to_string).collect::<Vec<_>>(), ["low", "medium", "high", "ultra", "auto", "low"]);
+    }
+
+    #[test]
+    fn choosing_a_preset_applies_and_saves_it() {
+        let dir = std::env::temp_dir().join(format!("plaza-hud-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut file = SettingsFile::open(Some(dir.join("settings.toml")));
+        let mut quality = ActiveQuality::new(PresetChoice::Fixed(QualityPreset::High));
+        let mut hud = HudState::default();
+        choose_preset(PresetChoice::Fixed(QualityPreset::Low), &mut quality, Some(&mut file), &mut hud);
+        assert_eq!(quality.settings.preset, QualityPreset::Low);
+        assert!(hud.save_error.is_none());
+        let saved = crate::settings::Settings::load(&dir.join("settings.toml")).unwrap();
+        assert_eq!(saved.preset, Some(PresetChoice::Fixed(QualityPreset::Low)));
+    }
+}

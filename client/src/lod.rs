@@ -1,0 +1,369 @@
+//! Level of detail and distance culling for avatars and props.
+//!
+//! Every frame, [`LodSystems::Select`] picks each [`Lod`] entity's level
+//! from its distance to the main camera × the LOD bias in force (the
+//! preset's times the governor's), with the hysteresis of
+//! [`plaza_shared::lod::LodPolicy`]. Past the preset's view distance the
+//! level is `hidden` (distance culling), unless `--culling off`. Then the
+//! full-detail budget: at most the preset's number of avatars stay `full`,
+//! the nearest win, and avatars already full count as 10% nearer so two at
+//! nearly the same distance don't trade places every frame.
+//! [`LodSystems::Apply`] then swaps meshes only for entities whose level
+//! changed.
+//!
+//! `--lod off` (`ENABLE_LOD=false`) pins everything at full detail (still
+//! distance-culled when culling is on).
+//!
+//! Props use [`LodMeshes`] (one mesh per level, `None` = not drawn at that
+//! level); avatars use their [`AvatarParts`].
+
+use crate::avatars::{AvatarAssets, AvatarParts};
+use crate::quality::{ActiveQuality, MainCamera};
+use bevy::prelude::*;
+use plaza_shared::lod::{LodLevel, LodPolicy};
+
+/// An entity's current level and its distance to the camera.
+#[derive(Component, Debug, Clone, Copy, PartialEq)]
+pub struct Lod {
+    pub level: LodLevel,
+    pub distance: f32,
+    /// Was full after last frame's budget (gets the 10% edge).
+    incumbent: bool,
+}
+
+impl Lod {
+    pub fn new(level: LodLevel) -> Lod {
+        Lod { level, distance: 0.0, incumbent: false }
+    }
+}
+
+/// Full-detail avatars keep their place against newcomers up to this much
+/// farther away.
+const INCUMBENT_EDGE: f32 = 0.9;
+
+/// Marks avatars: the full-detail budget applies to them.
+#[derive(Component, Debug, Clone, Copy, Default)]
+pub struct LodAvatar;
+
+/// A prop's mesh at full, reduced, low and impostor; `None` hides it at
+/// that level.
+#[derive(Component, Debug, Clone)]
+pub struct LodMeshes(pub [Option<Handle<Mesh>>; 4]);
+
+/// The switches and the policy.
+#[derive(Resource, Debug, Clone, Copy)]
+pub struct LodConfig {
+    /// `--lod`: off pins full detail.
+    pub enabled: bool,
+    /// `--culling`: off never hides by distance.
+    pub distance_culling: bool,
+    pub policy: LodPolicy,
+}
+
+/// How many entities are at each level (full … hidden), for the HUD and
+/// reports: all entities, and avatars alone.
+#[derive(Resource, Debug, Default, Clone, Copy, PartialEq)]
+pub struct LodCounts {
+    pub avatars: [u32; 5],
+    pub props: [u32; 5],
+    /// Avatars the budget held back from full this frame.
+    pub demoted: u32,
+}
+
+#[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LodSystems {
+    Select,
+    Apply,
+}
+
+pub struct LodPlugin {
+    pub enabled: bool,
+    pub distance_culling: bool,
+}
+
+impl Plugin for LodPlugin {
+    fn build(&self, app: &mut App) {
+        app.insert_resource(LodConfig { enabled: self.enabled, distance_culling: self.distance_culling, policy: LodPolicy::default() })
+            .init_resource::<LodCounts>()
+            .configure_sets(PostUpdate, (LodSystems::Select, LodSystems::Apply).chain().before(bevy::camera::visibility::VisibilitySystems::CheckVisibility).before(TransformSystems::Propagate))
+            .add_systems(PostUpdate, (select_levels.in_set(LodSystems::Select), (apply_avatar_levels, apply_prop_levels).in_set(LodSystems::Apply)));
+    }
+}
+
+/// Where the main camera is (its local transform: cameras are not parented
+/// here, and this runs before transform propagation).
+fn camera_position(camera: &Query<&Transform, With<MainCamera>>) -> Option<Vec3> {
+    camera.iter().next().map(|t| t.translation)
+}
+
+/// Entities are positioned by their own transform (avatars and props are
+/// roots), so no propagated transform is needed.
+fn select_levels(
+    config: Res<LodConfig>,
+    quality: Res<ActiveQuality>,
+    camera: Query<&Transform, With<MainCamera>>,
+    mut things: Query<(Entity, &Transform, &mut Lod, Has<LodAvatar>)>,
+    mut counts: ResMut<LodCounts>,
+    mut full: Local<Vec<(f32, Entity)>>,
+) {
+    let Some(eye) = camera_position(&camera) else { return };
+    let bias = quality.lod_bias();
+    let view = quality.settings.view_distance_m;
+    let policy = config.policy;
+    let (enabled, culling) = (config.enabled, config.distance_culling);
+    things.par_iter_mut().for_each(|(_, transform, mut lod, _)| {
+        let distance = transform.translation.distance(eye);
+        let mut level = if enabled {
+            policy.select(distance, bias, view, Some(lod.level))
+        } else if distance >= view {
+            LodLevel::Hidden
+        } else {
+            LodLevel::Full
+        };
+        if !culling && level == LodLevel::Hidden {
+            level = if enabled { LodLevel::Impostor } else { LodLevel::Full };
+        }
+        let incumbent = lod.level == LodLevel::Full;
+        // Only touch what changed, so Apply's change filter stays narrow.
+        if lod.level != level {
+            lod.level = level;
+        }
+        let quiet = lod.bypass_change_detection();
+        quiet.distance = distance;
+        quiet.incumbent = incumbent;
+    });
+
+    // The budget: the nearest avatars keep full detail.
+    let budget = quality.settings.full_detail_avatars as usize;
+    full.clear();
+    for (entity, _, lod, avatar) in &things {
+        if avatar && lod.level == LodLevel::Full {
+            let key = if lod.incumbent { lod.distance * INCUMBENT_EDGE } else { lod.distance };
+            full.push((key, entity));
+        }
+    }
+    let mut demoted = 0;
+    if enabled && full.len() > budget {
+        full.select_nth_unstable_by(budget, |a, b| a.0.total_cmp(&b.0));
+        for &(_, entity) in &full[budget..] {
+            if let Ok((_, _, mut lod, _)) = things.get_mut(entity) {
+                lod.level = LodLevel::Reduced;
+                demoted += 1;
+            }
+        }
+    }
+    let mut tally = LodCounts { demoted, ..default() };
+    for (_, _, lod, avatar) in &things {
+        let bucket = if avatar { &mut tally.avatars } else { &mut tally.props };
+        bucket[lod.level as usize] += 1;
+    }
+    counts.set_if_neq(tally);
+}
+
+/// The parts' components, each its own query: a part may lack one (a
+/// head without its own `Visibility` yet, say) without the others failing.
+type PartMeshes<'w, 's> = Query<'w, 's, &'static mut Mesh3d, Without<AvatarParts>>;
+type PartMaterials<'w, 's> = Query<'w, 's, &'static mut MeshMaterial3d<StandardMaterial>, Without<AvatarParts>>;
+type PartVisibility<'w, 's> = Query<'w, 's, &'static mut Visibility, Without<AvatarParts>>;
+type PartTransforms<'w, 's> = Query<'w, 's, &'static mut Transform, Without<AvatarParts>>;
+
+fn apply_avatar_levels(
+    mut commands: Commands,
+    assets: Option<Res<AvatarAssets>>,
+    mut avatars: Query<(&Lod, &AvatarParts, &mut Visibility, &crate::avatars::Avatar), Changed<Lod>>,
+    mut meshes: PartMeshes,
+    mut materials: PartMaterials,
+    mut visibility: PartVisibility,
+    mut transforms: PartTransforms,
+) {
+    let Some(assets) = assets else { return };
+    for (lod, parts, mut root_visibility, avatar) in &mut avatars {
+        root_visibility.set_if_neq(if lod.level == LodLevel::Hidden { Visibility::Hidden } else { Visibility::Inherited });
+        if lod.level == LodLevel::Hidden {
+            continue;
+        }
+        if let (Some(body_mesh), Ok(mut mesh)) = (assets.body(lod.level), meshes.get_mut(parts.body)) {
+            if mesh.0 != *body_mesh {
+                mesh.0 = body_mesh.clone();
+            }
+        }
+        // Cards are unlit; bodies are shaded.
+        let colours = if lod.level == LodLevel::Impostor { &assets.cards } else { &assets.shirts };
+        let wanted = &colours[avatar.index as usize % colours.len()];
+        if let Ok(mut material) = materials.get_mut(parts.body)
+            && material.0 != *wanted
+        {
+            material.0 = wanted.clone();
+        }
+        if lod.level != LodLevel::Impostor
+            && let Ok(mut body) = transforms.get_mut(parts.body)
+            && body.rotation != Quat::IDENTITY
+        {
+            body.rotation = Quat::IDENTITY; // undo the card's turn
+        }
+        let head = assets.head(lod.level);
+        if let (Some(head), Ok(mut mesh)) = (head, meshes.get_mut(parts.head))
+            && mesh.0 != *head
+        {
+            mesh.0 = head.clone();
+        }
+        let shown = if head.is_some() { Visibility::Inherited } else { Visibility::Hidden };
+        match visibility.get_mut(parts.head) {
+            Ok(mut v) => {
+                v.set_if_neq(shown);
+            }
+            Err(_) => {
+                commands.entity(parts.head).insert(shown);
+            }
+        }
+    }
+}
+
+fn apply_prop_levels(mut props: Query<(&Lod, &LodMeshes, &mut Mesh3d, &mut Visibility), Changed<Lod>>) {
+    for (lod, meshes, mut mesh, mut visibility) in &mut props {
+        let wanted = match lod.level {
+            LodLevel::Hidden => None,
+            level => meshes.0[level as usize].as_ref(),
+        };
+        match wanted {
+            Some(handle) => {
+                if mesh.0 != *handle {
+                    mesh.0 = handle.clone();
+                }
+                visibility.set_if_neq(Visibility::Inherited);
+            }
+            None => {
+                visibility.set_if_neq(Visibility::Hidden);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::avatars::{AvatarsPlugin, spawn_avatar};
+    use plaza_shared::quality::{PresetChoice, QualityPreset};
+
+    fn app(preset: QualityPreset, enabled: bool, culling: bool) -> App {
+        let mut app = crate::test_support::app();
+        app.insert_resource(ActiveQuality::new(PresetChoice::Fixed(preset)))
+            .add_plugins((AvatarsPlugin { walkers: 0 }, LodPlugin { enabled, distance_culling: culling }));
+        app.world_mut().spawn((MainCamera, Transform::default()));
+        app.update();
+        app
+    }
+
+    /// Avatars in a line along -z, at these distances from the camera.
+    fn line(app: &mut App, distances: &[f32]) -> Vec<Entity> {
+        let assets = app.world().resource::<AvatarAssets>().clone();
+        let mut commands_queue = bevy::ecs::world::CommandQueue::default();
+        let mut commands = Commands::new(&mut commands_queue, app.world());
+        let entities = distances.iter().enumerate().map(|(i, d)| spawn_avatar(&mut commands, &assets, i as u32, "a", Transform::from_xyz(0.0, 0.0, -d))).collect();
+        commands_queue.apply(app.world_mut());
+        app.update();
+        entities
+    }
+
+    fn levels(app: &App, entities: &[Entity]) -> Vec<LodLevel> {
+        entities.iter().map(|e| app.world().get::<Lod>(*e).unwrap().level).collect()
+    }
+
+    fn move_to(app: &mut App, entity: Entity, distance: f32) {
+        app.world_mut().get_mut::<Transform>(entity).unwrap().translation.z = -distance;
+        app.update();
+    }
+
+    #[test]
+    fn levels_follow_distance_and_the_preset_bias() {
+        use LodLevel::*;
+        let mut high = app(QualityPreset::High, true, true);
+        let e = line(&mut high, &[5.0, 15.0, 40.0, 120.0, 250.0]);
+        assert_eq!(levels(&high, &e), vec![Full, Reduced, Low, Impostor, Hidden]);
+        // Low's bias is 0.5 and its view distance 60 m.
+        let mut low = app(QualityPreset::Low, true, true);
+        let e = line(&mut low, &[4.0, 8.0, 20.0, 40.0, 70.0]);
+        assert_eq!(levels(&low, &e), vec![Full, Reduced, Low, Impostor, Hidden]);
+    }
+
+    #[test]
+    fn hysteresis_holds_a_level_at_a_boundary() {
+        let mut app = app(QualityPreset::High, true, true);
+        let e = line(&mut app, &[9.0]);
+        assert_eq!(levels(&app, &e), vec![LodLevel::Full]);
+        move_to(&mut app, e[0], 10.5);
+        assert_eq!(levels(&app, &e), vec![LodLevel::Full], "held within 10% past the boundary");
+        move_to(&mut app, e[0], 11.5);
+        assert_eq!(levels(&app, &e), vec![LodLevel::Reduced]);
+        move_to(&mut app, e[0], 9.5);
+        assert_eq!(levels(&app, &e), vec![LodLevel::Reduced], "held on the way back too");
+    }
+
+    #[test]
+    fn the_budget_keeps_the_nearest_at_full() {
+        // Low allows 4 full-detail avatars; ten stand within full range.
+        let mut app = app(QualityPreset::Low, true, true);
+        let distances: Vec<f32> = (0..10).map(|i| 0.5 + i as f32 * 0.4).collect();
+        let e = line(&mut app, &distances);
+        let l = levels(&app, &e);
+        assert_eq!(l[..4], [LodLevel::Full; 4]);
+        assert!(l[4..].iter().all(|l| *l == LodLevel::Reduced), "{l:?}");
+        let counts = *app.world().resource::<LodCounts>();
+        assert_eq!((counts.avatars[0], counts.avatars[1], counts.demoted), (4, 6, 6));
+    }
+
+    #[test]
+    fn the_budget_does_not_flicker_between_two_at_the_same_distance() {
+        let mut app = app(QualityPreset::Low, true, true);
+        // Four near ones fill the budget; two more stand almost level at the edge.
+        let e = line(&mut app, &[0.5, 0.6, 0.7, 2.0, 2.02, 3.0]);
+        let first = levels(&app, &e);
+        for i in 0..20 {
+            // Jitter the two contenders past each other every frame.
+            let (a, b) = if i % 2 == 0 { (2.03, 2.0) } else { (2.0, 2.03) };
+            app.world_mut().get_mut::<Transform>(e[3]).unwrap().translation.z = -a;
+            app.world_mut().get_mut::<Transform>(e[4]).unwrap().translation.z = -b;
+            app.update();
+            assert_eq!(levels(&app, &e), first, "frame {i}");
+        }
+    }
+
+    #[test]
+    fn lod_off_pins_full_and_culling_off_never_hides() {
+        let mut off = app(QualityPreset::High, false, true);
+        let e = line(&mut off, &[5.0, 40.0, 150.0, 250.0]);
+        assert_eq!(levels(&off, &e), vec![LodLevel::Full, LodLevel::Full, LodLevel::Full, LodLevel::Hidden], "past the view distance it is still culled");
+        let mut no_culling = app(QualityPreset::High, true, false);
+        let e = line(&mut no_culling, &[250.0, 900.0]);
+        assert_eq!(levels(&no_culling, &e), vec![LodLevel::Impostor, LodLevel::Impostor]);
+    }
+
+    #[test]
+    fn levels_swap_meshes_and_hide() {
+        let mut app = app(QualityPreset::High, true, true);
+        let e = line(&mut app, &[5.0])[0];
+        let assets = app.world().resource::<AvatarAssets>().clone();
+        let parts = *app.world().get::<AvatarParts>(e).unwrap();
+        let body = |app: &App| app.world().get::<Mesh3d>(parts.body).unwrap().0.clone();
+        assert_eq!(body(&app), assets.bodies[0]);
+        move_to(&mut app, e, 120.0);
+        assert_eq!(body(&app), assets.bodies[3], "impostor card");
+        assert_eq!(app.world().get::<Visibility>(parts.head), Some(&Visibility::Hidden), "no head on a card");
+        move_to(&mut app, e, 300.0);
+        assert_eq!(app.world().get::<Visibility>(e), Some(&Visibility::Hidden));
+        move_to(&mut app, e, 3.0);
+        assert_eq!(body(&app), assets.bodies[0]);
+        assert_eq!(app.world().get::<Visibility>(e), Some(&Visibility::Inherited));
+        assert_eq!(app.world().get::<Visibility>(parts.head), Some(&Visibility::Inherited));
+    }
+
+    #[test]
+    fn a_preset_switch_changes_levels_at_once() {
+        let mut app = app(QualityPreset::Ultra, true, true);
+        let e = line(&mut app, &[12.0, 80.0]);
+        assert_eq!(levels(&app, &e), vec![LodLevel::Full, LodLevel::Impostor], "ultra's bias is 1.5");
+        app.world_mut().resource_mut::<ActiveQuality>().choose(PresetChoice::Fixed(QualityPreset::Low));
+        app.update();
+        assert_eq!(levels(&app, &e), vec![LodLevel::Reduced, LodLevel::Hidden], "low: bias 0.5, view 60 m");
+    }
+}

@@ -1,0 +1,314 @@
+//! The connection's state machine, as plain data: what the network task
+//! does after each thing that happens (a drop, a close code, a welcome, the
+//! clock passing the token's refresh time). The async code in
+//! [`super::session`] only carries out its answers, so tests can drive the
+//! whole policy without sockets.
+
+use plaza_shared::limits::close;
+use std::time::Duration;
+
+/// What the HUD shows about the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ConnectionStatus {
+    #[default]
+    Starting,
+    /// Signing in and opening the socket (first time).
+    Connecting,
+    InRoom { room: String, room_name: String },
+    /// Lost; trying again after `retry_in`.
+    Reconnecting { attempt: u32, retry_in: Duration, reason: String },
+    /// Gave up; the reason says what to do.
+    Failed { reason: String },
+    /// `--offline`: no server at all.
+    Offline,
+}
+
+impl ConnectionStatus {
+    pub fn label(&self) -> String {
+        match self {
+            ConnectionStatus::Starting => "starting".into(),
+            ConnectionStatus::Connecting => "connecting".into(),
+            ConnectionStatus::InRoom { room_name, .. } => format!("in {room_name}"),
+            ConnectionStatus::Reconnecting { attempt, retry_in, .. } => format!("reconnecting (try {attempt}, in {:.1} s)", retry_in.as_secs_f32()),
+            ConnectionStatus::Failed { .. } => "disconnected".into(),
+            ConnectionStatus::Offline => "offline".into(),
+        }
+    }
+}
+
+/// Exponential backoff with jitter: attempt n waits a random time in
+/// [d/2, d] where d = base × 2ⁿ, capped. The jitter spreads a crowd of
+/// clients that lost the same server so they don't all return at once.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+    attempt: u32,
+    rng: u64,
+}
+
+impl Backoff {
+    pub fn new(seed: u64) -> Backoff {
+        Backoff { base: Duration::from_millis(500), max: Duration::from_secs(15), attempt: 0, rng: seed | 1 }
+    }
+
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The wait before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let cap = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
+        self.attempt += 1;
+        // xorshift64*: good enough for jitter, no dependency.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let unit = (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
+        cap.mul_f64(0.5 + 0.5 * unit)
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// The credentials the client holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+    /// When the access token expires, in the task's clock (since start).
+    pub expires_at: Duration,
+}
+
+/// Refresh this long before the access token expires (the server warns 60 s
+/// before; a refresh ahead of that never races the expiry).
+pub const REFRESH_AHEAD: Duration = Duration::from_secs(90);
+
+/// What to do before opening a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// No tokens (or the refresh token failed): sign in as a guest.
+    Login,
+    /// The access token is near expiry: trade the refresh token.
+    Refresh(String),
+    /// Good to go.
+    Use(String),
+}
+
+/// How a socket ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The server closed it with this code.
+    Closed(u16, String),
+    /// The connection broke without a close frame.
+    Dropped(String),
+    /// We couldn't sign in or open it.
+    Unreachable(String),
+    /// The room said `room_full`.
+    RoomFull,
+}
+
+/// What to do after a socket ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    Retry { after: Duration, resume: bool, notice: Notice },
+    GiveUp { reason: String, notice: Notice },
+}
+
+/// Things the player is told in a toast, each with a next step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    Disconnected { reason: String },
+    Reconnecting { attempt: u32 },
+    Reconnected { resumed: bool },
+    TokenExpired,
+    ServerFull,
+    ServerRestarting,
+    VoiceLost,
+}
+
+impl Notice {
+    /// The toast's text: what happened and what to do.
+    pub fn text(&self) -> String {
+        match self {
+            Notice::Disconnected { reason } => format!("Disconnected: {reason}. Check your network; Plaza keeps retrying."),
+            Notice::Reconnecting { attempt } => format!("Connection lost. Reconnecting (try {attempt})…"),
+            Notice::Reconnected { resumed: true } => "Reconnected. Your place in the room was kept.".into(),
+            Notice::Reconnected { resumed: false } => "Reconnected and rejoined the room.".into(),
+            Notice::TokenExpired => "Your session expired; signing in again.".into(),
+            Notice::ServerFull => "The room is full. Pick another room in Settings (or start with --room NAME).".into(),
+            Notice::ServerRestarting => "The server is restarting. Reconnecting shortly…".into(),
+            Notice::VoiceLost => "Voice connection lost. Voice resumes when the connection is back.".into(),
+        }
+    }
+}
+
+/// The client's side of the session: tokens, the session id to resume,
+/// backoff.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub tokens: Option<Tokens>,
+    /// The `session` of the last welcome: sent as `resume` on reconnect.
+    pub session: Option<String>,
+    pub backoff: Backoff,
+    /// Set once the first join succeeded (later ones are reconnects).
+    pub was_in_room: bool,
+}
+
+impl Connection {
+    pub fn new(seed: u64) -> Connection {
+        Connection { tokens: None, session: None, backoff: Backoff::new(seed), was_in_room: false }
+    }
+
+    pub fn credentials(&self, now: Duration) -> Credentials {
+        match &self.tokens {
+            None => Credentials::Login,
+            Some(t) if now + REFRESH_AHEAD >= t.expires_at => Credentials::Refresh(t.refresh.clone()),
+            Some(t) => Credentials::Use(t.access.clone()),
+        }
+    }
+
+    /// When the access token should be refreshed in the background.
+    pub fn refresh_at(&self) -> Option<Duration> {
+        self.tokens.as_ref().map(|t| t.expires_at.saturating_sub(REFRESH_AHEAD))
+    }
+
+    /// A refresh failed (the refresh token is spent or unknown): sign in afresh.
+    pub fn refresh_failed(&mut self) {
+        self.tokens = None;
+        self.session = None;
+    }
+
+    /// The `welcome` arrived: true when it resumed our old session.
+    pub fn welcomed(&mut self, session: &str) -> bool {
+        let resumed = self.session.as_deref() == Some(session);
+        self.session = Some(session.to_owned());
+        resumed
+    }
+
+    /// `joined` arrived: the connection works; the next failure starts the
+    /// backoff from the beginning.
+    pub fn joined(&mut self) -> Option<Notice> {
+        let reconnect = self.backoff.attempt() > 0 || self.was_in_room;
+        self.backoff.reset();
+        self.was_in_room = true;
+        reconnect.then_some(Notice::Reconnected { resumed: false })
+    }
+
+    /// The socket ended: when to retry, and whether resuming makes sense.
+    pub fn ended(&mut self, how: &Ended) -> Next {
+        match how {
+            Ended::RoomFull => {
+                self.session = None;
+                Next::GiveUp { reason: "the room is full".into(), notice: Notice::ServerFull }
+            }
+            Ended::Closed(code, _) if *code == close::BAD_TOKEN => {
+                // Expired or revoked: new credentials, then a fresh session.
+                if let Some(t) = &mut self.tokens {
+                    t.expires_at = Duration::ZERO; // forces a refresh first
+                }
+                self.session = None;
+                Next::Retry { after: self.backoff.next_delay(), resume: false, notice: Notice::TokenExpired }
+            }
+            Ended::Closed(code, reason) if [close::BAD_HELLO, close::POLICY, close::TOO_LARGE, close::RATE_LIMITED].contains(code) => {
+                // The server says this client misbehaved: retrying the same
+                // thing in a loop would only repeat it. Retry, slowly.
+                self.session = None;
+                let after = self.backoff.next_delay().max(Duration::from_secs(5));
+                Next::Retry { after, resume: false, notice: Notice::Disconnected { reason: format!("the server closed the connection ({code}: {reason})") } }
+            }
+            Ended::Closed(code, _) => {
+                // 1001 draining, 4009 too slow, 1000 heartbeat or replaced:
+                // the server let the seat go, so join afresh.
+                self.session = None;
+                let notice = if *code == close::SERVER_DRAINING { Notice::ServerRestarting } else { Notice::Reconnecting { attempt: self.backoff.attempt() + 1 } };
+                Next::Retry { after: self.backoff.next_delay(), resume: false, notice }
+            }
+            Ended::Dropped(_) => {
+                // The seat waits 30 s for us: come back quickly and resume.
+                let notice = Notice::Reconnecting { attempt: self.backoff.attempt() + 1 };
+                Next::Retry { after: self.backoff.next_delay(), resume: self.session.is_some(), notice }
+            }
+            Ended::Unreachable(reason) => {
+                let notice = if self.was_in_room { Notice::Reconnecting { attempt: self.backoff.attempt() + 1 } } else { Notice::Disconnected { reason: reason.clone() } };
+                Next::Retry { after: self.backoff.next_delay(), resume: self.session.is_some(), notice }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(expires_s: u64) -> Tokens {
+        Tokens { access: "a".into(), refresh: "r".into(), expires_at: Duration::from_secs(expires_s) }
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_a_cap_and_resets() {
+        let mut b = Backoff::new(42);
+        let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
+        for (n, d) in delays.iter().enumerate() {
+            let cap = (Duration::from_millis(500) * (1 << n)).min(Duration::from_secs(15));
+            assert!(*d >= cap / 2 && *d <= cap, "attempt {n}: {d:?} not in [{:?}, {cap:?}]", cap / 2);
+        }
+        assert!(delays[9] >= Duration::from_millis(7500), "capped at 15 s, never below half of it");
+        // Two clients with different seeds don't retry in lockstep.
+        let mut other = Backoff::new(7);
+        let theirs: Vec<Duration> = (0..10).map(|_| other.next_delay()).collect();
+        assert_ne!(delays, theirs);
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_drop_retries_soon_and_resumes_the_session() {
+        let mut c = Connection::new(1);
+        c.tokens = Some(tokens(900));
+        assert!(!c.welcomed("s1"), "a first welcome is not a resume");
+        assert_eq!(c.joined(), None, "the first join is no reconnect");
+        let Next::Retry { after, resume, notice } = c.ended(&Ended::Dropped("reset".into())) else { panic!("retry") };
+        assert!(resume && after <= Duration::from_millis(500));
+        assert_eq!(notice, Notice::Reconnecting { attempt: 1 });
+        assert!(c.welcomed("s1"), "the same session back means resumed");
+        // Failing again backs off further.
+        let Next::Retry { after: second, .. } = c.ended(&Ended::Unreachable("refused".into())) else { panic!() };
+        let Next::Retry { after: third, .. } = c.ended(&Ended::Unreachable("refused".into())) else { panic!() };
+        assert!(second >= Duration::from_millis(500) && third >= Duration::from_millis(1000));
+        assert_eq!(c.joined(), Some(Notice::Reconnected { resumed: false }));
+        assert_eq!(c.backoff.attempt(), 0, "a successful join resets the backoff");
+    }
+
+    #[test]
+    fn an_expired_token_refreshes_before_reconnecting_and_a_failed_refresh_logs_in() {
+        let mut c = Connection::new(1);
+        assert_eq!(c.credentials(Duration::ZERO), Credentials::Login);
+        c.tokens = Some(tokens(900));
+        assert_eq!(c.credentials(Duration::from_secs(100)), Credentials::Use("a".into()));
+        assert_eq!(c.refresh_at(), Some(Duration::from_secs(810)));
+        assert_eq!(c.credentials(Duration::from_secs(811)), Credentials::Refresh("r".into()), "refreshed ahead of expiry");
+        c.welcomed("s1");
+        let Next::Retry { resume, notice, .. } = c.ended(&Ended::Closed(close::BAD_TOKEN, "expired".into())) else { panic!() };
+        assert!(!resume);
+        assert_eq!(notice, Notice::TokenExpired);
+        assert_eq!(c.credentials(Duration::from_secs(1)), Credentials::Refresh("r".into()), "refresh first");
+        c.refresh_failed();
+        assert_eq!(c.credentials(Duration::from_secs(1)), Credentials::Login, "then a fresh login");
+    }
+
+    #[test]
+    fn server_closes_join_afresh_and_a_full_room_gives_up_with_a_next_step() {
+        let mut c = Connection::new(1);
+        c.welcomed("s1");
+        let Next::Retry { resume, notice, .. } = c.ended(&Ended::Closed(close::SERVER_DRAINING, "restart".into())) else { panic!() };
+        assert!(!resume, "a drained server let the seat go");
+        assert_eq!(notice, Notice::ServerRestarting);
+        let Next::Retry { after, .. } = c.ended(&Ended::Closed(close::RATE_LIMITED, "flood".into())) else { panic!() };
+        assert!(after >= Duration::from_secs(5), "misbehaviour retries slowly");
+        let Next::GiveUp { notice, .. } = c.ended(&Ended::RoomFull) else { panic!("give up") };
+        assert!(notice.text().contains("another room"));
+    }
+}

@@ -1,0 +1,331 @@
+//! The network task: signs in, opens the WebSocket, joins, relays between
+//! the socket and the ECS, and reconnects. It runs on the network thread's
+//! tokio runtime; every decision about *what* to do comes from
+//! [`Connection`].
+
+use super::connection::{Connection, Credentials, Ended, Next, Notice, Tokens};
+use super::{NetCommand, NetEvent};
+use futures_util::{SinkExt, StreamExt};
+use plaza_shared::codec::Subprotocol;
+use plaza_shared::limits::PROTOCOL_VERSION;
+use plaza_shared::messages::*;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// The client pings this often (RTT for the HUD, and it keeps the server's
+/// heartbeat happy while standing still).
+pub const PING_EVERY: Duration = Duration::from_secs(5);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// `http://host:port`
+    pub server: String,
+    pub room: String,
+    pub name: String,
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Why the relay loop stopped.
+enum Stop {
+    Ended(Ended),
+    /// The ECS is gone (the app is closing).
+    Quit,
+}
+
+struct Task {
+    config: SessionConfig,
+    http: reqwest::Client,
+    conn: Connection,
+    started: Instant,
+    events: mpsc::Sender<NetEvent>,
+}
+
+/// Runs until the app drops its end of the command channel.
+pub async fn run(config: SessionConfig, mut commands: mpsc::Receiver<NetCommand>, events: mpsc::Sender<NetEvent>) {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) ^ u64::from(std::process::id());
+    let http = match reqwest::Client::builder().timeout(HTTP_TIMEOUT).build() {
+        Ok(http) => http,
+        Err(e) => {
+            let _ = events.send(NetEvent::Status(super::ConnectionStatus::Failed { reason: format!("no HTTP client: {e}") })).await;
+            return;
+        }
+    };
+    let mut task = Task { config, http, conn: Connection::new(seed), started: Instant::now(), events };
+    task.status(super::ConnectionStatus::Connecting);
+    let mut resume = false;
+    loop {
+        let stop = task.session(&mut commands, resume).await;
+        let ended = match stop {
+            Stop::Quit => return,
+            Stop::Ended(ended) => ended,
+        };
+        tracing::info!(?ended, "connection ended");
+        match task.conn.ended(&ended) {
+            Next::Retry { after, resume: again, notice } => {
+                resume = again;
+                task.notice(notice);
+                let reason = match &ended {
+                    Ended::Closed(code, reason) => format!("closed {code}: {reason}"),
+                    Ended::Dropped(r) | Ended::Unreachable(r) => r.clone(),
+                    Ended::RoomFull => "room full".into(),
+                };
+                task.status(super::ConnectionStatus::Reconnecting { attempt: task.conn.backoff.attempt(), retry_in: after, reason });
+                // Wait, but leave at once if the app closes meanwhile.
+                let deadline = Instant::now() + after;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => break,
+                        command = commands.recv() => if command.is_none() { return },
+                    }
+                }
+            }
+            Next::GiveUp { reason, notice } => {
+                task.notice(notice);
+                task.status(super::ConnectionStatus::Failed { reason });
+                // Nothing more to do until the app closes.
+                while commands.recv().await.is_some() {}
+                return;
+            }
+        }
+    }
+}
+
+impl Task {
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Events to the ECS never block the network: a full queue (the app
+    /// stalled) drops status and notices, and the next ones replace them.
+    fn send(&self, event: NetEvent) {
+        if self.events.try_send(event).is_err() {
+            tracing::debug!("event queue to the app full; event dropped");
+        }
+    }
+
+    fn status(&self, status: super::ConnectionStatus) {
+        self.send(NetEvent::Status(status));
+    }
+
+    fn notice(&self, notice: Notice) {
+        self.send(NetEvent::Notice(notice));
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> Result<T, String> {
+        let url = format!("{}{path}", self.config.server);
+        let response = self.http.post(&url).json(&body).send().await.map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(format!("{url} answered {status}: {text}"));
+        }
+        response.json().await.map_err(|e| format!("{url}: {e}"))
+    }
+
+    /// Makes sure we hold a usable access token.
+    async fn credentials(&mut self) -> Result<String, String> {
+        #[derive(serde::Deserialize)]
+        struct TokenPair {
+            access_token: String,
+            refresh_token: String,
+            expires_in: u64,
+        }
+        loop {
+            let pair: TokenPair = match self.conn.credentials(self.now()) {
+                Credentials::Use(token) => return Ok(token),
+                Credentials::Login => self.post("/api/v1/auth/guest", serde_json::json!({ "name": self.config.name })).await?,
+                Credentials::Refresh(refresh) => match self.post("/api/v1/auth/refresh", serde_json::json!({ "refresh_token": refresh })).await {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::info!(cause = %e, "refresh refused; signing in again");
+                        self.conn.refresh_failed();
+                        continue;
+                    }
+                },
+            };
+            let expires_at = self.now() + Duration::from_secs(pair.expires_in);
+            self.conn.tokens = Some(Tokens { access: pair.access_token, refresh: pair.refresh_token, expires_at });
+        }
+    }
+
+    async fn open(&self) -> Result<Ws, String> {
+        let url = format!("{}/ws", self.config.server.replacen("http://", "ws://", 1));
+        let mut request = url.as_str().into_client_request().map_err(|e| format!("{url}: {e}"))?;
+        request.headers_mut().insert("sec-websocket-protocol", Subprotocol::Binary.name().parse().expect("header value"));
+        let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
+            .await
+            .map_err(|_| format!("{url}: no answer within {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| format!("{url}: {e}"))?;
+        Ok(ws)
+    }
+
+    /// One socket's life: hello, join (or resume), relay.
+    async fn session(&mut self, commands: &mut mpsc::Receiver<NetCommand>, resume: bool) -> Stop {
+        let token = match self.credentials().await {
+            Ok(token) => token,
+            Err(e) => return Stop::Ended(Ended::Unreachable(e)),
+        };
+        let mut ws = match self.open().await {
+            Ok(ws) => ws,
+            Err(e) => return Stop::Ended(Ended::Unreachable(e)),
+        };
+        let hello = Hello { token, protocol: PROTOCOL_VERSION, resume: if resume { self.conn.session.clone() } else { None } };
+        if let Err(e) = send(&mut ws, &ClientMessage::Hello(hello)).await {
+            return Stop::Ended(Ended::Dropped(e));
+        }
+        self.relay(ws, commands).await
+    }
+
+    async fn relay(&mut self, mut ws: Ws, commands: &mut mpsc::Receiver<NetCommand>) -> Stop {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut in_room = false;
+        let mut resumed = false;
+        // A refresh runs beside the relay so reading never stalls on HTTP.
+        let mut refreshing: Option<tokio::task::JoinHandle<Result<(String, String, u64), String>>> = None;
+        loop {
+            let refresh_at = self.conn.refresh_at().map(|at| self.started + at).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                frame = ws.next() => {
+                    let message = match frame {
+                        Some(Ok(Message::Binary(bytes))) => match plaza_shared::codec::binary::decode_server(&bytes) {
+                            Ok(message) => message,
+                            Err(e) => {
+                                tracing::warn!(cause = %e, "undecodable message from the server; skipped");
+                                continue;
+                            }
+                        },
+                        Some(Ok(Message::Close(frame))) => {
+                            let (code, reason) = frame.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new()));
+                            return Stop::Ended(Ended::Closed(code, reason));
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Stop::Ended(Ended::Dropped(e.to_string())),
+                        None => return Stop::Ended(Ended::Dropped("the connection closed".into())),
+                    };
+                    match message {
+                        ServerMessage::Welcome(w) => {
+                            resumed = self.conn.welcomed(&w.session);
+                            tracing::info!(session = %w.session, resumed, "welcome");
+                            self.send(NetEvent::Welcome { user_id: w.user_id.clone() });
+                            if !resumed && let Err(e) = send(&mut ws, &ClientMessage::Join(Join { room: self.config.room.clone() })).await {
+                                return Stop::Ended(Ended::Dropped(e));
+                            }
+                        }
+                        ServerMessage::Joined(j) => {
+                            let reconnected = self.conn.joined();
+                            if resumed {
+                                self.notice(Notice::Reconnected { resumed: true });
+                            } else if let Some(notice) = reconnected {
+                                self.notice(notice);
+                            }
+                            in_room = true;
+                            self.status(super::ConnectionStatus::InRoom { room: j.room.clone(), room_name: j.room_name.clone() });
+                            // The full state must arrive: wait for room rather than drop it.
+                            if self.events.send(NetEvent::Joined(j)).await.is_err() {
+                                return Stop::Quit;
+                            }
+                        }
+                        ServerMessage::Delta(d) => {
+                            // Deltas may not be dropped either: the avatar set would drift.
+                            if self.events.send(NetEvent::Delta(d)).await.is_err() {
+                                return Stop::Quit;
+                            }
+                        }
+                        ServerMessage::Chat(c) => self.send(NetEvent::Chat(c)),
+                        ServerMessage::ChatAck(a) => self.send(NetEvent::ChatAck(a.id)),
+                        ServerMessage::Pong(p) => {
+                            let now = unix_ms();
+                            self.send(NetEvent::Rtt(Duration::from_millis(now.saturating_sub(p.t))));
+                        }
+                        ServerMessage::TokenExpiring(_) => {
+                            // Earlier than planned (clock skew?): refresh now.
+                            if let Some(t) = &mut self.conn.tokens {
+                                t.expires_at = Duration::ZERO;
+                            }
+                        }
+                        ServerMessage::Error(e) if e.code == ErrorCode::RoomFull => {
+                            let _ = ws.close(None).await;
+                            return Stop::Ended(Ended::RoomFull);
+                        }
+                        ServerMessage::Error(e) => {
+                            tracing::warn!(code = e.code.as_str(), message = %e.message, "server error");
+                            self.send(NetEvent::ServerError(e));
+                        }
+                        ServerMessage::Voice(_) => {}
+                    }
+                }
+                command = commands.recv() => {
+                    let Some(command) = command else {
+                        let _ = ws.close(None).await;
+                        return Stop::Quit;
+                    };
+                    let message = match command {
+                        NetCommand::Pose(pose) if in_room => ClientMessage::Pose(PoseUpdate { t: unix_ms(), pose }),
+                        NetCommand::Pose(_) => continue,
+                        NetCommand::Chat { id, text } if in_room => ClientMessage::Chat(ChatSend { id, text }),
+                        NetCommand::Chat { id, .. } => {
+                            self.send(NetEvent::ChatFailed { id, reason: "not in a room yet; try again once connected".into() });
+                            continue;
+                        }
+                    };
+                    if let Err(e) = send(&mut ws, &message).await {
+                        return Stop::Ended(Ended::Dropped(e));
+                    }
+                }
+                _ = ping.tick() => {
+                    if let Err(e) = send(&mut ws, &ClientMessage::Ping(Ping { t: unix_ms() })).await {
+                        return Stop::Ended(Ended::Dropped(e));
+                    }
+                }
+                _ = tokio::time::sleep_until(refresh_at), if refreshing.is_none() && self.conn.tokens.is_some() => {
+                    let refresh = self.conn.tokens.as_ref().map(|t| t.refresh.clone()).unwrap_or_default();
+                    let http = self.http.clone();
+                    let url = format!("{}/api/v1/auth/refresh", self.config.server);
+                    refreshing = Some(tokio::spawn(async move {
+                        let response = http.post(&url).json(&serde_json::json!({ "refresh_token": refresh })).send().await.map_err(|e| e.to_string())?;
+                        if !response.status().is_success() {
+                            return Err(format!("refresh answered {}", response.status()));
+                        }
+                        let v: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+                        let field = |k: &str| v[k].as_str().map(str::to_owned).ok_or_else(|| format!("no {k} in the refresh answer"));
+                        Ok((field("access_token")?, field("refresh_token")?, v["expires_in"].as_u64().unwrap_or(900)))
+                    }));
+                }
+                done = async { refreshing.as_mut().expect("guarded").await }, if refreshing.is_some() => {
+                    refreshing = None;
+                    match done {
+                        Ok(Ok((access, refresh, expires_in))) => {
+                            tracing::info!("token refreshed in band");
+                            self.conn.tokens = Some(Tokens { access: access.clone(), refresh, expires_at: self.now() + Duration::from_secs(expires_in) });
+                            if let Err(e) = send(&mut ws, &ClientMessage::Refresh(Refresh { token: access })).await {
+                                return Stop::Ended(Ended::Dropped(e));
+                            }
+                        }
+                        outcome => {
+                            // The socket lives until the token expires; then
+                            // 4001 brings a fresh login.
+                            tracing::warn!(?outcome, "token refresh failed");
+                            self.conn.refresh_failed();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, message: &ClientMessage) -> Result<(), String> {
+    let bytes = plaza_shared::codec::binary::encode_client(message);
+    ws.send(Message::Binary(bytes.into())).await.map_err(|e| e.to_string())
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,324 @@
+//! Other people's avatars, from the server's room state.
+//!
+//! `joined` (on join or resume) replaces the set; each delta adds, removes
+//! and moves avatars. Poses are not applied as they arrive: each avatar
+//! keeps a short [`SnapshotBuffer`] stamped with the server's tick time, and
+//! is drawn [`INTERPOLATION_DELAY`] in the past, interpolating between the
+//! two snapshots around that moment. Network jitter up to that delay is
+//! invisible; a longer gap holds the last pose (no guessing ahead).
+//!
+//! The tick clock: tick `n` happened at `n / 20` s server time. The offset
+//! to local time is the smallest `local arrival − tick time` seen (the
+//! least-delayed delta), creeping up slowly so it follows clock drift and a
+//! path that got slower for good.
+
+use crate::avatars::{AvatarAssets, spawn_avatar};
+use crate::network::RoomUpdate;
+use bevy::platform::collections::HashMap;
+use bevy::prelude::*;
+use plaza_shared::limits::TICK_HZ;
+use plaza_shared::messages::{AvatarId, AvatarInfo};
+use plaza_shared::pose::Pose;
+
+/// How far in the past remote avatars are drawn: two ticks.
+pub const INTERPOLATION_DELAY: f64 = 0.1;
+/// Snapshots kept per avatar (0.4 s at 20 Hz).
+const SNAPSHOTS: usize = 8;
+/// The clock offset may grow this fast (s per s) when deltas arrive later.
+const OFFSET_CREEP: f64 = 0.01;
+
+/// One pose at one server time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Snapshot {
+    pub t: f64,
+    pub position: Vec3,
+    pub rotation: Quat,
+}
+
+impl Snapshot {
+    pub fn from_pose(t: f64, pose: &Pose) -> Snapshot {
+        let rotation = Quat::from_array(pose.r);
+        let rotation = if rotation.is_finite() && rotation.length_squared() > 0.0 { rotation.normalize() } else { Quat::IDENTITY };
+        Snapshot { t, position: Vec3::from_array(pose.p), rotation }
+    }
+}
+
+/// The last few snapshots of one avatar, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotBuffer {
+    snapshots: [Option<Snapshot>; SNAPSHOTS],
+    len: usize,
+}
+
+impl SnapshotBuffer {
+    pub fn with(snapshot: Snapshot) -> SnapshotBuffer {
+        let mut b = SnapshotBuffer::default();
+        b.push(snapshot);
+        b
+    }
+
+    /// Adds a snapshot; one not newer than the newest is ignored (a late
+    /// duplicate or a resync of a pose we have).
+    pub fn push(&mut self, s: Snapshot) {
+        if self.len > 0 && self.snapshots[self.len - 1].is_some_and(|last| s.t <= last.t) {
+            return;
+        }
+        if self.len == SNAPSHOTS {
+            self.snapshots.rotate_left(1);
+            self.len -= 1;
+        }
+        self.snapshots[self.len] = Some(s);
+        self.len += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The pose at time `t`: interpolated between the snapshots around it,
+    /// the oldest before them, the newest after them.
+    pub fn sample(&self, t: f64) -> Option<(Vec3, Quat)> {
+        let snaps = &self.snapshots[..self.len];
+        let first = snaps.first()?.as_ref()?;
+        if t <= first.t {
+            return Some((first.position, first.rotation));
+        }
+        for pair in snaps.windows(2) {
+            let (Some(a), Some(b)) = (pair[0], pair[1]) else { continue };
+            if t < b.t {
+                let k = ((t - a.t) / (b.t - a.t)) as f32;
+                return Some((a.position.lerp(b.position, k), a.rotation.slerp(b.rotation, k)));
+            }
+        }
+        let last = snaps.last()?.as_ref()?;
+        Some((last.position, last.rotation))
+    }
+}
+
+/// A remote avatar: its server id and snapshots.
+#[derive(Component, Debug, Clone)]
+pub struct RemoteAvatar {
+    pub id: AvatarId,
+    pub user: String,
+    pub buffer: SnapshotBuffer,
+}
+
+/// Avatar id → entity, for the avatars the server told us about.
+#[derive(Resource, Debug, Default)]
+pub struct RemoteAvatars {
+    pub by_id: HashMap<AvatarId, Entity>,
+}
+
+/// Maps server tick time to local time.
+#[derive(Resource, Debug, Default, Clone, Copy)]
+pub struct TickClock {
+    /// local seconds − server tick seconds, at the least-delayed arrival.
+    offset: Option<f64>,
+    last_local: f64,
+}
+
+impl TickClock {
+    pub fn tick_time(tick: u64) -> f64 {
+        tick as f64 / f64::from(TICK_HZ)
+    }
+
+    /// A tick arrived at local time `local`.
+    pub fn observe(&mut self, tick: u64, local: f64) {
+        let sample = local - Self::tick_time(tick);
+        let crept = self.offset.map(|o| o + OFFSET_CREEP * (local - self.last_local).max(0.0));
+        self.offset = Some(crept.map_or(sample, |o| o.min(sample)));
+        self.last_local = local;
+    }
+
+    /// The server time to draw at local time `local`.
+    pub fn render_time(&self, local: f64) -> Option<f64> {
+        self.offset.map(|o| local - o - INTERPOLATION_DELAY)
+    }
+
+    /// A new room (or a resumed one) starts a new tick count.
+    pub fn reset(&mut self) {
+        self.offset = None;
+    }
+}
+
+#[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RemoteSystems {
+    /// Applies room updates (spawn, despawn, new snapshots).
+    Apply,
+    /// Moves every remote avatar to its interpolated pose.
+    Interpolate,
+}
+
+pub struct RemotePlugin;
+
+impl Plugin for RemotePlugin {
+    fn build(&self, app: &mut App) {
+        app.init_resource::<RemoteAvatars>()
+            .init_resource::<TickClock>()
+            .add_systems(Update, (apply_room_updates.in_set(RemoteSystems::Apply), interpolate.in_set(RemoteSystems::Interpolate)).chain());
+    }
+}
+
+fn upsert(commands: &mut Commands, assets: &AvatarAssets, avatars: &mut RemoteAvatars, remote: &mut Query<&mut RemoteAvatar>, info: &AvatarInfo, t: f64) {
+    let snapshot = Snapshot::from_pose(t, &info.pose);
+    if let Some(entity) = avatars.by_id.get(&info.id)
+        && let Ok(mut avatar) = remote.get_mut(*entity)
+    {
+        avatar.buffer.push(snapshot);
+        return;
+    }
+    let transform = Transform::from_translation(snapshot.position).with_rotation(snapshot.rotation);
+    let entity = spawn_avatar(commands, assets, info.id, &info.name, transform);
+    commands.entity(entity).insert(RemoteAvatar { id: info.id, user: info.user.clone(), buffer: SnapshotBuffer::with(snapshot) });
+    avatars.by_id.insert(info.id, entity);
+}
+
+fn apply_room_updates(
+    mut commands: Commands,
+    mut updates: MessageReader<RoomUpdate>,
+    assets: Option<Res<AvatarAssets>>,
+    time: Res<Time<Real>>,
+    mut clock: ResMut<TickClock>,
+    mut avatars: ResMut<RemoteAvatars>,
+    mut remote: Query<&mut RemoteAvatar>,
+) {
+    let Some(assets) = assets else { return };
+    let local = time.elapsed_secs_f64();
+    for update in updates.read() {
+        match update {
+            RoomUpdate::Joined(joined) => {
+                clock.reset();
+                clock.observe(joined.tick, local);
+                let t = TickClock::tick_time(joined.tick);
+                // The full state: whoever isn't in it is gone.
+                let present: bevy::platform::collections::HashSet<AvatarId> = joined.avatars.iter().map(|a| a.id).collect();
+                avatars.by_id.retain(|id, entity| {
+                    let keep = present.contains(id);
+                    if !keep {
+                        commands.entity(*entity).despawn();
+                    }
+                    keep
+                });
+                for info in &joined.avatars {
+                    upsert(&mut commands, &assets, &mut avatars, &mut remote, info, t);
+                }
+            }
+            RoomUpdate::Delta(delta) => {
+                clock.observe(delta.tick, local);
+                let t = TickClock::tick_time(delta.tick);
+                for id in &delta.left {
+                    if let Some(entity) = avatars.by_id.remove(id) {
+                        commands.entity(entity).despawn();
+                    }
+                }
+                for info in &delta.joined {
+                    upsert(&mut commands, &assets, &mut avatars, &mut remote, info, t);
+                }
+                for pose in &delta.avatars {
+                    if let Some(entity) = avatars.by_id.get(&pose.id)
+                        && let Ok(mut avatar) = remote.get_mut(*entity)
+                    {
+                        avatar.buffer.push(Snapshot::from_pose(t, &pose.pose));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn interpolate(time: Res<Time<Real>>, clock: Res<TickClock>, mut avatars: Query<(&RemoteAvatar, &mut Transform)>) {
+    let Some(t) = clock.render_time(time.elapsed_secs_f64()) else { return };
+    avatars.par_iter_mut().for_each(|(avatar, mut transform)| {
+        if let Some((position, rotation)) = avatar.buffer.sample(t)
+            && (transform.translation != position || transform.rotation != rotation)
+        {
+            transform.translation = position;
+            transform.rotation = rotation;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plaza_shared::messages::{AvatarPose, Delta, Joined};
+
+    fn snap(t: f64, x: f32) -> Snapshot {
+        Snapshot { t, position: Vec3::new(x, 0.0, 0.0), rotation: Quat::IDENTITY }
+    }
+
+    #[test]
+    fn samples_interpolate_between_snapshots_and_hold_at_the_ends() {
+        let mut b = SnapshotBuffer::default();
+        assert_eq!(b.sample(1.0), None);
+        b.push(snap(1.0, 0.0));
+        b.push(snap(1.05, 1.0));
+        b.push(snap(1.10, 3.0));
+        assert_eq!(b.sample(0.5).unwrap().0.x, 0.0, "before the first: the first");
+        assert!((b.sample(1.025).unwrap().0.x - 0.5).abs() < 1e-4);
+        assert!((b.sample(1.075).unwrap().0.x - 2.0).abs() < 1e-4);
+        assert_eq!(b.sample(2.0).unwrap().0.x, 3.0, "past the newest: hold it");
+        b.push(snap(1.07, 9.0));
+        assert_eq!(b.len(), 3, "an older snapshot is ignored");
+        for i in 0..20 {
+            b.push(snap(2.0 + f64::from(i), i as f32));
+        }
+        assert_eq!(b.len(), SNAPSHOTS, "bounded");
+    }
+
+    #[test]
+    fn rotations_slerp() {
+        let mut b = SnapshotBuffer::default();
+        b.push(Snapshot { t: 0.0, position: Vec3::ZERO, rotation: Quat::IDENTITY });
+        b.push(Snapshot { t: 1.0, position: Vec3::ZERO, rotation: Quat::from_rotation_y(1.0) });
+        let (_, r) = b.sample(0.5).unwrap();
+        assert!(r.angle_between(Quat::from_rotation_y(0.5)) < 1e-4);
+    }
+
+    #[test]
+    fn the_tick_clock_keeps_the_least_delayed_offset_and_creeps() {
+        let mut c = TickClock::default();
+        c.observe(20, 10.0); // tick time 1.0 → offset 9.0
+        c.observe(21, 10.08); // arrived 30 ms later than the best: offset stays 9.0 (+ creep)
+        let r = c.render_time(10.1).unwrap();
+        assert!((r - (10.1 - 9.0 - INTERPOLATION_DELAY)).abs() < 0.002, "{r}");
+        c.observe(22, 10.09); // a faster one: offset drops to 8.99
+        assert!((c.render_time(10.1).unwrap() - (10.1 - 8.99 - INTERPOLATION_DELAY)).abs() < 1e-6);
+    }
+
+    fn info(id: AvatarId, x: f32) -> AvatarInfo {
+        AvatarInfo { id, user: format!("u{id}"), name: format!("n{id}"), pose: Pose { p: [x, 0.0, 0.0], ..Pose::default() } }
+    }
+
+    #[test]
+    fn room_updates_spawn_move_and_despawn_avatars_drawn_100ms_behind() {
+        let mut app = crate::test_support::app();
+        app.add_plugins((crate::avatars::AvatarsPlugin { walkers: 0 }, RemotePlugin)).add_message::<RoomUpdate>();
+        app.update();
+        app.world_mut().write_message(RoomUpdate::Joined(Joined { room: "r".into(), room_name: "plaza".into(), you: 9, tick: 100, avatars: vec![info(1, 0.0), info(2, 5.0)] }));
+        app.update();
+        assert_eq!(app.world().resource::<RemoteAvatars>().by_id.len(), 2);
+        // Avatar 1 walks 1 m per tick for 10 ticks, one delta every 50 ms.
+        for k in 1..=10u64 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let delta = Delta { tick: 100 + k, avatars: vec![AvatarPose { id: 1, t: None, pose: Pose { p: [k as f32, 0.0, 0.0], ..Pose::default() } }], joined: vec![], left: if k == 10 { vec![2] } else { vec![] } };
+            app.world_mut().write_message(RoomUpdate::Delta(delta));
+            app.update();
+        }
+        let avatars = app.world().resource::<RemoteAvatars>();
+        assert_eq!(avatars.by_id.len(), 1, "avatar 2 left");
+        let e = avatars.by_id[&1];
+        let x = app.world().get::<Transform>(e).unwrap().translation.x;
+        // Drawn about 100 ms (2 ticks) behind the newest pose (10), give or take scheduling.
+        assert!((6.0..=10.0).contains(&x), "x = {x}");
+        // A resync `joined` without avatar 1 removes it.
+        app.world_mut().write_message(RoomUpdate::Joined(Joined { room: "r".into(), room_name: "plaza".into(), you: 9, tick: 200, avatars: vec![info(3, 1.0)] }));
+        app.update();
+        let ids: Vec<AvatarId> = app.world().resource::<RemoteAvatars>().by_id.keys().copied().collect();
+        assert_eq!(ids, vec![3]);
+    }
+}

@@ -1,0 +1,92 @@
+//! What the last frame drew, counted exactly: meshes the main camera saw
+//! (after frustum and distance culling), the others, their triangles, and
+//! frame timing. The HUD shows it; the capture plugin averages it into the
+//! frame report.
+
+use crate::lod::LodCounts;
+use crate::quality::MainCamera;
+use bevy::camera::visibility::VisibleEntities;
+use bevy::mesh::{Indices, PrimitiveTopology};
+use bevy::prelude::*;
+use std::any::TypeId;
+
+#[derive(Resource, Debug, Default, Clone, Copy, PartialEq)]
+pub struct FrameStats {
+    /// Mesh entities the main camera drew.
+    pub visible: u64,
+    /// Mesh entities it didn't (outside the frustum, hidden, too far).
+    pub culled: u64,
+    pub triangles: u64,
+    /// Draw calls of the main pass: one per visible mesh instance (shadow
+    /// passes are not counted).
+    pub draw_calls: u64,
+    /// Avatars at full, reduced, low, impostor, hidden.
+    pub avatars_by_lod: [u32; 5],
+    /// This frame's time, and a smoothed one for display.
+    pub frame_ms: f32,
+    pub smoothed_ms: f32,
+}
+
+#[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StatsSystems {
+    Count,
+}
+
+pub struct StatsPlugin;
+
+impl Plugin for StatsPlugin {
+    fn build(&self, app: &mut App) {
+        app.init_resource::<FrameStats>().add_systems(Last, count.in_set(StatsSystems::Count));
+    }
+}
+
+pub fn triangles_of(mesh: &Mesh) -> u64 {
+    let primitives = match mesh.indices() {
+        Some(Indices::U16(i)) => i.len(),
+        Some(Indices::U32(i)) => i.len(),
+        None => mesh.count_vertices(),
+    } as u64;
+    match mesh.primitive_topology() {
+        PrimitiveTopology::TriangleList => primitives / 3,
+        PrimitiveTopology::TriangleStrip => primitives.saturating_sub(2),
+        _ => 0,
+    }
+}
+
+fn count(
+    time: Res<Time<Real>>,
+    meshes: Res<Assets<Mesh>>,
+    all_meshes: Query<&Mesh3d>,
+    camera: Query<&VisibleEntities, With<MainCamera>>,
+    lod: Option<Res<LodCounts>>,
+    mut stats: ResMut<FrameStats>,
+) {
+    let mut s = FrameStats::default();
+    for visible in &camera {
+        for entity in visible.iter(TypeId::of::<Mesh3d>()) {
+            if let Ok(mesh) = all_meshes.get(*entity) {
+                s.visible += 1;
+                s.draw_calls += 1;
+                s.triangles += meshes.get(&mesh.0).map(triangles_of).unwrap_or(0);
+            }
+        }
+    }
+    s.culled = (all_meshes.iter().len() as u64).saturating_sub(s.visible);
+    s.avatars_by_lod = lod.map(|l| l.avatars).unwrap_or_default();
+    s.frame_ms = time.delta_secs() * 1000.0;
+    s.smoothed_ms = if stats.smoothed_ms > 0.0 { stats.smoothed_ms * 0.95 + s.frame_ms * 0.05 } else { s.frame_ms };
+    *stats = s;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triangles_count_indices_or_vertices() {
+        let cube = Mesh::from(Cuboid::new(1.0, 1.0, 1.0));
+        assert_eq!(triangles_of(&cube), 12);
+        let plane = Plane3d::default().mesh().size(1.0, 1.0).build();
+        assert_eq!(triangles_of(&plane), 2);
+    }
+}
