@@ -104,7 +104,10 @@ pub fn build_app(options: ClientOptions, scenario: Option<Scenario>, settings: s
         exit_condition: if options.headless { ExitCondition::DontExit } else { ExitCondition::OnPrimaryClosed },
         ..default()
     };
-    let defaults = DefaultPlugins.set(window);
+    // The embedded server logs every bot's join at info; the client's own
+    // lines matter more here. RUST_LOG overrides this.
+    let log = bevy::log::LogPlugin { filter: "info,plaza_server=warn,wgpu=error,naga=warn".into(), ..default() };
+    let defaults = DefaultPlugins.set(window).set(log);
     if options.headless {
         app.add_plugins((defaults.disable::<WinitPlugin>(), ScheduleRunnerPlugin::run_loop(Duration::ZERO)));
     } else {

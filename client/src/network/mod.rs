@@ -43,6 +43,8 @@ pub enum NetEvent {
     ChatAck(String),
     ChatFailed { id: String, reason: String },
     Rtt(Duration),
+    /// The access token was refreshed in band.
+    TokenRefreshed,
     ServerError(ErrorMessage),
 }
 
@@ -236,6 +238,7 @@ fn receive(
                 chat.write(ChatUpdate::Failed { id, reason });
             }
             NetEvent::Rtt(rtt) => info.rtt = Some(rtt),
+            NetEvent::TokenRefreshed => debug!("token refreshed"),
             NetEvent::ServerError(e) => warn!(code = e.code.as_str(), message = %e.message, "server error"),
         }
     }

@@ -303,6 +303,7 @@ impl Task {
                     match done {
                         Ok(Ok((access, refresh, expires_in))) => {
                             tracing::info!("token refreshed in band");
+                            self.send(NetEvent::TokenRefreshed);
                             self.conn.tokens = Some(Tokens { access: access.clone(), refresh, expires_at: self.now() + Duration::from_secs(expires_in) });
                             if let Err(e) = send(&mut ws, &ClientMessage::Refresh(Refresh { token: access })).await {
                                 return Stop::Ended(Ended::Dropped(e));

@@ -1,0 +1,145 @@
+//! The network task against a real server, through a TCP proxy the test can
+//! cut: sign in, join, a dropped connection resumed with the same seat, an
+//! in-band token refresh, and a draining server rejoined afresh.
+
+use plaza_client::network::session::{self, SessionConfig};
+use plaza_client::network::{ConnectionStatus, NetCommand, NetEvent, Notice};
+use plaza_shared::pose::Pose;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Forwards 127.0.0.1:<port> to the server; `cut` kills every open
+/// connection without a goodbye (a network drop).
+struct Proxy {
+    addr: SocketAddr,
+    open: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(server: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let tasks = open.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(server).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks.lock().unwrap().push(task);
+            }
+        });
+        Proxy { addr, open }
+    }
+
+    fn cut(&self) {
+        for task in self.open.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+struct Client {
+    commands: mpsc::Sender<NetCommand>,
+    events: mpsc::Receiver<NetEvent>,
+}
+
+impl Client {
+    fn start(server: String, room: &str) -> Client {
+        let (commands, command_rx) = mpsc::channel(64);
+        let (event_tx, events) = mpsc::channel(256);
+        let config = SessionConfig { server, room: room.into(), name: "Tester".into() };
+        tokio::spawn(session::run(config, command_rx, event_tx));
+        Client { commands, events }
+    }
+
+    /// Events until `want` matches one (within `wait`); returns it and what came before.
+    async fn until(&mut self, wait: Duration, want: impl Fn(&NetEvent) -> bool) -> (NetEvent, Vec<NetEvent>) {
+        let mut before = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(e)) if want(&e) => return (e, before),
+                Ok(Some(e)) => before.push(e),
+                Ok(None) => panic!("the network task stopped; saw {before:?}"),
+                Err(_) => panic!("not within {wait:?}; saw {before:?}"),
+            }
+        }
+    }
+}
+
+async fn server(config: plaza_server::ServerConfig) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(plaza_server::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+#[tokio::test]
+async fn a_dropped_connection_resumes_the_same_seat_and_the_token_is_refreshed_in_band() {
+    // 92 s tokens: the client refreshes 90 s ahead, so about 2 s in.
+    let config = plaza_server::ServerConfig { access_ttl: Duration::from_secs(92), ..plaza_server::ServerConfig::ephemeral() };
+    let (addr, _stop) = server(config).await;
+    let proxy = Proxy::start(addr).await;
+    let mut client = Client::start(format!("http://{}", proxy.addr), "resume-room");
+
+    client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+    client.commands.send(NetCommand::Pose(Pose { p: [1.0, 0.0, 2.0], ..Pose::default() })).await.unwrap();
+
+    // The in-band refresh, then the socket still answers pings.
+    client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::TokenRefreshed)).await;
+    client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Rtt(_))).await;
+
+    proxy.cut();
+    let (_, before) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+    let notices: Vec<&Notice> = before.iter().filter_map(|e| if let NetEvent::Notice(n) = e { Some(n) } else { None }).collect();
+    assert!(matches!(notices.first(), Some(Notice::Reconnecting { attempt: 1 })), "{before:?}");
+    assert!(notices.contains(&&Notice::Reconnected { resumed: true }), "resumed: {before:?}");
+    assert!(before.iter().any(|e| matches!(e, NetEvent::Status(ConnectionStatus::Reconnecting { .. }))));
+    let status = before.iter().rev().find_map(|e| if let NetEvent::Status(s) = e { Some(s.clone()) } else { None });
+    assert!(matches!(status, Some(ConnectionStatus::InRoom { .. })), "{status:?}");
+}
+
+#[tokio::test]
+async fn the_resumed_joined_keeps_the_avatar_id() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let proxy = Proxy::start(addr).await;
+    let mut client = Client::start(format!("http://{}", proxy.addr), "seat-room");
+    let (NetEvent::Joined(first), _) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await else { unreachable!() };
+    proxy.cut();
+    let (NetEvent::Joined(second), _) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await else { unreachable!() };
+    assert_eq!(second.you, first.you, "the same seat");
+    assert_eq!(second.room, first.room);
+}
+
+#[tokio::test]
+async fn a_draining_server_is_rejoined_afresh_once_it_is_back() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = plaza_server::ServerConfig { drain_grace: Duration::from_millis(50), ..plaza_server::ServerConfig::ephemeral() };
+    let secret = config.token_secret.clone();
+    let running = tokio::spawn(plaza_server::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    let mut client = Client::start(format!("http://{addr}"), "drain-room");
+    client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+    stop.send(()).unwrap();
+    let _ = running.await;
+    client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Notice(Notice::ServerRestarting))).await;
+    // The server comes back on the same port (same secret: tokens stay good).
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let config = plaza_server::ServerConfig { token_secret: secret, ..plaza_server::ServerConfig::ephemeral() };
+    tokio::spawn(plaza_server::run(config, listener, std::future::pending()));
+    let (_, before) = client.until(Duration::from_secs(30), |e| matches!(e, NetEvent::Joined(_))).await;
+    assert!(before.iter().any(|e| matches!(e, NetEvent::Notice(Notice::Reconnected { resumed: false }))), "rejoined afresh: {before:?}");
+}
