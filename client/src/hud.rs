@@ -296,13 +296,17 @@ fn toasts_window(mut contexts: EguiContexts, hud: Res<HudState>) -> Result {
     Ok(())
 }
 
-/// Names over the heads of avatars near the camera.
+/// Names over the heads of avatars near the camera. Positions come from
+/// this frame's `Transform`s (avatars and the camera are roots): the
+/// propagated ones may still be last frame's when egui draws, and at low
+/// frame rates a walking avatar would leave its name behind.
 fn nameplates(
     mut contexts: EguiContexts,
-    camera: Query<(&Camera, &GlobalTransform), With<MainCamera>>,
-    avatars: Query<(&Avatar, &Lod, &GlobalTransform), Without<LocalPlayer>>,
+    camera: Query<(&Camera, &Transform), With<MainCamera>>,
+    avatars: Query<(&Avatar, &Lod, &Transform), Without<LocalPlayer>>,
 ) -> Result {
     let Ok((camera, eye)) = camera.single() else { return Ok(()) };
+    let eye = GlobalTransform::from(*eye);
     let ctx = contexts.ctx_mut()?;
     let painter = ctx.layer_painter(egui::LayerId::background());
     let font = egui::FontId::proportional(14.0);
@@ -310,7 +314,7 @@ fn nameplates(
         if lod.level == LodLevel::Hidden || lod.distance > NAMEPLATE_DISTANCE {
             continue;
         }
-        let Ok(pos) = camera.world_to_viewport(eye, at.translation() + Vec3::Y * 2.05) else { continue };
+        let Ok(pos) = camera.world_to_viewport(&eye, at.translation + Vec3::Y * 2.05) else { continue };
         let pos = egui::pos2(pos.x, pos.y);
         painter.text(pos + egui::vec2(1.0, 1.0), egui::Align2::CENTER_BOTTOM, &avatar.name, font.clone(), egui::Color32::from_black_alpha(200));
         painter.text(pos, egui::Align2::CENTER_BOTTOM, &avatar.name, font.clone(), egui::Color32::WHITE);

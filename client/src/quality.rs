@@ -5,6 +5,8 @@
 use bevy::camera::Projection;
 use bevy::light::{CascadeShadowConfig, CascadeShadowConfigBuilder, DirectionalLightShadowMap};
 use bevy::prelude::*;
+use bevy::render::render_resource::TextureFormat;
+use bevy::render::renderer::RenderAdapter;
 use bevy::render::view::Msaa;
 use plaza_shared::quality::{PresetChoice, PresetSettings, QualityPreset};
 
@@ -77,8 +79,20 @@ impl Plugin for QualityPlugin {
 
 type PresetCamera<'a> = (&'a mut Msaa, &'a mut Projection);
 
+/// The sample count to use for `requested`: the highest the adapter
+/// supports at or below it for the colour and depth formats the main pass
+/// uses (lavapipe, for one, has 4× but not 2×), so a preset never asks the
+/// GPU for something it can't do.
+pub fn supported_msaa(adapter: Option<&RenderAdapter>, requested: u32) -> u32 {
+    let Some(adapter) = adapter else { return requested };
+    let formats = [TextureFormat::Rgba8UnormSrgb, TextureFormat::Bgra8UnormSrgb, TextureFormat::Rgba16Float, TextureFormat::Depth32Float];
+    let flags: Vec<_> = formats.iter().map(|f| adapter.get_texture_format_features(*f).flags).collect();
+    [8, 4, 2].into_iter().filter(|&n| n <= requested).find(|&n| flags.iter().all(|f| f.sample_count_supported(n))).unwrap_or(1)
+}
+
 fn apply_quality(
     quality: Res<ActiveQuality>,
+    adapter: Option<Res<RenderAdapter>>,
     mut shadow_map: Option<ResMut<DirectionalLightShadowMap>>,
     mut cameras: Query<PresetCamera, With<MainCamera>>,
     mut suns: Query<(&mut DirectionalLight, &mut CascadeShadowConfig)>,
@@ -93,8 +107,12 @@ fn apply_quality(
         return;
     }
     let s = quality.settings;
+    let samples = supported_msaa(adapter.as_deref(), s.msaa_samples);
+    if samples != s.msaa_samples {
+        info!(requested = s.msaa_samples, using = samples, "this GPU can't do the preset's MSAA; using the nearest it can");
+    }
     for (mut msaa, mut projection) in &mut cameras {
-        *msaa = msaa_for(s.msaa_samples);
+        *msaa = msaa_for(samples);
         if let Projection::Perspective(p) = projection.as_mut() {
             p.far = s.view_distance_m;
         }
