@@ -11,7 +11,7 @@ RUN_FRAMES ?= 30
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := decode_client_bin decode_server_bin decode_client_json decode_server_json
 
-.PHONY: setup build run test check-deps bench fuzz clippy clean-run
+.PHONY: setup build run test check-deps bench bench-frames fuzz clippy clean-run
 
 setup:
 	@bash tools/setup.sh
@@ -42,6 +42,13 @@ check-deps:
 
 bench: setup
 	$(CARGO) bench -p plaza-benches --bench codec
+	$(CARGO) bench -p plaza-client --bench client_systems
+
+# Frame times on this machine's Vulkan with the release client: low vs high,
+# LOD and culling on/off, one run (tools/frame-bench.sh).
+bench-frames: setup
+	$(CARGO) build --profile bench -p plaza-client --bin plaza
+	bash tools/frame-bench.sh "$(CARGO_TARGET_DIR)/release/plaza"
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings

@@ -12,6 +12,7 @@ use crate::lod::{Lod, LodConfig};
 use crate::network::{ChatUpdate, ConnectionInfo, ConnectionStatus, NetCommand, NetLink, Toast};
 use crate::player::{LocalPlayer, PlayerControl};
 use crate::quality::{ActiveQuality, MainCamera};
+use crate::render_scale::OutputCamera;
 use crate::settings::SettingsFile;
 use crate::stats::FrameStats;
 use bevy::prelude::*;
@@ -67,10 +68,20 @@ pub struct HudPlugin;
 
 impl Plugin for HudPlugin {
     fn build(&self, app: &mut App) {
-        app.add_plugins(bevy_egui::EguiPlugin::default())
+        app.add_plugins(bevy_egui::EguiPlugin::default());
+        // The HUD goes on the output camera (sharp at any render scale),
+        // not on whichever camera came first.
+        app.world_mut().resource_mut::<bevy_egui::EguiGlobalSettings>().auto_create_primary_context = false;
+        app.add_systems(PostStartup, attach_to_output_camera)
             .init_resource::<HudState>()
             .add_systems(Update, (hotkeys, collect_chat_and_toasts, follow_focus).in_set(HudSystems::Input))
             .add_systems(EguiPrimaryContextPass, (nameplates, stats_window, settings_window, chat_window, toasts_window).chain().in_set(HudSystems::Draw));
+    }
+}
+
+fn attach_to_output_camera(mut commands: Commands, cameras: Query<Entity, Added<OutputCamera>>) {
+    for camera in &cameras {
+        commands.entity(camera).insert((bevy_egui::EguiContext::default(), bevy_egui::PrimaryEguiContext));
     }
 }
 
@@ -308,6 +319,10 @@ fn nameplates(
     let Ok((camera, eye)) = camera.single() else { return Ok(()) };
     let eye = GlobalTransform::from(*eye);
     let ctx = contexts.ctx_mut()?;
+    // The scene camera may draw smaller than the output (render scale).
+    let screen = ctx.content_rect().size();
+    let Some(viewport) = camera.logical_viewport_size().filter(|v| v.x > 0.0 && v.y > 0.0) else { return Ok(()) };
+    let scale = egui::vec2(screen.x / viewport.x, screen.y / viewport.y);
     let painter = ctx.layer_painter(egui::LayerId::background());
     let font = egui::FontId::proportional(14.0);
     for (avatar, lod, at) in &avatars {
@@ -315,7 +330,7 @@ fn nameplates(
             continue;
         }
         let Ok(pos) = camera.world_to_viewport(&eye, at.translation + Vec3::Y * 2.05) else { continue };
-        let pos = egui::pos2(pos.x, pos.y);
+        let pos = egui::pos2(pos.x * scale.x, pos.y * scale.y);
         painter.text(pos + egui::vec2(1.0, 1.0), egui::Align2::CENTER_BOTTOM, &avatar.name, font.clone(), egui::Color32::from_black_alpha(200));
         painter.text(pos, egui::Align2::CENTER_BOTTOM, &avatar.name, font.clone(), egui::Color32::WHITE);
     }

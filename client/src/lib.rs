@@ -8,6 +8,8 @@
 //!   distance culling.
 //! - [`culling`]: frustum culling on/off at run time.
 //! - [`scene`]: the plaza, the sun and the camera (window or offscreen).
+//! - [`render_scale`]: the preset's 3D resolution, and the output camera
+//!   the HUD draws on.
 //! - [`avatars`]: how avatars look at each level; local walkers.
 //! - [`network`]: the network thread (and the embedded server).
 //! - [`remote`]: other people's avatars, interpolated.
@@ -28,6 +30,7 @@ pub mod options;
 pub mod player;
 pub mod quality;
 pub mod remote;
+pub mod render_scale;
 pub mod scenario;
 pub mod scene;
 pub mod settings;
@@ -70,6 +73,7 @@ impl PluginGroup for PlazaClientPlugins {
             .add(lod::LodPlugin { enabled: o.lod_on(), distance_culling: o.culling_on() })
             .add(culling::CullingPlugin { enabled: o.culling_on() })
             .add(scene::ScenePlugin { offscreen: o.headless.then_some(o.resolution) })
+            .add(render_scale::RenderScalePlugin)
             .add(avatars::AvatarsPlugin { walkers })
             .add(network::NetworkPlugin { mode, room: o.room.clone(), name: o.display_name() })
             .add(remote::RemotePlugin)

@@ -14,11 +14,17 @@
 //! `--lod off` (`ENABLE_LOD=false`) pins everything at full detail (still
 //! distance-culled when culling is on).
 //!
-//! Props use [`LodMeshes`] (one mesh per level, `None` = not drawn at that
-//! level); avatars use their [`AvatarParts`].
+//! Avatars use their [`AvatarParts`]. Props are different: nothing budgets
+//! them and they don't move, so each prop level is its own entity
+//! ([`PropLevel`]) with Bevy's `VisibilityRange`, and Bevy picks and
+//! cross-fades (dithers) between levels where their ranges overlap by the
+//! hysteresis band, instead of popping. [`LodSystems::Select`] only
+//! rewrites those ranges when the bias, the view distance or a switch
+//! changes.
 
 use crate::avatars::{AvatarAssets, AvatarParts};
 use crate::quality::{ActiveQuality, MainCamera};
+use bevy::camera::visibility::VisibilityRange;
 use bevy::prelude::*;
 use plaza_shared::lod::{LodLevel, LodPolicy};
 
@@ -45,10 +51,31 @@ const INCUMBENT_EDGE: f32 = 0.9;
 #[derive(Component, Debug, Clone, Copy, Default)]
 pub struct LodAvatar;
 
-/// A prop's mesh at full, reduced, low and impostor; `None` hides it at
-/// that level.
-#[derive(Component, Debug, Clone)]
-pub struct LodMeshes(pub [Option<Handle<Mesh>>; 4]);
+/// One level of a prop, drawn within its `VisibilityRange`.
+#[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PropLevel(pub LodLevel);
+
+/// Where each level of a prop is drawn, `(near, far, fade)` in metres:
+/// levels overlap by `fade` on either side of each boundary, where Bevy
+/// cross-fades them. `None`: the level is not drawn at all.
+pub fn prop_ranges(config: &LodConfig, bias: f32, view: f32) -> [Option<(f32, f32, f32)>; 4] {
+    let far_end = if config.distance_culling { view } else { f32::MAX };
+    if !config.enabled {
+        return [Some((0.0, far_end, 0.0)), None, None, None];
+    }
+    let b = config.policy.boundaries(bias, view);
+    let h = config.policy.hysteresis.clamp(0.0, 0.5);
+    std::array::from_fn(|i| {
+        let near = if i == 0 { 0.0 } else { b[i - 1] };
+        let far = if i == 3 { far_end } else { b[i] };
+        (far > near).then_some((near, far, h))
+    })
+}
+
+fn range_for(near: f32, far: f32, h: f32) -> VisibilityRange {
+    let band = |d: f32| if d == f32::MAX || d == 0.0 { d..d } else { d * (1.0 - h)..d * (1.0 + h) };
+    VisibilityRange { start_margin: band(near), end_margin: band(far), use_aabb: false }
+}
 
 /// The switches and the policy.
 #[derive(Resource, Debug, Clone, Copy)]
@@ -60,12 +87,11 @@ pub struct LodConfig {
     pub policy: LodPolicy,
 }
 
-/// How many entities are at each level (full … hidden), for the HUD and
-/// reports: all entities, and avatars alone.
+/// How many avatars are at each level (full … hidden), for the HUD and
+/// reports.
 #[derive(Resource, Debug, Default, Clone, Copy, PartialEq)]
 pub struct LodCounts {
     pub avatars: [u32; 5],
-    pub props: [u32; 5],
     /// Avatars the budget held back from full this frame.
     pub demoted: u32,
 }
@@ -86,7 +112,7 @@ impl Plugin for LodPlugin {
         app.insert_resource(LodConfig { enabled: self.enabled, distance_culling: self.distance_culling, policy: LodPolicy::default() })
             .init_resource::<LodCounts>()
             .configure_sets(PostUpdate, (LodSystems::Select, LodSystems::Apply).chain().before(bevy::camera::visibility::VisibilitySystems::CheckVisibility).before(TransformSystems::Propagate))
-            .add_systems(PostUpdate, (select_levels.in_set(LodSystems::Select), (apply_avatar_levels, apply_prop_levels).in_set(LodSystems::Apply)));
+            .add_systems(PostUpdate, ((select_levels, update_prop_ranges).in_set(LodSystems::Select), apply_avatar_levels.in_set(LodSystems::Apply)));
     }
 }
 
@@ -96,7 +122,7 @@ fn camera_position(camera: &Query<&Transform, With<MainCamera>>) -> Option<Vec3>
     camera.iter().next().map(|t| t.translation)
 }
 
-/// Entities are positioned by their own transform (avatars and props are
+/// Entities are positioned by their own transform (avatars are
 /// roots), so no propagated transform is needed.
 fn select_levels(
     config: Res<LodConfig>,
@@ -154,10 +180,36 @@ fn select_levels(
     }
     let mut tally = LodCounts { demoted, ..default() };
     for (_, _, lod, avatar) in &things {
-        let bucket = if avatar { &mut tally.avatars } else { &mut tally.props };
-        bucket[lod.level as usize] += 1;
+        if avatar {
+            tally.avatars[lod.level as usize] += 1;
+        }
     }
     counts.set_if_neq(tally);
+}
+
+/// Rewrites prop levels' visibility ranges when the bias, view distance or
+/// a switch changed, and sets up new ones.
+fn update_prop_ranges(
+    config: Res<LodConfig>,
+    quality: Res<ActiveQuality>,
+    mut levels: Query<(&PropLevel, &mut VisibilityRange, &mut Visibility)>,
+    added: Query<(), Added<PropLevel>>,
+) {
+    if !config.is_changed() && !quality.is_changed() && added.is_empty() {
+        return;
+    }
+    let ranges = prop_ranges(&config, quality.lod_bias(), quality.settings.view_distance_m);
+    for (level, mut range, mut visibility) in &mut levels {
+        match ranges[level.0 as usize] {
+            Some((near, far, h)) => {
+                range.set_if_neq(range_for(near, far, h));
+                visibility.set_if_neq(Visibility::Inherited);
+            }
+            None => {
+                visibility.set_if_neq(Visibility::Hidden);
+            }
+        }
+    }
 }
 
 /// The parts' components, each its own query: a part may lack one (a
@@ -214,26 +266,6 @@ fn apply_avatar_levels(
             }
             Err(_) => {
                 commands.entity(parts.head).insert(shown);
-            }
-        }
-    }
-}
-
-fn apply_prop_levels(mut props: Query<(&Lod, &LodMeshes, &mut Mesh3d, &mut Visibility), Changed<Lod>>) {
-    for (lod, meshes, mut mesh, mut visibility) in &mut props {
-        let wanted = match lod.level {
-            LodLevel::Hidden => None,
-            level => meshes.0[level as usize].as_ref(),
-        };
-        match wanted {
-            Some(handle) => {
-                if mesh.0 != *handle {
-                    mesh.0 = handle.clone();
-                }
-                visibility.set_if_neq(Visibility::Inherited);
-            }
-            None => {
-                visibility.set_if_neq(Visibility::Hidden);
             }
         }
     }
@@ -355,6 +387,28 @@ mod tests {
         assert_eq!(body(&app), assets.bodies[0]);
         assert_eq!(app.world().get::<Visibility>(e), Some(&Visibility::Inherited));
         assert_eq!(app.world().get::<Visibility>(parts.head), Some(&Visibility::Inherited));
+    }
+
+    #[test]
+    fn prop_levels_tile_the_distance_with_fade_bands_and_follow_the_switches() {
+        let mut config = LodConfig { enabled: true, distance_culling: true, policy: LodPolicy::default() };
+        let r = prop_ranges(&config, 1.0, 200.0);
+        assert_eq!(r, [Some((0.0, 10.0, 0.1)), Some((10.0, 25.0, 0.1)), Some((25.0, 50.0, 0.1)), Some((50.0, 200.0, 0.1))]);
+        let full = range_for(0.0, 10.0, 0.1);
+        let reduced = range_for(10.0, 25.0, 0.1);
+        assert!(full.is_visible_at_all(9.5) && reduced.is_visible_at_all(9.5), "both drawn in the fade band");
+        assert!(!full.is_visible_at_all(11.5) && !reduced.is_visible_at_all(8.5));
+        config.enabled = false;
+        assert_eq!(prop_ranges(&config, 1.0, 200.0), [Some((0.0, 200.0, 0.0)), None, None, None], "LOD off: full only");
+        config.distance_culling = false;
+        assert_eq!(prop_ranges(&config, 1.0, 200.0)[0], Some((0.0, f32::MAX, 0.0)), "culling off: no far end");
+        let mut app = app(QualityPreset::High, true, true);
+        let level = app.world_mut().spawn((PropLevel(LodLevel::Low), VisibilityRange::abrupt(0.0, 0.0), Visibility::default())).id();
+        app.update();
+        assert!(app.world().get::<VisibilityRange>(level) == Some(&range_for(25.0, 50.0, 0.1)), "low's range, from the preset");
+        app.world_mut().resource_mut::<LodConfig>().enabled = false;
+        app.update();
+        assert_eq!(app.world().get::<Visibility>(level), Some(&Visibility::Hidden));
     }
 
     #[test]

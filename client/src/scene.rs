@@ -1,10 +1,11 @@
 //! The plaza itself: ground, paths, a fountain, benches, trees, lamps, the
 //! sun and the camera. Placeholder shapes until the asset pipeline ships
-//! real meshes. Trees, lamps and benches have LOD levels ([`LodMeshes`]);
+//! real meshes. Trees, lamps and benches have LOD levels ([`PropLevel`]);
 //! the ground, paths, fountain and buildings are always drawn (within the
 //! view distance the camera's far plane sets).
 
-use crate::lod::{Lod, LodMeshes};
+use crate::lod::PropLevel;
+use bevy::camera::visibility::VisibilityRange;
 use crate::quality::{LAMP_INTENSITY, MainCamera, OptionalLight};
 use plaza_shared::lod::LodLevel;
 use bevy::asset::RenderAssetUsages;
@@ -119,9 +120,13 @@ fn spawn_plaza(
         Transform::from_xyz(0.0, 1.2, 0.0),
     ));
     // Props with LOD levels: full, reduced, low, impostor (None: not drawn).
+    // One entity per level; the LOD plugin sets their visibility ranges.
     let lod_prop = |commands: &mut Commands, levels: [Option<Handle<Mesh>>; 4], material: Handle<StandardMaterial>, transform: Transform| {
-        let first = levels[0].clone().expect("a full level");
-        commands.spawn((Mesh3d(first), MeshMaterial3d(material), transform, Lod::new(LodLevel::Full), LodMeshes(levels)));
+        for (level, mesh) in LodLevel::ALL.iter().zip(levels) {
+            if let Some(mesh) = mesh {
+                commands.spawn((Mesh3d(mesh), MeshMaterial3d(material.clone()), transform, PropLevel(*level), VisibilityRange::abrupt(0.0, 0.0)));
+            }
+        }
     };
     let cylinder = |meshes: &mut Assets<Mesh>, r: f32, h: f32, res: u32| meshes.add(Cylinder::new(r, h).mesh().resolution(res).build());
     let ico = |meshes: &mut Assets<Mesh>, r: f32, n: u32| meshes.add(Sphere::new(r).mesh().ico(n).expect("small icosphere"));

@@ -56,7 +56,7 @@ pub fn triangles_of(mesh: &Mesh) -> u64 {
 fn count(
     time: Res<Time<Real>>,
     meshes: Res<Assets<Mesh>>,
-    all_meshes: Query<&Mesh3d>,
+    all_meshes: Query<&Mesh3d, Without<crate::render_scale::ScaledSceneQuad>>,
     camera: Query<&VisibleEntities, With<MainCamera>>,
     lod: Option<Res<LodCounts>>,
     mut stats: ResMut<FrameStats>,

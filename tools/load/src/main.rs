@@ -1,12 +1,65 @@
-//! `plaza-load`: simulated users, a fault proxy and reports. The commands
-//! arrive with the load issue; until then this says so instead of pretending.
+//! `plaza-load run …`: see `docs/load.md`. Exit 0 when everything arrived,
+//! 1 when anything was lost or misrouted (or errors happened, or the run
+//! could not be done), 2 for bad flags.
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "plaza-load: no commands yet (`run` and `proxy` come with the load-harness issue); \
-         it will speak {} and {}",
-        plaza_shared::limits::SUBPROTOCOL_BINARY,
-        plaza_shared::limits::SUBPROTOCOL_JSON
+use anyhow::Context;
+use clap::Parser;
+use plaza_load::cli::{Cli, Command};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Run(args) = cli.command;
+    let config = match plaza_load::cli::validate(args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,plaza_load=info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match run(&config) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("plaza-load: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Runs, writes the reports, prints the verdict; `Ok(passed)`.
+fn run(config: &plaza_load::cli::RunConfig) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name(plaza_load::server::LOAD_THREAD).build().context("can't start the tokio runtime")?;
+    let result = runtime.block_on(plaza_load::run::run(config)).context("the run failed")?;
+    let (json, html) = plaza_load::report::write(&config.out, &result).context("can't write the reports")?;
+    let l = &result.latency_ms;
+    println!(
+        "plaza-load: {} users in {} rooms, {} Hz, {} s: latency p50 {:.1} ms p99 {:.1} ms max {:.1} ms; join p99 {:.1} ms; expected {} received {} lost {} misrouted {} errors {} reconnects {}; server cpu {:.0}% rss {:.0} MB",
+        result.users,
+        result.rooms,
+        result.rate_hz,
+        result.duration_s,
+        l.p50,
+        l.p99,
+        l.max,
+        result.join_ms.p99,
+        result.expected,
+        result.received,
+        result.lost,
+        result.misrouted,
+        result.errors,
+        result.reconnects,
+        result.server.cpu_pct,
+        result.server.rss_mb
     );
-    std::process::ExitCode::from(2)
+    println!("plaza-load: wrote {} and {}", json.display(), html.display());
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    if result.passed {
+        Ok(true)
+    } else {
+        eprintln!("plaza-load: FAILED: {}", result.failure);
+        Ok(false)
+    }
 }

@@ -1,0 +1,27 @@
+//! `plaza-load`: simulated users against a Plaza server, measuring pose
+//! latency, join and auth times, delivery and the server's CPU and memory.
+//!
+//! - [`cli`] — the command line and its validation.
+//! - [`run`] — one run from start to end (server, rooms, users, phases).
+//! - [`user`] — one simulated user on the network.
+//! - [`track`] — what a user received (pure bookkeeping).
+//! - [`delivery`] — expected, received, lost and chat accounting.
+//! - [`histogram`] — percentiles.
+//! - [`tickphase`] — a room's tick grid, to split latency into tick wait and net.
+//! - [`collect`] — the collector task (per-second series, progress line).
+//! - [`server`] — the embedded server and CPU/memory sampling.
+//! - [`report`] — `result.json` and `report.html`.
+//! - [`names`], [`rng`] — user names that carry their room; a small generator.
+
+pub mod cli;
+pub mod collect;
+pub mod delivery;
+pub mod histogram;
+pub mod names;
+pub mod report;
+pub mod rng;
+pub mod run;
+pub mod server;
+pub mod tickphase;
+pub mod track;
+pub mod user;

@@ -1,0 +1,353 @@
+//! One load run from start to end: the server (embedded or remote), the
+//! rooms, the users (started over the ramp), the phases (run, stop sending,
+//! close), and the numbers that come out.
+
+use crate::cli::RunConfig;
+use crate::collect::{BATCH_QUEUE, Collected, Collector, Counters};
+use crate::delivery::{ReceiverLog, SenderLog, account_chats, account_poses};
+use crate::histogram::{Histogram, round3};
+use crate::names::{UserKey, room_name, run_tag, user_name};
+use crate::report::{AnomalyCounts, LoadToolStats, RunResult, ServerStats};
+use crate::server::{EmbeddedServer, Sampler, ServerError};
+use crate::user::{self, Env, Phase, Plan, RoomClocks, UserReport};
+use plaza_shared::limits::DEFAULT_ROOM_CAPACITY;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// After the run stops sending, users keep reading this long (deltas in
+/// flight) before they close.
+pub const DRAIN: Duration = Duration::from_secs(1);
+/// Users get this long after the close to finish; then they are aborted.
+const FINISH_WAIT: Duration = Duration::from_secs(20);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+const HEALTH_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("no HTTP client: {0}")]
+    Http(String),
+    #[error("{0} does not answer GET /health: {1}")]
+    Unreachable(String, String),
+    #[error("can't create room {0}: {1}")]
+    CreateRoom(String, String),
+    #[error("the collector failed: {0}")]
+    Collector(String),
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn wait_healthy(http: &reqwest::Client, base: &str) -> Result<(), RunError> {
+    let deadline = Instant::now() + HEALTH_WAIT;
+    loop {
+        let last = match http.get(format!("{base}/health")).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(r) => format!("status {}", r.status()),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(RunError::Unreachable(base.to_owned(), last));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Rooms above the default capacity are created up front (joined by id).
+async fn create_rooms(http: &reqwest::Client, base: &str, tag: &str, rooms: u32, capacity: u32) -> Result<Vec<String>, RunError> {
+    #[derive(serde::Deserialize)]
+    struct Login {
+        access_token: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Room {
+        id: String,
+    }
+    let err = |room: &str, e: String| RunError::CreateRoom(room.to_owned(), e);
+    let login: Login = async { http.post(format!("{base}/api/v1/auth/guest")).json(&serde_json::json!({ "name": format!("{tag}-admin") })).send().await?.error_for_status()?.json().await }
+        .await
+        .map_err(|e: reqwest::Error| err("(login)", e.to_string()))?;
+    let mut ids = Vec::new();
+    for n in 1..=rooms {
+        let name = room_name(n);
+        let room: Room = async {
+            http.post(format!("{base}/api/v1/rooms"))
+                .bearer_auth(&login.access_token)
+                .json(&serde_json::json!({ "name": name, "capacity": capacity }))
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await
+        }
+        .await
+        .map_err(|e: reqwest::Error| err(&name, e.to_string()))?;
+        ids.push(room.id);
+    }
+    Ok(ids)
+}
+
+/// Warns when the open-file limit is too low for this many sockets.
+fn check_file_limit(sockets: u64) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else { return };
+    let soft = limits.lines().find(|l| l.starts_with("Max open files")).and_then(|l| l.split_whitespace().nth(3)).and_then(|v| v.parse::<u64>().ok());
+    if let Some(soft) = soft
+        && soft < sockets + 64
+    {
+        tracing::warn!(soft, needed = sockets + 64, "the open-file limit is low for this many users; raise it with `ulimit -n`");
+    }
+}
+
+/// Runs the load and returns the result (not yet written).
+pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
+    let started_unix_ms = unix_ms();
+    let http = reqwest::Client::builder().timeout(HTTP_TIMEOUT).build().map_err(|e| RunError::Http(e.to_string()))?;
+    let embedded = match &cfg.server {
+        None => Some(EmbeddedServer::start()?),
+        Some(_) => None,
+    };
+    let base = match (&embedded, &cfg.server) {
+        (Some(server), _) => server.base_url(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => unreachable!("one of the two is set"),
+    };
+    wait_healthy(&http, &base).await?;
+    check_file_limit(cfg.users() * if embedded.is_some() { 2 } else { 1 });
+    let sampler = if embedded.is_some() { Sampler::InProcess } else { Sampler::Remote { http: http.clone(), base: base.clone() } };
+    let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64) ^ u64::from(std::process::id());
+    let tag = run_tag(seed);
+    let rooms: Vec<String> = if cfg.users_per_room > DEFAULT_ROOM_CAPACITY {
+        create_rooms(&http, &base, &tag, cfg.rooms, cfg.users_per_room).await?
+    } else {
+        (1..=cfg.rooms).map(room_name).collect()
+    };
+    tracing::info!(%base, %tag, users = cfg.users(), rooms = cfg.rooms, "starting");
+
+    let epoch = Instant::now();
+    let counters = Arc::new(Counters::default());
+    let gap_ms = (2500.0 / cfg.rate_hz).max(250.0) as u64;
+    let env = Arc::new(Env {
+        http: http.clone(),
+        ws_url: format!("{}/ws", base.replacen("http://", "ws://", 1)),
+        base: base.clone(),
+        protocol: cfg.protocol,
+        rate_hz: cfg.rate_hz,
+        chat_every: cfg.chat_every,
+        ping_every: cfg.ping_every,
+        tag: tag.clone(),
+        epoch,
+        counters: counters.clone(),
+        clocks: RoomClocks::new(cfg.rooms),
+        gap_ms,
+    });
+    let (phase_tx, phase_rx) = watch::channel(Phase::Run);
+    let (batch_tx, batch_rx) = mpsc::channel(BATCH_QUEUE);
+    let planned_s = cfg.duration.as_secs();
+    let collector = tokio::spawn(Collector::new(epoch, counters.clone(), sampler.clone(), cfg.progress, planned_s, cfg.users()).run(batch_rx));
+
+    // Users are interleaved over rooms, so every room fills during the ramp.
+    let total = cfg.users();
+    let mut users = JoinSet::new();
+    let mut jitter = crate::rng::SplitMix::new(seed);
+    for i in 0..total {
+        let key = UserKey { room: (i % u64::from(cfg.rooms)) as u32 + 1, user: (i / u64::from(cfg.rooms)) as u32 + 1 };
+        let plan = Plan {
+            key,
+            name: user_name(&tag, key),
+            room: rooms[key.room as usize - 1].clone(),
+            // Evenly spread, each with a random offset within its slot.
+            start: epoch + cfg.ramp.mul_f64((i as f64 + jitter.unit()) / total as f64),
+            seed: seed ^ (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        };
+        users.spawn(user::run(plan, env.clone(), phase_rx.clone(), batch_tx.clone()));
+    }
+    drop(batch_tx);
+    drop(phase_rx);
+
+    let interrupted = tokio::select! {
+        _ = tokio::time::sleep_until(epoch + cfg.duration) => false,
+        _ = tokio::signal::ctrl_c() => {
+            tracing::warn!("interrupted: stopping the users and writing what was measured");
+            true
+        }
+    };
+    let _ = phase_tx.send(Phase::Stop);
+    tokio::time::sleep(DRAIN).await;
+    let _ = phase_tx.send(Phase::Close);
+
+    let mut reports = Vec::with_capacity(total as usize);
+    let mut stuck = 0u64;
+    let deadline = Instant::now() + FINISH_WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, users.join_next()).await {
+            Ok(Some(Ok(report))) => reports.push(report),
+            Ok(Some(Err(e))) => {
+                tracing::error!(cause = %e, "a simulated user failed");
+                stuck += 1;
+            }
+            Ok(None) => break,
+            Err(_) => {
+                stuck += users.len() as u64;
+                tracing::error!(stuck = users.len(), "users still running {FINISH_WAIT:?} after the close; aborted");
+                users.abort_all();
+                while users.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    let collected = tokio::time::timeout(Duration::from_secs(10), collector)
+        .await
+        .map_err(|_| RunError::Collector("did not finish".into()))?
+        .map_err(|e| RunError::Collector(e.to_string()))?;
+    if let Some(server) = embedded {
+        server.stop().await;
+    }
+    let server = ServerStats {
+        in_process: matches!(sampler, Sampler::InProcess),
+        source: sampler.describe(),
+        url: base,
+        ..ServerStats::default()
+    };
+    let mut result = summarize(cfg, &reports, stuck, collected, server, gap_ms, interrupted);
+    result.tag = tag;
+    result.started_unix_ms = started_unix_ms;
+    Ok(result)
+}
+
+/// Turns the users' reports and the collector's histograms into the result.
+/// `interrupted`: users that had not started yet are not held against the run.
+pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected: Collected, mut server: ServerStats, gap_ms: u64, interrupted: bool) -> RunResult {
+    let mut join = Histogram::new();
+    let mut auth = Histogram::new();
+    let mut rtt = Histogram::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut anomalies = AnomalyCounts { gap_ms, ..AnomalyCounts::default() };
+    let (mut misrouted, mut reconnects, mut bytes_in, mut bytes_out, mut in_room_us, mut joined, mut poses_sent) = (0, 0, 0, 0, 0, 0, 0);
+    for r in reports {
+        r.join_us.iter().for_each(|&v| join.record(v));
+        r.auth_us.iter().for_each(|&v| auth.record(v));
+        r.rtt_us.iter().for_each(|&v| rtt.record(v));
+        for (kind, n) in &r.errors {
+            *errors.entry(kind.clone()).or_default() += n;
+        }
+        misrouted += r.anomalies.misrouted + r.anomalies.own_avatar;
+        anomalies.own_avatar += r.anomalies.own_avatar;
+        anomalies.unknown_avatar += r.anomalies.unknown_avatar;
+        anomalies.stale += r.anomalies.stale;
+        anomalies.gaps += r.anomalies.gaps;
+        anomalies.foreign += r.anomalies.foreign;
+        reconnects += r.reconnects;
+        bytes_in += r.bytes_in;
+        bytes_out += r.bytes_out;
+        in_room_us += r.in_room_us;
+        joined += u64::from(r.receiver.from_ms.is_some());
+        poses_sent += r.sender.poses.len() as u64;
+    }
+    for (kind, n) in [("unknown_avatar", anomalies.unknown_avatar), ("stale_pose", anomalies.stale), ("user_stuck", stuck)] {
+        if n > 0 {
+            *errors.entry(kind.into()).or_default() += n;
+        }
+    }
+    let error_total: u64 = errors.values().sum();
+    // The rate users achieved: a starved load tool sends fewer poses than asked.
+    let rates: Vec<f64> = reports
+        .iter()
+        .filter_map(|r| {
+            let (first, last) = (r.sender.poses.first()?, r.sender.poses.last()?);
+            let span_s = (last - first) as f64 / 1000.0 + 1.0 / cfg.rate_hz;
+            (r.sender.poses.len() > 1).then(|| r.sender.poses.len() as f64 / span_s)
+        })
+        .collect();
+    let pose_rate_hz = if rates.is_empty() { 0.0 } else { round3(rates.iter().sum::<f64>() / rates.len() as f64) };
+    if !rates.is_empty() && pose_rate_hz < 0.9 * cfg.rate_hz {
+        tracing::warn!(asked = cfg.rate_hz, achieved = pose_rate_hz, "users sent fewer poses than asked: the load tool is short of CPU");
+    }
+    let senders: Vec<SenderLog> = reports.iter().map(|r| r.sender.clone()).collect();
+    let receivers: Vec<ReceiverLog> = reports.iter().map(|r| r.receiver.clone()).collect();
+    let poses = account_poses(&senders, &receivers);
+    let chat = account_chats(&senders, &receivers);
+    let in_room_s = in_room_us as f64 / 1e6;
+    let per_user_s = |bytes: u64| if in_room_s > 0.0 { round3(bytes as f64 / in_room_s) } else { 0.0 };
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let load_cpu = collected.load_cpu_pct();
+    let load_tool = LoadToolStats {
+        cpu_pct: load_cpu,
+        cpu_pct_max: collected.resources.iter().map(|p| p.load_cpu_pct).fold(0.0, f64::max),
+        cores,
+        machine_busy_pct: collected.machine_busy_pct,
+        // In process, the server's threads share the same cores.
+        saturated: collected.machine_busy_pct > 90.0 || load_cpu + if server.in_process { collected.cpu_pct() } else { 0.0 } > 85.0 * f64::from(cores),
+    };
+    if load_tool.saturated {
+        tracing::warn!(load_cpu_pct = load_cpu, machine_busy_pct = collected.machine_busy_pct, cores, "the machine's CPU was nearly all busy: latency measures the load tool (and anything else running) as much as the server");
+    }
+    server.cpu_pct = collected.cpu_pct();
+    server.cpu_pct_max = collected.resources.iter().map(|p| p.cpu_pct).fold(0.0, f64::max);
+    server.rss_mb = round3(collected.peak_rss_bytes as f64 / 1e6);
+
+    let mut reasons = Vec::new();
+    if poses.lost > 0 {
+        reasons.push(format!("{} poses lost ({} sender→receiver pairs)", poses.lost, poses.pairs_with_loss));
+    }
+    if misrouted > 0 {
+        reasons.push(format!("{misrouted} misrouted"));
+    }
+    if chat.lost > 0 {
+        reasons.push(format!("{} chat deliveries lost", chat.lost));
+    }
+    if error_total > 0 {
+        let kinds: Vec<String> = errors.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+        reasons.push(format!("{error_total} errors ({})", kinds.join(", ")));
+    }
+    if joined < cfg.users() && !interrupted {
+        reasons.push(format!("only {joined} of {} users got into their room", cfg.users()));
+    }
+    if cfg.users_per_room > 1 && joined > 1 && poses.received == 0 {
+        reasons.push("no pose was received at all".into());
+    }
+
+    RunResult {
+        users: cfg.users(),
+        rooms: cfg.rooms,
+        rate_hz: cfg.rate_hz,
+        duration_s: cfg.duration.as_secs_f64(),
+        users_per_room: cfg.users_per_room,
+        ramp_s: round3(cfg.ramp.as_secs_f64()),
+        protocol: cfg.protocol.name().into(),
+        users_joined: joined,
+        latency_ms: collected.e2e.summary_ms(),
+        latency_net_ms: collected.net.summary_ms(),
+        join_ms: join.summary_ms(),
+        auth_ms: auth.summary_ms(),
+        rtt_ms: rtt.summary_ms(),
+        poses_sent,
+        pose_rate_hz,
+        expected: poses.expected,
+        received: poses.received,
+        lost: poses.lost,
+        pairs_with_loss: poses.pairs_with_loss,
+        misrouted,
+        errors: error_total,
+        errors_by_kind: errors,
+        reconnects,
+        down_bytes_per_user_s: per_user_s(bytes_in),
+        up_bytes_per_user_s: per_user_s(bytes_out),
+        chat,
+        anomalies,
+        server,
+        load_tool,
+        interrupted,
+        passed: reasons.is_empty(),
+        failure: reasons.join("; "),
+        timeline: collected.seconds,
+        resources: collected.resources,
+        ..RunResult::default()
+    }
+}

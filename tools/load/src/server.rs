@@ -1,0 +1,267 @@
+//! The server under load: either embedded (started in this process on
+//! 127.0.0.1, any free port) or remote (`--server URL`), and how its CPU and
+//! memory are read.
+//!
+//! The embedded server runs on its own tokio runtime whose threads are named
+//! `plaza-server`, so its CPU time can be told apart from the load tool's by
+//! summing `/proc/self/task/*/stat` over those threads (plus sqlx's SQLite
+//! worker). Memory cannot be split: `rss_mb` is then the whole process's,
+//! load tool included. A remote server's numbers come from its `/metrics`
+//! (`process_cpu_seconds_total`, `process_resident_memory_bytes`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Thread name of the embedded server's runtime.
+pub const SERVER_THREAD: &str = "plaza-server";
+/// Thread name of the load tool's runtime (set by `main`).
+pub const LOAD_THREAD: &str = "plaza-load";
+/// Threads counted as the embedded server's (by their name's start; Linux
+/// keeps 15 characters of a thread's name).
+const SERVER_THREAD_PREFIXES: [&str; 2] = [SERVER_THREAD, "sqlx-sqlite"];
+/// How long the embedded server gets to drain and stop.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+const METRICS_TIMEOUT: Duration = Duration::from_millis(900);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("can't bind 127.0.0.1:0: {0}")]
+    Bind(std::io::Error),
+    #[error("can't start the embedded server's runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("the embedded server did not come up: {0}")]
+    NotUp(String),
+}
+
+/// The embedded server; stopped by [`EmbeddedServer::stop`] (or on drop,
+/// without waiting).
+#[derive(Debug)]
+pub struct EmbeddedServer {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EmbeddedServer {
+    /// Starts `plaza_server::run` with [`plaza_server::ServerConfig::ephemeral`]
+    /// (in-memory SQLite, a random token secret) on its own runtime.
+    pub fn start() -> Result<Self, ServerError> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(ServerError::Bind)?;
+        listener.set_nonblocking(true).map_err(ServerError::Bind)?;
+        let addr = listener.local_addr().map_err(ServerError::Bind)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name(SERVER_THREAD).build().map_err(ServerError::Runtime)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (up_tx, up_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+        let thread = std::thread::Builder::new()
+            .name(SERVER_THREAD.into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = up_tx.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                    let _ = up_tx.send(Ok(()));
+                    let shutdown = async {
+                        let _ = stopped.await;
+                    };
+                    if let Err(e) = plaza_server::run(plaza_server::ServerConfig::ephemeral(), listener, shutdown).await {
+                        tracing::error!(cause = %e, "the embedded server failed");
+                    }
+                });
+                // Sockets the server could not close in time die here.
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(ServerError::Runtime)?;
+        match up_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(EmbeddedServer { addr, stop: Some(stop), thread: Some(thread) }),
+            Ok(Err(e)) => Err(ServerError::NotUp(e)),
+            Err(e) => Err(ServerError::NotUp(e.to_string())),
+        }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Asks the server to stop and waits (at most 10 s) for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let joined = tokio::task::spawn_blocking(move || thread.join());
+            if tokio::time::timeout(STOP_WAIT, joined).await.is_err() {
+                tracing::warn!("the embedded server did not stop within {STOP_WAIT:?}");
+            }
+        }
+    }
+}
+
+impl Drop for EmbeddedServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// CPU time used so far and resident memory, at `at`.
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceSample {
+    pub at: Instant,
+    /// The server's CPU seconds so far.
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    /// This tool's own CPU seconds so far (its `plaza-load` threads), to
+    /// tell when the load generator, not the server, is the bottleneck.
+    pub load_cpu_seconds: f64,
+    /// The whole machine's CPU ticks so far, busy and in all (`/proc/stat`).
+    pub machine_busy_ticks: u64,
+    pub machine_total_ticks: u64,
+}
+
+/// Where the server's CPU and memory come from.
+#[derive(Debug, Clone)]
+pub enum Sampler {
+    /// The embedded server's threads in `/proc/self`.
+    InProcess,
+    /// `GET {base}/metrics`.
+    Remote { http: reqwest::Client, base: String },
+}
+
+impl Sampler {
+    pub async fn sample(&self) -> Option<ResourceSample> {
+        let at = Instant::now();
+        let threads = proc_thread_cpu();
+        let load_cpu_seconds = threads.map_or(0.0, |t| t.load);
+        let (machine_busy_ticks, machine_total_ticks) = std::fs::read_to_string("/proc/stat").ok().and_then(|s| parse_machine_cpu(&s)).unwrap_or((0, 0));
+        match self {
+            Sampler::InProcess => {
+                let threads = threads?;
+                Some(ResourceSample { at, cpu_seconds: threads.server, rss_bytes: proc_rss()?, load_cpu_seconds, machine_busy_ticks, machine_total_ticks })
+            }
+            Sampler::Remote { http, base } => {
+                let text = tokio::time::timeout(METRICS_TIMEOUT, async { http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await })
+                    .await
+                    .ok()?
+                    .ok()?;
+                let (cpu_seconds, rss_bytes) = parse_process_metrics(&text)?;
+                Some(ResourceSample { at, cpu_seconds, rss_bytes, load_cpu_seconds, machine_busy_ticks, machine_total_ticks })
+            }
+        }
+    }
+
+    /// Words for the report: where the numbers come from.
+    pub fn describe(&self) -> String {
+        match self {
+            Sampler::InProcess => "embedded server: CPU of its threads (/proc/self/task); RSS is the whole process, load tool included".into(),
+            Sampler::Remote { base, .. } => format!("{base}/metrics: process_cpu_seconds_total, process_resident_memory_bytes"),
+        }
+    }
+}
+
+/// Linux's clock ticks per second for /proc times (USER_HZ).
+const TICKS_PER_S: f64 = 100.0;
+
+/// (utime + stime in ticks, thread name) from a `/proc/…/stat` line.
+pub fn parse_stat(stat: &str) -> Option<(u64, &str)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?;
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) and stime (15) sit at 11 and 12.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime, name))
+}
+
+/// CPU seconds of this process's threads, by owner.
+#[derive(Debug, Clone, Copy, Default)]
+struct ThreadCpu {
+    /// The embedded server's threads.
+    server: f64,
+    /// The load tool's runtime threads.
+    load: f64,
+}
+
+fn proc_thread_cpu() -> Option<ThreadCpu> {
+    let (mut server, mut load) = (0u64, 0u64);
+    for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Some((ticks, name)) = parse_stat(&stat) else { continue };
+        if SERVER_THREAD_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            server += ticks;
+        } else if name.starts_with(LOAD_THREAD) {
+            load += ticks;
+        }
+    }
+    Some(ThreadCpu { server: server as f64 / TICKS_PER_S, load: load as f64 / TICKS_PER_S })
+}
+
+/// (busy, total) ticks of all CPUs from `/proc/stat`'s `cpu` line.
+pub fn parse_machine_cpu(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let field = |i: usize| v.get(i).copied().unwrap_or(0);
+    let idle = field(3) + field(4);
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6) + field(7);
+    (v.len() >= 4).then_some((busy, busy + idle))
+}
+
+/// The whole process's resident memory.
+fn proc_rss() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// (`process_cpu_seconds_total`, `process_resident_memory_bytes`) from
+/// Prometheus text.
+pub fn parse_process_metrics(text: &str) -> Option<(f64, u64)> {
+    let value = |name: &str| {
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let series = series.trim();
+            (series == name || series.strip_prefix(name).is_some_and(|rest| rest.starts_with('{'))).then(|| value.trim().parse::<f64>().ok()).flatten()
+        })
+    };
+    let cpu = value(plaza_server::metrics::PROCESS_CPU)?;
+    let rss = value(plaza_server::metrics::PROCESS_RSS)?;
+    Some((cpu, rss.max(0.0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_with_spaces_in_the_name_parse() {
+        let line = "4242 (plaza server) S 1 2 3 4 5 6 7 8 9 10 250 30 0 0 20 0 1 0";
+        assert_eq!(parse_stat(line), Some((280, "plaza server")));
+    }
+
+    #[test]
+    fn process_series_are_found_in_prometheus_text() {
+        let text = "# HELP process_cpu_seconds_total CPU\n# TYPE process_cpu_seconds_total gauge\nprocess_cpu_seconds_total 12.5\nprocess_resident_memory_bytes 104857600\nplaza_ws_connections 3\n";
+        assert_eq!(parse_process_metrics(text), Some((12.5, 104_857_600)));
+        assert_eq!(parse_process_metrics("plaza_ws_connections 3\n"), None);
+    }
+
+    #[test]
+    fn machine_cpu_is_busy_over_total() {
+        let stat = "cpu  100 5 50 800 20 3 2 0 0 0\ncpu0 1 2 3 4\n";
+        assert_eq!(parse_machine_cpu(stat), Some((160, 980)));
+        assert_eq!(parse_machine_cpu("intr 1 2\n"), None);
+    }
+
+    #[test]
+    fn this_process_can_be_sampled() {
+        assert!(proc_thread_cpu().is_some());
+        assert!(proc_rss().expect("Linux /proc") > 0);
+    }
+}

@@ -1,0 +1,166 @@
+//! What one simulated user received: who is in its room (avatar id → user,
+//! from the names in `joined` and in deltas' `joined`), the newest pose seen
+//! from each sender, the chats seen, and everything that should not have
+//! arrived (misrouted messages, unknown avatars, its own avatar).
+//!
+//! Pure bookkeeping, no I/O: the network side feeds it decoded messages.
+
+use crate::names::{UserKey, parse_user_name};
+use plaza_shared::messages::{AvatarId, AvatarInfo, ChatMessage, Delta, Joined};
+use std::collections::{HashMap, HashSet};
+
+/// Who an avatar is, from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Ours(UserKey),
+    /// Not one of this run's users (a person, a bot, another run).
+    Foreign,
+}
+
+/// What a receiver saw from one sender.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PairStats {
+    /// The newest `t` received (sender ms); 0 when none.
+    pub max_t: u64,
+    /// Pose entries received with a `t`.
+    pub received: u64,
+}
+
+/// Counts of things that should not happen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Anomalies {
+    /// Poses, chats or avatars of users of another room.
+    pub misrouted: u64,
+    /// The receiver's own avatar in a delta (the server must filter it).
+    pub own_avatar: u64,
+    /// Pose entries for avatar ids never introduced by `joined`.
+    pub unknown_avatar: u64,
+    /// A pose whose `t` was not newer than one already seen from its sender.
+    pub stale: u64,
+    /// Jumps in a sender's `t` larger than the gap threshold: a stream that
+    /// stalled for a while (diagnostic; the poses may still be covered).
+    pub gaps: u64,
+    /// Avatars and chats of users not in this run.
+    pub foreign: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    tag: String,
+    me: UserKey,
+    room_id: Option<String>,
+    you: Option<AvatarId>,
+    avatars: HashMap<AvatarId, Who>,
+    gap_ms: u64,
+    pub from: HashMap<UserKey, PairStats>,
+    pub chats: HashSet<String>,
+    pub anomalies: Anomalies,
+}
+
+impl Tracker {
+    /// `gap_ms`: a sender's `t` jumping by more than this counts a gap.
+    pub fn new(tag: &str, me: UserKey, gap_ms: u64) -> Self {
+        Tracker {
+            tag: tag.to_owned(),
+            me,
+            room_id: None,
+            you: None,
+            avatars: HashMap::new(),
+            gap_ms,
+            from: HashMap::new(),
+            chats: HashSet::new(),
+            anomalies: Anomalies::default(),
+        }
+    }
+
+    pub fn room_id(&self) -> Option<&str> {
+        self.room_id.as_deref()
+    }
+
+    pub fn you(&self) -> Option<AvatarId> {
+        self.you
+    }
+
+    fn classify(&mut self, info: &AvatarInfo) -> Who {
+        if Some(info.id) == self.you {
+            self.anomalies.own_avatar += 1;
+        }
+        match parse_user_name(&self.tag, &info.name) {
+            Some(key) => {
+                if key.room != self.me.room {
+                    self.anomalies.misrouted += 1;
+                }
+                Who::Ours(key)
+            }
+            None => {
+                self.anomalies.foreign += 1;
+                Who::Foreign
+            }
+        }
+    }
+
+    /// The room's full state (after a join or a resume): starts over.
+    pub fn on_joined(&mut self, joined: &Joined) {
+        self.room_id = Some(joined.room.clone());
+        self.you = Some(joined.you);
+        self.avatars.clear();
+        for info in &joined.avatars {
+            let who = self.classify(info);
+            self.avatars.insert(info.id, who);
+        }
+    }
+
+    /// A delta: `left`, then `joined`, then poses. Pushes onto `poses` the
+    /// `(sender, t)` of every pose from a user of this room.
+    pub fn on_delta(&mut self, delta: &Delta, poses: &mut Vec<(UserKey, u64)>) {
+        for id in &delta.left {
+            self.avatars.remove(id);
+        }
+        for info in &delta.joined {
+            let who = self.classify(info);
+            self.avatars.insert(info.id, who);
+        }
+        for pose in &delta.avatars {
+            if Some(pose.id) == self.you {
+                self.anomalies.own_avatar += 1;
+                continue;
+            }
+            let key = match self.avatars.get(&pose.id) {
+                None => {
+                    self.anomalies.unknown_avatar += 1;
+                    continue;
+                }
+                Some(Who::Foreign) => continue,
+                Some(Who::Ours(key)) if key.room != self.me.room => {
+                    self.anomalies.misrouted += 1;
+                    continue;
+                }
+                Some(Who::Ours(key)) => *key,
+            };
+            let Some(t) = pose.t else { continue };
+            let stats = self.from.entry(key).or_default();
+            if t <= stats.max_t {
+                self.anomalies.stale += 1;
+                continue;
+            }
+            if stats.max_t > 0 && t - stats.max_t > self.gap_ms {
+                self.anomalies.gaps += 1;
+            }
+            stats.max_t = t;
+            stats.received += 1;
+            poses.push((key, t));
+        }
+    }
+
+    /// A chat broadcast. Chats of this room are remembered by their id.
+    pub fn on_chat(&mut self, chat: &ChatMessage) {
+        match parse_user_name(&self.tag, &chat.name) {
+            None => self.anomalies.foreign += 1,
+            Some(key) if key.room != self.me.room => self.anomalies.misrouted += 1,
+            Some(_) if self.room_id.as_deref().is_some_and(|room| room != chat.room) => self.anomalies.misrouted += 1,
+            Some(_) => {
+                self.chats.insert(chat.id.clone());
+            }
+        }
+    }
+}

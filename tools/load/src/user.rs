@@ -1,0 +1,705 @@
+//! One simulated user: signs in as a guest, opens a WebSocket, says hello,
+//! joins its room, then walks (a pose at `--rate` Hz), pings every few
+//! seconds and chats now and then, reading everything the server sends,
+//! until the run tells it to stop sending and then to close. A connection
+//! that ends without our close is counted as an error and resumed (at most
+//! [`MAX_RECONNECTS`] times).
+//!
+//! Every wait is bounded: HTTP and connects time out, sends time out, and
+//! the main loop ends on the run's phase.
+
+use crate::collect::{BATCH_EVERY, BATCH_MAX, Batch, Counters};
+use crate::delivery::{ReceiverLog, SenderLog, SentChat};
+use crate::names::UserKey;
+use crate::rng::SplitMix;
+use crate::tickphase::{TickPhase, split};
+use crate::track::{Anomalies, Tracker};
+use futures_util::{SinkExt, StreamExt};
+use plaza_shared::codec::Subprotocol;
+use plaza_shared::limits::{PROTOCOL_VERSION, TICK_HZ};
+use plaza_shared::messages::*;
+use plaza_shared::pose::Pose;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+pub const MAX_RECONNECTS: u64 = 5;
+const LOGIN_ATTEMPTS: u32 = 3;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Poses sent this close to the end of a connection that died are not
+/// expected anywhere; the same margin is kept before a receiver stops
+/// listening.
+pub const GRACE_MS: u64 = 200;
+
+/// Where the run is; users follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Connect, send and receive.
+    Run,
+    /// Stop sending (poses, pings, chats); keep reading.
+    Stop,
+    /// Close the socket cleanly and finish.
+    Close,
+}
+
+/// Each room's tick grid, learnt from every member's arrivals.
+#[derive(Debug)]
+pub struct RoomClocks {
+    rooms: Vec<Mutex<Option<TickPhase>>>,
+}
+
+impl RoomClocks {
+    pub fn new(rooms: u32) -> Self {
+        RoomClocks { rooms: (0..rooms).map(|_| Mutex::new(None)).collect() }
+    }
+
+    /// Notes a delta of `room` arriving at `arrival_us` and returns the
+    /// room's tick phase, once known.
+    fn observe(&self, room: u32, arrival_us: u64, period_us: u64) -> Option<u64> {
+        let slot = self.rooms.get(room.checked_sub(1)? as usize)?;
+        let mut clock = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let clock = clock.get_or_insert_with(|| TickPhase::new(period_us));
+        clock.observe(arrival_us);
+        clock.phase_us()
+    }
+}
+
+/// What every user shares.
+#[derive(Debug)]
+pub struct Env {
+    pub http: reqwest::Client,
+    /// `http://host:port`
+    pub base: String,
+    /// `ws://host:port/ws`
+    pub ws_url: String,
+    pub protocol: Subprotocol,
+    pub rate_hz: f64,
+    /// `None`: never chat.
+    pub chat_every: Option<Duration>,
+    pub ping_every: Duration,
+    pub tag: String,
+    pub epoch: Instant,
+    pub counters: Arc<Counters>,
+    pub clocks: RoomClocks,
+    /// A sender's `t` jumping by more than this counts as a gap.
+    pub gap_ms: u64,
+}
+
+/// One user's part in the run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub key: UserKey,
+    pub name: String,
+    /// Room name or id to join.
+    pub room: String,
+    pub start: Instant,
+    pub seed: u64,
+}
+
+/// Everything a user measured, handed back when it is done.
+#[derive(Debug, Clone, Default)]
+pub struct UserReport {
+    pub key: Option<UserKey>,
+    pub auth_us: Vec<u64>,
+    pub join_us: Vec<u64>,
+    pub rtt_us: Vec<u64>,
+    pub errors: BTreeMap<String, u64>,
+    pub reconnects: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub msgs_in: u64,
+    /// Time spent in the room, µs.
+    pub in_room_us: u64,
+    pub sender: SenderLog,
+    pub receiver: ReceiverLog,
+    pub anomalies: Anomalies,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+struct TokenPair {
+    access_token: String,
+    refresh_token: String,
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum End {
+    /// We closed it at the end of the run.
+    Done,
+    /// It ended without our close: try again, resuming this session.
+    Lost { resume: Option<String>, relogin: bool },
+    /// It can't work (the room is full or gone): stop.
+    Fatal,
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// A walk around a circle at about 1.4 m/s, facing where it goes.
+#[derive(Debug, Clone, Copy)]
+struct Walk {
+    center: [f32; 2],
+    radius: f32,
+    /// Radians per second, signed (direction).
+    omega: f32,
+    start: f32,
+}
+
+impl Walk {
+    fn new(key: UserKey, rng: &mut SplitMix) -> Self {
+        let slot = key.user.saturating_sub(1);
+        let center = [(slot % 8) as f32 * 6.0 - 21.0, (slot / 8 % 25) as f32 * 6.0 - 21.0];
+        let radius = rng.range(1.5, 5.0) as f32;
+        let speed = rng.range(1.0, 1.8) as f32;
+        let direction = if rng.unit() < 0.5 { -1.0 } else { 1.0 };
+        Walk { center, radius, omega: direction * speed / radius, start: rng.range(0.0, std::f64::consts::TAU) as f32 }
+    }
+
+    fn pose(&self, seconds: f64) -> Pose {
+        let angle = self.start + self.omega * seconds as f32;
+        let (sin, cos) = angle.sin_cos();
+        let p = [self.center[0] + self.radius * cos, 0.0, self.center[1] + self.radius * sin];
+        // Velocity direction; yaw turns +z towards it about +y.
+        let (vx, vz) = (-sin * self.omega.signum(), cos * self.omega.signum());
+        let yaw = vx.atan2(vz);
+        let (s, c) = (yaw / 2.0).sin_cos();
+        Pose { p, r: [0.0, s, 0.0, c], head: None, hands: None }
+    }
+}
+
+struct User {
+    plan: Plan,
+    env: Arc<Env>,
+    phase: watch::Receiver<Phase>,
+    samples: mpsc::Sender<Batch>,
+    rng: SplitMix,
+    walk: Walk,
+    tokens: Option<TokenPair>,
+    session: Option<String>,
+    tracker: Tracker,
+    report: UserReport,
+    batch: Batch,
+    poses_buf: Vec<(UserKey, u64)>,
+    last_t: u64,
+    chat_seq: u64,
+    period_us: u64,
+    stopped_sending_ms: Option<u64>,
+    /// When the last connection ended (or we started closing it), ms.
+    conn_end_ms: u64,
+    in_room_since: Option<Instant>,
+    /// Smoothed ping round trip, µs (`t` has ms resolution, so it is
+    /// about 0.5 ms high).
+    rtt_ewma_us: u64,
+}
+
+/// Runs one user to the end of the run and returns what it measured.
+pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, samples: mpsc::Sender<Batch>) -> UserReport {
+    let mut rng = SplitMix::new(plan.seed);
+    let walk = Walk::new(plan.key, &mut rng);
+    let gap_ms = env.gap_ms;
+    let mut user = User {
+        tracker: Tracker::new(&env.tag, plan.key, gap_ms),
+        report: UserReport { key: Some(plan.key), ..UserReport::default() },
+        plan,
+        env,
+        phase,
+        samples,
+        rng,
+        walk,
+        tokens: None,
+        session: None,
+        batch: Batch::default(),
+        poses_buf: Vec::new(),
+        last_t: 0,
+        chat_seq: 0,
+        period_us: 1_000_000 / u64::from(TICK_HZ),
+        stopped_sending_ms: None,
+        conn_end_ms: 0,
+        in_room_since: None,
+        rtt_ewma_us: 1_000,
+    };
+    user.life().await;
+    user.finish().await
+}
+
+impl User {
+    fn phase_now(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    fn error(&mut self, kind: impl Into<String>) {
+        let kind = kind.into();
+        tracing::debug!(user = %self.plan.name, %kind, "error");
+        *self.report.errors.entry(kind).or_default() += 1;
+        Counters::add(&self.env.counters.errors, 1);
+    }
+
+    async fn life(&mut self) {
+        let mut phase = self.phase.clone();
+        tokio::select! {
+            _ = tokio::time::sleep_until(self.plan.start) => {}
+            _ = phase.wait_for(|p| *p != Phase::Run) => return,
+        }
+        let mut resume = None;
+        let mut relogin = true;
+        loop {
+            if relogin && !self.login().await {
+                return;
+            }
+            let end = self.connection(resume.take()).await;
+            self.left_room();
+            if matches!(end, End::Lost { .. }) {
+                // (Our own close noted its start already.)
+                self.conn_end_ms = unix_us() / 1000;
+            }
+            match end {
+                End::Done | End::Fatal => return,
+                End::Lost { resume: session, relogin: again } => {
+                    if self.phase_now() != Phase::Run || self.report.reconnects >= MAX_RECONNECTS {
+                        return;
+                    }
+                    self.report.reconnects += 1;
+                    Counters::add(&self.env.counters.reconnects, 1);
+                    let backoff = Duration::from_millis(250 * self.report.reconnects);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = phase.wait_for(|p| *p != Phase::Run) => return,
+                    }
+                    resume = session;
+                    relogin = again;
+                }
+            }
+        }
+    }
+
+    async fn post(&self, path: &str, body: serde_json::Value) -> Result<TokenPair, String> {
+        let url = format!("{}{path}", self.env.base);
+        let response = self.env.http.post(&url).json(&body).send().await.map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("{url} answered {status}"));
+        }
+        response.json().await.map_err(|e| format!("{url}: {e}"))
+    }
+
+    /// Signs in as a guest (a few tries); false when it never worked or the
+    /// run ended meanwhile.
+    async fn login(&mut self) -> bool {
+        let mut phase = self.phase.clone();
+        for attempt in 1..=LOGIN_ATTEMPTS {
+            let started = Instant::now();
+            let body = serde_json::json!({ "name": self.plan.name });
+            let result = tokio::select! {
+                r = self.post("/api/v1/auth/guest", body) => r,
+                _ = phase.wait_for(|p| *p != Phase::Run) => return false,
+            };
+            match result {
+                Ok(pair) => {
+                    self.report.auth_us.push(started.elapsed().as_micros() as u64);
+                    self.tokens = Some(pair);
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(user = %self.plan.name, cause = %e, "guest login failed");
+                    self.error("login");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(300 * u64::from(attempt))) => {}
+                        _ = phase.wait_for(|p| *p != Phase::Run) => return false,
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    async fn open(&self) -> Result<Ws, String> {
+        let url = &self.env.ws_url;
+        let mut request = url.as_str().into_client_request().map_err(|e| format!("{url}: {e}"))?;
+        let protocol = self.env.protocol.name();
+        request.headers_mut().insert("sec-websocket-protocol", protocol.parse().map_err(|_| "bad subprotocol header".to_owned())?);
+        // No Nagle: poses are small and latency is what we measure.
+        let (ws, response) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_with_config(request, None, true))
+            .await
+            .map_err(|_| format!("{url}: no answer within {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| format!("{url}: {e}"))?;
+        let chosen = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
+        if chosen != Some(protocol) {
+            return Err(format!("{url}: the server chose subprotocol {chosen:?}, not {protocol}"));
+        }
+        Ok(ws)
+    }
+
+    async fn send(&mut self, ws: &mut Ws, msg: &ClientMessage) -> Result<(), ()> {
+        let frame = match self.env.protocol {
+            Subprotocol::Binary => Message::Binary(plaza_shared::codec::binary::encode_client(msg).into()),
+            Subprotocol::Json => Message::Text(plaza_shared::codec::json::encode(msg).into()),
+        };
+        self.report.bytes_out += frame.len() as u64;
+        match tokio::time::timeout(SEND_TIMEOUT, ws.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    /// One socket: hello (resuming when it can), join, then the relay.
+    async fn connection(&mut self, resume: Option<String>) -> End {
+        let lost = |resume: Option<String>| End::Lost { resume, relogin: false };
+        let mut phase = self.phase.clone();
+        let opened = tokio::select! {
+            r = self.open() => r,
+            _ = phase.wait_for(|p| *p == Phase::Close) => return End::Done,
+        };
+        let mut ws = match opened {
+            Ok(ws) => ws,
+            Err(e) => {
+                tracing::warn!(user = %self.plan.name, cause = %e, "WebSocket connect failed");
+                self.error("connect");
+                return lost(resume);
+            }
+        };
+        let token = self.tokens.as_ref().map(|t| t.access_token.clone()).unwrap_or_default();
+        let hello = ClientMessage::Hello(Hello { token, protocol: PROTOCOL_VERSION, resume: resume.clone() });
+        if self.send(&mut ws, &hello).await.is_err() {
+            self.error("send");
+            return lost(resume);
+        }
+        let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, self.welcome(&mut ws)).await {
+            Ok(Ok(welcome)) => welcome,
+            Ok(Err(end)) => return end,
+            Err(_) => {
+                self.error("welcome_timeout");
+                return lost(resume);
+            }
+        };
+        if welcome.tick_hz > 0 {
+            self.period_us = 1_000_000 / u64::from(welcome.tick_hz);
+        }
+        let resumed = resume.as_deref() == Some(welcome.session.as_str());
+        self.session = Some(welcome.session);
+        let mut join_sent = None;
+        if !resumed {
+            let join = ClientMessage::Join(Join { room: self.plan.room.clone() });
+            join_sent = Some(Instant::now());
+            if self.send(&mut ws, &join).await.is_err() {
+                self.error("send");
+                return lost(self.session.clone());
+            }
+        }
+        self.relay(ws, join_sent).await
+    }
+
+    /// Reads up to the welcome.
+    async fn welcome(&mut self, ws: &mut Ws) -> Result<Welcome, End> {
+        loop {
+            let frame = ws.next().await;
+            match self.read(frame) {
+                Read::Message(ServerMessage::Welcome(w)) => return Ok(w),
+                Read::Message(ServerMessage::Error(e)) => self.error(format!("server_{}", e.code.as_str())),
+                Read::Message(_) | Read::Skip => {}
+                Read::End(end) => return Err(end),
+            }
+        }
+    }
+
+    /// A frame, decoded; counts bytes and the ways a socket ends.
+    fn read(&mut self, frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Read {
+        let bytes: &[u8] = match &frame {
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Text(t))) => t.as_bytes(),
+            Some(Ok(Message::Close(close))) => {
+                let code = close.as_ref().map_or(1005, |c| u16::from(c.code));
+                tracing::info!(user = %self.plan.name, code, "the server closed the socket");
+                self.error(format!("closed_{code}"));
+                return Read::End(End::Lost { resume: self.session.clone(), relogin: code == plaza_shared::limits::close::BAD_TOKEN });
+            }
+            Some(Ok(_)) => return Read::Skip,
+            Some(Err(e)) => {
+                tracing::info!(user = %self.plan.name, cause = %e, "the socket failed");
+                self.error("dropped");
+                return Read::End(End::Lost { resume: self.session.clone(), relogin: false });
+            }
+            None => {
+                self.error("dropped");
+                return Read::End(End::Lost { resume: self.session.clone(), relogin: false });
+            }
+        };
+        self.report.bytes_in += bytes.len() as u64;
+        self.report.msgs_in += 1;
+        Counters::add(&self.env.counters.bytes_in, bytes.len() as u64);
+        Counters::add(&self.env.counters.msgs_in, 1);
+        match self.env.protocol.decode_server(bytes) {
+            Ok(msg) => Read::Message(msg),
+            Err(e) => {
+                tracing::warn!(user = %self.plan.name, cause = %e, "undecodable message");
+                self.error("decode");
+                Read::Skip
+            }
+        }
+    }
+
+    fn entered_room(&mut self) {
+        if self.in_room_since.is_none() {
+            self.in_room_since = Some(Instant::now());
+            Counters::add(&self.env.counters.in_room, 1);
+        }
+    }
+
+    fn left_room(&mut self) {
+        if let Some(since) = self.in_room_since.take() {
+            self.report.in_room_us += since.elapsed().as_micros() as u64;
+            self.env.counters.in_room.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn stop_sending(&mut self) {
+        self.stopped_sending_ms.get_or_insert(unix_us() / 1000);
+    }
+
+    async fn relay(&mut self, mut ws: Ws, mut join_sent: Option<Instant>) -> End {
+        let pose_every = Duration::from_secs_f64(1.0 / self.env.rate_hz);
+        // A random phase, as real clients have: not in step with the ramp
+        // or the room's tick.
+        let mut poses = tokio::time::interval_at(Instant::now() + pose_every.mul_f64(self.rng.unit()), pose_every);
+        poses.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ping_every = self.env.ping_every;
+        let mut pings = tokio::time::interval_at(Instant::now() + ping_every.mul_f64(self.rng.unit()), ping_every);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let chat_every = self.env.chat_every;
+        let mut next_chat = Instant::now() + chat_every.unwrap_or(Duration::ZERO).mul_f64(self.rng.unit());
+        let mut flush = tokio::time::interval(BATCH_EVERY);
+        let join_deadline = Instant::now() + JOIN_TIMEOUT;
+        loop {
+            let sending = self.phase_now() == Phase::Run;
+            let in_room = self.in_room_since.is_some();
+            tokio::select! {
+                biased;
+                changed = self.phase.changed() => {
+                    let phase = if changed.is_err() { Phase::Close } else { *self.phase.borrow_and_update() };
+                    match phase {
+                        Phase::Run => {}
+                        Phase::Stop => self.stop_sending(),
+                        Phase::Close => {
+                            self.stop_sending();
+                            return self.close(ws).await;
+                        }
+                    }
+                }
+                frame = ws.next() => {
+                    let now_us = unix_us();
+                    let msg = match self.read(frame) {
+                        Read::Message(msg) => msg,
+                        Read::Skip => continue,
+                        Read::End(end) => return end,
+                    };
+                    match msg {
+                        ServerMessage::Delta(d) => self.on_delta(&d, now_us).await,
+                        ServerMessage::Joined(j) => {
+                            self.tracker.on_joined(&j);
+                            if let Some(sent) = join_sent.take() {
+                                self.report.join_us.push(sent.elapsed().as_micros() as u64);
+                            }
+                            self.report.receiver.from_ms.get_or_insert(now_us / 1000);
+                            self.entered_room();
+                        }
+                        ServerMessage::Chat(c) => self.tracker.on_chat(&c),
+                        ServerMessage::ChatAck(ack) => {
+                            if let Some(chat) = self.report.sender.chats.iter_mut().rev().find(|c| c.id == ack.id) {
+                                chat.acked_ms.get_or_insert(now_us / 1000);
+                            }
+                        }
+                        ServerMessage::Pong(p) => {
+                            let rtt = now_us.saturating_sub(p.t.saturating_mul(1000));
+                            self.report.rtt_us.push(rtt);
+                            self.rtt_ewma_us = (self.rtt_ewma_us * 4 + rtt) / 5;
+                        }
+                        ServerMessage::TokenExpiring(_) => {
+                            if self.refresh(&mut ws).await.is_err() {
+                                self.error("refresh");
+                            }
+                        }
+                        ServerMessage::Error(e) => {
+                            self.error(format!("server_{}", e.code.as_str()));
+                            if !in_room && matches!(e.code, ErrorCode::RoomFull | ErrorCode::RoomNotFound) {
+                                tracing::warn!(user = %self.plan.name, room = %self.plan.room, message = %e.message, "join refused");
+                                self.stop_sending();
+                                let _ = self.close(ws).await;
+                                return End::Fatal;
+                            }
+                        }
+                        ServerMessage::Welcome(_) | ServerMessage::Voice(_) => {}
+                    }
+                }
+                _ = tokio::time::sleep_until(join_deadline), if !in_room => {
+                    self.error("join_timeout");
+                    let _ = self.close(ws).await;
+                    return End::Lost { resume: None, relogin: false };
+                }
+                _ = poses.tick(), if sending && in_room => {
+                    if self.send_pose(&mut ws).await.is_err() {
+                        self.error("send");
+                        return End::Lost { resume: self.session.clone(), relogin: false };
+                    }
+                }
+                _ = pings.tick(), if sending => {
+                    let ping = ClientMessage::Ping(Ping { t: unix_us() / 1000 });
+                    if self.send(&mut ws, &ping).await.is_err() {
+                        self.error("send");
+                        return End::Lost { resume: self.session.clone(), relogin: false };
+                    }
+                }
+                _ = tokio::time::sleep_until(next_chat), if sending && in_room && chat_every.is_some() => {
+                    next_chat = Instant::now() + chat_every.unwrap_or(Duration::ZERO).mul_f64(self.rng.range(2.0 / 3.0, 4.0 / 3.0));
+                    if self.send_chat(&mut ws).await.is_err() {
+                        self.error("send");
+                        return End::Lost { resume: self.session.clone(), relogin: false };
+                    }
+                }
+                _ = flush.tick() => self.flush().await,
+            }
+        }
+    }
+
+    async fn send_pose(&mut self, ws: &mut Ws) -> Result<(), ()> {
+        // `t` strictly increases, so a receiver's newest `t` names one pose.
+        let t = (unix_us() / 1000).max(self.last_t + 1);
+        let pose = self.walk.pose(self.env.epoch.elapsed().as_secs_f64());
+        self.send(ws, &ClientMessage::Pose(PoseUpdate { t, pose })).await?;
+        self.last_t = t;
+        self.report.sender.poses.push(t);
+        Counters::add(&self.env.counters.poses_sent, 1);
+        Ok(())
+    }
+
+    async fn send_chat(&mut self, ws: &mut Ws) -> Result<(), ()> {
+        self.chat_seq += 1;
+        let id = format!("{}-c{}", self.plan.name, self.chat_seq);
+        let text = format!("hello from {} (#{})", self.plan.name, self.chat_seq);
+        let sent_ms = unix_us() / 1000;
+        self.send(ws, &ClientMessage::Chat(ChatSend { id: id.clone(), text })).await?;
+        self.report.sender.chats.push(SentChat { id, sent_ms, acked_ms: None });
+        Ok(())
+    }
+
+    /// `token_expiring`: a new pair over HTTP, then `refresh` on the socket.
+    async fn refresh(&mut self, ws: &mut Ws) -> Result<(), ()> {
+        let refresh_token = self.tokens.as_ref().map(|t| t.refresh_token.clone()).ok_or(())?;
+        let pair = self.post("/api/v1/auth/refresh", serde_json::json!({ "refresh_token": refresh_token })).await.map_err(|e| {
+            tracing::warn!(user = %self.plan.name, cause = %e, "refresh failed");
+        })?;
+        let token = pair.access_token.clone();
+        self.tokens = Some(pair);
+        self.send(ws, &ClientMessage::Refresh(Refresh { token })).await
+    }
+
+    async fn on_delta(&mut self, delta: &Delta, now_us: u64) {
+        let mut poses = std::mem::take(&mut self.poses_buf);
+        poses.clear();
+        self.tracker.on_delta(delta, &mut poses);
+        let phase = self.env.clocks.observe(self.plan.key.room, now_us, self.period_us);
+        if !poses.is_empty() {
+            let second = self.env.epoch.elapsed().as_secs() as u32;
+            if second != self.batch.second && !self.batch.is_empty() {
+                self.flush().await;
+            }
+            self.batch.second = second;
+            for &(_, t) in &poses {
+                self.batch.e2e_us.push(clamp_u32(now_us.saturating_sub(t.saturating_mul(1000))));
+            }
+            if let (Some(phase), Some(newest)) = (phase, poses.iter().map(|&(_, t)| t).max()) {
+                // A pose reaches the room in about half a round trip.
+                let margin_us = 1_000 + self.rtt_ewma_us / 2;
+                let net = clamp_u32(split(now_us, newest, phase, self.period_us, margin_us).net_us);
+                self.batch.net_us.extend(std::iter::repeat_n(net, poses.len()));
+            }
+            if self.batch.len() >= BATCH_MAX {
+                self.flush().await;
+            }
+        }
+        self.poses_buf = poses;
+    }
+
+    async fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        // Bounded: a collector that stopped (it never does before us) drops it.
+        let _ = tokio::time::timeout(SEND_TIMEOUT, self.samples.send(batch)).await;
+    }
+
+    /// Our goodbye: a close frame, then reading until the server's (bounded).
+    async fn close(&mut self, mut ws: Ws) -> End {
+        self.conn_end_ms = unix_us() / 1000;
+        self.left_room();
+        let frame = CloseFrame { code: CloseCode::Normal, reason: "load run over".into() };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(Ok(frame)) = ws.next().await {
+                if matches!(frame, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+        End::Done
+    }
+
+    async fn finish(mut self) -> UserReport {
+        self.flush().await;
+        self.left_room();
+        let end = if self.conn_end_ms == 0 { unix_us() / 1000 } else { self.conn_end_ms };
+        let mut report = std::mem::take(&mut self.report);
+        report.sender.key = Some(self.plan.key);
+        report.sender.until_ms = self.stopped_sending_ms.unwrap_or(u64::MAX).min(end.saturating_sub(GRACE_MS));
+        report.receiver.key = Some(self.plan.key);
+        report.receiver.until_ms = end.saturating_sub(GRACE_MS);
+        report.receiver.seen = std::mem::take(&mut self.tracker.from);
+        report.receiver.chats = std::mem::take(&mut self.tracker.chats);
+        report.anomalies = self.tracker.anomalies;
+        report
+    }
+}
+
+enum Read {
+    Message(ServerMessage),
+    Skip,
+    End(End),
+}
+
+fn clamp_u32(v: u64) -> u32 {
+    v.min(u64::from(u32::MAX)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walkers_move_smoothly_and_face_where_they_go() {
+        let mut rng = SplitMix::new(3);
+        let walk = Walk::new(UserKey { room: 1, user: 9 }, &mut rng);
+        let a = walk.pose(10.0);
+        let b = walk.pose(10.05);
+        let step = ((b.p[0] - a.p[0]).powi(2) + (b.p[2] - a.p[2]).powi(2)).sqrt();
+        assert!((0.03..0.12).contains(&step), "{step} m in 50 ms");
+        assert!(a.validate().is_ok());
+        // Facing: +z turned by the yaw points along the step.
+        let yaw = 2.0 * a.r[1].atan2(a.r[3]);
+        let forward = [yaw.sin(), yaw.cos()];
+        let dot = (forward[0] * (b.p[0] - a.p[0]) + forward[1] * (b.p[2] - a.p[2])) / step;
+        assert!(dot > 0.95, "{dot}");
+    }
+}

@@ -1,0 +1,133 @@
+//! The CI scenario: the real binary, a tiny load against the embedded
+//! server, and what it must report. No timing assertions: latency numbers
+//! are only checked to exist.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn out_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("plaza-load-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn load() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_plaza-load"))
+}
+
+const CONTRACT_KEYS: [&str; 16] = [
+    "users",
+    "rooms",
+    "rate_hz",
+    "duration_s",
+    "latency_ms",
+    "join_ms",
+    "auth_ms",
+    "expected",
+    "received",
+    "lost",
+    "misrouted",
+    "errors",
+    "reconnects",
+    "down_bytes_per_user_s",
+    "server",
+    "chat",
+];
+
+fn run_scenario(name: &str, protocol: &str) -> (serde_json::Value, PathBuf, std::process::Output) {
+    let out = out_dir(name);
+    let output = load()
+        .args(["run", "--rooms", "2", "--users-per-room", "5", "--rate", "10", "--duration", "3", "--ramp", "0.5", "--chat-every", "1", "--quiet"])
+        .args(["--protocol", protocol])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("plaza-load runs");
+    let json = std::fs::read_to_string(out.join("result.json")).unwrap_or_else(|e| {
+        panic!("no result.json ({e}); stderr:\n{}", String::from_utf8_lossy(&output.stderr));
+    });
+    (serde_json::from_str(&json).expect("result.json is JSON"), out, output)
+}
+
+fn check(name: &str, protocol: &str) {
+    let (r, out, output) = run_scenario(name, protocol);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "exit {:?}; stderr:\n{stderr}\nresult: {r:#}", output.status.code());
+    for key in CONTRACT_KEYS {
+        assert!(r.get(key).is_some(), "result.json lacks {key}");
+    }
+    for key in ["p50", "p95", "p99", "max"] {
+        assert!(r["latency_ms"][key].is_number(), "latency_ms.{key}");
+    }
+    for key in ["p50", "p99"] {
+        assert!(r["join_ms"][key].is_number(), "join_ms.{key}");
+        assert!(r["auth_ms"][key].is_number(), "auth_ms.{key}");
+    }
+    assert!(r["server"]["cpu_pct"].is_number() && r["server"]["rss_mb"].is_number());
+    assert_eq!(r["users"], 10);
+    assert_eq!(r["rooms"], 2);
+    assert_eq!(r["users_joined"], 10);
+    assert_eq!(r["lost"], 0, "{r:#}");
+    assert_eq!(r["misrouted"], 0, "{r:#}");
+    assert_eq!(r["errors"], 0, "{r:#}");
+    assert_eq!(r["chat"]["lost"], 0, "{r:#}");
+    let received = r["received"].as_u64().unwrap();
+    let expected = r["expected"].as_u64().unwrap();
+    assert!(received > 0, "{r:#}");
+    assert!(expected > 0, "{r:#}");
+    assert!(r["latency_ms"]["count"].as_u64().unwrap() > 0);
+    assert!(r["join_ms"]["count"].as_u64().unwrap() == 10);
+    assert!(r["chat"]["acked"].as_u64().unwrap() > 0, "chats every second for 3 s: {r:#}");
+    assert!(r["down_bytes_per_user_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(r["server"]["in_process"], true);
+    assert_eq!(r["passed"], true);
+    let html = std::fs::read_to_string(out.join("report.html")).expect("report.html");
+    assert!(html.contains("<svg"), "the report has charts");
+    assert!(!html.contains("<script") && !html.contains("http-equiv"), "self-contained, no scripts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("lost 0 misrouted 0"), "{stdout}");
+}
+
+#[test]
+fn a_short_binary_run_delivers_everything() {
+    check("bin", "bin");
+}
+
+#[test]
+fn a_short_json_run_delivers_everything() {
+    check("json", "json");
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_line() {
+    for args in [
+        vec!["run", "--rooms", "0", "--users-per-room", "5", "--rate", "10", "--duration", "3"],
+        vec!["run", "--rooms", "1", "--users-per-room", "201", "--rate", "10", "--duration", "3"],
+        vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "31", "--duration", "3"],
+        vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "0"],
+        vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "3", "--protocol", "xml"],
+        vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "3", "--server", "ftp://x"],
+        vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "3", "--ramp", "3"],
+    ] {
+        let output = load().args(&args).output().expect("plaza-load runs");
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.lines().next().is_some_and(|l| l.starts_with("error:")), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn an_unreachable_server_fails_cleanly() {
+    // A port nobody listens on (bound, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = out_dir("unreachable");
+    let output = load()
+        .args(["run", "--rooms", "1", "--users-per-room", "1", "--rate", "1", "--duration", "1", "--quiet", "--server"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("plaza-load runs");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/health"));
+}
