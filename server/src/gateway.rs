@@ -475,6 +475,7 @@ impl Session {
                         state.directory.remember(self.id.clone(), room, seat).await;
                     }
                     Err(JoinError::Full { capacity }) => Self::error(link, ErrorCode::RoomFull, format!("the room is full ({capacity} members)")).await,
+                    Err(e @ JoinError::Busy) => Self::error(link, ErrorCode::Internal, e.to_string()).await,
                     Err(e) => Self::error(link, ErrorCode::RoomNotFound, e.to_string()).await,
                 }
             }

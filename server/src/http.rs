@@ -168,7 +168,10 @@ async fn create_room(State(state): State<AppState>, headers: HeaderMap, body: ax
         .directory
         .create(&req.name, capacity)
         .await
-        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
+        .map_err(|e| match e {
+            crate::rooms::JoinError::NameTaken { .. } => ApiError(StatusCode::CONFLICT, "room_exists", format!("{e}; join it by name or id, or pick another name")),
+            e => ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        })?;
     Ok((StatusCode::CREATED, Json(json!({"id": &*room.id, "name": &*room.name, "users": 0, "capacity": room.capacity}))))
 }
 

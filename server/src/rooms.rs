@@ -64,6 +64,10 @@ pub enum JoinError {
     Closed,
     #[error("rooms can't be created right now (the store is unavailable)")]
     Unavailable,
+    #[error("a room named that exists already (id {id})")]
+    NameTaken { id: String },
+    #[error("the room's state couldn't be queued to this connection (it isn't reading); reconnect")]
+    Busy,
 }
 
 /// Who is joining or resuming: the user, its session and this socket's
@@ -245,7 +249,7 @@ impl Room {
                 // The room sends `joined` itself, so it is queued before any
                 // delta that mentions the newcomer.
                 if link.outbound.try_send(Outbound::Message(self.full_state(id))).is_err() {
-                    let _ = reply.send(Err(JoinError::Closed)); // the socket is gone or not reading
+                    let _ = reply.send(Err(JoinError::Busy)); // the socket is gone or not reading
                     return;
                 }
                 let seat = Arc::new(());
@@ -512,6 +516,12 @@ impl Directory {
                         let _ = reply.send(result);
                     }
                     DirectoryCommand::Create { name, capacity, reply } => {
+                        // Names find rooms: two rooms with one name would
+                        // leave the second reachable only by id.
+                        if let Some(id) = by_name.get(name.as_str()) {
+                            let _ = reply.send(Err(JoinError::NameTaken { id: id.to_string() }));
+                            continue;
+                        }
                         let result = create_room(name, capacity).await;
                         if let Ok(handle) = &result {
                             by_name.entry(handle.name.clone()).or_insert_with(|| handle.id.clone());

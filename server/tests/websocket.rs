@@ -142,12 +142,19 @@ async fn a_full_room_says_room_full() {
     let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_str().unwrap().to_owned();
     let (_first, _) = server.member("First", Subprotocol::Json, &id).await;
     let (mut second, _) = server.client("Second", Subprotocol::Json).await;
-    second.send(&ClientMessage::Join(Join { room: id })).await;
+    second.send(&ClientMessage::Join(Join { room: id.clone() })).await;
     let ServerMessage::Error(e) = second.recv().await else { panic!("error expected") };
     assert_eq!(e.code, ErrorCode::RoomFull);
     // Without a token, creating a room is 401.
     let (status, _, _) = server.http("POST", "/api/v1/rooms", r#"{"name":"x"}"#, &[]).await;
     assert_eq!(status, 401);
+    // A second room with the same name would be unreachable by name: 409,
+    // naming the one that exists.
+    let (status, _, body) = server
+        .http("POST", "/api/v1/rooms", r#"{"name":"tiny","capacity":5}"#, &[("authorization", &format!("Bearer {token}"))])
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("room_exists") && body.contains(&id), "{body}");
 }
 
 #[tokio::test]
