@@ -124,6 +124,7 @@ fn camera_position(camera: &Query<&Transform, With<MainCamera>>) -> Option<Vec3>
 
 /// Entities are positioned by their own transform (avatars are
 /// roots), so no propagated transform is needed.
+#[allow(clippy::too_many_arguments)]
 fn select_levels(
     config: Res<LodConfig>,
     quality: Res<ActiveQuality>,
@@ -131,16 +132,20 @@ fn select_levels(
     mut things: Query<(Entity, &Transform, &mut Lod, Has<LodAvatar>)>,
     mut counts: ResMut<LodCounts>,
     mut full: Local<Vec<(f32, Entity)>>,
+    // Per-thread: full-detail candidates and avatars per level.
+    mut locals: Local<bevy::utils::Parallel<(Vec<(f32, Entity)>, [u32; 5])>>,
 ) {
     let Some(eye) = camera_position(&camera) else { return };
-    let bias = quality.lod_bias();
     let view = quality.settings.view_distance_m;
     let policy = config.policy;
+    let bounds = policy.boundaries(quality.lod_bias(), view);
     let (enabled, culling) = (config.enabled, config.distance_culling);
-    things.par_iter_mut().for_each(|(_, transform, mut lod, _)| {
+    let shared = &*locals;
+    // One thread-local lookup per batch, not per entity.
+    things.par_iter_mut().for_each_init(|| shared.borrow_local_mut(), |local, (entity, transform, mut lod, avatar)| {
         let distance = transform.translation.distance(eye);
         let mut level = if enabled {
-            policy.select(distance, bias, view, Some(lod.level))
+            policy.select_within(&bounds, distance, Some(lod.level))
         } else if distance >= view {
             LodLevel::Hidden
         } else {
@@ -157,32 +162,35 @@ fn select_levels(
         let quiet = lod.bypass_change_detection();
         quiet.distance = distance;
         quiet.incumbent = incumbent;
+        if avatar {
+            if level == LodLevel::Full {
+                let key = if incumbent { distance * INCUMBENT_EDGE } else { distance };
+                local.0.push((key, entity));
+            }
+            local.1[level as usize] += 1;
+        }
     });
 
     // The budget: the nearest avatars keep full detail.
     let budget = quality.settings.full_detail_avatars as usize;
     full.clear();
-    for (entity, _, lod, avatar) in &things {
-        if avatar && lod.level == LodLevel::Full {
-            let key = if lod.incumbent { lod.distance * INCUMBENT_EDGE } else { lod.distance };
-            full.push((key, entity));
+    let mut tally = LodCounts::default();
+    for local in locals.iter_mut() {
+        full.append(&mut local.0);
+        for (sum, n) in tally.avatars.iter_mut().zip(std::mem::take(&mut local.1)) {
+            *sum += n;
         }
     }
-    let mut demoted = 0;
     if enabled && full.len() > budget {
         full.select_nth_unstable_by(budget, |a, b| a.0.total_cmp(&b.0));
         for &(_, entity) in &full[budget..] {
             if let Ok((_, _, mut lod, _)) = things.get_mut(entity) {
                 lod.level = LodLevel::Reduced;
-                demoted += 1;
+                tally.demoted += 1;
             }
         }
-    }
-    let mut tally = LodCounts { demoted, ..default() };
-    for (_, _, lod, avatar) in &things {
-        if avatar {
-            tally.avatars[lod.level as usize] += 1;
-        }
+        tally.avatars[LodLevel::Full as usize] -= tally.demoted;
+        tally.avatars[LodLevel::Reduced as usize] += tally.demoted;
     }
     counts.set_if_neq(tally);
 }

@@ -22,8 +22,9 @@ use plaza_shared::pose::Pose;
 
 /// How far in the past remote avatars are drawn: two ticks.
 pub const INTERPOLATION_DELAY: f64 = 0.1;
-/// Snapshots kept per avatar (0.4 s at 20 Hz).
-const SNAPSHOTS: usize = 8;
+/// Snapshots kept per avatar: 0.2 s at 20 Hz, twice the interpolation
+/// delay. Small on purpose: this runs for every avatar every frame.
+const SNAPSHOTS: usize = 4;
 /// The clock offset may grow this fast (s per s) when deltas arrive later.
 const OFFSET_CREEP: f64 = 0.01;
 
@@ -44,10 +45,16 @@ impl Snapshot {
 }
 
 /// The last few snapshots of one avatar, oldest first.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SnapshotBuffer {
-    snapshots: [Option<Snapshot>; SNAPSHOTS],
+    snapshots: [Snapshot; SNAPSHOTS],
     len: usize,
+}
+
+impl Default for SnapshotBuffer {
+    fn default() -> Self {
+        SnapshotBuffer { snapshots: [Snapshot { t: 0.0, position: Vec3::ZERO, rotation: Quat::IDENTITY }; SNAPSHOTS], len: 0 }
+    }
 }
 
 impl SnapshotBuffer {
@@ -60,16 +67,17 @@ impl SnapshotBuffer {
     /// Adds a snapshot; one not newer than the newest is ignored (a late
     /// duplicate or a resync of a pose we have).
     pub fn push(&mut self, s: Snapshot) {
-        if self.len > 0 && self.snapshots[self.len - 1].is_some_and(|last| s.t <= last.t) {
+        if self.len > 0 && s.t <= self.snapshots[self.len - 1].t {
             return;
         }
         if self.len == SNAPSHOTS {
             self.snapshots.rotate_left(1);
             self.len -= 1;
         }
-        self.snapshots[self.len] = Some(s);
+        self.snapshots[self.len] = s;
         self.len += 1;
     }
+
 
     pub fn len(&self) -> usize {
         self.len
@@ -81,31 +89,42 @@ impl SnapshotBuffer {
 
     /// The pose at time `t`: interpolated between the snapshots around it,
     /// the oldest before them, the newest after them.
+    ///
+    /// Rotations use normalised lerp, not slerp: snapshots 50 ms apart
+    /// differ by small angles, where the two agree to well under a degree,
+    /// and nlerp costs a fraction (this runs for every avatar every frame).
     pub fn sample(&self, t: f64) -> Option<(Vec3, Quat)> {
         let snaps = &self.snapshots[..self.len];
-        let first = snaps.first()?.as_ref()?;
+        let first = snaps.first()?;
         if t <= first.t {
             return Some((first.position, first.rotation));
         }
         for pair in snaps.windows(2) {
-            let (Some(a), Some(b)) = (pair[0], pair[1]) else { continue };
+            let (a, b) = (&pair[0], &pair[1]);
             if t < b.t {
                 let k = ((t - a.t) / (b.t - a.t)) as f32;
-                return Some((a.position.lerp(b.position, k), a.rotation.slerp(b.rotation, k)));
+                // Take the short way round.
+                let to = if a.rotation.dot(b.rotation) < 0.0 { -b.rotation } else { b.rotation };
+                return Some((a.position.lerp(b.position, k), a.rotation.lerp(to, k).normalize()));
             }
         }
-        let last = snaps.last()?.as_ref()?;
+        let last = snaps.last()?;
         Some((last.position, last.rotation))
     }
 }
 
-/// A remote avatar: its server id and snapshots.
+/// A remote avatar: its server id and snapshots. (Kept small: the
+/// interpolation reads it for every avatar every frame; the user id lives
+/// in [`RemoteUser`].)
 #[derive(Component, Debug, Clone)]
 pub struct RemoteAvatar {
     pub id: AvatarId,
-    pub user: String,
     pub buffer: SnapshotBuffer,
 }
+
+/// The user behind a remote avatar.
+#[derive(Component, Debug, Clone)]
+pub struct RemoteUser(pub String);
 
 /// Avatar id → entity, for the avatars the server told us about.
 #[derive(Resource, Debug, Default)]
@@ -173,7 +192,7 @@ fn upsert(commands: &mut Commands, assets: &AvatarAssets, avatars: &mut RemoteAv
     }
     let transform = Transform::from_translation(snapshot.position).with_rotation(snapshot.rotation);
     let entity = spawn_avatar(commands, assets, info.id, &info.name, transform);
-    commands.entity(entity).insert(RemoteAvatar { id: info.id, user: info.user.clone(), buffer: SnapshotBuffer::with(snapshot) });
+    commands.entity(entity).insert((RemoteAvatar { id: info.id, buffer: SnapshotBuffer::with(snapshot) }, RemoteUser(info.user.clone())));
     avatars.by_id.insert(info.id, entity);
 }
 
@@ -233,6 +252,8 @@ fn apply_room_updates(
 fn interpolate(time: Res<Time<Real>>, clock: Res<TickClock>, mut avatars: Query<(&RemoteAvatar, &mut Transform)>) {
     let Some(t) = clock.render_time(time.elapsed_secs_f64()) else { return };
     avatars.par_iter_mut().for_each(|(avatar, mut transform)| {
+        // Written only when it moved: a still avatar stays unchanged for
+        // change detection (and for everything downstream of it).
         if let Some((position, rotation)) = avatar.buffer.sample(t)
             && (transform.translation != position || transform.rotation != rotation)
         {
@@ -271,12 +292,22 @@ mod tests {
     }
 
     #[test]
-    fn rotations_slerp() {
+    fn rotations_interpolate_the_short_way_within_a_fraction_of_a_degree_of_slerp() {
         let mut b = SnapshotBuffer::default();
+        // A fast turn: 90° in one tick, far more than anyone turns in 50 ms.
         b.push(Snapshot { t: 0.0, position: Vec3::ZERO, rotation: Quat::IDENTITY });
-        b.push(Snapshot { t: 1.0, position: Vec3::ZERO, rotation: Quat::from_rotation_y(1.0) });
+        b.push(Snapshot { t: 1.0, position: Vec3::ZERO, rotation: Quat::from_rotation_y(std::f32::consts::FRAC_PI_2) });
+        for k in [0.25f32, 0.5, 0.75] {
+            let (_, r) = b.sample(f64::from(k)).unwrap();
+            let slerp = Quat::IDENTITY.slerp(Quat::from_rotation_y(std::f32::consts::FRAC_PI_2), k);
+            assert!(r.angle_between(slerp).to_degrees() < 1.5, "k={k}: {}°", r.angle_between(slerp).to_degrees());
+        }
+        // The same rotation written as -q is not a full turn the long way.
+        let mut b = SnapshotBuffer::default();
+        b.push(Snapshot { t: 0.0, position: Vec3::ZERO, rotation: Quat::from_rotation_y(0.1) });
+        b.push(Snapshot { t: 1.0, position: Vec3::ZERO, rotation: -Quat::from_rotation_y(0.2) });
         let (_, r) = b.sample(0.5).unwrap();
-        assert!(r.angle_between(Quat::from_rotation_y(0.5)) < 1e-4);
+        assert!(r.angle_between(Quat::from_rotation_y(0.15)) < 1e-3);
     }
 
     #[test]

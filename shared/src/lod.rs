@@ -74,7 +74,12 @@ impl LodPolicy {
 
     /// The level for something `distance_m` away, given the level it has now.
     pub fn select(&self, distance_m: f32, bias: f32, view_distance_m: f32, current: Option<LodLevel>) -> LodLevel {
-        let bounds = self.boundaries(bias, view_distance_m);
+        self.select_within(&self.boundaries(bias, view_distance_m), distance_m, current)
+    }
+
+    /// [`LodPolicy::select`] with the boundaries worked out once, for
+    /// callers that pick levels for many things a frame.
+    pub fn select_within(&self, bounds: &[f32; 4], distance_m: f32, current: Option<LodLevel>) -> LodLevel {
         let distance = if distance_m.is_nan() { f32::INFINITY } else { distance_m };
         let plain = bounds.iter().position(|&b| distance < b).unwrap_or(4);
         let Some(current) = current else { return LodLevel::ALL[plain] };

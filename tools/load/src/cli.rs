@@ -1,12 +1,14 @@
 //! The command line. Bad values get clap's one clear line and exit 2.
 
+use crate::proxy::{LossMode, ProxyConfig};
 use clap::{Parser, Subcommand, ValueEnum};
 use plaza_shared::codec::Subprotocol;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Parser)]
-#[command(name = "plaza-load", version, about = "Plaza's load tool: simulated users against a Plaza server, with latency and delivery reports")]
+#[command(name = "plaza-load", version, about = "Plaza's load tool: simulated users against a Plaza server, with latency and delivery reports, and a fault proxy")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -17,6 +19,9 @@ pub enum Command {
     /// Simulated users in rooms: walk, ping and chat; measure latency and
     /// delivery; write result.json and report.html.
     Run(RunArgs),
+    /// A TCP proxy in front of a server that adds latency, jitter, loss and
+    /// resets; runs until Ctrl-C.
+    Proxy(ProxyArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -150,4 +155,171 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
         ping_every: Duration::from_secs_f64(args.ping_every),
         progress: !args.quiet,
     })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LossModeArg {
+    /// a lost segment stalls its connection for a retransmission timeout (nothing is lost)
+    Tcp,
+    /// whole WebSocket data messages are dropped
+    Message,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxyArgs {
+    /// Where clients connect, ip:port (port 0: any free port, printed at the start).
+    #[arg(long, value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// The server, host:port.
+    #[arg(long, value_parser = parse_upstream)]
+    pub upstream: String,
+    /// Delay added each way (a round trip gets twice this): 500ms, 2s, 1m; at most 60s.
+    #[arg(long, default_value = "0ms", value_parser = parse_delay)]
+    pub latency: Duration,
+    /// Each delay is latency ± jitter (uniform); at most the latency.
+    #[arg(long, default_value = "0ms", value_parser = parse_delay)]
+    pub jitter: Duration,
+    /// Loss rate: 5% or 0.05 (per segment in tcp mode, per message in message mode).
+    #[arg(long, default_value = "0%", value_parser = parse_loss)]
+    pub loss: f64,
+    /// What a loss is.
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub loss_mode: LossModeArg,
+    /// Cut each connection (TCP reset, no WebSocket close) after a random
+    /// time in [D/2, 3D/2]: 300ms, 60s, 5m; 100ms–24h.
+    #[arg(long, value_parser = parse_reset_every)]
+    pub reset_every: Option<Duration>,
+    /// Seed for every random choice [default: from the clock; printed at the start].
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// A duration with its unit: `500ms`, `2s`, `1.5s`, `1m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let text = s.trim();
+    let Some(at) = text.find(|c: char| c.is_ascii_alphabetic()) else {
+        return Err(format!("`{s}` needs a unit: 500ms, 2s, 1m or 1h"));
+    };
+    let (number, unit) = text.split_at(at);
+    let value: f64 = number.trim().parse().map_err(|_| format!("`{s}` is not a duration; use a number and a unit: 500ms, 2s, 1m or 1h"))?;
+    let scale = match unit {
+        "ms" => 1e-3,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}`; use ms, s, m or h (500ms, 2s, 1m)")),
+    };
+    let secs = value * scale;
+    if secs.is_finite() && (0.0..=1e9).contains(&secs) { Ok(Duration::from_secs_f64(secs)) } else { Err(format!("`{s}` is not a duration we can use")) }
+}
+
+fn parse_delay(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d <= Duration::from_secs(60) { Ok(d) } else { Err(format!("`{s}` is too long; use 0ms–60s")) }
+}
+
+fn parse_reset_every(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if (Duration::from_millis(100)..=Duration::from_secs(86_400)).contains(&d) { Ok(d) } else { Err(format!("`{s}` is out of range; use 100ms–24h")) }
+}
+
+/// A loss rate, `5%` or `0.05`, as a fraction 0–1.
+pub fn parse_loss(s: &str) -> Result<f64, String> {
+    let text = s.trim();
+    let (number, percent) = match text.strip_suffix('%') {
+        Some(number) => (number.trim(), true),
+        None => (text, false),
+    };
+    let v: f64 = number.parse().map_err(|_| format!("`{s}` is not a loss rate; use a percentage (5%) or a fraction (0.05)"))?;
+    let fraction = if percent { v / 100.0 } else { v };
+    if v.is_finite() && (0.0..=1.0).contains(&fraction) {
+        Ok(fraction)
+    } else if !percent && v > 1.0 && v <= 100.0 {
+        Err(format!("`{s}` is more than 1; write {s}% for a percentage, or a fraction 0–1"))
+    } else {
+        Err(format!("`{s}` is out of range; use 0%–100% or a fraction 0–1"))
+    }
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| format!("`{s}` is not an address; use ip:port, e.g. 127.0.0.1:7879 (port 0: any free port)"))
+}
+
+fn parse_upstream(s: &str) -> Result<String, String> {
+    let text = s.trim();
+    if text.contains("://") || text.contains('/') {
+        return Err(format!("`{s}` must be host:port, without a scheme or path (e.g. 127.0.0.1:7878)"));
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(text.to_owned()),
+        _ => Err(format!("`{s}` must be host:port with a port 1–65535 (e.g. 127.0.0.1:7878)")),
+    }
+}
+
+/// Checks what one flag alone can't: the jitter must not exceed the latency.
+pub fn validate_proxy(args: ProxyArgs) -> Result<ProxyConfig, String> {
+    if args.jitter > args.latency {
+        return Err(format!(
+            "--jitter {} must not exceed --latency {} (each delay is latency ± jitter)",
+            crate::proxy::fmt_duration(args.jitter),
+            crate::proxy::fmt_duration(args.latency)
+        ));
+    }
+    let seed = args.seed.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64) ^ u64::from(std::process::id()));
+    Ok(ProxyConfig {
+        listen: args.listen,
+        upstream: args.upstream,
+        latency: args.latency,
+        jitter: args.jitter,
+        loss: args.loss,
+        loss_mode: match args.loss_mode {
+            LossModeArg::Tcp => LossMode::Tcp,
+            LossModeArg::Message => LossMode::Message,
+        },
+        reset_every: args.reset_every,
+        seed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_ms_s_m_and_h() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
+        for bad in ["500", "5x", "ms", "-1s", "1d", "", "1e300h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(parse_delay("61s").is_err());
+        assert!(parse_reset_every("50ms").is_err());
+        assert_eq!(parse_reset_every("60s"), Ok(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn loss_takes_percentages_and_fractions() {
+        assert_eq!(parse_loss("5%"), Ok(0.05));
+        assert_eq!(parse_loss("0.05"), Ok(0.05));
+        assert_eq!(parse_loss("100%"), Ok(1.0));
+        assert_eq!(parse_loss("0"), Ok(0.0));
+        assert!(parse_loss("5").unwrap_err().contains("5%"));
+        for bad in ["101%", "-1%", "x", "%", "1.5"] {
+            assert!(parse_loss(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn upstreams_are_host_and_port() {
+        assert_eq!(parse_upstream("127.0.0.1:7878").as_deref(), Ok("127.0.0.1:7878"));
+        assert_eq!(parse_upstream("plaza.internal:80").as_deref(), Ok("plaza.internal:80"));
+        assert_eq!(parse_upstream("[::1]:7878").as_deref(), Ok("[::1]:7878"));
+        for bad in ["http://127.0.0.1:7878", "127.0.0.1", ":7878", "host:0", "host:99999", "host:80/ws"] {
+            assert!(parse_upstream(bad).is_err(), "{bad}");
+        }
+    }
 }

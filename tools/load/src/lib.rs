@@ -12,12 +12,14 @@
 //! - [`server`] — the embedded server and CPU/memory sampling.
 //! - [`report`] — `result.json` and `report.html`.
 //! - [`names`], [`rng`] — user names that carry their room; a small generator.
+//! - [`proxy`] — `plaza-load proxy`: latency, jitter, loss and resets between clients and a server.
 
 pub mod cli;
 pub mod collect;
 pub mod delivery;
 pub mod histogram;
 pub mod names;
+pub mod proxy;
 pub mod report;
 pub mod rng;
 pub mod run;

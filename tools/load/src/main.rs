@@ -1,6 +1,9 @@
 //! `plaza-load run …`: see `docs/load.md`. Exit 0 when everything arrived,
 //! 1 when anything was lost or misrouted (or errors happened, or the run
 //! could not be done), 2 for bad flags.
+//!
+//! `plaza-load proxy …`: runs until Ctrl-C, then exit 0; 1 when it can't
+//! listen, 2 for bad flags.
 
 use anyhow::Context;
 use clap::Parser;
@@ -9,7 +12,42 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Run(args) = cli.command;
+    match cli.command {
+        Command::Run(args) => run_main(args),
+        Command::Proxy(args) => proxy_main(args),
+    }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,plaza_load=info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn proxy_main(args: plaza_load::cli::ProxyArgs) -> ExitCode {
+    let config = match plaza_load::cli::validate_proxy(args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs();
+    let served = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(plaza_load::server::LOAD_THREAD)
+        .build()
+        .context("can't start the tokio runtime")
+        .and_then(|runtime| Ok(runtime.block_on(plaza_load::proxy::serve(config))?));
+    match served {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plaza-load proxy: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_main(args: plaza_load::cli::RunArgs) -> ExitCode {
     let config = match plaza_load::cli::validate(args) {
         Ok(config) => config,
         Err(message) => {
@@ -17,8 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,plaza_load=info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    init_logs();
     match run(&config) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
