@@ -212,9 +212,11 @@ fn follow_choice(target_fps: u32) -> impl FnMut(Commands, Res<ActiveQuality>, Op
     }
 }
 
-fn govern(time: Res<Time<Real>>, auto: Option<ResMut<AutoQuality>>, mut quality: ResMut<ActiveQuality>) {
+fn govern(time: Res<Time<Real>>, stats: Option<Res<crate::stats::FrameStats>>, auto: Option<ResMut<AutoQuality>>, mut quality: ResMut<ActiveQuality>) {
     let Some(mut auto) = auto else { return };
-    let decision = auto.0.frame(time.delta());
+    // The last frame's wall-clock time (a scenario's fixed step replaces `Time`).
+    let frame = stats.map(|s| std::time::Duration::from_secs_f32(s.frame_ms / 1000.0)).filter(|d| !d.is_zero()).unwrap_or(time.delta());
+    let decision = auto.0.frame(frame);
     if let Decision::Down(step) | Decision::Up(step) = decision {
         info!(?decision, p90_ms = auto.0.p90_ms(), target_ms = auto.0.target_ms(), "auto quality");
         quality.settings = step.preset.settings();

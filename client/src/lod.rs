@@ -320,9 +320,9 @@ mod tests {
         let mut high = app(QualityPreset::High, true, true);
         let e = line(&mut high, &[5.0, 15.0, 40.0, 120.0, 250.0]);
         assert_eq!(levels(&high, &e), vec![Full, Reduced, Low, Impostor, Hidden]);
-        // Low's bias is 0.5 and its view distance 60 m.
+        // Low's bias is 0.4 and its view distance 60 m.
         let mut low = app(QualityPreset::Low, true, true);
-        let e = line(&mut low, &[4.0, 8.0, 20.0, 40.0, 70.0]);
+        let e = line(&mut low, &[3.0, 8.0, 15.0, 40.0, 70.0]);
         assert_eq!(levels(&low, &e), vec![Full, Reduced, Low, Impostor, Hidden]);
     }
 
@@ -343,7 +343,7 @@ mod tests {
     fn the_budget_keeps_the_nearest_at_full() {
         // Low allows 4 full-detail avatars; ten stand within full range.
         let mut app = app(QualityPreset::Low, true, true);
-        let distances: Vec<f32> = (0..10).map(|i| 0.5 + i as f32 * 0.4).collect();
+        let distances: Vec<f32> = (0..10).map(|i| 0.3 + i as f32 * 0.35).collect();
         let e = line(&mut app, &distances);
         let l = levels(&app, &e);
         assert_eq!(l[..4], [LodLevel::Full; 4]);
@@ -426,6 +426,6 @@ mod tests {
         assert_eq!(levels(&app, &e), vec![LodLevel::Full, LodLevel::Impostor], "ultra's bias is 1.5");
         app.world_mut().resource_mut::<ActiveQuality>().choose(PresetChoice::Fixed(QualityPreset::Low));
         app.update();
-        assert_eq!(levels(&app, &e), vec![LodLevel::Reduced, LodLevel::Hidden], "low: bias 0.5, view 60 m");
+        assert_eq!(levels(&app, &e), vec![LodLevel::Low, LodLevel::Hidden], "low: bias 0.4, view 60 m");
     }
 }

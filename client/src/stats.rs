@@ -22,7 +22,8 @@ pub struct FrameStats {
     pub draw_calls: u64,
     /// Avatars at full, reduced, low, impostor, hidden.
     pub avatars_by_lod: [u32; 5],
-    /// This frame's time, and a smoothed one for display.
+    /// This frame's wall-clock time (measured here, not from `Time`, which
+    /// a scenario's fixed time step replaces), and a smoothed one for display.
     pub frame_ms: f32,
     pub smoothed_ms: f32,
 }
@@ -54,7 +55,7 @@ pub fn triangles_of(mesh: &Mesh) -> u64 {
 }
 
 fn count(
-    time: Res<Time<Real>>,
+    mut last: Local<Option<std::time::Instant>>,
     meshes: Res<Assets<Mesh>>,
     all_meshes: Query<&Mesh3d, Without<crate::render_scale::ScaledSceneQuad>>,
     camera: Query<&VisibleEntities, With<MainCamera>>,
@@ -73,7 +74,9 @@ fn count(
     }
     s.culled = (all_meshes.iter().len() as u64).saturating_sub(s.visible);
     s.avatars_by_lod = lod.map(|l| l.avatars).unwrap_or_default();
-    s.frame_ms = time.delta_secs() * 1000.0;
+    let now = std::time::Instant::now();
+    s.frame_ms = last.map(|l| (now - l).as_secs_f32() * 1000.0).unwrap_or(0.0);
+    *last = Some(now);
     s.smoothed_ms = if stats.smoothed_ms > 0.0 { stats.smoothed_ms * 0.95 + s.frame_ms * 0.05 } else { s.frame_ms };
     *stats = s;
 }

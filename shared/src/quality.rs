@@ -3,7 +3,7 @@
 //!
 //! | preset | MSAA | shadows (map, cascades, distance) | view | LOD bias | full-detail avatars | render scale | lights |
 //! | --- | --- | --- | --- | --- | --- | --- | --- |
-//! | low | off | off | 60 m | 0.5 | 4 | 0.75 | 2 |
+//! | low | off | off | 60 m | 0.4 | 4 | 0.6 | 0 |
 //! | medium | 2× | 1024, 1, 30 m | 120 m | 0.75 | 8 | 1.0 | 4 |
 //! | high | 4× | 2048, 3, 60 m | 200 m | 1.0 | 16 | 1.0 | 8 |
 //! | ultra | 4× | 4096, 4, 100 m | 400 m | 1.5 | 40 | 1.0 | 16 |
@@ -139,10 +139,12 @@ impl QualityPreset {
                 msaa_samples: 1,
                 shadows: ShadowSettings { enabled: false, map_size: 0, cascades: 0, max_distance_m: 0.0 },
                 view_distance_m: 60.0,
-                lod_bias: 0.5,
+                // Tuned on lavapipe with 200 avatars (docs/benchmarks.md):
+                // low must be clearly cheaper than medium, not a bit.
+                lod_bias: 0.4,
                 full_detail_avatars: 4,
-                render_scale: 0.75,
-                max_lights: 2,
+                render_scale: 0.6,
+                max_lights: 0,
                 target_fps: 60,
             },
             QualityPreset::Medium => PresetSettings {
