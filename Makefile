@@ -11,7 +11,7 @@ RUN_FRAMES ?= 30
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := decode_client_bin decode_server_bin decode_client_json decode_server_json
 
-.PHONY: setup build run test check-deps bench bench-frames fuzz clippy clean-run
+.PHONY: setup build run test check-deps bench bench-frames load fuzz clippy clean-run
 
 setup:
 	@bash tools/setup.sh
@@ -35,6 +35,14 @@ run: build
 
 test: setup check-deps
 	$(CARGO) test --workspace --locked
+
+# The load issue's headline scenario: 50 rooms x 40 users at 20 Hz (2,000
+# users) against an in-process server, optimized build. Short versions of
+# the load scenarios run in `make test` (tools/load/tests).
+LOAD_ARGS ?= --rooms 50 --users-per-room 40 --rate 20 --duration 60 --ramp 10
+load: setup
+	$(CARGO) build --profile bench -p plaza-load
+	"$(CARGO_TARGET_DIR)/release/plaza-load" run $(LOAD_ARGS) --out target/plaza-load
 
 # Only plaza-client may pull in Bevy.
 check-deps:
