@@ -109,7 +109,7 @@ impl WalkLoop {
     pub fn for_bot(i: u32) -> Self {
         let ring = (i % 5) as f32;
         let golden = i as f32 * 2.399_963; // golden angle: even spread
-        let dir = if i % 2 == 0 { 1.0 } else { -1.0 };
+        let dir = if i.is_multiple_of(2) { 1.0 } else { -1.0 };
         WalkLoop {
             center: Vec2::new(golden.cos(), golden.sin()) * (2.0 + ring),
             radius: 8.0 + ring * 4.5,
@@ -122,7 +122,7 @@ impl WalkLoop {
     pub fn in_crowd(i: u32, radius: f32) -> Self {
         let golden = i as f32 * 2.399_963;
         let r = radius * ((i as f32 + 0.5) / 256.0).sqrt().fract().max(0.1);
-        let dir = if i % 2 == 0 { 1.0 } else { -1.0 };
+        let dir = if i.is_multiple_of(2) { 1.0 } else { -1.0 };
         let loop_r = 2.0 + (i % 7) as f32;
         WalkLoop { center: Vec2::new(golden.cos(), golden.sin()) * r, radius: loop_r, speed: dir * 1.2 / loop_r, phase: golden }
     }
@@ -157,7 +157,7 @@ impl Plugin for AvatarsPlugin {
         app.add_systems(PreStartup, |mut commands: Commands, mut meshes: ResMut<Assets<Mesh>>, mut materials: ResMut<Assets<StandardMaterial>>| {
             commands.insert_resource(AvatarAssets::new(&mut meshes, &mut materials));
         })
-        .add_systems(Startup, move |mut commands: Commands, assets: Res<AvatarAssets>| spawn_walkers(&mut commands, &assets, walkers, |i| WalkLoop::for_bot(i)))
+        .add_systems(Startup, move |mut commands: Commands, assets: Res<AvatarAssets>| spawn_walkers(&mut commands, &assets, walkers, WalkLoop::for_bot))
         .add_systems(Update, walk.in_set(AvatarSystems::Walk))
         .add_systems(PostUpdate, face_cards_to_camera.in_set(AvatarSystems::Billboard).after(crate::lod::LodSystems::Apply).before(TransformSystems::Propagate));
     }

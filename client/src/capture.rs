@@ -187,27 +187,28 @@ fn measure_frame(
         }
         state.measured += 1;
     }
-    if frame == state.frames && !state.screenshot_requested {
-        if let Some(path) = state.screenshot.clone() {
-            state.screenshot_requested = true;
-            let shot = match &offscreen {
-                Some(target) => Screenshot::image(target.image.clone()),
-                None => Screenshot::primary_window(),
-            };
-            commands.spawn(shot).observe(move |captured: On<ScreenshotCaptured>, mut state: ResMut<CaptureState>| {
-                save_png(&captured.image, &path);
-                state.screenshot_done = true;
-            });
-        }
+    if frame == state.frames
+        && !state.screenshot_requested
+        && let Some(path) = state.screenshot.clone()
+    {
+        state.screenshot_requested = true;
+        let shot = match &offscreen {
+            Some(target) => Screenshot::image(target.image.clone()),
+            None => Screenshot::primary_window(),
+        };
+        commands.spawn(shot).observe(move |captured: On<ScreenshotCaptured>, mut state: ResMut<CaptureState>| {
+            save_png(&captured.image, &path);
+            state.screenshot_done = true;
+        });
     }
 }
 
 fn save_png(image: &Image, path: &std::path::Path) {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Err(e) = std::fs::create_dir_all(dir) {
-            error!(path = %dir.display(), cause = %e, "can't create screenshot folder");
-            return;
-        }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        error!(path = %dir.display(), cause = %e, "can't create screenshot folder");
+        return;
     }
     match image.clone().try_into_dynamic() {
         Ok(dynamic) => match dynamic.to_rgb8().save(path) {

@@ -124,6 +124,10 @@ fn camera_position(camera: &Query<&Transform, With<MainCamera>>) -> Option<Vec3>
 
 /// Entities are positioned by their own transform (avatars are
 /// roots), so no propagated transform is needed.
+/// Per thread during selection: full-detail candidates (distance key,
+/// entity) and avatars per level.
+type PerThread = bevy::utils::Parallel<(Vec<(f32, Entity)>, [u32; 5])>;
+
 #[allow(clippy::too_many_arguments)]
 fn select_levels(
     config: Res<LodConfig>,
@@ -132,8 +136,7 @@ fn select_levels(
     mut things: Query<(Entity, &Transform, &mut Lod, Has<LodAvatar>)>,
     mut counts: ResMut<LodCounts>,
     mut full: Local<Vec<(f32, Entity)>>,
-    // Per-thread: full-detail candidates and avatars per level.
-    mut locals: Local<bevy::utils::Parallel<(Vec<(f32, Entity)>, [u32; 5])>>,
+    mut locals: Local<PerThread>,
 ) {
     let Some(eye) = camera_position(&camera) else { return };
     let view = quality.settings.view_distance_m;
@@ -242,10 +245,10 @@ fn apply_avatar_levels(
         if lod.level == LodLevel::Hidden {
             continue;
         }
-        if let (Some(body_mesh), Ok(mut mesh)) = (assets.body(lod.level), meshes.get_mut(parts.body)) {
-            if mesh.0 != *body_mesh {
-                mesh.0 = body_mesh.clone();
-            }
+        if let (Some(body_mesh), Ok(mut mesh)) = (assets.body(lod.level), meshes.get_mut(parts.body))
+            && mesh.0 != *body_mesh
+        {
+            mesh.0 = body_mesh.clone();
         }
         // Cards are unlit; bodies are shaded.
         let colours = if lod.level == LodLevel::Impostor { &assets.cards } else { &assets.shirts };

@@ -78,6 +78,9 @@ impl Plugin for QualityPlugin {
 }
 
 type PresetCamera<'a> = (&'a mut Msaa, &'a mut Projection);
+type LampParts<'a> = (&'a OptionalLight, &'a mut PointLight, &'a mut Visibility);
+/// Cameras and lamps spawned since the last run.
+type Newcomers = Or<(Added<MainCamera>, Added<OptionalLight>)>;
 
 /// The sample count to use for `requested`: the highest the adapter
 /// supports at or below it for the colour and depth formats the main pass
@@ -96,8 +99,8 @@ fn apply_quality(
     mut shadow_map: Option<ResMut<DirectionalLightShadowMap>>,
     mut cameras: Query<PresetCamera, With<MainCamera>>,
     mut suns: Query<(&mut DirectionalLight, &mut CascadeShadowConfig)>,
-    mut lamps: Query<(&OptionalLight, &mut PointLight, &mut Visibility)>,
-    newcomers: Query<(), Or<(Added<MainCamera>, Added<OptionalLight>)>>,
+    mut lamps: Query<LampParts>,
+    newcomers: Query<(), Newcomers>,
 ) {
     // Also apply to cameras and lights spawned after the last change. (Suns
     // are checked through their `Mut`: an `Added<DirectionalLight>` filter
@@ -117,10 +120,11 @@ fn apply_quality(
             p.far = s.view_distance_m;
         }
     }
-    if let Some(map) = shadow_map.as_mut() {
-        if s.shadows.enabled && map.size != s.shadows.map_size as usize {
-            map.size = s.shadows.map_size as usize;
-        }
+    if let Some(map) = shadow_map.as_mut()
+        && s.shadows.enabled
+        && map.size != s.shadows.map_size as usize
+    {
+        map.size = s.shadows.map_size as usize;
     }
     for (mut sun, mut cascades) in &mut suns {
         sun.shadow_maps_enabled = s.shadows.enabled;

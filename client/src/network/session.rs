@@ -188,7 +188,7 @@ impl Task {
         let mut in_room = false;
         let mut resumed = false;
         // A refresh runs beside the relay so reading never stalls on HTTP.
-        let mut refreshing: Option<tokio::task::JoinHandle<Result<(String, String, u64), String>>> = None;
+        let mut refreshing: Option<tokio::task::JoinHandle<Result<RefreshedTokens, String>>> = None;
         loop {
             let refresh_at = self.conn.refresh_at().map(|at| self.started + at).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
@@ -321,6 +321,9 @@ impl Task {
         }
     }
 }
+
+/// A refresh's answer: access token, refresh token, seconds to expiry.
+type RefreshedTokens = (String, String, u64);
 
 async fn send(ws: &mut Ws, message: &ClientMessage) -> Result<(), String> {
     let bytes = plaza_shared::codec::binary::encode_client(message);
