@@ -77,6 +77,12 @@ pub struct RunArgs {
     #[arg(long, default_value = "5", value_parser = parse_ping)]
     pub ping_every: f64,
     /// No progress line.
+    /// After --duration, keep reading this many seconds for poses still in
+    /// flight (0.2–120). Raise it behind a slow link or the fault proxy:
+    /// poses that arrive later count as lost. [default: 1]
+    #[arg(long, default_value = "1", value_parser = parse_drain)]
+    pub drain: f64,
+
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -89,6 +95,11 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 fn parse_seconds(s: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if v.is_finite() && (0.0..=86_400.0).contains(&v) { Ok(v) } else { Err(format!("{v} is out of range; use 0–86400 seconds")) }
+}
+
+fn parse_drain(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if v.is_finite() && (0.2..=120.0).contains(&v) { Ok(v) } else { Err(format!("{v} is out of range; use 0.2–120 seconds")) }
 }
 
 fn parse_ping(s: &str) -> Result<f64, String> {
@@ -119,6 +130,8 @@ pub struct RunConfig {
     /// `None`: no chat.
     pub chat_every: Option<Duration>,
     pub ping_every: Duration,
+    /// How long to keep reading after the users stop sending.
+    pub drain: Duration,
     pub progress: bool,
 }
 
@@ -153,6 +166,7 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
         out: args.out,
         chat_every: (args.chat_every > 0.0).then(|| Duration::from_secs_f64(args.chat_every)),
         ping_every: Duration::from_secs_f64(args.ping_every),
+        drain: Duration::from_secs_f64(args.drain),
         progress: !args.quiet,
     })
 }

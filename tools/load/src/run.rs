@@ -21,6 +21,7 @@ use tokio::time::Instant;
 /// After the run stops sending, users keep reading this long (deltas in
 /// flight) before they close.
 pub const DRAIN: Duration = Duration::from_secs(1);
+// (`--drain` overrides it; this is its default.)
 /// Users get this long after the close to finish; then they are aborted.
 const FINISH_WAIT: Duration = Duration::from_secs(20);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -178,7 +179,7 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         }
     };
     let _ = phase_tx.send(Phase::Stop);
-    tokio::time::sleep(DRAIN).await;
+    tokio::time::sleep(cfg.drain).await;
     let _ = phase_tx.send(Phase::Close);
 
     let mut reports = Vec::with_capacity(total as usize);

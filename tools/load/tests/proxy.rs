@@ -269,6 +269,7 @@ async fn a_load_run_through_a_lossy_proxy_loses_nothing() {
         out,
         chat_every: Some(Duration::from_secs(1)),
         ping_every: Duration::from_secs(1),
+        drain: plaza_load::run::DRAIN,
         progress: false,
     };
     let r = plaza_load::run::run(&run).await.expect("the run is done");
@@ -383,4 +384,42 @@ fn the_binary_proxies_counts_and_stops_on_ctrl_c() {
     // The proxy closed our connection when it stopped.
     let mut buf = [0u8; 1];
     assert!(matches!(client.read(&mut buf), Ok(0) | Err(_)));
+}
+
+/// Behind a slow link the last poses are still in flight when the run
+/// stops sending: a drain longer than the delay reads them in, so nothing
+/// counts as lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_longer_than_the_delay_counts_nothing_lost_behind_a_slow_link() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = listener.local_addr().unwrap();
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(plaza_server::run(plaza_server::ServerConfig::ephemeral(), listener, async {
+        let _ = server_stopped.await;
+    }));
+    let mut c = config(server);
+    c.latency = 300 * MS;
+    let proxy = Proxy::start(c).await.unwrap();
+    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("plaza-load-drain-{}", std::process::id()));
+    let run = plaza_load::cli::RunConfig {
+        rooms: 1,
+        users_per_room: 2,
+        rate_hz: 10.0,
+        // Signing in and joining take a few round trips (600 ms each) first.
+        duration: Duration::from_secs(6),
+        ramp: Duration::from_millis(200),
+        server: Some(format!("http://{}", proxy.addr())),
+        protocol: plaza_shared::codec::Subprotocol::Binary,
+        out,
+        chat_every: None,
+        ping_every: Duration::from_secs(1),
+        // Each pose crosses the proxy twice (600 ms) plus up to a tick.
+        drain: Duration::from_secs(2),
+        progress: false,
+    };
+    let r = plaza_load::run::run(&run).await.expect("the run is done");
+    proxy.stop().await;
+    let _ = stop_server.send(());
+    assert!(r.received > 0, "poses arrived: {:?}", r.failure);
+    assert_eq!((r.lost, r.misrouted), (0, 0), "{:?}", r.failure);
 }
