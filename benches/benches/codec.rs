@@ -24,5 +24,37 @@ fn delta_codecs(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, delta_codecs);
+/// A room's tick, fanned out to its 40 members in binary: each member's
+/// frame is the delta without its own avatar. Encoding it again per member
+/// (what the server did) against splicing 40 frames from one shared
+/// encoding (what it does now).
+fn delta_fanout(c: &mut Criterion) {
+    use plaza_shared::codec::binary::{SharedDelta, encode_server};
+    use plaza_shared::messages::{Delta, ServerMessage};
+    let mut group = c.benchmark_group("fanout_40_members");
+    for (label, vr) in [("desktop", 0), ("vr", 40)] {
+        let ServerMessage::Delta(delta) = room_delta(40, vr) else { unreachable!() };
+        let members: Vec<u32> = delta.avatars.iter().map(|a| a.id).collect();
+        group.bench_function(format!("encode_per_member/{label}"), |b| {
+            b.iter(|| {
+                for &own in &members {
+                    let filtered = Delta { avatars: delta.avatars.iter().filter(|a| a.id != own).cloned().collect(), ..delta.clone() };
+                    black_box(encode_server(&ServerMessage::Delta(filtered)));
+                }
+            })
+        });
+        group.bench_function(format!("shared_splice/{label}"), |b| {
+            b.iter(|| {
+                let shared = SharedDelta::new(black_box(&delta));
+                for &own in &members {
+                    let mut out = Vec::new();
+                    black_box(shared.frame_for(own, &mut out));
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, delta_codecs, delta_fanout);
 criterion_main!(benches);

@@ -169,6 +169,26 @@ fn encode(protocol: Subprotocol, msg: &ServerMessage, own: AvatarId) -> Option<M
     })
 }
 
+/// Counts and sends one frame; a kick while it waits wins. False when the
+/// writer should stop (kicked, or the socket is gone).
+async fn send_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<(u16, &'static str)>, frame: Message, type_name: &'static str) -> bool {
+    metrics::counter!(m::WS_MESSAGES, "direction" => "out", "type" => type_name).increment(1);
+    let bytes = match &frame {
+        Message::Binary(b) => b.len(),
+        Message::Text(t) => t.len(),
+        _ => 0,
+    };
+    metrics::counter!(m::WS_BYTES, "direction" => "out").increment(bytes as u64);
+    tokio::select! {
+        biased;
+        Some((code, reason)) = kick_rx.recv() => {
+            send_close(sink, code, reason, KICK_SEND_TIMEOUT).await;
+            false
+        }
+        sent = sink.send(frame) => sent.is_ok(),
+    }
+}
+
 async fn write_loop(
     mut sink: Sink,
     mut out_rx: mpsc::Receiver<Outbound>,
@@ -191,20 +211,27 @@ async fn write_loop(
                         own = j.you;
                     }
                     let Some(frame) = encode(protocol, &msg, own) else { continue };
-                    metrics::counter!(m::WS_MESSAGES, "direction" => "out", "type" => msg.type_name()).increment(1);
-                    let bytes = match &frame {
-                        Message::Binary(b) => b.len(),
-                        Message::Text(t) => t.len(),
-                        _ => 0,
-                    };
-                    metrics::counter!(m::WS_BYTES, "direction" => "out").increment(bytes as u64);
-                    tokio::select! {
-                        biased;
-                        Some((code, reason)) = kick_rx.recv() => {
-                            send_close(&mut sink, code, reason, KICK_SEND_TIMEOUT).await;
-                            return;
+                    if !send_frame(&mut sink, &mut kick_rx, frame, msg.type_name()).await {
+                        return;
+                    }
+                }
+                Some(Outbound::Delta(shared)) => {
+                    let frame = match protocol {
+                        // Spliced from the room's one encoding, minus our own avatar.
+                        Subprotocol::Binary => {
+                            let mut out = Vec::new();
+                            if !shared.binary().frame_for(own, &mut out) {
+                                continue;
+                            }
+                            Message::Binary(out.into())
                         }
-                        sent = sink.send(frame) => if sent.is_err() { return },
+                        Subprotocol::Json => match encode(protocol, &shared.message, own) {
+                            Some(frame) => frame,
+                            None => continue,
+                        },
+                    };
+                    if !send_frame(&mut sink, &mut kick_rx, frame, "delta").await {
+                        return;
                     }
                 }
                 Some(Outbound::Close(code, reason)) => {

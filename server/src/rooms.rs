@@ -20,6 +20,7 @@
 use crate::auth::random_token;
 use crate::store::{Store, StoreError};
 use plaza_shared::limits::{DEFAULT_ROOM_CAPACITY, TICK_HZ, close};
+use plaza_shared::codec::binary::SharedDelta;
 use plaza_shared::messages::{AvatarId, AvatarInfo, AvatarPose, Delta, Joined, ServerMessage};
 use plaza_shared::pose::Pose;
 use std::collections::HashMap;
@@ -42,8 +43,38 @@ const DIRECTORY_QUEUE: usize = 256;
 #[derive(Debug, Clone)]
 pub enum Outbound {
     Message(Arc<ServerMessage>),
+    /// The tick's delta, shared by every member (see [`RoomDelta`]).
+    Delta(Arc<RoomDelta>),
     /// Close the socket with this code.
     Close(u16, &'static str),
+}
+
+/// One tick's delta for the whole room. Binary members' frames are spliced
+/// from one encoding ([`SharedDelta`], made by the first writer that needs
+/// it) instead of each socket encoding the delta again; JSON members encode
+/// the message as before.
+#[derive(Debug)]
+pub struct RoomDelta {
+    pub message: ServerMessage,
+    binary: std::sync::OnceLock<SharedDelta>,
+}
+
+impl RoomDelta {
+    pub fn new(delta: Delta) -> RoomDelta {
+        RoomDelta { message: ServerMessage::Delta(delta), binary: std::sync::OnceLock::new() }
+    }
+
+    pub fn delta(&self) -> &Delta {
+        match &self.message {
+            ServerMessage::Delta(d) => d,
+            _ => unreachable!("a RoomDelta holds a delta"),
+        }
+    }
+
+    /// The shared binary encoding, made once.
+    pub fn binary(&self) -> &SharedDelta {
+        self.binary.get_or_init(|| SharedDelta::new(self.delta()))
+    }
 }
 
 /// A member's way back to its socket: the bounded outbound queue and a
@@ -376,7 +407,7 @@ impl Room {
         }
         self.joined.clear();
         let changed = !moved.is_empty() || !joined.is_empty() || !left.is_empty();
-        let delta = changed.then(|| Arc::new(ServerMessage::Delta(Delta { tick: self.tick, avatars: moved, joined, left: left.clone() })));
+        let delta = changed.then(|| Arc::new(RoomDelta::new(Delta { tick: self.tick, avatars: moved, joined, left: left.clone() })));
 
         let mut too_slow = Vec::new();
         let ids: Vec<AvatarId> = self.members.iter().filter(|(_, m)| m.detached_until.is_none()).map(|(&id, _)| id).collect();
@@ -391,20 +422,27 @@ impl Room {
                 let mut missed_left = std::mem::take(&mut self.members.get_mut(&id).expect("member").missed_left);
                 missed_left.extend(&left);
                 let others = self.members.iter().filter(|(o, _)| **o != id).map(|(&o, m)| m.info(o)).collect();
-                Arc::new(ServerMessage::Delta(Delta { tick: self.tick, avatars: vec![], joined: others, left: missed_left }))
+                Outbound::Message(Arc::new(ServerMessage::Delta(Delta { tick: self.tick, avatars: vec![], joined: others, left: missed_left })))
             } else if let Some(delta) = &delta {
-                delta.clone()
+                Outbound::Delta(delta.clone())
             } else {
                 continue;
             };
             let m = self.members.get_mut(&id).expect("member");
-            match m.link.outbound.try_send(Outbound::Message(message)) {
+            match m.link.outbound.try_send(message) {
                 Ok(()) => m.missed = 0,
-                Err(mpsc::error::TrySendError::Full(Outbound::Message(msg))) => {
+                Err(mpsc::error::TrySendError::Full(unsent)) => {
                     metrics::counter!(crate::metrics::WS_DROPPED, "reason" => "slow_consumer").increment(1);
                     m.missed += 1;
-                    if let ServerMessage::Delta(d) = msg.as_ref() {
-                        if resync { m.missed_left.extend(&d.left) } else { m.missed_left.extend(&left) }
+                    // Departures in the lost delta go into the next resync.
+                    match &unsent {
+                        Outbound::Message(msg) => {
+                            if let ServerMessage::Delta(d) = msg.as_ref() {
+                                m.missed_left.extend(&d.left);
+                            }
+                        }
+                        Outbound::Delta(d) => m.missed_left.extend(&d.delta().left),
+                        Outbound::Close(..) => {}
                     }
                     if m.missed >= SLOW_TICKS_BEFORE_CLOSE {
                         too_slow.push(id);
@@ -616,12 +654,17 @@ mod tests {
 
     fn deltas(probe: &mut Probe) -> Vec<Delta> {
         let mut out = Vec::new();
-        while let Ok(Outbound::Message(m)) = probe.rx.try_recv() {
-            if let ServerMessage::Delta(d) = m.as_ref() {
-                out.push(d.clone());
+        loop {
+            match probe.rx.try_recv() {
+                Ok(Outbound::Message(m)) => {
+                    if let ServerMessage::Delta(d) = m.as_ref() {
+                        out.push(d.clone());
+                    }
+                }
+                Ok(Outbound::Delta(d)) => out.push(d.delta().clone()),
+                _ => return out,
             }
         }
-        out
     }
 
     fn moved(x: f32) -> Pose {

@@ -123,6 +123,35 @@ fn quantized_server(msg: &ServerMessage) -> ServerMessage {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
+    /// A room encodes each delta once and splices every member's frame
+    /// from it: the bytes must be exactly those of encoding the delta with
+    /// the member's own avatar filtered out, for every member.
+    #[test]
+    fn a_shared_delta_spliced_for_a_member_is_the_filtered_delta_encoded(
+        tick in any::<u64>(),
+        moved in prop::collection::vec((1u32..12, prop::option::of(any::<u64>()), pose()), 0..10),
+        joined in prop::collection::vec(avatar_info(), 0..3),
+        left in prop::collection::vec(1u32..12, 0..4),
+        own in 0u32..14,
+    ) {
+        let avatars = moved.into_iter().map(|(id, t, pose)| AvatarPose { id, t, pose }).collect();
+        let joined: Vec<AvatarInfo> = joined.into_iter().enumerate().map(|(i, a)| AvatarInfo { id: if i == 0 { 5 } else { 20 + i as u32 }, ..a }).collect();
+        let delta = Delta { tick, avatars, joined, left };
+        let shared = binary::SharedDelta::new(&delta);
+        let filtered = Delta {
+            avatars: delta.avatars.iter().filter(|a| own == 0 || a.id != own).cloned().collect(),
+            joined: delta.joined.iter().filter(|a| own == 0 || a.id != own).cloned().collect(),
+            ..delta.clone()
+        };
+        let mut out = vec![9, 9, 9];
+        let sent = shared.frame_for(own, &mut out);
+        let nothing = filtered.avatars.is_empty() && filtered.joined.is_empty() && filtered.left.is_empty();
+        prop_assert_eq!(sent, !nothing);
+        if sent {
+            prop_assert_eq!(out, binary::encode_server(&ServerMessage::Delta(filtered)));
+        }
+    }
+
     #[test]
     fn json_round_trips_every_client_message(msg in client_message()) {
         let text = json::encode(&msg);

@@ -286,6 +286,81 @@ fn read_json(r: &mut Reader<'_>) -> Result<serde_json::Value, DecodeError> {
     serde_json::from_str(&text).map_err(|e| DecodeError::Invalid { what: "voice signal", reason: e.to_string() })
 }
 
+/// A delta encoded once for a whole room. Each entry's bytes are kept
+/// apart, so one member's frame is spliced from them without that member's
+/// own avatar (a member is never sent itself) instead of encoding the delta
+/// again for every member. [`SharedDelta::frame_for`] gives exactly the
+/// bytes [`encode_server`] gives for the delta with `own` filtered out.
+#[derive(Debug, Clone)]
+pub struct SharedDelta {
+    tick: u64,
+    /// Every entry's encoding, back to back.
+    bytes: Vec<u8>,
+    /// (avatar id, end offset in `bytes`) of each moved avatar, then each
+    /// joined one; an entry starts where the one before it ends.
+    moved: Vec<(AvatarId, usize)>,
+    joined: Vec<(AvatarId, usize)>,
+    /// The `left` section, count included.
+    left: Vec<u8>,
+}
+
+impl SharedDelta {
+    pub fn new(d: &Delta) -> SharedDelta {
+        let mut w = Writer::with_capacity(16 * (d.avatars.len() + d.joined.len()) + 8);
+        let mut moved = Vec::with_capacity(d.avatars.len());
+        for a in &d.avatars {
+            w.varint(u64::from(a.id));
+            write_pose(&mut w, &a.pose, a.t);
+            moved.push((a.id, w.buf.len()));
+        }
+        let mut joined = Vec::with_capacity(d.joined.len());
+        for a in &d.joined {
+            write_avatar_info(&mut w, a);
+            joined.push((a.id, w.buf.len()));
+        }
+        let mut left = Writer::with_capacity(1 + 3 * d.left.len());
+        left.varint(d.left.len() as u64);
+        for id in &d.left {
+            left.varint(u64::from(*id));
+        }
+        SharedDelta { tick: d.tick, bytes: w.buf, moved, joined, left: left.buf }
+    }
+
+    /// The frame for the member whose avatar is `own` (0: none), written
+    /// into `out` (cleared first). False when nothing is left for it: a
+    /// tick with no change for this member sends nothing.
+    pub fn frame_for(&self, own: AvatarId, out: &mut Vec<u8>) -> bool {
+        out.clear();
+        let keep = |entries: &[(AvatarId, usize)]| entries.iter().filter(|(id, _)| own == 0 || *id != own).count();
+        let (moved, joined) = (keep(&self.moved), keep(&self.joined));
+        if moved == 0 && joined == 0 && self.left.len() == 1 {
+            return false; // `left` is just its zero count
+        }
+        let mut w = Writer { buf: std::mem::take(out) };
+        w.u8(BINARY_FORMAT_VERSION);
+        w.u8(tag::DELTA);
+        w.varint(self.tick);
+        let mut start = 0;
+        w.varint(moved as u64);
+        for &(id, end) in &self.moved {
+            if own == 0 || id != own {
+                w.buf.extend_from_slice(&self.bytes[start..end]);
+            }
+            start = end;
+        }
+        w.varint(joined as u64);
+        for &(id, end) in &self.joined {
+            if own == 0 || id != own {
+                w.buf.extend_from_slice(&self.bytes[start..end]);
+            }
+            start = end;
+        }
+        w.buf.extend_from_slice(&self.left);
+        *out = w.buf;
+        true
+    }
+}
+
 fn write_avatar_info(w: &mut Writer, a: &AvatarInfo) {
     w.varint(u64::from(a.id));
     w.str(&a.user);
