@@ -93,12 +93,20 @@ pub fn next_choice(choice: PresetChoice) -> PresetChoice {
     }
 }
 
+impl HudState {
+    /// Saves a change to the settings file (if there is one), keeping the
+    /// outcome for the panel.
+    fn save(&mut self, file: Option<&mut SettingsFile>, change: impl FnOnce(&mut crate::settings::Settings)) {
+        if let Some(file) = file {
+            self.save_error = file.update(change).err().map(|e| e.to_string());
+        }
+    }
+}
+
 /// Applies a preset choice and saves it.
 pub fn choose_preset(choice: PresetChoice, quality: &mut ActiveQuality, file: Option<&mut SettingsFile>, hud: &mut HudState) {
     quality.choose(choice);
-    if let Some(file) = file {
-        hud.save_error = file.update(|s| s.preset = Some(choice)).err().map(|e| e.to_string());
-    }
+    hud.save(file, |s| s.preset = Some(choice));
 }
 
 fn hotkeys(
@@ -242,16 +250,12 @@ fn settings_window(
     }
     if lod_on != lod.enabled {
         lod.enabled = lod_on;
-        if let Some(f) = file.as_deref_mut() {
-            hud.save_error = f.update(|s| s.lod = Some(lod_on)).err().map(|e| e.to_string());
-        }
+        hud.save(file.as_deref_mut(), |s| s.lod = Some(lod_on));
     }
     if culling_on != culling.enabled {
+        // The culling plugin carries the switch over to distance culling.
         culling.enabled = culling_on;
-        lod.distance_culling = culling_on;
-        if let Some(f) = file.as_deref_mut() {
-            hud.save_error = f.update(|s| s.culling = Some(culling_on)).err().map(|e| e.to_string());
-        }
+        hud.save(file.as_deref_mut(), |s| s.culling = Some(culling_on));
     }
     Ok(())
 }

@@ -9,7 +9,6 @@ use bevy::camera::visibility::VisibilityRange;
 use crate::quality::{LAMP_INTENSITY, MainCamera, OptionalLight};
 use plaza_shared::lod::LodLevel;
 use bevy::asset::RenderAssetUsages;
-use bevy::camera::RenderTarget;
 use bevy::light::CascadeShadowConfig;
 use bevy::prelude::*;
 use bevy::render::render_resource::TextureFormat;
@@ -46,16 +45,15 @@ impl Plugin for ScenePlugin {
     }
 }
 
-fn spawn_camera(mut commands: Commands, offscreen: Option<Res<OffscreenTarget>>) {
-    let mut camera = commands.spawn((
+/// The scene camera. Where it draws (the scaled scene image) is the render
+/// scale plugin's business.
+fn spawn_camera(mut commands: Commands) {
+    commands.spawn((
         Camera3d::default(),
         MainCamera,
         Projection::Perspective(PerspectiveProjection { fov: 60f32.to_radians(), ..default() }),
         crate::player::camera_for(crate::player::START, 0.0),
     ));
-    if let Some(target) = offscreen {
-        camera.insert(RenderTarget::Image(target.image.clone().into()));
-    }
 }
 
 /// Lamp positions around the fountain; their rank decides which stay lit

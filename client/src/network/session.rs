@@ -117,30 +117,20 @@ impl Task {
         self.send(NetEvent::Notice(notice));
     }
 
-    async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> Result<T, String> {
-        let url = format!("{}{path}", self.config.server);
-        let response = self.http.post(&url).json(&body).send().await.map_err(|e| format!("{url}: {e}"))?;
-        let status = response.status();
-        if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            return Err(format!("{url} answered {status}: {text}"));
-        }
-        response.json().await.map_err(|e| format!("{url}: {e}"))
+    /// Keeps a new token pair; returns the access token.
+    fn keep(&mut self, pair: TokenPair) -> String {
+        let expires_at = self.now() + Duration::from_secs(pair.expires_in);
+        self.conn.tokens = Some(Tokens { access: pair.access_token.clone(), refresh: pair.refresh_token, expires_at });
+        pair.access_token
     }
 
     /// Makes sure we hold a usable access token.
     async fn credentials(&mut self) -> Result<String, String> {
-        #[derive(serde::Deserialize)]
-        struct TokenPair {
-            access_token: String,
-            refresh_token: String,
-            expires_in: u64,
-        }
         loop {
-            let pair: TokenPair = match self.conn.credentials(self.now()) {
+            let pair = match self.conn.credentials(self.now()) {
                 Credentials::Use(token) => return Ok(token),
-                Credentials::Login => self.post("/api/v1/auth/guest", serde_json::json!({ "name": self.config.name })).await?,
-                Credentials::Refresh(refresh) => match self.post("/api/v1/auth/refresh", serde_json::json!({ "refresh_token": refresh })).await {
+                Credentials::Login => post(&self.http, &self.config.server, "/api/v1/auth/guest", serde_json::json!({ "name": self.config.name })).await?,
+                Credentials::Refresh(refresh) => match refresh_pair(&self.http, &self.config.server, refresh).await {
                     Ok(pair) => pair,
                     Err(e) => {
                         tracing::info!(cause = %e, "refresh refused; signing in again");
@@ -149,8 +139,7 @@ impl Task {
                     }
                 },
             };
-            let expires_at = self.now() + Duration::from_secs(pair.expires_in);
-            self.conn.tokens = Some(Tokens { access: pair.access_token, refresh: pair.refresh_token, expires_at });
+            self.keep(pair);
         }
     }
 
@@ -188,7 +177,7 @@ impl Task {
         let mut in_room = false;
         let mut resumed = false;
         // A refresh runs beside the relay so reading never stalls on HTTP.
-        let mut refreshing: Option<tokio::task::JoinHandle<Result<RefreshedTokens, String>>> = None;
+        let mut refreshing: Option<tokio::task::JoinHandle<Result<TokenPair, String>>> = None;
         loop {
             let refresh_at = self.conn.refresh_at().map(|at| self.started + at).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
@@ -286,25 +275,16 @@ impl Task {
                 }
                 _ = tokio::time::sleep_until(refresh_at), if refreshing.is_none() && self.conn.tokens.is_some() => {
                     let refresh = self.conn.tokens.as_ref().map(|t| t.refresh.clone()).unwrap_or_default();
-                    let http = self.http.clone();
-                    let url = format!("{}/api/v1/auth/refresh", self.config.server);
-                    refreshing = Some(tokio::spawn(async move {
-                        let response = http.post(&url).json(&serde_json::json!({ "refresh_token": refresh })).send().await.map_err(|e| e.to_string())?;
-                        if !response.status().is_success() {
-                            return Err(format!("refresh answered {}", response.status()));
-                        }
-                        let v: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
-                        let field = |k: &str| v[k].as_str().map(str::to_owned).ok_or_else(|| format!("no {k} in the refresh answer"));
-                        Ok((field("access_token")?, field("refresh_token")?, v["expires_in"].as_u64().unwrap_or(900)))
-                    }));
+                    let (http, server) = (self.http.clone(), self.config.server.clone());
+                    refreshing = Some(tokio::spawn(async move { refresh_pair(&http, &server, refresh).await }));
                 }
                 done = async { refreshing.as_mut().expect("guarded").await }, if refreshing.is_some() => {
                     refreshing = None;
                     match done {
-                        Ok(Ok((access, refresh, expires_in))) => {
+                        Ok(Ok(pair)) => {
                             tracing::info!("token refreshed in band");
                             self.send(NetEvent::TokenRefreshed);
-                            self.conn.tokens = Some(Tokens { access: access.clone(), refresh, expires_at: self.now() + Duration::from_secs(expires_in) });
+                            let access = self.keep(pair);
                             if let Err(e) = send(&mut ws, &ClientMessage::Refresh(Refresh { token: access })).await {
                                 return Stop::Ended(Ended::Dropped(e));
                             }
@@ -322,8 +302,31 @@ impl Task {
     }
 }
 
-/// A refresh's answer: access token, refresh token, seconds to expiry.
-type RefreshedTokens = (String, String, u64);
+/// What the auth routes answer.
+#[derive(Debug, serde::Deserialize)]
+struct TokenPair {
+    access_token: String,
+    refresh_token: String,
+    expires_in: u64,
+}
+
+/// POSTs JSON to `server` + `path` and reads the JSON answer; an error
+/// says which URL and what it answered.
+async fn post<T: serde::de::DeserializeOwned>(http: &reqwest::Client, server: &str, path: &str, body: serde_json::Value) -> Result<T, String> {
+    let url = format!("{server}{path}");
+    let response = http.post(&url).json(&body).send().await.map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    if !status.is_success() {
+        let text = response.text().await.unwrap_or_default();
+        return Err(format!("{url} answered {status}: {text}"));
+    }
+    response.json().await.map_err(|e| format!("{url}: {e}"))
+}
+
+/// Trades a refresh token for a new pair (the old one stops working).
+async fn refresh_pair(http: &reqwest::Client, server: &str, refresh: String) -> Result<TokenPair, String> {
+    post(http, server, "/api/v1/auth/refresh", serde_json::json!({ "refresh_token": refresh })).await
+}
 
 async fn send(ws: &mut Ws, message: &ClientMessage) -> Result<(), String> {
     let bytes = plaza_shared::codec::binary::encode_client(message);

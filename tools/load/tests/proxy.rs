@@ -245,8 +245,9 @@ async fn an_unreachable_upstream_resets_the_client() {
     assert_eq!(stats.upstream_failures, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_load_run_through_a_lossy_proxy_loses_nothing() {
+/// An in-process server behind a proxy shaped by `shape`; the sender stops
+/// the server.
+async fn server_behind_proxy(shape: impl FnOnce(&mut ProxyConfig)) -> (Proxy, tokio::sync::oneshot::Sender<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server = listener.local_addr().unwrap();
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -254,24 +255,36 @@ async fn a_load_run_through_a_lossy_proxy_loses_nothing() {
         let _ = server_stopped.await;
     }));
     let mut c = config(server);
-    c.latency = 50 * MS;
-    c.loss = 0.05;
-    let proxy = Proxy::start(c).await.unwrap();
-    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("plaza-load-proxy-{}", std::process::id()));
-    let run = plaza_load::cli::RunConfig {
+    shape(&mut c);
+    (Proxy::start(c).await.unwrap(), stop_server)
+}
+
+/// A small binary run of one room through `proxy`.
+fn run_through(proxy: &Proxy, name: &str, users_per_room: u32, duration: Duration) -> plaza_load::cli::RunConfig {
+    plaza_load::cli::RunConfig {
         rooms: 1,
-        users_per_room: 4,
+        users_per_room,
         rate_hz: 10.0,
-        duration: Duration::from_secs(3),
+        duration,
         ramp: Duration::from_millis(500),
         server: Some(format!("http://{}", proxy.addr())),
         protocol: plaza_shared::codec::Subprotocol::Binary,
-        out,
-        chat_every: Some(Duration::from_secs(1)),
+        out: std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("plaza-load-{name}-{}", std::process::id())),
+        chat_every: None,
         ping_every: Duration::from_secs(1),
         drain: plaza_load::run::DRAIN,
         progress: false,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_run_through_a_lossy_proxy_loses_nothing() {
+    let (proxy, stop_server) = server_behind_proxy(|c| {
+        c.latency = 50 * MS;
+        c.loss = 0.05;
+    })
+    .await;
+    let run = plaza_load::cli::RunConfig { chat_every: Some(Duration::from_secs(1)), ..run_through(&proxy, "proxy", 4, Duration::from_secs(3)) };
     let r = plaza_load::run::run(&run).await.expect("the run is done");
     let stats = proxy.stop().await;
     let _ = stop_server.send(());
@@ -391,31 +404,13 @@ fn the_binary_proxies_counts_and_stops_on_ctrl_c() {
 /// counts as lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_longer_than_the_delay_counts_nothing_lost_behind_a_slow_link() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = listener.local_addr().unwrap();
-    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(plaza_server::run(plaza_server::ServerConfig::ephemeral(), listener, async {
-        let _ = server_stopped.await;
-    }));
-    let mut c = config(server);
-    c.latency = 300 * MS;
-    let proxy = Proxy::start(c).await.unwrap();
-    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("plaza-load-drain-{}", std::process::id()));
+    let (proxy, stop_server) = server_behind_proxy(|c| c.latency = 300 * MS).await;
     let run = plaza_load::cli::RunConfig {
-        rooms: 1,
-        users_per_room: 2,
-        rate_hz: 10.0,
-        // Signing in and joining take a few round trips (600 ms each) first.
-        duration: Duration::from_secs(6),
         ramp: Duration::from_millis(200),
-        server: Some(format!("http://{}", proxy.addr())),
-        protocol: plaza_shared::codec::Subprotocol::Binary,
-        out,
-        chat_every: None,
-        ping_every: Duration::from_secs(1),
         // Each pose crosses the proxy twice (600 ms) plus up to a tick.
         drain: Duration::from_secs(2),
-        progress: false,
+        // Signing in and joining take a few round trips (600 ms each) first.
+        ..run_through(&proxy, "drain", 2, Duration::from_secs(6))
     };
     let r = plaza_load::run::run(&run).await.expect("the run is done");
     proxy.stop().await;
