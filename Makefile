@@ -11,7 +11,7 @@ RUN_FRAMES ?= 30
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := decode_client_bin decode_server_bin decode_client_json decode_server_json
 
-.PHONY: setup build run test check-deps bench bench-frames load fuzz clippy clean-run
+.PHONY: setup build run test check-deps peers bench bench-frames load ladder fuzz clippy clean-run
 
 setup:
 	@bash tools/setup.sh
@@ -33,8 +33,17 @@ run: build
 		"$(CARGO_TARGET_DIR)/debug/plaza" $(ARGS); \
 	fi
 
-test: setup check-deps
+test: setup check-deps peers
 	$(CARGO) test --workspace --locked
+
+# The socket.io baseline peers (Node) that `plaza-load ladder` compares
+# with; installed from the lockfile, once.
+PEERS_DIR := tools/peers/socketio
+peers: setup
+	@if [ ! -f $(PEERS_DIR)/node_modules/.package-lock.json ] || [ $(PEERS_DIR)/package-lock.json -nt $(PEERS_DIR)/node_modules/.package-lock.json ]; then \
+		echo "peers: npm ci in $(PEERS_DIR)"; \
+		cd $(PEERS_DIR) && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
 
 # The load issue's headline scenario: 50 rooms x 40 users at 20 Hz (2,000
 # users) against an in-process server, optimized build. Short versions of
@@ -43,6 +52,13 @@ LOAD_ARGS ?= --rooms 50 --users-per-room 40 --rate 20 --duration 60 --ramp 10
 load: setup
 	$(CARGO) build --profile bench -p plaza-load
 	"$(CARGO_TARGET_DIR)/release/plaza-load" run $(LOAD_ARGS) --out target/plaza-load
+
+# Plaza against the socket.io peers, stepped up (the load issue's capacity
+# ratio); LADDER_ARGS overrides the steps, e.g. --steps 400,800,1600.
+LADDER_ARGS ?=
+ladder: setup peers
+	$(CARGO) build --profile bench -p plaza-load
+	"$(CARGO_TARGET_DIR)/release/plaza-load" ladder $(LADDER_ARGS) --out target/plaza-load/ladder
 
 # Only plaza-client may pull in Bevy.
 check-deps:

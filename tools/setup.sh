@@ -15,6 +15,8 @@ PACKAGES=(
   libopus-dev
   # chat store tests on PostgreSQL (the tests start their own cluster)
   postgresql
+  # the socket.io baseline peers for load comparisons (tools/peers)
+  nodejs
 )
 
 missing=()
@@ -23,6 +25,11 @@ for pkg in "${PACKAGES[@]}"; do
     missing+=("$pkg")
   fi
 done
+
+# Debian splits npm out of nodejs; other Node packages bundle it.
+if ! command -v npm >/dev/null 2>&1; then
+  missing+=(npm)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -2,6 +2,8 @@
 
 use crate::proxy::{LossMode, ProxyConfig};
 use clap::{Parser, Subcommand, ValueEnum};
+use crate::ladder::{LadderConfig, Target};
+use crate::wire::Wire;
 use plaza_shared::codec::Subprotocol;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +24,10 @@ pub enum Command {
     /// A TCP proxy in front of a server that adds latency, jitter, loss and
     /// resets; runs until Ctrl-C.
     Proxy(ProxyArgs),
+    /// The same scenario stepped up against Plaza and the socket.io
+    /// baseline peers: each one's capacity at a p99 limit, and the ratio;
+    /// writes ladder.json and ladder.html.
+    Ladder(LadderArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -30,13 +36,17 @@ pub enum ProtocolArg {
     Bin,
     /// plaza.v1.json
     Json,
+    /// socket.io v4 carrying Plaza's JSON messages: the baseline peers in
+    /// tools/peers/socketio (needs --server)
+    Socketio,
 }
 
 impl ProtocolArg {
-    pub fn subprotocol(self) -> Subprotocol {
+    pub fn wire(self) -> Wire {
         match self {
-            ProtocolArg::Bin => Subprotocol::Binary,
-            ProtocolArg::Json => Subprotocol::Json,
+            ProtocolArg::Bin => Wire::Plaza(Subprotocol::Binary),
+            ProtocolArg::Json => Wire::Plaza(Subprotocol::Json),
+            ProtocolArg::Socketio => Wire::SocketIo,
         }
     }
 }
@@ -64,7 +74,7 @@ pub struct RunArgs {
     /// process on 127.0.0.1, any free port].
     #[arg(long, value_parser = parse_server)]
     pub server: Option<String>,
-    /// WebSocket subprotocol.
+    /// WebSocket subprotocol (socketio: a baseline peer, not Plaza).
     #[arg(long, value_enum, default_value = "bin")]
     pub protocol: ProtocolArg,
     /// Where result.json and report.html go.
@@ -125,7 +135,7 @@ pub struct RunConfig {
     pub duration: Duration,
     pub ramp: Duration,
     pub server: Option<String>,
-    pub protocol: Subprotocol,
+    pub wire: Wire,
     pub out: PathBuf,
     /// `None`: no chat.
     pub chat_every: Option<Duration>,
@@ -152,6 +162,9 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
     if users > 20_000 {
         return Err(format!("--rooms × --users-per-room is {users}; at most 20000 users"));
     }
+    if args.protocol == ProtocolArg::Socketio && args.server.is_none() {
+        return Err("--protocol socketio needs --server: start a peer with `node tools/peers/socketio/server.js` (or use `plaza-load ladder`)".into());
+    }
     if args.chat_every > 0.0 && args.chat_every < 1.0 {
         return Err(format!("--chat-every {} is too often; use 0 (never) or at least 1 second", args.chat_every));
     }
@@ -162,7 +175,7 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
         duration: Duration::from_secs(args.duration),
         ramp: Duration::from_secs_f64(ramp),
         server: args.server,
-        protocol: args.protocol.subprotocol(),
+        wire: args.protocol.wire(),
         out: args.out,
         chat_every: (args.chat_every > 0.0).then(|| Duration::from_secs_f64(args.chat_every)),
         ping_every: Duration::from_secs_f64(args.ping_every),
@@ -336,4 +349,87 @@ mod tests {
             assert!(parse_upstream(bad).is_err(), "{bad}");
         }
     }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LadderArgs {
+    /// What to climb, comma-separated, in this order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "plaza,socketio-relay,socketio-batch")]
+    pub targets: Vec<Target>,
+    /// Users at each step, comma-separated, rising (whole rooms: rounded up).
+    #[arg(long, value_delimiter = ',', default_value = "200,400,800,1200,1600,2000,2400,2800")]
+    pub steps: Vec<u64>,
+    /// Users in each room.
+    #[arg(long, default_value = "40", value_parser = clap::value_parser!(u32).range(1..=200))]
+    pub users_per_room: u32,
+    /// Poses each user sends per second (0.1–30).
+    #[arg(long, default_value = "20", value_parser = parse_rate)]
+    pub rate: f64,
+    /// Seconds each step runs, ramp included (2–3600).
+    #[arg(long, default_value = "20", value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub step_duration: u64,
+    /// Users start spread over this many seconds [default: a quarter of a step, at most 5].
+    #[arg(long, value_parser = parse_seconds)]
+    pub ramp: Option<f64>,
+    /// The latency limit: a step is within it when p99 end to end is at most this and nothing was lost.
+    #[arg(long, default_value = "60", value_parser = parse_limit)]
+    pub p99_limit_ms: f64,
+    /// A target stops climbing after a step with p99 above this [default: 3 × the limit].
+    #[arg(long, value_parser = parse_limit)]
+    pub stop_above_ms: Option<f64>,
+    /// Where the socket.io peer is (server.js and node_modules).
+    #[arg(long, default_value = "tools/peers/socketio")]
+    pub peer_dir: PathBuf,
+    /// Where ladder.json, ladder.html and each step's reports go.
+    #[arg(long, default_value = "target/plaza-load/ladder")]
+    pub out: PathBuf,
+    /// No progress line.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_limit(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of milliseconds"))?;
+    if v.is_finite() && (1.0..=60_000.0).contains(&v) { Ok(v) } else { Err(format!("{v} is out of range; use 1–60000 ms")) }
+}
+
+/// Checks the steps rise and fit, and the ramp fits in a step.
+pub fn validate_ladder(args: LadderArgs) -> Result<LadderConfig, String> {
+    if args.steps.is_empty() {
+        return Err("--steps needs at least one user count".into());
+    }
+    if let Some(bad) = args.steps.iter().find(|&&u| u == 0 || u > 20_000) {
+        return Err(format!("--steps: {bad} users is out of range; use 1–20000"));
+    }
+    if args.steps.windows(2).any(|w| w[1] <= w[0]) {
+        return Err(format!("--steps must rise: {:?}", args.steps));
+    }
+    let mut targets = Vec::new();
+    for t in args.targets {
+        if !targets.contains(&t) {
+            targets.push(t);
+        }
+    }
+    let duration = args.step_duration as f64;
+    let ramp = args.ramp.unwrap_or_else(|| (duration / 4.0).min(5.0));
+    if ramp >= duration {
+        return Err(format!("--ramp {ramp} must be shorter than --step-duration {}", args.step_duration));
+    }
+    let stop_above_ms = args.stop_above_ms.unwrap_or(args.p99_limit_ms * 3.0);
+    if stop_above_ms < args.p99_limit_ms {
+        return Err(format!("--stop-above-ms {stop_above_ms} is below --p99-limit-ms {}", args.p99_limit_ms));
+    }
+    Ok(LadderConfig {
+        targets,
+        steps: args.steps,
+        users_per_room: args.users_per_room,
+        rate_hz: args.rate,
+        step_duration: Duration::from_secs(args.step_duration),
+        ramp: Duration::from_secs_f64(ramp),
+        p99_limit_ms: args.p99_limit_ms,
+        stop_above_ms,
+        peer_dir: args.peer_dir,
+        out: args.out,
+        progress: !args.quiet,
+    })
 }

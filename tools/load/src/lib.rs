@@ -4,6 +4,7 @@
 //! - [`cli`] — the command line and its validation.
 //! - [`run`] — one run from start to end (server, rooms, users, phases).
 //! - [`user`] — one simulated user on the network.
+//! - [`wire`] — Plaza's subprotocols, or socket.io for the baseline peers.
 //! - [`track`] — what a user received (pure bookkeeping).
 //! - [`delivery`] — expected, received, lost and chat accounting.
 //! - [`histogram`] — percentiles.
@@ -11,6 +12,7 @@
 //! - [`collect`] — the collector task (per-second series, progress line).
 //! - [`server`] — the embedded server and CPU/memory sampling.
 //! - [`report`] — `result.json` and `report.html`.
+//! - [`ladder`] — `plaza-load ladder`: steps up against Plaza and the socket.io peers ([`peer`]).
 //! - [`names`], [`rng`] — user names that carry their room; a small generator.
 //! - [`proxy`] — `plaza-load proxy`: latency, jitter, loss and resets between clients and a server.
 
@@ -18,7 +20,9 @@ pub mod cli;
 pub mod collect;
 pub mod delivery;
 pub mod histogram;
+pub mod ladder;
 pub mod names;
+pub mod peer;
 pub mod proxy;
 pub mod report;
 pub mod rng;
@@ -27,3 +31,4 @@ pub mod server;
 pub mod tickphase;
 pub mod track;
 pub mod user;
+pub mod wire;

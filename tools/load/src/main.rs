@@ -2,6 +2,9 @@
 //! 1 when anything was lost or misrouted (or errors happened, or the run
 //! could not be done), 2 for bad flags.
 //!
+//! `plaza-load ladder …`: exit 0 when every step ran (whatever the
+//! capacities), 1 when a step could not be run, 2 for bad flags.
+//!
 //! `plaza-load proxy …`: runs until Ctrl-C, then exit 0; 1 when it can't
 //! listen, 2 for bad flags.
 
@@ -15,6 +18,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run_main(args),
         Command::Proxy(args) => proxy_main(args),
+        Command::Ladder(args) => ladder_main(args),
     }
 }
 
@@ -99,4 +103,44 @@ fn run(config: &plaza_load::cli::RunConfig) -> anyhow::Result<bool> {
         eprintln!("plaza-load: FAILED: {}", result.failure);
         Ok(false)
     }
+}
+
+fn ladder_main(args: plaza_load::cli::LadderArgs) -> ExitCode {
+    let config = match plaza_load::cli::validate_ladder(args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs();
+    match ladder(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plaza-load ladder: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn ladder(config: &plaza_load::ladder::LadderConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name(plaza_load::server::LOAD_THREAD).build().context("can't start the tokio runtime")?;
+    let result = runtime.block_on(plaza_load::ladder::ladder(config))?;
+    let (json, html) = plaza_load::ladder::write(&config.out, &result).context("can't write the ladder's reports")?;
+    for c in &result.capacity {
+        println!(
+            "plaza-load ladder: capacity {:<15} {}{} users within p99 {} ms{}",
+            c.target.name(),
+            if c.crossed { "" } else { ">= " },
+            c.users,
+            result.p99_limit_ms,
+            c.crossed_at.map_or_else(String::new, |at| format!("; over at {at}: {}", c.bottleneck))
+        );
+    }
+    if let Some(ratio) = result.ratio {
+        println!("plaza-load ladder: Plaza / best socket.io = {}{ratio:.1}x", if result.ratio_is_lower_bound { ">= " } else { "" });
+    }
+    println!("plaza-load ladder: wrote {} and {}", json.display(), html.display());
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    Ok(())
 }

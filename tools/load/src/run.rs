@@ -135,9 +135,9 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
     let gap_ms = (2500.0 / cfg.rate_hz).max(250.0) as u64;
     let env = Arc::new(Env {
         http: http.clone(),
-        ws_url: format!("{}/ws", base.replacen("http://", "ws://", 1)),
+        ws_url: cfg.wire.ws_url(&base.replacen("http://", "ws://", 1)),
         base: base.clone(),
-        protocol: cfg.protocol,
+        wire: cfg.wire,
         rate_hz: cfg.rate_hz,
         chat_every: cfg.chat_every,
         ping_every: cfg.ping_every,
@@ -321,7 +321,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         duration_s: cfg.duration.as_secs_f64(),
         users_per_room: cfg.users_per_room,
         ramp_s: round3(cfg.ramp.as_secs_f64()),
-        protocol: cfg.protocol.name().into(),
+        protocol: cfg.wire.name().into(),
         users_joined: joined,
         latency_ms: collected.e2e.summary_ms(),
         latency_net_ms: collected.net.summary_ms(),

@@ -14,8 +14,8 @@ use crate::names::UserKey;
 use crate::rng::SplitMix;
 use crate::tickphase::{TickPhase, split};
 use crate::track::{Anomalies, Tracker};
+use crate::wire::{Decoded, Wire};
 use futures_util::{SinkExt, StreamExt};
-use plaza_shared::codec::Subprotocol;
 use plaza_shared::limits::{PROTOCOL_VERSION, TICK_HZ};
 use plaza_shared::messages::*;
 use plaza_shared::pose::Pose;
@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 pub const MAX_RECONNECTS: u64 = 5;
@@ -36,6 +36,8 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// WebSocket read buffer per connection (the server uses the same).
+const READ_BUFFER: usize = 4096;
 /// Poses sent this close to the end of a connection that died are not
 /// expected anywhere; the same margin is kept before a receiver stops
 /// listening.
@@ -80,9 +82,9 @@ pub struct Env {
     pub http: reqwest::Client,
     /// `http://host:port`
     pub base: String,
-    /// `ws://host:port/ws`
+    /// `ws://host:port/ws` (or socket.io's path)
     pub ws_url: String,
-    pub protocol: Subprotocol,
+    pub wire: Wire,
     pub rate_hz: f64,
     /// `None`: never chat.
     pub chat_every: Option<Duration>,
@@ -328,25 +330,32 @@ impl User {
     async fn open(&self) -> Result<Ws, String> {
         let url = &self.env.ws_url;
         let mut request = url.as_str().into_client_request().map_err(|e| format!("{url}: {e}"))?;
-        let protocol = self.env.protocol.name();
-        request.headers_mut().insert("sec-websocket-protocol", protocol.parse().map_err(|_| "bad subprotocol header".to_owned())?);
-        // No Nagle: poses are small and latency is what we measure.
-        let (ws, response) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_with_config(request, None, true))
+        let protocol = self.env.wire.subprotocol();
+        if let Some(protocol) = protocol {
+            request.headers_mut().insert("sec-websocket-protocol", protocol.parse().map_err(|_| "bad subprotocol header".to_owned())?);
+        }
+        // No Nagle: poses are small and latency is what we measure. A 4 KiB
+        // read buffer, as the server has: tungstenite's default 128 KiB is
+        // zero-filled on every read, which perf showed as a fifth of this
+        // tool's CPU at 2,000 users.
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+        let (mut ws, response) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_with_config(request, Some(config), true))
             .await
             .map_err(|_| format!("{url}: no answer within {CONNECT_TIMEOUT:?}"))?
             .map_err(|e| format!("{url}: {e}"))?;
         let chosen = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
-        if chosen != Some(protocol) {
-            return Err(format!("{url}: the server chose subprotocol {chosen:?}, not {protocol}"));
+        if chosen != protocol {
+            return Err(format!("{url}: the server chose subprotocol {chosen:?}, not {protocol:?}"));
         }
+        tokio::time::timeout(CONNECT_TIMEOUT, crate::wire::handshake(self.env.wire, &mut ws))
+            .await
+            .map_err(|_| format!("{url}: no socket.io handshake within {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| format!("{url}: {e}"))?;
         Ok(ws)
     }
 
     async fn send(&mut self, ws: &mut Ws, msg: &ClientMessage) -> Result<(), ()> {
-        let frame = match self.env.protocol {
-            Subprotocol::Binary => Message::Binary(plaza_shared::codec::binary::encode_client(msg).into()),
-            Subprotocol::Json => Message::Text(plaza_shared::codec::json::encode(msg).into()),
-        };
+        let frame = self.env.wire.encode(msg);
         self.report.bytes_out += frame.len() as u64;
         match tokio::time::timeout(SEND_TIMEOUT, ws.send(frame)).await {
             Ok(Ok(())) => Ok(()),
@@ -409,6 +418,11 @@ impl User {
                 Read::Message(ServerMessage::Welcome(w)) => return Ok(w),
                 Read::Message(ServerMessage::Error(e)) => self.error(format!("server_{}", e.code.as_str())),
                 Read::Message(_) | Read::Skip => {}
+                Read::Reply(reply) => {
+                    if ws.send(reply).await.is_err() {
+                        self.error("send");
+                    }
+                }
                 Read::End(end) => return Err(end),
             }
         }
@@ -440,9 +454,11 @@ impl User {
         self.report.msgs_in += 1;
         Counters::add(&self.env.counters.bytes_in, bytes.len() as u64);
         Counters::add(&self.env.counters.msgs_in, 1);
-        match self.env.protocol.decode_server(bytes) {
-            Ok(msg) => Read::Message(msg),
-            Err(e) => {
+        match self.env.wire.decode(bytes) {
+            Decoded::Message(msg) => Read::Message(msg),
+            Decoded::Reply(reply) => Read::Reply(reply),
+            Decoded::Skip => Read::Skip,
+            Decoded::Error(e) => {
                 tracing::warn!(user = %self.plan.name, cause = %e, "undecodable message");
                 self.error("decode");
                 Read::Skip
@@ -502,10 +518,25 @@ impl User {
                     let msg = match self.read(frame) {
                         Read::Message(msg) => msg,
                         Read::Skip => continue,
+                        Read::Reply(reply) => {
+                            if tokio::time::timeout(SEND_TIMEOUT, ws.send(reply)).await.map_or(true, |r| r.is_err()) {
+                                self.error("send");
+                                return End::Lost { resume: self.session.clone(), relogin: false };
+                            }
+                            continue;
+                        }
                         Read::End(end) => return end,
                     };
                     match msg {
-                        ServerMessage::Delta(d) => self.on_delta(&d, now_us).await,
+                        ServerMessage::Delta(mut d) => {
+                            if self.env.wire == Wire::SocketIo {
+                                // The batching peer sends the room's changes to
+                                // everyone; a client skips its own avatar.
+                                let you = self.tracker.you();
+                                d.avatars.retain(|a| Some(a.id) != you);
+                            }
+                            self.on_delta(&d, now_us).await
+                        }
                         ServerMessage::Joined(j) => {
                             self.tracker.on_joined(&j);
                             if let Some(sent) = join_sent.take() {
@@ -675,6 +706,8 @@ impl User {
 
 enum Read {
     Message(ServerMessage),
+    /// Transport housekeeping to send back (socket.io's pong).
+    Reply(Message),
     Skip,
     End(End),
 }

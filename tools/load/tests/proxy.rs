@@ -268,7 +268,7 @@ fn run_through(proxy: &Proxy, name: &str, users_per_room: u32, duration: Duratio
         duration,
         ramp: Duration::from_millis(500),
         server: Some(format!("http://{}", proxy.addr())),
-        protocol: plaza_shared::codec::Subprotocol::Binary,
+        wire: plaza_load::wire::Wire::Plaza(plaza_shared::codec::Subprotocol::Binary),
         out: std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("plaza-load-{name}-{}", std::process::id())),
         chat_every: None,
         ping_every: Duration::from_secs(1),

@@ -1,0 +1,453 @@
+//! `plaza-load ladder`: the same scenario stepped up, user count by user
+//! count, against Plaza and against the socket.io baseline peers, in one
+//! invocation on one machine; each target's capacity is the most users it
+//! served with p99 end-to-end latency within the limit and nothing lost.
+//! Writes `ladder.json` and `ladder.html`, plus every step's own
+//! `result.json` and `report.html` under `<out>/<target>/<users>/`.
+
+use crate::cli::RunConfig;
+use crate::peer::{Peer, PeerMode};
+use crate::report::{RunResult, line_chart};
+use crate::wire::Wire;
+use plaza_shared::codec::Subprotocol;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Pause between steps, so the previous step's sockets are gone.
+const SETTLE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// Plaza's server, embedded in this process, binary subprotocol
+    Plaza,
+    /// socket.io, every pose relayed at once
+    SocketioRelay,
+    /// socket.io, room changes batched at 20 Hz
+    SocketioBatch,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Plaza => "plaza",
+            Target::SocketioRelay => "socketio-relay",
+            Target::SocketioBatch => "socketio-batch",
+        }
+    }
+
+    fn colour(self) -> &'static str {
+        match self {
+            Target::Plaza => "#1f77b4",
+            Target::SocketioRelay => "#d62728",
+            Target::SocketioBatch => "#ff7f0e",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LadderConfig {
+    pub targets: Vec<Target>,
+    /// Users per step, rising.
+    pub steps: Vec<u64>,
+    pub users_per_room: u32,
+    pub rate_hz: f64,
+    pub step_duration: Duration,
+    pub ramp: Duration,
+    pub p99_limit_ms: f64,
+    /// A target stops climbing after a step whose p99 is above this.
+    pub stop_above_ms: f64,
+    pub peer_dir: PathBuf,
+    pub out: PathBuf,
+    pub progress: bool,
+}
+
+/// One step of one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub target: Target,
+    pub users: u64,
+    pub rooms: u32,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// None for the relay, which has no tick to wait for.
+    pub net_p99_ms: Option<f64>,
+    pub max_ms: f64,
+    pub join_p99_ms: f64,
+    pub lost: u64,
+    pub misrouted: u64,
+    pub errors: u64,
+    pub passed: bool,
+    pub failure: String,
+    pub pose_rate_hz: f64,
+    pub server_cpu_pct: f64,
+    pub server_rss_mb: f64,
+    pub load_cpu_pct: f64,
+    pub machine_busy_pct: f64,
+    pub saturated: bool,
+    pub down_bytes_per_user_s: f64,
+    pub within_limit: bool,
+}
+
+impl Step {
+    fn new(target: Target, limit_ms: f64, r: &RunResult) -> Step {
+        Step {
+            target,
+            users: r.users,
+            rooms: r.rooms,
+            p50_ms: r.latency_ms.p50,
+            p99_ms: r.latency_ms.p99,
+            net_p99_ms: (target != Target::SocketioRelay).then_some(r.latency_net_ms.p99),
+            max_ms: r.latency_ms.max,
+            join_p99_ms: r.join_ms.p99,
+            lost: r.lost,
+            misrouted: r.misrouted,
+            errors: r.errors,
+            passed: r.passed,
+            failure: r.failure.clone(),
+            pose_rate_hz: r.pose_rate_hz,
+            server_cpu_pct: r.server.cpu_pct,
+            server_rss_mb: r.server.rss_mb,
+            load_cpu_pct: r.load_tool.cpu_pct,
+            machine_busy_pct: r.load_tool.machine_busy_pct,
+            saturated: r.load_tool.saturated,
+            down_bytes_per_user_s: r.down_bytes_per_user_s,
+            within_limit: r.passed && r.latency_ms.p99 <= limit_ms && r.users_joined == r.users,
+        }
+    }
+
+    /// What ran out first at this step, in words.
+    fn bottleneck(&self, cores: u32) -> String {
+        let server_full = match self.target {
+            // Node runs JavaScript on one thread.
+            Target::SocketioRelay | Target::SocketioBatch => self.server_cpu_pct >= 90.0,
+            Target::Plaza => self.server_cpu_pct >= 90.0 * f64::from(cores),
+        };
+        match (server_full, self.saturated) {
+            (true, _) => format!("the server ({:.0}% of a core)", self.server_cpu_pct),
+            (false, true) => format!("the machine ({:.0}% busy; server {:.0}%, load tool {:.0}% of a core)", self.machine_busy_pct, self.server_cpu_pct, self.load_cpu_pct),
+            (false, false) => format!("neither CPU (server {:.0}%, load tool {:.0}% of a core): queueing", self.server_cpu_pct, self.load_cpu_pct),
+        }
+    }
+}
+
+/// A target's capacity: the most users within the limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct Capacity {
+    pub target: Target,
+    /// 0: not even the first step.
+    pub users: u64,
+    /// false: the ladder ended before this target crossed the limit, so the
+    /// real capacity is at least `users`.
+    pub crossed: bool,
+    /// Users at the first step over the limit, and what ran out there.
+    pub crossed_at: Option<u64>,
+    pub bottleneck: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LadderResult {
+    pub users_per_room: u32,
+    pub rate_hz: f64,
+    pub step_duration_s: f64,
+    pub p99_limit_ms: f64,
+    pub cores: u32,
+    pub steps: Vec<Step>,
+    pub capacity: Vec<Capacity>,
+    /// Plaza's capacity over the best socket.io variant's, when both ran,
+    /// and that variant served the first step and crossed the limit within
+    /// the ladder (else its capacity, and so the ratio, is unknown).
+    pub ratio: Option<f64>,
+    /// true when Plaza never crossed the limit: the ratio is a lower bound.
+    pub ratio_is_lower_bound: bool,
+    pub interrupted: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LadderError {
+    #[error(transparent)]
+    Peer(#[from] crate::peer::PeerError),
+    #[error("step {target} at {users} users: {cause}")]
+    Step { target: &'static str, users: u64, cause: String },
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
+}
+
+fn step_config(cfg: &LadderConfig, target: Target, users: u64, server: Option<String>) -> RunConfig {
+    let rooms = users.div_ceil(u64::from(cfg.users_per_room)).max(1) as u32;
+    RunConfig {
+        rooms,
+        users_per_room: cfg.users_per_room,
+        rate_hz: cfg.rate_hz,
+        duration: cfg.step_duration,
+        ramp: cfg.ramp,
+        server,
+        wire: if target == Target::Plaza { Wire::Plaza(Subprotocol::Binary) } else { Wire::SocketIo },
+        out: cfg.out.join(target.name()).join(users.to_string()),
+        chat_every: Some(Duration::from_secs(30)),
+        ping_every: Duration::from_secs(5),
+        drain: Duration::from_secs(1),
+        progress: cfg.progress,
+    }
+}
+
+/// Climbs every target's ladder in turn.
+pub async fn ladder(cfg: &LadderConfig) -> Result<LadderResult, LadderError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let mut steps = Vec::new();
+    let mut interrupted = false;
+    'targets: for &target in &cfg.targets {
+        for &users in &cfg.steps {
+            let peer = match target {
+                Target::Plaza => None,
+                Target::SocketioRelay => Some(Peer::start(&cfg.peer_dir, PeerMode::Relay)?),
+                Target::SocketioBatch => Some(Peer::start(&cfg.peer_dir, PeerMode::Batch)?),
+            };
+            let run_cfg = step_config(cfg, target, users, peer.as_ref().map(|p| p.base.clone()));
+            tracing::info!(target = target.name(), users, rooms = run_cfg.rooms, "ladder step");
+            let result = crate::run::run(&run_cfg).await.map_err(|e| LadderError::Step { target: target.name(), users, cause: e.to_string() })?;
+            drop(peer);
+            crate::report::write(&run_cfg.out, &result)?;
+            let step = Step::new(target, cfg.p99_limit_ms, &result);
+            println!(
+                "plaza-load ladder: {:<15} {:>6} users  p99 {:>8.1} ms (net {:>7})  lost {} errors {}  server {:>4.0}%  load tool {:>4.0}%  machine {:>3.0}%  {}",
+                target.name(),
+                users,
+                step.p99_ms,
+                step.net_p99_ms.map_or_else(|| "-".to_owned(), |n| format!("{n:.1}")),
+                step.lost,
+                step.errors,
+                step.server_cpu_pct,
+                step.load_cpu_pct,
+                step.machine_busy_pct,
+                if step.within_limit { "ok" } else { "over" }
+            );
+            let stop = !step.passed || step.p99_ms > cfg.stop_above_ms;
+            steps.push(step);
+            if result.interrupted {
+                interrupted = true;
+                break 'targets;
+            }
+            tokio::time::sleep(SETTLE).await;
+            if stop {
+                break;
+            }
+        }
+    }
+    Ok(summarize(cfg, cores, steps, interrupted))
+}
+
+pub fn summarize(cfg: &LadderConfig, cores: u32, steps: Vec<Step>, interrupted: bool) -> LadderResult {
+    let capacity: Vec<Capacity> = cfg
+        .targets
+        .iter()
+        .map(|&target| {
+            let mine: Vec<&Step> = steps.iter().filter(|s| s.target == target).collect();
+            // Capacity is the last step before the first one over the limit:
+            // a lucky step after a failing one does not count.
+            let first_over = mine.iter().position(|s| !s.within_limit);
+            let served = first_over.map_or(&mine[..], |i| &mine[..i]);
+            let users = served.last().map_or(0, |s| s.users);
+            let over = first_over.map(|i| mine[i]);
+            Capacity {
+                target,
+                users,
+                crossed: over.is_some(),
+                crossed_at: over.map(|s| s.users),
+                bottleneck: over.map_or_else(|| "did not cross the limit within the ladder".to_owned(), |s| s.bottleneck(cores)),
+            }
+        })
+        .collect();
+    let plaza = capacity.iter().find(|c| c.target == Target::Plaza);
+    let best_baseline = capacity.iter().filter(|c| c.target != Target::Plaza).max_by_key(|c| c.users);
+    let ratio = match (plaza, best_baseline) {
+        (Some(p), Some(b)) if b.users > 0 && b.crossed => Some(p.users as f64 / b.users as f64),
+        _ => None,
+    };
+    let ratio_is_lower_bound = plaza.is_some_and(|p| !p.crossed);
+    LadderResult {
+        users_per_room: cfg.users_per_room,
+        rate_hz: cfg.rate_hz,
+        step_duration_s: cfg.step_duration.as_secs_f64(),
+        p99_limit_ms: cfg.p99_limit_ms,
+        cores,
+        steps,
+        capacity,
+        ratio,
+        ratio_is_lower_bound,
+        interrupted,
+    }
+}
+
+/// Writes `ladder.json` and `ladder.html` into `dir`.
+pub fn write(dir: &Path, r: &LadderResult) -> Result<(PathBuf, PathBuf), crate::report::ReportError> {
+    use crate::report::ReportError;
+    std::fs::create_dir_all(dir).map_err(|e| ReportError::Dir(dir.to_path_buf(), e))?;
+    let json_path = dir.join("ladder.json");
+    let json = serde_json::to_string_pretty(r).expect("the ladder serializes");
+    std::fs::write(&json_path, json).map_err(|e| ReportError::Write(json_path.clone(), e))?;
+    let html_path = dir.join("ladder.html");
+    std::fs::write(&html_path, html(r)).map_err(|e| ReportError::Write(html_path.clone(), e))?;
+    Ok((json_path, html_path))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+pub fn html(r: &LadderResult) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>plaza-load ladder</title><style>
+body{{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:900px}}
+table{{border-collapse:collapse;margin:8px 0 20px}}th,td{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{text-align:left;background:#f4f4f4}}
+svg{{display:block;margin:8px 0 20px;border:1px solid #ddd}}p.note{{color:#555;font-size:13px}}
+</style></head><body><h1>plaza-load ladder</h1><p>{} users per room at {} Hz, {} s a step, on {} cores; limit: p99 end-to-end pose latency ≤ {} ms with nothing lost.</p>"#,
+        r.users_per_room, r.rate_hz, r.step_duration_s, r.cores, r.p99_limit_ms
+    );
+    h.push_str("<h2>Capacity</h2><table><tr><th>target</th><th>users within the limit</th><th>first step over</th><th>what ran out there</th></tr>");
+    for c in &r.capacity {
+        let _ = write!(
+            h,
+            "<tr><th>{}</th><td>{}{}</td><td>{}</td><td style=\"text-align:left\">{}</td></tr>",
+            c.target.name(),
+            if c.crossed { "" } else { "≥ " },
+            c.users,
+            c.crossed_at.map_or_else(|| "—".to_owned(), |u| u.to_string()),
+            esc(&c.bottleneck)
+        );
+    }
+    h.push_str("</table>");
+    if let Some(ratio) = r.ratio {
+        let _ = write!(h, "<p><b>Plaza's capacity over the best socket.io variant: {}{ratio:.1}×</b></p>", if r.ratio_is_lower_bound { "≥ " } else { "" });
+    }
+    let series = |f: fn(&Step) -> f64| -> Vec<(&'static str, &'static str, Vec<(f64, f64)>)> {
+        let mut targets: Vec<Target> = r.steps.iter().map(|s| s.target).collect();
+        targets.dedup();
+        targets.into_iter().map(|t| (t.name(), t.colour(), r.steps.iter().filter(|s| s.target == t).map(|s| (s.users as f64, f(s))).collect())).collect()
+    };
+    let mut p99 = series(|s| s.p99_ms);
+    let max_users = r.steps.iter().map(|s| s.users).max().unwrap_or(0) as f64;
+    p99.push(("limit", "#999999", vec![(0.0, r.p99_limit_ms), (max_users, r.p99_limit_ms)]));
+    // Steps far over the limit would flatten the interesting part.
+    let cap = r.p99_limit_ms * 5.0;
+    let clipped: Vec<_> = p99.into_iter().map(|(n, c, pts)| (n, c, pts.into_iter().map(|(x, y)| (x, y.min(cap))).collect())).collect();
+    h.push_str("<h2>p99 latency by users</h2>");
+    h.push_str(&line_chart(&format!("p99 end-to-end pose latency (clipped at {cap:.0} ms)"), "ms", &clipped));
+    h.push_str("<h2>Server CPU by users</h2>");
+    h.push_str(&line_chart("server CPU (socket.io: one thread)", "% of one core", &series(|s| s.server_cpu_pct)));
+    h.push_str("<h2>Steps</h2><table><tr><th>target</th><th>users</th><th>p50</th><th>p99</th><th>p99 net of tick</th><th>max</th><th>join p99</th><th>lost</th><th>errors</th><th>poses/s per user</th><th>server CPU %</th><th>server RSS MB</th><th>load tool CPU %</th><th>machine busy %</th><th>within</th></tr>");
+    for s in &r.steps {
+        let _ = write!(
+            h,
+            "<tr><th>{}</th><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{:.0}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{}</td></tr>",
+            s.target.name(),
+            s.users,
+            s.p50_ms,
+            s.p99_ms,
+            s.net_p99_ms.map_or_else(|| "—".to_owned(), |n| format!("{n:.1}")),
+            s.max_ms,
+            s.join_p99_ms,
+            s.lost,
+            s.errors,
+            s.pose_rate_hz,
+            s.server_cpu_pct,
+            s.server_rss_mb,
+            s.load_cpu_pct,
+            s.machine_busy_pct,
+            if s.within_limit { "yes" } else { "no" }
+        );
+    }
+    h.push_str("</table><p class=\"note\">Every step is its own run (fresh server), with its full report under the target's folder. Plaza runs in this process (its RSS includes the load tool); the socket.io peers are Node processes read through their /metrics. Latency net of tick is shown only for targets with a tick (Plaza, socketio-batch). The ratio is shown only when the best socket.io variant crossed the limit within the ladder.</p></body></html>\n");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(target: Target, users: u64, p99: f64, passed: bool) -> Step {
+        Step {
+            target,
+            users,
+            rooms: 1,
+            p50_ms: p99 / 2.0,
+            p99_ms: p99,
+            net_p99_ms: Some(p99),
+            max_ms: p99,
+            join_p99_ms: 1.0,
+            lost: u64::from(!passed),
+            misrouted: 0,
+            errors: 0,
+            passed,
+            failure: String::new(),
+            pose_rate_hz: 20.0,
+            server_cpu_pct: 95.0,
+            server_rss_mb: 50.0,
+            load_cpu_pct: 50.0,
+            machine_busy_pct: 70.0,
+            saturated: false,
+            down_bytes_per_user_s: 0.0,
+            within_limit: passed && p99 <= 60.0,
+        }
+    }
+
+    fn config() -> LadderConfig {
+        LadderConfig {
+            targets: vec![Target::Plaza, Target::SocketioRelay, Target::SocketioBatch],
+            steps: vec![100, 200, 400],
+            users_per_room: 40,
+            rate_hz: 20.0,
+            step_duration: Duration::from_secs(10),
+            ramp: Duration::from_secs(2),
+            p99_limit_ms: 60.0,
+            stop_above_ms: 180.0,
+            peer_dir: PathBuf::from("tools/peers/socketio"),
+            out: PathBuf::from("target/x"),
+            progress: false,
+        }
+    }
+
+    #[test]
+    fn capacity_is_the_last_step_before_the_first_over_the_limit_and_the_ratio_uses_the_best_baseline() {
+        let steps = vec![
+            step(Target::Plaza, 100, 52.0, true),
+            step(Target::Plaza, 200, 55.0, true),
+            step(Target::Plaza, 400, 58.0, true),
+            step(Target::SocketioRelay, 100, 70.0, true),
+            step(Target::SocketioBatch, 100, 57.0, true),
+            // Lost poses count as over, whatever the latency.
+            step(Target::SocketioBatch, 200, 40.0, false),
+            // A lucky step after a failure does not raise the capacity.
+            step(Target::SocketioBatch, 400, 50.0, true),
+        ];
+        let r = summarize(&config(), 2, steps, false);
+        let by = |t| r.capacity.iter().find(|c| c.target == t).unwrap().clone();
+        assert_eq!((by(Target::Plaza).users, by(Target::Plaza).crossed), (400, false));
+        assert_eq!((by(Target::SocketioRelay).users, by(Target::SocketioRelay).crossed_at), (0, Some(100)));
+        assert_eq!((by(Target::SocketioBatch).users, by(Target::SocketioBatch).crossed_at), (100, Some(200)));
+        assert_eq!(r.ratio, Some(4.0));
+        assert!(r.ratio_is_lower_bound);
+        assert!(by(Target::SocketioRelay).bottleneck.contains("the server"), "{}", by(Target::SocketioRelay).bottleneck);
+        let page = html(&r);
+        assert!(page.contains("≥ 4.0×"), "the ratio is shown as a lower bound");
+        assert_eq!(page.matches("<svg").count(), 2);
+    }
+
+    #[test]
+    fn no_ratio_when_the_best_baseline_never_crossed() {
+        let steps = vec![step(Target::Plaza, 100, 52.0, true), step(Target::SocketioBatch, 100, 50.0, true)];
+        let r = summarize(&config(), 2, steps, false);
+        assert_eq!(r.ratio, None, "the baseline's capacity is unknown");
+    }
+
+    #[test]
+    fn no_ratio_when_no_baseline_served_the_first_step() {
+        let steps = vec![step(Target::Plaza, 100, 52.0, true), step(Target::SocketioRelay, 100, 900.0, true), step(Target::SocketioBatch, 100, 700.0, true)];
+        let r = summarize(&config(), 2, steps, false);
+        assert_eq!(r.ratio, None);
+    }
+}

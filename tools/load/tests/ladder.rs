@@ -1,0 +1,55 @@
+//! The CI ladder: two tiny steps against Plaza and both socket.io peers
+//! (Node, installed by `make peers`, which `make test` runs first). Checks
+//! delivery, the reports and that every target ran; not speed.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn a_tiny_ladder_climbs_every_target_and_loses_nothing() {
+    let peer_dir = repo_root().join("tools/peers/socketio");
+    assert!(
+        peer_dir.join("node_modules").is_dir(),
+        "{}/node_modules is missing: run `make peers` (npm ci) first; `make test` does",
+        peer_dir.display()
+    );
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("plaza-load-ladder-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let output = Command::new(env!("CARGO_BIN_EXE_plaza-load"))
+        .args(["ladder", "--steps", "4,8", "--users-per-room", "4", "--rate", "10", "--step-duration", "3", "--ramp", "0.5", "--quiet"])
+        .arg("--peer-dir")
+        .arg(&peer_dir)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("plaza-load runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", output.status.code());
+    let ladder: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("ladder.json")).expect("ladder.json")).expect("JSON");
+    let steps = ladder["steps"].as_array().expect("steps");
+    for target in ["plaza", "socketio-relay", "socketio-batch"] {
+        let mine: Vec<_> = steps.iter().filter(|s| s["target"] == target).collect();
+        assert_eq!(mine.len(), 2, "{target} ran both steps:\n{stdout}");
+        for s in mine {
+            assert_eq!(s["lost"], 0, "{target}: {s}");
+            assert_eq!(s["misrouted"], 0, "{target}: {s}");
+            assert_eq!(s["errors"], 0, "{target}: {s}");
+            assert_eq!(s["passed"], true, "{target}: {s}");
+            let users = s["users"].as_u64().expect("users");
+            let step_report = out.join(target).join(users.to_string()).join("result.json");
+            let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&step_report).expect("a step's result.json")).expect("JSON");
+            assert_eq!(r["users_joined"], users, "{target}: everyone got in");
+            assert!(r["received"].as_u64().unwrap_or(0) > 0, "{target}: poses arrived");
+            let expected_protocol = if target == "plaza" { "bin" } else { "socketio" };
+            assert_eq!(r["protocol"], expected_protocol);
+        }
+    }
+    assert_eq!(ladder["capacity"].as_array().map(Vec::len), Some(3));
+    let html = std::fs::read_to_string(out.join("ladder.html")).expect("ladder.html");
+    assert!(html.contains("<svg") && html.contains("socketio-batch"));
+}
