@@ -86,15 +86,18 @@ pub struct RunArgs {
     /// Each user pings this often, in seconds.
     #[arg(long, default_value = "5", value_parser = parse_ping)]
     pub ping_every: f64,
-    /// No progress line.
     /// After --duration, keep reading this many seconds for poses still in
     /// flight (0.2–120). Raise it behind a slow link or the fault proxy:
     /// poses that arrive later count as lost. [default: 1]
     #[arg(long, default_value = "1", value_parser = parse_drain)]
     pub drain: f64,
-
+    /// No progress line.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Faults between the users and the server: any of these puts the fault
+    /// proxy (as `plaza-load proxy`) in between, in this process.
+    #[command(flatten)]
+    pub faults: FaultArgs,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -143,6 +146,8 @@ pub struct RunConfig {
     /// How long to keep reading after the users stop sending.
     pub drain: Duration,
     pub progress: bool,
+    /// The fault proxy's settings (its addresses are set by the run).
+    pub faults: Option<ProxyConfig>,
 }
 
 impl RunConfig {
@@ -181,6 +186,7 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
         ping_every: Duration::from_secs_f64(args.ping_every),
         drain: Duration::from_secs_f64(args.drain),
         progress: !args.quiet,
+        faults: if args.faults.any() { Some(validate_faults(&args.faults)?) } else { None },
     })
 }
 
@@ -200,6 +206,13 @@ pub struct ProxyArgs {
     /// The server, host:port.
     #[arg(long, value_parser = parse_upstream)]
     pub upstream: String,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+}
+
+/// What the fault proxy does; shared by `proxy` and `run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FaultArgs {
     /// Delay added each way (a round trip gets twice this): 500ms, 2s, 1m; at most 60s.
     #[arg(long, default_value = "0ms", value_parser = parse_delay)]
     pub latency: Duration,
@@ -285,6 +298,14 @@ fn parse_upstream(s: &str) -> Result<String, String> {
 
 /// Checks what one flag alone can't: the jitter must not exceed the latency.
 pub fn validate_proxy(args: ProxyArgs) -> Result<ProxyConfig, String> {
+    let mut config = validate_faults(&args.faults)?;
+    config.listen = args.listen;
+    config.upstream = args.upstream;
+    Ok(config)
+}
+
+/// The faults, as a proxy configuration still without its addresses.
+fn validate_faults(args: &FaultArgs) -> Result<ProxyConfig, String> {
     if args.jitter > args.latency {
         return Err(format!(
             "--jitter {} must not exceed --latency {} (each delay is latency ± jitter)",
@@ -294,8 +315,6 @@ pub fn validate_proxy(args: ProxyArgs) -> Result<ProxyConfig, String> {
     }
     let seed = args.seed.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64) ^ u64::from(std::process::id()));
     Ok(ProxyConfig {
-        listen: args.listen,
-        upstream: args.upstream,
         latency: args.latency,
         jitter: args.jitter,
         loss: args.loss,
@@ -305,7 +324,14 @@ pub fn validate_proxy(args: ProxyArgs) -> Result<ProxyConfig, String> {
         },
         reset_every: args.reset_every,
         seed,
+        ..ProxyConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), "")
     })
+}
+
+impl FaultArgs {
+    fn any(&self) -> bool {
+        !self.latency.is_zero() || self.loss > 0.0 || self.reset_every.is_some()
+    }
 }
 
 #[cfg(test)]

@@ -11,8 +11,10 @@
 //!
 //! Only poses the receiver could get are expected: sent while it was in the
 //! room (from its `joined` until it stopped listening, less a grace period
-//! for poses still in flight) and before the sender stopped (or, for a
-//! sender whose connection died, a grace period before that).
+//! for poses still in flight, and not while it was away between a lost
+//! socket and the state coming back on the next: the `joined` it then gets
+//! carries every avatar's current pose) and before the sender stopped (or,
+//! for a sender whose connection died, a grace period before that).
 //!
 //! Chats. Every acknowledged chat must reach every member of its room that
 //! was there from before it was sent until after it was acknowledged, the
@@ -49,6 +51,9 @@ pub struct ReceiverLog {
     pub from_ms: Option<u64>,
     /// Poses sent after this (ms) are not expected at this receiver.
     pub until_ms: u64,
+    /// Away between reconnects, `[from, to]` ms, in order: the grace period
+    /// before the socket was lost, until the state was back.
+    pub away: Vec<(u64, u64)>,
     pub seen: HashMap<UserKey, PairStats>,
     pub chats: HashSet<String>,
 }
@@ -94,10 +99,11 @@ pub fn account_poses(senders: &[SenderLog], receivers: &[ReceiverLog]) -> PoseDe
             // Poses in [from, until]; those after max_t were never covered.
             let lo = s.poses.partition_point(|&t| t < from);
             let hi = s.poses.partition_point(|&t| t <= until);
-            let expected = (hi - lo) as u64;
             let max_t = r.seen.get(&skey).map_or(0, |p| p.max_t);
             let covered_to = s.poses.partition_point(|&t| t <= max_t).clamp(lo, hi);
-            let lost = (hi - covered_to) as u64;
+            let away = |start: usize| -> u64 { r.away.iter().map(|&(a, b)| count_within(&s.poses[start..hi], a, b)).sum() };
+            let expected = (hi - lo) as u64 - away(lo);
+            let lost = (hi - covered_to) as u64 - away(covered_to);
             out.expected += expected;
             out.lost += lost;
             if lost > 0 {
@@ -106,6 +112,11 @@ pub fn account_poses(senders: &[SenderLog], receivers: &[ReceiverLog]) -> PoseDe
         }
     }
     out
+}
+
+/// Poses (sorted) with `t` in `[a, b]`.
+fn count_within(poses: &[u64], a: u64, b: u64) -> u64 {
+    (poses.partition_point(|&t| t <= b) - poses.partition_point(|&t| t < a)) as u64
 }
 
 /// Counts chats: every acknowledged chat to every receiver in its room

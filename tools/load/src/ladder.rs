@@ -190,6 +190,7 @@ fn step_config(cfg: &LadderConfig, target: Target, users: u64, server: Option<St
         ping_every: Duration::from_secs(5),
         drain: Duration::from_secs(1),
         progress: cfg.progress,
+        faults: None,
     }
 }
 

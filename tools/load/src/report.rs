@@ -67,6 +67,17 @@ pub struct AnomalyCounts {
     pub foreign: u64,
 }
 
+/// What the fault proxy did in a run with faults.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultStats {
+    /// The faults, in words.
+    pub describe: String,
+    pub proxy: crate::proxy::StatsSnapshot,
+    /// Sockets that ended without a close because the proxy cut them: not
+    /// counted as errors.
+    pub drops_from_resets: u64,
+}
+
 /// `result.json`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunResult {
@@ -88,6 +99,14 @@ pub struct RunResult {
     pub join_ms: Percentiles,
     pub auth_ms: Percentiles,
     pub rtt_ms: Percentiles,
+    /// Per reconnect: the new socket's hello → `joined` (the room's state back).
+    pub restore_ms: Percentiles,
+    /// Per reconnect: the old socket lost → `joined` on the new one.
+    pub outage_ms: Percentiles,
+    /// Reconnects that got their old seat back (`hello.resume`).
+    pub resumed: u64,
+    /// Present when the run had the fault proxy in between.
+    pub faults: Option<FaultStats>,
     pub poses_sent: u64,
     /// Poses per second a user actually sent, on average (below `rate_hz`
     /// when the load tool is short of CPU).
@@ -282,6 +301,10 @@ table{{border-collapse:collapse;margin:8px 0 20px}}th,td{{border:1px solid #ccc;
     percentile_row(&mut h, "join (join → joined)", &r.join_ms);
     percentile_row(&mut h, "auth (guest login over HTTP)", &r.auth_ms);
     percentile_row(&mut h, "ping round trip", &r.rtt_ms);
+    if r.restore_ms.count > 0 {
+        percentile_row(&mut h, "reconnect: hello → state back", &r.restore_ms);
+        percentile_row(&mut h, "reconnect: socket lost → state back", &r.outage_ms);
+    }
     h.push_str("</table><p class=\"note\">End to end: the receiver's clock when a delta arrives minus the pose's <code>t</code> (the sender's clock when it sent it; same machine). Net: less the wait from sending to the room's next tick, estimated from the room's tick grid (see docs/load.md).</p>");
 
     h.push_str("<h2>Delivery</h2><table>");
@@ -295,7 +318,7 @@ table{{border-collapse:collapse;margin:8px 0 20px}}th,td{{border:1px solid #ccc;
     row(&mut h, "chats sent / acked", format!("{} / {}", r.chat.sent, r.chat.acked));
     row(&mut h, "chat deliveries expected / received / lost", format!("{} / {} / {}", r.chat.expected, r.chat.received, r.chat.lost));
     row(&mut h, "errors", r.errors);
-    row(&mut h, "reconnects", r.reconnects);
+    row(&mut h, "reconnects (seat resumed)", format!("{} ({})", r.reconnects, r.resumed));
     row(&mut h, "users joined", format!("{} of {}", r.users_joined, r.users));
     row(&mut h, "down bytes per user per second", format!("{:.0}", r.down_bytes_per_user_s));
     row(&mut h, "up bytes per user per second", format!("{:.0}", r.up_bytes_per_user_s));
@@ -313,6 +336,13 @@ table{{border-collapse:collapse;margin:8px 0 20px}}th,td{{border:1px solid #ccc;
         h.push_str("</table>");
     }
 
+    if let Some(f) = &r.faults {
+        h.push_str("<h2>Faults</h2><table>");
+        row(&mut h, "fault proxy", &f.describe);
+        row(&mut h, "proxy counters", &f.proxy);
+        row(&mut h, "sockets cut by the proxy (not errors)", f.drops_from_resets);
+        h.push_str("</table>");
+    }
     h.push_str("<h2>Server</h2>");
     let res = |f: fn(&ResourcePoint) -> f64| r.resources.iter().map(|p| (p.s, f(p))).collect::<Vec<_>>();
     h.push_str(&line_chart("CPU", "% of one core", &[("server", "#9467bd", res(|p| p.cpu_pct)), ("load tool", "#8c564b", res(|p| p.load_cpu_pct))]));

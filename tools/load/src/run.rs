@@ -7,7 +7,8 @@ use crate::collect::{BATCH_QUEUE, Collected, Collector, Counters};
 use crate::delivery::{ReceiverLog, SenderLog, account_chats, account_poses};
 use crate::histogram::{Histogram, round3};
 use crate::names::{UserKey, room_name, run_tag, user_name};
-use crate::report::{AnomalyCounts, LoadToolStats, RunResult, ServerStats};
+use crate::proxy::{Proxy, StatsSnapshot};
+use crate::report::{AnomalyCounts, FaultStats, LoadToolStats, RunResult, ServerStats};
 use crate::server::{EmbeddedServer, Sampler, ServerError};
 use crate::user::{self, Env, Phase, Plan, RoomClocks, UserReport};
 use plaza_shared::limits::DEFAULT_ROOM_CAPACITY;
@@ -39,6 +40,8 @@ pub enum RunError {
     CreateRoom(String, String),
     #[error("the collector failed: {0}")]
     Collector(String),
+    #[error("can't start the fault proxy: {0}")]
+    Proxy(std::io::Error),
 }
 
 fn unix_ms() -> u64 {
@@ -119,8 +122,22 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         (None, None) => unreachable!("one of the two is set"),
     };
     wait_healthy(&http, &base).await?;
-    check_file_limit(cfg.users() * if embedded.is_some() { 2 } else { 1 });
+    let proxy_sockets = if cfg.faults.is_some() { 2 } else { 0 };
+    check_file_limit(cfg.users() * (if embedded.is_some() { 2 } else { 1 } + proxy_sockets));
     let sampler = if embedded.is_some() { Sampler::InProcess } else { Sampler::Remote { http: http.clone(), base: base.clone() } };
+    // The users (HTTP and WebSocket) go through the fault proxy when there
+    // is one; the server's numbers are still read directly.
+    let proxy = match &cfg.faults {
+        Some(faults) => {
+            let upstream = base.trim_start_matches("http://").to_owned();
+            let config = crate::proxy::ProxyConfig { upstream, ..faults.clone() };
+            let proxy = Proxy::start(config).await.map_err(RunError::Proxy)?;
+            tracing::info!(proxy = %proxy.addr(), faults = %faults.describe(), "users connect through the fault proxy");
+            Some(proxy)
+        }
+        None => None,
+    };
+    let user_base = proxy.as_ref().map_or_else(|| base.clone(), |p| format!("http://{}", p.addr()));
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64) ^ u64::from(std::process::id());
     let tag = run_tag(seed);
     let rooms: Vec<String> = if cfg.users_per_room > DEFAULT_ROOM_CAPACITY {
@@ -135,8 +152,8 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
     let gap_ms = (2500.0 / cfg.rate_hz).max(250.0) as u64;
     let env = Arc::new(Env {
         http: http.clone(),
-        ws_url: cfg.wire.ws_url(&base.replacen("http://", "ws://", 1)),
-        base: base.clone(),
+        ws_url: cfg.wire.ws_url(&user_base.replacen("http://", "ws://", 1)),
+        base: user_base,
         wire: cfg.wire,
         rate_hz: cfg.rate_hz,
         chat_every: cfg.chat_every,
@@ -146,6 +163,9 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         counters: counters.clone(),
         clocks: RoomClocks::new(cfg.rooms),
         gap_ms,
+        // A segment in flight when a socket is cut may have waited the
+        // proxy's delay, its jitter and a loss stall.
+        grace_ms: user::GRACE_MS + cfg.faults.as_ref().map_or(0, |f| (f.latency + f.jitter + if f.loss > 0.0 { f.rto() } else { Duration::ZERO }).as_millis() as u64),
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Run);
     let (batch_tx, batch_rx) = mpsc::channel(BATCH_QUEUE);
@@ -206,6 +226,10 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         .await
         .map_err(|_| RunError::Collector("did not finish".into()))?
         .map_err(|e| RunError::Collector(e.to_string()))?;
+    let proxy_stats = match proxy {
+        Some(proxy) => Some(proxy.stop().await),
+        None => None,
+    };
     if let Some(server) = embedded {
         server.stop().await;
     }
@@ -215,7 +239,8 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         url: base,
         ..ServerStats::default()
     };
-    let mut result = summarize(cfg, &reports, stuck, collected, server, gap_ms, interrupted);
+    let faults = cfg.faults.as_ref().zip(proxy_stats).map(|(f, stats)| (f.describe(), stats));
+    let mut result = summarize(cfg, &reports, stuck, collected, server, gap_ms, interrupted, faults);
     result.tag = tag;
     result.started_unix_ms = started_unix_ms;
     Ok(result)
@@ -223,10 +248,16 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
 
 /// Turns the users' reports and the collector's histograms into the result.
 /// `interrupted`: users that had not started yet are not held against the run.
-pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected: Collected, mut server: ServerStats, gap_ms: u64, interrupted: bool) -> RunResult {
+/// `faults`: the fault proxy's settings and counters; sockets it cut
+/// (`dropped`, up to its reset count) are then expected, not errors.
+#[allow(clippy::too_many_arguments)]
+pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected: Collected, mut server: ServerStats, gap_ms: u64, interrupted: bool, faults: Option<(String, StatsSnapshot)>) -> RunResult {
     let mut join = Histogram::new();
     let mut auth = Histogram::new();
     let mut rtt = Histogram::new();
+    let mut restore = Histogram::new();
+    let mut outage = Histogram::new();
+    let mut resumed = 0;
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut anomalies = AnomalyCounts { gap_ms, ..AnomalyCounts::default() };
     let (mut misrouted, mut reconnects, mut bytes_in, mut bytes_out, mut in_room_us, mut joined, mut poses_sent) = (0, 0, 0, 0, 0, 0, 0);
@@ -234,6 +265,9 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         r.join_us.iter().for_each(|&v| join.record(v));
         r.auth_us.iter().for_each(|&v| auth.record(v));
         r.rtt_us.iter().for_each(|&v| rtt.record(v));
+        r.restore_us.iter().for_each(|&v| restore.record(v));
+        r.outage_us.iter().for_each(|&v| outage.record(v));
+        resumed += r.resumed;
         for (kind, n) in &r.errors {
             *errors.entry(kind.clone()).or_default() += n;
         }
@@ -255,6 +289,20 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
             *errors.entry(kind.into()).or_default() += n;
         }
     }
+    let fault_stats = faults.map(|(describe, proxy)| {
+        // A cut shows as a socket that drops, or as a send that fails.
+        let mut left = proxy.resets;
+        for kind in ["dropped", "send"] {
+            let Some(n) = errors.get_mut(kind) else { continue };
+            let excused = (*n).min(left);
+            *n -= excused;
+            left -= excused;
+            if *n == 0 {
+                errors.remove(kind);
+            }
+        }
+        FaultStats { describe, proxy, drops_from_resets: proxy.resets - left }
+    });
     let error_total: u64 = errors.values().sum();
     // The rate users achieved: a starved load tool sends fewer poses than asked.
     let rates: Vec<f64> = reports
@@ -328,6 +376,10 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         join_ms: join.summary_ms(),
         auth_ms: auth.summary_ms(),
         rtt_ms: rtt.summary_ms(),
+        restore_ms: restore.summary_ms(),
+        outage_ms: outage.summary_ms(),
+        resumed,
+        faults: fault_stats,
         poses_sent,
         pose_rate_hz,
         expected: poses.expected,

@@ -3,7 +3,10 @@
 //! seconds and chats now and then, reading everything the server sends,
 //! until the run tells it to stop sending and then to close. A connection
 //! that ends without our close is counted as an error and resumed (at most
-//! [`MAX_RECONNECTS`] times).
+//! [`MAX_RECONNECTS`] failures in a row); chats not acknowledged before a
+//! drop are sent again, with the same id, once back in the room, and the
+//! chats missed while away are fetched from the room's history (the server
+//! does not replay them on resume), as the client does.
 //!
 //! Every wait is bounded: HTTP and connects time out, sends time out, and
 //! the main loop ends on the run's phase.
@@ -30,6 +33,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 pub const MAX_RECONNECTS: u64 = 5;
+/// The most chats waiting for their acknowledgement that a user keeps to resend.
+const UNACKED_MAX: usize = 64;
 const LOGIN_ATTEMPTS: u32 = 3;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,7 +45,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_BUFFER: usize = 4096;
 /// Poses sent this close to the end of a connection that died are not
 /// expected anywhere; the same margin is kept before a receiver stops
-/// listening.
+/// listening. Behind the fault proxy the run widens it by the time a
+/// segment can spend on the way ([`Env::grace_ms`]).
 pub const GRACE_MS: u64 = 200;
 
 /// Where the run is; users follow it.
@@ -95,6 +101,8 @@ pub struct Env {
     pub clocks: RoomClocks,
     /// A sender's `t` jumping by more than this counts as a gap.
     pub gap_ms: u64,
+    /// [`GRACE_MS`], plus the fault proxy's delay and stall when there is one.
+    pub grace_ms: u64,
 }
 
 /// One user's part in the run.
@@ -115,6 +123,12 @@ pub struct UserReport {
     pub auth_us: Vec<u64>,
     pub join_us: Vec<u64>,
     pub rtt_us: Vec<u64>,
+    /// Per reconnect: the new socket's hello → `joined` (the state back).
+    pub restore_us: Vec<u64>,
+    /// Per reconnect: the old socket's loss → `joined` on the new one.
+    pub outage_us: Vec<u64>,
+    /// Reconnects that got the old seat back (`hello.resume` accepted).
+    pub resumed: u64,
     pub errors: BTreeMap<String, u64>,
     pub reconnects: u64,
     pub bytes_in: u64,
@@ -205,6 +219,16 @@ struct User {
     /// Smoothed ping round trip, µs (`t` has ms resolution, so it is
     /// about 0.5 ms high).
     rtt_ewma_us: u64,
+    /// Reconnects since the last time we were back in the room.
+    failures_in_a_row: u64,
+    /// When the last connection was lost, until the state is back.
+    lost_at: Option<Instant>,
+    /// The same, on the Unix clock less the grace period (ms).
+    away_from_ms: u64,
+    /// When this connection's hello went out.
+    hello_at: Option<Instant>,
+    /// Chats sent and not yet acknowledged, to resend after a reconnect.
+    unacked: Vec<ChatSend>,
 }
 
 /// Runs one user to the end of the run and returns what it measured.
@@ -232,6 +256,11 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         conn_end_ms: 0,
         in_room_since: None,
         rtt_ewma_us: 1_000,
+        failures_in_a_row: 0,
+        lost_at: None,
+        away_from_ms: 0,
+        hello_at: None,
+        unacked: Vec::new(),
     };
     user.life().await;
     user.finish().await
@@ -266,16 +295,21 @@ impl User {
             if matches!(end, End::Lost { .. }) {
                 // (Our own close noted its start already.)
                 self.conn_end_ms = unix_us() / 1000;
+                if self.lost_at.is_none() {
+                    self.lost_at = Some(Instant::now());
+                    self.away_from_ms = self.conn_end_ms.saturating_sub(self.env.grace_ms);
+                }
             }
             match end {
                 End::Done | End::Fatal => return,
                 End::Lost { resume: session, relogin: again } => {
-                    if self.phase_now() != Phase::Run || self.report.reconnects >= MAX_RECONNECTS {
+                    if self.phase_now() != Phase::Run || self.failures_in_a_row >= MAX_RECONNECTS {
                         return;
                     }
+                    self.failures_in_a_row += 1;
                     self.report.reconnects += 1;
                     Counters::add(&self.env.counters.reconnects, 1);
-                    let backoff = Duration::from_millis(250 * self.report.reconnects);
+                    let backoff = Duration::from_millis(250 * self.failures_in_a_row);
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = phase.wait_for(|p| *p != Phase::Run) => return,
@@ -381,6 +415,7 @@ impl User {
         };
         let token = self.tokens.as_ref().map(|t| t.access_token.clone()).unwrap_or_default();
         let hello = ClientMessage::Hello(Hello { token, protocol: PROTOCOL_VERSION, resume: resume.clone() });
+        self.hello_at = Some(Instant::now());
         if self.send(&mut ws, &hello).await.is_err() {
             self.error("send");
             return lost(resume);
@@ -397,6 +432,7 @@ impl User {
             self.period_us = 1_000_000 / u64::from(welcome.tick_hz);
         }
         let resumed = resume.as_deref() == Some(welcome.session.as_str());
+        self.report.resumed += u64::from(resumed);
         self.session = Some(welcome.session);
         let mut join_sent = None;
         if !resumed {
@@ -544,12 +580,16 @@ impl User {
                             }
                             self.report.receiver.from_ms.get_or_insert(now_us / 1000);
                             self.entered_room();
+                            if let Some(lost) = self.lost_at.take() {
+                                self.back_in_room(lost, &mut ws).await;
+                            }
                         }
                         ServerMessage::Chat(c) => self.tracker.on_chat(&c),
                         ServerMessage::ChatAck(ack) => {
                             if let Some(chat) = self.report.sender.chats.iter_mut().rev().find(|c| c.id == ack.id) {
                                 chat.acked_ms.get_or_insert(now_us / 1000);
                             }
+                            self.unacked.retain(|c| c.id != ack.id);
                         }
                         ServerMessage::Pong(p) => {
                             let rtt = now_us.saturating_sub(p.t.saturating_mul(1000));
@@ -614,13 +654,62 @@ impl User {
         Ok(())
     }
 
+    /// The state is back after a reconnect: note how long it took, and
+    /// resend the chats the old socket never got acknowledged.
+    async fn back_in_room(&mut self, lost: Instant, ws: &mut Ws) {
+        self.failures_in_a_row = 0;
+        self.report.outage_us.push(lost.elapsed().as_micros() as u64);
+        self.report.receiver.away.push((self.away_from_ms, unix_us() / 1000));
+        if let Some(hello) = self.hello_at {
+            self.report.restore_us.push(hello.elapsed().as_micros() as u64);
+        }
+        for chat in self.unacked.clone() {
+            if self.send(ws, &ClientMessage::Chat(chat)).await.is_err() {
+                self.error("send");
+                return;
+            }
+        }
+        if self.env.chat_every.is_some() {
+            self.fetch_missed_chats().await;
+        }
+    }
+
+    /// `GET /api/v1/rooms/{id}/chat`: the room's latest chats, each checked
+    /// as if it had come over the socket.
+    async fn fetch_missed_chats(&mut self) {
+        let (Some(room), Some(tokens)) = (self.tracker.room_id().map(str::to_owned), self.tokens.as_ref()) else { return };
+        let url = format!("{}/api/v1/rooms/{room}/chat?limit=200", self.env.base);
+        let fetched: Result<Vec<ChatMessage>, String> = async {
+            let response = self.env.http.get(&url).bearer_auth(&tokens.access_token).send().await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(format!("answered {status}"));
+            }
+            response.json().await.map_err(|e| e.to_string())
+        }
+        .await;
+        match fetched {
+            Ok(chats) => chats.iter().for_each(|c| self.tracker.on_chat(c)),
+            Err(e) => {
+                tracing::warn!(user = %self.plan.name, %url, cause = %e, "fetching missed chats failed");
+                self.error("chat_history");
+            }
+        }
+    }
+
     async fn send_chat(&mut self, ws: &mut Ws) -> Result<(), ()> {
         self.chat_seq += 1;
         let id = format!("{}-c{}", self.plan.name, self.chat_seq);
         let text = format!("hello from {} (#{})", self.plan.name, self.chat_seq);
         let sent_ms = unix_us() / 1000;
-        self.send(ws, &ClientMessage::Chat(ChatSend { id: id.clone(), text })).await?;
+        let chat = ChatSend { id: id.clone(), text };
+        self.send(ws, &ClientMessage::Chat(chat.clone())).await?;
         self.report.sender.chats.push(SentChat { id, sent_ms, acked_ms: None });
+        if self.unacked.len() == UNACKED_MAX {
+            // Counted lost by the accounting if it never gets its ack.
+            self.unacked.remove(0);
+        }
+        self.unacked.push(chat);
         Ok(())
     }
 
@@ -694,9 +783,9 @@ impl User {
         let end = if self.conn_end_ms == 0 { unix_us() / 1000 } else { self.conn_end_ms };
         let mut report = std::mem::take(&mut self.report);
         report.sender.key = Some(self.plan.key);
-        report.sender.until_ms = self.stopped_sending_ms.unwrap_or(u64::MAX).min(end.saturating_sub(GRACE_MS));
+        report.sender.until_ms = self.stopped_sending_ms.unwrap_or(u64::MAX).min(end.saturating_sub(self.env.grace_ms));
         report.receiver.key = Some(self.plan.key);
-        report.receiver.until_ms = end.saturating_sub(GRACE_MS);
+        report.receiver.until_ms = end.saturating_sub(self.env.grace_ms);
         report.receiver.seen = std::mem::take(&mut self.tracker.from);
         report.receiver.chats = std::mem::take(&mut self.tracker.chats);
         report.anomalies = self.tracker.anomalies;

@@ -72,6 +72,7 @@ fn receiver(k: UserKey, from_ms: u64, until_ms: u64, seen: &[(UserKey, u64, u64)
         key: Some(k),
         from_ms: Some(from_ms),
         until_ms,
+        away: vec![],
         seen: seen.iter().map(|&(s, max_t, received)| (s, PairStats { max_t, received })).collect::<HashMap<_, _>>(),
         chats: HashSet::new(),
     }
@@ -100,6 +101,22 @@ fn a_pose_never_covered_is_lost() {
     // Nothing at all from A: all four lost.
     let d = account_poses(&senders, &[receiver(b, 900, 5000, &[])]);
     assert_eq!((d.expected, d.lost), (4, 4));
+}
+
+#[test]
+fn poses_sent_while_the_receiver_was_away_are_not_expected() {
+    let a = key(1, 1);
+    let b = key(1, 2);
+    // B lost its socket around 300 and had the state back at 520; A's last
+    // poses (400, 500) went out meanwhile, and A sent nothing after.
+    let senders = [sender(a, &[100, 200, 300, 400, 500], 5000)];
+    let mut rb = receiver(b, 50, 5000, &[(a, 200, 2)]);
+    rb.away = vec![(250, 520)];
+    let d = account_poses(&senders, &[rb.clone()]);
+    assert_eq!((d.expected, d.lost), (2, 0));
+    // Without the away window they would be lost.
+    rb.away.clear();
+    assert_eq!(account_poses(&senders, &[rb]).lost, 3);
 }
 
 #[test]

@@ -274,6 +274,7 @@ fn run_through(proxy: &Proxy, name: &str, users_per_room: u32, duration: Duratio
         ping_every: Duration::from_secs(1),
         drain: plaza_load::run::DRAIN,
         progress: false,
+        faults: None,
     }
 }
 
@@ -417,4 +418,43 @@ async fn a_drain_longer_than_the_delay_counts_nothing_lost_behind_a_slow_link() 
     let _ = stop_server.send(());
     assert!(r.received > 0, "poses arrived: {:?}", r.failure);
     assert_eq!((r.lost, r.misrouted), (0, 0), "{:?}", r.failure);
+}
+
+/// `run` with faults puts its own proxy in between: connections cut
+/// mid-run resume their seats, the state comes back, the resent chats get
+/// through, and the cut sockets are not counted as errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_resets_resumes_every_user_and_loses_nothing() {
+    let mut faults = ProxyConfig::new("127.0.0.1:0".parse().unwrap(), "");
+    faults.latency = 20 * MS;
+    faults.loss = 0.02;
+    faults.reset_every = Some(Duration::from_millis(1500));
+    faults.seed = 7;
+    let run = plaza_load::cli::RunConfig {
+        rooms: 1,
+        users_per_room: 4,
+        rate_hz: 10.0,
+        duration: Duration::from_secs(6),
+        ramp: Duration::from_millis(300),
+        server: None,
+        wire: plaza_load::wire::Wire::Plaza(plaza_shared::codec::Subprotocol::Binary),
+        out: std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("plaza-load-resets-{}", std::process::id())),
+        chat_every: Some(Duration::from_secs(1)),
+        ping_every: Duration::from_secs(1),
+        drain: Duration::from_secs(1),
+        progress: false,
+        faults: Some(faults),
+    };
+    let r = plaza_load::run::run(&run).await.expect("the run is done");
+    assert!(r.passed, "{}", r.failure);
+    let f = r.faults.as_ref().expect("fault counters in the result");
+    assert!(f.proxy.resets >= 4, "the proxy cut connections: {}", f.proxy);
+    // (Cuts near the end, after sending stopped, are not reconnected.)
+    assert!(f.drops_from_resets > 0 && r.reconnects > 0, "{} reconnects, {} cut", r.reconnects, f.drops_from_resets);
+    assert!(r.resumed > 0, "seats were resumed");
+    assert!(r.restore_ms.count > 0 && r.restore_ms.max > 0.0, "restore times measured: {:?}", r.restore_ms);
+    assert!(r.outage_ms.min >= r.restore_ms.min, "an outage includes its restore");
+    assert_eq!((r.lost, r.misrouted, r.chat.lost), (0, 0, 0));
+    assert!(r.chat.received > 0);
+    assert_eq!(r.users_joined, 4);
 }

@@ -161,7 +161,7 @@ impl ProxyStats {
 }
 
 /// The counters at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StatsSnapshot {
     pub open: u64,
     pub total: u64,
