@@ -11,7 +11,7 @@ RUN_FRAMES ?= 30
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := decode_client_bin decode_server_bin decode_client_json decode_server_json
 
-.PHONY: setup build run test check-deps peers bench bench-frames load ladder fuzz clippy clean-run
+.PHONY: setup build run test check-deps peers bench bench-frames load ladder soak fuzz clippy clean-run assets
 
 setup:
 	@bash tools/setup.sh
@@ -53,12 +53,27 @@ load: setup
 	$(CARGO) build --profile bench -p plaza-load
 	"$(CARGO_TARGET_DIR)/release/plaza-load" run $(LOAD_ARGS) --out target/plaza-load
 
+# 30 minutes of steady load on a server in its own process, then the leak
+# checks (RSS drift < 5%, connections and tasks back to idle); see docs/load.md.
+SOAK_ARGS ?= --rooms 10 --users-per-room 40 --rate 20 --duration 1800 --ramp 10
+soak: setup
+	$(CARGO) build --profile bench -p plaza-load -p plaza-server
+	bash tools/load/soak.sh "$(CARGO_TARGET_DIR)/release" target/plaza-load/soak $(SOAK_ARGS)
+
 # Plaza against the socket.io peers, stepped up (the load issue's capacity
 # ratio); LADDER_ARGS overrides the steps, e.g. --steps 400,800,1600.
 LADDER_ARGS ?=
 ladder: setup peers
 	$(CARGO) build --profile bench -p plaza-load
 	"$(CARGO_TARGET_DIR)/release/plaza-load" ladder $(LADDER_ARGS) --out target/plaza-load/ladder
+
+# Regenerates assets/ (deterministic: the same bytes every run), checks it
+# and rewrites docs/assets.md. The dev build: it reuses the test build.
+assets: setup
+	$(CARGO) build -p plaza-assets --locked
+	"$(CARGO_TARGET_DIR)/debug/plaza-assets" make
+	"$(CARGO_TARGET_DIR)/debug/plaza-assets" check
+	"$(CARGO_TARGET_DIR)/debug/plaza-assets" report
 
 # Only plaza-client may pull in Bevy.
 check-deps:

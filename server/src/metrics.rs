@@ -21,6 +21,9 @@ pub const VOICE_BYTES: &str = "plaza_voice_bytes_total";
 pub const VOICE_STREAMS: &str = "plaza_voice_streams";
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+/// Tasks alive on the server's tokio runtime: back to its idle level after
+/// the users leave, or something leaks (the soak checks it).
+pub const RUNTIME_TASKS: &str = "plaza_runtime_alive_tasks";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -60,6 +63,7 @@ fn describe() {
     describe_gauge!(VOICE_STREAMS, "voice streams forwarded by the SFU");
     describe_gauge!(PROCESS_CPU, "CPU time used by the process, seconds");
     describe_gauge!(PROCESS_RSS, "resident memory of the process, bytes");
+    describe_gauge!(RUNTIME_TASKS, "tasks alive on the server's tokio runtime");
     // Voice has no SFU yet: show the series at zero rather than not at all.
     for direction in ["in", "out"] {
         metrics::counter!(VOICE_BYTES, "direction" => direction).absolute(0);
@@ -76,6 +80,9 @@ pub fn render() -> String {
         // A gauge: metrics' counters are integers, CPU time is fractional.
         metrics::gauge!(PROCESS_CPU).set(cpu);
         metrics::gauge!(PROCESS_RSS).set(rss as f64);
+    }
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        metrics::gauge!(RUNTIME_TASKS).set(runtime.metrics().num_alive_tasks() as f64);
     }
     handle.run_upkeep();
     handle.render()

@@ -263,7 +263,10 @@ impl Room {
                     Some(command) => self.handle(command),
                     None => break,
                 },
-                _ = ticker.tick() => self.tick(),
+                // An empty room sleeps: rooms are kept for good (in the
+                // store, one task each), and a thousand idle rooms ticking
+                // 20 times a second would cost CPU for nothing.
+                _ = ticker.tick(), if !self.members.is_empty() => self.tick(),
             }
         }
     }
@@ -669,6 +672,19 @@ mod tests {
 
     fn moved(x: f32) -> Pose {
         Pose { p: [x, 0.0, 0.0], ..Pose::default() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_room_does_not_tick() {
+        let room = spawn_room("t", 40);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let first = join(&room, "first", 64).await;
+        assert!(first.joined.tick <= 1, "no ticks while empty: tick {}", first.joined.tick);
+        // With a member it ticks at 20 Hz.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let second = join(&room, "second", 64).await;
+        assert!((19..=21).contains(&second.joined.tick), "tick {}", second.joined.tick);
+        drop(first);
     }
 
     #[tokio::test(start_paused = true)]

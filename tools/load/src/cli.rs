@@ -24,6 +24,10 @@ pub enum Command {
     /// A TCP proxy in front of a server that adds latency, jitter, loss and
     /// resets; runs until Ctrl-C.
     Proxy(ProxyArgs),
+    /// A long run against a server in its own process (--server), then the
+    /// leak checks: RSS drift while the load holds, connections and tasks
+    /// back to idle after.
+    Soak(SoakArgs),
     /// The same scenario stepped up against Plaza and the socket.io
     /// baseline peers: each one's capacity at a p99 limit, and the ratio;
     /// writes ladder.json and ladder.html.
@@ -148,6 +152,8 @@ pub struct RunConfig {
     pub progress: bool,
     /// The fault proxy's settings (its addresses are set by the run).
     pub faults: Option<ProxyConfig>,
+    /// `plaza-load soak`: judge leaks at the end.
+    pub soak: Option<crate::soak::SoakLimits>,
 }
 
 impl RunConfig {
@@ -187,6 +193,7 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
         drain: Duration::from_secs_f64(args.drain),
         progress: !args.quiet,
         faults: if args.faults.any() { Some(validate_faults(&args.faults)?) } else { None },
+        soak: None,
     })
 }
 
@@ -375,6 +382,31 @@ mod tests {
             assert!(parse_upstream(bad).is_err(), "{bad}");
         }
     }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SoakArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// The most RSS may grow, in %, between an early and a late window of
+    /// the steady load (after a warm-up of a fifth of it).
+    #[arg(long, default_value = "5", value_parser = parse_drift)]
+    pub max_rss_drift_pct: f64,
+}
+
+fn parse_drift(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number (percent)"))?;
+    if v.is_finite() && (0.0..=1000.0).contains(&v) { Ok(v) } else { Err(format!("{v} is out of range; use 0–1000 (%)")) }
+}
+
+/// A soak needs the server in its own process: its RSS must be its own.
+pub fn validate_soak(args: SoakArgs) -> Result<RunConfig, String> {
+    if args.run.server.is_none() {
+        return Err("soak needs --server http://host:port: a server in its own process, so its memory is its own (`make soak` starts one)".into());
+    }
+    let mut config = validate(args.run)?;
+    config.soak = Some(crate::soak::SoakLimits { max_rss_drift_pct: args.max_rss_drift_pct });
+    Ok(config)
 }
 
 #[derive(Debug, Clone, clap::Args)]

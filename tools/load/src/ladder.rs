@@ -191,6 +191,7 @@ fn step_config(cfg: &LadderConfig, target: Target, users: u64, server: Option<St
         drain: Duration::from_secs(1),
         progress: cfg.progress,
         faults: None,
+        soak: None,
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`tickphase`] — a room's tick grid, to split latency into tick wait and net.
 //! - [`collect`] — the collector task (per-second series, progress line).
 //! - [`server`] — the embedded server and CPU/memory sampling.
+//! - [`soak`] — `plaza-load soak`'s leak checks (memory drift, idle after).
 //! - [`report`] — `result.json` and `report.html`.
 //! - [`ladder`] — `plaza-load ladder`: steps up against Plaza and the socket.io peers ([`peer`]).
 //! - [`names`], [`rng`] — user names that carry their room; a small generator.
@@ -28,6 +29,7 @@ pub mod report;
 pub mod rng;
 pub mod run;
 pub mod server;
+pub mod soak;
 pub mod tickphase;
 pub mod track;
 pub mod user;

@@ -18,6 +18,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run_main(args),
         Command::Proxy(args) => proxy_main(args),
+        Command::Soak(args) => match plaza_load::cli::validate_soak(args) {
+            Ok(config) => run_config_main(&config),
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::from(2)
+            }
+        },
         Command::Ladder(args) => ladder_main(args),
     }
 }
@@ -59,8 +66,12 @@ fn run_main(args: plaza_load::cli::RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    run_config_main(&config)
+}
+
+fn run_config_main(config: &plaza_load::cli::RunConfig) -> ExitCode {
     init_logs();
-    match run(&config) {
+    match run(config) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -95,6 +106,22 @@ fn run(config: &plaza_load::cli::RunConfig) -> anyhow::Result<bool> {
         result.server.cpu_pct,
         result.server.rss_mb
     );
+    if let Some(s) = &result.soak {
+        println!(
+            "plaza-load soak: RSS {:.1} → {:.1} MB ({:+.1}%, limit {}%); after: {} connections, tasks {} (idle: {}); {}",
+            s.rss_early_mb,
+            s.rss_late_mb,
+            s.rss_drift_pct,
+            s.max_rss_drift_pct,
+            s.connections_after.map_or_else(|| "?".to_owned(), |c| format!("{c:.0}")),
+            s.tasks_after.map_or_else(|| "?".to_owned(), |t| format!("{t:.0}")),
+            s.tasks_idle.map_or_else(|| "?".to_owned(), |t| format!("{t:.0}")),
+            if s.passed { "passed".to_owned() } else { format!("FAILED: {}", s.failure) }
+        );
+    }
+    if let Some(kb) = result.server.rss_per_user_kb {
+        println!("plaza-load: server RSS per user {kb:.1} KB (peak − before, over {} users)", result.users_joined);
+    }
     println!("plaza-load: wrote {} and {}", json.display(), html.display());
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     if result.passed {

@@ -32,6 +32,15 @@ pub struct ServerStats {
     pub in_process: bool,
     pub source: String,
     pub url: String,
+    /// A remote server's gauges before the users came…
+    pub before: Option<crate::server::ServerGauges>,
+    /// …and once they were gone (or when the wait for that ran out).
+    pub after: Option<crate::server::ServerGauges>,
+    /// Seconds after the users closed until the gauges were back to
+    /// `before` (no connections, no extra tasks); `None`: they never were.
+    pub settled_s: Option<f64>,
+    /// (peak RSS − RSS before) / users that got in, KB (10^3 bytes).
+    pub rss_per_user_kb: Option<f64>,
 }
 
 /// The load generator itself: when it runs out of CPU, latency measures
@@ -107,6 +116,8 @@ pub struct RunResult {
     pub resumed: u64,
     /// Present when the run had the fault proxy in between.
     pub faults: Option<FaultStats>,
+    /// `plaza-load soak`'s leak checks.
+    pub soak: Option<crate::soak::SoakVerdict>,
     pub poses_sent: u64,
     /// Poses per second a user actually sent, on average (below `rate_hz`
     /// when the load tool is short of CPU).
@@ -343,6 +354,17 @@ table{{border-collapse:collapse;margin:8px 0 20px}}th,td{{border:1px solid #ccc;
         row(&mut h, "sockets cut by the proxy (not errors)", f.drops_from_resets);
         h.push_str("</table>");
     }
+    if let Some(s) = &r.soak {
+        h.push_str("<h2>Soak</h2><table>");
+        row(&mut h, "verdict", if s.passed { "passed".to_owned() } else { format!("FAILED: {}", s.failure) });
+        row(&mut h, "RSS early / late window, MB", format!("{:.1} / {:.1}", s.rss_early_mb, s.rss_late_mb));
+        row(&mut h, "windows, s", format!("{:.0}–{:.0} and {:.0}–{:.0}", s.early_window_s.0, s.early_window_s.1, s.late_window_s.0, s.late_window_s.1));
+        row(&mut h, "RSS drift (limit)", format!("{:.1}% ({}%)", s.rss_drift_pct, s.max_rss_drift_pct));
+        row(&mut h, "connections after", s.connections_after.map_or_else(|| "?".to_owned(), |c| format!("{c:.0}")));
+        let n = |v: Option<f64>| v.map_or_else(|| "?".to_owned(), |t| format!("{t:.0}"));
+        row(&mut h, "tasks before / idle (+ rooms created) / after", format!("{} / {} / {}", n(s.tasks_before), n(s.tasks_idle), n(s.tasks_after)));
+        h.push_str("</table>");
+    }
     h.push_str("<h2>Server</h2>");
     let res = |f: fn(&ResourcePoint) -> f64| r.resources.iter().map(|p| (p.s, f(p))).collect::<Vec<_>>();
     h.push_str(&line_chart("CPU", "% of one core", &[("server", "#9467bd", res(|p| p.cpu_pct)), ("load tool", "#8c564b", res(|p| p.load_cpu_pct))]));
@@ -353,6 +375,15 @@ table{{border-collapse:collapse;margin:8px 0 20px}}th,td{{border:1px solid #ccc;
     row(&mut h, "CPU, mean %", format!("{:.1}", r.server.cpu_pct));
     row(&mut h, "CPU, highest second %", format!("{:.1}", r.server.cpu_pct_max));
     row(&mut h, "RSS, peak MB", format!("{:.1}", r.server.rss_mb));
+    if let Some(kb) = r.server.rss_per_user_kb {
+        row(&mut h, "RSS per user (peak − before) / users, KB", format!("{kb:.1}"));
+    }
+    if let (Some(before), Some(after)) = (r.server.before, r.server.after) {
+        let tasks = |g: crate::server::ServerGauges| g.tasks.map_or_else(|| "?".to_owned(), |t| format!("{t:.0}"));
+        row(&mut h, "before: RSS MB / connections / tasks", format!("{:.1} / {:.0} / {}", before.rss_mb, before.connections, tasks(before)));
+        row(&mut h, "after: RSS MB / connections / tasks", format!("{:.1} / {:.0} / {}", after.rss_mb, after.connections, tasks(after)));
+        row(&mut h, "back to idle after", r.server.settled_s.map_or_else(|| "never (within the wait)".to_owned(), |s| format!("{s:.1} s")));
+    }
     row(&mut h, "source", &r.server.source);
     row(&mut h, "load tool CPU, mean % (of one core)", format!("{:.1} on {} cores", r.load_tool.cpu_pct, r.load_tool.cores));
     row(&mut h, "machine busy, mean % (all processes, all cores)", format!("{:.1}{}", r.load_tool.machine_busy_pct, if r.load_tool.saturated { " — saturated: latency measures the load tool (and anything else running) too" } else { "" }));

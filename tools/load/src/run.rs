@@ -27,6 +27,9 @@ pub const DRAIN: Duration = Duration::from_secs(1);
 const FINISH_WAIT: Duration = Duration::from_secs(20);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 const HEALTH_WAIT: Duration = Duration::from_secs(5);
+/// How long a remote server gets, after the users closed, to be back to
+/// its idle gauges.
+const SETTLE_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -125,6 +128,10 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
     let proxy_sockets = if cfg.faults.is_some() { 2 } else { 0 };
     check_file_limit(cfg.users() * (if embedded.is_some() { 2 } else { 1 } + proxy_sockets));
     let sampler = if embedded.is_some() { Sampler::InProcess } else { Sampler::Remote { http: http.clone(), base: base.clone() } };
+    let before = match &sampler {
+        Sampler::Remote { .. } => crate::server::scrape_gauges(&http, &base).await,
+        Sampler::InProcess => None,
+    };
     // The users (HTTP and WebSocket) go through the fault proxy when there
     // is one; the server's numbers are still read directly.
     let proxy = match &cfg.faults {
@@ -233,17 +240,49 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
     if let Some(server) = embedded {
         server.stop().await;
     }
+    let (after, settled_s) = match before {
+        Some(idle) => settle(&http, &base, &idle).await,
+        None => (None, None),
+    };
     let server = ServerStats {
         in_process: matches!(sampler, Sampler::InProcess),
         source: sampler.describe(),
         url: base,
+        before,
+        after,
+        settled_s,
         ..ServerStats::default()
     };
     let faults = cfg.faults.as_ref().zip(proxy_stats).map(|(f, stats)| (f.describe(), stats));
     let mut result = summarize(cfg, &reports, stuck, collected, server, gap_ms, interrupted, faults);
     result.tag = tag;
     result.started_unix_ms = started_unix_ms;
+    if let Some(limits) = cfg.soak {
+        let verdict = crate::soak::judge(limits, &result.resources, cfg.ramp.as_secs_f64(), cfg.duration.as_secs_f64(), &result.server);
+        if !verdict.passed {
+            result.passed = false;
+            result.failure = [result.failure.as_str(), verdict.failure.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("; ");
+        }
+        result.soak = Some(verdict);
+    }
     Ok(result)
+}
+
+/// Waits (at most [`SETTLE_WAIT`]) for a remote server's gauges to be back
+/// to `idle`; returns the last gauges read and, if they got there, when.
+async fn settle(http: &reqwest::Client, base: &str, idle: &crate::server::ServerGauges) -> (Option<crate::server::ServerGauges>, Option<f64>) {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < SETTLE_WAIT {
+        if let Some(now) = crate::server::scrape_gauges(http, base).await {
+            last = Some(now);
+            if now.back_to(idle) {
+                return (last, Some(round3(started.elapsed().as_secs_f64())));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    (last, None)
 }
 
 /// Turns the users' reports and the collector's histograms into the result.
@@ -340,6 +379,11 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
     server.cpu_pct = collected.cpu_pct();
     server.cpu_pct_max = collected.resources.iter().map(|p| p.cpu_pct).fold(0.0, f64::max);
     server.rss_mb = round3(collected.peak_rss_bytes as f64 / 1e6);
+    if let Some(before) = server.before
+        && joined > 0
+    {
+        server.rss_per_user_kb = Some(round3((server.rss_mb - before.rss_mb).max(0.0) * 1000.0 / joined as f64));
+    }
 
     let mut reasons = Vec::new();
     if poses.lost > 0 {

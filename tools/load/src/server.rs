@@ -220,19 +220,67 @@ fn proc_rss() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// The first series of metric `name` (with or without labels) in
+/// Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let series = series.trim();
+        (series == name || series.strip_prefix(name).is_some_and(|rest| rest.starts_with('{'))).then(|| value.trim().parse::<f64>().ok()).flatten()
+    })
+}
+
 /// (`process_cpu_seconds_total`, `process_resident_memory_bytes`) from
 /// Prometheus text.
 pub fn parse_process_metrics(text: &str) -> Option<(f64, u64)> {
-    let value = |name: &str| {
-        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let series = series.trim();
-            (series == name || series.strip_prefix(name).is_some_and(|rest| rest.starts_with('{'))).then(|| value.trim().parse::<f64>().ok()).flatten()
-        })
-    };
-    let cpu = value(plaza_server::metrics::PROCESS_CPU)?;
-    let rss = value(plaza_server::metrics::PROCESS_RSS)?;
+    let cpu = metric_value(text, plaza_server::metrics::PROCESS_CPU)?;
+    let rss = metric_value(text, plaza_server::metrics::PROCESS_RSS)?;
     Some((cpu, rss.max(0.0) as u64))
+}
+
+/// A remote server's gauges at one moment: what must come back to idle
+/// after a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ServerGauges {
+    pub rss_mb: f64,
+    pub connections: f64,
+    /// Tasks alive on its runtime (`plaza_runtime_alive_tasks`; absent on
+    /// servers that don't report it).
+    pub tasks: Option<f64>,
+    /// Rooms it keeps (`GET /api/v1/rooms`): each has its task for good, so
+    /// rooms a run created add to the idle task count.
+    pub rooms: Option<f64>,
+}
+
+impl ServerGauges {
+    pub fn parse(text: &str) -> Option<ServerGauges> {
+        Some(ServerGauges {
+            rss_mb: metric_value(text, plaza_server::metrics::PROCESS_RSS)? / 1e6,
+            connections: metric_value(text, plaza_server::metrics::WS_CONNECTIONS)?,
+            tasks: metric_value(text, plaza_server::metrics::RUNTIME_TASKS),
+            rooms: None,
+        })
+    }
+
+    /// Tasks idle would have now: `idle`'s, plus one per room created since.
+    pub fn idle_tasks(&self, idle: &ServerGauges) -> Option<f64> {
+        let new_rooms = self.rooms.zip(idle.rooms).map_or(0.0, |(now, then)| (now - then).max(0.0));
+        idle.tasks.map(|t| t + new_rooms)
+    }
+
+    /// No connections and no more tasks than idle (see [`Self::idle_tasks`]).
+    pub fn back_to(&self, idle: &ServerGauges) -> bool {
+        self.connections == 0.0 && self.tasks.zip(self.idle_tasks(idle)).is_none_or(|(now, then)| now <= then)
+    }
+}
+
+/// `GET {base}/metrics`, parsed.
+pub async fn scrape_gauges(http: &reqwest::Client, base: &str) -> Option<ServerGauges> {
+    let text = tokio::time::timeout(METRICS_TIMEOUT, async { http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await }).await.ok()?.ok()?;
+    let mut gauges = ServerGauges::parse(&text)?;
+    let rooms = tokio::time::timeout(METRICS_TIMEOUT, async { http.get(format!("{base}/api/v1/rooms")).send().await?.error_for_status()?.json::<Vec<serde_json::Value>>().await }).await;
+    gauges.rooms = rooms.ok().and_then(Result::ok).map(|r| r.len() as f64);
+    Some(gauges)
 }
 
 #[cfg(test)]
@@ -250,6 +298,22 @@ mod tests {
         let text = "# HELP process_cpu_seconds_total CPU\n# TYPE process_cpu_seconds_total gauge\nprocess_cpu_seconds_total 12.5\nprocess_resident_memory_bytes 104857600\nplaza_ws_connections 3\n";
         assert_eq!(parse_process_metrics(text), Some((12.5, 104_857_600)));
         assert_eq!(parse_process_metrics("plaza_ws_connections 3\n"), None);
+    }
+
+    #[test]
+    fn gauges_come_back_to_idle_only_without_connections_or_extra_tasks() {
+        let text = "process_resident_memory_bytes 52000000\nplaza_ws_connections 0\nplaza_runtime_alive_tasks 9\n";
+        let idle = ServerGauges::parse(text).expect("parsed");
+        assert_eq!(idle, ServerGauges { rss_mb: 52.0, connections: 0.0, tasks: Some(9.0), rooms: None });
+        assert!(ServerGauges { tasks: Some(8.0), ..idle }.back_to(&idle));
+        assert!(!ServerGauges { tasks: Some(10.0), ..idle }.back_to(&idle), "a leaked task");
+        assert!(!ServerGauges { connections: 1.0, ..idle }.back_to(&idle));
+        // A server without the task gauge is judged on connections alone.
+        assert!(ServerGauges { tasks: None, ..idle }.back_to(&idle));
+        // Rooms are kept for good, each with its task.
+        let idle = ServerGauges { rooms: Some(3.0), ..idle };
+        assert!(ServerGauges { tasks: Some(11.0), rooms: Some(5.0), ..idle }.back_to(&idle));
+        assert!(!ServerGauges { tasks: Some(12.0), rooms: Some(5.0), ..idle }.back_to(&idle));
     }
 
     #[test]

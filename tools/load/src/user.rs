@@ -35,6 +35,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 pub const MAX_RECONNECTS: u64 = 5;
 /// The most chats waiting for their acknowledgement that a user keeps to resend.
 const UNACKED_MAX: usize = 64;
+const HISTORY_ATTEMPTS: u32 = 3;
 const LOGIN_ATTEMPTS: u32 = 3;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
@@ -229,6 +230,11 @@ struct User {
     hello_at: Option<Instant>,
     /// Chats sent and not yet acknowledged, to resend after a reconnect.
     unacked: Vec<ChatSend>,
+    /// The highest pose latency seen in this and the previous 5-second
+    /// window, ms: how long a pose may still be on its way when a socket
+    /// is cut.
+    latency_peak_ms: [u64; 2],
+    latency_window: u64,
 }
 
 /// Runs one user to the end of the run and returns what it measured.
@@ -261,6 +267,8 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         away_from_ms: 0,
         hello_at: None,
         unacked: Vec::new(),
+        latency_peak_ms: [0; 2],
+        latency_window: 0,
     };
     user.life().await;
     user.finish().await
@@ -297,7 +305,7 @@ impl User {
                 self.conn_end_ms = unix_us() / 1000;
                 if self.lost_at.is_none() {
                     self.lost_at = Some(Instant::now());
-                    self.away_from_ms = self.conn_end_ms.saturating_sub(self.env.grace_ms);
+                    self.away_from_ms = self.conn_end_ms.saturating_sub(self.grace_ms());
                 }
             }
             match end {
@@ -679,22 +687,37 @@ impl User {
     async fn fetch_missed_chats(&mut self) {
         let (Some(room), Some(tokens)) = (self.tracker.room_id().map(str::to_owned), self.tokens.as_ref()) else { return };
         let url = format!("{}/api/v1/rooms/{room}/chat?limit=200", self.env.base);
-        let fetched: Result<Vec<ChatMessage>, String> = async {
-            let response = self.env.http.get(&url).bearer_auth(&tokens.access_token).send().await.map_err(|e| e.to_string())?;
-            let status = response.status();
-            if !status.is_success() {
-                return Err(format!("answered {status}"));
+        let token = tokens.access_token.clone();
+        let mut last_error = String::new();
+        // A few tries: on a bad network the request's connection can be cut too.
+        for attempt in 1..=HISTORY_ATTEMPTS {
+            let fetched: Result<Vec<ChatMessage>, String> = async {
+                let response = self.env.http.get(&url).bearer_auth(&token).send().await.map_err(|e| e.to_string())?;
+                let status = response.status();
+                if !status.is_success() {
+                    return Err(format!("answered {status}"));
+                }
+                response.json().await.map_err(|e| e.to_string())
             }
-            response.json().await.map_err(|e| e.to_string())
-        }
-        .await;
-        match fetched {
-            Ok(chats) => chats.iter().for_each(|c| self.tracker.on_chat(c)),
-            Err(e) => {
-                tracing::warn!(user = %self.plan.name, %url, cause = %e, "fetching missed chats failed");
-                self.error("chat_history");
+            .await;
+            match fetched {
+                Ok(chats) => {
+                    chats.iter().for_each(|c| self.tracker.on_chat(c));
+                    return;
+                }
+                Err(e) => last_error = e,
             }
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
         }
+        tracing::warn!(user = %self.plan.name, %url, cause = %last_error, "fetching missed chats failed");
+        self.error("chat_history");
+    }
+
+    /// How long before a cut a pose may have been sent and still be on its
+    /// way: the configured grace, or the latency peak seen lately (stalls
+    /// on a lossy link stack up), whichever is longer.
+    fn grace_ms(&self) -> u64 {
+        self.env.grace_ms.max(self.latency_peak_ms[0].max(self.latency_peak_ms[1]) + GRACE_MS)
     }
 
     async fn send_chat(&mut self, ws: &mut Ws) -> Result<(), ()> {
@@ -735,8 +758,15 @@ impl User {
                 self.flush().await;
             }
             self.batch.second = second;
+            let window = now_us / 5_000_000;
+            if window != self.latency_window {
+                self.latency_peak_ms = [0, if window == self.latency_window + 1 { self.latency_peak_ms[0] } else { 0 }];
+                self.latency_window = window;
+            }
             for &(_, t) in &poses {
-                self.batch.e2e_us.push(clamp_u32(now_us.saturating_sub(t.saturating_mul(1000))));
+                let e2e_us = now_us.saturating_sub(t.saturating_mul(1000));
+                self.latency_peak_ms[0] = self.latency_peak_ms[0].max(e2e_us / 1000);
+                self.batch.e2e_us.push(clamp_u32(e2e_us));
             }
             if let (Some(phase), Some(newest)) = (phase, poses.iter().map(|&(_, t)| t).max()) {
                 // A pose reaches the room in about half a round trip.
@@ -783,9 +813,9 @@ impl User {
         let end = if self.conn_end_ms == 0 { unix_us() / 1000 } else { self.conn_end_ms };
         let mut report = std::mem::take(&mut self.report);
         report.sender.key = Some(self.plan.key);
-        report.sender.until_ms = self.stopped_sending_ms.unwrap_or(u64::MAX).min(end.saturating_sub(self.env.grace_ms));
+        report.sender.until_ms = self.stopped_sending_ms.unwrap_or(u64::MAX).min(end.saturating_sub(self.grace_ms()));
         report.receiver.key = Some(self.plan.key);
-        report.receiver.until_ms = end.saturating_sub(self.env.grace_ms);
+        report.receiver.until_ms = end.saturating_sub(self.grace_ms());
         report.receiver.seen = std::mem::take(&mut self.tracker.from);
         report.receiver.chats = std::mem::take(&mut self.tracker.chats);
         report.anomalies = self.tracker.anomalies;

@@ -275,6 +275,7 @@ fn run_through(proxy: &Proxy, name: &str, users_per_room: u32, duration: Duratio
         drain: plaza_load::run::DRAIN,
         progress: false,
         faults: None,
+        soak: None,
     }
 }
 
@@ -444,6 +445,7 @@ async fn a_run_with_resets_resumes_every_user_and_loses_nothing() {
         drain: Duration::from_secs(1),
         progress: false,
         faults: Some(faults),
+        soak: None,
     };
     let r = plaza_load::run::run(&run).await.expect("the run is done");
     assert!(r.passed, "{}", r.failure);
