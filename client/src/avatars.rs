@@ -3,18 +3,31 @@
 //! crowds, offline walkers) goes through [`spawn_avatar`], so every avatar
 //! has the same parts and the LOD plugin can treat them alike.
 //!
-//! Levels (placeholder shapes until the asset pipeline ships real meshes):
+//! The looks come from the asset models `models/avatar_0.glb` …
+//! `avatar_3.glb` (see docs/assets.md): avatar `i` wears model `i % 4`.
+//! Each part (torso, head, both hands) is one entity whose mesh the LOD
+//! plugin swaps:
 //!
-//! | level | body | head | triangles |
-//! | --- | --- | --- | --- |
-//! | full | capsule 16×32 | sphere 32×16 | about 2,000 |
-//! | reduced | capsule 8×16 | sphere 16×8 | about 500 |
-//! | low | capsule 4×8 | sphere 8×4 | about 130 |
-//! | impostor | a camera-facing card | — | 2 |
+//! | level | torso, head, hands | triangles (avatar_0) |
+//! | --- | --- | --- |
+//! | full | `avatar_K_*_lod0` | 5,312 |
+//! | reduced | `avatar_K_*_lod1` | 3,014 |
+//! | low | `avatar_K_*_lod2` | 1,328 |
+//! | impostor | `avatar_K_impostor`: a camera-facing card, painted from the model | 2 |
+//!
+//! (`_lod3` is for props; past low an avatar is a card.) The models face
+//! +Z; Plaza's avatars face -Z, so the parts are turned half a turn.
+//!
+//! Without the models (see [`crate::models`]) the placeholders stand in:
+//! a capsule body and a sphere head in eight shirt colours, about 2,000,
+//! 500 and 130 triangles, no hands, and a plain coloured card.
 
 use crate::lod::{Lod, LodAvatar};
+use crate::models::{AVATAR_MODELS, GlbError, GlbIndex, ModelFiles, avatar_model};
+use bevy::gltf::{Gltf, GltfAssetLabel};
 use bevy::prelude::*;
 use plaza_shared::lod::LodLevel;
+use std::path::Path;
 
 /// An avatar in the plaza.
 #[derive(Component, Debug, Clone)]
@@ -26,56 +39,163 @@ pub struct Avatar {
 /// The avatar's drawn parts, switched by LOD.
 #[derive(Component, Debug, Clone, Copy)]
 pub struct AvatarParts {
+    /// The torso; the impostor card at that level.
     pub body: Entity,
     pub head: Entity,
+    /// Left, right (no mesh on the placeholders).
+    pub hands: [Entity; 2],
+}
+
+/// One avatar look: its meshes per level, materials and where the parts sit.
+#[derive(Debug, Clone)]
+pub struct AvatarLook {
+    /// Full, reduced, low, impostor.
+    pub body: [Handle<Mesh>; 4],
+    /// Full, reduced, low (impostors have no head).
+    pub head: [Handle<Mesh>; 3],
+    /// Left and right hand at full, reduced, low; `None`: no hands.
+    pub hands: Option<[[Handle<Mesh>; 3]; 2]>,
+    pub body_material: Handle<StandardMaterial>,
+    /// The impostor card's (unlit).
+    pub card_material: Handle<StandardMaterial>,
+    pub head_material: Handle<StandardMaterial>,
+    pub hands_material: Handle<StandardMaterial>,
+    /// Where the parts sit on the avatar (whose front is -Z).
+    pub body_at: Transform,
+    pub head_at: Transform,
+    pub hands_at: [Transform; 2],
+}
+
+impl AvatarLook {
+    pub fn body(&self, level: LodLevel) -> Option<&Handle<Mesh>> {
+        match level {
+            LodLevel::Hidden => None,
+            l => self.body.get(l as usize),
+        }
+    }
+
+    pub fn head(&self, level: LodLevel) -> Option<&Handle<Mesh>> {
+        self.head.get(level as usize)
+    }
+
+    /// `side`: 0 left, 1 right.
+    pub fn hand(&self, side: usize, level: LodLevel) -> Option<&Handle<Mesh>> {
+        self.hands.as_ref()?.get(side)?.get(level as usize)
+    }
+
+    pub fn body_material(&self, level: LodLevel) -> &Handle<StandardMaterial> {
+        if level == LodLevel::Impostor { &self.card_material } else { &self.body_material }
+    }
 }
 
 /// Meshes and materials shared by every avatar.
 #[derive(Resource, Debug, Clone)]
 pub struct AvatarAssets {
-    /// Full, reduced, low, impostor.
-    pub bodies: [Handle<Mesh>; 4],
-    /// Full, reduced, low (impostors have no head).
-    pub heads: [Handle<Mesh>; 3],
-    pub skin: Handle<StandardMaterial>,
-    pub shirts: Vec<Handle<StandardMaterial>>,
-    /// Impostor cards: one per shirt colour, unlit so they read from afar.
-    pub cards: Vec<Handle<StandardMaterial>>,
+    pub looks: Vec<AvatarLook>,
+    /// The model files these came from (empty for the placeholders); if one
+    /// fails to load, the placeholders take over.
+    pub models: Vec<Handle<Gltf>>,
 }
 
 const BODY_Y: f32 = 0.8;
 const HEAD_Y: f32 = 1.62;
 
 impl AvatarAssets {
-    pub fn new(meshes: &mut Assets<Mesh>, materials: &mut Assets<StandardMaterial>) -> AvatarAssets {
+    /// The look of avatar `index`.
+    pub fn look(&self, index: u32) -> &AvatarLook {
+        &self.looks[index as usize % self.looks.len()]
+    }
+
+    pub fn from_models(&self) -> bool {
+        !self.models.is_empty()
+    }
+
+    /// The built-in shapes: capsule and sphere in eight colours.
+    pub fn placeholders(meshes: &mut Assets<Mesh>, materials: &mut Assets<StandardMaterial>) -> AvatarAssets {
         let capsule = |lat, long| Capsule3d::new(0.3, 1.0).mesh().latitudes(lat).longitudes(long).build();
         let sphere = |sectors, stacks| Sphere::new(0.22).mesh().uv(sectors, stacks);
         // The card spans feet to head, centred on the body's origin offset.
         let card = Mesh::from(Rectangle::new(0.75, 1.9)).translated_by(Vec3::new(0.0, 0.95 - BODY_Y, 0.0));
-        let bodies = [meshes.add(capsule(16, 32)), meshes.add(capsule(8, 16)), meshes.add(capsule(4, 8)), meshes.add(card)];
-        let heads = [meshes.add(sphere(32, 16)), meshes.add(sphere(16, 8)), meshes.add(sphere(8, 4))];
+        let body = [meshes.add(capsule(16, 32)), meshes.add(capsule(8, 16)), meshes.add(capsule(4, 8)), meshes.add(card)];
+        let head = [meshes.add(sphere(32, 16)), meshes.add(sphere(16, 8)), meshes.add(sphere(8, 4))];
         let skin = materials.add(StandardMaterial { base_color: Color::srgb(0.93, 0.78, 0.65), ..default() });
-        let colours: Vec<Color> = (0..8).map(|i| Color::hsl(i as f32 * 45.0, 0.65, 0.5)).collect();
-        let shirts = colours.iter().map(|&c| materials.add(StandardMaterial { base_color: c, ..default() })).collect();
-        let cards = colours.iter().map(|&c| materials.add(StandardMaterial { base_color: c, unlit: true, cull_mode: None, ..default() })).collect();
-        AvatarAssets { bodies, heads, skin, shirts, cards }
+        let looks = (0..8)
+            .map(|i| {
+                let colour = Color::hsl(i as f32 * 45.0, 0.65, 0.5);
+                AvatarLook {
+                    body: body.clone(),
+                    head: head.clone(),
+                    hands: None,
+                    body_material: materials.add(StandardMaterial { base_color: colour, ..default() }),
+                    card_material: materials.add(StandardMaterial { base_color: colour, unlit: true, cull_mode: None, ..default() }),
+                    head_material: skin.clone(),
+                    hands_material: skin.clone(),
+                    body_at: Transform::from_xyz(0.0, BODY_Y, 0.0),
+                    head_at: Transform::from_xyz(0.0, HEAD_Y, 0.0),
+                    hands_at: [Transform::IDENTITY; 2],
+                }
+            })
+            .collect();
+        AvatarAssets { looks, models: Vec::new() }
     }
 
-    pub fn body(&self, level: LodLevel) -> Option<&Handle<Mesh>> {
-        match level {
-            LodLevel::Hidden => None,
-            l => self.bodies.get(l as usize),
+    /// Handles into `models/avatar_K.glb` under `dir`, named by their JSON
+    /// (read here, so avatars can be spawned before Bevy has loaded them).
+    pub fn from_model_files(server: &AssetServer, dir: &Path) -> Result<AvatarAssets, GlbError> {
+        let mut looks = Vec::new();
+        let mut models = Vec::new();
+        for k in 0..AVATAR_MODELS {
+            let file = avatar_model(k);
+            let glb = GlbIndex::read(&dir.join(&file))?;
+            let missing = |what, name: String| GlbError::Missing { path: file.clone(), what, name };
+            let mesh = |name: String| -> Result<(Handle<Mesh>, Option<usize>), GlbError> {
+                let (index, material) = glb.mesh(&name).ok_or_else(|| missing("mesh", name))?;
+                Ok((server.load(GltfAssetLabel::Primitive { mesh: index, primitive: 0 }.from_asset(file.clone())), material))
+            };
+            let material = |index: Option<usize>| -> Handle<StandardMaterial> {
+                match index {
+                    Some(index) => server.load(format!("{file}#{}/std", GltfAssetLabel::Material { index, is_scale_inverted: false })),
+                    None => server.load(format!("{file}#{}/std", GltfAssetLabel::DefaultMaterial)),
+                }
+            };
+            let levels = |part: &str| -> Result<([Handle<Mesh>; 3], Handle<StandardMaterial>), GlbError> {
+                let l: Vec<_> = (0..3).map(|lod| mesh(format!("avatar_{k}_{part}_lod{lod}"))).collect::<Result<_, _>>()?;
+                let m = material(l[0].1);
+                Ok(([l[0].0.clone(), l[1].0.clone(), l[2].0.clone()], m))
+            };
+            // The models face +Z; ours face -Z.
+            let turn = Transform::from_rotation(Quat::from_rotation_y(std::f32::consts::PI));
+            let at = |part: &str| -> Result<Transform, GlbError> {
+                let name = format!("avatar_{k}_{part}");
+                glb.node_transform(&name).map(|t| turn * t).ok_or_else(|| missing("node", name))
+            };
+            let (torso, body_material) = levels("torso")?;
+            let (head, head_material) = levels("head")?;
+            let (left, hands_material) = levels("hand_l")?;
+            let (right, _) = levels("hand_r")?;
+            let (card, card_material) = mesh(format!("avatar_{k}_impostor"))?;
+            let [t0, t1, t2] = torso;
+            looks.push(AvatarLook {
+                body: [t0, t1, t2, card],
+                head,
+                hands: Some([left, right]),
+                body_material,
+                card_material: material(card_material),
+                head_material,
+                hands_material,
+                body_at: at("torso")?,
+                head_at: at("head")?,
+                hands_at: [at("hand_l")?, at("hand_r")?],
+            });
+            models.push(server.load(file));
         }
-    }
-
-    pub fn head(&self, level: LodLevel) -> Option<&Handle<Mesh>> {
-        self.heads.get(level as usize)
+        Ok(AvatarAssets { looks, models })
     }
 }
 
 /// Spawns an avatar at full detail; the LOD plugin takes it from there.
 pub fn spawn_avatar(commands: &mut Commands, assets: &AvatarAssets, index: u32, name: &str, transform: Transform) -> Entity {
-    let shirt = assets.shirts[index as usize % assets.shirts.len()].clone();
+    let look = assets.look(index);
     let mut root = commands.spawn((
         Avatar { index, name: name.to_owned() },
         Name::new(format!("avatar {name}")),
@@ -86,9 +206,13 @@ pub fn spawn_avatar(commands: &mut Commands, assets: &AvatarAssets, index: u32, 
     ));
     let mut parts = None;
     root.with_children(|a| {
-        let body = a.spawn((Mesh3d(assets.bodies[0].clone()), MeshMaterial3d(shirt), Transform::from_xyz(0.0, BODY_Y, 0.0))).id();
-        let head = a.spawn((Mesh3d(assets.heads[0].clone()), MeshMaterial3d(assets.skin.clone()), Transform::from_xyz(0.0, HEAD_Y, 0.0))).id();
-        parts = Some(AvatarParts { body, head });
+        let body = a.spawn((Mesh3d(look.body[0].clone()), MeshMaterial3d(look.body_material.clone()), look.body_at)).id();
+        let head = a.spawn((Mesh3d(look.head[0].clone()), MeshMaterial3d(look.head_material.clone()), look.head_at)).id();
+        let hands = [0, 1].map(|side| match look.hand(side, LodLevel::Full) {
+            Some(mesh) => a.spawn((Mesh3d(mesh.clone()), MeshMaterial3d(look.hands_material.clone()), look.hands_at[side])).id(),
+            None => a.spawn((look.hands_at[side], Visibility::Hidden)).id(),
+        });
+        parts = Some(AvatarParts { body, head, hands });
     });
     root.insert(parts.expect("children spawned"));
     root.id()
@@ -154,12 +278,51 @@ pub struct AvatarsPlugin {
 impl Plugin for AvatarsPlugin {
     fn build(&self, app: &mut App) {
         let walkers = self.walkers;
-        app.add_systems(PreStartup, |mut commands: Commands, mut meshes: ResMut<Assets<Mesh>>, mut materials: ResMut<Assets<StandardMaterial>>| {
-            commands.insert_resource(AvatarAssets::new(&mut meshes, &mut materials));
-        })
-        .add_systems(Startup, move |mut commands: Commands, assets: Res<AvatarAssets>| spawn_walkers(&mut commands, &assets, walkers, WalkLoop::for_bot))
-        .add_systems(Update, walk.in_set(AvatarSystems::Walk))
-        .add_systems(PostUpdate, face_cards_to_camera.in_set(AvatarSystems::Billboard).after(crate::lod::LodSystems::Apply).before(TransformSystems::Propagate));
+        app.add_systems(PreStartup, load_avatar_assets)
+            .add_systems(Startup, move |mut commands: Commands, assets: Res<AvatarAssets>| spawn_walkers(&mut commands, &assets, walkers, WalkLoop::for_bot))
+            .add_systems(Update, (walk.in_set(AvatarSystems::Walk), fall_back_when_models_fail))
+            .add_systems(PostUpdate, face_cards_to_camera.in_set(AvatarSystems::Billboard).after(crate::lod::LodSystems::Apply).before(TransformSystems::Propagate));
+    }
+}
+
+/// The models when [`ModelFiles`] has them, else the placeholders.
+fn load_avatar_assets(
+    mut commands: Commands,
+    files: Option<Res<ModelFiles>>,
+    server: Option<Res<AssetServer>>,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+) {
+    let from_models = match (files, server) {
+        (Some(files), Some(server)) if files.avatars => match AvatarAssets::from_model_files(&server, &files.dir) {
+            Ok(assets) => Some(assets),
+            Err(e) => {
+                warn!(cause = %e, "avatar models unusable; drawing placeholder avatars");
+                None
+            }
+        },
+        _ => None,
+    };
+    commands.insert_resource(from_models.unwrap_or_else(|| AvatarAssets::placeholders(&mut meshes, &mut materials)));
+}
+
+/// A model that fails to load (corrupt, unreadable textures aside): the
+/// placeholders take over, and every avatar's level is applied again.
+fn fall_back_when_models_fail(
+    mut assets: ResMut<AvatarAssets>,
+    server: Res<AssetServer>,
+    mut meshes: ResMut<Assets<Mesh>>,
+    mut materials: ResMut<Assets<StandardMaterial>>,
+    mut avatars: Query<&mut Lod, With<Avatar>>,
+) {
+    if !assets.from_models() {
+        return;
+    }
+    let Some(failed) = assets.models.iter().find(|m| server.load_state(*m).is_failed()) else { return };
+    warn!(model = ?failed.path(), "an avatar model failed to load; drawing placeholder avatars instead");
+    *assets = AvatarAssets::placeholders(&mut meshes, &mut materials);
+    for mut lod in &mut avatars {
+        lod.set_changed();
     }
 }
 
@@ -245,9 +408,10 @@ mod tests {
     fn levels_get_coarser() {
         let mut meshes = Assets::<Mesh>::default();
         let mut materials = Assets::<StandardMaterial>::default();
-        let a = AvatarAssets::new(&mut meshes, &mut materials);
+        let a = AvatarAssets::placeholders(&mut meshes, &mut materials);
         let tris = |h: &Handle<Mesh>| crate::stats::triangles_of(meshes.get(h).unwrap());
-        let levels: Vec<u64> = (0..4).map(|i| tris(&a.bodies[i]) + a.heads.get(i).map(tris).unwrap_or(0)).collect();
+        let look = a.look(0);
+        let levels: Vec<u64> = (0..4).map(|i| tris(&look.body[i]) + look.head.get(i).map(tris).unwrap_or(0)).collect();
         assert!(levels.windows(2).all(|w| w[1] * 3 < w[0]), "each level well under the last: {levels:?}");
         assert_eq!(levels[3], 2, "the impostor is one card");
     }

@@ -8,7 +8,8 @@
 //! other meshes; `triangles` sums the index (or vertex) counts of visible
 //! meshes; `draw_calls` is the number of visible mesh instances the main
 //! pass draws (shadow passes are not counted); `avatars_by_lod` counts
-//! avatars per LOD level.
+//! avatars per LOD level, `props_by_lod` the visible prop meshes per level
+//! (`lod0` … `lod3`; the ground, which is always `lod0`, is not a prop).
 //!
 //! Frames count only once the renderer has compiled every pipeline it asked
 //! for (Bevy compiles them in the background, and until then frames come out
@@ -99,6 +100,7 @@ struct Counts {
     triangles: u64,
     draw_calls: u64,
     avatars_by_lod: [u64; 5],
+    props_by_lod: [u64; 4],
 }
 
 impl Plugin for CapturePlugin {
@@ -185,6 +187,9 @@ fn measure_frame(
         for (sum, n) in s.avatars_by_lod.iter_mut().zip(stats.avatars_by_lod) {
             *sum += u64::from(n);
         }
+        for (sum, n) in s.props_by_lod.iter_mut().zip(stats.props_by_lod) {
+            *sum += u64::from(n);
+        }
         state.measured += 1;
     }
     if frame == state.frames
@@ -243,6 +248,14 @@ struct AvatarsByLod {
 }
 
 #[derive(Serialize)]
+struct PropsByLod {
+    lod0: u64,
+    lod1: u64,
+    lod2: u64,
+    lod3: u64,
+}
+
+#[derive(Serialize)]
 struct FrameReport {
     frames: u32,
     warmup_frames: u32,
@@ -256,6 +269,7 @@ struct FrameReport {
     triangles: u64,
     draw_calls: u64,
     avatars_by_lod: AvatarsByLod,
+    props_by_lod: PropsByLod,
     /// The connection when the run ended ("in plaza", "offline", …).
     connection: String,
     /// Avatars the server told us about (others; not yours).
@@ -306,6 +320,10 @@ fn finish(state: &CaptureState, offscreen: Option<&OffscreenTarget>, quality: &A
         avatars_by_lod: {
             let [full, reduced, low, impostor, hidden] = state.sums.avatars_by_lod.map(avg);
             AvatarsByLod { full, reduced, low, impostor, hidden }
+        },
+        props_by_lod: {
+            let [lod0, lod1, lod2, lod3] = state.sums.props_by_lod.map(avg);
+            PropsByLod { lod0, lod1, lod2, lod3 }
         },
         connection,
         remote_avatars,

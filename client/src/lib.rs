@@ -7,6 +7,7 @@
 //! - [`lod`]: levels of detail by distance, the full-detail budget,
 //!   distance culling.
 //! - [`culling`]: frustum culling on/off at run time.
+//! - [`models`]: where the asset models are, and whether they are there.
 //! - [`scene`]: the plaza, the sun and the camera (window or offscreen).
 //! - [`render_scale`]: the preset's 3D resolution, and the output camera
 //!   the HUD draws on.
@@ -25,6 +26,7 @@ pub mod culling;
 pub mod governor;
 pub mod hud;
 pub mod lod;
+pub mod models;
 pub mod network;
 pub mod options;
 pub mod player;
@@ -52,6 +54,9 @@ pub struct PlazaClientPlugins {
     pub scenario: Option<Scenario>,
     /// The HUD needs a renderer (egui draws through it).
     pub hud: bool,
+    /// The asset folder Bevy loads from (see [`models::asset_dir`]); `None`:
+    /// the built-in placeholder plaza and avatars.
+    pub asset_dir: Option<std::path::PathBuf>,
 }
 
 impl PluginGroup for PlazaClientPlugins {
@@ -67,7 +72,11 @@ impl PluginGroup for PlazaClientPlugins {
         };
         // Offline without a scenario: local walkers stand in for the bots.
         let walkers = if matches!(mode, NetworkMode::Offline) && self.scenario.is_none() { o.bots() } else { 0 };
-        let mut group = PluginGroupBuilder::start::<Self>()
+        let mut group = PluginGroupBuilder::start::<Self>();
+        if let Some(dir) = self.asset_dir {
+            group = group.add(models::ModelsPlugin { dir });
+        }
+        group = group
             .add(quality::QualityPlugin { choice: o.preset_choice() })
             .add(governor::GovernorPlugin { target_fps: o.platform().target_fps() })
             .add(lod::LodPlugin { enabled: o.lod_on(), distance_culling: o.culling_on() })
@@ -111,7 +120,9 @@ pub fn build_app(options: ClientOptions, scenario: Option<Scenario>, settings: s
     // The embedded server logs every bot's join at info; the client's own
     // lines matter more here. RUST_LOG overrides this.
     let log = bevy::log::LogPlugin { filter: "info,plaza_server=warn,wgpu=error,naga=warn".into(), ..default() };
-    let defaults = DefaultPlugins.set(window).set(log);
+    let asset_dir = models::asset_dir();
+    let assets = AssetPlugin { file_path: asset_dir.to_string_lossy().into_owned(), ..default() };
+    let defaults = DefaultPlugins.set(window).set(log).set(assets);
     if options.headless {
         app.add_plugins((defaults.disable::<WinitPlugin>(), ScheduleRunnerPlugin::run_loop(Duration::ZERO)));
     } else {
@@ -121,7 +132,7 @@ pub fn build_app(options: ClientOptions, scenario: Option<Scenario>, settings: s
         warn!("OpenXR is not available in this build; starting the desktop view (VR presets and the 72 fps target still apply)");
     }
     app.insert_resource(settings);
-    app.add_plugins(PlazaClientPlugins { options, scenario, hud: true });
+    app.add_plugins(PlazaClientPlugins { options, scenario, hud: true, asset_dir: Some(asset_dir) });
     app
 }
 

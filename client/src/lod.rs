@@ -245,38 +245,48 @@ fn apply_avatar_levels(
         if lod.level == LodLevel::Hidden {
             continue;
         }
-        if let (Some(body_mesh), Ok(mut mesh)) = (assets.body(lod.level), meshes.get_mut(parts.body))
-            && mesh.0 != *body_mesh
-        {
-            mesh.0 = body_mesh.clone();
-        }
-        // Cards are unlit; bodies are shaded.
-        let colours = if lod.level == LodLevel::Impostor { &assets.cards } else { &assets.shirts };
-        let wanted = &colours[avatar.index as usize % colours.len()];
-        if let Ok(mut material) = materials.get_mut(parts.body)
-            && material.0 != *wanted
-        {
-            material.0 = wanted.clone();
-        }
-        if lod.level != LodLevel::Impostor
-            && let Ok(mut body) = transforms.get_mut(parts.body)
-            && body.rotation != Quat::IDENTITY
-        {
-            body.rotation = Quat::IDENTITY; // undo the card's turn
-        }
-        let head = assets.head(lod.level);
-        if let (Some(head), Ok(mut mesh)) = (head, meshes.get_mut(parts.head))
-            && mesh.0 != *head
-        {
-            mesh.0 = head.clone();
-        }
-        let shown = if head.is_some() { Visibility::Inherited } else { Visibility::Hidden };
-        match visibility.get_mut(parts.head) {
-            Ok(mut v) => {
-                v.set_if_neq(shown);
+        let look = assets.look(avatar.index);
+        let card = lod.level == LodLevel::Impostor;
+        // Each part: its mesh at this level (none: hidden), material and place.
+        let wanted = [
+            (parts.body, look.body(lod.level), look.body_material(lod.level), look.body_at),
+            (parts.head, look.head(lod.level), &look.head_material, look.head_at),
+            (parts.hands[0], look.hand(0, lod.level), &look.hands_material, look.hands_at[0]),
+            (parts.hands[1], look.hand(1, lod.level), &look.hands_material, look.hands_at[1]),
+        ];
+        for (i, (part, mesh, material, at)) in wanted.into_iter().enumerate() {
+            if let Some(mesh) = mesh {
+                match meshes.get_mut(part) {
+                    Ok(mut m) if m.0 != *mesh => m.0 = mesh.clone(),
+                    Ok(_) => {}
+                    Err(_) => {
+                        commands.entity(part).insert(Mesh3d(mesh.clone()));
+                    }
+                }
+                match materials.get_mut(part) {
+                    Ok(mut m) if m.0 != *material => m.0 = material.clone(),
+                    Ok(_) => {}
+                    Err(_) => {
+                        commands.entity(part).insert(MeshMaterial3d(material.clone()));
+                    }
+                }
             }
-            Err(_) => {
-                commands.entity(parts.head).insert(shown);
+            if let Ok(mut t) = transforms.get_mut(part) {
+                // The card's turn is the billboard's business.
+                let rotation = if i == 0 && card { t.rotation } else { at.rotation };
+                let place = Transform { rotation, ..at };
+                if *t != place {
+                    *t = place;
+                }
+            }
+            let shown = if mesh.is_some() { Visibility::Inherited } else { Visibility::Hidden };
+            match visibility.get_mut(part) {
+                Ok(mut v) => {
+                    v.set_if_neq(shown);
+                }
+                Err(_) => {
+                    commands.entity(part).insert(shown);
+                }
             }
         }
     }
@@ -386,16 +396,17 @@ mod tests {
         let mut app = app(QualityPreset::High, true, true);
         let e = line(&mut app, &[5.0])[0];
         let assets = app.world().resource::<AvatarAssets>().clone();
+        let look = assets.look(0);
         let parts = *app.world().get::<AvatarParts>(e).unwrap();
         let body = |app: &App| app.world().get::<Mesh3d>(parts.body).unwrap().0.clone();
-        assert_eq!(body(&app), assets.bodies[0]);
+        assert_eq!(body(&app), look.body[0]);
         move_to(&mut app, e, 120.0);
-        assert_eq!(body(&app), assets.bodies[3], "impostor card");
+        assert_eq!(body(&app), look.body[3], "impostor card");
         assert_eq!(app.world().get::<Visibility>(parts.head), Some(&Visibility::Hidden), "no head on a card");
         move_to(&mut app, e, 300.0);
         assert_eq!(app.world().get::<Visibility>(e), Some(&Visibility::Hidden));
         move_to(&mut app, e, 3.0);
-        assert_eq!(body(&app), assets.bodies[0]);
+        assert_eq!(body(&app), look.body[0]);
         assert_eq!(app.world().get::<Visibility>(e), Some(&Visibility::Inherited));
         assert_eq!(app.world().get::<Visibility>(parts.head), Some(&Visibility::Inherited));
     }

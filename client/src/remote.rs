@@ -182,18 +182,37 @@ impl Plugin for RemotePlugin {
     }
 }
 
-fn upsert(commands: &mut Commands, assets: &AvatarAssets, avatars: &mut RemoteAvatars, remote: &mut Query<&mut RemoteAvatar>, info: &AvatarInfo, t: f64) {
+/// Avatars spawned during this run of [`apply_room_updates`]: their
+/// `RemoteAvatar` is inserted at the end, since a spawned entity is not in
+/// the queries until the commands apply. Several updates can arrive in one
+/// frame (a slow frame, a resume) and name the same avatar twice.
+type Fresh = HashMap<AvatarId, SnapshotBuffer>;
+
+fn upsert(commands: &mut Commands, assets: &AvatarAssets, avatars: &mut RemoteAvatars, remote: &mut Query<&mut RemoteAvatar>, fresh: &mut Fresh, info: &AvatarInfo, t: f64) {
     let snapshot = Snapshot::from_pose(t, &info.pose);
-    if let Some(entity) = avatars.by_id.get(&info.id)
-        && let Ok(mut avatar) = remote.get_mut(*entity)
-    {
-        avatar.buffer.push(snapshot);
+    if push(avatars, remote, fresh, info.id, snapshot) {
         return;
     }
     let transform = Transform::from_translation(snapshot.position).with_rotation(snapshot.rotation);
     let entity = spawn_avatar(commands, assets, info.id, &info.name, transform);
-    commands.entity(entity).insert((RemoteAvatar { id: info.id, buffer: SnapshotBuffer::with(snapshot) }, RemoteUser(info.user.clone())));
+    commands.entity(entity).insert(RemoteUser(info.user.clone()));
+    fresh.insert(info.id, SnapshotBuffer::with(snapshot));
     avatars.by_id.insert(info.id, entity);
+}
+
+/// Adds a snapshot to a known avatar's buffer; false if it isn't known.
+fn push(avatars: &RemoteAvatars, remote: &mut Query<&mut RemoteAvatar>, fresh: &mut Fresh, id: AvatarId, snapshot: Snapshot) -> bool {
+    if let Some(buffer) = fresh.get_mut(&id) {
+        buffer.push(snapshot);
+        return true;
+    }
+    if let Some(entity) = avatars.by_id.get(&id)
+        && let Ok(mut avatar) = remote.get_mut(*entity)
+    {
+        avatar.buffer.push(snapshot);
+        return true;
+    }
+    false
 }
 
 fn apply_room_updates(
@@ -207,6 +226,7 @@ fn apply_room_updates(
 ) {
     let Some(assets) = assets else { return };
     let local = time.elapsed_secs_f64();
+    let mut fresh = Fresh::default();
     for update in updates.read() {
         match update {
             RoomUpdate::Joined(joined) => {
@@ -219,11 +239,12 @@ fn apply_room_updates(
                     let keep = present.contains(id);
                     if !keep {
                         commands.entity(*entity).despawn();
+                        fresh.remove(id);
                     }
                     keep
                 });
                 for info in &joined.avatars {
-                    upsert(&mut commands, &assets, &mut avatars, &mut remote, info, t);
+                    upsert(&mut commands, &assets, &mut avatars, &mut remote, &mut fresh, info, t);
                 }
             }
             RoomUpdate::Delta(delta) => {
@@ -232,19 +253,21 @@ fn apply_room_updates(
                 for id in &delta.left {
                     if let Some(entity) = avatars.by_id.remove(id) {
                         commands.entity(entity).despawn();
+                        fresh.remove(id);
                     }
                 }
                 for info in &delta.joined {
-                    upsert(&mut commands, &assets, &mut avatars, &mut remote, info, t);
+                    upsert(&mut commands, &assets, &mut avatars, &mut remote, &mut fresh, info, t);
                 }
                 for pose in &delta.avatars {
-                    if let Some(entity) = avatars.by_id.get(&pose.id)
-                        && let Ok(mut avatar) = remote.get_mut(*entity)
-                    {
-                        avatar.buffer.push(Snapshot::from_pose(t, &pose.pose));
-                    }
+                    push(&avatars, &mut remote, &mut fresh, pose.id, Snapshot::from_pose(t, &pose.pose));
                 }
             }
+        }
+    }
+    for (id, buffer) in fresh {
+        if let Some(entity) = avatars.by_id.get(&id) {
+            commands.entity(*entity).insert(RemoteAvatar { id, buffer });
         }
     }
 }
@@ -351,5 +374,23 @@ mod tests {
         app.update();
         let ids: Vec<AvatarId> = app.world().resource::<RemoteAvatars>().by_id.keys().copied().collect();
         assert_eq!(ids, vec![3]);
+    }
+
+    #[test]
+    fn updates_naming_an_avatar_twice_in_one_frame_spawn_it_once() {
+        let mut app = crate::test_support::app();
+        app.add_plugins((crate::avatars::AvatarsPlugin { walkers: 0 }, RemotePlugin)).add_message::<RoomUpdate>();
+        app.update();
+        // A slow frame: the join, a resume's join and a delta joining 2 again.
+        let joined = |tick| RoomUpdate::Joined(Joined { room: "r".into(), room_name: "plaza".into(), you: 9, tick, avatars: vec![info(1, 0.0), info(2, 5.0)] });
+        app.world_mut().write_message(joined(100));
+        app.world_mut().write_message(joined(101));
+        let moved = AvatarPose { id: 1, t: None, pose: Pose { p: [1.0, 0.0, 0.0], ..Pose::default() } };
+        app.world_mut().write_message(RoomUpdate::Delta(Delta { tick: 102, avatars: vec![moved], joined: vec![info(2, 5.0)], left: vec![] }));
+        app.update();
+        let remote = app.world_mut().query::<&RemoteAvatar>().iter(app.world()).map(|a| (a.id, a.buffer.len())).collect::<HashMap<_, _>>();
+        assert_eq!(remote.len(), 2, "one entity each: {remote:?}");
+        assert_eq!(remote[&1], 3, "every snapshot kept");
+        assert_eq!(app.world_mut().query::<&crate::avatars::Avatar>().iter(app.world()).count(), 2);
     }
 }

@@ -5,6 +5,8 @@
 //! crowd = 200          # local walkers (no server), 0–10000
 //! crowd_radius = 30.0  # metres from the fountain they spread over
 //! step_ms = 33.3       # each frame advances the clock this much, whatever it took
+//! stats_panel = true   # the HUD's stats panel (false: a clean picture)
+//! fov_deg = 60.0       # the camera's vertical field of view, 5–120
 //! [[camera]]           # keyframes, linear in between; at least one
 //! t = 0.0
 //! at = [0.0, 6.0, 40.0]
@@ -40,11 +42,26 @@ pub struct Scenario {
     pub crowd_radius: f32,
     #[serde(default = "default_step")]
     pub step_ms: f32,
+    /// Show the HUD's stats panel (off for pictures of the scene).
+    #[serde(default = "default_true")]
+    pub stats_panel: bool,
+    /// The camera's vertical field of view in degrees (a narrow one looks
+    /// closely at something far away: LOD still goes by distance).
+    #[serde(default = "default_fov")]
+    pub fov_deg: f32,
     pub camera: Vec<Keyframe>,
 }
 
 fn default_radius() -> f32 {
     30.0
+}
+
+fn default_fov() -> f32 {
+    60.0
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_step() -> f32 {
@@ -76,6 +93,9 @@ impl Scenario {
         }
         if !(s.step_ms.is_finite() && (1.0..=1000.0).contains(&s.step_ms)) {
             return Err("step_ms must be 1–1000".into());
+        }
+        if !(s.fov_deg.is_finite() && (5.0..=120.0).contains(&s.fov_deg)) {
+            return Err("fov_deg must be 5–120 degrees".into());
         }
         if s.camera.is_empty() {
             return Err("at least one [[camera]] keyframe is needed".into());
@@ -129,7 +149,7 @@ impl Plugin for ScenarioPlugin {
         app.insert_resource(self.scenario.clone())
             .insert_resource(TimeUpdateStrategy::ManualDuration(step))
             .insert_resource(PlayerControl { keyboard: false, follow_camera: false, typing: false })
-            .add_systems(Startup, spawn_crowd)
+            .add_systems(Startup, (spawn_crowd, show_stats_panel))
             .add_systems(Update, fly_camera.in_set(ScenarioSystems::Camera).after(crate::player::PlayerSystems::Camera));
     }
 }
@@ -139,10 +159,22 @@ fn spawn_crowd(mut commands: Commands, scenario: Res<Scenario>, assets: Res<Avat
     spawn_walkers(&mut commands, &assets, scenario.crowd, |i| WalkLoop::in_crowd(i, radius));
 }
 
-fn fly_camera(time: Res<Time>, scenario: Res<Scenario>, mut camera: Query<&mut Transform, With<MainCamera>>) {
+fn show_stats_panel(scenario: Res<Scenario>, hud: Option<ResMut<crate::hud::HudState>>) {
+    if let Some(mut hud) = hud {
+        hud.stats = scenario.stats_panel;
+    }
+}
+
+fn fly_camera(time: Res<Time>, scenario: Res<Scenario>, mut camera: Query<(&mut Transform, &mut Projection), With<MainCamera>>) {
     let wanted = scenario.camera_at(time.elapsed_secs());
-    for mut transform in &mut camera {
+    let fov = scenario.fov_deg.to_radians();
+    for (mut transform, mut projection) in &mut camera {
         *transform = wanted;
+        if let Projection::Perspective(p) = projection.as_mut()
+            && p.fov != fov
+        {
+            p.fov = fov;
+        }
     }
 }
 
@@ -170,6 +202,7 @@ mod tests {
             ("crowdd = 2\n[[camera]]\nt=0.0\nat=[0.0,1.0,0.0]\nlook=[1.0,1.0,0.0]", "crowdd"),
             ("[[camera]]\nt=1.0\nat=[0.0,1.0,0.0]\nlook=[1.0,1.0,0.0]\n[[camera]]\nt=1.0\nat=[0.0,1.0,0.0]\nlook=[1.0,1.0,0.0]", "forward in time"),
             ("[[camera]]\nt=0.0\nat=[0.0,1.0,0.0]\nlook=[0.0,1.0,0.0]", "looks at where it stands"),
+            ("fov_deg = 200.0\n[[camera]]\nt=0.0\nat=[0.0,1.0,0.0]\nlook=[1.0,1.0,0.0]", "fov_deg"),
         ] {
             let err = Scenario::parse(text).unwrap_err();
             assert!(err.contains(expect), "{text}: {err}");

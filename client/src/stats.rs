@@ -3,7 +3,7 @@
 //! frame timing. The HUD shows it; the capture plugin averages it into the
 //! frame report.
 
-use crate::lod::LodCounts;
+use crate::lod::{LodCounts, PropLevel};
 use crate::quality::MainCamera;
 use bevy::camera::visibility::VisibleEntities;
 use bevy::mesh::{Indices, PrimitiveTopology};
@@ -22,6 +22,9 @@ pub struct FrameStats {
     pub draw_calls: u64,
     /// Avatars at full, reduced, low, impostor, hidden.
     pub avatars_by_lod: [u32; 5],
+    /// Visible prop meshes per level (`_lod0` … `_lod3`); a prop in a
+    /// cross-fade band counts at both levels.
+    pub props_by_lod: [u32; 4],
     /// This frame's wall-clock time (measured here, not from `Time`, which
     /// a scenario's fixed time step replaces), and a smoothed one for display.
     pub frame_ms: f32,
@@ -59,6 +62,7 @@ fn count(
     meshes: Res<Assets<Mesh>>,
     all_meshes: Query<&Mesh3d, Without<crate::render_scale::ScaledSceneQuad>>,
     camera: Query<&VisibleEntities, With<MainCamera>>,
+    prop_levels: Query<&PropLevel>,
     lod: Option<Res<LodCounts>>,
     mut stats: ResMut<FrameStats>,
 ) {
@@ -69,6 +73,11 @@ fn count(
                 s.visible += 1;
                 s.draw_calls += 1;
                 s.triangles += meshes.get(&mesh.0).map(triangles_of).unwrap_or(0);
+                if let Ok(level) = prop_levels.get(*entity)
+                    && let Some(n) = s.props_by_lod.get_mut(level.0 as usize)
+                {
+                    *n += 1;
+                }
             }
         }
     }

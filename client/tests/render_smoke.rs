@@ -100,3 +100,71 @@ fn a_bad_scenario_exits_2_saying_what_is_wrong() {
     assert!(err.contains("bad.toml") && err.contains("0–10000"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `plaza` headless on a scenario at a small size and returns its
+/// report and log. `asset_root`: `BEVY_ASSET_ROOT` (an empty folder: no
+/// models).
+fn run_scenario(name: &str, scenario: &str, asset_root: Option<&Path>) -> (serde_json::Value, String) {
+    let dir = std::env::temp_dir().join(format!("plaza-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = dir.join("report.json");
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios").join(scenario);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_plaza"));
+    command
+        .args(["--headless", "--frames", "3", "--resolution", "160x90", "--preset", "high", "--scenario"])
+        .arg(&scenario)
+        .arg("--report")
+        .arg(&report)
+        .env_remove("CLIENT_QUALITY_PRESET")
+        .env_remove("ENABLE_LOD")
+        .env_remove("ENABLE_FRUSTUM_CULLING")
+        .env_remove("BEVY_ASSET_ROOT")
+        .env("PLAZA_CONFIG_DIR", &dir);
+    if let Some(root) = asset_root {
+        command.env("BEVY_ASSET_ROOT", root);
+    }
+    let out = command.output().expect("plaza runs");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "plaza failed: {}\n{log}", out.status);
+    let report = serde_json::from_slice(&std::fs::read(&report).expect("report exists")).expect("JSON");
+    let _ = std::fs::remove_dir_all(&dir);
+    (report, log)
+}
+
+fn counts(report: &serde_json::Value, key: &str, levels: &[&str]) -> Vec<u64> {
+    levels.iter().map(|l| report[key][l].as_u64().unwrap_or_else(|| panic!("{key}.{l} in {report}"))).collect()
+}
+
+const AVATAR_LEVELS: [&str; 5] = ["full", "reduced", "low", "impostor", "hidden"];
+const PROP_LEVELS: [&str; 4] = ["lod0", "lod1", "lod2", "lod3"];
+
+#[test]
+fn the_asset_models_switch_lod_levels_with_distance() {
+    // Near: 24 walkers within 25 m, those within 10 m at full.
+    let (near, log) = run_scenario("lod-near", "lod-near.toml", None);
+    assert!(log.contains("loading the plaza and avatars from asset models"), "{log}");
+    assert!(!log.contains("placeholder"), "{log}");
+    let avatars = counts(&near, "avatars_by_lod", &AVATAR_LEVELS);
+    assert!(avatars[0] > 0 && avatars[0] + avatars[1] == 24, "near: full and reduced only: {near}");
+    let props = counts(&near, "props_by_lod", &PROP_LEVELS);
+    assert!(props[0] > 0 && props[3] == 0, "near: props at lod0, none at lod3: {near}");
+    // Far: every walker an impostor card, props at their coarse levels.
+    let (far, _) = run_scenario("lod-far", "lod-far.toml", None);
+    assert_eq!(counts(&far, "avatars_by_lod", &AVATAR_LEVELS), [0, 0, 0, 24, 0], "{far}");
+    let props = counts(&far, "props_by_lod", &PROP_LEVELS);
+    assert!(props[0] == 0 && props[1] == 0 && props[3] > 0, "far: props at lod2 and lod3: {far}");
+    assert!(near["triangles"].as_u64() > far["triangles"].as_u64(), "far draws fewer triangles than near");
+}
+
+#[test]
+fn without_asset_models_the_placeholders_are_drawn_with_one_warning() {
+    let empty = std::env::temp_dir().join(format!("plaza-no-assets-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let (report, log) = run_scenario("no-assets", "lod-near.toml", Some(&empty));
+    assert_eq!(log.matches("asset models not found").count(), 1, "one warning: {log}");
+    assert!(log.contains("models/plaza.glb") && log.contains("make assets"), "says what is missing and what to do: {log}");
+    let avatars = counts(&report, "avatars_by_lod", &AVATAR_LEVELS);
+    assert_eq!(avatars.iter().sum::<u64>(), 24, "the walkers, as placeholders: {report}");
+    assert!(report["triangles"].as_u64().unwrap() > 1_000, "something was drawn: {report}");
+    let _ = std::fs::remove_dir_all(&empty);
+}
