@@ -11,10 +11,15 @@
 //!
 //! Only poses the receiver could get are expected: sent while it was in the
 //! room (from its `joined` until it stopped listening, less a grace period
-//! for poses still in flight, and not while it was away between a lost
-//! socket and the state coming back on the next: the `joined` it then gets
-//! carries every avatar's current pose) and before the sender stopped (or,
-//! for a sender whose connection died, a grace period before that).
+//! for poses still in flight, and not while it was away: from a lost
+//! socket, each sender's poses after the newest one it had got (the rest
+//! may have died with the socket), until the state came back on the next
+//! (the `joined` it then gets carries every avatar's current pose) — or
+//! for good, when it never came back) and before the sender stopped (or,
+//! for a sender whose connection died for good, after the last moment the
+//! server is known to have had its poses). A sender's poses between that
+//! moment and a cut socket are not expected either: they may have died
+//! with it.
 //!
 //! Chats. Every acknowledged chat must reach every member of its room that
 //! was there from before it was sent until after it was acknowledged, the
@@ -33,6 +38,10 @@ pub struct SenderLog {
     pub poses: Vec<u64>,
     /// Poses after this (ms) are not expected anywhere.
     pub until_ms: u64,
+    /// Poses in these `(after, to]` windows (ms) may have died with a cut
+    /// socket before the server had them: from the last ping it answered on
+    /// that socket to the cut. Not expected anywhere.
+    pub cut: Vec<(u64, u64)>,
     pub chats: Vec<SentChat>,
 }
 
@@ -51,11 +60,22 @@ pub struct ReceiverLog {
     pub from_ms: Option<u64>,
     /// Poses sent after this (ms) are not expected at this receiver.
     pub until_ms: u64,
-    /// Away between reconnects, `[from, to]` ms, in order: the grace period
-    /// before the socket was lost, until the state was back.
-    pub away: Vec<(u64, u64)>,
+    /// Times away: from a lost socket until the state was back.
+    pub away: Vec<Away>,
     pub seen: HashMap<UserKey, PairStats>,
     pub chats: HashSet<String>,
+}
+
+/// A receiver's time away from its room: from a lost socket until the
+/// state was back on a new one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Away {
+    /// Per sender, the newest `t` received before the socket was lost;
+    /// poses after it may have died with the socket. A sender not here had
+    /// nothing delivered yet: all its poses up to `to` are excused.
+    pub after: HashMap<UserKey, u64>,
+    /// When the state was back (ms); `u64::MAX`: never (the run ended).
+    pub to: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -101,22 +121,40 @@ pub fn account_poses(senders: &[SenderLog], receivers: &[ReceiverLog]) -> PoseDe
             let hi = s.poses.partition_point(|&t| t <= until);
             let max_t = r.seen.get(&skey).map_or(0, |p| p.max_t);
             let covered_to = s.poses.partition_point(|&t| t <= max_t).clamp(lo, hi);
-            let away = |start: usize| -> u64 { r.away.iter().map(|&(a, b)| count_within(&s.poses[start..hi], a, b)).sum() };
+            let excused = excused_windows(&r.away, &s.cut, skey);
+            let away = |start: usize| -> u64 { excused.iter().map(|&(after, to)| count_within(&s.poses[start..hi], after, to)).sum() };
             let expected = (hi - lo) as u64 - away(lo);
             let lost = (hi - covered_to) as u64 - away(covered_to);
             out.expected += expected;
             out.lost += lost;
             if lost > 0 {
                 out.pairs_with_loss += 1;
+                tracing::debug!(receiver = ?rkey, sender = ?skey, lost, first_lost = s.poses[covered_to], last_lost = s.poses[hi - 1], max_t, from, until, receiver_until = r.until_ms, sender_until = s.until_ms, away = ?r.away, "lost poses");
             }
         }
     }
     out
 }
 
-/// Poses (sorted) with `t` in `[a, b]`.
-fn count_within(poses: &[u64], a: u64, b: u64) -> u64 {
-    (poses.partition_point(|&t| t <= b) - poses.partition_point(|&t| t < a)) as u64
+/// Poses (sorted) with `t` in `(after, to]`.
+fn count_within(poses: &[u64], after: u64, to: u64) -> u64 {
+    (poses.partition_point(|&t| t <= to)).saturating_sub(poses.partition_point(|&t| t <= after)) as u64
+}
+
+/// A receiver's away windows for one sender, `(after, to]`, merged so
+/// nothing is excused twice.
+/// The sender's own cut windows count for every receiver.
+fn excused_windows(away: &[Away], cut: &[(u64, u64)], sender: UserKey) -> Vec<(u64, u64)> {
+    let mut windows: Vec<(u64, u64)> = away.iter().map(|a| (a.after.get(&sender).copied().unwrap_or(0), a.to)).chain(cut.iter().copied()).filter(|&(after, to)| to > after).collect();
+    windows.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(windows.len());
+    for (after, to) in windows {
+        match merged.last_mut() {
+            Some(last) if after <= last.1 => last.1 = last.1.max(to),
+            _ => merged.push((after, to)),
+        }
+    }
+    merged
 }
 
 /// Counts chats: every acknowledged chat to every receiver in its room

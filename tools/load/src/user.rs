@@ -12,7 +12,7 @@
 //! the main loop ends on the run's phase.
 
 use crate::collect::{BATCH_EVERY, BATCH_MAX, Batch, Counters};
-use crate::delivery::{ReceiverLog, SenderLog, SentChat};
+use crate::delivery::{Away, ReceiverLog, SenderLog, SentChat};
 use crate::names::UserKey;
 use crate::rng::SplitMix;
 use crate::tickphase::{TickPhase, split};
@@ -224,8 +224,13 @@ struct User {
     failures_in_a_row: u64,
     /// When the last connection was lost, until the state is back.
     lost_at: Option<Instant>,
-    /// The same, on the Unix clock less the grace period (ms).
-    away_from_ms: u64,
+    /// Per sender, the newest pose received when the socket was lost.
+    away_after: std::collections::HashMap<UserKey, u64>,
+    /// The `t` of the newest ping the server answered: every pose sent
+    /// before it had reached the server (one ordered stream).
+    server_has_until_ms: u64,
+    /// Poses went out since the last cut window was noted.
+    sending_since_cut: bool,
     /// When this connection's hello went out.
     hello_at: Option<Instant>,
     /// Chats sent and not yet acknowledged, to resend after a reconnect.
@@ -264,7 +269,9 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         rtt_ewma_us: 1_000,
         failures_in_a_row: 0,
         lost_at: None,
-        away_from_ms: 0,
+        away_after: std::collections::HashMap::new(),
+        server_has_until_ms: 0,
+        sending_since_cut: false,
         hello_at: None,
         unacked: Vec::new(),
         latency_peak_ms: [0; 2],
@@ -303,9 +310,13 @@ impl User {
             if matches!(end, End::Lost { .. }) {
                 // (Our own close noted its start already.)
                 self.conn_end_ms = unix_us() / 1000;
+                if self.sending_since_cut {
+                    self.report.sender.cut.push((self.server_has_until_ms, self.conn_end_ms));
+                    self.sending_since_cut = false;
+                }
                 if self.lost_at.is_none() {
                     self.lost_at = Some(Instant::now());
-                    self.away_from_ms = self.conn_end_ms.saturating_sub(self.grace_ms());
+                    self.away_after = self.tracker.from.iter().map(|(&sender, stats)| (sender, stats.max_t)).collect();
                 }
             }
             match end {
@@ -601,6 +612,7 @@ impl User {
                         }
                         ServerMessage::Pong(p) => {
                             let rtt = now_us.saturating_sub(p.t.saturating_mul(1000));
+                            self.server_has_until_ms = self.server_has_until_ms.max(p.t);
                             self.report.rtt_us.push(rtt);
                             self.rtt_ewma_us = (self.rtt_ewma_us * 4 + rtt) / 5;
                         }
@@ -657,6 +669,7 @@ impl User {
         let pose = self.walk.pose(self.env.epoch.elapsed().as_secs_f64());
         self.send(ws, &ClientMessage::Pose(PoseUpdate { t, pose })).await?;
         self.last_t = t;
+        self.sending_since_cut = true;
         self.report.sender.poses.push(t);
         Counters::add(&self.env.counters.poses_sent, 1);
         Ok(())
@@ -667,7 +680,7 @@ impl User {
     async fn back_in_room(&mut self, lost: Instant, ws: &mut Ws) {
         self.failures_in_a_row = 0;
         self.report.outage_us.push(lost.elapsed().as_micros() as u64);
-        self.report.receiver.away.push((self.away_from_ms, unix_us() / 1000));
+        self.report.receiver.away.push(Away { after: std::mem::take(&mut self.away_after), to: unix_us() / 1000 });
         if let Some(hello) = self.hello_at {
             self.report.restore_us.push(hello.elapsed().as_micros() as u64);
         }
@@ -766,6 +779,7 @@ impl User {
             for &(_, t) in &poses {
                 let e2e_us = now_us.saturating_sub(t.saturating_mul(1000));
                 self.latency_peak_ms[0] = self.latency_peak_ms[0].max(e2e_us / 1000);
+
                 self.batch.e2e_us.push(clamp_u32(e2e_us));
             }
             if let (Some(phase), Some(newest)) = (phase, poses.iter().map(|&(_, t)| t).max()) {
@@ -813,9 +827,16 @@ impl User {
         let end = if self.conn_end_ms == 0 { unix_us() / 1000 } else { self.conn_end_ms };
         let mut report = std::mem::take(&mut self.report);
         report.sender.key = Some(self.plan.key);
-        report.sender.until_ms = self.stopped_sending_ms.unwrap_or(u64::MAX).min(end.saturating_sub(self.grace_ms()));
+        // A socket cut for good took the poses still on their way with it:
+        // only those the server is known to have had count.
+        let sent_until = if self.lost_at.is_some() { self.server_has_until_ms } else { end.saturating_sub(self.grace_ms()) };
+        report.sender.until_ms = self.stopped_sending_ms.unwrap_or(u64::MAX).min(sent_until);
         report.receiver.key = Some(self.plan.key);
         report.receiver.until_ms = end.saturating_sub(self.grace_ms());
+        if self.lost_at.is_some() {
+            // Lost and never back: what was on its way died with the socket.
+            report.receiver.away.push(Away { after: std::mem::take(&mut self.away_after), to: u64::MAX });
+        }
         report.receiver.seen = std::mem::take(&mut self.tracker.from);
         report.receiver.chats = std::mem::take(&mut self.tracker.chats);
         report.anomalies = self.tracker.anomalies;

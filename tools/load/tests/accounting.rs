@@ -1,6 +1,6 @@
 //! Percentiles, delivery accounting and misrouting, without a network.
 
-use plaza_load::delivery::{ReceiverLog, SenderLog, SentChat, account_chats, account_poses};
+use plaza_load::delivery::{Away, ReceiverLog, SenderLog, SentChat, account_chats, account_poses};
 use plaza_load::histogram::Histogram;
 use plaza_load::names::{UserKey, user_name};
 use plaza_load::track::{PairStats, Tracker};
@@ -64,7 +64,7 @@ fn merged_histograms_count_everything_once() {
 }
 
 fn sender(k: UserKey, poses: &[u64], until_ms: u64) -> SenderLog {
-    SenderLog { key: Some(k), poses: poses.to_vec(), until_ms, chats: vec![] }
+    SenderLog { key: Some(k), poses: poses.to_vec(), until_ms, cut: vec![], chats: vec![] }
 }
 
 fn receiver(k: UserKey, from_ms: u64, until_ms: u64, seen: &[(UserKey, u64, u64)]) -> ReceiverLog {
@@ -107,16 +107,36 @@ fn a_pose_never_covered_is_lost() {
 fn poses_sent_while_the_receiver_was_away_are_not_expected() {
     let a = key(1, 1);
     let b = key(1, 2);
-    // B lost its socket around 300 and had the state back at 520; A's last
-    // poses (400, 500) went out meanwhile, and A sent nothing after.
+    // B had A's poses up to 200 when its socket was cut, and the state back
+    // at 520; A's later poses (300 in flight, 400 and 500 meanwhile) were
+    // never delivered, and A sent nothing after.
     let senders = [sender(a, &[100, 200, 300, 400, 500], 5000)];
     let mut rb = receiver(b, 50, 5000, &[(a, 200, 2)]);
-    rb.away = vec![(250, 520)];
+    rb.away = vec![Away { after: HashMap::from([(a, 200)]), to: 520 }];
     let d = account_poses(&senders, &[rb.clone()]);
     assert_eq!((d.expected, d.lost), (2, 0));
     // Without the away window they would be lost.
     rb.away.clear();
-    assert_eq!(account_poses(&senders, &[rb]).lost, 3);
+    assert_eq!(account_poses(&senders, &[rb.clone()]).lost, 3);
+    // Overlapping windows (a second cut before anything new from A) excuse
+    // each pose once; a window that never ended excuses the rest.
+    rb.away = vec![Away { after: HashMap::from([(a, 200)]), to: 450 }, Away { after: HashMap::from([(a, 200)]), to: u64::MAX }];
+    let d = account_poses(&senders, &[rb]);
+    assert_eq!((d.expected, d.lost), (2, 0));
+}
+
+#[test]
+fn poses_that_died_with_the_senders_cut_socket_are_not_expected() {
+    let a = key(1, 1);
+    let b = key(1, 2);
+    // The server answered A's ping of 250; A's socket was cut at 420, and
+    // 300 and 400 died with it. B got nothing newer from A.
+    let mut sa = sender(a, &[100, 200, 300, 400], 5000);
+    let rb = receiver(b, 50, 5000, &[(a, 200, 2)]);
+    assert_eq!(account_poses(&[sa.clone()], &[rb.clone()]).lost, 2);
+    sa.cut = vec![(250, 420)];
+    let d = account_poses(&[sa], &[rb]);
+    assert_eq!((d.expected, d.lost), (2, 0));
 }
 
 #[test]
