@@ -114,6 +114,8 @@ pub struct RunResult {
     pub outage_ms: Percentiles,
     /// Reconnects that got their old seat back (`hello.resume`).
     pub resumed: u64,
+    /// Reconnects whose state took more than 2 s to come back (hello → joined).
+    pub restores_over_2s: u64,
     /// Present when the run had the fault proxy in between.
     pub faults: Option<FaultStats>,
     /// `plaza-load soak`'s leak checks.
@@ -329,7 +331,7 @@ table{{border-collapse:collapse;margin:8px 0 20px}}th,td{{border:1px solid #ccc;
     row(&mut h, "chats sent / acked", format!("{} / {}", r.chat.sent, r.chat.acked));
     row(&mut h, "chat deliveries expected / received / lost", format!("{} / {} / {}", r.chat.expected, r.chat.received, r.chat.lost));
     row(&mut h, "errors", r.errors);
-    row(&mut h, "reconnects (seat resumed)", format!("{} ({})", r.reconnects, r.resumed));
+    row(&mut h, "reconnects (seat resumed; state back in over 2 s)", format!("{} ({}; {})", r.reconnects, r.resumed, r.restores_over_2s));
     row(&mut h, "users joined", format!("{} of {}", r.users_joined, r.users));
     row(&mut h, "down bytes per user per second", format!("{:.0}", r.down_bytes_per_user_s));
     row(&mut h, "up bytes per user per second", format!("{:.0}", r.up_bytes_per_user_s));

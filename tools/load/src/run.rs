@@ -297,6 +297,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
     let mut restore = Histogram::new();
     let mut outage = Histogram::new();
     let mut resumed = 0;
+    let mut restores_over_2s = 0;
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut anomalies = AnomalyCounts { gap_ms, ..AnomalyCounts::default() };
     let (mut misrouted, mut reconnects, mut bytes_in, mut bytes_out, mut in_room_us, mut joined, mut poses_sent) = (0, 0, 0, 0, 0, 0, 0);
@@ -307,6 +308,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         r.restore_us.iter().for_each(|&v| restore.record(v));
         r.outage_us.iter().for_each(|&v| outage.record(v));
         resumed += r.resumed;
+        restores_over_2s += r.restore_us.iter().filter(|&&us| us > 2_000_000).count() as u64;
         for (kind, n) in &r.errors {
             *errors.entry(kind.clone()).or_default() += n;
         }
@@ -423,6 +425,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         restore_ms: restore.summary_ms(),
         outage_ms: outage.summary_ms(),
         resumed,
+        restores_over_2s,
         faults: fault_stats,
         poses_sent,
         pose_rate_hz,
