@@ -11,7 +11,7 @@
 //! | level | torso, head, hands | triangles (avatar_0) |
 //! | --- | --- | --- |
 //! | full | `avatar_K_*_lod0` | 5,312 |
-//! | reduced | `avatar_K_*_lod1` | 3,014 |
+//! | reduced | `avatar_K_*_lod1` | 3,006 |
 //! | low | `avatar_K_*_lod2` | 1,328 |
 //! | impostor | `avatar_K_impostor`: a camera-facing card, painted from the model | 2 |
 //!

@@ -14,7 +14,10 @@
 //! ```
 //!
 //! A scenario runs offline with a fixed time step, so frame N shows the same
-//! scene on every run: compare presets frame for frame.
+//! scene on every run: compare presets frame for frame. With `--frames`,
+//! the clock stands still until the renderer has compiled its pipelines
+//! (see [`crate::capture`]; how long that takes differs between presets and
+//! runs), so measured frame N is the same moment on every run.
 
 use crate::avatars::{AvatarAssets, WalkLoop, spawn_walkers};
 use crate::player::PlayerControl;
@@ -150,6 +153,7 @@ impl Plugin for ScenarioPlugin {
             .insert_resource(TimeUpdateStrategy::ManualDuration(step))
             .insert_resource(PlayerControl { keyboard: false, follow_camera: false, typing: false })
             .add_systems(Startup, (spawn_crowd, show_stats_panel))
+            .add_systems(First, hold_the_clock_until_ready.before(bevy::time::TimeSystems))
             .add_systems(Update, fly_camera.in_set(ScenarioSystems::Camera).after(crate::player::PlayerSystems::Camera));
     }
 }
@@ -157,6 +161,16 @@ impl Plugin for ScenarioPlugin {
 fn spawn_crowd(mut commands: Commands, scenario: Res<Scenario>, assets: Res<AvatarAssets>) {
     let radius = scenario.crowd_radius;
     spawn_walkers(&mut commands, &assets, scenario.crowd, |i| WalkLoop::in_crowd(i, radius));
+}
+
+/// No time passes while the capture waits for pipelines (the first time:
+/// the capture starts counting then, and so does the clock).
+fn hold_the_clock_until_ready(scenario: Res<Scenario>, ready: Option<Res<crate::capture::PipelinesReady>>, mut started: Local<bool>, mut strategy: ResMut<TimeUpdateStrategy>) {
+    *started = *started || ready.is_none_or(|r| r.get());
+    let step = if *started { Duration::from_secs_f32(scenario.step_ms / 1000.0) } else { Duration::ZERO };
+    if !matches!(*strategy, TimeUpdateStrategy::ManualDuration(d) if d == step) {
+        *strategy = TimeUpdateStrategy::ManualDuration(step);
+    }
 }
 
 fn show_stats_panel(scenario: Res<Scenario>, hud: Option<ResMut<crate::hud::HudState>>) {
