@@ -396,12 +396,24 @@ impl Session {
         let mut last_heard = Instant::now();
         let mut warned_expiry = false;
         let mut closing = state.closing.clone();
+        // Both timers are made once. A message only moves `last_heard`; the
+        // heartbeat timer, when it fires, re-arms itself from there. (Making
+        // a timer per message cost a timer-wheel entry for every pose: perf
+        // showed it at 2,000 users.)
+        let until_warning = |exp: u64| Duration::from_secs(exp.saturating_sub(TOKEN_WARNING_SECS).saturating_sub(now_unix()));
+        let heartbeat = tokio::time::sleep_until(last_heard + state.heartbeat_timeout);
+        tokio::pin!(heartbeat);
+        let warning = tokio::time::sleep(until_warning(self.claims.exp));
+        tokio::pin!(warning);
         loop {
-            let expiry_at = self.claims.exp.saturating_sub(TOKEN_WARNING_SECS);
-            let until_warning = Duration::from_secs(expiry_at.saturating_sub(now_unix()));
             let frame = tokio::select! {
                 frame = stream.next() => frame,
-                _ = tokio::time::sleep_until(last_heard + state.heartbeat_timeout) => {
+                _ = &mut heartbeat => {
+                    let deadline = last_heard + state.heartbeat_timeout;
+                    if Instant::now() < deadline {
+                        heartbeat.as_mut().reset(deadline);
+                        continue;
+                    }
                     tracing::info!("heartbeat timeout");
                     // Silent that long: gone, not coming back within the window.
                     return End::Close(NORMAL_CLOSE, "no message within the heartbeat timeout");
@@ -409,7 +421,7 @@ impl Session {
                 _ = async { let _ = closing.wait_for(|c| *c).await; } => {
                     return End::Close(close::SERVER_DRAINING, "server is restarting; reconnect shortly");
                 }
-                _ = tokio::time::sleep(until_warning), if !warned_expiry => {
+                _ = &mut warning, if !warned_expiry => {
                     warned_expiry = true;
                     let in_s = self.claims.exp.saturating_sub(now_unix()) as u32;
                     Self::reply(link, ServerMessage::TokenExpiring(TokenExpiring { in_s })).await;
@@ -453,6 +465,7 @@ impl Session {
             }
             if self.claims.exp != expiry {
                 warned_expiry = false; // refreshed: warn again before the new expiry
+                warning.as_mut().reset(Instant::now() + until_warning(self.claims.exp));
             }
         }
     }

@@ -549,9 +549,13 @@ impl User {
         let mut pings = tokio::time::interval_at(Instant::now() + ping_every.mul_f64(self.rng.unit()), ping_every);
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let chat_every = self.env.chat_every;
-        let mut next_chat = Instant::now() + chat_every.unwrap_or(Duration::ZERO).mul_f64(self.rng.unit());
+        // Timers made once and reset: a new one each time round the loop
+        // costs a timer-wheel entry per message (seen in perf at 2,000 users).
+        let chat_timer = tokio::time::sleep_until(Instant::now() + chat_every.unwrap_or(Duration::ZERO).mul_f64(self.rng.unit()));
+        tokio::pin!(chat_timer);
         let mut flush = tokio::time::interval(BATCH_EVERY);
-        let join_deadline = Instant::now() + JOIN_TIMEOUT;
+        let join_timer = tokio::time::sleep_until(Instant::now() + JOIN_TIMEOUT);
+        tokio::pin!(join_timer);
         loop {
             let sending = self.phase_now() == Phase::Run;
             let in_room = self.in_room_since.is_some();
@@ -633,7 +637,7 @@ impl User {
                         ServerMessage::Welcome(_) | ServerMessage::Voice(_) => {}
                     }
                 }
-                _ = tokio::time::sleep_until(join_deadline), if !in_room => {
+                _ = &mut join_timer, if !in_room => {
                     self.error("join_timeout");
                     let _ = self.close(ws).await;
                     return End::Lost { resume: None, relogin: false };
@@ -651,8 +655,8 @@ impl User {
                         return End::Lost { resume: self.session.clone(), relogin: false };
                     }
                 }
-                _ = tokio::time::sleep_until(next_chat), if sending && in_room && chat_every.is_some() => {
-                    next_chat = Instant::now() + chat_every.unwrap_or(Duration::ZERO).mul_f64(self.rng.range(2.0 / 3.0, 4.0 / 3.0));
+                _ = &mut chat_timer, if sending && in_room && chat_every.is_some() => {
+                    chat_timer.as_mut().reset(Instant::now() + chat_every.unwrap_or(Duration::ZERO).mul_f64(self.rng.range(2.0 / 3.0, 4.0 / 3.0)));
                     if self.send_chat(&mut ws).await.is_err() {
                         self.error("send");
                         return End::Lost { resume: self.session.clone(), relogin: false };
