@@ -415,7 +415,7 @@ pub struct LadderArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "plaza,socketio-relay,socketio-batch")]
     pub targets: Vec<Target>,
     /// Users at each step, comma-separated, rising (whole rooms: rounded up).
-    #[arg(long, value_delimiter = ',', default_value = "200,400,800,1200,1600,2000,2400,2800")]
+    #[arg(long, value_delimiter = ',', default_value = "50,100,200,400,600,800,1200,1600,2000,2400")]
     pub steps: Vec<u64>,
     /// Users in each room.
     #[arg(long, default_value = "40", value_parser = clap::value_parser!(u32).range(1..=200))]

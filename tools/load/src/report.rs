@@ -166,11 +166,17 @@ pub type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
 
 /// A line chart of `series` over seconds since the start.
 pub fn line_chart(title: &str, y_unit: &str, series: &[Series<'_>]) -> String {
+    line_chart_over(title, "seconds since start", y_unit, series)
+}
+
+/// A line chart of `series` over `x_label`. The legend sits in a row of
+/// its own under the title.
+pub fn line_chart_over(title: &str, x_label: &str, y_unit: &str, series: &[Series<'_>]) -> String {
     const W: f64 = 760.0;
-    const H: f64 = 260.0;
+    const H: f64 = 276.0;
     const L: f64 = 64.0;
     const R: f64 = 16.0;
-    const T: f64 = 34.0;
+    const T: f64 = 50.0;
     const B: f64 = 40.0;
     let mut svg = String::new();
     let _ = write!(
@@ -207,9 +213,10 @@ pub fn line_chart(title: &str, y_unit: &str, series: &[Series<'_>]) -> String {
     }
     let _ = write!(
         svg,
-        r##"<text x="{}" y="{}" font-size="11" text-anchor="middle" fill="#444">seconds since start</text><text x="14" y="{}" font-size="11" fill="#444" transform="rotate(-90 14 {})" text-anchor="middle">{}</text><line x1="{L}" x2="{L}" y1="{T}" y2="{}" stroke="#888"/><line x1="{L}" x2="{}" y1="{}" y2="{}" stroke="#888"/>"##,
+        r##"<text x="{}" y="{}" font-size="11" text-anchor="middle" fill="#444">{}</text><text x="14" y="{}" font-size="11" fill="#444" transform="rotate(-90 14 {})" text-anchor="middle">{}</text><line x1="{L}" x2="{L}" y1="{T}" y2="{}" stroke="#888"/><line x1="{L}" x2="{}" y1="{}" y2="{}" stroke="#888"/>"##,
         (L + W - R) / 2.0,
         H - 6.0,
+        esc(x_label),
         (T + H - B) / 2.0,
         (T + H - B) / 2.0,
         esc(y_unit),
@@ -231,7 +238,7 @@ pub fn line_chart(title: &str, y_unit: &str, series: &[Series<'_>]) -> String {
         legend_x -= width;
         let _ = write!(
             svg,
-            r#"<rect x="{legend_x:.1}" y="12" width="10" height="10" fill="{colour}"/><text x="{:.1}" y="21" font-size="11">{}</text>"#,
+            r#"<rect x="{legend_x:.1}" y="28" width="10" height="10" fill="{colour}"/><text x="{:.1}" y="37" font-size="11">{}</text>"#,
             legend_x + 13.0,
             esc(name)
         );

@@ -115,6 +115,9 @@ fn check_file_limit(sockets: u64) {
 pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
     let started_unix_ms = unix_ms();
     let http = reqwest::Client::builder().timeout(HTTP_TIMEOUT).build().map_err(|e| RunError::Http(e.to_string()))?;
+    // Watching the server: no idle connections kept, as each would be a
+    // task on the server and spoil the back-to-idle check.
+    let probe = reqwest::Client::builder().timeout(HTTP_TIMEOUT).pool_max_idle_per_host(0).build().map_err(|e| RunError::Http(e.to_string()))?;
     let embedded = match &cfg.server {
         None => Some(EmbeddedServer::start()?),
         Some(_) => None,
@@ -127,9 +130,9 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
     wait_healthy(&http, &base).await?;
     let proxy_sockets = if cfg.faults.is_some() { 2 } else { 0 };
     check_file_limit(cfg.users() * (if embedded.is_some() { 2 } else { 1 } + proxy_sockets));
-    let sampler = if embedded.is_some() { Sampler::InProcess } else { Sampler::Remote { http: http.clone(), base: base.clone() } };
+    let sampler = if embedded.is_some() { Sampler::InProcess } else { Sampler::Remote { http: probe.clone(), base: base.clone() } };
     let before = match &sampler {
-        Sampler::Remote { .. } => crate::server::scrape_gauges(&http, &base).await,
+        Sampler::Remote { .. } => crate::server::scrape_gauges(&probe, &base).await,
         Sampler::InProcess => None,
     };
     // The users (HTTP and WebSocket) go through the fault proxy when there
@@ -241,7 +244,12 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         server.stop().await;
     }
     let (after, settled_s) = match before {
-        Some(idle) => settle(&http, &base, &idle).await,
+        Some(idle) => {
+            // The users' HTTP connections (kept alive in the pool) close now.
+            drop(env);
+            drop(http);
+            settle(&probe, &base, &idle).await
+        }
         None => (None, None),
     };
     let server = ServerStats {

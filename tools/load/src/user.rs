@@ -694,7 +694,8 @@ impl User {
                 return;
             }
         }
-        if self.env.chat_every.is_some() {
+        // (The socket.io peers keep no history.)
+        if self.env.chat_every.is_some() && self.env.wire != Wire::SocketIo {
             self.fetch_missed_chats().await;
         }
     }
