@@ -86,11 +86,15 @@ impl Store {
                 Box::pin(async move {
                     if sqlite {
                         // Per connection (a PRAGMA run on the pool reaches
-                        // one): wait for the writer instead of failing, and
-                        // a bounded page cache, so memory stays flat as the
-                        // chat table grows (the soak saw RSS creep with
-                        // SQLite's default 2 MB per connection).
+                        // one): wait for the writer instead of failing.
                         sqlx::Executor::execute(&mut *conn, "PRAGMA busy_timeout = 5000").await?;
+                    }
+                    if sqlite && !memory {
+                        // A bounded page cache, so memory stays flat as the
+                        // chat table grows (the soak saw RSS creep with
+                        // SQLite's default 2 MB per connection). Not for an
+                        // in-memory database: it lives in that cache, and
+                        // would be full at the bound.
                         sqlx::Executor::execute(&mut *conn, "PRAGMA cache_size = -512").await?;
                     }
                     Ok(())
@@ -214,6 +218,18 @@ mod tests {
         let last = store.history("r1", 1).await.unwrap();
         assert_eq!(last.len(), 1);
         assert_eq!(last[0].text, "hi");
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_database_holds_more_than_a_page_cache() {
+        // 4,000 messages of 400 bytes: well over the file databases' 512 KB
+        // page cache, which an in-memory database must not be held to.
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let text = "x".repeat(400);
+        for i in 0..4000 {
+            store.insert_chat("r1", "u1", "Ada", &format!("m{i}"), &text, i).await.unwrap_or_else(|e| panic!("message {i}: {e}"));
+        }
+        assert_eq!(store.history("r1", 200).await.unwrap().len(), 200);
     }
 
     #[tokio::test]
