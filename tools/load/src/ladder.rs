@@ -330,7 +330,7 @@ svg{{display:block;margin:8px 0 20px;border:1px solid #ddd}}p.note{{color:#555;f
     if let Some(ratio) = r.ratio {
         let _ = write!(h, "<p><b>Plaza's capacity over the best socket.io variant: {}{ratio:.1}×</b></p>", if r.ratio_is_lower_bound { "≥ " } else { "" });
     }
-    let series = |f: fn(&Step) -> f64| -> Vec<(&'static str, &'static str, Vec<(f64, f64)>)> {
+    let series = |f: fn(&Step) -> f64| -> Vec<crate::report::Series<'static>> {
         let mut targets: Vec<Target> = r.steps.iter().map(|s| s.target).collect();
         targets.dedup();
         targets.into_iter().map(|t| (t.name(), t.colour(), r.steps.iter().filter(|s| s.target == t).map(|s| (s.users as f64, f(s))).collect())).collect()

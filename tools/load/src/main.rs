@@ -29,6 +29,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// The load tool's runtime; its threads' names tell its CPU from the
+/// embedded server's.
+fn load_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().thread_name(plaza_load::server::LOAD_THREAD).build().context("can't start the tokio runtime")
+}
+
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,plaza_load=info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
@@ -43,11 +49,7 @@ fn proxy_main(args: plaza_load::cli::ProxyArgs) -> ExitCode {
         }
     };
     init_logs();
-    let served = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name(plaza_load::server::LOAD_THREAD)
-        .build()
-        .context("can't start the tokio runtime")
+    let served = load_runtime()
         .and_then(|runtime| Ok(runtime.block_on(plaza_load::proxy::serve(config))?));
     match served {
         Ok(_) => ExitCode::SUCCESS,
@@ -83,7 +85,7 @@ fn run_config_main(config: &plaza_load::cli::RunConfig) -> ExitCode {
 
 /// Runs, writes the reports, prints the verdict; `Ok(passed)`.
 fn run(config: &plaza_load::cli::RunConfig) -> anyhow::Result<bool> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name(plaza_load::server::LOAD_THREAD).build().context("can't start the tokio runtime")?;
+    let runtime = load_runtime()?;
     let result = runtime.block_on(plaza_load::run::run(config)).context("the run failed")?;
     let (json, html) = plaza_load::report::write(&config.out, &result).context("can't write the reports")?;
     let l = &result.latency_ms;
@@ -151,7 +153,7 @@ fn ladder_main(args: plaza_load::cli::LadderArgs) -> ExitCode {
 }
 
 fn ladder(config: &plaza_load::ladder::LadderConfig) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name(plaza_load::server::LOAD_THREAD).build().context("can't start the tokio runtime")?;
+    let runtime = load_runtime()?;
     let result = runtime.block_on(plaza_load::ladder::ladder(config))?;
     let (json, html) = plaza_load::ladder::write(&config.out, &result).context("can't write the ladder's reports")?;
     for c in &result.capacity {

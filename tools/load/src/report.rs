@@ -359,7 +359,7 @@ table{{border-collapse:collapse;margin:8px 0 20px}}th,td{{border:1px solid #ccc;
     if let Some(f) = &r.faults {
         h.push_str("<h2>Faults</h2><table>");
         row(&mut h, "fault proxy", &f.describe);
-        row(&mut h, "proxy counters", &f.proxy);
+        row(&mut h, "proxy counters", f.proxy);
         row(&mut h, "sockets cut by the proxy (not errors)", f.drops_from_resets);
         h.push_str("</table>");
     }

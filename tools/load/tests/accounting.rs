@@ -113,11 +113,11 @@ fn poses_sent_while_the_receiver_was_away_are_not_expected() {
     let senders = [sender(a, &[100, 200, 300, 400, 500], 5000)];
     let mut rb = receiver(b, 50, 5000, &[(a, 200, 2)]);
     rb.away = vec![Away { after: HashMap::from([(a, 200)]), to: 520 }];
-    let d = account_poses(&senders, &[rb.clone()]);
+    let d = account_poses(&senders, std::slice::from_ref(&rb));
     assert_eq!((d.expected, d.lost), (2, 0));
     // Without the away window they would be lost.
     rb.away.clear();
-    assert_eq!(account_poses(&senders, &[rb.clone()]).lost, 3);
+    assert_eq!(account_poses(&senders, std::slice::from_ref(&rb)).lost, 3);
     // Overlapping windows (a second cut before anything new from A) excuse
     // each pose once; a window that never ended excuses the rest.
     rb.away = vec![Away { after: HashMap::from([(a, 200)]), to: 450 }, Away { after: HashMap::from([(a, 200)]), to: u64::MAX }];
@@ -133,7 +133,7 @@ fn poses_that_died_with_the_senders_cut_socket_are_not_expected() {
     // 300 and 400 died with it. B got nothing newer from A.
     let mut sa = sender(a, &[100, 200, 300, 400], 5000);
     let rb = receiver(b, 50, 5000, &[(a, 200, 2)]);
-    assert_eq!(account_poses(&[sa.clone()], &[rb.clone()]).lost, 2);
+    assert_eq!(account_poses(std::slice::from_ref(&sa), std::slice::from_ref(&rb)).lost, 2);
     sa.cut = vec![(250, 420)];
     let d = account_poses(&[sa], &[rb]);
     assert_eq!((d.expected, d.lost), (2, 0));
