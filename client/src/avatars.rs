@@ -278,7 +278,7 @@ pub struct AvatarsPlugin {
 impl Plugin for AvatarsPlugin {
     fn build(&self, app: &mut App) {
         let walkers = self.walkers;
-        app.add_systems(PreStartup, load_avatar_assets)
+        app.add_systems(PreStartup, load_avatar_assets.after(crate::models::ModelsSystems::Check))
             .add_systems(Startup, move |mut commands: Commands, assets: Res<AvatarAssets>| spawn_walkers(&mut commands, &assets, walkers, WalkLoop::for_bot))
             .add_systems(Update, (walk.in_set(AvatarSystems::Walk), fall_back_when_models_fail))
             .add_systems(PostUpdate, face_cards_to_camera.in_set(AvatarSystems::Billboard).after(crate::lod::LodSystems::Apply).before(TransformSystems::Propagate));

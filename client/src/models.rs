@@ -91,10 +91,32 @@ pub struct ModelsPlugin {
     pub dir: PathBuf,
 }
 
+#[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ModelsSystems {
+    /// In `PreStartup`: the GPU's texture formats checked; whoever reads
+    /// [`ModelFiles`] at start runs after this.
+    Check,
+}
+
 impl Plugin for ModelsPlugin {
     fn build(&self, app: &mut App) {
-        app.insert_resource(ModelFiles::find(&self.dir));
+        app.insert_resource(ModelFiles::find(&self.dir)).add_systems(PreStartup, check_texture_formats.in_set(ModelsSystems::Check));
     }
+}
+
+/// The models' textures are UASTC, which Bevy transcodes to ASTC, BC or
+/// ETC2. A GPU with none of these would take Bevy's last resort, RGBA32,
+/// which crashes in basis-universal 0.3.1 (docs/assets.md): draw the
+/// placeholders instead. (Lavapipe has BC.)
+fn check_texture_formats(mut files: ResMut<ModelFiles>, formats: Option<Res<bevy::image::CompressedImageFormatSupport>>) {
+    use bevy::image::CompressedImageFormats as F;
+    let Some(formats) = formats else { return };
+    if !files.plaza && !files.avatars || formats.0.intersects(F::ASTC_LDR | F::BC | F::ETC2) {
+        return;
+    }
+    warn!("this GPU has none of the ASTC, BC or ETC2 texture formats the models' textures need; drawing the built-in placeholder plaza and avatars instead");
+    files.plaza = false;
+    files.avatars = false;
 }
 
 /// The JSON of a `.glb` file, read directly: just what the client needs to
@@ -203,6 +225,21 @@ mod tests {
             let head = glb.node_transform(&format!("avatar_{k}_head")).unwrap();
             assert!((1.5..1.9).contains(&head.translation.y), "head about 1.7 m up: {head:?}");
         }
+    }
+
+    #[test]
+    fn a_gpu_without_astc_bc_or_etc2_gets_the_placeholders() {
+        use bevy::image::{CompressedImageFormatSupport, CompressedImageFormats};
+        let files = |formats: CompressedImageFormats| {
+            let mut app = App::new();
+            app.add_plugins(MinimalPlugins).insert_resource(CompressedImageFormatSupport(formats)).add_plugins(ModelsPlugin { dir: repo_assets() });
+            app.update();
+            app.world().resource::<ModelFiles>().clone()
+        };
+        assert!(files(CompressedImageFormats::BC).plaza, "lavapipe: BC");
+        assert!(files(CompressedImageFormats::ETC2).avatars);
+        let none = files(CompressedImageFormats::NONE);
+        assert!(!none.plaza && !none.avatars, "RGBA32 would crash");
     }
 
     #[test]
