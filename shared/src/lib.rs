@@ -10,6 +10,7 @@
 //! - [`quality`]: the quality presets (low / medium / high / ultra).
 //! - [`lod`]: the level-of-detail policy: distances, bias, hysteresis, budget.
 //! - [`flags`]: parsing of the on/off switches used by flags and env vars.
+//! - [`rng`]: a small seeded generator for the tools (SplitMix64).
 
 pub mod codec;
 pub mod flags;
@@ -18,6 +19,7 @@ pub mod lod;
 pub mod messages;
 pub mod pose;
 pub mod quality;
+pub mod rng;
 
 pub use codec::{DecodeError, Subprotocol};
 pub use messages::{ClientMessage, ServerMessage};

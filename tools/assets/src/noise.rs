@@ -3,38 +3,8 @@
 
 use crate::dmath::{lerp, smoothstep};
 
-/// SplitMix64: tiny, fast and good enough to place trees and pick colours.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in [lo, hi).
-    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
-        lerp(lo, hi, self.unit())
-    }
-
-    /// Uniform in 0..n.
-    pub fn below(&mut self, n: u32) -> u32 {
-        (((self.next_u64() >> 32) * u64::from(n)) >> 32) as u32
-    }
-}
+/// SplitMix64 (shared with the load tool): places trees, picks colours.
+pub use plaza_shared::rng::SplitMix as Rng;
 
 /// A hash of integer lattice coordinates and a seed, in [0, 1).
 pub fn hash3(x: i64, y: i64, z: i64, seed: u32) -> f64 {
@@ -122,14 +92,5 @@ mod tests {
             let b = fbm2(8.0, y, 4, 7, Some(8));
             assert!((a - b).abs() < 1e-12, "{a} {b}");
         }
-    }
-
-    #[test]
-    fn rng_is_seeded() {
-        let a: Vec<u64> = (0..4).scan(Rng::new(3), |r, _| Some(r.next_u64())).collect();
-        let b: Vec<u64> = (0..4).scan(Rng::new(3), |r, _| Some(r.next_u64())).collect();
-        assert_eq!(a, b);
-        let mut r = Rng::new(1);
-        assert!((0..1000).all(|_| r.below(7) < 7));
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::cli::RunConfig;
 use crate::peer::{Peer, PeerMode};
-use crate::report::{RunResult, line_chart_over};
+use crate::report::{RunResult, esc, line_chart_over};
 use crate::wire::Wire;
 use plaza_shared::codec::Subprotocol;
 use serde::Serialize;
@@ -289,29 +289,14 @@ pub fn summarize(cfg: &LadderConfig, cores: u32, steps: Vec<Step>, interrupted: 
 
 /// Writes `ladder.json` and `ladder.html` into `dir`.
 pub fn write(dir: &Path, r: &LadderResult) -> Result<(PathBuf, PathBuf), crate::report::ReportError> {
-    use crate::report::ReportError;
-    std::fs::create_dir_all(dir).map_err(|e| ReportError::Dir(dir.to_path_buf(), e))?;
-    let json_path = dir.join("ladder.json");
-    let json = serde_json::to_string_pretty(r).expect("the ladder serializes");
-    std::fs::write(&json_path, json).map_err(|e| ReportError::Write(json_path.clone(), e))?;
-    let html_path = dir.join("ladder.html");
-    std::fs::write(&html_path, html(r)).map_err(|e| ReportError::Write(html_path.clone(), e))?;
-    Ok((json_path, html_path))
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    crate::report::write_pair(dir, ("ladder.json", r), ("ladder.html", html(r)))
 }
 
 pub fn html(r: &LadderResult) -> String {
-    let mut h = String::new();
+    let mut h = crate::report::page_head("plaza-load ladder");
     let _ = write!(
         h,
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>plaza-load ladder</title><style>
-body{{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:900px}}
-table{{border-collapse:collapse;margin:8px 0 20px}}th,td{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{text-align:left;background:#f4f4f4}}
-svg{{display:block;margin:8px 0 20px;border:1px solid #ddd}}p.note{{color:#555;font-size:13px}}
-</style></head><body><h1>plaza-load ladder</h1><p>{} users per room at {} Hz, {} s a step, on {} cores; limit: p99 end-to-end pose latency ≤ {} ms with nothing lost.</p>"#,
+        r#"<p>{} users per room at {} Hz, {} s a step, on {} cores; limit: p99 end-to-end pose latency ≤ {} ms with nothing lost.</p>"#,
         r.users_per_room, r.rate_hz, r.step_duration_s, r.cores, r.p99_limit_ms
     );
     h.push_str("<h2>Capacity</h2><table><tr><th>target</th><th>users within the limit</th><th>first step over</th><th>what ran out there</th></tr>");

@@ -14,7 +14,7 @@
 //! - [`soak`] — `plaza-load soak`'s leak checks (memory drift, idle after).
 //! - [`report`] — `result.json` and `report.html`.
 //! - [`ladder`] — `plaza-load ladder`: steps up against Plaza and the socket.io peers ([`peer`]).
-//! - [`names`], [`rng`] — user names that carry their room; a small generator.
+//! - [`names`] — user names that carry their room.
 //! - [`proxy`] — `plaza-load proxy`: latency, jitter, loss and resets between clients and a server.
 
 pub mod cli;
@@ -26,7 +26,6 @@ pub mod names;
 pub mod peer;
 pub mod proxy;
 pub mod report;
-pub mod rng;
 pub mod run;
 pub mod server;
 pub mod soak;

@@ -13,19 +13,33 @@ use clap::Parser;
 use plaza_load::cli::{Cli, Command};
 use std::process::ExitCode;
 
+/// A command whose flags checked out.
+enum Job {
+    Run(plaza_load::cli::RunConfig),
+    Proxy(plaza_load::proxy::ProxyConfig),
+    Ladder(plaza_load::ladder::LadderConfig),
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Run(args) => run_main(args),
-        Command::Proxy(args) => proxy_main(args),
-        Command::Soak(args) => match plaza_load::cli::validate_soak(args) {
-            Ok(config) => run_config_main(&config),
-            Err(message) => {
-                eprintln!("error: {message}");
-                ExitCode::from(2)
-            }
-        },
-        Command::Ladder(args) => ladder_main(args),
+    use plaza_load::cli;
+    let validated = match Cli::parse().command {
+        Command::Run(args) => cli::validate(args).map(Job::Run),
+        Command::Soak(args) => cli::validate_soak(args).map(Job::Run),
+        Command::Proxy(args) => cli::validate_proxy(args).map(Job::Proxy),
+        Command::Ladder(args) => cli::validate_ladder(args).map(Job::Ladder),
+    };
+    let job = match validated {
+        Ok(job) => job,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs();
+    match job {
+        Job::Run(config) => run_main(&config),
+        Job::Proxy(config) => proxy_main(config),
+        Job::Ladder(config) => ladder_main(&config),
     }
 }
 
@@ -40,15 +54,7 @@ fn init_logs() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-fn proxy_main(args: plaza_load::cli::ProxyArgs) -> ExitCode {
-    let config = match plaza_load::cli::validate_proxy(args) {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    init_logs();
+fn proxy_main(config: plaza_load::proxy::ProxyConfig) -> ExitCode {
     let served = load_runtime()
         .and_then(|runtime| Ok(runtime.block_on(plaza_load::proxy::serve(config))?));
     match served {
@@ -60,19 +66,7 @@ fn proxy_main(args: plaza_load::cli::ProxyArgs) -> ExitCode {
     }
 }
 
-fn run_main(args: plaza_load::cli::RunArgs) -> ExitCode {
-    let config = match plaza_load::cli::validate(args) {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    run_config_main(&config)
-}
-
-fn run_config_main(config: &plaza_load::cli::RunConfig) -> ExitCode {
-    init_logs();
+fn run_main(config: &plaza_load::cli::RunConfig) -> ExitCode {
     match run(config) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
@@ -134,16 +128,8 @@ fn run(config: &plaza_load::cli::RunConfig) -> anyhow::Result<bool> {
     }
 }
 
-fn ladder_main(args: plaza_load::cli::LadderArgs) -> ExitCode {
-    let config = match plaza_load::cli::validate_ladder(args) {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return ExitCode::from(2);
-        }
-    };
-    init_logs();
-    match ladder(&config) {
+fn ladder_main(config: &plaza_load::ladder::LadderConfig) -> ExitCode {
+    match ladder(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("plaza-load ladder: {e:#}");

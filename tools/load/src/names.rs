@@ -44,7 +44,7 @@ fn number(s: &str) -> Option<u32> {
 
 /// A short random tag for this run: 4 lowercase hex digits.
 pub fn run_tag(seed: u64) -> String {
-    format!("{:04x}", (crate::rng::SplitMix::new(seed).next_u64() & 0xffff) as u16)
+    format!("{:04x}", (plaza_shared::rng::SplitMix::new(seed).next_u64() & 0xffff) as u16)
 }
 
 #[cfg(test)]

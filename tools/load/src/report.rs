@@ -148,16 +148,33 @@ pub struct RunResult {
 
 /// Writes `result.json` and `report.html` into `dir` (created); returns their paths.
 pub fn write(dir: &Path, result: &RunResult) -> Result<(PathBuf, PathBuf), ReportError> {
+    write_pair(dir, ("result.json", result), ("report.html", html(result)))
+}
+
+/// Writes a JSON file and its HTML page into `dir` (created); returns their paths.
+pub(crate) fn write_pair(dir: &Path, (json_name, value): (&str, &impl Serialize), (html_name, page): (&str, String)) -> Result<(PathBuf, PathBuf), ReportError> {
     std::fs::create_dir_all(dir).map_err(|e| ReportError::Dir(dir.to_owned(), e))?;
-    let json_path = dir.join("result.json");
-    let json = serde_json::to_string_pretty(result).expect("the result always serializes");
+    let json_path = dir.join(json_name);
+    let json = serde_json::to_string_pretty(value).expect("reports always serialize");
     std::fs::write(&json_path, json + "\n").map_err(|e| ReportError::Write(json_path.clone(), e))?;
-    let html_path = dir.join("report.html");
-    std::fs::write(&html_path, html(result)).map_err(|e| ReportError::Write(html_path.clone(), e))?;
+    let html_path = dir.join(html_name);
+    std::fs::write(&html_path, page).map_err(|e| ReportError::Write(html_path.clone(), e))?;
     Ok((json_path, html_path))
 }
 
-fn esc(s: &str) -> String {
+/// The start of a self-contained report page, up to its heading.
+pub(crate) fn page_head(title: &str) -> String {
+    format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{t}</title><style>
+body{{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:900px}}
+table{{border-collapse:collapse;margin:8px 0 20px}}th,td{{border:1px solid #ccc;padding:3px 9px;text-align:right}}th{{text-align:left;background:#f4f4f4}}
+.ok{{color:#17692c}}.bad{{color:#b00020}}svg{{display:block;margin:8px 0 20px;border:1px solid #ddd}}p.note{{color:#555;font-size:13px}}
+</style></head><body><h1>{t}</h1>"#,
+        t = esc(title)
+    )
+}
+
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
@@ -285,18 +302,9 @@ fn row(out: &mut String, name: &str, value: impl std::fmt::Display) {
 }
 
 pub fn html(r: &RunResult) -> String {
-    let mut h = String::new();
+    let mut h = page_head("plaza-load");
     let verdict = if r.passed { "passed".to_owned() } else { format!("FAILED: {}", r.failure) };
-    let _ = write!(
-        h,
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>plaza-load report</title><style>
-body{{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:820px}}
-table{{border-collapse:collapse;margin:8px 0 20px}}th,td{{border:1px solid #ccc;padding:3px 9px;text-align:right}}th{{text-align:left;background:#f4f4f4}}
-.ok{{color:#17692c}}.bad{{color:#b00020}}svg{{display:block;margin:8px 0 20px;border:1px solid #ddd}}p.note{{color:#555;font-size:13px}}
-</style></head><body><h1>plaza-load</h1><p class="{}"><b>{}</b></p>"#,
-        if r.passed { "ok" } else { "bad" },
-        esc(&verdict)
-    );
+    let _ = write!(h, r#"<p class="{}"><b>{}</b></p>"#, if r.passed { "ok" } else { "bad" }, esc(&verdict));
     let _ = write!(
         h,
         "<p>{} users ({} rooms × {}) at {} Hz for {} s (ramp {} s), subprotocol {}, server {}{}.</p>",

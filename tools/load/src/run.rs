@@ -185,7 +185,7 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
     // Users are interleaved over rooms, so every room fills during the ramp.
     let total = cfg.users();
     let mut users = JoinSet::new();
-    let mut jitter = crate::rng::SplitMix::new(seed);
+    let mut jitter = plaza_shared::rng::SplitMix::new(seed);
     for i in 0..total {
         let key = UserKey { room: (i % u64::from(cfg.rooms)) as u32 + 1, user: (i / u64::from(cfg.rooms)) as u32 + 1 };
         let plan = Plan {

@@ -14,7 +14,7 @@
 use crate::collect::{BATCH_EVERY, BATCH_MAX, Batch, Counters};
 use crate::delivery::{Away, ReceiverLog, SenderLog, SentChat};
 use crate::names::UserKey;
-use crate::rng::SplitMix;
+use plaza_shared::rng::SplitMix;
 use crate::tickphase::{TickPhase, split};
 use crate::track::{Anomalies, Tracker};
 use crate::wire::{Decoded, Wire};

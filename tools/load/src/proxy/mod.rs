@@ -17,7 +17,7 @@
 pub mod shaper;
 pub mod wsframes;
 
-use crate::rng::SplitMix;
+use plaza_shared::rng::SplitMix;
 use shaper::{Shaper, Shaping, segments};
 use std::fmt;
 use std::io;

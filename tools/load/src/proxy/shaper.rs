@@ -3,7 +3,7 @@
 //! `--loss-mode tcp` decides the segment was lost, and never before the
 //! segment ahead of it. Pure arithmetic on instants, tested without sockets.
 
-use crate::rng::SplitMix;
+use plaza_shared::rng::SplitMix;
 use std::time::Duration;
 use tokio::time::Instant;
 
