@@ -11,6 +11,7 @@
 //! - [`lod`]: the level-of-detail policy: distances, bias, hysteresis, budget.
 //! - [`flags`]: parsing of the on/off switches used by flags and env vars.
 //! - [`rng`]: a small seeded generator for the tools (SplitMix64).
+//! - [`telemetry`]: the client's frame-timing reports and their aggregation.
 
 pub mod codec;
 pub mod flags;
@@ -20,6 +21,7 @@ pub mod messages;
 pub mod pose;
 pub mod quality;
 pub mod rng;
+pub mod telemetry;
 
 pub use codec::{DecodeError, Subprotocol};
 pub use messages::{ClientMessage, ServerMessage};
