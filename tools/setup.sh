@@ -17,6 +17,9 @@ PACKAGES=(
   postgresql
   # the socket.io baseline peers for load comparisons (tools/peers)
   nodejs
+  # promtool (`make check-deploy`: alert rules and their unit tests) and the
+  # Prometheus server that deploy/snapshot/run.sh scrapes a load run with
+  prometheus
 )
 
 missing=()
