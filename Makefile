@@ -11,7 +11,7 @@ RUN_FRAMES ?= 30
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := decode_client_bin decode_server_bin decode_client_json decode_server_json
 
-.PHONY: setup build run test check-deps peers bench bench-frames load ladder soak fuzz clippy clean-run assets
+.PHONY: setup build run test check-deps check-deploy stack peers bench bench-frames load ladder soak fuzz clippy clean-run assets
 
 setup:
 	@bash tools/setup.sh
@@ -33,7 +33,7 @@ run: build
 		"$(CARGO_TARGET_DIR)/debug/plaza" $(ARGS); \
 	fi
 
-test: setup check-deps peers
+test: setup check-deps check-deploy peers
 	$(CARGO) test --workspace --locked
 
 # The socket.io baseline peers (Node) that `plaza-load ladder` compares
@@ -74,6 +74,21 @@ assets: setup
 	"$(CARGO_TARGET_DIR)/debug/plaza-assets" make
 	"$(CARGO_TARGET_DIR)/debug/plaza-assets" check
 	"$(CARGO_TARGET_DIR)/debug/plaza-assets" report
+
+# Prometheus config, alert rules and the rules' unit tests (each alert fires
+# on bad input and stays quiet on healthy input); promtool comes from
+# Debian's prometheus package (tools/setup.sh).
+PROM_DIR := deploy/prometheus
+check-deploy: setup
+	promtool check config $(PROM_DIR)/prometheus.yml
+	promtool check rules $(PROM_DIR)/rules/*.yml
+	promtool test rules $(PROM_DIR)/tests/*.test.yml
+
+# Server, Prometheus, Grafana (http://localhost:3000), Jaeger
+# (http://localhost:16686) and Postgres, for people with Docker.
+stack:
+	@docker compose version >/dev/null 2>&1 || { echo "make stack: needs Docker with the compose plugin ('docker compose'); not found"; exit 1; }
+	docker compose -f deploy/compose.yaml up --build
 
 # Only plaza-client may pull in Bevy.
 check-deps:
