@@ -462,3 +462,31 @@ fn the_line_reader_finds_block_and_inline_expressions() {
     assert_eq!((rules[1].kind, rules[1].name.as_str(), rules[1].expr.as_str()), ("alert", "A", "a:b > 1"));
     assert_eq!(rules[1].runbook_url.as_deref(), Some("https://h/docs/runbooks/A.md"));
 }
+
+/// The compose stack (no Docker here to run it): the five services, the
+/// server exporting traces to Jaeger's OTLP HTTP port and storing in
+/// Postgres, and every file it mounts present in the repository.
+#[test]
+fn the_compose_stack_names_its_services_and_mounts_files_that_exist() {
+    let text = std::fs::read_to_string(format!("{DEPLOY}/compose.yaml")).expect("deploy/compose.yaml");
+    let services_at = text.find("\nservices:\n").expect("a services: section");
+    let services: Vec<&str> = text[services_at..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.is_empty() || l.starts_with(' ') || l.starts_with('#'))
+        .filter(|l| l.len() > 2 && l.starts_with("  ") && !l.starts_with("   ") && l.trim_end().ends_with(':'))
+        .map(|l| l.trim().trim_end_matches(':'))
+        .collect();
+    assert_eq!(services, ["plaza-server", "postgres", "prometheus", "grafana", "jaeger"]);
+    assert!(text.contains("OTEL_EXPORTER_OTLP_ENDPOINT: http://jaeger:4318"), "the server exports OTLP over HTTP to Jaeger");
+    assert!(text.contains("DATABASE_URL: postgres://"), "the server stores in Postgres");
+    assert!(text.contains("COLLECTOR_OTLP_ENABLED: \"true\""), "Jaeger takes OTLP");
+    assert!(text.contains("GF_AUTH_ANONYMOUS_ENABLED: \"true\""), "Grafana lets anyone view");
+    for mount in text.lines().filter_map(|l| l.trim().strip_prefix("- ./")) {
+        let local = mount.split(':').next().unwrap();
+        assert!(Path::new(&format!("{DEPLOY}/{local}")).exists(), "compose mounts ./{local}, which isn't in deploy/");
+    }
+    assert!(Path::new(&format!("{DEPLOY}/Dockerfile")).exists());
+    let prometheus = std::fs::read_to_string(format!("{DEPLOY}/prometheus/prometheus.yml")).unwrap();
+    assert!(prometheus.contains("job_name: plaza") && prometheus.contains("plaza-server:7878"), "Prometheus scrapes the compose server as job plaza");
+}
