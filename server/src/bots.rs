@@ -72,7 +72,7 @@ async fn run_bot(state: AppState, room_name: &str, i: u32) -> Result<(), crate::
             _ = async { let _ = closing.wait_for(|c| *c).await; } => break,
         }
         let t = started.elapsed().as_secs_f64();
-        room.pose(seat.you, 0, now_unix_ms(), bot_pose(i, t));
+        seat.poses.offer(0, now_unix_ms(), bot_pose(i, t));
         if tokio::time::Instant::now() >= next_chat {
             let text = LINES[(i as usize + said as usize) % LINES.len()];
             let id = format!("{user_id}-{}-{said}", now_unix_ms());
