@@ -5,9 +5,9 @@
 //!
 //! Pure bookkeeping, no I/O: the network side feeds it decoded messages.
 
-use crate::names::{UserKey, parse_user_name};
+use crate::names::{FastMap, UserKey, parse_user_name};
 use plaza_shared::messages::{AvatarId, AvatarInfo, ChatMessage, Delta, Joined};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 /// Who an avatar is, from its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,9 +50,9 @@ pub struct Tracker {
     me: UserKey,
     room_id: Option<String>,
     you: Option<AvatarId>,
-    avatars: HashMap<AvatarId, Who>,
+    avatars: FastMap<AvatarId, Who>,
     gap_ms: u64,
-    pub from: HashMap<UserKey, PairStats>,
+    pub from: FastMap<UserKey, PairStats>,
     pub chats: HashSet<String>,
     pub anomalies: Anomalies,
 }
@@ -65,9 +65,9 @@ impl Tracker {
             me,
             room_id: None,
             you: None,
-            avatars: HashMap::new(),
+            avatars: FastMap::default(),
             gap_ms,
-            from: HashMap::new(),
+            from: FastMap::default(),
             chats: HashSet::new(),
             anomalies: Anomalies::default(),
         }

@@ -842,7 +842,7 @@ impl User {
             // Lost and never back: what was on its way died with the socket.
             report.receiver.away.push(Away { after: std::mem::take(&mut self.away_after), to: u64::MAX });
         }
-        report.receiver.seen = std::mem::take(&mut self.tracker.from);
+        report.receiver.seen = std::mem::take(&mut self.tracker.from).into_iter().collect();
         report.receiver.chats = std::mem::take(&mut self.tracker.chats);
         report.anomalies = self.tracker.anomalies;
         report
