@@ -26,6 +26,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/auth/refresh", post(refresh))
         .route("/api/v1/rooms", get(list_rooms).post(create_room))
         .route("/api/v1/rooms/{id}/chat", get(chat_history))
+        .route(
+            "/api/v1/telemetry",
+            post(crate::telemetry::ingest).layer(axum::extract::DefaultBodyLimit::max(plaza_shared::telemetry::MAX_REPORT_BYTES)),
+        )
         .route("/ws", get(websocket))
         .fallback(not_found)
         .layer(middleware::from_fn(request_id))
@@ -34,7 +38,7 @@ pub fn router(state: AppState) -> Router {
 
 /// An error response: status, code, message.
 #[derive(Debug)]
-pub struct ApiError(StatusCode, &'static str, String);
+pub struct ApiError(pub StatusCode, pub &'static str, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -146,7 +150,9 @@ struct CreateRoom {
     capacity: Option<u32>,
 }
 
-fn bearer(state: &AppState, headers: &HeaderMap) -> Result<crate::auth::Claims, ApiError> {
+/// The claims of the request's `Authorization: Bearer` access token; 401
+/// without a valid one.
+pub fn bearer(state: &AppState, headers: &HeaderMap) -> Result<crate::auth::Claims, ApiError> {
     let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, "unauthorized", m.into());
     let value = headers.get("authorization").ok_or_else(|| unauthorized("needs Authorization: Bearer <access token>"))?;
     let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(|| unauthorized("Authorization must be `Bearer <token>`"))?;

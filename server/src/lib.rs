@@ -9,6 +9,7 @@
 //! - [`limiter`]: per-socket rate limits.
 //!
 //! - [`store`]: chat storage (sqlx: SQLite or Postgres).
+//! - [`telemetry`]: client frame-timing reports into `plaza_client_*`.
 //!
 //! - [`metrics`], [`logging`]: what operators see.
 //! - [`bots`]: server-side bots for `--bots N`.
@@ -24,6 +25,7 @@ pub mod logging;
 pub mod metrics;
 pub mod rooms;
 pub mod store;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -88,6 +90,8 @@ pub struct AppState {
     pub closing: tokio::sync::watch::Receiver<bool>,
     /// One clone per open socket; `run` waits for them when stopping.
     pub sockets: Arc<()>,
+    /// Client telemetry's per-user report limit.
+    pub telemetry: telemetry::TelemetryState,
 }
 
 /// The two switches of a shutdown: draining, then closing.
@@ -112,6 +116,7 @@ impl AppState {
             draining,
             closing,
             sockets: Arc::new(()),
+            telemetry: telemetry::TelemetryState::new(),
         };
         Ok((state, Shutdown { draining: draining_tx, closing: closing_tx }))
     }

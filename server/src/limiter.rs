@@ -1,9 +1,13 @@
 //! Per-socket rate limit: a token bucket (60 messages a second, bursts to
 //! 120) drops the excess and reports it at most once a second; more than
 //! 240 messages within any 2 s is a flood and closes the socket (4008).
+//!
+//! [`Interval`]: at most one event per key (a user) within a gap, for HTTP
+//! routes such as telemetry (one report a second per user).
 
 use plaza_shared::limits::{FLOOD_MESSAGES, FLOOD_WINDOW_MS, RATE_BURST, RATE_PER_SECOND};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -62,9 +66,74 @@ impl Limiter {
     }
 }
 
+/// At most one admitted event per key within `gap`. Refused attempts don't
+/// count. Keys whose last event is older than the gap are forgotten when the
+/// map grows, so it holds about as many keys as were active within one gap.
+#[derive(Debug)]
+pub struct Interval<K> {
+    gap: Duration,
+    last: HashMap<K, Instant>,
+    /// Prune when the map reaches this size (doubles with the live keys).
+    prune_at: usize,
+}
+
+impl<K: Eq + Hash + Clone> Interval<K> {
+    pub fn new(gap: Duration) -> Self {
+        Interval { gap, last: HashMap::new(), prune_at: 1024 }
+    }
+
+    /// True (and remembered) when `key`'s last admitted event is at least
+    /// `gap` before `now`, or it has none.
+    pub fn admit<Q>(&mut self, key: &Q, now: Instant) -> bool
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + Hash + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Some(then) = self.last.get_mut(key) {
+            if now.saturating_duration_since(*then) < self.gap {
+                return false;
+            }
+            *then = now;
+            return true;
+        }
+        if self.last.len() >= self.prune_at {
+            let gap = self.gap;
+            self.last.retain(|_, then| now.saturating_duration_since(*then) < gap);
+            self.prune_at = (self.last.len() * 2).max(1024);
+        }
+        self.last.insert(key.to_owned(), now);
+        true
+    }
+
+    /// Keys remembered now.
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_event_per_key_per_gap_and_old_keys_are_forgotten() {
+        let mut l: Interval<String> = Interval::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert!(l.admit("ada", t0));
+        assert!(!l.admit("ada", t0 + Duration::from_millis(999)), "within the gap");
+        assert!(l.admit("bob", t0), "per key");
+        assert!(l.admit("ada", t0 + Duration::from_millis(1000)), "the refused attempt didn't count");
+        assert!(!l.admit("ada", t0 + Duration::from_millis(1500)));
+        // Thousands of one-off keys don't pile up.
+        for i in 0..5000u32 {
+            assert!(l.admit(&format!("u{i}"), t0 + Duration::from_secs(10 + u64::from(i))));
+        }
+        assert!(l.len() <= 2048, "{}", l.len());
+    }
 
     #[test]
     fn bursts_to_120_then_drops_reporting_once_a_second() {

@@ -19,11 +19,20 @@ pub const JOIN_DURATION: &str = "plaza_join_duration_seconds";
 pub const TICK_DURATION: &str = "plaza_tick_duration_seconds";
 pub const VOICE_BYTES: &str = "plaza_voice_bytes_total";
 pub const VOICE_STREAMS: &str = "plaza_voice_streams";
+/// Client telemetry (see [`crate::telemetry`]).
+pub const CLIENT_FRAME: &str = "plaza_client_frame_seconds";
+pub const CLIENT_FPS: &str = "plaza_client_fps";
+pub const CLIENT_OVER_BUDGET: &str = "plaza_client_frames_over_budget_total";
+pub const CLIENT_REPORTS: &str = "plaza_client_reports_total";
+pub const CLIENT_REPORTS_DROPPED: &str = "plaza_client_reports_dropped_total";
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 /// Tasks alive on the server's tokio runtime: back to its idle level after
 /// the users leave, or something leaks (the soak checks it).
 pub const RUNTIME_TASKS: &str = "plaza_runtime_alive_tasks";
+
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -34,6 +43,8 @@ pub fn init() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new()
             .set_buckets(&seconds)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ROOM_USERS.into()), &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 60.0, 100.0, 200.0]))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLIENT_FRAME.into()), crate::telemetry::frame_bounds_s()))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLIENT_FPS.into()), &crate::telemetry::FPS_BUCKETS))
             .expect("bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -43,6 +54,17 @@ pub fn init() -> &'static PrometheusHandle {
             tracing::warn!("another metrics recorder is installed; /metrics will be incomplete");
         }
         describe();
+        register_zeros();
+        // Histogram samples wait in the recorder until drained: drain them
+        // every few seconds even when nobody scrapes.
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            upkeep.run_upkeep();
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(cause = %e, "no metrics upkeep thread; histograms are drained at scrapes only");
+        }
         handle.clone()
     })
 }
@@ -61,31 +83,106 @@ fn describe() {
     describe_histogram!(TICK_DURATION, "time one room tick takes, seconds");
     describe_counter!(VOICE_BYTES, "voice RTP bytes by direction");
     describe_gauge!(VOICE_STREAMS, "voice streams forwarded by the SFU");
-    describe_gauge!(PROCESS_CPU, "CPU time used by the process, seconds");
-    describe_gauge!(PROCESS_RSS, "resident memory of the process, bytes");
+    describe_histogram!(CLIENT_FRAME, "client frame times from telemetry reports, seconds (the shared frame buckets)");
+    describe_histogram!(CLIENT_FPS, "mean frame rate of each client telemetry report");
+    describe_counter!(CLIENT_OVER_BUDGET, "client frames slower than the platform's frame budget");
+    describe_counter!(CLIENT_REPORTS, "client telemetry reports accepted");
+    describe_counter!(CLIENT_REPORTS_DROPPED, "client telemetry reports the clients say they dropped");
     describe_gauge!(RUNTIME_TASKS, "tasks alive on the server's tokio runtime");
-    // Voice has no SFU yet: show the series at zero rather than not at all.
-    for direction in ["in", "out"] {
-        metrics::counter!(VOICE_BYTES, "direction" => direction).absolute(0);
+}
+
+/// Every metric `/metrics` shows from start-up: the contract's and the
+/// server's own (process CPU and memory are added at each scrape, on Linux).
+pub const ALL: [&str; 20] = [
+    ROOMS_ACTIVE,
+    ROOM_USERS,
+    WS_CONNECTIONS,
+    WS_MESSAGES,
+    WS_BYTES,
+    WS_DROPPED,
+    RATE_LIMITED,
+    AUTH_DURATION,
+    JOIN_DURATION,
+    TICK_DURATION,
+    VOICE_BYTES,
+    VOICE_STREAMS,
+    CLIENT_FRAME,
+    CLIENT_FPS,
+    CLIENT_OVER_BUDGET,
+    CLIENT_REPORTS,
+    CLIENT_REPORTS_DROPPED,
+    PROCESS_CPU,
+    PROCESS_RSS,
+    RUNTIME_TASKS,
+];
+
+/// `type` label values of `plaza_ws_messages_total{direction="in"}`: every
+/// [`ClientMessage::type_name`](plaza_shared::messages::ClientMessage::type_name).
+pub const WS_TYPES_IN: [&str; 8] = ["hello", "join", "leave", "pose", "chat", "ping", "refresh", "voice"];
+/// ... and `direction="out"`: every
+/// [`ServerMessage::type_name`](plaza_shared::messages::ServerMessage::type_name).
+pub const WS_TYPES_OUT: [&str; 9] = ["welcome", "joined", "delta", "chat", "chat_ack", "pong", "token_expiring", "error", "voice"];
+/// `reason` label values of `plaza_ws_dropped_total`.
+pub const DROP_REASONS: [&str; 3] = ["rate_limited", "room_queue_full", "slow_consumer"];
+/// `direction` label values (`plaza_ws_bytes_total`, `plaza_voice_bytes_total`).
+pub const DIRECTIONS: [&str; 2] = ["in", "out"];
+
+/// Registers every series the server can emit, at zero, so dashboards and
+/// alerts never query a missing one (once per process, from [`init`]; adding
+/// zero leaves any value already there).
+fn register_zeros() {
+    use metrics::{counter, gauge, histogram};
+    use plaza_shared::quality::{Platform, QualityPreset};
+    for t in WS_TYPES_IN {
+        counter!(WS_MESSAGES, "direction" => "in", "type" => t).increment(0);
     }
-    metrics::gauge!(VOICE_STREAMS).set(0.0);
-    metrics::gauge!(ROOMS_ACTIVE).set(0.0);
-    metrics::gauge!(WS_CONNECTIONS).set(0.0);
+    for t in WS_TYPES_OUT {
+        counter!(WS_MESSAGES, "direction" => "out", "type" => t).increment(0);
+    }
+    for direction in DIRECTIONS {
+        counter!(WS_BYTES, "direction" => direction).increment(0);
+        counter!(VOICE_BYTES, "direction" => direction).increment(0);
+    }
+    for reason in DROP_REASONS {
+        counter!(WS_DROPPED, "reason" => reason).increment(0);
+    }
+    counter!(RATE_LIMITED).increment(0);
+    for name in [ROOMS_ACTIVE, WS_CONNECTIONS, VOICE_STREAMS, RUNTIME_TASKS] {
+        gauge!(name).increment(0.0);
+    }
+    for name in [ROOM_USERS, AUTH_DURATION, JOIN_DURATION, TICK_DURATION] {
+        let _ = histogram!(name);
+    }
+    for platform in Platform::ALL.map(Platform::as_str) {
+        counter!(CLIENT_REPORTS, "platform" => platform).increment(0);
+        counter!(CLIENT_REPORTS_DROPPED, "platform" => platform).increment(0);
+        for preset in QualityPreset::ALL.map(QualityPreset::as_str) {
+            let _ = histogram!(CLIENT_FRAME, "preset" => preset, "platform" => platform);
+            let _ = histogram!(CLIENT_FPS, "preset" => preset, "platform" => platform);
+            counter!(CLIENT_OVER_BUDGET, "preset" => preset, "platform" => platform).increment(0);
+        }
+    }
 }
 
 /// The exposition text, with process CPU and memory read now.
 pub fn render() -> String {
     let handle = init();
-    if let Some((cpu, rss)) = process_stats() {
-        // A gauge: metrics' counters are integers, CPU time is fractional.
-        metrics::gauge!(PROCESS_CPU).set(cpu);
-        metrics::gauge!(PROCESS_RSS).set(rss as f64);
-    }
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         metrics::gauge!(RUNTIME_TASKS).set(runtime.metrics().num_alive_tasks() as f64);
     }
     handle.run_upkeep();
-    handle.render()
+    let mut text = handle.render();
+    if let Some((cpu, rss)) = process_stats() {
+        // Written here rather than through the recorder: `metrics` counters
+        // are integers, and the standard names want the standard types.
+        use std::fmt::Write;
+        let _ = write!(
+            text,
+            "# HELP {PROCESS_CPU} Total user and system CPU time spent in seconds.\n# TYPE {PROCESS_CPU} counter\n{PROCESS_CPU} {cpu}\n\n\
+             # HELP {PROCESS_RSS} Resident memory size in bytes.\n# TYPE {PROCESS_RSS} gauge\n{PROCESS_RSS} {rss}\n\n"
+        );
+    }
+    text
 }
 
 /// (CPU seconds, resident bytes) from /proc on Linux.
@@ -97,9 +194,10 @@ fn process_stats() -> Option<(f64, u64)> {
     let ticks_per_s = 100.0; // USER_HZ on Linux
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(((utime + stime) / ticks_per_s, pages * 4096))
+    // VmRSS is in kB whatever the page size.
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let rss_kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(((utime + stime) / ticks_per_s, rss_kb * 1024))
 }
 
 #[cfg(test)]

@@ -1,0 +1,248 @@
+//! Client telemetry ingest: `POST /api/v1/telemetry`.
+//!
+//! A client sends one [`TelemetryReport`] per interval (about 5 s). The
+//! server checks it and adds it to the `plaza_client_*` metrics:
+//!
+//! - `plaza_client_frame_seconds{preset,platform}`: a histogram whose
+//!   buckets are [`FRAME_BUCKETS_MS`] in seconds. Each of the report's
+//!   bucket counts is added to the same bucket here, so `_bucket` and
+//!   `_count` are exactly the clients' frame counts. The value recorded for a
+//!   bucket's frames lies inside that bucket, placed so that the report's
+//!   frames add up to its `interval_s` where the counts allow it: `_sum` is
+//!   then the clients' frame time too (see [`bucket_values_s`]).
+//! - `plaza_client_fps{preset,platform}`: one sample per report, its mean
+//!   frame rate.
+//! - `plaza_client_frames_over_budget_total{preset,platform}`,
+//!   `plaza_client_reports_total{platform}`,
+//!   `plaza_client_reports_dropped_total{platform}` (what clients say they
+//!   dropped while the server was away).
+//!
+//! The adapter name is logged (debug), never a label: it has no bound.
+//!
+//! Answers: 204 stored; 400 `bad_request` (not JSON, or not a report) or
+//! `bad_telemetry` (a report with a bad field, the message names it); 401
+//! without a valid access token; 413 over [`MAX_REPORT_BYTES`]; 429 more than
+//! one report a second from one user.
+
+use crate::AppState;
+use crate::http::{ApiError, bearer};
+use crate::limiter::Interval;
+use crate::metrics as m;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use plaza_shared::telemetry::{FRAME_BUCKET_COUNT, FRAME_BUCKETS_MS, MAX_REPORT_BYTES, ReportError, TelemetryReport};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// Reports one user may send: one a second.
+pub const MIN_REPORT_GAP: Duration = Duration::from_secs(1);
+
+/// Buckets of `plaza_client_fps` (frames a second).
+pub const FPS_BUCKETS: [f64; 10] = [15.0, 24.0, 30.0, 45.0, 60.0, 72.0, 90.0, 120.0, 144.0, 240.0];
+
+/// [`FRAME_BUCKETS_MS`] in seconds, each the `f64` nearest to the decimal
+/// (so `le="0.0111"`, not `le="0.011099999999999999"`).
+pub fn frame_bounds_s() -> &'static [f64; FRAME_BUCKETS_MS.len()] {
+    static BOUNDS: OnceLock<[f64; FRAME_BUCKETS_MS.len()]> = OnceLock::new();
+    BOUNDS.get_or_init(|| FRAME_BUCKETS_MS.map(|ms| format!("{ms}e-3").parse().expect("a float parses")))
+}
+
+/// The per-user report limit, shared by every request.
+#[derive(Debug, Clone)]
+pub struct TelemetryState {
+    limit: Arc<Mutex<Interval<String>>>,
+}
+
+impl Default for TelemetryState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TelemetryState {
+    pub fn new() -> Self {
+        TelemetryState { limit: Arc::new(Mutex::new(Interval::new(MIN_REPORT_GAP))) }
+    }
+}
+
+/// Why a report was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("the report is over {MAX_REPORT_BYTES} bytes")]
+    TooLarge,
+    #[error("the body could not be read: {0}")]
+    Unreadable(String),
+    #[error("bad JSON body: {0}")]
+    BadJson(String),
+    #[error(transparent)]
+    BadReport(#[from] ReportError),
+    #[error("at most one report a second per user; send the next one later")]
+    RateLimited,
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> ApiError {
+        let (status, code) = match &e {
+            IngestError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            IngestError::Unreadable(_) | IngestError::BadJson(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            IngestError::BadReport(_) => (StatusCode::BAD_REQUEST, "bad_telemetry"),
+            IngestError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        };
+        ApiError(status, code, e.to_string())
+    }
+}
+
+/// `POST /api/v1/telemetry`. The route caps the body at
+/// [`MAX_REPORT_BYTES`]; the token is checked before the body is looked at.
+pub async fn ingest(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<StatusCode, ApiError> {
+    let claims = bearer(&state, &headers)?;
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => IngestError::TooLarge,
+        _ => IngestError::Unreadable(e.body_text()),
+    })?;
+    let report = parse(&body)?;
+    let admitted = state.telemetry.limit.lock().expect("telemetry limiter lock").admit(&claims.sub, tokio::time::Instant::now());
+    if !admitted {
+        return Err(IngestError::RateLimited.into());
+    }
+    tracing::debug!(
+        user_id = %claims.sub,
+        platform = report.platform.as_str(),
+        preset = report.preset.as_str(),
+        adapter = %report.adapter,
+        frames = report.frames,
+        p99_ms = report.frame_ms.p99,
+        visible_avatars = report.visible_avatars,
+        dropped_reports = report.dropped_reports,
+        "client telemetry"
+    );
+    record(&report);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A checked report from a body (the adapter name cut to length).
+pub fn parse(body: &[u8]) -> Result<TelemetryReport, IngestError> {
+    if body.len() > MAX_REPORT_BYTES {
+        return Err(IngestError::TooLarge);
+    }
+    let mut report: TelemetryReport = serde_json::from_slice(body).map_err(|e| IngestError::BadJson(e.to_string()))?;
+    report.validate()?;
+    Ok(report)
+}
+
+/// Adds a checked report to the metrics.
+pub fn record(report: &TelemetryReport) {
+    let (preset, platform) = (report.preset.as_str(), report.platform.as_str());
+    let frames = metrics::histogram!(m::CLIENT_FRAME, "preset" => preset, "platform" => platform);
+    for (value, &count) in bucket_values_s(report).into_iter().zip(&report.bucket_counts) {
+        if count > 0 {
+            frames.record_many(value, count as usize);
+        }
+    }
+    metrics::histogram!(m::CLIENT_FPS, "preset" => preset, "platform" => platform).record(report.mean_fps());
+    metrics::counter!(m::CLIENT_OVER_BUDGET, "preset" => preset, "platform" => platform).increment(report.over_budget);
+    metrics::counter!(m::CLIENT_REPORTS, "platform" => platform).increment(1);
+    metrics::counter!(m::CLIENT_REPORTS_DROPPED, "platform" => platform).increment(report.dropped_reports);
+}
+
+/// The frame time (s) recorded for each bucket's frames: inside the bucket
+/// (above its lower bound, at most its upper), so every count lands in its
+/// own bucket. The overflow bucket's upper end is the report's `max`.
+///
+/// One fraction `a` places every bucket's value at `lo + a·(hi − lo)`,
+/// chosen so the values times the counts add up to `interval_s` (the sum of
+/// the interval's frame times): `_sum / _count` is then the clients' mean
+/// frame time. Where the counts can't reach `interval_s` the fraction is
+/// clamped, and the values sit at a bucket edge.
+pub fn bucket_values_s(report: &TelemetryReport) -> [f64; FRAME_BUCKET_COUNT] {
+    let bounds = frame_bounds_s();
+    let last = bounds[bounds.len() - 1];
+    let edges = |i: usize| -> (f64, f64) {
+        let lo = if i == 0 { 0.0 } else { bounds[i - 1] };
+        let hi = if i < bounds.len() { bounds[i] } else { (report.frame_ms.max / 1000.0).max(last) };
+        (lo, hi)
+    };
+    let (mut floor, mut span) = (0.0, 0.0);
+    for (i, &count) in report.bucket_counts.iter().enumerate().take(FRAME_BUCKET_COUNT) {
+        let (lo, hi) = edges(i);
+        floor += count as f64 * lo;
+        span += count as f64 * (hi - lo);
+    }
+    let a = if span > 0.0 { ((report.interval_s - floor) / span).clamp(0.0, 1.0) } else { 1.0 };
+    std::array::from_fn(|i| {
+        let (lo, hi) = edges(i);
+        let value = (lo + a * (hi - lo)).min(hi);
+        // Strictly above the lower bound, which belongs to the bucket below.
+        if value > lo { value } else { lo + lo.max(1e-6) * 1e-9 }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plaza_shared::telemetry::{FrameAggregator, Platform, bucket_of};
+
+    fn report(times_ms: &[f64]) -> TelemetryReport {
+        let mut agg = FrameAggregator::new(Platform::Desktop);
+        for &t in times_ms {
+            agg.record(t);
+        }
+        agg.take(plaza_shared::quality::QualityPreset::High, "test", 0, 0).expect("frames")
+    }
+
+    fn bucket_of_s(value_s: f64) -> usize {
+        frame_bounds_s().iter().position(|&b| value_s <= b).unwrap_or(FRAME_BUCKETS_MS.len())
+    }
+
+    #[test]
+    fn bounds_print_as_the_decimals() {
+        let printed: Vec<String> = frame_bounds_s().iter().map(|b| b.to_string()).collect();
+        assert_eq!(printed[2], "0.0111");
+        assert_eq!(printed[4], "0.0167");
+        assert_eq!(printed[13], "0.5");
+    }
+
+    #[test]
+    fn each_value_falls_in_its_own_bucket_and_the_sum_is_the_interval() {
+        let mut times = vec![10.0; 50];
+        times.extend([16.7, 16.0, 4.0, 0.5, 33.3, 700.0, 45.0, 120.0]);
+        let r = report(&times);
+        let values = bucket_values_s(&r);
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(bucket_of_s(*v), i, "bucket {i}: {v}");
+        }
+        let sum: f64 = values.iter().zip(&r.bucket_counts).map(|(v, &c)| v * c as f64).sum();
+        assert!((sum - r.interval_s).abs() < 1e-9, "sum {sum} vs interval {}", r.interval_s);
+        // The frames agree with the shared bucketing.
+        for &t in &times {
+            assert!(r.bucket_counts[bucket_of(t)] > 0);
+        }
+    }
+
+    #[test]
+    fn values_stay_inside_their_buckets_when_the_interval_cannot_be_met() {
+        let mut r = report(&[10.0; 10]);
+        for interval in [1e-3, 60.0] {
+            r.interval_s = interval;
+            let values = bucket_values_s(&r);
+            for (i, v) in values.iter().enumerate() {
+                assert_eq!(bucket_of_s(*v), i, "interval {interval}, bucket {i}: {v}");
+            }
+        }
+        // An overflow frame in a report whose max says otherwise still overflows.
+        r.frame_ms.max = 1.0;
+        assert_eq!(bucket_of_s(bucket_values_s(&r)[FRAME_BUCKETS_MS.len()]), FRAME_BUCKETS_MS.len());
+    }
+
+    #[test]
+    fn bad_bodies_say_what_is_wrong() {
+        assert!(matches!(parse(b"{"), Err(IngestError::BadJson(_))));
+        assert!(matches!(parse(&vec![b' '; MAX_REPORT_BYTES + 1]), Err(IngestError::TooLarge)));
+        let mut r = report(&[10.0; 3]);
+        r.bucket_counts[0] = 9;
+        let body = serde_json::to_vec(&r).unwrap();
+        assert!(matches!(parse(&body), Err(IngestError::BadReport(ReportError::BucketSum { .. }))));
+    }
+}
