@@ -366,10 +366,12 @@ fn every_dashboard_expression_is_valid_promql() {
     );
 }
 
-#[tokio::test]
-async fn every_metric_the_dashboards_and_rules_query_exists_in_a_live_metrics_from_start_up() {
-    // Where each name is used, for the failure message.
-    let mut wanted: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new(); // metric -> (labels, places)
+/// Every metric the dashboards and rules query, with the label names their
+/// selectors use and the places that use it.
+type Wanted = BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>;
+
+fn wanted_metrics() -> Wanted {
+    let mut wanted = Wanted::new();
     let mut recorded_used: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut add = |place: String, expr: &str| {
         let names = names_in(expr);
@@ -394,22 +396,22 @@ async fn every_metric_the_dashboards_and_rules_query_exists_in_a_live_metrics_fr
     }
     assert!(wanted.len() >= 15, "the dashboards and rules should query most of the contract's metrics; found {:?}", wanted.keys());
 
-    // Recording-rule names aren't the server's: each must be made by a rule.
+    // Recording-rule names aren't the server's: each must be made by a rule
+    // (whose own expression was added above).
     let recorded: HashSet<&str> = rules.iter().filter(|r| r.kind == "record").map(|r| r.name.as_str()).collect();
     let unrecorded: Vec<String> = recorded_used.iter().filter(|(n, _)| !recorded.contains(n.as_str())).map(|(n, places)| format!("{n} (used by {places:?})")).collect();
     assert!(unrecorded.is_empty(), "queried but made by no recording rule:\n  {}", unrecorded.join("\n  "));
+    wanted
+}
 
-    // A fresh server, nothing done to it yet: the contract says every
-    // metric exists from start-up, zero until used.
-    let server = common::TestServer::start().await;
-    let (status, _, body) = server.http("GET", "/metrics", "", &[]).await;
-    assert_eq!(status, 200, "{body}");
-    let series = exposed(&body);
+/// What `wanted` names that the exposition `body` lacks: missing metrics,
+/// and metrics without a label a selector matches on.
+fn missing_from(wanted: &Wanted, body: &str) -> (Vec<String>, Vec<String>) {
+    let series = exposed(body);
     assert!(series.contains_key("process_resident_memory_bytes"), "the exposition parser found nothing in:\n{body}");
-
     let mut missing = Vec::new();
     let mut missing_labels = Vec::new();
-    for (metric, (labels, places)) in &wanted {
+    for (metric, (labels, places)) in wanted {
         match series.get(metric) {
             None => missing.push(format!("{metric}  (used by {})", places.iter().cloned().collect::<Vec<_>>().join("; "))),
             Some(have) => {
@@ -420,6 +422,18 @@ async fn every_metric_the_dashboards_and_rules_query_exists_in_a_live_metrics_fr
             }
         }
     }
+    (missing, missing_labels)
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboards_and_rules_query_exists_in_a_live_metrics_from_start_up() {
+    let wanted = wanted_metrics();
+    // A fresh server, nothing done to it yet: the contract says every
+    // metric exists from start-up, zero until used.
+    let server = common::TestServer::start().await;
+    let (status, _, body) = server.http("GET", "/metrics", "", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let (missing, missing_labels) = missing_from(&wanted, &body);
     assert!(
         missing.is_empty() && missing_labels.is_empty(),
         "{} metric(s) the dashboards and rules query are not in a fresh server's /metrics:\n  {}\n{} with missing labels:\n  {}\n--- /metrics ---\n{body}",
@@ -428,6 +442,49 @@ async fn every_metric_the_dashboards_and_rules_query_exists_in_a_live_metrics_fr
         missing_labels.len(),
         missing_labels.join("\n  ")
     );
+}
+
+/// The check itself can fail on each count: a metric that isn't there, a
+/// label a selector needs that the series lack.
+#[test]
+fn the_metrics_check_names_what_is_missing() {
+    let mut wanted = Wanted::new();
+    wanted.insert("plaza_ws_dropped_total".into(), (BTreeSet::from(["reason".to_owned()]), BTreeSet::from(["a panel".to_owned()])));
+    wanted.insert("plaza_nope_total".into(), (BTreeSet::new(), BTreeSet::from(["a rule".to_owned()])));
+    wanted.insert("process_resident_memory_bytes".into(), Default::default());
+    let body = "plaza_ws_dropped_total{kind=\"x\"} 0\nprocess_resident_memory_bytes 1\n";
+    let (missing, labels) = missing_from(&wanted, body);
+    assert_eq!(missing, ["plaza_nope_total  (used by a rule)"]);
+    assert_eq!(labels.len(), 1, "{labels:?}");
+    assert!(labels[0].starts_with("plaza_ws_dropped_total has no label [\"reason\"]"), "{labels:?}");
+    let (missing, labels) = missing_from(&wanted, "plaza_ws_dropped_total{reason=\"x\"} 0\nplaza_nope_total 0\nprocess_resident_memory_bytes 1\n");
+    assert!(missing.is_empty() && labels.is_empty(), "{missing:?} {labels:?}");
+}
+
+/// Every alert has a promtool unit test that expects it to fire and one
+/// that expects it quiet (`exp_alerts: []`).
+#[test]
+fn every_alert_has_a_firing_and_a_quiet_unit_test() {
+    let mut fires: HashSet<String> = HashSet::new();
+    let mut quiet: HashSet<String> = HashSet::new();
+    for file in files_in(&format!("{DEPLOY}/prometheus/tests"), "yml") {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+        for (i, line) in lines.iter().enumerate() {
+            if let Some(name) = line.strip_prefix("alertname:") {
+                let expected = lines.get(i + 1).copied().unwrap_or_default();
+                match expected.strip_prefix("exp_alerts:").map(str::trim) {
+                    Some("[]") => quiet.insert(name.trim().to_owned()),
+                    Some("") => fires.insert(name.trim().to_owned()),
+                    _ => panic!("{}: alertname {name} is not followed by exp_alerts", file.display()),
+                };
+            }
+        }
+    }
+    for alert in rules().iter().filter(|r| r.kind == "alert") {
+        assert!(fires.contains(&alert.name), "no promtool test expects {} to fire", alert.name);
+        assert!(quiet.contains(&alert.name), "no promtool test expects {} to stay quiet", alert.name);
+    }
 }
 
 #[test]
