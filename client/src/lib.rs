@@ -17,6 +17,7 @@
 //! - [`player`]: your avatar and the camera that follows it.
 //! - [`hud`]: stats, settings, chat, toasts, nameplates (egui).
 //! - [`stats`]: what each frame drew, counted.
+//! - [`telemetry`]: frame-time reports to the server every 5 s.
 //! - [`scenario`]: scripted crowds and camera paths for benchmarks.
 //! - [`capture`]: screenshot and JSON frame report for `--frames`.
 
@@ -37,6 +38,7 @@ pub mod scenario;
 pub mod scene;
 pub mod settings;
 pub mod stats;
+pub mod telemetry;
 
 use bevy::app::{PluginGroupBuilder, ScheduleRunnerPlugin};
 use bevy::prelude::*;
@@ -84,10 +86,11 @@ impl PluginGroup for PlazaClientPlugins {
             .add(scene::ScenePlugin { offscreen: o.headless.then_some(o.resolution) })
             .add(render_scale::RenderScalePlugin)
             .add(avatars::AvatarsPlugin { walkers })
-            .add(network::NetworkPlugin { mode, room: o.room.clone(), name: o.display_name() })
+            .add(network::NetworkPlugin { mode, room: o.room.clone(), name: o.display_name(), telemetry: o.telemetry_on() })
             .add(remote::RemotePlugin)
             .add(player::PlayerPlugin { spawn: self.scenario.is_none() })
-            .add(stats::StatsPlugin);
+            .add(stats::StatsPlugin)
+            .add(telemetry::TelemetryPlugin { enabled: o.telemetry_on(), platform: o.platform() });
         if self.hud {
             group = group.add(hud::HudPlugin);
         }

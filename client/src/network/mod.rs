@@ -2,17 +2,20 @@
 //! task ([`session`]) and, without `--server`, the embedded server with its
 //! bots. The ECS talks to it through two bounded channels: commands out
 //! (poses, chat) and events in (state, deltas, chat, notices), drained once
-//! a frame by [`NetworkSystems::Receive`]. Nothing in a frame ever waits on
-//! the network.
+//! a frame by [`NetworkSystems::Receive`]. A third, small channel carries
+//! frame-timing reports out ([`TelemetryOutbox`], posted by [`telemetry`]).
+//! Nothing in a frame ever waits on the network.
 
 pub mod connection;
 pub mod session;
+pub mod telemetry;
 
 pub use connection::{ConnectionStatus, Notice};
 
 use bevy::prelude::*;
 use plaza_shared::messages::{ChatMessage, Delta, ErrorMessage, Joined};
 use plaza_shared::pose::Pose;
+use plaza_shared::telemetry::TelemetryReport;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -69,6 +72,27 @@ impl NetLink {
     }
 }
 
+/// Where finished telemetry reports go: the network thread, which posts
+/// them. Present only when telemetry is on and the network runs.
+#[derive(Resource, Debug, Clone)]
+pub struct TelemetryOutbox(mpsc::Sender<TelemetryReport>);
+
+impl TelemetryOutbox {
+    /// An outbox with no network behind it, for tests: returns the other end.
+    pub fn pair() -> (TelemetryOutbox, mpsc::Receiver<TelemetryReport>) {
+        let (tx, rx) = mpsc::channel(telemetry::QUEUE);
+        (TelemetryOutbox(tx), rx)
+    }
+
+    /// Hands a report over without waiting; gives it back when the queue
+    /// is full (the network is behind) or the network thread is gone.
+    pub fn try_send(&self, report: TelemetryReport) -> Result<(), TelemetryReport> {
+        self.0.try_send(report).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+        })
+    }
+}
+
 /// What the rest of the app knows about the connection.
 #[derive(Resource, Debug, Default, Clone)]
 pub struct ConnectionInfo {
@@ -122,6 +146,8 @@ pub struct NetworkPlugin {
     pub mode: NetworkMode,
     pub room: String,
     pub name: String,
+    /// Post frame-timing reports (`--telemetry`): opens [`TelemetryOutbox`].
+    pub telemetry: bool,
 }
 
 impl Plugin for NetworkPlugin {
@@ -135,9 +161,12 @@ impl Plugin for NetworkPlugin {
             NetworkMode::Offline => {
                 app.insert_resource(ConnectionInfo { status: ConnectionStatus::Offline, ..default() });
             }
-            mode => match start(mode.clone(), self.room.clone(), self.name.clone()) {
-                Ok((link, server)) => {
+            mode => match start(mode.clone(), self.room.clone(), self.name.clone(), self.telemetry) {
+                Ok((link, outbox, server)) => {
                     app.insert_resource(link).insert_resource(ConnectionInfo { server: Some(server), ..default() });
+                    if let Some(outbox) = outbox {
+                        app.insert_resource(outbox);
+                    }
                 }
                 Err(e) => {
                     error!(cause = %e, "the network could not start; running offline");
@@ -148,8 +177,9 @@ impl Plugin for NetworkPlugin {
     }
 }
 
-/// Starts the network thread; returns the link and the server's address.
-fn start(mode: NetworkMode, room: String, name: String) -> Result<(NetLink, String), String> {
+/// Starts the network thread; returns the link, the telemetry outbox (when
+/// asked for) and the server's address.
+fn start(mode: NetworkMode, room: String, name: String, telemetry: bool) -> Result<(NetLink, Option<TelemetryOutbox>, String), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("plaza-net")
@@ -162,12 +192,18 @@ fn start(mode: NetworkMode, room: String, name: String) -> Result<(NetLink, Stri
         NetworkMode::Embedded { bots } => runtime.block_on(start_embedded(bots, &room))?,
     };
     let (link, commands, events) = NetLink::pair();
+    let (outbox, reports) = if telemetry {
+        let (outbox, reports) = TelemetryOutbox::pair();
+        (Some(outbox), Some(reports))
+    } else {
+        (None, None)
+    };
     let config = session::SessionConfig { server: server.clone(), room, name };
     std::thread::Builder::new()
         .name("plaza-network".into())
-        .spawn(move || runtime.block_on(session::run(config, commands, events)))
+        .spawn(move || runtime.block_on(session::run_with_telemetry(config, commands, events, reports)))
         .map_err(|e| format!("no network thread: {e}"))?;
-    Ok((link, server))
+    Ok((link, outbox, server))
 }
 
 /// The server in-process on 127.0.0.1 (any free port), chat in memory, with
@@ -252,7 +288,7 @@ mod tests {
     #[test]
     fn events_become_state_and_messages_and_a_dead_thread_shows() {
         let mut app = App::new();
-        app.add_plugins(MinimalPlugins).add_plugins(NetworkPlugin { mode: NetworkMode::Offline, room: "plaza".into(), name: "Ada".into() });
+        app.add_plugins(MinimalPlugins).add_plugins(NetworkPlugin { mode: NetworkMode::Offline, room: "plaza".into(), name: "Ada".into(), telemetry: false });
         let (link, _commands, events) = NetLink::pair();
         app.insert_resource(link);
         events.try_send(NetEvent::Status(ConnectionStatus::InRoom { room: "r_1".into(), room_name: "plaza".into() })).unwrap();

@@ -5,12 +5,13 @@
 
 use super::connection::{Connection, Credentials, Ended, Next, Notice, Tokens};
 use super::{NetCommand, NetEvent};
+use plaza_shared::telemetry::TelemetryReport;
 use futures_util::{SinkExt, StreamExt};
 use plaza_shared::codec::Subprotocol;
 use plaza_shared::limits::PROTOCOL_VERSION;
 use plaza_shared::messages::*;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -44,10 +45,18 @@ struct Task {
     conn: Connection,
     started: Instant,
     events: mpsc::Sender<NetEvent>,
+    /// The access token in force, for the telemetry sender beside us.
+    token: watch::Sender<Option<String>>,
 }
 
 /// Runs until the app drops its end of the command channel.
-pub async fn run(config: SessionConfig, mut commands: mpsc::Receiver<NetCommand>, events: mpsc::Sender<NetEvent>) {
+pub async fn run(config: SessionConfig, commands: mpsc::Receiver<NetCommand>, events: mpsc::Sender<NetEvent>) {
+    run_with_telemetry(config, commands, events, None).await
+}
+
+/// [`run`], and with `telemetry` a task beside the session that posts the
+/// reports arriving there with the session's HTTP client and token.
+pub async fn run_with_telemetry(config: SessionConfig, mut commands: mpsc::Receiver<NetCommand>, events: mpsc::Sender<NetEvent>, telemetry: Option<mpsc::Receiver<TelemetryReport>>) {
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) ^ u64::from(std::process::id());
     let http = match reqwest::Client::builder().timeout(HTTP_TIMEOUT).build() {
         Ok(http) => http,
@@ -56,7 +65,12 @@ pub async fn run(config: SessionConfig, mut commands: mpsc::Receiver<NetCommand>
             return;
         }
     };
-    let mut task = Task { config, http, conn: Connection::new(seed), started: Instant::now(), events };
+    let (token, token_rx) = watch::channel(None);
+    if let Some(reports) = telemetry {
+        let sender = super::telemetry::TelemetrySender::new(http.clone(), &config.server, token_rx);
+        tokio::spawn(super::telemetry::run(sender, reports));
+    }
+    let mut task = Task { config, http, conn: Connection::new(seed), started: Instant::now(), events, token };
     task.status(super::ConnectionStatus::Connecting);
     let mut resume = false;
     loop {
@@ -121,6 +135,7 @@ impl Task {
     fn keep(&mut self, pair: TokenPair) -> String {
         let expires_at = self.now() + Duration::from_secs(pair.expires_in);
         self.conn.tokens = Some(Tokens { access: pair.access_token.clone(), refresh: pair.refresh_token, expires_at });
+        self.token.send_replace(Some(pair.access_token.clone()));
         pair.access_token
     }
 
