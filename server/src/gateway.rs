@@ -59,10 +59,11 @@ fn rate_limit_debug() -> bool {
 }
 
 /// Serves one upgraded socket until it closes.
-pub async fn serve(socket: WebSocket, protocol: Subprotocol, state: AppState) {
+/// `trace` holds the socket's trace spans (crate::otel).
+pub async fn serve(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace) {
     let _open = Arc::clone(&state.sockets);
     metrics::gauge!(m::WS_CONNECTIONS).increment(1.0);
-    serve_inner(socket, protocol, state).await;
+    serve_inner(socket, protocol, state, trace).await;
     metrics::gauge!(m::WS_CONNECTIONS).decrement(1.0);
 }
 
@@ -88,18 +89,24 @@ impl HotCounters {
     }
 }
 
-async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState) {
+async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace) {
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (kick_tx, kick_rx) = mpsc::channel(1);
     let counters = HotCounters::new();
-    let writer = tokio::spawn(write_loop(sink, out_rx, kick_rx, protocol, counters.clone()));
+    let writer = tokio::spawn(write_loop(sink, out_rx, kick_rx, protocol, counters.clone(), trace.first_delta()));
     let link = MemberLink { outbound: out_tx, kick: kick_tx };
 
-    let handshake = handshake(&mut stream, protocol, &state, &link).await;
+    let hello = trace.hello();
+    let handshake = tracing::Instrument::instrument(handshake(&mut stream, protocol, &state, &link), hello.clone()).await;
     let mut session = match handshake {
-        Ok(session) => session,
+        Ok(mut session) => {
+            trace.welcomed(&hello, &session.claims.sub, &session.id);
+            session.trace = trace;
+            session
+        }
         Err((code, reason)) => {
+            trace.refused(&hello, code);
             let _ = link.kick.try_send((code, reason));
             drop(link);
             let _ = writer.await;
@@ -221,6 +228,7 @@ async fn write_loop(
     mut kick_rx: mpsc::Receiver<(u16, &'static str)>,
     protocol: Subprotocol,
     counters: HotCounters,
+    first_delta: crate::otel::FirstDelta,
 ) {
     // The receiver's own avatar, learnt from the `joined` passing through
     // (the room queues it before any delta that could mention it).
@@ -241,6 +249,9 @@ async fn write_loop(
                     if !send_frame(&mut sink, &mut kick_rx, frame, msg.type_name(), &counters).await {
                         return;
                     }
+                    if matches!(msg.as_ref(), ServerMessage::Delta(_)) {
+                        first_delta.written(); // a resync
+                    }
                 }
                 Some(Outbound::Delta(shared)) => {
                     let frame = match protocol {
@@ -260,6 +271,7 @@ async fn write_loop(
                     if !send_frame(&mut sink, &mut kick_rx, frame, "delta", &counters).await {
                         return;
                     }
+                    first_delta.written();
                 }
                 Some(Outbound::Close(code, reason)) => {
                     send_close(&mut sink, code, reason, CLOSE_SEND_TIMEOUT).await;
@@ -344,7 +356,7 @@ async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState,
     let claims = state.keys.verify(&hello.token);
     metrics::histogram!(m::AUTH_DURATION).record(started.elapsed().as_secs_f64());
     let claims = claims.map_err(|_| (close::BAD_TOKEN, "token missing, bad or expired"))?;
-    let mut session = Session { id: random_token(12).into(), conn: next_conn(), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new() };
+    let mut session = Session { id: random_token(12).into(), conn: next_conn(), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new(), trace: crate::otel::SessionTrace::none() };
     if let Some(resume) = hello.resume.as_deref()
         && session.resume(resume, state, link).await
     {
@@ -364,6 +376,8 @@ struct Session {
     limiter: Limiter,
     /// When recent invalid messages arrived.
     invalid: Vec<Instant>,
+    /// The socket's trace spans (join, first delta, voice signaling).
+    trace: crate::otel::SessionTrace,
 }
 
 impl Session {
@@ -525,6 +539,7 @@ impl Session {
             ClientMessage::Hello(_) => return self.invalid(link, ErrorCode::BadMessage, "already said hello".into()).await,
             ClientMessage::Ping(p) => Self::reply(link, ServerMessage::Pong(Pong { t: p.t, server_time: now_unix_ms() })).await,
             ClientMessage::Join(j) => {
+                let traced = self.trace.join(&j.room);
                 if let Some((room, seat)) = self.room.take() {
                     room.leave(seat.you, self.conn).await;
                 }
@@ -536,10 +551,11 @@ impl Session {
                         return None;
                     }
                 };
-                match room.join(self.occupant(), Default::default(), link.clone()).await {
+                match tracing::Instrument::instrument(room.join(self.occupant(), Default::default(), link.clone()), traced.span().clone()).await {
                     Ok(seat) => {
                         // The room already queued `joined` to this socket.
                         metrics::histogram!(m::JOIN_DURATION).record(started.elapsed().as_secs_f64());
+                        self.trace.joined(traced, &room.id);
                         tracing::info!(room_id = %room.id, avatar = seat.you, "joined room");
                         self.room = Some((room.clone(), seat.clone()));
                         state.directory.remember(self.id.clone(), room, seat).await;
@@ -578,7 +594,11 @@ impl Session {
                     }
                 }
             }
-            ClientMessage::Voice(_) => return self.invalid(link, ErrorCode::BadMessage, "voice is not available on this server yet".into()).await,
+            ClientMessage::Voice(v) => {
+                let kind = v.signal.get("type").and_then(|t| t.as_str()).unwrap_or("");
+                let span = self.trace.voice_signal(kind, self.room.as_ref().map(|(room, _)| &*room.id));
+                return tracing::Instrument::instrument(self.invalid(link, ErrorCode::BadMessage, "voice is not available on this server yet".into()), span).await;
+            }
         }
         None
     }

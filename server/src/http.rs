@@ -61,10 +61,45 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         _ => HeaderValue::from_str(&random_token(12)).expect("base64url is a valid header"),
     };
     req.headers_mut().insert("x-request-id", id.clone());
-    let span = tracing::info_span!("http", request_id = %id.to_str().unwrap_or(""), method = %req.method(), path = %req.uri().path());
-    let mut response = tracing::Instrument::instrument(next.run(req), span).await;
+    // Also the trace span of every request (crate::otel): `otel.*` shape
+    // it there and stay out of the logs.
+    let span = tracing::info_span!(
+        "http.request",
+        request_id = %id.to_str().unwrap_or(""),
+        method = %req.method(),
+        path = %req.uri().path(),
+        user_id = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if crate::otel::enabled() {
+        span.record("otel.name", format!("{} {}", req.method(), route_of(req.uri().path())));
+        span.record("otel.kind", "server");
+        crate::otel::set_remote_parent(&span, req.headers());
+    }
+    let mut response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    if crate::otel::enabled() {
+        span.record("http.response.status_code", response.status().as_u16());
+        if response.status().is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
     response.headers_mut().insert("x-request-id", id);
     response
+}
+
+/// The route a path matched, for span names (no ids in them).
+fn route_of(path: &str) -> &'static str {
+    const ROUTES: [&str; 8] = ["/health", "/ready", "/metrics", "/api/v1/auth/guest", "/api/v1/auth/refresh", "/api/v1/rooms", "/api/v1/telemetry", "/ws"];
+    if let Some(route) = ROUTES.iter().find(|r| **r == path) {
+        return route;
+    }
+    match path.strip_prefix("/api/v1/rooms/").and_then(|rest| rest.strip_suffix("/chat")) {
+        Some(id) if !id.is_empty() && !id.contains('/') => "/api/v1/rooms/{id}/chat",
+        _ => "(unmatched)",
+    }
 }
 
 async fn health() -> impl IntoResponse {
@@ -108,6 +143,7 @@ async fn guest(State(state): State<AppState>, body: axum::body::Bytes) -> Result
     let user_id = format!("u_{}", random_token(9));
     let pair = issue_pair(&state, &user_id, &req.name);
     metrics::histogram!(crate::metrics::AUTH_DURATION).record(started.elapsed().as_secs_f64());
+    tracing::Span::current().record("user_id", user_id.as_str());
     tracing::info!(user_id = %user_id, "guest signed in");
     Ok(Json(pair))
 }
@@ -181,7 +217,7 @@ async fn create_room(State(state): State<AppState>, headers: HeaderMap, body: ax
     Ok((StatusCode::CREATED, Json(json!({"id": &*room.id, "name": &*room.name, "users": 0, "capacity": room.capacity}))))
 }
 
-async fn websocket(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+async fn websocket(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
     if *state.draining.borrow() {
         return ApiError(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down; try another instance".into()).into_response();
     }
@@ -191,11 +227,18 @@ async fn websocket(State(state): State<AppState>, ws: WebSocketUpgrade) -> Respo
     let Some(protocol) = protocol else {
         return bad_request("ask for subprotocol plaza.v1.bin or plaza.v1.json (Sec-WebSocket-Protocol)").into_response();
     };
+    // The socket's span, a child of this request's (and so of the caller's
+    // `traceparent`); it lives until the socket closes.
+    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let trace = crate::otel::SessionTrace::new(request_id);
     ws.max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
         // Small read buffer: measured ~14 KB per connection instead of ~140 KB.
         .read_buffer_size(4096)
-        .on_upgrade(move |socket| crate::gateway::serve(socket, protocol, state))
+        .on_upgrade(move |socket| {
+            let span = trace.span().clone();
+            tracing::Instrument::instrument(crate::gateway::serve(socket, protocol, state, trace), span)
+        })
 }
 
 async fn chat_history(

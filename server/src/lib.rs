@@ -11,7 +11,7 @@
 //! - [`store`]: chat storage (sqlx: SQLite or Postgres).
 //! - [`telemetry`]: client frame-timing reports into `plaza_client_*`.
 //!
-//! - [`metrics`], [`logging`]: what operators see.
+//! - [`metrics`], [`logging`], [`otel`] (join-flow traces): what operators see.
 //! - [`bots`]: server-side bots for `--bots N`.
 //!
 //! Not yet here: voice.
@@ -23,6 +23,7 @@ pub mod http;
 pub mod limiter;
 pub mod logging;
 pub mod metrics;
+pub mod otel;
 pub mod rooms;
 pub mod store;
 pub mod telemetry;

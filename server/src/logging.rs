@@ -56,7 +56,8 @@ where
                 if let Some(fields) = ext.get::<FormattedFields<JsonFields>>()
                     && let Ok(Value::Object(map)) = serde_json::from_str::<Value>(fields)
                 {
-                    line.extend(map);
+                    // `otel.*` fields name and shape trace spans; they aren't log fields.
+                    line.extend(map.into_iter().filter(|(k, _)| !k.starts_with("otel.")));
                 }
             }
         }
@@ -90,14 +91,22 @@ fn chrono_like_now() -> String {
 }
 
 /// Installs the global subscriber: `json` or `pretty`, filtered by RUST_LOG
-/// (default `info`).
-pub fn init(format: &str) {
+/// (default `info`), plus the OpenTelemetry layer when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`crate::otel`]). Keep the returned
+/// pipeline until the end and shut it down (or drop it) to flush the last
+/// spans.
+pub fn init(format: &str) -> Result<Option<crate::otel::Otel>, crate::otel::OtelError> {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if format == "json" {
-        tracing_subscriber::fmt().with_env_filter(filter).fmt_fields(JsonFields::new()).event_format(FlatJson).init();
+    let otel = crate::otel::Otel::from_env()?;
+    let fmt = if format == "json" {
+        tracing_subscriber::fmt::layer().fmt_fields(JsonFields::new()).event_format(FlatJson).boxed()
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+        tracing_subscriber::fmt::layer().boxed()
+    };
+    let traces = otel.as_ref().map(|o| o.layer());
+    tracing_subscriber::registry().with(filter).with(fmt).with(traces).init();
+    Ok(otel)
 }
 
 #[cfg(test)]

@@ -74,6 +74,16 @@ fn token_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
 
 fn main() -> std::process::ExitCode {
     let config = Config::parse();
+    let traces = match plaza_server::logging::init(&config.log_format) {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("plaza-server: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if traces.is_some() {
+        tracing::info!(endpoint = %std::env::var(plaza_server::otel::ENDPOINT_ENV).unwrap_or_default(), "exporting join-flow traces by OTLP/HTTP");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -82,7 +92,13 @@ fn main() -> std::process::ExitCode {
         }
     };
     // One clear line for a bad start, not a backtrace.
-    match runtime.block_on(serve(config)) {
+    let served = runtime.block_on(serve(config));
+    // Flush the last spans (the exporter has its own thread and client).
+    drop(runtime);
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    match served {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("plaza-server: {e:#}");
@@ -92,7 +108,6 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    plaza_server::logging::init(&config.log_format);
     let database_url = match &config.database_url {
         Some(url) => url.clone(),
         None => {
