@@ -261,3 +261,14 @@ async fn chat_history(
     })?;
     Ok(Json(messages))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn span_names_use_the_route_never_an_id() {
+        assert_eq!(super::route_of("/api/v1/auth/guest"), "/api/v1/auth/guest");
+        assert_eq!(super::route_of("/api/v1/rooms/r_abc/chat"), "/api/v1/rooms/{id}/chat");
+        assert_eq!(super::route_of("/api/v1/rooms/a/b/chat"), "(unmatched)");
+        assert_eq!(super::route_of("/u_secret"), "(unmatched)");
+    }
+}

@@ -92,7 +92,8 @@ fn chrono_like_now() -> String {
 
 /// Installs the global subscriber: `json` or `pretty`, filtered by RUST_LOG
 /// (default `info`), plus the OpenTelemetry layer when
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`crate::otel`]). Keep the returned
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`crate::otel`]) and, built with
+/// `--features tracy`, the Tracy layer. Keep the returned
 /// pipeline until the end and shut it down (or drop it) to flush the last
 /// spans.
 pub fn init(format: &str) -> Result<Option<crate::otel::Otel>, crate::otel::OtelError> {
@@ -105,7 +106,13 @@ pub fn init(format: &str) -> Result<Option<crate::otel::Otel>, crate::otel::Otel
         tracing_subscriber::fmt::layer().boxed()
     };
     let traces = otel.as_ref().map(|o| o.layer());
-    tracing_subscriber::registry().with(filter).with(fmt).with(traces).init();
+    // `--features tracy`: every span that passes the filter (the room tick's
+    // `room_tick` too) also goes to Tracy.
+    #[cfg(feature = "tracy")]
+    let tracy = Some(tracing_tracy::TracyLayer::default());
+    #[cfg(not(feature = "tracy"))]
+    let tracy: Option<tracing_subscriber::layer::Identity> = None;
+    tracing_subscriber::registry().with(filter).with(fmt).with(traces).with(tracy).init();
     Ok(otel)
 }
 

@@ -417,6 +417,10 @@ impl Room {
     }
 
     fn tick(&mut self) {
+        // A named zone per tick in Tracy (`--features tracy`); compiled out
+        // otherwise.
+        #[cfg(feature = "tracy")]
+        let _zone = tracing::info_span!("room_tick", room = %self.name, members = self.members.len()).entered();
         let started = std::time::Instant::now();
         self.tick_inner();
         metrics::histogram!(crate::metrics::TICK_DURATION).record(started.elapsed().as_secs_f64());
