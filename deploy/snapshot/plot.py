@@ -178,31 +178,45 @@ def chart(x0, y0, panel, series, start, end, unit):
             out.append(f'<path d="{" ".join(path)}" fill="none" stroke="{color}" stroke-width="{width}" stroke-linejoin="round"/>')
         s["color"] = color
 
-    # legend: a flow of entries under the x axis, at most three lines
+    # legend: a flow of entries under the x axis, at most three lines; the
+    # series that stayed at zero the whole time are named together after.
+    def peak(s):
+        return max([abs(v) for _, v in s["points"] if math.isfinite(v)] or [0.0])
+    moving = [s for s in ordered if peak(s) > 0]
+    flat = [s["legend"] or s["expr_ref"] for s in ordered if peak(s) == 0 and any(math.isfinite(v) for _, v in s["points"])]
     lx, ly = x0 + 14, py + ph + 34
+    bottom_line = y0 + h - 14
     shown = 0
-    for s in ordered:
+    for s in moving:
         label = s["legend"] or s["expr_ref"]
         width = 16 + 6.2 * len(label) + 12
         if lx + width > x0 + w - 10:
             lx, ly = x0 + 14, ly + 15
-        if ly > y0 + h - 14:
+        if ly > bottom_line:
             break
         out.append(f'<rect x="{lx}" y="{ly - 8}" width="10" height="3" fill="{s["color"]}"/>')
         out.append(f'<text x="{lx + 14}" y="{ly - 3}" font-size="10.5" fill="#333">{escape(label)}</text>')
         lx += width
         shown += 1
-    if shown < len(ordered):
-        out.append(f'<text x="{x0 + w - 12}" y="{y0 + h - 12}" font-size="10" text-anchor="end" fill="#777">+{len(ordered) - shown} smaller series</text>')
+    notes = []
+    if shown < len(moving):
+        notes.append(f"+{len(moving) - shown} more")
+    if flat:
+        names = ", ".join(flat)
+        notes.append(f"at 0 throughout: {names}" if len(names) < 60 else f"{len(flat)} series at 0 throughout")
+    if notes:
+        ly = ly + 15 if lx > x0 + 14 else ly
+        out.append(f'<text x="{x0 + 14}" y="{min(ly, bottom_line) - 3}" font-size="10" fill="#777">{escape("; ".join(notes))}</text>')
     return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--prometheus", required=True, help="base URL, e.g. http://127.0.0.1:9491")
+    ap.add_argument("--prometheus", help="base URL, e.g. http://127.0.0.1:9491")
+    ap.add_argument("--replay", help="draw from a --data file written before instead of asking Prometheus")
     ap.add_argument("--dashboard", required=True, help="a Grafana dashboard JSON")
-    ap.add_argument("--start", type=float, required=True, help="unix seconds")
-    ap.add_argument("--end", type=float, required=True, help="unix seconds")
+    ap.add_argument("--start", type=float, help="unix seconds")
+    ap.add_argument("--end", type=float, help="unix seconds")
     ap.add_argument("--step", type=float, default=1.0, help="seconds between points")
     ap.add_argument("--rate-interval", default="10s", help="what $__rate_interval becomes")
     ap.add_argument("--subtitle", action="append", default=[], help="a line under the title (repeatable)")
@@ -224,10 +238,22 @@ def main():
     panels = [p for p in dashboard["panels"] if p.get("type") != "row" and p.get("targets")]
     panels.sort(key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"]))
 
+    replay = None
+    if args.replay:
+        with open(args.replay) as f:
+            replay = json.load(f)
+        args.start, args.end = replay["start"], replay["end"]
+        replay = {p["title"]: p for p in replay["panels"]}
+    elif not (args.prometheus and args.start and args.end):
+        ap.error("--prometheus, --start and --end are needed (or --replay)")
+
     data, empty = [], []
     for panel in panels:
         series = []
-        for target in panel["targets"]:
+        if replay is not None:
+            for s in replay[panel["title"]]["series"]:
+                series.append({"legend": s["legend"], "expr_ref": "", "points": [(t, v) for t, v in s["points"]]})
+        for target in panel["targets"] if replay is None else []:
             expr = fill(target["expr"], args.rate_interval)
             for r in query_range(args.prometheus, expr, args.start, args.end, args.step):
                 points = [(float(t), float(v)) for t, v in r["values"]]
