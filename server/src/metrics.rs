@@ -43,7 +43,6 @@ pub fn init() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new()
             .set_buckets(&seconds)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ROOM_USERS.into()), &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 60.0, 100.0, 200.0]))
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLIENT_FRAME.into()), crate::telemetry::frame_bounds_s()))
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLIENT_FPS.into()), &crate::telemetry::FPS_BUCKETS))
             .expect("bucket lists are not empty")
             .build_recorder();
@@ -83,7 +82,6 @@ fn describe() {
     describe_histogram!(TICK_DURATION, "time one room tick takes, seconds");
     describe_counter!(VOICE_BYTES, "voice RTP bytes by direction");
     describe_gauge!(VOICE_STREAMS, "voice streams forwarded by the SFU");
-    describe_histogram!(CLIENT_FRAME, "client frame times from telemetry reports, seconds (the shared frame buckets)");
     describe_histogram!(CLIENT_FPS, "mean frame rate of each client telemetry report");
     describe_counter!(CLIENT_OVER_BUDGET, "client frames slower than the platform's frame budget");
     describe_counter!(CLIENT_REPORTS, "client telemetry reports accepted");
@@ -92,7 +90,8 @@ fn describe() {
 }
 
 /// Every metric `/metrics` shows from start-up: the contract's and the
-/// server's own (process CPU and memory are added at each scrape, on Linux).
+/// server's own (process CPU and memory are added at each scrape, on Linux;
+/// `plaza_client_frame_seconds` by [`crate::telemetry::render_frames`]).
 pub const ALL: [&str; 20] = [
     ROOMS_ACTIVE,
     ROOM_USERS,
@@ -157,7 +156,6 @@ fn register_zeros() {
         counter!(CLIENT_REPORTS, "platform" => platform).increment(0);
         counter!(CLIENT_REPORTS_DROPPED, "platform" => platform).increment(0);
         for preset in QualityPreset::ALL.map(QualityPreset::as_str) {
-            let _ = histogram!(CLIENT_FRAME, "preset" => preset, "platform" => platform);
             let _ = histogram!(CLIENT_FPS, "preset" => preset, "platform" => platform);
             counter!(CLIENT_OVER_BUDGET, "preset" => preset, "platform" => platform).increment(0);
         }
@@ -172,6 +170,7 @@ pub fn render() -> String {
     }
     handle.run_upkeep();
     let mut text = handle.render();
+    crate::telemetry::render_frames(&mut text);
     if let Some((cpu, rss)) = process_stats() {
         // Written here rather than through the recorder: `metrics` counters
         // are integers, and the standard names want the standard types.

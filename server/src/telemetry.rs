@@ -6,10 +6,12 @@
 //! - `plaza_client_frame_seconds{preset,platform}`: a histogram whose
 //!   buckets are [`FRAME_BUCKETS_MS`] in seconds. Each of the report's
 //!   bucket counts is added to the same bucket here, so `_bucket` and
-//!   `_count` are exactly the clients' frame counts. The value recorded for a
-//!   bucket's frames lies inside that bucket, placed so that the report's
-//!   frames add up to its `interval_s` where the counts allow it: `_sum` is
-//!   then the clients' frame time too (see [`bucket_values_s`]).
+//!   `_count` are exactly the clients' frame counts, at a cost per report
+//!   that doesn't grow with its frames (it is kept here, not in the metrics
+//!   recorder: see [`render_frames`]). `_sum` adds, for each bucket's frames,
+//!   a time inside that bucket, placed so that a report's frames add up to
+//!   its `interval_s` where the counts allow it: the clients' frame time
+//!   (see [`bucket_values_s`]).
 //! - `plaza_client_fps{preset,platform}`: one sample per report, its mean
 //!   frame rate.
 //! - `plaza_client_frames_over_budget_total{preset,platform}`,
@@ -33,6 +35,8 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use plaza_shared::telemetry::{FRAME_BUCKET_COUNT, FRAME_BUCKETS_MS, MAX_REPORT_BYTES, ReportError, TelemetryReport};
+use plaza_shared::quality::{Platform, QualityPreset};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -135,19 +139,74 @@ pub fn parse(body: &[u8]) -> Result<TelemetryReport, IngestError> {
 /// Adds a checked report to the metrics.
 pub fn record(report: &TelemetryReport) {
     let (preset, platform) = (report.preset.as_str(), report.platform.as_str());
-    let frames = metrics::histogram!(m::CLIENT_FRAME, "preset" => preset, "platform" => platform);
-    for (value, &count) in bucket_values_s(report).into_iter().zip(&report.bucket_counts) {
-        if count > 0 {
-            frames.record_many(value, count as usize);
-        }
-    }
+    FRAMES[cell(report.preset, report.platform)].add(report);
     metrics::histogram!(m::CLIENT_FPS, "preset" => preset, "platform" => platform).record(report.mean_fps());
     metrics::counter!(m::CLIENT_OVER_BUDGET, "preset" => preset, "platform" => platform).increment(report.over_budget);
     metrics::counter!(m::CLIENT_REPORTS, "platform" => platform).increment(1);
     metrics::counter!(m::CLIENT_REPORTS_DROPPED, "platform" => platform).increment(report.dropped_reports);
 }
 
-/// The frame time (s) recorded for each bucket's frames: inside the bucket
+/// `plaza_client_frame_seconds`, one cell per preset × platform. Kept here
+/// rather than in the metrics recorder, which stores every sample until it
+/// is drained: a report of 60,000 frames would be 60,000 samples, where here
+/// it is 15 additions.
+static FRAMES: [FrameCell; QualityPreset::ALL.len() * Platform::ALL.len()] = [const { FrameCell::new() }; QualityPreset::ALL.len() * Platform::ALL.len()];
+
+fn cell(preset: QualityPreset, platform: Platform) -> usize {
+    let preset = QualityPreset::ALL.iter().position(|p| *p == preset).expect("every preset is in ALL");
+    let platform = Platform::ALL.iter().position(|p| *p == platform).expect("every platform is in ALL");
+    preset * Platform::ALL.len() + platform
+}
+
+/// One histogram: frames per bucket (not cumulative) and their time.
+struct FrameCell {
+    buckets: [AtomicU64; FRAME_BUCKET_COUNT],
+    sum_ns: AtomicU64,
+}
+
+impl FrameCell {
+    const fn new() -> Self {
+        FrameCell { buckets: [const { AtomicU64::new(0) }; FRAME_BUCKET_COUNT], sum_ns: AtomicU64::new(0) }
+    }
+
+    fn add(&self, report: &TelemetryReport) {
+        let mut sum_s = 0.0;
+        for ((bucket, &count), value) in self.buckets.iter().zip(&report.bucket_counts).zip(bucket_values_s(report)) {
+            if count > 0 {
+                bucket.fetch_add(count, Ordering::Relaxed);
+                sum_s += value * count as f64;
+            }
+        }
+        self.sum_ns.fetch_add((sum_s * 1e9).round() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Appends `plaza_client_frame_seconds` in the Prometheus text format, every
+/// preset × platform (zero until a report comes).
+pub fn render_frames(out: &mut String) {
+    use std::fmt::Write;
+    let name = m::CLIENT_FRAME;
+    let _ = write!(out, "# HELP {name} client frame times from telemetry reports, seconds (the shared frame buckets)\n# TYPE {name} histogram\n");
+    for preset in QualityPreset::ALL {
+        for platform in Platform::ALL {
+            let cell = &FRAMES[cell(preset, platform)];
+            let labels = format!("preset=\"{}\",platform=\"{}\"", preset.as_str(), platform.as_str());
+            let mut cumulative = 0;
+            for (i, bucket) in cell.buckets.iter().enumerate() {
+                cumulative += bucket.load(Ordering::Relaxed);
+                match frame_bounds_s().get(i) {
+                    Some(le) => _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}"),
+                    None => _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}"),
+                }
+            }
+            let sum = cell.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+            let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {cumulative}");
+        }
+    }
+    out.push('\n');
+}
+
+/// The frame time (s) counted for each bucket's frames: inside the bucket
 /// (above its lower bound, at most its upper), so every count lands in its
 /// own bucket. The overflow bucket's upper end is the report's `max`.
 ///
@@ -182,14 +241,14 @@ pub fn bucket_values_s(report: &TelemetryReport) -> [f64; FRAME_BUCKET_COUNT] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plaza_shared::telemetry::{FrameAggregator, Platform, bucket_of};
+    use plaza_shared::telemetry::{FrameAggregator, bucket_of};
 
     fn report(times_ms: &[f64]) -> TelemetryReport {
         let mut agg = FrameAggregator::new(Platform::Desktop);
         for &t in times_ms {
             agg.record(t);
         }
-        agg.take(plaza_shared::quality::QualityPreset::High, "test", 0, 0).expect("frames")
+        agg.take(QualityPreset::High, "test", 0, 0).expect("frames")
     }
 
     fn bucket_of_s(value_s: f64) -> usize {
@@ -234,6 +293,23 @@ mod tests {
         // An overflow frame in a report whose max says otherwise still overflows.
         r.frame_ms.max = 1.0;
         assert_eq!(bucket_of_s(bucket_values_s(&r)[FRAME_BUCKETS_MS.len()]), FRAME_BUCKETS_MS.len());
+    }
+
+    #[test]
+    fn a_cell_adds_a_full_report_bucket_for_bucket() {
+        let cell = FrameCell::new();
+        let mut r = report(&[10.0; 3]);
+        r.bucket_counts = vec![0; FRAME_BUCKET_COUNT];
+        r.bucket_counts[4] = 60_000; // the most a report may claim
+        r.frames = 60_000;
+        r.interval_s = 60.0; // 1 ms per frame: below the bucket, so its lower edge
+        cell.add(&r);
+        cell.add(&r);
+        let counts: Vec<u64> = cell.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        assert_eq!(counts[4], 120_000);
+        assert_eq!(counts.iter().sum::<u64>(), 120_000);
+        let sum = cell.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        assert!((sum - 2.0 * 60_000.0 * 0.0139).abs() < 1e-3, "{sum}");
     }
 
     #[test]

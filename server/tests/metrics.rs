@@ -90,7 +90,28 @@ async fn a_fresh_server_lists_every_metric_and_series_at_zero() {
     assert_eq!(samples.iter().filter(|(s, _)| s.starts_with("plaza_client_frame_seconds_bucket{preset=\"high\",platform=\"vr\"")).count(), 15, "14 bounds and +Inf");
     assert!(has("plaza_client_frame_seconds_bucket{preset=\"high\",platform=\"vr\",le=\"0.0139\"}"), "buckets in seconds:\n{text}");
 
+    // promtool (Debian's prometheus package, which `make test` installs for
+    // the alert tests) lints the exposition when it is there.
+    match std::process::Command::new("promtool").args(["check", "metrics"]).stdin(std::process::Stdio::piped()).output_with_stdin(&text) {
+        Some(out) => assert!(out.status.success(), "promtool check metrics: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        None => eprintln!("promtool not found: exposition lint skipped"),
+    }
+
     // Nothing used yet: every plaza_ sample is zero (the live task count aside).
     let moved: Vec<_> = samples.iter().filter(|(s, v)| s.starts_with("plaza_") && !s.starts_with(m::RUNTIME_TASKS) && *v != 0.0).collect();
     assert!(moved.is_empty(), "non-zero on a fresh server: {moved:?}");
+}
+
+trait WithStdin {
+    fn output_with_stdin(&mut self, input: &str) -> Option<std::process::Output>;
+}
+
+impl WithStdin for std::process::Command {
+    /// Runs with `input` on stdin; `None` when the program isn't installed.
+    fn output_with_stdin(&mut self, input: &str) -> Option<std::process::Output> {
+        use std::io::Write;
+        let mut child = self.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().ok()?;
+        child.stdin.take().expect("piped stdin").write_all(input.as_bytes()).expect("write to promtool");
+        Some(child.wait_with_output().expect("promtool runs"))
+    }
 }
