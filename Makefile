@@ -11,7 +11,7 @@ RUN_FRAMES ?= 30
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := decode_client_bin decode_server_bin decode_client_json decode_server_json
 
-.PHONY: setup build run test check-deps check-deploy stack peers bench bench-frames load ladder soak fuzz clippy clean-run assets
+.PHONY: setup build run test check-deps check-deploy check-tracy stack peers bench bench-frames load ladder soak fuzz clippy clean-run assets
 
 setup:
 	@bash tools/setup.sh
@@ -33,7 +33,7 @@ run: build
 		"$(CARGO_TARGET_DIR)/debug/plaza" $(ARGS); \
 	fi
 
-test: setup check-deps check-deploy peers
+test: setup check-deps check-deploy check-tracy peers
 	$(CARGO) test --workspace --locked
 
 # The socket.io baseline peers (Node) that `plaza-load ladder` compares
@@ -83,6 +83,14 @@ check-deploy: setup
 	promtool check config $(PROM_DIR)/prometheus.yml
 	promtool check rules $(PROM_DIR)/rules/*.yml
 	promtool test rules $(PROM_DIR)/tests/*.test.yml
+
+# The `tracy` profiling feature still builds (docs/profiling.md). Its own
+# target directory: Bevy with tracing compiled in is a second Bevy build,
+# and sharing the main one would swap the two builds back and forth.
+TRACY_TARGET_DIR ?= $(HOME)/.cache/plaza/target-tracy
+check-tracy: setup
+	CARGO_TARGET_DIR=$(TRACY_TARGET_DIR) $(CARGO) check --locked -p plaza-server --features tracy
+	CARGO_TARGET_DIR=$(TRACY_TARGET_DIR) $(CARGO) check --locked -p plaza-client --features tracy
 
 # Server, Prometheus, Grafana (http://localhost:3000), Jaeger
 # (http://localhost:16686) and Postgres, for people with Docker.

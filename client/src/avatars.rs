@@ -357,6 +357,7 @@ fn face_cards_to_camera(
     mut parts: Query<&mut Transform, (Without<AvatarParts>, Without<crate::quality::MainCamera>)>,
 ) {
     let Ok(camera) = camera.single() else { return };
+    profile_span!("impostor_billboards");
     let eye = camera.translation;
     let phase = frame.0 % CARD_TURN_EVERY;
     for (entity, lod, transform, avatar) in &avatars {

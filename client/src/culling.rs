@@ -47,6 +47,7 @@ fn switch_frustum_culling(
     if !config.is_changed() || config.is_added() {
         return;
     }
+    profile_span!("culling_switch");
     if let Some(mut lod) = lod {
         lod.distance_culling = config.enabled;
     }
@@ -65,6 +66,7 @@ fn mark_new_meshes(config: Res<CullingConfig>, mut commands: Commands, meshes: Q
     if config.enabled {
         return;
     }
+    profile_span!("culling_mark");
     for entity in &meshes {
         commands.entity(entity).insert(NoFrustumCulling);
     }

@@ -214,6 +214,7 @@ fn follow_choice(target_fps: u32) -> impl FnMut(Commands, Res<ActiveQuality>, Op
 
 fn govern(time: Res<Time<Real>>, stats: Option<Res<crate::stats::FrameStats>>, auto: Option<ResMut<AutoQuality>>, mut quality: ResMut<ActiveQuality>) {
     let Some(mut auto) = auto else { return };
+    profile_span!("governor");
     // The last frame's wall-clock time (a scenario's fixed step replaces `Time`).
     let frame = stats.map(|s| std::time::Duration::from_secs_f32(s.frame_ms / 1000.0)).filter(|d| !d.is_zero()).unwrap_or(time.delta());
     let decision = auto.0.frame(frame);

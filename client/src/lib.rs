@@ -21,6 +21,20 @@
 //! - [`scenario`]: scripted crowds and camera paths for benchmarks.
 //! - [`capture`]: screenshot and JSON frame report for `--frames`.
 
+/// Enters a span called `$name` until the end of the enclosing block, for
+/// Tracy (docs/profiling.md). Compiled in only with the `tracy` feature:
+/// Bevy's log subscriber, installed in every run, records each enabled
+/// span (about 0.4 µs in release, 0.8 µs in the dev build, measured here),
+/// which per-frame systems should not pay for when nobody is profiling.
+/// Bevy's own per-system spans are likewise compiled in only with its
+/// `trace` feature.
+macro_rules! profile_span {
+    ($name:literal) => {
+        #[cfg(feature = "tracy")]
+        let _profile_span = ::bevy::log::info_span!($name).entered();
+    };
+}
+
 pub mod avatars;
 pub mod capture;
 pub mod culling;

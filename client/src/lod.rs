@@ -138,6 +138,7 @@ fn select_levels(
     mut full: Local<Vec<(f32, Entity)>>,
     mut locals: Local<PerThread>,
 ) {
+    profile_span!("lod_select");
     let Some(eye) = camera_position(&camera) else { return };
     let view = quality.settings.view_distance_m;
     let policy = config.policy;
@@ -209,6 +210,7 @@ fn update_prop_ranges(
     if !config.is_changed() && !quality.is_changed() && added.is_empty() {
         return;
     }
+    profile_span!("lod_prop_ranges");
     let ranges = prop_ranges(&config, quality.lod_bias(), quality.settings.view_distance_m);
     for (level, mut range, mut visibility) in &mut levels {
         match ranges[level.0 as usize] {
@@ -240,6 +242,7 @@ fn apply_avatar_levels(
     mut transforms: PartTransforms,
 ) {
     let Some(assets) = assets else { return };
+    profile_span!("lod_apply");
     for (lod, parts, mut root_visibility, avatar) in &mut avatars {
         root_visibility.set_if_neq(if lod.level == LodLevel::Hidden { Visibility::Hidden } else { Visibility::Inherited });
         if lod.level == LodLevel::Hidden {

@@ -225,6 +225,7 @@ fn apply_room_updates(
     mut remote: Query<&mut RemoteAvatar>,
 ) {
     let Some(assets) = assets else { return };
+    profile_span!("remote_apply");
     let local = time.elapsed_secs_f64();
     let mut fresh = Fresh::default();
     for update in updates.read() {
@@ -274,6 +275,7 @@ fn apply_room_updates(
 
 fn interpolate(time: Res<Time<Real>>, clock: Res<TickClock>, mut avatars: Query<(&RemoteAvatar, &mut Transform)>) {
     let Some(t) = clock.render_time(time.elapsed_secs_f64()) else { return };
+    profile_span!("remote_interpolate");
     avatars.par_iter_mut().for_each(|(avatar, mut transform)| {
         // Written only when it moved: a still avatar stays unchanged for
         // change detection (and for everything downstream of it).

@@ -66,6 +66,7 @@ fn count(
     lod: Option<Res<LodCounts>>,
     mut stats: ResMut<FrameStats>,
 ) {
+    profile_span!("frame_stats");
     let mut s = FrameStats::default();
     for visible in &camera {
         for entity in visible.iter(TypeId::of::<Mesh3d>()) {

@@ -79,7 +79,7 @@ fn record(
     avatars: VisibleAvatars,
     mut state: ResMut<TelemetryState>,
 ) {
-    let _span = info_span!("telemetry").entered();
+    profile_span!("telemetry");
     // No network (offline, or it failed to start): nowhere to send.
     let Some(outbox) = outbox else { return };
     // The frame's wall-clock time as the stats measured it (a scenario's
@@ -97,15 +97,13 @@ fn record(
     let dropped = state.dropped;
     // What auto chose, never "auto": the report says what the frames ran at.
     let Some(report) = state.aggregator.take(quality.settings.preset, &adapter, avatars.count(), dropped) else { return };
-    match outbox.try_send(report) {
-        Ok(()) => {
-            state.dropped = 0;
-            state.handed += 1;
-        }
-        Err(report) => {
-            state.dropped = report.dropped_reports.saturating_add(1);
-            debug!(dropped = state.dropped, interval_s = REPORT_INTERVAL_SECS, "telemetry queue full; report dropped");
-        }
+    if outbox.try_send(report) {
+        state.dropped = 0;
+        state.handed += 1;
+    } else {
+        // This one, and the drops it was carrying.
+        state.dropped = dropped.saturating_add(1);
+        debug!(dropped = state.dropped, interval_s = REPORT_INTERVAL_SECS, "telemetry queue full; report dropped");
     }
 }
 

@@ -84,12 +84,10 @@ impl TelemetryOutbox {
         (TelemetryOutbox(tx), rx)
     }
 
-    /// Hands a report over without waiting; gives it back when the queue
-    /// is full (the network is behind) or the network thread is gone.
-    pub fn try_send(&self, report: TelemetryReport) -> Result<(), TelemetryReport> {
-        self.0.try_send(report).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
-        })
+    /// Hands a report over without waiting; false when the queue is full
+    /// (the network is behind) or the network thread is gone.
+    pub fn try_send(&self, report: TelemetryReport) -> bool {
+        self.0.try_send(report).is_ok()
     }
 }
 
@@ -234,6 +232,7 @@ fn receive(
     mut toasts: MessageWriter<Toast>,
 ) {
     let Some(link) = link else { return };
+    profile_span!("net_receive");
     let Ok(mut events) = link.events.lock() else { return };
     for _ in 0..EVENTS_PER_FRAME {
         let event = match events.try_recv() {
