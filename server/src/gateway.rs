@@ -199,9 +199,10 @@ fn encode(protocol: Subprotocol, msg: &ServerMessage, own: AvatarId) -> Option<M
     })
 }
 
-/// Counts and sends one frame; a kick while it waits wins. False when the
-/// writer should stop (kicked, or the socket is gone).
-async fn send_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<(u16, &'static str)>, frame: Message, type_name: &'static str, counters: &HotCounters) -> bool {
+/// Counts one frame and puts it in the socket's write buffer; it goes out
+/// with the next [`flush`]. A kick while it waits for room wins. False when
+/// the writer should stop (kicked, or the socket is gone).
+async fn feed_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<(u16, &'static str)>, frame: Message, type_name: &'static str, counters: &HotCounters) -> bool {
     match type_name {
         "delta" => counters.deltas_out.increment(1),
         _ => metrics::counter!(m::WS_MESSAGES, "direction" => "out", "type" => type_name).increment(1),
@@ -218,9 +219,25 @@ async fn send_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<(u16, &'static
             send_close(sink, code, reason, KICK_SEND_TIMEOUT).await;
             false
         }
-        sent = sink.send(frame) => sent.is_ok(),
+        fed = sink.feed(frame) => fed.is_ok(),
     }
 }
+
+/// Writes what [`feed_frame`] buffered; a kick while it waits wins.
+async fn flush(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<(u16, &'static str)>) -> bool {
+    tokio::select! {
+        biased;
+        Some((code, reason)) = kick_rx.recv() => {
+            send_close(sink, code, reason, KICK_SEND_TIMEOUT).await;
+            false
+        }
+        flushed = sink.flush() => flushed.is_ok(),
+    }
+}
+
+/// Frames written together at most, so one busy socket can't buffer without
+/// bound before its first byte goes out.
+const MAX_FRAMES_PER_WRITE: u32 = 16;
 
 async fn write_loop(
     mut sink: Sink,
@@ -233,60 +250,75 @@ async fn write_loop(
     // The receiver's own avatar, learnt from the `joined` passing through
     // (the room queues it before any delta that could mention it).
     let mut own: AvatarId = 0;
+    // Frames fed since the last flush. What is already queued goes out in
+    // the same write (one TCP segment where it fits): `welcome` and
+    // `joined` after a resume, a chat beside a delta. On a lossy link each
+    // segment is another chance to stall a whole round trip.
+    let mut unflushed = 0u32;
+    let mut delta_unflushed = false;
     loop {
-        tokio::select! {
+        let next = tokio::select! {
             biased;
             Some((code, reason)) = kick_rx.recv() => {
                 send_close(&mut sink, code, reason, KICK_SEND_TIMEOUT).await;
                 return;
             }
-            next = out_rx.recv() => match next {
-                Some(Outbound::Message(msg)) => {
-                    if let ServerMessage::Joined(j) = msg.as_ref() {
-                        own = j.you;
-                    }
-                    let Some(frame) = encode(protocol, &msg, own) else { continue };
-                    if !send_frame(&mut sink, &mut kick_rx, frame, msg.type_name(), &counters).await {
-                        return;
-                    }
-                    if matches!(msg.as_ref(), ServerMessage::Delta(_)) {
-                        first_delta.written(); // a resync
-                    }
+            next = out_rx.recv() => next,
+        };
+        let (frame, type_name, is_delta) = match next {
+            Some(Outbound::Message(msg)) => {
+                if let ServerMessage::Joined(j) = msg.as_ref() {
+                    own = j.you;
                 }
-                Some(Outbound::Delta(shared)) => {
-                    let frame = match protocol {
-                        // Spliced from the room's one encoding, minus our own avatar.
-                        Subprotocol::Binary => {
-                            let mut out = Vec::new();
-                            if !shared.binary().frame_for(own, &mut out) {
-                                continue;
-                            }
-                            Message::Binary(out.into())
-                        }
-                        Subprotocol::Json => match encode(protocol, &shared.message, own) {
-                            Some(frame) => frame,
-                            None => continue,
-                        },
-                    };
-                    if !send_frame(&mut sink, &mut kick_rx, frame, "delta", &counters).await {
-                        return;
-                    }
-                    first_delta.written();
-                }
-                Some(Outbound::Close(code, reason)) => {
-                    send_close(&mut sink, code, reason, CLOSE_SEND_TIMEOUT).await;
-                    return;
-                }
-                None => {
-                    // The reader is done; a kick may still be queued.
-                    if let Ok((code, reason)) = kick_rx.try_recv() {
-                        send_close(&mut sink, code, reason, KICK_SEND_TIMEOUT).await;
-                    } else {
-                        let _ = timeout(CLOSE_SEND_TIMEOUT, sink.close()).await;
-                    }
-                    return;
-                }
+                // A delta sent as a message is a resync.
+                (encode(protocol, &msg, own), msg.type_name(), matches!(msg.as_ref(), ServerMessage::Delta(_)))
             }
+            Some(Outbound::Delta(shared)) => {
+                let frame = match protocol {
+                    // Spliced from the room's one encoding, minus our own avatar.
+                    Subprotocol::Binary => {
+                        let mut out = Vec::new();
+                        shared.binary().frame_for(own, &mut out).then(|| Message::Binary(out.into()))
+                    }
+                    Subprotocol::Json => encode(protocol, &shared.message, own),
+                };
+                (frame, "delta", true)
+            }
+            Some(Outbound::Close(code, reason)) => {
+                if unflushed > 0 && !flush(&mut sink, &mut kick_rx).await {
+                    return;
+                }
+                send_close(&mut sink, code, reason, CLOSE_SEND_TIMEOUT).await;
+                return;
+            }
+            None => {
+                // The reader is done; a kick may still be queued.
+                if unflushed > 0 && !flush(&mut sink, &mut kick_rx).await {
+                    return;
+                }
+                if let Ok((code, reason)) = kick_rx.try_recv() {
+                    send_close(&mut sink, code, reason, KICK_SEND_TIMEOUT).await;
+                } else {
+                    let _ = timeout(CLOSE_SEND_TIMEOUT, sink.close()).await;
+                }
+                return;
+            }
+        };
+        if let Some(frame) = frame {
+            if !feed_frame(&mut sink, &mut kick_rx, frame, type_name, &counters).await {
+                return;
+            }
+            unflushed += 1;
+            delta_unflushed |= is_delta;
+        }
+        if unflushed > 0 && (out_rx.is_empty() || unflushed >= MAX_FRAMES_PER_WRITE) {
+            if !flush(&mut sink, &mut kick_rx).await {
+                return;
+            }
+            if delta_unflushed {
+                first_delta.written();
+            }
+            (unflushed, delta_unflushed) = (0, false);
         }
     }
 }

@@ -79,7 +79,10 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         span.record("otel.kind", "server");
         crate::otel::set_remote_parent(&span, req.headers());
     }
+    let (method, route) = (req.method().clone(), route_of(req.uri().path()));
     let mut response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let method = ROUTES.iter().find(|(m, r)| *r == route && *m == method.as_str()).map_or("other", |(m, _)| *m);
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route, "method" => method, "status" => crate::metrics::status_class(response.status().as_u16())).increment(1);
     if crate::otel::enabled() {
         span.record("http.response.status_code", response.status().as_u16());
         if response.status().is_server_error() {
@@ -90,10 +93,26 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     response
 }
 
-/// The route a path matched, for span names (no ids in them).
+/// Every (method, route) the router answers, plus what anything else is
+/// counted as: the labels of `plaza_http_requests_total`.
+pub const ROUTES: [(&str, &str); 11] = [
+    ("GET", "/health"),
+    ("GET", "/ready"),
+    ("GET", "/metrics"),
+    ("POST", "/api/v1/auth/guest"),
+    ("POST", "/api/v1/auth/refresh"),
+    ("GET", "/api/v1/rooms"),
+    ("POST", "/api/v1/rooms"),
+    ("GET", "/api/v1/rooms/{id}/chat"),
+    ("POST", "/api/v1/telemetry"),
+    ("GET", "/ws"),
+    ("other", "(unmatched)"),
+];
+
+/// The route a path matched, for span names and metric labels (no ids in
+/// them).
 fn route_of(path: &str) -> &'static str {
-    const ROUTES: [&str; 8] = ["/health", "/ready", "/metrics", "/api/v1/auth/guest", "/api/v1/auth/refresh", "/api/v1/rooms", "/api/v1/telemetry", "/ws"];
-    if let Some(route) = ROUTES.iter().find(|r| **r == path) {
+    if let Some((_, route)) = ROUTES.iter().find(|(_, r)| *r == path) {
         return route;
     }
     match path.strip_prefix("/api/v1/rooms/").and_then(|rest| rest.strip_suffix("/chat")) {

@@ -30,6 +30,9 @@ pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 /// Tasks alive on the server's tokio runtime: back to its idle level after
 /// the users leave, or something leaks (the soak checks it).
 pub const RUNTIME_TASKS: &str = "plaza_runtime_alive_tasks";
+/// HTTP requests answered, by `route` (the pattern, never an id), `method`
+/// and `status` class (`2xx` … `5xx`): the HTTP side of the error rate.
+pub const HTTP_REQUESTS: &str = "plaza_http_requests_total";
 
 /// How often histogram samples are folded into their buckets.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -87,12 +90,13 @@ fn describe() {
     describe_counter!(CLIENT_REPORTS, "client telemetry reports accepted");
     describe_counter!(CLIENT_REPORTS_DROPPED, "client telemetry reports the clients say they dropped");
     describe_gauge!(RUNTIME_TASKS, "tasks alive on the server's tokio runtime");
+    describe_counter!(HTTP_REQUESTS, "HTTP answers by route pattern, method and status class");
 }
 
 /// Every metric `/metrics` shows from start-up: the contract's and the
 /// server's own (process CPU and memory are added at each scrape, on Linux;
 /// `plaza_client_frame_seconds` by [`crate::telemetry::render_frames`]).
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 21] = [
     ROOMS_ACTIVE,
     ROOM_USERS,
     WS_CONNECTIONS,
@@ -113,7 +117,21 @@ pub const ALL: [&str; 20] = [
     PROCESS_CPU,
     PROCESS_RSS,
     RUNTIME_TASKS,
+    HTTP_REQUESTS,
 ];
+
+/// `status` label values of `plaza_http_requests_total`.
+pub const HTTP_STATUS_CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// The status class label of an HTTP status.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        500.. => "5xx",
+        400..=499 => "4xx",
+        300..=399 => "3xx",
+        _ => "2xx",
+    }
+}
 
 /// `type` label values of `plaza_ws_messages_total{direction="in"}`: every
 /// [`ClientMessage::type_name`](plaza_shared::messages::ClientMessage::type_name).
@@ -146,6 +164,11 @@ fn register_zeros() {
         counter!(WS_DROPPED, "reason" => reason).increment(0);
     }
     counter!(RATE_LIMITED).increment(0);
+    for (method, route) in crate::http::ROUTES {
+        for status in HTTP_STATUS_CLASSES {
+            counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status).increment(0);
+        }
+    }
     for name in [ROOMS_ACTIVE, WS_CONNECTIONS, VOICE_STREAMS, RUNTIME_TASKS] {
         gauge!(name).increment(0.0);
     }

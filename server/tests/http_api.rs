@@ -45,3 +45,31 @@ async fn every_response_carries_a_request_id() {
     let (_, head, _) = server.http("GET", "/health", "", &[("x-request-id", &too_long)]).await;
     assert!(!head.contains(&too_long), "an invalid id is replaced");
 }
+
+/// The HTTP side of the error rate: every answer is counted by route pattern
+/// (never an id), method and status class.
+#[tokio::test]
+async fn every_answer_is_counted_by_route_method_and_status_class() {
+    let server = TestServer::start().await;
+    let count = |text: &str, series: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    };
+    let series = [
+        r#"plaza_http_requests_total{route="/health",method="GET",status="2xx"}"#,
+        r#"plaza_http_requests_total{route="/api/v1/auth/guest",method="POST",status="4xx"}"#,
+        r#"plaza_http_requests_total{route="/api/v1/rooms/{id}/chat",method="GET",status="4xx"}"#,
+        r#"plaza_http_requests_total{route="(unmatched)",method="other",status="4xx"}"#,
+    ];
+    let (_, _, before) = server.http("GET", "/metrics", "", &[]).await;
+    let before: Vec<f64> = series.iter().map(|s| count(&before, s)).collect();
+    assert_eq!(server.http("GET", "/health", "", &[]).await.0, 200);
+    assert_eq!(server.http("POST", "/api/v1/auth/guest", "not json", &[]).await.0, 400);
+    assert_eq!(server.http("GET", "/api/v1/rooms/no_such_room/chat", "", &[]).await.0, 404);
+    assert_eq!(server.http("GET", "/u_secret_id", "", &[]).await.0, 404);
+    let (_, _, after) = server.http("GET", "/metrics", "", &[]).await;
+    for (s, b) in series.iter().zip(before) {
+        // Other tests in this binary share the recorder: at least ours.
+        assert!(count(&after, s) >= b + 1.0, "{s}: {b} → {}", count(&after, s));
+    }
+    assert!(!after.contains("no_such_room") && !after.contains("u_secret_id"), "no ids in labels");
+}

@@ -84,6 +84,11 @@ async fn a_fresh_server_lists_every_metric_and_series_at_zero() {
             }
         }
     }
+    for (method, route) in plaza_server::http::ROUTES {
+        for status in m::HTTP_STATUS_CLASSES {
+            series.push(format!("plaza_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}}"));
+        }
+    }
     for s in &series {
         assert!(has(s), "{s} missing:\n{text}");
     }
