@@ -162,7 +162,11 @@ impl Task {
         let url = format!("{}/ws", self.config.server.replacen("http://", "ws://", 1));
         let mut request = url.as_str().into_client_request().map_err(|e| format!("{url}: {e}"))?;
         request.headers_mut().insert("sec-websocket-protocol", Subprotocol::Binary.name().parse().expect("header value"));
-        let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
+        // No Nagle: a pose must not wait for the server's ACK of the one
+        // before (up to a delayed-ACK timeout, 40 ms on Linux). A 4 KiB read
+        // buffer: tungstenite's default 128 KiB is zero-filled on every read.
+        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+        let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_with_config(request, Some(config), true))
             .await
             .map_err(|_| format!("{url}: no answer within {CONNECT_TIMEOUT:?}"))?
             .map_err(|e| format!("{url}: {e}"))?;
