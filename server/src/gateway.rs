@@ -98,7 +98,7 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
     let link = MemberLink { outbound: out_tx, kick: kick_tx };
 
     let hello = trace.hello();
-    let handshake = tracing::Instrument::instrument(handshake(&mut stream, protocol, &state, &link), hello.clone()).await;
+    let handshake = tracing::Instrument::instrument(handshake(&mut stream, protocol, &state, &link, &counters), hello.clone()).await;
     let mut session = match handshake {
         Ok(mut session) => {
             trace.welcomed(&hello, &session.claims.sub, &session.id);
@@ -372,9 +372,9 @@ fn read(protocol: Subprotocol, frame: Option<Result<Message, axum::Error>>, coun
     }
 }
 
-async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState, link: &MemberLink) -> Result<Session, (u16, &'static str)> {
+async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState, link: &MemberLink, counters: &HotCounters) -> Result<Session, (u16, &'static str)> {
     let first = timeout(Duration::from_millis(HELLO_TIMEOUT_MS), stream.next()).await.map_err(|_| (close::BAD_HELLO, "no hello within 5 s"))?;
-    let hello = match read(protocol, first, &HotCounters::new()) {
+    let hello = match read(protocol, first, counters) {
         Incoming::Message(ClientMessage::Hello(h)) => h,
         Incoming::TooLarge => return Err((close::TOO_LARGE, "message too large")),
         Incoming::Closed | Incoming::Dropped => return Err((close::BAD_HELLO, "closed before hello")),

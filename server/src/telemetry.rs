@@ -8,10 +8,9 @@
 //!   bucket counts is added to the same bucket here, so `_bucket` and
 //!   `_count` are exactly the clients' frame counts, at a cost per report
 //!   that doesn't grow with its frames (it is kept here, not in the metrics
-//!   recorder: see [`render_frames`]). `_sum` adds, for each bucket's frames,
-//!   a time inside that bucket, placed so that a report's frames add up to
-//!   its `interval_s` where the counts allow it: the clients' frame time
-//!   (see [`bucket_values_s`]).
+//!   recorder: see [`render_frames`]). `_sum` adds each report's
+//!   `interval_s`, the sum of its frame times, held to what its bucket
+//!   counts allow (see [`frame_time_s`]).
 //! - `plaza_client_fps{preset,platform}`: one sample per report, its mean
 //!   frame rate.
 //! - `plaza_client_frames_over_budget_total{preset,platform}`,
@@ -170,14 +169,12 @@ impl FrameCell {
     }
 
     fn add(&self, report: &TelemetryReport) {
-        let mut sum_s = 0.0;
-        for ((bucket, &count), value) in self.buckets.iter().zip(&report.bucket_counts).zip(bucket_values_s(report)) {
+        for (bucket, &count) in self.buckets.iter().zip(&report.bucket_counts) {
             if count > 0 {
                 bucket.fetch_add(count, Ordering::Relaxed);
-                sum_s += value * count as f64;
             }
         }
-        self.sum_ns.fetch_add((sum_s * 1e9).round() as u64, Ordering::Relaxed);
+        self.sum_ns.fetch_add((frame_time_s(report) * 1e9).round() as u64, Ordering::Relaxed);
     }
 }
 
@@ -206,36 +203,22 @@ pub fn render_frames(out: &mut String) {
     out.push('\n');
 }
 
-/// The frame time (s) counted for each bucket's frames: inside the bucket
-/// (above its lower bound, at most its upper), so every count lands in its
-/// own bucket. The overflow bucket's upper end is the report's `max`.
-///
-/// One fraction `a` places every bucket's value at `lo + a·(hi − lo)`,
-/// chosen so the values times the counts add up to `interval_s` (the sum of
-/// the interval's frame times): `_sum / _count` is then the clients' mean
-/// frame time. Where the counts can't reach `interval_s` the fraction is
-/// clamped, and the values sit at a bucket edge.
-pub fn bucket_values_s(report: &TelemetryReport) -> [f64; FRAME_BUCKET_COUNT] {
+/// The report's frame time (s) for `_sum`: its `interval_s` (the sum of
+/// its frame times), held between the least and the most its bucket counts
+/// allow (every frame at its bucket's lower or upper bound; the overflow
+/// bucket ends at the report's `max`), so a report can't move `_sum / _count`
+/// outside its own buckets.
+pub fn frame_time_s(report: &TelemetryReport) -> f64 {
     let bounds = frame_bounds_s();
     let last = bounds[bounds.len() - 1];
-    let edges = |i: usize| -> (f64, f64) {
+    let (mut least, mut most) = (0.0, 0.0);
+    for (i, &count) in report.bucket_counts.iter().enumerate() {
         let lo = if i == 0 { 0.0 } else { bounds[i - 1] };
-        let hi = if i < bounds.len() { bounds[i] } else { (report.frame_ms.max / 1000.0).max(last) };
-        (lo, hi)
-    };
-    let (mut floor, mut span) = (0.0, 0.0);
-    for (i, &count) in report.bucket_counts.iter().enumerate().take(FRAME_BUCKET_COUNT) {
-        let (lo, hi) = edges(i);
-        floor += count as f64 * lo;
-        span += count as f64 * (hi - lo);
+        let hi = bounds.get(i).copied().unwrap_or((report.frame_ms.max / 1000.0).max(last));
+        least += count as f64 * lo;
+        most += count as f64 * hi;
     }
-    let a = if span > 0.0 { ((report.interval_s - floor) / span).clamp(0.0, 1.0) } else { 1.0 };
-    std::array::from_fn(|i| {
-        let (lo, hi) = edges(i);
-        let value = (lo + a * (hi - lo)).min(hi);
-        // Strictly above the lower bound, which belongs to the bucket below.
-        if value > lo { value } else { lo + lo.max(1e-6) * 1e-9 }
-    })
+    report.interval_s.clamp(least, most)
 }
 
 #[cfg(test)]
@@ -251,10 +234,6 @@ mod tests {
         agg.take(QualityPreset::High, "test", 0, 0).expect("frames")
     }
 
-    fn bucket_of_s(value_s: f64) -> usize {
-        frame_bounds_s().iter().position(|&b| value_s <= b).unwrap_or(FRAME_BUCKETS_MS.len())
-    }
-
     #[test]
     fn bounds_print_as_the_decimals() {
         let printed: Vec<String> = frame_bounds_s().iter().map(|b| b.to_string()).collect();
@@ -264,16 +243,11 @@ mod tests {
     }
 
     #[test]
-    fn each_value_falls_in_its_own_bucket_and_the_sum_is_the_interval() {
+    fn the_frame_time_is_the_interval_where_the_buckets_allow_it() {
         let mut times = vec![10.0; 50];
         times.extend([16.7, 16.0, 4.0, 0.5, 33.3, 700.0, 45.0, 120.0]);
         let r = report(&times);
-        let values = bucket_values_s(&r);
-        for (i, v) in values.iter().enumerate() {
-            assert_eq!(bucket_of_s(*v), i, "bucket {i}: {v}");
-        }
-        let sum: f64 = values.iter().zip(&r.bucket_counts).map(|(v, &c)| v * c as f64).sum();
-        assert!((sum - r.interval_s).abs() < 1e-9, "sum {sum} vs interval {}", r.interval_s);
+        assert!((frame_time_s(&r) - r.interval_s).abs() < 1e-9, "{} vs interval {}", frame_time_s(&r), r.interval_s);
         // The frames agree with the shared bucketing.
         for &t in &times {
             assert!(r.bucket_counts[bucket_of(t)] > 0);
@@ -281,18 +255,19 @@ mod tests {
     }
 
     #[test]
-    fn values_stay_inside_their_buckets_when_the_interval_cannot_be_met() {
+    fn an_interval_the_buckets_cannot_hold_is_held_to_them() {
+        // Ten frames of 8–11.1 ms add up to 80–111 ms, whatever the report says.
         let mut r = report(&[10.0; 10]);
-        for interval in [1e-3, 60.0] {
-            r.interval_s = interval;
-            let values = bucket_values_s(&r);
-            for (i, v) in values.iter().enumerate() {
-                assert_eq!(bucket_of_s(*v), i, "interval {interval}, bucket {i}: {v}");
-            }
-        }
-        // An overflow frame in a report whose max says otherwise still overflows.
-        r.frame_ms.max = 1.0;
-        assert_eq!(bucket_of_s(bucket_values_s(&r)[FRAME_BUCKETS_MS.len()]), FRAME_BUCKETS_MS.len());
+        r.interval_s = 1e-3;
+        assert!((frame_time_s(&r) - 0.080).abs() < 1e-12, "{}", frame_time_s(&r));
+        r.interval_s = 60.0;
+        assert!((frame_time_s(&r) - 0.111).abs() < 1e-12, "{}", frame_time_s(&r));
+        // An overflow frame's time reaches up to the report's max, no less than 500 ms.
+        let mut slow = report(&[700.0]);
+        slow.interval_s = 60.0;
+        assert!((frame_time_s(&slow) - 0.7).abs() < 1e-9, "{}", frame_time_s(&slow));
+        slow.frame_ms.max = 1.0;
+        assert!((frame_time_s(&slow) - 0.5).abs() < 1e-9, "{}", frame_time_s(&slow));
     }
 
     #[test]
