@@ -61,7 +61,11 @@ async fn run_bot(state: AppState, room_name: &str, i: u32) -> Result<(), crate::
     let occupant = Occupant { user_id: user_id.clone(), name: name.clone(), session: format!("bot-{i}").into(), conn: 0 };
     let seat = room.join(occupant, bot_pose(i, 0.0), MemberLink { outbound, kick }).await?;
     let started = tokio::time::Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_millis(1000 / POSE_HZ));
+    // Staggered over the pose period: bots that all moved at the same
+    // instant made every other room tick carry all of them and the next
+    // none (10 deltas a second in bursts instead of 20 smooth ones).
+    let period = Duration::from_millis(1000 / POSE_HZ);
+    let mut ticker = tokio::time::interval_at(started + period.mul_f64(f64::from(i * 37 % 100) / 100.0), period);
     let mut closing = state.closing.clone();
     // Each bot chats every 30–60 s, staggered.
     let mut next_chat = started + Duration::from_secs(30 + u64::from(i * 7 % 30));
