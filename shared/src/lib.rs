@@ -18,6 +18,7 @@ pub mod flags;
 pub mod limits;
 pub mod lod;
 pub mod messages;
+pub mod pacing;
 pub mod pose;
 pub mod quality;
 pub mod rng;

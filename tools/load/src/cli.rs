@@ -34,6 +34,26 @@ pub enum Command {
     Ladder(LadderArgs),
 }
 
+/// When a simulated user sends its pose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SendAt {
+    /// Just before the room's next tick.
+    #[default]
+    Tick,
+    /// At the user's own random phase.
+    Random,
+}
+
+impl SendAt {
+    pub fn name(self) -> &'static str {
+        match self {
+            SendAt::Tick => "tick",
+            SendAt::Random => "random",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProtocolArg {
     /// plaza.v1.bin, the compact form the client uses
@@ -90,6 +110,12 @@ pub struct RunArgs {
     /// Each user pings this often, in seconds.
     #[arg(long, default_value = "5", value_parser = parse_ping)]
     pub ping_every: f64,
+    /// When users send their poses: `tick`, just before the room's next tick
+    /// (as the client does; the phase is learnt from the deltas' arrivals),
+    /// or `random`, at a random phase of their own (clients that don't align).
+    /// `tick` applies at --rate up to the tick rate (20); above it, `random`.
+    #[arg(long, value_enum, default_value = "tick")]
+    pub send_at: SendAt,
     /// After --duration, keep reading this many seconds for poses still in
     /// flight (0.2–120). Raise it behind a slow link or the fault proxy:
     /// poses that arrive later count as lost. [default: 1]
@@ -147,6 +173,7 @@ pub struct RunConfig {
     /// `None`: no chat.
     pub chat_every: Option<Duration>,
     pub ping_every: Duration,
+    pub send_at: SendAt,
     /// How long to keep reading after the users stop sending.
     pub drain: Duration,
     pub progress: bool,
@@ -190,6 +217,7 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
         out: args.out,
         chat_every: (args.chat_every > 0.0).then(|| Duration::from_secs_f64(args.chat_every)),
         ping_every: Duration::from_secs_f64(args.ping_every),
+        send_at: args.send_at,
         drain: Duration::from_secs_f64(args.drain),
         progress: !args.quiet,
         faults: if args.faults.any() { Some(validate_faults(&args.faults)?) } else { None },
@@ -435,6 +463,9 @@ pub struct LadderArgs {
     /// A target stops climbing after a step with p99 above this [default: 3 × the limit].
     #[arg(long, value_parser = parse_limit)]
     pub stop_above_ms: Option<f64>,
+    /// When users send their poses (see `plaza-load run --help`).
+    #[arg(long, value_enum, default_value = "tick")]
+    pub send_at: SendAt,
     /// Where the socket.io peer is (server.js and node_modules).
     #[arg(long, default_value = "tools/peers/socketio")]
     pub peer_dir: PathBuf,
@@ -482,6 +513,7 @@ pub fn validate_ladder(args: LadderArgs) -> Result<LadderConfig, String> {
         steps: args.steps,
         users_per_room: args.users_per_room,
         rate_hz: args.rate,
+        send_at: args.send_at,
         step_duration: Duration::from_secs(args.step_duration),
         ramp: Duration::from_secs_f64(ramp),
         p99_limit_ms: args.p99_limit_ms,

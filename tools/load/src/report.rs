@@ -97,6 +97,9 @@ pub struct RunResult {
     pub users_per_room: u32,
     pub ramp_s: f64,
     pub protocol: String,
+    /// When users sent their poses: `tick` (just before the room's tick)
+    /// or `random`.
+    pub send_at: String,
     pub tag: String,
     pub started_unix_ms: u64,
     /// Users that got into their room.
@@ -126,6 +129,9 @@ pub struct RunResult {
     pub pose_rate_hz: f64,
     pub expected: u64,
     pub received: u64,
+    /// Poses overwritten at the server by a newer one before a tick took
+    /// them, whose latency was taken when the newer one arrived.
+    pub superseded: u64,
     pub lost: u64,
     pub pairs_with_loss: u64,
     pub misrouted: u64,
@@ -333,13 +339,14 @@ pub fn html(r: &RunResult) -> String {
         percentile_row(&mut h, "reconnect: hello → state back", &r.restore_ms);
         percentile_row(&mut h, "reconnect: socket lost → state back", &r.outage_ms);
     }
-    h.push_str("</table><p class=\"note\">End to end: the receiver's clock when a delta arrives minus the pose's <code>t</code> (the sender's clock when it sent it; same machine). Net: less the wait from sending to the room's next tick, estimated from the room's tick grid (see docs/load.md).</p>");
+    h.push_str("</table><p class=\"note\">End to end: the receiver's clock when a delta arrives minus the pose's <code>t</code> (the sender's clock when it sent it; same machine); a pose superseded at the server by a newer one is timed by the newer one's arrival. Net: less the wait from sending to the room's next tick, estimated from the room's tick grid (see docs/load.md).</p>");
 
     h.push_str("<h2>Delivery</h2><table>");
     row(&mut h, "poses sent", r.poses_sent);
     row(&mut h, "pose rate achieved per user (Hz)", format!("{:.2} of {}", r.pose_rate_hz, r.rate_hz));
     row(&mut h, "expected (pose × receiver)", r.expected);
     row(&mut h, "received", r.received);
+    row(&mut h, "superseded (timed by the newer pose's arrival)", r.superseded);
     row(&mut h, "lost", r.lost);
     row(&mut h, "pairs with a loss", r.pairs_with_loss);
     row(&mut h, "misrouted", r.misrouted);

@@ -10,7 +10,7 @@ use crate::names::{UserKey, room_name, run_tag, user_name};
 use crate::proxy::{Proxy, StatsSnapshot};
 use crate::report::{AnomalyCounts, FaultStats, LoadToolStats, RunResult, ServerStats};
 use crate::server::{EmbeddedServer, Sampler, ServerError};
-use crate::user::{self, Env, Phase, Plan, RoomClocks, UserReport};
+use crate::user::{self, Env, Phase, Plan, RoomClocks, SentPoses, UserReport};
 use plaza_shared::limits::DEFAULT_ROOM_CAPACITY;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -172,6 +172,8 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         epoch,
         counters: counters.clone(),
         clocks: RoomClocks::new(cfg.rooms),
+        sent: SentPoses::new(cfg.rooms, cfg.users_per_room),
+        send_at: cfg.send_at,
         gap_ms,
         // A segment in flight when a socket is cut may have waited the
         // proxy's delay, its jitter and a loss stall.
@@ -308,7 +310,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
     let mut restores_over_2s = 0;
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut anomalies = AnomalyCounts { gap_ms, ..AnomalyCounts::default() };
-    let (mut misrouted, mut reconnects, mut bytes_in, mut bytes_out, mut in_room_us, mut joined, mut poses_sent) = (0, 0, 0, 0, 0, 0, 0);
+    let (mut misrouted, mut reconnects, mut bytes_in, mut bytes_out, mut in_room_us, mut joined, mut poses_sent, mut superseded) = (0, 0, 0, 0, 0, 0, 0, 0);
     for r in reports {
         r.join_us.iter().for_each(|&v| join.record(v));
         r.auth_us.iter().for_each(|&v| auth.record(v));
@@ -332,6 +334,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         in_room_us += r.in_room_us;
         joined += u64::from(r.receiver.from_ms.is_some());
         poses_sent += r.sender.poses.len() as u64;
+        superseded += r.superseded;
     }
     for (kind, n) in [("unknown_avatar", anomalies.unknown_avatar), ("stale_pose", anomalies.stale), ("user_stuck", stuck)] {
         if n > 0 {
@@ -424,6 +427,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         users_per_room: cfg.users_per_room,
         ramp_s: round3(cfg.ramp.as_secs_f64()),
         protocol: cfg.wire.name().into(),
+        send_at: cfg.send_at.name().into(),
         users_joined: joined,
         latency_ms: collected.e2e.summary_ms(),
         latency_net_ms: collected.net.summary_ms(),
@@ -439,6 +443,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         pose_rate_hz,
         expected: poses.expected,
         received: poses.received,
+        superseded,
         lost: poses.lost,
         pairs_with_loss: poses.pairs_with_loss,
         misrouted,

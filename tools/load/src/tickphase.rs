@@ -20,80 +20,7 @@
 //! and its net latency is `arrival − tick`, the same for every pose of the
 //! delta.
 
-/// Bins over one tick period.
-const BINS: usize = 100;
-/// No estimate before this many deltas.
-const MIN_OBSERVATIONS: u64 = 20;
-/// Recompute the estimate after this many new observations.
-const RECOMPUTE_EVERY: u32 = 32;
-
-#[derive(Debug, Clone)]
-pub struct TickPhase {
-    period_us: u64,
-    bins: [u32; BINS],
-    observed: u64,
-    since: u32,
-    cached: Option<u64>,
-}
-
-impl TickPhase {
-    pub fn new(period_us: u64) -> Self {
-        TickPhase { period_us: period_us.max(BINS as u64), bins: [0; BINS], observed: 0, since: 0, cached: None }
-    }
-
-    pub fn period_us(&self) -> u64 {
-        self.period_us
-    }
-
-    /// A delta of this room arrived at `arrival_us` (Unix µs).
-    pub fn observe(&mut self, arrival_us: u64) {
-        let bin = ((arrival_us % self.period_us) * BINS as u64 / self.period_us) as usize;
-        self.bins[bin.min(BINS - 1)] = self.bins[bin.min(BINS - 1)].saturating_add(1);
-        self.observed += 1;
-        self.since += 1;
-    }
-
-    /// The grid's phase (µs into the period), once enough deltas were seen
-    /// and their arrivals leave a gap to find.
-    pub fn phase_us(&mut self) -> Option<u64> {
-        if self.observed < MIN_OBSERVATIONS {
-            return None;
-        }
-        if self.cached.is_none() || self.since >= RECOMPUTE_EVERY {
-            self.cached = estimate(&self.bins).map(|bin| bin as u64 * self.period_us / BINS as u64);
-            self.since = 0;
-        }
-        self.cached
-    }
-}
-
-/// The first bin after the longest circular run of the least-filled bins.
-fn estimate(bins: &[u32; BINS]) -> Option<usize> {
-    let low = *bins.iter().min()?;
-    if bins.iter().all(|&c| c == low) {
-        return None; // no structure at all
-    }
-    let (mut best_len, mut best_end) = (0, 0);
-    let mut run = 0;
-    for i in 0..2 * BINS {
-        if bins[i % BINS] == low {
-            run += 1;
-            if run > best_len && run <= BINS {
-                best_len = run;
-                best_end = i % BINS;
-            }
-        } else {
-            run = 0;
-        }
-    }
-    Some((best_end + 1) % BINS)
-}
-
-/// The first grid point (`phase + n · period`) at or after `t_us`.
-pub fn tick_at_or_after(t_us: u64, phase_us: u64, period_us: u64) -> u64 {
-    let offset = (phase_us % period_us + period_us - t_us % period_us) % period_us;
-    t_us + offset
-}
+pub use plaza_shared::pacing::{TickPhase, tick_at_or_after};
 
 /// The wait and net split of one delta's latency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,43 +44,6 @@ pub fn split(arrival_us: u64, newest_t_ms: u64, phase_us: u64, period_us: u64, m
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_phase_is_where_arrivals_start_after_the_quiet_part() {
-        let period = 50_000;
-        let mut p = TickPhase::new(period);
-        // Ticks at 12 ms into each period; deliveries 0.3–4 ms later.
-        for n in 0..200u64 {
-            let arrival = 1_000_000_000 + n * period + 12_000 + 300 + (n * 37 % 3_700);
-            p.observe(arrival);
-        }
-        let phase = p.phase_us().expect("enough deltas");
-        assert!((11_500..=12_300).contains(&phase), "{phase}");
-    }
-
-    #[test]
-    fn the_phase_wraps_around_the_period() {
-        let period = 50_000;
-        let mut p = TickPhase::new(period);
-        // Ticks at 49 ms; deliveries land on both sides of the period's end.
-        for n in 0..200u64 {
-            p.observe(n * period + 49_000 + 200 + (n * 53 % 2_500));
-        }
-        let phase = p.phase_us().expect("enough deltas");
-        assert!((48_500..=49_200).contains(&phase), "{phase}");
-    }
-
-    #[test]
-    fn too_few_or_shapeless_arrivals_give_no_phase() {
-        let mut p = TickPhase::new(50_000);
-        p.observe(1);
-        assert_eq!(p.phase_us(), None);
-        let mut flat = TickPhase::new(50_000);
-        for i in 0..100u64 {
-            flat.observe(i * 500);
-        }
-        assert_eq!(flat.phase_us(), None);
-    }
 
     #[test]
     fn the_tick_is_the_first_grid_point_after_the_newest_pose() {

@@ -112,7 +112,9 @@ impl Tracker {
 
     /// A delta: `left`, then `joined`, then poses. Pushes onto `poses` the
     /// `(sender, t)` of every pose from a user of this room.
-    pub fn on_delta(&mut self, delta: &Delta, poses: &mut Vec<(UserKey, u64)>) {
+    /// Appends `(sender, t, the sender's t before it)` for every new pose
+    /// (0: the first from that sender).
+    pub fn on_delta(&mut self, delta: &Delta, poses: &mut Vec<(UserKey, u64, u64)>) {
         for id in &delta.left {
             self.avatars.remove(id);
         }
@@ -146,9 +148,10 @@ impl Tracker {
             if stats.max_t > 0 && t - stats.max_t > self.gap_ms {
                 self.anomalies.gaps += 1;
             }
+            let before = stats.max_t;
             stats.max_t = t;
             stats.received += 1;
-            poses.push((key, t));
+            poses.push((key, t, before));
         }
     }
 

@@ -13,6 +13,7 @@
 
 use crate::collect::{BATCH_EVERY, BATCH_MAX, Batch, Counters};
 use crate::delivery::{Away, ReceiverLog, SenderLog, SentChat};
+use crate::cli::SendAt;
 use crate::names::UserKey;
 use plaza_shared::rng::SplitMix;
 use crate::tickphase::{TickPhase, split};
@@ -23,6 +24,7 @@ use plaza_shared::limits::{PROTOCOL_VERSION, TICK_HZ};
 use plaza_shared::messages::*;
 use plaza_shared::pose::Pose;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
@@ -83,6 +85,76 @@ impl RoomClocks {
     }
 }
 
+/// How many of a user's latest pose stamps its receivers can look up.
+const SENT_RING: usize = 64;
+
+/// Each user's latest pose stamps, written by that user and read by its
+/// receivers. The server keeps only the newest pose of a seat between two
+/// ticks (the contract), so a pose overwritten by a newer one never
+/// arrives; without these its latency would go unmeasured, and it is most
+/// often a late one. A receiver that sees a sender's `t` jump looks up the
+/// stamps in between and times them by the newer pose's arrival.
+#[derive(Debug)]
+pub struct SentPoses {
+    users_per_room: u32,
+    rings: Vec<SentRing>,
+}
+
+#[derive(Debug)]
+struct SentRing {
+    next: AtomicUsize,
+    /// Poses up to this `t` went into a socket that was cut: they are
+    /// excused (see the delivery accounting), not superseded.
+    cut_until: AtomicU64,
+    stamps: [AtomicU64; SENT_RING],
+}
+
+impl SentPoses {
+    pub fn new(rooms: u32, users_per_room: u32) -> Self {
+        let rings = (0..u64::from(rooms) * u64::from(users_per_room))
+            .map(|_| SentRing { next: AtomicUsize::new(0), cut_until: AtomicU64::new(0), stamps: std::array::from_fn(|_| AtomicU64::new(0)) })
+            .collect();
+        SentPoses { users_per_room, rings }
+    }
+
+    fn ring(&self, key: UserKey) -> Option<&SentRing> {
+        let (room, user) = (key.room.checked_sub(1)?, key.user.checked_sub(1)?);
+        if user >= self.users_per_room {
+            return None;
+        }
+        self.rings.get(room as usize * self.users_per_room as usize + user as usize)
+    }
+
+    /// `key` sent a pose stamped `t` (one writer per ring: the user).
+    fn sent(&self, key: UserKey, t: u64) {
+        if let Some(ring) = self.ring(key) {
+            let next = ring.next.load(Ordering::Relaxed);
+            ring.stamps[next % SENT_RING].store(t, Ordering::Relaxed);
+            ring.next.store(next + 1, Ordering::Release);
+        }
+    }
+
+    /// `key`'s socket was cut after it sent `t`.
+    fn cut(&self, key: UserKey, t: u64) {
+        if let Some(ring) = self.ring(key) {
+            ring.cut_until.fetch_max(t, Ordering::Relaxed);
+        }
+    }
+
+    /// Calls `each` with every stamp `key` sent strictly between `after`
+    /// and `before`, leaving out those that went into a cut socket.
+    pub fn between(&self, key: UserKey, after: u64, before: u64, mut each: impl FnMut(u64)) {
+        let Some(ring) = self.ring(key) else { return };
+        let floor = after.max(ring.cut_until.load(Ordering::Relaxed));
+        for stamp in &ring.stamps {
+            let t = stamp.load(Ordering::Relaxed);
+            if t > floor && t < before {
+                each(t);
+            }
+        }
+    }
+}
+
 /// What every user shares.
 #[derive(Debug)]
 pub struct Env {
@@ -100,6 +172,8 @@ pub struct Env {
     pub epoch: Instant,
     pub counters: Arc<Counters>,
     pub clocks: RoomClocks,
+    pub sent: SentPoses,
+    pub send_at: SendAt,
     /// A sender's `t` jumping by more than this counts as a gap.
     pub gap_ms: u64,
     /// [`GRACE_MS`], plus the fault proxy's delay and stall when there is one.
@@ -137,6 +211,8 @@ pub struct UserReport {
     pub msgs_in: u64,
     /// Time spent in the room, µs.
     pub in_room_us: u64,
+    /// Poses of others superseded at the server, timed by the newer pose.
+    pub superseded: u64,
     pub sender: SenderLog,
     pub receiver: ReceiverLog,
     pub anomalies: Anomalies,
@@ -209,7 +285,13 @@ struct User {
     tracker: Tracker,
     report: UserReport,
     batch: Batch,
-    poses_buf: Vec<(UserKey, u64)>,
+    poses_buf: Vec<(UserKey, u64, u64)>,
+    /// The room's tick grid as deltas arrive (µs into the period), once known.
+    tick_phase_us: Option<u64>,
+    /// How early before the tick our pose leaves (`--send-at tick`).
+    lead: plaza_shared::pacing::SendLead,
+    /// Unix ms of our latest `joined`: poses sent before it are not ours to time.
+    joined_ms: u64,
     last_t: u64,
     chat_seq: u64,
     period_us: u64,
@@ -260,6 +342,9 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         session: None,
         batch: Batch::default(),
         poses_buf: Vec::new(),
+        tick_phase_us: None,
+        lead: plaza_shared::pacing::SendLead::default(),
+        joined_ms: 0,
         last_t: 0,
         chat_seq: 0,
         period_us: 1_000_000 / u64::from(TICK_HZ),
@@ -308,6 +393,7 @@ impl User {
             let end = self.connection(resume.take()).await;
             self.left_room();
             if matches!(end, End::Lost { .. }) {
+                self.env.sent.cut(self.plan.key, self.last_t);
                 // (Our own close noted its start already.)
                 self.conn_end_ms = unix_us() / 1000;
                 if self.sending_since_cut {
@@ -541,10 +627,10 @@ impl User {
 
     async fn relay(&mut self, mut ws: Ws, mut join_sent: Option<Instant>) -> End {
         let pose_every = Duration::from_secs_f64(1.0 / self.env.rate_hz);
-        // A random phase, as real clients have: not in step with the ramp
-        // or the room's tick.
-        let mut poses = tokio::time::interval_at(Instant::now() + pose_every.mul_f64(self.rng.unit()), pose_every);
-        poses.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Until the room's tick is known (and with `--send-at random`), a
+        // random phase: not in step with the ramp or the room's tick.
+        let pose_timer = tokio::time::sleep_until(Instant::now() + pose_every.mul_f64(self.rng.unit()));
+        tokio::pin!(pose_timer);
         let ping_every = self.env.ping_every;
         let mut pings = tokio::time::interval_at(Instant::now() + ping_every.mul_f64(self.rng.unit()), ping_every);
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -598,6 +684,7 @@ impl User {
                         }
                         ServerMessage::Joined(j) => {
                             self.tracker.on_joined(&j);
+                            self.joined_ms = now_us / 1000;
                             if let Some(sent) = join_sent.take() {
                                 self.report.join_us.push(sent.elapsed().as_micros() as u64);
                             }
@@ -642,11 +729,15 @@ impl User {
                     let _ = self.close(ws).await;
                     return End::Lost { resume: None, relogin: false };
                 }
-                _ = poses.tick(), if sending && in_room => {
+                _ = &mut pose_timer, if sending && in_room => {
                     if self.send_pose(&mut ws).await.is_err() {
                         self.error("send");
                         return End::Lost { resume: self.session.clone(), relogin: false };
                     }
+                    let late = Instant::now().saturating_duration_since(pose_timer.deadline());
+                    self.lead.timer_fired(late.as_micros() as u64);
+                    let next = self.next_pose_at(pose_every);
+                    pose_timer.as_mut().reset(next);
                 }
                 _ = pings.tick(), if sending => {
                     let ping = ClientMessage::Ping(Ping { t: unix_us() / 1000 });
@@ -667,12 +758,29 @@ impl User {
         }
     }
 
+    /// When the next pose goes out: `every` from now, or with `--send-at
+    /// tick` (at rates up to the tick rate) the instant nearest that which
+    /// lands the pose in the room just before a tick, as the client does
+    /// (`plaza_shared::pacing`).
+    fn next_pose_at(&self, every: Duration) -> Instant {
+        let plain = Instant::now() + every;
+        let aligned = self.env.send_at == SendAt::Tick && self.env.rate_hz <= f64::from(TICK_HZ);
+        let Some(phase) = self.tick_phase_us.filter(|_| aligned) else { return plain };
+        let now_us = unix_us();
+        let lead = self.lead.lead_us(self.rtt_ewma_us, self.period_us);
+        match plaza_shared::pacing::send_instant(now_us, every.as_micros() as u64, phase, self.period_us, lead) {
+            Some(at_us) => Instant::now() + Duration::from_micros(at_us.saturating_sub(now_us)),
+            None => plain,
+        }
+    }
+
     async fn send_pose(&mut self, ws: &mut Ws) -> Result<(), ()> {
         // `t` strictly increases, so a receiver's newest `t` names one pose.
         let t = (unix_us() / 1000).max(self.last_t + 1);
         let pose = self.walk.pose(self.env.epoch.elapsed().as_secs_f64());
         self.send(ws, &ClientMessage::Pose(PoseUpdate { t, pose })).await?;
         self.last_t = t;
+        self.env.sent.sent(self.plan.key, t);
         self.sending_since_cut = true;
         self.report.sender.poses.push(t);
         Counters::add(&self.env.counters.poses_sent, 1);
@@ -770,6 +878,10 @@ impl User {
         poses.clear();
         self.tracker.on_delta(delta, &mut poses);
         let phase = self.env.clocks.observe(self.plan.key.room, now_us, self.period_us);
+        if let Some(phase) = phase {
+            self.tick_phase_us = Some(phase);
+            self.lead.observe(now_us, phase, self.period_us);
+        }
         if !poses.is_empty() {
             let second = self.env.epoch.elapsed().as_secs() as u32;
             if second != self.batch.second && !self.batch.is_empty() {
@@ -781,17 +893,27 @@ impl User {
                 self.latency_peak_ms = [0, if window == self.latency_window + 1 { self.latency_peak_ms[0] } else { 0 }];
                 self.latency_window = window;
             }
-            for &(_, t) in &poses {
+            // A sender's `t` moving on by more than this may hide superseded poses.
+            let jump_ms = (1500.0 / self.env.rate_hz) as u64;
+            let mut timed = poses.len();
+            for &(key, t, before) in &poses {
                 let e2e_us = now_us.saturating_sub(t.saturating_mul(1000));
                 self.latency_peak_ms[0] = self.latency_peak_ms[0].max(e2e_us / 1000);
-
                 self.batch.e2e_us.push(clamp_u32(e2e_us));
+                if before > 0 && t - before > jump_ms {
+                    let (batch, superseded) = (&mut self.batch, &mut self.report.superseded);
+                    self.env.sent.between(key, before.max(self.joined_ms), t, |older| {
+                        batch.e2e_us.push(clamp_u32(now_us.saturating_sub(older.saturating_mul(1000))));
+                        *superseded += 1;
+                        timed += 1;
+                    });
+                }
             }
-            if let (Some(phase), Some(newest)) = (phase, poses.iter().map(|&(_, t)| t).max()) {
+            if let (Some(phase), Some(newest)) = (phase, poses.iter().map(|&(_, t, _)| t).max()) {
                 // A pose reaches the room in about half a round trip.
                 let margin_us = 1_000 + self.rtt_ewma_us / 2;
                 let net = clamp_u32(split(now_us, newest, phase, self.period_us, margin_us).net_us);
-                self.batch.net_us.extend(std::iter::repeat_n(net, poses.len()));
+                self.batch.net_us.extend(std::iter::repeat_n(net, timed));
             }
             if self.batch.len() >= BATCH_MAX {
                 self.flush().await;
@@ -881,3 +1003,4 @@ mod tests {
         assert!(dot > 0.95, "{dot}");
     }
 }
+
