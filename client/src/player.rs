@@ -12,7 +12,6 @@ use crate::quality::MainCamera;
 use bevy::input::mouse::AccumulatedMouseMotion;
 use bevy::prelude::*;
 use plaza_shared::pose::Pose;
-use std::time::Duration;
 
 /// Where the player starts: south of the fountain, facing it.
 pub const START: Vec3 = Vec3::new(0.0, 0.0, 18.0);
@@ -144,18 +143,18 @@ fn follow(control: Res<PlayerControl>, player: Query<(&LocalPlayer, &Transform),
     }
 }
 
-/// Sends the pose when it changed, at most [`POSE_HZ`] a second.
-fn send_pose(time: Res<Time<Real>>, link: Option<Res<NetLink>>, player: Query<&Transform, With<LocalPlayer>>, mut last: Local<Option<(Duration, Transform)>>) {
+/// Hands the pose to the network thread each frame it changed. The network
+/// thread keeps the newest and sends it at most [`POSE_HZ`] a second, just
+/// before the room's tick (`plaza_shared::pacing`), so what goes out is at
+/// most a frame old when the room takes it.
+fn send_pose(link: Option<Res<NetLink>>, player: Query<&Transform, With<LocalPlayer>>, mut last: Local<Option<Transform>>) {
     let (Some(link), Ok(transform)) = (link, player.single()) else { return };
-    let now = time.elapsed();
-    if let Some((at, sent)) = *last
-        && (now - at < Duration::from_secs(1) / POSE_HZ || sent == *transform)
-    {
+    if *last == Some(*transform) {
         return;
     }
     let pose = Pose { p: transform.translation.to_array(), r: transform.rotation.to_array(), head: None, hands: None };
     if link.send(NetCommand::Pose(pose)) {
-        *last = Some((now, *transform));
+        *last = Some(*transform);
     }
 }
 
@@ -187,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn poses_go_out_at_most_20_a_second_and_only_when_changed() {
+    fn a_pose_is_handed_over_each_frame_it_changed_and_only_then() {
         let mut app = crate::test_support::app();
         let (link, mut commands, _events) = NetLink::pair();
         app.insert_resource(link).add_plugins(PlayerPlugin { spawn: false });
@@ -198,10 +197,9 @@ mod tests {
         assert!(commands.try_recv().is_err(), "unchanged: nothing");
         app.world_mut().get_mut::<Transform>(player).unwrap().translation.x = 1.0;
         app.update();
-        assert!(commands.try_recv().is_err(), "changed, but within 50 ms of the last");
-        std::thread::sleep(Duration::from_millis(60));
-        app.update();
-        let Ok(NetCommand::Pose(p)) = commands.try_recv() else { panic!("the change goes out after 50 ms") };
+        let Ok(NetCommand::Pose(p)) = commands.try_recv() else { panic!("the change is handed over the same frame") };
         assert_eq!(p.p[0], 1.0);
+        app.update();
+        assert!(commands.try_recv().is_err(), "unchanged again: nothing");
     }
 }

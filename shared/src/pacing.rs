@@ -14,13 +14,14 @@
 //! the cluster: the end of the longest run of (nearly) empty bins in a
 //! histogram of `arrival mod period`. Old arrivals fade (the histogram is
 //! halved now and then), so a room whose grid moved (it emptied and started
-//! again) is followed. [`send_instant`] turns the estimate into the next
-//! send time. Used by the client's network thread and by `plaza-load`.
+//! again) is followed. [`PosePacer`] turns it into the next send time, a
+//! lead before the tick ([`SendLead`]). Used by the client's network thread
+//! and by `plaza-load`'s simulated users.
 
 /// Bins over one tick period.
 const BINS: usize = 100;
 /// No estimate before this many deltas.
-const MIN_OBSERVATIONS: u64 = 20;
+const MIN_OBSERVATIONS: u64 = 8;
 /// Recompute the estimate after this many new observations.
 const RECOMPUTE_EVERY: u32 = 32;
 /// Halve the histogram after this many observations, so old arrivals fade.
@@ -50,7 +51,7 @@ impl TickPhase {
         self.bins[bin.min(BINS - 1)] = self.bins[bin.min(BINS - 1)].saturating_add(1);
         self.observed += 1;
         self.since += 1;
-        if self.observed % FADE_EVERY == 0 {
+        if self.observed.is_multiple_of(FADE_EVERY) {
             self.bins.iter_mut().for_each(|b| *b /= 2);
         }
     }
@@ -61,7 +62,8 @@ impl TickPhase {
         if self.observed < MIN_OBSERVATIONS {
             return None;
         }
-        if self.cached.is_none() || self.since >= RECOMPUTE_EVERY {
+        // Young estimates are redone with every arrival; then now and then.
+        if self.cached.is_none() || self.observed < 4 * u64::from(RECOMPUTE_EVERY) || self.since >= RECOMPUTE_EVERY {
             self.cached = estimate(&self.bins).map(|bin| bin as u64 * self.period_us / BINS as u64);
             self.since = 0;
         }
@@ -109,29 +111,6 @@ fn estimate(bins: &[u32; BINS]) -> Option<usize> {
 pub fn tick_at_or_after(t_us: u64, phase_us: u64, period_us: u64) -> u64 {
     let offset = (phase_us % period_us + period_us - t_us % period_us) % period_us;
     t_us + offset
-}
-
-/// The Unix µs at which to send the next pose, or `None` when it can't be
-/// placed (a zero period): of the instants that land a pose `lead_us`
-/// before a tick of the arrival grid (`phase_us` into each `period_us`),
-/// the one nearest `every_us` from `now_us`, and never less than 1 ms
-/// ahead. `lead_us` is the round trip (the grid is the deltas' arrivals,
-/// which come half a round trip after the tick; the pose needs the other
-/// half) plus a margin for the server to read it.
-pub fn send_instant(now_us: u64, every_us: u64, phase_us: u64, period_us: u64, lead_us: u64) -> Option<u64> {
-    if period_us == 0 {
-        return None;
-    }
-    let (period, phase, lead) = (i128::from(period_us), i128::from(phase_us % period_us), i128::from(lead_us));
-    let target = i128::from(now_us) + i128::from(every_us);
-    // Send instants are phase + k · period − lead; take the k nearest target.
-    let k = (target + lead - phase + period / 2).div_euclid(period);
-    let mut at = phase + k * period - lead;
-    let earliest = i128::from(now_us) + 1_000;
-    while at < earliest {
-        at += period;
-    }
-    u64::try_from(at).ok()
 }
 
 /// How early before the tick a pose should leave: half the round trip to
@@ -200,6 +179,89 @@ impl SendLead {
     }
 }
 
+/// The first send instant at or after `after_us` that lands a pose
+/// `lead_us` before a tick of the arrival grid.
+pub fn slot_at_or_after(after_us: u64, phase_us: u64, period_us: u64, lead_us: u64) -> u64 {
+    if period_us == 0 {
+        return after_us;
+    }
+    // Slots are the grid shifted back by the lead.
+    let slot_phase = (phase_us % period_us + period_us - lead_us % period_us) % period_us;
+    tick_at_or_after(after_us, slot_phase, period_us)
+}
+
+/// A client's pose pacing: it hands over its newest pose whenever it
+/// changes, and sends it at the next slot, at most one a tick. Until the
+/// grid is known (no deltas yet: alone in the room), a pose goes out at
+/// most once a period, at once when the last one was long ago.
+#[derive(Debug, Clone)]
+pub struct PosePacer {
+    period_us: u64,
+    phase: TickPhase,
+    lead: SendLead,
+    rtt_us: u64,
+    last_sent_us: Option<u64>,
+}
+
+impl PosePacer {
+    pub fn new(tick_hz: u32) -> Self {
+        let period_us = 1_000_000 / u64::from(tick_hz.max(1));
+        PosePacer { period_us, phase: TickPhase::new(period_us), lead: SendLead::default(), rtt_us: 1_000, last_sent_us: None }
+    }
+
+    /// A delta arrived at `arrival_us` (Unix µs).
+    pub fn delta_arrived(&mut self, arrival_us: u64) {
+        self.phase.observe(arrival_us);
+        if let Some(phase) = self.phase.phase_us() {
+            self.lead.observe(arrival_us, phase, self.period_us);
+        }
+    }
+
+    /// The latest ping round trip.
+    pub fn round_trip(&mut self, rtt_us: u64) {
+        self.rtt_us = rtt_us;
+    }
+
+    /// When (Unix µs) a pose handed over at `now_us` should go out.
+    pub fn next_send_us(&mut self, now_us: u64) -> u64 {
+        let period = self.period_us;
+        match (self.phase.phase_us(), self.last_sent_us) {
+            // One slot a tick: never two in the same period.
+            (Some(phase), last) => {
+                let after = last.map_or(now_us, |l| now_us.max(l + period / 2));
+                slot_at_or_after(after, phase, period, self.lead.lead_us(self.rtt_us, period))
+            }
+            (None, Some(last)) => now_us.max(last + period),
+            (None, None) => now_us,
+        }
+    }
+
+    /// The pose planned for `planned_us` went out at `now_us`. Only a
+    /// lateness under a period is the timer's: a send held back for other
+    /// reasons (not in the room yet) says nothing about it.
+    pub fn sent(&mut self, planned_us: u64, now_us: u64) {
+        let late = now_us.saturating_sub(planned_us);
+        if late < self.period_us {
+            self.lead.timer_fired(late);
+        }
+        self.last_sent_us = Some(now_us);
+    }
+
+    pub fn period_us(&self) -> u64 {
+        self.period_us
+    }
+
+    /// The arrival grid's phase (µs into the period), once known.
+    pub fn phase_us(&mut self) -> Option<u64> {
+        self.phase.phase_us()
+    }
+
+    /// How early before the grid the next pose would leave.
+    pub fn lead_us(&self) -> u64 {
+        self.lead.lead_us(self.rtt_us, self.period_us)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,18 +320,34 @@ mod tests {
     }
 
     #[test]
-    fn the_pose_goes_out_a_lead_before_the_tick_nearest_a_period_from_now() {
-        // Arrival grid at 12 ms into each 50 ms; lead 6 ms: send at 6 ms.
-        let now = 1_000_000_000; // 0 ms into its period
-        assert_eq!(send_instant(now, 50_000, 12_000, 50_000, 6_000), Some(1_000_056_000));
-        // Just sent on the grid: the next one is a period later.
-        assert_eq!(send_instant(1_000_056_000, 50_000, 12_000, 50_000, 6_000), Some(1_000_106_000));
-        // At 10 Hz, every other tick.
-        assert_eq!(send_instant(1_000_056_000, 100_000, 12_000, 50_000, 6_000), Some(1_000_156_000));
-        // A lead longer than the period still gives an instant ahead.
-        let at = send_instant(now, 50_000, 12_000, 50_000, 120_000).unwrap();
-        assert!(at >= now + 1_000 && (at + 120_000 - 12_000) % 50_000 == 0, "{at}");
-        assert_eq!(send_instant(now, 50_000, 0, 0, 0), None);
+    fn a_client_sends_its_newest_pose_at_the_slot_before_each_tick() {
+        let period = 50_000;
+        let mut pacer = PosePacer::new(20);
+        let t0 = 1_000_000_000; // the grid: deltas arrive 12–13 ms into each period
+        // Alone in the room: no grid, so at once, then at most once a period.
+        assert_eq!(pacer.next_send_us(t0), t0);
+        pacer.sent(t0, t0);
+        assert_eq!(pacer.next_send_us(t0 + 10_000), t0 + period);
+        for n in 0..100u64 {
+            pacer.delta_arrived(t0 + n * period + 12_000 + (n % 4) * 250);
+        }
+        let now = t0 + 100 * period + 20_000;
+        let at = pacer.next_send_us(now);
+        let lead = pacer.lead.lead_us(pacer.rtt_us, period);
+        assert!((3_000..10_000).contains(&lead), "{lead}");
+        assert_eq!((at + lead) % period, 12_000, "a lead before the grid");
+        assert!(at >= now && at < now + period, "{at}");
+        pacer.sent(at, at);
+        // A send held back for seconds is not the timer's lateness.
+        let before = pacer.lead.lead_us(pacer.rtt_us, period);
+        pacer.sent(0, at);
+        assert_eq!(pacer.lead.lead_us(pacer.rtt_us, period), before);
+        // A pose handed over right after: the next tick's slot, not this one.
+        // (The lead moved a little: the timer was on time.)
+        let next = pacer.next_send_us(at + 1_000);
+        assert!(next.abs_diff(at + period) < 1_000, "{next} vs {}", at + period);
+        assert_eq!(slot_at_or_after(t0, 12_000, period, 5_000), t0 + 7_000);
+        assert_eq!(slot_at_or_after(t0 + 7_001, 12_000, period, 5_000), t0 + 57_000);
     }
 
     #[test]

@@ -10,6 +10,8 @@ use futures_util::{SinkExt, StreamExt};
 use plaza_shared::codec::Subprotocol;
 use plaza_shared::limits::PROTOCOL_VERSION;
 use plaza_shared::messages::*;
+use plaza_shared::pacing::PosePacer;
+use plaza_shared::pose::Pose;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -195,12 +197,20 @@ impl Task {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut in_room = false;
         let mut resumed = false;
+        // The newest pose waits here for its slot just before the room's
+        // tick: one a tick, at most a frame old when the room takes it.
+        let mut pacer = PosePacer::new(plaza_shared::limits::TICK_HZ);
+        let mut pose: Option<Pose> = None;
+        let pose_timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(pose_timer);
+        let mut pose_due_us: Option<u64> = None;
         // A refresh runs beside the relay so reading never stalls on HTTP.
         let mut refreshing: Option<tokio::task::JoinHandle<Result<TokenPair, String>>> = None;
         loop {
             let refresh_at = self.conn.refresh_at().map(|at| self.started + at).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 frame = ws.next() => {
+                    let arrival_us = unix_us();
                     let message = match frame {
                         Some(Ok(Message::Binary(bytes))) => match plaza_shared::codec::binary::decode_server(&bytes) {
                             Ok(message) => message,
@@ -219,6 +229,7 @@ impl Task {
                     };
                     match message {
                         ServerMessage::Welcome(w) => {
+                            pacer = PosePacer::new(w.tick_hz);
                             resumed = self.conn.welcomed(&w.session);
                             tracing::info!(session = %w.session, resumed, "welcome");
                             self.send(NetEvent::Welcome { user_id: w.user_id.clone() });
@@ -241,6 +252,7 @@ impl Task {
                             }
                         }
                         ServerMessage::Delta(d) => {
+                            pacer.delta_arrived(arrival_us);
                             // Deltas may not be dropped either: the avatar set would drift.
                             if self.events.send(NetEvent::Delta(d)).await.is_err() {
                                 return Stop::Quit;
@@ -249,8 +261,9 @@ impl Task {
                         ServerMessage::Chat(c) => self.send(NetEvent::Chat(c)),
                         ServerMessage::ChatAck(a) => self.send(NetEvent::ChatAck(a.id)),
                         ServerMessage::Pong(p) => {
-                            let now = unix_ms();
-                            self.send(NetEvent::Rtt(Duration::from_millis(now.saturating_sub(p.t))));
+                            let rtt = Duration::from_millis(unix_ms().saturating_sub(p.t));
+                            pacer.round_trip(rtt.as_micros() as u64);
+                            self.send(NetEvent::Rtt(rtt));
                         }
                         ServerMessage::TokenExpiring(_) => {
                             // Earlier than planned (clock skew?): refresh now.
@@ -275,7 +288,16 @@ impl Task {
                         return Stop::Quit;
                     };
                     let message = match command {
-                        NetCommand::Pose(pose) if in_room => ClientMessage::Pose(PoseUpdate { t: unix_ms(), pose }),
+                        NetCommand::Pose(newest) if in_room => {
+                            pose = Some(newest);
+                            if pose_due_us.is_none() {
+                                let now_us = unix_us();
+                                let due = pacer.next_send_us(now_us);
+                                pose_due_us = Some(due);
+                                pose_timer.as_mut().reset(Instant::now() + Duration::from_micros(due.saturating_sub(now_us)));
+                            }
+                            continue;
+                        }
                         NetCommand::Pose(_) => continue,
                         NetCommand::Chat { id, text } if in_room => ClientMessage::Chat(ChatSend { id, text }),
                         NetCommand::Chat { id, .. } => {
@@ -284,6 +306,14 @@ impl Task {
                         }
                     };
                     if let Err(e) = send(&mut ws, &message).await {
+                        return Stop::Ended(Ended::Dropped(e));
+                    }
+                }
+                _ = &mut pose_timer, if pose_due_us.is_some() => {
+                    let planned = pose_due_us.take().unwrap_or_default();
+                    let Some(newest) = pose.take() else { continue };
+                    pacer.sent(planned, unix_us());
+                    if let Err(e) = send(&mut ws, &ClientMessage::Pose(PoseUpdate { t: unix_ms(), pose: newest })).await {
                         return Stop::Ended(Ended::Dropped(e));
                     }
                 }
@@ -350,6 +380,10 @@ async fn refresh_pair(http: &reqwest::Client, server: &str, refresh: String) -> 
 async fn send(ws: &mut Ws, message: &ClientMessage) -> Result<(), String> {
     let bytes = plaza_shared::codec::binary::encode_client(message);
     ws.send(Message::Binary(bytes.into())).await.map_err(|e| e.to_string())
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 fn unix_ms() -> u64 {

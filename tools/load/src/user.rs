@@ -17,6 +17,7 @@ use crate::cli::SendAt;
 use crate::names::UserKey;
 use plaza_shared::rng::SplitMix;
 use crate::tickphase::{TickPhase, split};
+use plaza_shared::pacing::PosePacer;
 use crate::track::{Anomalies, Tracker};
 use crate::wire::{Decoded, Wire};
 use futures_util::{SinkExt, StreamExt};
@@ -286,10 +287,10 @@ struct User {
     report: UserReport,
     batch: Batch,
     poses_buf: Vec<(UserKey, u64, u64)>,
-    /// The room's tick grid as deltas arrive (µs into the period), once known.
-    tick_phase_us: Option<u64>,
-    /// How early before the tick our pose leaves (`--send-at tick`).
-    lead: plaza_shared::pacing::SendLead,
+    /// When our poses go out (`--send-at tick`): the client's pacing.
+    pacer: PosePacer,
+    /// Unix µs the pose timer was set for.
+    pose_due_us: u64,
     /// Unix ms of our latest `joined`: poses sent before it are not ours to time.
     joined_ms: u64,
     last_t: u64,
@@ -342,8 +343,8 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         session: None,
         batch: Batch::default(),
         poses_buf: Vec::new(),
-        tick_phase_us: None,
-        lead: plaza_shared::pacing::SendLead::default(),
+        pacer: PosePacer::new(TICK_HZ),
+        pose_due_us: 0,
         joined_ms: 0,
         last_t: 0,
         chat_seq: 0,
@@ -629,7 +630,9 @@ impl User {
         let pose_every = Duration::from_secs_f64(1.0 / self.env.rate_hz);
         // Until the room's tick is known (and with `--send-at random`), a
         // random phase: not in step with the ramp or the room's tick.
-        let pose_timer = tokio::time::sleep_until(Instant::now() + pose_every.mul_f64(self.rng.unit()));
+        let first = pose_every.mul_f64(self.rng.unit());
+        self.pose_due_us = unix_us() + first.as_micros() as u64;
+        let pose_timer = tokio::time::sleep_until(Instant::now() + first);
         tokio::pin!(pose_timer);
         let ping_every = self.env.ping_every;
         let mut pings = tokio::time::interval_at(Instant::now() + ping_every.mul_f64(self.rng.unit()), ping_every);
@@ -706,6 +709,7 @@ impl User {
                             self.server_has_until_ms = self.server_has_until_ms.max(p.t);
                             self.report.rtt_us.push(rtt);
                             self.rtt_ewma_us = (self.rtt_ewma_us * 4 + rtt) / 5;
+                            self.pacer.round_trip(self.rtt_ewma_us);
                         }
                         ServerMessage::TokenExpiring(_) => {
                             if self.refresh(&mut ws).await.is_err() {
@@ -730,12 +734,11 @@ impl User {
                     return End::Lost { resume: None, relogin: false };
                 }
                 _ = &mut pose_timer, if sending && in_room => {
+                    self.pacer.sent(self.pose_due_us, unix_us());
                     if self.send_pose(&mut ws).await.is_err() {
                         self.error("send");
                         return End::Lost { resume: self.session.clone(), relogin: false };
                     }
-                    let late = Instant::now().saturating_duration_since(pose_timer.deadline());
-                    self.lead.timer_fired(late.as_micros() as u64);
                     let next = self.next_pose_at(pose_every);
                     pose_timer.as_mut().reset(next);
                 }
@@ -759,19 +762,20 @@ impl User {
     }
 
     /// When the next pose goes out: `every` from now, or with `--send-at
-    /// tick` (at rates up to the tick rate) the instant nearest that which
-    /// lands the pose in the room just before a tick, as the client does
-    /// (`plaza_shared::pacing`).
-    fn next_pose_at(&self, every: Duration) -> Instant {
-        let plain = Instant::now() + every;
-        let aligned = self.env.send_at == SendAt::Tick && self.env.rate_hz <= f64::from(TICK_HZ);
-        let Some(phase) = self.tick_phase_us.filter(|_| aligned) else { return plain };
+    /// tick` (at rates up to the tick rate) at the slot just before a tick
+    /// that comes closest, as the client does ([`PosePacer`]).
+    fn next_pose_at(&mut self, every: Duration) -> Instant {
         let now_us = unix_us();
-        let lead = self.lead.lead_us(self.rtt_ewma_us, self.period_us);
-        match plaza_shared::pacing::send_instant(now_us, every.as_micros() as u64, phase, self.period_us, lead) {
-            Some(at_us) => Instant::now() + Duration::from_micros(at_us.saturating_sub(now_us)),
-            None => plain,
-        }
+        let aligned = self.env.send_at == SendAt::Tick && self.env.rate_hz <= f64::from(TICK_HZ);
+        let due_us = if aligned {
+            // The pacer gives the first slot after its argument, at most one a tick.
+            let half_period = self.pacer.period_us() / 2;
+            self.pacer.next_send_us(now_us + (every.as_micros() as u64).saturating_sub(half_period))
+        } else {
+            now_us + every.as_micros() as u64
+        };
+        self.pose_due_us = due_us;
+        Instant::now() + Duration::from_micros(due_us.saturating_sub(now_us))
     }
 
     async fn send_pose(&mut self, ws: &mut Ws) -> Result<(), ()> {
@@ -878,10 +882,7 @@ impl User {
         poses.clear();
         self.tracker.on_delta(delta, &mut poses);
         let phase = self.env.clocks.observe(self.plan.key.room, now_us, self.period_us);
-        if let Some(phase) = phase {
-            self.tick_phase_us = Some(phase);
-            self.lead.observe(now_us, phase, self.period_us);
-        }
+        self.pacer.delta_arrived(now_us);
         if !poses.is_empty() {
             let second = self.env.epoch.elapsed().as_secs() as u32;
             if second != self.batch.second && !self.batch.is_empty() {
