@@ -1,6 +1,7 @@
 //! The network task against a real server, through a TCP proxy the test can
 //! cut: sign in, join, a dropped connection resumed with the same seat, an
-//! in-band token refresh, and a draining server rejoined afresh.
+//! in-band token refresh, a draining server rejoined afresh, and poses paced
+//! to the room's tick.
 
 use plaza_client::network::session::{self, SessionConfig};
 use plaza_client::network::{ConnectionStatus, NetCommand, NetEvent, Notice};
@@ -142,4 +143,71 @@ async fn a_draining_server_is_rejoined_afresh_once_it_is_back() {
     tokio::spawn(plaza_server::run(config, listener, std::future::pending()));
     let (_, before) = client.until(Duration::from_secs(30), |e| matches!(e, NetEvent::Joined(_))).await;
     assert!(before.iter().any(|e| matches!(e, NetEvent::Notice(Notice::Reconnected { resumed: false }))), "rejoined afresh: {before:?}");
+}
+
+#[tokio::test]
+async fn a_pose_handed_over_every_frame_goes_out_once_a_tick_just_before_it() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let base = format!("http://{addr}");
+    let mut sender = Client::start(base.clone(), "pace-room");
+    let (NetEvent::Joined(joined), _) = sender.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await else { unreachable!() };
+    let mut watcher = Client::start(base, "pace-room");
+    watcher.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+    let unix_us = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+
+    // The watcher walks too: the sender learns the tick grid from the
+    // deltas it gets, and with nobody else moving it gets none.
+    let watcher_commands = watcher.commands.clone();
+    let walker = tokio::spawn(async move {
+        for i in 0..300u16 {
+            let pose = Pose { p: [0.0, 0.0, f32::from(i) * 0.01], ..Pose::default() };
+            if watcher_commands.send(NetCommand::Pose(pose)).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(16)).await;
+        }
+    });
+    // 200 changed poses a second for 4 s (a fast frame rate): far over the
+    // server's 60 messages a second if each went out.
+    let commands = sender.commands.clone();
+    let feeder = tokio::spawn(async move {
+        for i in 0..800u32 {
+            let pose = Pose { p: [f32::from(i as u16) * 0.001, 0.0, 0.0], ..Pose::default() };
+            if commands.send(NetCommand::Pose(pose)).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    // What the watcher sees of the sender: (its t, our arrival) per delta.
+    let mut seen: Vec<(u64, u64)> = Vec::new();
+    let mut grid = plaza_shared::pacing::TickPhase::new(50_000);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, watcher.events.recv()).await {
+        if let NetEvent::Delta(delta) = event {
+            let arrival = unix_us();
+            grid.observe(arrival);
+            if let Some(t) = delta.avatars.iter().find(|a| a.id == joined.you).and_then(|a| a.t) {
+                seen.push((t, arrival));
+            }
+        }
+    }
+    feeder.abort();
+    walker.abort();
+    while let Ok(event) = sender.events.try_recv() {
+        assert!(!matches!(event, NetEvent::ServerError(_)), "the server objected: {event:?}");
+    }
+
+    // One pose a tick at most, and about every tick one.
+    assert!(seen.windows(2).all(|w| w[1].0 > w[0].0), "each delta carries a newer pose");
+    // (The server keeps one pose a seat per tick; that the client sends no
+    // more than one is what the absence of `rate_limited` above shows.)
+    assert!((50..=85).contains(&seen.len()), "{} poses in 4 s at 20 ticks a second", seen.len());
+    // Sent in the half period before the tick that carried them (a random
+    // phase would put half of them there); the first second learns the grid.
+    let phase = grid.phase_us().expect("the watcher's deltas show the tick grid");
+    let settled: Vec<u64> = seen.iter().filter(|(_, arrival)| *arrival > seen[0].1 + 1_000_000).map(|(t, _)| *t * 1000).collect();
+    let before_tick = settled.iter().filter(|&&t| (phase + 50_000 - t % 50_000) % 50_000 <= 25_000).count();
+    eprintln!("paced: {} poses seen, {before_tick} of {} settled ones sent within 25 ms before the tick", seen.len(), settled.len());
+    assert!(before_tick * 10 >= settled.len() * 8, "{before_tick} of {} sent within 25 ms before the tick", settled.len());
 }
