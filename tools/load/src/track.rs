@@ -110,10 +110,9 @@ impl Tracker {
         }
     }
 
-    /// A delta: `left`, then `joined`, then poses. Pushes onto `poses` the
-    /// `(sender, t)` of every pose from a user of this room.
-    /// Appends `(sender, t, the sender's t before it)` for every new pose
-    /// (0: the first from that sender).
+    /// A delta: `left`, then `joined`, then poses. Pushes onto `poses`
+    /// `(sender, t, the sender's t before it)` for every new pose from a
+    /// user of this room (0: the first from that sender).
     pub fn on_delta(&mut self, delta: &Delta, poses: &mut Vec<(UserKey, u64, u64)>) {
         for id in &delta.left {
             self.avatars.remove(id);

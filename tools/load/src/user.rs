@@ -989,6 +989,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_poses_between_two_stamps_are_found_but_not_those_of_a_cut_socket() {
+        let sent = SentPoses::new(2, 3);
+        let alice = UserKey { room: 2, user: 3 };
+        let between = |after, before| {
+            let mut found = Vec::new();
+            sent.between(alice, after, before, |t| found.push(t));
+            found.sort();
+            found
+        };
+        for t in (1_000..=1_400).step_by(50) {
+            sent.sent(alice, t);
+        }
+        // A receiver that last saw 1,100 and now sees 1,300: 1,150–1,250 were superseded.
+        assert_eq!(between(1_100, 1_300), vec![1_150, 1_200, 1_250]);
+        assert!(between(1_300, 1_350).is_empty(), "consecutive: nothing in between");
+        // Someone else's stamps are theirs.
+        assert!(({ let mut f = Vec::new(); sent.between(UserKey { room: 1, user: 3 }, 0, 2_000, |t| f.push(t)); f }).is_empty());
+        // The socket was cut after 1,400; poses sent into it are not superseded.
+        sent.cut(alice, 1_400);
+        sent.sent(alice, 2_000);
+        assert!(between(1_100, 2_000).is_empty());
+        // Only the newest stamps are kept.
+        for t in (3_000..3_000 + 50 * SENT_RING as u64 + 500).step_by(50) {
+            sent.sent(alice, t);
+        }
+        assert_eq!(between(0, u64::MAX).len(), SENT_RING);
+        // Keys outside the run are ignored.
+        sent.sent(UserKey { room: 3, user: 1 }, 5);
+        sent.sent(UserKey { room: 1, user: 4 }, 5);
+    }
+
+    #[test]
     fn walkers_move_smoothly_and_face_where_they_go() {
         let mut rng = SplitMix::new(3);
         let walk = Walk::new(UserKey { room: 1, user: 9 }, &mut rng);

@@ -6,8 +6,9 @@
 //   --mode relay  every pose goes straight to the others in the room
 //                 (`socket.to(room).emit`), one message per pose per member;
 //   --mode batch  poses are kept per room and the room's changed avatars go
-//                 out every 1/tick-hz seconds as one message to the whole
-//                 room (`io.to(room).emit`); the client skips its own avatar.
+//                 out every 1/tick-hz seconds, on a fixed grid, as one
+//                 message to the whole room (`io.to(room).emit`); the client
+//                 skips its own avatar.
 //
 // Wire: socket.io v4 over its WebSocket transport only. Every message is the
 // event "m" whose one argument is a Plaza JSON message (docs/protocol.md):
@@ -244,7 +245,11 @@ io.on("connection", (socket) => {
 });
 
 if (opts.mode === "batch") {
-  setInterval(() => {
+  // Ticks on a fixed grid (startedAt + n × tickMs), as Plaza's rooms do, so
+  // clients can learn it and send just before each tick: setInterval
+  // reschedules from when its callback ran and drifts by its lateness,
+  // about a millisecond a tick, which no client could follow.
+  const batch = () => {
     const tick = tickNow();
     for (const [name, r] of rooms) {
       if (r.dirty.size === 0) continue;
@@ -256,7 +261,10 @@ if (opts.mode === "batch") {
       r.dirty.clear();
       io.to(name).emit("m", { type: "delta", tick, avatars, joined: [], left: [] });
     }
-  }, tickMs);
+    // The next grid point (a late tick skips the ones it missed).
+    setTimeout(batch, Math.max(0, startedAt + (tick + 1) * tickMs - Date.now()));
+  };
+  setTimeout(batch, tickMs);
 }
 
 httpServer.listen(opts.port, opts.host, () => {
