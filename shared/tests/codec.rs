@@ -152,6 +152,34 @@ proptest! {
         }
     }
 
+    /// The load tool's pose-less reading of a delta agrees with the full
+    /// decoder on every id, stamp and section, and reads every other
+    /// message as "not a delta".
+    #[test]
+    fn a_delta_read_without_its_poses_has_the_full_decoders_ids_and_stamps(msg in server_message()) {
+        let bytes = binary::encode_server(&msg);
+        let mut stamps = binary::DeltaStamps { tick: 7, moved: vec![(1, None)], ..Default::default() };
+        let is_delta = binary::decode_delta_stamps(&bytes, &mut stamps).unwrap();
+        match binary::decode_server(&bytes).unwrap() {
+            ServerMessage::Delta(d) => {
+                prop_assert!(is_delta);
+                prop_assert_eq!(stamps.tick, d.tick);
+                prop_assert_eq!(&stamps.moved, &d.avatars.iter().map(|a| (a.id, a.t)).collect::<Vec<_>>());
+                prop_assert_eq!(&stamps.joined, &d.joined);
+                prop_assert_eq!(&stamps.left, &d.left);
+            }
+            _ => {
+                prop_assert!(!is_delta);
+                prop_assert_eq!(stamps.tick, 7, "left alone");
+            }
+        }
+        // A cut-short delta is an error, as for the full decoder.
+        if is_delta && bytes.len() > 3 {
+            let cut = &bytes[..bytes.len() - 1];
+            prop_assert_eq!(binary::decode_delta_stamps(cut, &mut stamps).is_err(), binary::decode_server(cut).is_err());
+        }
+    }
+
     #[test]
     fn json_round_trips_every_client_message(msg in client_message()) {
         let text = json::encode(&msg);

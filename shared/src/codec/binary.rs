@@ -271,6 +271,81 @@ pub fn decode_server(bytes: &[u8]) -> Result<ServerMessage, DecodeError> {
     Ok(msg)
 }
 
+/// A delta's entries without their poses: each moved avatar's id and `t`,
+/// and the joined and left sections in full. For a reader that accounts for
+/// who moved when and draws no one: the load tool reads 1.5 million entries
+/// a second at 2,000 users, and dequantizing their poses (a sine and cosine
+/// each) was a fifth of its decoding.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeltaStamps {
+    pub tick: u64,
+    pub moved: Vec<(AvatarId, Option<u64>)>,
+    pub joined: Vec<AvatarInfo>,
+    pub left: Vec<AvatarId>,
+}
+
+/// Decodes a delta into `out` (its vectors reused) and returns true; any
+/// other message type returns false and leaves `out` alone, for
+/// [`decode_server`]. A delta is checked as fully as [`decode_server`]
+/// checks it (the pose bits are read, not converted).
+pub fn decode_delta_stamps(bytes: &[u8], out: &mut DeltaStamps) -> Result<bool, DecodeError> {
+    let (kind, mut r) = open(bytes)?;
+    if kind != tag::DELTA {
+        return Ok(false);
+    }
+    out.tick = r.varint("delta tick")?;
+    let n = r.count("delta avatars", 1 + MIN_POSE_BYTES)?;
+    out.moved.clear();
+    for _ in 0..n {
+        let id = r.varint_u32("delta avatar id")?;
+        out.moved.push((id, skip_pose(&mut r)?));
+    }
+    let n = r.count("delta joined", 3 + MIN_POSE_BYTES)?;
+    out.joined.clear();
+    for _ in 0..n {
+        out.joined.push(read_avatar_info(&mut r)?);
+    }
+    let n = r.count("delta left", 1)?;
+    out.left.clear();
+    for _ in 0..n {
+        out.left.push(r.varint_u32("delta left id")?);
+    }
+    r.finish()?;
+    Ok(true)
+}
+
+/// [`read_pose`] without building the pose: the same bits read, only `t` kept.
+fn skip_pose(r: &mut Reader<'_>) -> Result<Option<u64>, DecodeError> {
+    const WHAT: &str = "pose";
+    let mut b = r.bits();
+    let has_head = b.get(1, WHAT)? == 1;
+    let has_hands = b.get(1, WHAT)? == 1;
+    let has_t = b.get(1, WHAT)? == 1;
+    for _ in 0..3 {
+        b.get(POSITION_BITS, WHAT)?;
+    }
+    let skip_rotation = |b: &mut super::bits::BitReader<'_, '_>| -> Result<(), DecodeError> {
+        if b.get(1, WHAT)? == 0 {
+            b.get(YAW_BITS, WHAT)?;
+        } else {
+            b.get(2, WHAT)?;
+            for _ in 0..3 {
+                b.get(COMPONENT_BITS, WHAT)?;
+            }
+        }
+        Ok(())
+    };
+    skip_rotation(&mut b)?;
+    let limbs = usize::from(has_head) + 2 * usize::from(has_hands);
+    for _ in 0..limbs {
+        for _ in 0..3 {
+            b.get(OFFSET_BITS, WHAT)?;
+        }
+        skip_rotation(&mut b)?;
+    }
+    if has_t { Ok(Some(r.varint("pose t")?)) } else { Ok(None) }
+}
+
 fn open(bytes: &[u8]) -> Result<(u8, Reader<'_>), DecodeError> {
     check_size(bytes)?;
     let mut r = Reader::new(bytes);

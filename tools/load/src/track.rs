@@ -114,19 +114,24 @@ impl Tracker {
     /// `(sender, t, the sender's t before it)` for every new pose from a
     /// user of this room (0: the first from that sender).
     pub fn on_delta(&mut self, delta: &Delta, poses: &mut Vec<(UserKey, u64, u64)>) {
-        for id in &delta.left {
+        self.on_entries(delta.avatars.iter().map(|a| (a.id, a.t)), &delta.joined, &delta.left, poses);
+    }
+
+    /// [`Tracker::on_delta`] from a delta's parts: each moved avatar's id and `t`.
+    pub fn on_entries(&mut self, moved: impl IntoIterator<Item = (AvatarId, Option<u64>)>, joined: &[AvatarInfo], left: &[AvatarId], poses: &mut Vec<(UserKey, u64, u64)>) {
+        for id in left {
             self.avatars.remove(id);
         }
-        for info in &delta.joined {
+        for info in joined {
             let who = self.classify(info);
             self.avatars.insert(info.id, who);
         }
-        for pose in &delta.avatars {
-            if Some(pose.id) == self.you {
+        for (id, t) in moved {
+            if Some(id) == self.you {
                 self.anomalies.own_avatar += 1;
                 continue;
             }
-            let key = match self.avatars.get(&pose.id) {
+            let key = match self.avatars.get(&id) {
                 None => {
                     self.anomalies.unknown_avatar += 1;
                     continue;
@@ -138,7 +143,7 @@ impl Tracker {
                 }
                 Some(Who::Ours(key)) => *key,
             };
-            let Some(t) = pose.t else { continue };
+            let Some(t) = t else { continue };
             let stats = self.from.entry(key).or_default();
             if t <= stats.max_t {
                 self.anomalies.stale += 1;

@@ -287,6 +287,8 @@ struct User {
     report: UserReport,
     batch: Batch,
     poses_buf: Vec<(UserKey, u64, u64)>,
+    /// The latest binary delta, without its poses.
+    stamps: plaza_shared::codec::binary::DeltaStamps,
     /// When our poses go out (`--send-at tick`): the client's pacing.
     pacer: PosePacer,
     /// Unix µs the pose timer was set for.
@@ -343,6 +345,7 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         session: None,
         batch: Batch::default(),
         poses_buf: Vec::new(),
+        stamps: Default::default(),
         pacer: PosePacer::new(TICK_HZ),
         pose_due_us: 0,
         joined_ms: 0,
@@ -559,7 +562,7 @@ impl User {
             match self.read(frame) {
                 Read::Message(ServerMessage::Welcome(w)) => return Ok(w),
                 Read::Message(ServerMessage::Error(e)) => self.error(format!("server_{}", e.code.as_str())),
-                Read::Message(_) | Read::Skip => {}
+                Read::Message(_) | Read::Delta | Read::Skip => {}
                 Read::Reply(reply) => {
                     if ws.send(reply).await.is_err() {
                         self.error("send");
@@ -596,6 +599,19 @@ impl User {
         self.report.msgs_in += 1;
         Counters::add(&self.env.counters.bytes_in, bytes.len() as u64);
         Counters::add(&self.env.counters.msgs_in, 1);
+        // Binary deltas, nearly everything that arrives, are read without
+        // building their poses.
+        if self.env.wire == Wire::Plaza(plaza_shared::codec::Subprotocol::Binary) {
+            match plaza_shared::codec::binary::decode_delta_stamps(bytes, &mut self.stamps) {
+                Ok(true) => return Read::Delta,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(user = %self.plan.name, cause = %e, "undecodable message");
+                    self.error("decode");
+                    return Read::Skip;
+                }
+            }
+        }
         match self.env.wire.decode(bytes) {
             Decoded::Message(msg) => Read::Message(msg),
             Decoded::Reply(reply) => Read::Reply(reply),
@@ -665,6 +681,10 @@ impl User {
                     let now_us = unix_us();
                     let msg = match self.read(frame) {
                         Read::Message(msg) => msg,
+                        Read::Delta => {
+                            self.on_delta(None, now_us).await;
+                            continue;
+                        }
                         Read::Skip => continue,
                         Read::Reply(reply) => {
                             if tokio::time::timeout(SEND_TIMEOUT, ws.send(reply)).await.map_or(true, |r| r.is_err()) {
@@ -683,7 +703,7 @@ impl User {
                                 let you = self.tracker.you();
                                 d.avatars.retain(|a| Some(a.id) != you);
                             }
-                            self.on_delta(&d, now_us).await
+                            self.on_delta(Some(&d), now_us).await
                         }
                         ServerMessage::Joined(j) => {
                             self.tracker.on_joined(&j);
@@ -877,10 +897,18 @@ impl User {
         self.send(ws, &ClientMessage::Refresh(Refresh { token })).await
     }
 
-    async fn on_delta(&mut self, delta: &Delta, now_us: u64) {
+    /// A delta: `delta` when decoded in full (JSON, socket.io), else the
+    /// binary one read into `self.stamps`.
+    async fn on_delta(&mut self, delta: Option<&Delta>, now_us: u64) {
         let mut poses = std::mem::take(&mut self.poses_buf);
         poses.clear();
-        self.tracker.on_delta(delta, &mut poses);
+        match delta {
+            Some(delta) => self.tracker.on_delta(delta, &mut poses),
+            None => {
+                let stamps = &self.stamps;
+                self.tracker.on_entries(stamps.moved.iter().copied(), &stamps.joined, &stamps.left, &mut poses);
+            }
+        }
         let phase = self.env.clocks.observe(self.plan.key.room, now_us, self.period_us);
         self.pacer.delta_arrived(now_us);
         if !poses.is_empty() {
@@ -974,6 +1002,8 @@ impl User {
 
 enum Read {
     Message(ServerMessage),
+    /// A binary delta, read into `User::stamps`.
+    Delta,
     /// Transport housekeeping to send back (socket.io's pong).
     Reply(Message),
     Skip,
