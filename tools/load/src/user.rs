@@ -143,13 +143,19 @@ impl SentPoses {
     }
 
     /// Calls `each` with every stamp `key` sent strictly between `after`
-    /// and `before`, leaving out those that went into a cut socket.
+    /// and `before`, leaving out those that went into a cut socket. Walks
+    /// back from the newest stamp and stops at the first at or before
+    /// `after`: a few loads, as this runs for every late pose.
     pub fn between(&self, key: UserKey, after: u64, before: u64, mut each: impl FnMut(u64)) {
         let Some(ring) = self.ring(key) else { return };
         let floor = after.max(ring.cut_until.load(Ordering::Relaxed));
-        for stamp in &ring.stamps {
-            let t = stamp.load(Ordering::Relaxed);
-            if t > floor && t < before {
+        let next = ring.next.load(Ordering::Acquire);
+        for back in 1..=next.min(SENT_RING) {
+            let t = ring.stamps[(next - back) % SENT_RING].load(Ordering::Relaxed);
+            if t <= floor {
+                break;
+            }
+            if t < before {
                 each(t);
             }
         }
