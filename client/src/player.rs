@@ -7,7 +7,7 @@
 //! Nothing moves while the HUD has the keyboard (typing in chat).
 
 use crate::avatars::{AvatarAssets, spawn_avatar};
-use crate::network::{NetCommand, NetLink};
+use crate::network::NetLink;
 use crate::quality::MainCamera;
 use bevy::input::mouse::AccumulatedMouseMotion;
 use bevy::prelude::*;
@@ -153,7 +153,7 @@ fn send_pose(link: Option<Res<NetLink>>, player: Query<&Transform, With<LocalPla
         return;
     }
     let pose = Pose { p: transform.translation.to_array(), r: transform.rotation.to_array(), head: None, hands: None };
-    if link.send(NetCommand::Pose(pose)) {
+    if link.send_pose(pose) {
         *last = Some(*transform);
     }
 }
@@ -188,18 +188,19 @@ mod tests {
     #[test]
     fn a_pose_is_handed_over_each_frame_it_changed_and_only_then() {
         let mut app = crate::test_support::app();
-        let (link, mut commands, _events) = NetLink::pair();
+        let (link, mut input, _events) = NetLink::pair();
         app.insert_resource(link).add_plugins(PlayerPlugin { spawn: false });
         let player = app.world_mut().spawn((LocalPlayer { yaw: 0.0 }, Transform::default())).id();
         app.update();
-        assert!(matches!(commands.try_recv(), Ok(NetCommand::Pose(_))), "the first pose goes out");
+        assert!(input.pose.has_changed().unwrap() && input.pose.borrow_and_update().is_some(), "the first pose goes out");
         app.update();
-        assert!(commands.try_recv().is_err(), "unchanged: nothing");
+        assert!(!input.pose.has_changed().unwrap(), "unchanged: nothing");
         app.world_mut().get_mut::<Transform>(player).unwrap().translation.x = 1.0;
         app.update();
-        let Ok(NetCommand::Pose(p)) = commands.try_recv() else { panic!("the change is handed over the same frame") };
-        assert_eq!(p.p[0], 1.0);
+        assert!(input.pose.has_changed().unwrap(), "the change is handed over the same frame");
+        assert_eq!(input.pose.borrow_and_update().expect("a pose").p[0], 1.0);
         app.update();
-        assert!(commands.try_recv().is_err(), "unchanged again: nothing");
+        assert!(!input.pose.has_changed().unwrap(), "unchanged again: nothing");
+        assert!(input.commands.try_recv().is_err(), "poses take no command slots");
     }
 }

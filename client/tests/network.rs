@@ -4,7 +4,7 @@
 //! to the room's tick.
 
 use plaza_client::network::session::{self, SessionConfig};
-use plaza_client::network::{ConnectionStatus, NetCommand, NetEvent, Notice};
+use plaza_client::network::{ConnectionStatus, NetCommand, NetEvent, NetInput, Notice};
 use plaza_shared::pose::Pose;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -47,17 +47,19 @@ impl Proxy {
 }
 
 struct Client {
-    commands: mpsc::Sender<NetCommand>,
+    poses: tokio::sync::watch::Sender<Option<Pose>>,
     events: mpsc::Receiver<NetEvent>,
+    _commands: mpsc::Sender<NetCommand>,
 }
 
 impl Client {
     fn start(server: String, room: &str) -> Client {
         let (commands, command_rx) = mpsc::channel(64);
+        let (poses, pose_rx) = tokio::sync::watch::channel(None);
         let (event_tx, events) = mpsc::channel(256);
         let config = SessionConfig { server, room: room.into(), name: "Tester".into() };
-        tokio::spawn(session::run(config, command_rx, event_tx));
-        Client { commands, events }
+        tokio::spawn(session::run(config, NetInput { commands: command_rx, pose: pose_rx }, event_tx));
+        Client { poses, events, _commands: commands }
     }
 
     /// Events until `want` matches one (within `wait`); returns it and what came before.
@@ -94,7 +96,7 @@ async fn a_dropped_connection_resumes_the_same_seat_and_the_token_is_refreshed_i
     let mut client = Client::start(format!("http://{}", proxy.addr), "resume-room");
 
     client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
-    client.commands.send(NetCommand::Pose(Pose { p: [1.0, 0.0, 2.0], ..Pose::default() })).await.unwrap();
+    client.poses.send(Some(Pose { p: [1.0, 0.0, 2.0], ..Pose::default() })).unwrap();
 
     // The in-band refresh, then the socket still answers pings.
     client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::TokenRefreshed)).await;
@@ -157,11 +159,10 @@ async fn a_pose_handed_over_every_frame_goes_out_once_a_tick_just_before_it() {
 
     // The watcher walks too: the sender learns the tick grid from the
     // deltas it gets, and with nobody else moving it gets none.
-    let watcher_commands = watcher.commands.clone();
+    let watcher_poses = watcher.poses.clone();
     let walker = tokio::spawn(async move {
         for i in 0..300u16 {
-            let pose = Pose { p: [0.0, 0.0, f32::from(i) * 0.01], ..Pose::default() };
-            if watcher_commands.send(NetCommand::Pose(pose)).await.is_err() {
+            if watcher_poses.send(Some(Pose { p: [0.0, 0.0, f32::from(i) * 0.01], ..Pose::default() })).is_err() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(16)).await;
@@ -169,11 +170,10 @@ async fn a_pose_handed_over_every_frame_goes_out_once_a_tick_just_before_it() {
     });
     // 200 changed poses a second for 4 s (a fast frame rate): far over the
     // server's 60 messages a second if each went out.
-    let commands = sender.commands.clone();
+    let poses = sender.poses.clone();
     let feeder = tokio::spawn(async move {
-        for i in 0..800u32 {
-            let pose = Pose { p: [f32::from(i as u16) * 0.001, 0.0, 0.0], ..Pose::default() };
-            if commands.send(NetCommand::Pose(pose)).await.is_err() {
+        for i in 0..800u16 {
+            if poses.send(Some(Pose { p: [f32::from(i) * 0.001, 0.0, 0.0], ..Pose::default() })).is_err() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -1,8 +1,9 @@
 //! Networking on its own thread. A tokio runtime there runs the session
 //! task ([`session`]) and, without `--server`, the embedded server with its
-//! bots. The ECS talks to it through two bounded channels: commands out
-//! (poses, chat) and events in (state, deltas, chat, notices), drained once
-//! a frame by [`NetworkSystems::Receive`]. A third, small channel carries
+//! bots. The ECS talks to it through two bounded channels, commands out
+//! (chat) and events in (state, deltas, chat, notices, drained once a frame
+//! by [`NetworkSystems::Receive`]), and a slot holding the newest pose,
+//! which the network thread sends once a tick. A third, small channel carries
 //! frame-timing reports out ([`TelemetryOutbox`], posted by [`telemetry`]).
 //! Nothing in a frame ever waits on the network.
 
@@ -18,10 +19,9 @@ use plaza_shared::pose::Pose;
 use plaza_shared::telemetry::TelemetryReport;
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-/// Commands queued to the network task; poses beyond this are dropped (a
-/// newer one follows within 50 ms).
+/// Commands queued to the network task.
 const COMMAND_QUEUE: usize = 64;
 /// Events queued to the app: a few seconds of deltas at 20 Hz.
 const EVENT_QUEUE: usize = 256;
@@ -31,8 +31,15 @@ const EVENTS_PER_FRAME: usize = 128;
 
 #[derive(Debug)]
 pub enum NetCommand {
-    Pose(Pose),
     Chat { id: String, text: String },
+}
+
+/// The network task's ends of what the app sends: commands in order, and
+/// the newest pose (only the latest matters, so it is a slot, not a queue:
+/// a frame's pose never waits behind, or crowds out, a chat).
+pub struct NetInput {
+    pub commands: mpsc::Receiver<NetCommand>,
+    pub pose: watch::Receiver<Option<Pose>>,
 }
 
 #[derive(Debug)]
@@ -55,20 +62,28 @@ pub enum NetEvent {
 #[derive(Resource)]
 pub struct NetLink {
     commands: mpsc::Sender<NetCommand>,
+    pose: watch::Sender<Option<Pose>>,
     events: Mutex<mpsc::Receiver<NetEvent>>,
 }
 
 impl NetLink {
     /// A link with no network behind it, for tests: returns the other ends.
-    pub fn pair() -> (NetLink, mpsc::Receiver<NetCommand>, mpsc::Sender<NetEvent>) {
+    pub fn pair() -> (NetLink, NetInput, mpsc::Sender<NetEvent>) {
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (pose, pose_rx) = watch::channel(None);
         let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
-        (NetLink { commands, events: Mutex::new(events) }, command_rx, event_tx)
+        (NetLink { commands, pose, events: Mutex::new(events) }, NetInput { commands: command_rx, pose: pose_rx }, event_tx)
     }
 
     /// Queues a command; false when the queue is full or the task is gone.
     pub fn send(&self, command: NetCommand) -> bool {
         self.commands.try_send(command).is_ok()
+    }
+
+    /// Leaves `pose` as the newest for the network thread to send at its
+    /// next slot (replacing one not sent yet); false when the task is gone.
+    pub fn send_pose(&self, pose: Pose) -> bool {
+        self.pose.send(Some(pose)).is_ok()
     }
 }
 
@@ -189,7 +204,7 @@ fn start(mode: NetworkMode, room: String, name: String, telemetry: bool) -> Resu
         NetworkMode::Remote { server } => server,
         NetworkMode::Embedded { bots } => runtime.block_on(start_embedded(bots, &room))?,
     };
-    let (link, commands, events) = NetLink::pair();
+    let (link, input, events) = NetLink::pair();
     let (outbox, reports) = if telemetry {
         let (outbox, reports) = TelemetryOutbox::pair();
         (Some(outbox), Some(reports))
@@ -199,7 +214,7 @@ fn start(mode: NetworkMode, room: String, name: String, telemetry: bool) -> Resu
     let config = session::SessionConfig { server: server.clone(), room, name };
     std::thread::Builder::new()
         .name("plaza-network".into())
-        .spawn(move || runtime.block_on(session::run_with_telemetry(config, commands, events, reports)))
+        .spawn(move || runtime.block_on(session::run_with_telemetry(config, input, events, reports)))
         .map_err(|e| format!("no network thread: {e}"))?;
     Ok((link, outbox, server))
 }
@@ -288,7 +303,7 @@ mod tests {
     fn events_become_state_and_messages_and_a_dead_thread_shows() {
         let mut app = App::new();
         app.add_plugins(MinimalPlugins).add_plugins(NetworkPlugin { mode: NetworkMode::Offline, room: "plaza".into(), name: "Ada".into(), telemetry: false });
-        let (link, _commands, events) = NetLink::pair();
+        let (link, _input, events) = NetLink::pair();
         app.insert_resource(link);
         events.try_send(NetEvent::Status(ConnectionStatus::InRoom { room: "r_1".into(), room_name: "plaza".into() })).unwrap();
         let joined = Joined { room: "r_1".into(), room_name: "plaza".into(), you: 7, tick: 3, avatars: vec![AvatarInfo { id: 1, user: "u".into(), name: "Bob".into(), pose: Pose::default() }] };

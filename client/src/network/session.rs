@@ -4,14 +4,13 @@
 //! [`Connection`].
 
 use super::connection::{Connection, Credentials, Ended, Next, Notice, Tokens};
-use super::{NetCommand, NetEvent};
+use super::{NetCommand, NetEvent, NetInput};
 use plaza_shared::telemetry::TelemetryReport;
 use futures_util::{SinkExt, StreamExt};
 use plaza_shared::codec::Subprotocol;
 use plaza_shared::limits::PROTOCOL_VERSION;
 use plaza_shared::messages::*;
 use plaza_shared::pacing::PosePacer;
-use plaza_shared::pose::Pose;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -52,13 +51,13 @@ struct Task {
 }
 
 /// Runs until the app drops its end of the command channel.
-pub async fn run(config: SessionConfig, commands: mpsc::Receiver<NetCommand>, events: mpsc::Sender<NetEvent>) {
-    run_with_telemetry(config, commands, events, None).await
+pub async fn run(config: SessionConfig, input: NetInput, events: mpsc::Sender<NetEvent>) {
+    run_with_telemetry(config, input, events, None).await
 }
 
 /// [`run`], and with `telemetry` a task beside the session that posts the
 /// reports arriving there with the session's HTTP client and token.
-pub async fn run_with_telemetry(config: SessionConfig, mut commands: mpsc::Receiver<NetCommand>, events: mpsc::Sender<NetEvent>, telemetry: Option<mpsc::Receiver<TelemetryReport>>) {
+pub async fn run_with_telemetry(config: SessionConfig, mut input: NetInput, events: mpsc::Sender<NetEvent>, telemetry: Option<mpsc::Receiver<TelemetryReport>>) {
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) ^ u64::from(std::process::id());
     let http = match reqwest::Client::builder().timeout(HTTP_TIMEOUT).build() {
         Ok(http) => http,
@@ -76,7 +75,7 @@ pub async fn run_with_telemetry(config: SessionConfig, mut commands: mpsc::Recei
     task.status(super::ConnectionStatus::Connecting);
     let mut resume = false;
     loop {
-        let stop = task.session(&mut commands, resume).await;
+        let stop = task.session(&mut input, resume).await;
         let ended = match stop {
             Stop::Quit => return,
             Stop::Ended(ended) => ended,
@@ -97,7 +96,7 @@ pub async fn run_with_telemetry(config: SessionConfig, mut commands: mpsc::Recei
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep_until(deadline) => break,
-                        command = commands.recv() => if command.is_none() { return },
+                        command = input.commands.recv() => if command.is_none() { return },
                     }
                 }
             }
@@ -105,7 +104,7 @@ pub async fn run_with_telemetry(config: SessionConfig, mut commands: mpsc::Recei
                 task.notice(notice);
                 task.status(super::ConnectionStatus::Failed { reason });
                 // Nothing more to do until the app closes.
-                while commands.recv().await.is_some() {}
+                while input.commands.recv().await.is_some() {}
                 return;
             }
         }
@@ -176,7 +175,7 @@ impl Task {
     }
 
     /// One socket's life: hello, join (or resume), relay.
-    async fn session(&mut self, commands: &mut mpsc::Receiver<NetCommand>, resume: bool) -> Stop {
+    async fn session(&mut self, input: &mut NetInput, resume: bool) -> Stop {
         let token = match self.credentials().await {
             Ok(token) => token,
             Err(e) => return Stop::Ended(Ended::Unreachable(e)),
@@ -189,10 +188,10 @@ impl Task {
         if let Err(e) = send(&mut ws, &ClientMessage::Hello(hello)).await {
             return Stop::Ended(Ended::Dropped(e));
         }
-        self.relay(ws, commands).await
+        self.relay(ws, input).await
     }
 
-    async fn relay(&mut self, mut ws: Ws, commands: &mut mpsc::Receiver<NetCommand>) -> Stop {
+    async fn relay(&mut self, mut ws: Ws, input: &mut NetInput) -> Stop {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut in_room = false;
@@ -200,7 +199,6 @@ impl Task {
         // The newest pose waits here for its slot just before the room's
         // tick: one a tick, at most a frame old when the room takes it.
         let mut pacer = PosePacer::new(plaza_shared::limits::TICK_HZ);
-        let mut pose: Option<Pose> = None;
         let pose_timer = tokio::time::sleep_until(Instant::now());
         tokio::pin!(pose_timer);
         let mut pose_due_us: Option<u64> = None;
@@ -282,23 +280,23 @@ impl Task {
                         ServerMessage::Voice(_) => {}
                     }
                 }
-                command = commands.recv() => {
+                changed = input.pose.changed(), if in_room && pose_due_us.is_none() => {
+                    if changed.is_err() {
+                        let _ = ws.close(None).await;
+                        return Stop::Quit;
+                    }
+                    // A new pose: its slot is the next one before a tick.
+                    let now_us = unix_us();
+                    let due = pacer.next_send_us(now_us);
+                    pose_due_us = Some(due);
+                    pose_timer.as_mut().reset(Instant::now() + Duration::from_micros(due.saturating_sub(now_us)));
+                }
+                command = input.commands.recv() => {
                     let Some(command) = command else {
                         let _ = ws.close(None).await;
                         return Stop::Quit;
                     };
                     let message = match command {
-                        NetCommand::Pose(newest) if in_room => {
-                            pose = Some(newest);
-                            if pose_due_us.is_none() {
-                                let now_us = unix_us();
-                                let due = pacer.next_send_us(now_us);
-                                pose_due_us = Some(due);
-                                pose_timer.as_mut().reset(Instant::now() + Duration::from_micros(due.saturating_sub(now_us)));
-                            }
-                            continue;
-                        }
-                        NetCommand::Pose(_) => continue,
                         NetCommand::Chat { id, text } if in_room => ClientMessage::Chat(ChatSend { id, text }),
                         NetCommand::Chat { id, .. } => {
                             self.send(NetEvent::ChatFailed { id, reason: "not in a room yet; try again once connected".into() });
@@ -311,7 +309,8 @@ impl Task {
                 }
                 _ = &mut pose_timer, if pose_due_us.is_some() => {
                     let planned = pose_due_us.take().unwrap_or_default();
-                    let Some(newest) = pose.take() else { continue };
+                    // The newest pose, taken at the last moment.
+                    let Some(newest) = *input.pose.borrow_and_update() else { continue };
                     pacer.sent(planned, unix_us());
                     if let Err(e) = send(&mut ws, &ClientMessage::Pose(PoseUpdate { t: unix_ms(), pose: newest })).await {
                         return Stop::Ended(Ended::Dropped(e));
