@@ -314,35 +314,22 @@ pub fn decode_delta_stamps(bytes: &[u8], out: &mut DeltaStamps) -> Result<bool, 
     Ok(true)
 }
 
-/// [`read_pose`] without building the pose: the same bits read, only `t` kept.
+/// [`read_pose`] without building the pose: the block's length worked out
+/// from its flag bits (the fields have fixed widths), only `t` read.
 fn skip_pose(r: &mut Reader<'_>) -> Result<Option<u64>, DecodeError> {
     const WHAT: &str = "pose";
-    let mut b = r.bits();
-    let has_head = b.get(1, WHAT)? == 1;
-    let has_hands = b.get(1, WHAT)? == 1;
-    let has_t = b.get(1, WHAT)? == 1;
-    for _ in 0..3 {
-        b.get(POSITION_BITS, WHAT)?;
-    }
-    let skip_rotation = |b: &mut super::bits::BitReader<'_, '_>| -> Result<(), DecodeError> {
-        if b.get(1, WHAT)? == 0 {
-            b.get(YAW_BITS, WHAT)?;
-        } else {
-            b.get(2, WHAT)?;
-            for _ in 0..3 {
-                b.get(COMPONENT_BITS, WHAT)?;
-            }
-        }
-        Ok(())
+    let (has_head, has_hands, has_t) = (r.peek_bit(0, WHAT)?, r.peek_bit(1, WHAT)?, r.peek_bit(2, WHAT)?);
+    // A rotation starting at `bit`: its flag, then yaw or smallest three.
+    let rotation = |r: &Reader<'_>, bit: usize| -> Result<usize, DecodeError> {
+        Ok(1 + if r.peek_bit(bit, WHAT)? { 2 + 3 * COMPONENT_BITS as usize } else { YAW_BITS as usize })
     };
-    skip_rotation(&mut b)?;
-    let limbs = usize::from(has_head) + 2 * usize::from(has_hands);
-    for _ in 0..limbs {
-        for _ in 0..3 {
-            b.get(OFFSET_BITS, WHAT)?;
-        }
-        skip_rotation(&mut b)?;
+    let mut bits = 3 + 3 * POSITION_BITS as usize;
+    bits += rotation(r, bits)?;
+    for _ in 0..usize::from(has_head) + 2 * usize::from(has_hands) {
+        bits += 3 * OFFSET_BITS as usize;
+        bits += rotation(r, bits)?;
     }
+    r.skip(bits.div_ceil(8), WHAT)?;
     if has_t { Ok(Some(r.varint("pose t")?)) } else { Ok(None) }
 }
 

@@ -93,6 +93,22 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The bit `offset` bits past the read position (MSB first, as
+    /// [`BitReader`] reads), without moving.
+    pub fn peek_bit(&self, offset: usize, what: &'static str) -> Result<bool, DecodeError> {
+        let b = *self.bytes.get(self.pos + offset / 8).ok_or(DecodeError::Truncated(what))?;
+        Ok(b >> (7 - offset % 8) & 1 == 1)
+    }
+
+    /// Moves past `n` bytes.
+    pub fn skip(&mut self, n: usize, what: &'static str) -> Result<(), DecodeError> {
+        if n > self.remaining() {
+            return Err(DecodeError::Truncated(what));
+        }
+        self.pos += n;
+        Ok(())
+    }
+
     pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         let b = *self.bytes.get(self.pos).ok_or(DecodeError::Truncated(what))?;
         self.pos += 1;

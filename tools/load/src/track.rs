@@ -12,10 +12,14 @@ use std::collections::HashSet;
 /// Who an avatar is, from its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {
-    Ours(UserKey),
+    /// A user of this run, with its place in `Tracker::pairs` when it is of
+    /// our room ([`NOT_OURS`] otherwise): one lookup per pose, not two.
+    Ours(UserKey, u32),
     /// Not one of this run's users (a person, a bot, another run).
     Foreign,
 }
+
+const NOT_OURS: u32 = u32::MAX;
 
 /// What a receiver saw from one sender.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,7 +56,9 @@ pub struct Tracker {
     you: Option<AvatarId>,
     avatars: FastMap<AvatarId, Who>,
     gap_ms: u64,
-    pub from: FastMap<UserKey, PairStats>,
+    /// What we saw from each sender of our room, in order of first sight.
+    pairs: Vec<(UserKey, PairStats)>,
+    pair_of: FastMap<UserKey, u32>,
     pub chats: HashSet<String>,
     pub anomalies: Anomalies,
 }
@@ -67,7 +73,8 @@ impl Tracker {
             you: None,
             avatars: FastMap::default(),
             gap_ms,
-            from: FastMap::default(),
+            pairs: Vec::new(),
+            pair_of: FastMap::default(),
             chats: HashSet::new(),
             anomalies: Anomalies::default(),
         }
@@ -81,6 +88,22 @@ impl Tracker {
         self.you
     }
 
+    /// What we saw from each sender of our room.
+    pub fn pairs(&self) -> impl Iterator<Item = (UserKey, PairStats)> + '_ {
+        self.pairs.iter().copied()
+    }
+
+    /// What we saw from `sender`.
+    pub fn pair(&self, sender: UserKey) -> Option<PairStats> {
+        self.pair_of.get(&sender).map(|&i| self.pairs[i as usize].1)
+    }
+
+    /// Hands over what we saw from each sender, at the end.
+    pub fn take_pairs(&mut self) -> Vec<(UserKey, PairStats)> {
+        self.pair_of.clear();
+        std::mem::take(&mut self.pairs)
+    }
+
     fn classify(&mut self, info: &AvatarInfo) -> Who {
         if Some(info.id) == self.you {
             self.anomalies.own_avatar += 1;
@@ -89,8 +112,14 @@ impl Tracker {
             Some(key) => {
                 if key.room != self.me.room {
                     self.anomalies.misrouted += 1;
+                    return Who::Ours(key, NOT_OURS);
                 }
-                Who::Ours(key)
+                let next = self.pairs.len() as u32;
+                let pair = *self.pair_of.entry(key).or_insert(next);
+                if pair == next {
+                    self.pairs.push((key, PairStats::default()));
+                }
+                Who::Ours(key, pair)
             }
             None => {
                 self.anomalies.foreign += 1;
@@ -131,20 +160,20 @@ impl Tracker {
                 self.anomalies.own_avatar += 1;
                 continue;
             }
-            let key = match self.avatars.get(&id) {
+            let (key, pair) = match self.avatars.get(&id) {
                 None => {
                     self.anomalies.unknown_avatar += 1;
                     continue;
                 }
                 Some(Who::Foreign) => continue,
-                Some(Who::Ours(key)) if key.room != self.me.room => {
+                Some(Who::Ours(_, NOT_OURS)) => {
                     self.anomalies.misrouted += 1;
                     continue;
                 }
-                Some(Who::Ours(key)) => *key,
+                Some(&Who::Ours(key, pair)) => (key, pair),
             };
             let Some(t) = t else { continue };
-            let stats = self.from.entry(key).or_default();
+            let stats = &mut self.pairs[pair as usize].1;
             if t <= stats.max_t {
                 self.anomalies.stale += 1;
                 continue;

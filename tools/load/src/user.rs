@@ -412,7 +412,7 @@ impl User {
                 }
                 if self.lost_at.is_none() {
                     self.lost_at = Some(Instant::now());
-                    self.away_after = self.tracker.from.iter().map(|(&sender, stats)| (sender, stats.max_t)).collect();
+                    self.away_after = self.tracker.pairs().map(|(sender, stats)| (sender, stats.max_t)).collect();
                 }
             }
             match end {
@@ -999,7 +999,7 @@ impl User {
             // Lost and never back: what was on its way died with the socket.
             report.receiver.away.push(Away { after: std::mem::take(&mut self.away_after), to: u64::MAX });
         }
-        report.receiver.seen = std::mem::take(&mut self.tracker.from).into_iter().collect();
+        report.receiver.seen = self.tracker.take_pairs().into_iter().collect();
         report.receiver.chats = std::mem::take(&mut self.tracker.chats);
         report.anomalies = self.tracker.anomalies;
         report

@@ -190,7 +190,7 @@ fn the_tracker_keeps_the_newest_pose_per_sender() {
     tr.on_delta(&Delta { tick: 6, avatars: vec![moved(2, 1000)], joined: vec![info(3, &user_name(TAG, key(1, 3)))], left: vec![] }, &mut poses);
     tr.on_delta(&Delta { tick: 7, avatars: vec![moved(2, 1050), moved(3, 1060)], joined: vec![], left: vec![] }, &mut poses);
     assert_eq!(poses, vec![(key(1, 2), 1000, 0), (key(1, 2), 1050, 1000), (key(1, 3), 1060, 0)]);
-    assert_eq!(tr.from[&key(1, 2)], PairStats { max_t: 1050, received: 2 });
+    assert_eq!(tr.pair(key(1, 2)), Some(PairStats { max_t: 1050, received: 2 }));
     // A repeated or older t is stale; a jump past the gap threshold is a gap.
     tr.on_delta(&Delta { tick: 8, avatars: vec![moved(2, 1050), moved(3, 2000)], joined: vec![], left: vec![] }, &mut poses);
     assert_eq!(tr.anomalies.stale, 1);
