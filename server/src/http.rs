@@ -74,12 +74,12 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         otel.status_code = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
     );
+    let (method, route) = (req.method().clone(), route_of(req.uri().path()));
     if crate::otel::enabled() {
-        span.record("otel.name", format!("{} {}", req.method(), route_of(req.uri().path())));
+        span.record("otel.name", format!("{method} {route}"));
         span.record("otel.kind", "server");
         crate::otel::set_remote_parent(&span, req.headers());
     }
-    let (method, route) = (req.method().clone(), route_of(req.uri().path()));
     let mut response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let method = ROUTES.iter().find(|(m, r)| *r == route && *m == method.as_str()).map_or("other", |(m, _)| *m);
     metrics::counter!(crate::metrics::HTTP_REQUESTS, "route" => route, "method" => method, "status" => crate::metrics::status_class(response.status().as_u16())).increment(1);

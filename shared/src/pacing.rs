@@ -252,16 +252,6 @@ impl PosePacer {
     pub fn period_us(&self) -> u64 {
         self.period_us
     }
-
-    /// The arrival grid's phase (µs into the period), once known.
-    pub fn phase_us(&mut self) -> Option<u64> {
-        self.phase.phase_us()
-    }
-
-    /// How early before the grid the next pose would leave.
-    pub fn lead_us(&self) -> u64 {
-        self.lead.lead_us(self.rtt_us, self.period_us)
-    }
 }
 
 #[cfg(test)]

@@ -386,5 +386,5 @@ fn unix_us() -> u64 {
 }
 
 fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    unix_us() / 1000
 }

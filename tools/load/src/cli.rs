@@ -35,8 +35,7 @@ pub enum Command {
 }
 
 /// When a simulated user sends its pose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum SendAt {
     /// Just before the room's next tick.
     #[default]

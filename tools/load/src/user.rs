@@ -297,6 +297,8 @@ struct User {
     stamps: plaza_shared::codec::binary::DeltaStamps,
     /// When our poses go out (`--send-at tick`): the client's pacing.
     pacer: PosePacer,
+    /// `--send-at tick` at a rate the tick can pace (up to the tick rate).
+    paced: bool,
     /// Unix µs the pose timer was set for.
     pose_due_us: u64,
     /// Unix ms of our latest `joined`: poses sent before it are not ours to time.
@@ -338,6 +340,7 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
     let mut rng = SplitMix::new(plan.seed);
     let walk = Walk::new(plan.key, &mut rng);
     let gap_ms = env.gap_ms;
+    let paced = env.send_at == SendAt::Tick && env.rate_hz <= f64::from(TICK_HZ);
     let mut user = User {
         tracker: Tracker::new(&env.tag, plan.key, gap_ms),
         report: UserReport { key: Some(plan.key), ..UserReport::default() },
@@ -353,6 +356,7 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         poses_buf: Vec::new(),
         stamps: Default::default(),
         pacer: PosePacer::new(TICK_HZ),
+        paced,
         pose_due_us: 0,
         joined_ms: 0,
         last_t: 0,
@@ -792,8 +796,7 @@ impl User {
     /// that comes closest, as the client does ([`PosePacer`]).
     fn next_pose_at(&mut self, every: Duration) -> Instant {
         let now_us = unix_us();
-        let aligned = self.env.send_at == SendAt::Tick && self.env.rate_hz <= f64::from(TICK_HZ);
-        let due_us = if aligned {
+        let due_us = if self.paced {
             // The pacer gives the first slot after its argument, at most one a tick.
             let half_period = self.pacer.period_us() / 2;
             self.pacer.next_send_us(now_us + (every.as_micros() as u64).saturating_sub(half_period))
@@ -915,8 +918,12 @@ impl User {
                 self.tracker.on_entries(stamps.moved.iter().copied(), &stamps.joined, &stamps.left, &mut poses);
             }
         }
+        // Two grids on purpose: the room's (all its members' arrivals, for
+        // the net split) and our own, learnt as the client learns it.
         let phase = self.env.clocks.observe(self.plan.key.room, now_us, self.period_us);
-        self.pacer.delta_arrived(now_us);
+        if self.paced {
+            self.pacer.delta_arrived(now_us);
+        }
         if !poses.is_empty() {
             let second = self.env.epoch.elapsed().as_secs() as u32;
             if second != self.batch.second && !self.batch.is_empty() {
@@ -1028,12 +1035,13 @@ mod tests {
     fn the_poses_between_two_stamps_are_found_but_not_those_of_a_cut_socket() {
         let sent = SentPoses::new(2, 3);
         let alice = UserKey { room: 2, user: 3 };
-        let between = |after, before| {
+        let between_of = |key, after, before| {
             let mut found = Vec::new();
-            sent.between(alice, after, before, |t| found.push(t));
+            sent.between(key, after, before, |t| found.push(t));
             found.sort();
             found
         };
+        let between = |after, before| between_of(alice, after, before);
         for t in (1_000..=1_400).step_by(50) {
             sent.sent(alice, t);
         }
@@ -1041,7 +1049,7 @@ mod tests {
         assert_eq!(between(1_100, 1_300), vec![1_150, 1_200, 1_250]);
         assert!(between(1_300, 1_350).is_empty(), "consecutive: nothing in between");
         // Someone else's stamps are theirs.
-        assert!(({ let mut f = Vec::new(); sent.between(UserKey { room: 1, user: 3 }, 0, 2_000, |t| f.push(t)); f }).is_empty());
+        assert!(between_of(UserKey { room: 1, user: 3 }, 0, 2_000).is_empty());
         // The socket was cut after 1,400; poses sent into it are not superseded.
         sent.cut(alice, 1_400);
         sent.sent(alice, 2_000);
