@@ -211,3 +211,27 @@ async fn a_pose_handed_over_every_frame_goes_out_once_a_tick_just_before_it() {
     eprintln!("paced: {} poses seen, {before_tick} of {} settled ones sent within 25 ms before the tick", seen.len(), settled.len());
     assert!(before_tick * 10 >= settled.len() * 8, "{before_tick} of {} sent within 25 ms before the tick", settled.len());
 }
+
+#[tokio::test]
+async fn a_full_server_is_waited_out_as_it_asks_and_then_joined() {
+    let config = plaza_server::ServerConfig { max_connections: 1, ..plaza_server::ServerConfig::ephemeral() };
+    let (addr, _stop) = server(config).await;
+    let base = format!("http://{addr}");
+    let mut first = Client::start(base.clone(), "full-server");
+    first.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+
+    let mut second = Client::start(base, "full-server");
+    let (notice, before) = second.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Notice(Notice::ServerBusy { .. }))).await;
+    let NetEvent::Notice(Notice::ServerBusy { retry_in }) = notice else { unreachable!() };
+    assert!(retry_in >= Duration::from_secs(5), "the server's Retry-After is honoured: {retry_in:?}");
+    assert!(!before.iter().any(|e| matches!(e, NetEvent::Joined(_))), "{before:?}");
+    let (status, _) = second.until(Duration::from_secs(2), |e| matches!(e, NetEvent::Status(ConnectionStatus::Reconnecting { .. }))).await;
+    let NetEvent::Status(ConnectionStatus::Reconnecting { reason, retry_in: status_retry, .. }) = status else { unreachable!() };
+    assert_eq!((reason.as_str(), status_retry), ("server full", retry_in));
+
+    // The first leaves; the second gets in at its next try.
+    let waited = std::time::Instant::now();
+    drop(first);
+    second.until(Duration::from_secs(20), |e| matches!(e, NetEvent::Joined(_))).await;
+    assert!(waited.elapsed() >= retry_in.saturating_sub(Duration::from_millis(500)), "not before it was asked to: {:?}", waited.elapsed());
+}

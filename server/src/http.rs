@@ -238,6 +238,7 @@ async fn create_room(State(state): State<AppState>, headers: HeaderMap, body: ax
 
 async fn websocket(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
     if *state.draining.borrow() {
+        metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "draining").increment(1);
         return ApiError(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down; try another instance".into()).into_response();
     }
     // `protocols` picks the first of ours the client offered.
@@ -245,6 +246,15 @@ async fn websocket(State(state): State<AppState>, headers: HeaderMap, ws: WebSoc
     let protocol = ws.selected_protocol().and_then(|p| p.to_str().ok()).and_then(Subprotocol::from_name);
     let Some(protocol) = protocol else {
         return bad_request("ask for subprotocol plaza.v1.bin or plaza.v1.json (Sec-WebSocket-Protocol)").into_response();
+    };
+    // Held by the socket's task for its whole life.
+    let Some(admitted) = state.connections.admit() else {
+        let limit = state.connections.limit();
+        metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "max_connections").increment(1);
+        crate::capacity::log_refusal("max_connections", limit);
+        let message = format!("the server is at its limit of {limit} connections; try again in {} s", crate::capacity::RETRY_AFTER_SECS);
+        let retry_after = [(axum::http::header::RETRY_AFTER, crate::capacity::RETRY_AFTER_SECS.to_string())];
+        return (retry_after, ApiError(StatusCode::SERVICE_UNAVAILABLE, "server_full", message)).into_response();
     };
     // The socket's span, a child of this request's (and so of the caller's
     // `traceparent`); it lives until the socket closes.
@@ -256,7 +266,13 @@ async fn websocket(State(state): State<AppState>, headers: HeaderMap, ws: WebSoc
         .read_buffer_size(4096)
         .on_upgrade(move |socket| {
             let span = trace.span().clone();
-            tracing::Instrument::instrument(crate::gateway::serve(socket, protocol, state, trace), span)
+            tracing::Instrument::instrument(
+                async move {
+                    let _admitted = admitted;
+                    crate::gateway::serve(socket, protocol, state, trace).await
+                },
+                span,
+            )
         })
 }
 

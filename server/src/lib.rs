@@ -7,6 +7,7 @@
 //! - [`gateway`]: one task per WebSocket.
 //! - [`rooms`]: one task per room (20 Hz tick) and the room directory.
 //! - [`limiter`]: per-socket rate limits.
+//! - [`capacity`]: the connection budgets and the open-file limit.
 //!
 //! - [`store`]: chat storage (sqlx: SQLite or Postgres).
 //! - [`telemetry`]: client frame-timing reports into `plaza_client_*`.
@@ -18,6 +19,7 @@
 
 pub mod auth;
 pub mod bots;
+pub mod capacity;
 pub mod gateway;
 pub mod http;
 pub mod limiter;
@@ -54,6 +56,12 @@ pub struct ServerConfig {
     /// kernel's autotuning (which grows to megabytes: minutes of stale
     /// deltas for a slow reader before its queue even fills).
     pub socket_send_buffer: usize,
+    /// Most WebSockets at once (`--max-connections`); the next gets `503
+    /// server_full` (crate::capacity).
+    pub max_connections: usize,
+    /// Most TCP connections at once, HTTP and WebSocket: what the open-file
+    /// limit holds ([`capacity::connection_fd_budget`]).
+    pub max_tcp_connections: usize,
 }
 
 /// About a second of a busy room's deltas at the JSON sizes, and enough in
@@ -72,6 +80,8 @@ impl ServerConfig {
             bots: 0,
             bots_room: "plaza".into(),
             socket_send_buffer: DEFAULT_SOCKET_SEND_BUFFER,
+            max_connections: capacity::max_connections(None, capacity::fd_limit()).unwrap_or(1),
+            max_tcp_connections: capacity::fd_limit().map_or(usize::MAX, |l| capacity::connection_fd_budget(l.soft)),
         }
     }
 }
@@ -91,6 +101,8 @@ pub struct AppState {
     pub closing: tokio::sync::watch::Receiver<bool>,
     /// One clone per open socket; `run` waits for them when stopping.
     pub sockets: Arc<()>,
+    /// Places for WebSockets (`--max-connections`).
+    pub connections: capacity::ConnectionBudget,
     /// Client telemetry's per-user report limit.
     pub telemetry: telemetry::TelemetryState,
 }
@@ -105,6 +117,7 @@ pub struct Shutdown {
 impl AppState {
     pub async fn new(config: &ServerConfig) -> Result<(Self, Shutdown), store::StoreError> {
         metrics::init();
+        ::metrics::gauge!(crate::metrics::WS_CONNECTION_LIMIT).set(config.max_connections as f64);
         let store = store::Store::connect(&config.database_url).await?;
         let (draining_tx, draining) = tokio::sync::watch::channel(false);
         let (closing_tx, closing) = tokio::sync::watch::channel(false);
@@ -117,6 +130,7 @@ impl AppState {
             draining,
             closing,
             sockets: Arc::new(()),
+            connections: capacity::ConnectionBudget::new(config.max_connections),
             telemetry: telemetry::TelemetryState::new(),
         };
         Ok((state, Shutdown { draining: draining_tx, closing: closing_tx }))
@@ -168,7 +182,8 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
         // Receivers keep seeing `true` after the senders are dropped.
     };
     let send_buffer = config.socket_send_buffer;
-    let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp: &mut tokio::net::TcpStream| tune_socket(tcp, send_buffer));
+    tracing::info!(max_connections = config.max_connections, max_tcp_connections = config.max_tcp_connections, "connection limits");
+    let listener = capacity::GuardedListener::new(listener, config.max_tcp_connections, move |tcp: &mut tokio::net::TcpStream| tune_socket(tcp, send_buffer));
     axum::serve(listener, http::router(state)).with_graceful_shutdown(stop).await?;
     // Upgraded sockets outlive axum's graceful shutdown: wait for them.
     let deadline = tokio::time::Instant::now() + SOCKET_CLOSE_WAIT;

@@ -22,6 +22,12 @@ struct Config {
     /// Seconds `/ready` answers 503 before sockets are closed on shutdown.
     #[arg(long, env = "PLAZA_DRAIN_GRACE_S", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=300))]
     drain_grace_s: u64,
+    /// Most WebSockets at once; the next is answered 503 `server_full` with
+    /// Retry-After. Default: seven eighths of what the open-file limit
+    /// (raised to its hard limit at start) holds after 64 for the rest of
+    /// the server; the last eighth is for HTTP.
+    #[arg(long, env = "PLAZA_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// Bots wandering the `plaza` room, chatting now and then.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
     bots: u32,
@@ -116,6 +122,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             format!("sqlite://{}", dir.join("plaza.db").display())
         }
     };
+    // Each connection is a file descriptor: take all the limit allows.
+    let fd_limit = plaza_server::capacity::raise_fd_limit();
+    let max_connections = plaza_server::capacity::max_connections(config.max_connections, fd_limit)?;
+    if let Some(limit) = fd_limit {
+        tracing::info!(soft = limit.soft, hard = limit.hard, "open-file limit");
+    }
     let server = plaza_server::ServerConfig {
         token_secret: token_secret(&config)?,
         access_ttl: std::time::Duration::from_secs(15 * 60),
@@ -125,6 +137,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         bots: config.bots,
         bots_room: "plaza".into(),
         socket_send_buffer: plaza_server::DEFAULT_SOCKET_SEND_BUFFER,
+        max_connections,
+        max_tcp_connections: fd_limit.map_or(usize::MAX, |l| plaza_server::capacity::connection_fd_budget(l.soft)),
     };
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await

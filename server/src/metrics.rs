@@ -10,6 +10,13 @@ use std::sync::OnceLock;
 pub const ROOMS_ACTIVE: &str = "plaza_rooms_active";
 pub const ROOM_USERS: &str = "plaza_room_users";
 pub const WS_CONNECTIONS: &str = "plaza_ws_connections";
+/// `--max-connections` (crate::capacity).
+pub const WS_CONNECTION_LIMIT: &str = "plaza_ws_connection_limit";
+/// Open TCP connections, HTTP and WebSocket, and the most the open-file
+/// limit lets in (crate::capacity).
+pub const TCP_CONNECTIONS: &str = "plaza_tcp_connections";
+pub const TCP_CONNECTION_LIMIT: &str = "plaza_tcp_connection_limit";
+pub const CONNECTIONS_REFUSED: &str = "plaza_connections_refused_total";
 pub const WS_MESSAGES: &str = "plaza_ws_messages_total";
 pub const WS_BYTES: &str = "plaza_ws_bytes_total";
 pub const WS_DROPPED: &str = "plaza_ws_dropped_total";
@@ -76,6 +83,10 @@ fn describe() {
     describe_gauge!(ROOMS_ACTIVE, "rooms with at least one member");
     describe_histogram!(ROOM_USERS, "members per active room, sampled each second");
     describe_gauge!(WS_CONNECTIONS, "open WebSocket connections");
+    describe_gauge!(WS_CONNECTION_LIMIT, "most WebSocket connections at once (--max-connections)");
+    describe_gauge!(TCP_CONNECTIONS, "open TCP connections, HTTP and WebSocket");
+    describe_gauge!(TCP_CONNECTION_LIMIT, "most TCP connections the open-file limit lets in");
+    describe_counter!(CONNECTIONS_REFUSED, "connections refused or not accepted, by reason");
     describe_counter!(WS_MESSAGES, "WebSocket messages by direction and type");
     describe_counter!(WS_BYTES, "WebSocket payload bytes by direction");
     describe_counter!(WS_DROPPED, "messages not delivered, by reason");
@@ -96,10 +107,14 @@ fn describe() {
 /// Every metric `/metrics` shows from start-up: the contract's and the
 /// server's own (process CPU and memory are added at each scrape, on Linux;
 /// `plaza_client_frame_seconds` by [`crate::telemetry::render_frames`]).
-pub const ALL: [&str; 21] = [
+pub const ALL: [&str; 25] = [
     ROOMS_ACTIVE,
     ROOM_USERS,
     WS_CONNECTIONS,
+    WS_CONNECTION_LIMIT,
+    TCP_CONNECTIONS,
+    TCP_CONNECTION_LIMIT,
+    CONNECTIONS_REFUSED,
     WS_MESSAGES,
     WS_BYTES,
     WS_DROPPED,
@@ -141,6 +156,10 @@ pub const WS_TYPES_IN: [&str; 8] = ["hello", "join", "leave", "pose", "chat", "p
 pub const WS_TYPES_OUT: [&str; 9] = ["welcome", "joined", "delta", "chat", "chat_ack", "pong", "token_expiring", "error", "voice"];
 /// `reason` label values of `plaza_ws_dropped_total`.
 pub const DROP_REASONS: [&str; 3] = ["rate_limited", "room_queue_full", "slow_consumer"];
+/// `reason` label values of `plaza_connections_refused_total`: a
+/// WebSocket over `--max-connections`, a connection over the open-file
+/// budget, a WebSocket while draining, and an accept that failed.
+pub const REFUSE_REASONS: [&str; 4] = ["max_connections", "open_files", "draining", "accept_failed"];
 /// `direction` label values (`plaza_ws_bytes_total`, `plaza_voice_bytes_total`).
 pub const DIRECTIONS: [&str; 2] = ["in", "out"];
 
@@ -164,12 +183,15 @@ fn register_zeros() {
         counter!(WS_DROPPED, "reason" => reason).increment(0);
     }
     counter!(RATE_LIMITED).increment(0);
+    for reason in REFUSE_REASONS {
+        counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(0);
+    }
     for (method, route) in crate::http::ROUTES {
         for status in HTTP_STATUS_CLASSES {
             counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status).increment(0);
         }
     }
-    for name in [ROOMS_ACTIVE, WS_CONNECTIONS, VOICE_STREAMS, RUNTIME_TASKS] {
+    for name in [ROOMS_ACTIVE, WS_CONNECTIONS, WS_CONNECTION_LIMIT, TCP_CONNECTIONS, TCP_CONNECTION_LIMIT, VOICE_STREAMS, RUNTIME_TASKS] {
         gauge!(name).increment(0.0);
     }
     for name in [ROOM_USERS, AUTH_DURATION, JOIN_DURATION, TICK_DURATION] {

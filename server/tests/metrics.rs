@@ -73,6 +73,9 @@ async fn a_fresh_server_lists_every_metric_and_series_at_zero() {
     for r in ["rate_limited", "room_queue_full", "slow_consumer"] {
         series.push(format!("plaza_ws_dropped_total{{reason=\"{r}\"}}"));
     }
+    for r in ["max_connections", "open_files", "draining", "accept_failed"] {
+        series.push(format!("plaza_connections_refused_total{{reason=\"{r}\"}}"));
+    }
     for p in ["desktop", "vr", "mobile"] {
         series.push(format!("plaza_client_reports_total{{platform=\"{p}\"}}"));
         series.push(format!("plaza_client_reports_dropped_total{{platform=\"{p}\"}}"));
@@ -102,8 +105,18 @@ async fn a_fresh_server_lists_every_metric_and_series_at_zero() {
         None => eprintln!("promtool not found: exposition lint skipped"),
     }
 
-    // Nothing used yet: every plaza_ sample is zero (the live task count aside).
-    let moved: Vec<_> = samples.iter().filter(|(s, v)| s.starts_with("plaza_") && !s.starts_with(m::RUNTIME_TASKS) && *v != 0.0).collect();
+    // Nothing used yet: every plaza_ sample is zero, but for the live task
+    // count, the limits and the one TCP connection that is this scrape.
+    let config = plaza_server::ServerConfig::ephemeral();
+    let value = |name: &str| samples.iter().find(|(s, _)| *s == name).map(|(_, v)| *v);
+    assert_eq!(value(m::WS_CONNECTION_LIMIT), Some(config.max_connections as f64));
+    assert_eq!(value(m::TCP_CONNECTION_LIMIT), Some(config.max_tcp_connections as f64));
+    assert_eq!(value(m::TCP_CONNECTIONS), Some(1.0));
+    let moved: Vec<_> = samples
+        .iter()
+        .filter(|(s, v)| s.starts_with("plaza_") && *v != 0.0)
+        .filter(|(s, _)| ![m::RUNTIME_TASKS, m::WS_CONNECTION_LIMIT, m::TCP_CONNECTION_LIMIT, m::TCP_CONNECTIONS].iter().any(|name| s.starts_with(name)))
+        .collect();
     assert!(moved.is_empty(), "non-zero on a fresh server: {moved:?}");
 }
 

@@ -60,12 +60,16 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let cap = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
         self.attempt += 1;
+        cap.mul_f64(0.5 + 0.5 * self.unit())
+    }
+
+    /// A jitter draw in [0, 1).
+    pub fn unit(&mut self) -> f64 {
         // xorshift64*: good enough for jitter, no dependency.
         self.rng ^= self.rng >> 12;
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
-        let unit = (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
-        cap.mul_f64(0.5 + 0.5 * unit)
+        (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
     }
 
     pub fn reset(&mut self) {
@@ -108,6 +112,9 @@ pub enum Ended {
     Unreachable(String),
     /// The room said `room_full`.
     RoomFull,
+    /// The server answered the upgrade `503 server_full`: it is at its
+    /// connection limit and asked us to wait `retry_after`.
+    ServerFull { retry_after: Duration },
 }
 
 /// What to do after a socket ended.
@@ -124,7 +131,9 @@ pub enum Notice {
     Reconnecting { attempt: u32 },
     Reconnected { resumed: bool },
     TokenExpired,
-    ServerFull,
+    RoomFull,
+    /// The server is at its connection limit; the next try is this far off.
+    ServerBusy { retry_in: Duration },
     ServerRestarting,
     VoiceLost,
 }
@@ -138,7 +147,8 @@ impl Notice {
             Notice::Reconnected { resumed: true } => "Reconnected. Your place in the room was kept.".into(),
             Notice::Reconnected { resumed: false } => "Reconnected and rejoined the room.".into(),
             Notice::TokenExpired => "Your session expired; signing in again.".into(),
-            Notice::ServerFull => "The room is full. Pick another room in Settings (or start with --room NAME).".into(),
+            Notice::RoomFull => "The room is full. Pick another room in Settings (or start with --room NAME).".into(),
+            Notice::ServerBusy { retry_in } => format!("The server is full right now. Trying again in {} s…", retry_in.as_secs_f64().ceil() as u64),
             Notice::ServerRestarting => "The server is restarting. Reconnecting shortly…".into(),
             Notice::VoiceLost => "Voice connection lost. Voice resumes when the connection is back.".into(),
         }
@@ -202,7 +212,14 @@ impl Connection {
         match how {
             Ended::RoomFull => {
                 self.session = None;
-                Next::GiveUp { reason: "the room is full".into(), notice: Notice::ServerFull }
+                Next::GiveUp { reason: "the room is full".into(), notice: Notice::RoomFull }
+            }
+            Ended::ServerFull { retry_after } => {
+                // Spread over one to two times what was asked, plus the
+                // growing backoff: clients refused together must not all
+                // come back in the same instant.
+                let after = retry_after.mul_f64(1.0 + self.backoff.unit()) + self.backoff.next_delay();
+                Next::Retry { after, resume: self.session.is_some(), notice: Notice::ServerBusy { retry_in: after } }
             }
             Ended::Closed(code, _) if *code == close::BAD_TOKEN => {
                 // Expired or revoked: new credentials, then a fresh session.
@@ -310,5 +327,33 @@ mod tests {
         assert!(after >= Duration::from_secs(5), "misbehaviour retries slowly");
         let Next::GiveUp { notice, .. } = c.ended(&Ended::RoomFull) else { panic!("give up") };
         assert!(notice.text().contains("another room"));
+    }
+
+    #[test]
+    fn a_full_server_is_retried_after_it_asked_and_never_in_step_with_other_clients() {
+        let wait = Duration::from_secs(5);
+        let mut afters = Vec::new();
+        for n in 0..20 {
+            let mut c = Connection::new(2 * n + 1);
+            c.welcomed("s1");
+            let Next::Retry { after, resume, notice } = c.ended(&Ended::ServerFull { retry_after: wait }) else { panic!("retry") };
+            assert!(after >= wait, "never sooner than asked: {after:?}");
+            assert!(resume, "the seat may still be waiting");
+            assert_eq!(notice, Notice::ServerBusy { retry_in: after });
+            assert!(notice.text().contains("server is full") && notice.text().contains(&format!("{} s", after.as_secs_f64().ceil() as u64)), "{}", notice.text());
+            afters.push(after);
+        }
+        afters.sort();
+        afters.dedup();
+        assert!(afters.len() >= 15, "jittered: {afters:?}");
+        assert!(afters[afters.len() - 1] - afters[0] >= Duration::from_secs(2), "spread over seconds, not a burst: {afters:?}");
+        // Refused again, it waits longer.
+        let mut c = Connection::new(3);
+        let first = match c.ended(&Ended::ServerFull { retry_after: wait }) { Next::Retry { after, .. } => after, _ => panic!() };
+        for _ in 0..4 {
+            c.ended(&Ended::ServerFull { retry_after: wait });
+        }
+        let fifth = match c.ended(&Ended::ServerFull { retry_after: wait }) { Next::Retry { after, .. } => after, _ => panic!() };
+        assert!(fifth > first, "{first:?} then {fifth:?}");
     }
 }

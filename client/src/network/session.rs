@@ -89,6 +89,7 @@ pub async fn run_with_telemetry(config: SessionConfig, mut input: NetInput, even
                     Ended::Closed(code, reason) => format!("closed {code}: {reason}"),
                     Ended::Dropped(r) | Ended::Unreachable(r) => r.clone(),
                     Ended::RoomFull => "room full".into(),
+                    Ended::ServerFull { .. } => "server full".into(),
                 };
                 task.status(super::ConnectionStatus::Reconnecting { attempt: task.conn.backoff.attempt(), retry_in: after, reason });
                 // Wait, but leave at once if the app closes meanwhile.
@@ -159,9 +160,9 @@ impl Task {
         }
     }
 
-    async fn open(&self) -> Result<Ws, String> {
+    async fn open(&self) -> Result<Ws, Ended> {
         let url = format!("{}/ws", self.config.server.replacen("http://", "ws://", 1));
-        let mut request = url.as_str().into_client_request().map_err(|e| format!("{url}: {e}"))?;
+        let mut request = url.as_str().into_client_request().map_err(|e| Ended::Unreachable(format!("{url}: {e}")))?;
         request.headers_mut().insert("sec-websocket-protocol", Subprotocol::Binary.name().parse().expect("header value"));
         // No Nagle: a pose must not wait for the server's ACK of the one
         // before (up to a delayed-ACK timeout, 40 ms on Linux). A 4 KiB read
@@ -169,8 +170,11 @@ impl Task {
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
         let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_with_config(request, Some(config), true))
             .await
-            .map_err(|_| format!("{url}: no answer within {CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|_| Ended::Unreachable(format!("{url}: no answer within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(response) => refused(&url, &response),
+                e => Ended::Unreachable(format!("{url}: {e}")),
+            })?;
         Ok(ws)
     }
 
@@ -182,7 +186,7 @@ impl Task {
         };
         let mut ws = match self.open().await {
             Ok(ws) => ws,
-            Err(e) => return Stop::Ended(Ended::Unreachable(e)),
+            Err(ended) => return Stop::Ended(ended),
         };
         let hello = Hello { token, protocol: PROTOCOL_VERSION, resume: if resume { self.conn.session.clone() } else { None } };
         if let Err(e) = send(&mut ws, &ClientMessage::Hello(hello)).await {
@@ -387,4 +391,22 @@ fn unix_us() -> u64 {
 
 fn unix_ms() -> u64 {
     unix_us() / 1000
+}
+
+/// What an upgrade answered with an HTTP status means: `503 server_full`
+/// is a server at its connection limit, which says when to come back
+/// (`Retry-After`, in seconds); anything else is a plain failure.
+fn refused(url: &str, response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>) -> Ended {
+    let code = response
+        .body()
+        .as_deref()
+        .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
+        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+    if response.status() == 503 && code.as_deref() == Some("server_full") {
+        // A missing or odd header gets the server's usual 5 s; a huge one
+        // is capped so a typo on the server can't park us for hours.
+        let secs = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(5).min(120);
+        return Ended::ServerFull { retry_after: Duration::from_secs(secs) };
+    }
+    Ended::Unreachable(format!("{url}: the server answered {}{}", response.status(), code.map(|c| format!(" ({c})")).unwrap_or_default()))
 }

@@ -244,6 +244,19 @@ enum End {
     Fatal,
 }
 
+/// Why a socket didn't open.
+struct OpenError {
+    cause: String,
+    /// `503 server_full`: the wait the server asked for.
+    retry_after: Option<Duration>,
+}
+
+impl From<String> for OpenError {
+    fn from(cause: String) -> Self {
+        OpenError { cause, retry_after: None }
+    }
+}
+
 fn unix_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
@@ -326,6 +339,8 @@ struct User {
     sending_since_cut: bool,
     /// When this connection's hello went out.
     hello_at: Option<Instant>,
+    /// The wait a full server asked for before the next try.
+    retry_after: Option<Duration>,
     /// Chats sent and not yet acknowledged, to resend after a reconnect.
     unacked: Vec<ChatSend>,
     /// The highest pose latency seen in this and the previous 5-second
@@ -372,6 +387,7 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         server_has_until_ms: 0,
         sending_since_cut: false,
         hello_at: None,
+        retry_after: None,
         unacked: Vec::new(),
         latency_peak_ms: [0; 2],
         latency_window: 0,
@@ -428,7 +444,7 @@ impl User {
                     self.failures_in_a_row += 1;
                     self.report.reconnects += 1;
                     Counters::add(&self.env.counters.reconnects, 1);
-                    let backoff = Duration::from_millis(250 * self.failures_in_a_row);
+                    let backoff = Duration::from_millis(250 * self.failures_in_a_row).max(self.retry_after.take().unwrap_or_default());
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = phase.wait_for(|p| *p != Phase::Run) => return,
@@ -480,7 +496,8 @@ impl User {
         false
     }
 
-    async fn open(&self) -> Result<Ws, String> {
+    /// The socket, or why not (with the wait a full server asked for).
+    async fn open(&self) -> Result<Ws, OpenError> {
         let url = &self.env.ws_url;
         let mut request = url.as_str().into_client_request().map_err(|e| format!("{url}: {e}"))?;
         let protocol = self.env.wire.subprotocol();
@@ -495,10 +512,17 @@ impl User {
         let (mut ws, response) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_with_config(request, Some(config), true))
             .await
             .map_err(|_| format!("{url}: no answer within {CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(response) if response.status() == 503 => {
+                    // `503 server_full` comes with the wait it asks for.
+                    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+                    OpenError { cause: format!("{url}: the server is full (503)"), retry_after: Some(Duration::from_secs(retry_after.unwrap_or(5).min(120))) }
+                }
+                e => format!("{url}: {e}").into(),
+            })?;
         let chosen = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
         if chosen != protocol {
-            return Err(format!("{url}: the server chose subprotocol {chosen:?}, not {protocol:?}"));
+            return Err(format!("{url}: the server chose subprotocol {chosen:?}, not {protocol:?}").into());
         }
         tokio::time::timeout(CONNECT_TIMEOUT, crate::wire::handshake(self.env.wire, &mut ws))
             .await
@@ -527,8 +551,9 @@ impl User {
         let mut ws = match opened {
             Ok(ws) => ws,
             Err(e) => {
-                tracing::warn!(user = %self.plan.name, cause = %e, "WebSocket connect failed");
-                self.error("connect");
+                tracing::warn!(user = %self.plan.name, cause = %e.cause, "WebSocket connect failed");
+                self.error(if e.retry_after.is_some() { "server_full" } else { "connect" });
+                self.retry_after = e.retry_after;
                 return lost(resume);
             }
         };
