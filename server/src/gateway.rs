@@ -284,6 +284,19 @@ async fn write_loop(
                 };
                 (frame, "delta", true)
             }
+            Some(Outbound::Resumed { welcome, state }) => {
+                // The welcome is fed here; the state joins it in one write.
+                if let Some(frame) = encode(protocol, &welcome, own) {
+                    if !feed_frame(&mut sink, &mut kick_rx, frame, welcome.type_name(), &counters).await {
+                        return;
+                    }
+                    unflushed += 1;
+                }
+                if let ServerMessage::Joined(j) = state.as_ref() {
+                    own = j.you;
+                }
+                (encode(protocol, &state, own), state.type_name(), false)
+            }
             Some(Outbound::Close(code, reason)) => {
                 if unflushed > 0 && !flush(&mut sink, &mut kick_rx).await {
                     return;

@@ -127,6 +127,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let max_connections = plaza_server::capacity::max_connections(config.max_connections, fd_limit)?;
     if let Some(limit) = fd_limit {
         tracing::info!(soft = limit.soft, hard = limit.hard, "open-file limit");
+        let budget = plaza_server::capacity::connection_fd_budget(limit.soft);
+        if max_connections > plaza_server::capacity::default_max_connections(limit.soft) {
+            tracing::warn!(
+                max_connections,
+                left_for_http = budget.saturating_sub(max_connections),
+                "with every WebSocket place taken, few connections are left for sign-in, scrapes and /health"
+            );
+        }
     }
     let server = plaza_server::ServerConfig {
         token_secret: token_secret(&config)?,

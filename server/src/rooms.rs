@@ -45,6 +45,10 @@ pub enum Outbound {
     Message(Arc<ServerMessage>),
     /// The tick's delta, shared by every member (see [`RoomDelta`]).
     Delta(Arc<RoomDelta>),
+    /// A resumed seat's `welcome` and full state, queued as one so the
+    /// writer sends them in one write: on a lossy link each TCP segment is
+    /// one more chance to stall the restore by a retransmission timeout.
+    Resumed { welcome: Arc<ServerMessage>, state: Arc<ServerMessage> },
     /// Close the socket with this code.
     Close(u16, &'static str),
 }
@@ -348,9 +352,8 @@ impl Room {
                     // clients share a session): the newest one wins.
                     let _ = m.link.kick.try_send((1000, "this session resumed on another connection"));
                 }
-                let welcomed = link.outbound.try_send(Outbound::Message(welcome));
                 let state = self.full_state(avatar);
-                if welcomed.is_err() || link.outbound.try_send(Outbound::Message(state)).is_err() {
+                if link.outbound.try_send(Outbound::Resumed { welcome, state }).is_err() {
                     let _ = reply.send(Err(JoinError::Closed));
                     return;
                 }
@@ -488,7 +491,7 @@ impl Room {
                             }
                         }
                         Outbound::Delta(d) => m.missed_left.extend(&d.delta().left),
-                        Outbound::Close(..) => {}
+                        Outbound::Resumed { .. } | Outbound::Close(..) => {}
                     }
                     if m.missed >= SLOW_TICKS_BEFORE_CLOSE {
                         too_slow.push(id);
@@ -822,9 +825,9 @@ mod tests {
         let (new_link, mut rx, _kick) = link(64);
         let seat = room.resume(you, occupant("roamer", 2), new_link, welcome()).await.expect("resumed");
         assert_eq!(seat.you, you);
-        let Some(Outbound::Message(first)) = rx.try_recv().ok() else { panic!("welcome queued") };
-        assert!(matches!(first.as_ref(), ServerMessage::Welcome(_)), "welcome comes first");
-        let state = first_joined(&mut rx);
+        let Some(Outbound::Resumed { welcome, state }) = rx.try_recv().ok() else { panic!("welcome and state queued as one") };
+        assert!(matches!(welcome.as_ref(), ServerMessage::Welcome(_)), "welcome comes first");
+        let ServerMessage::Joined(state) = state.as_ref() else { panic!("the full state: {state:?}") };
         assert_eq!(state.you, you);
         assert_eq!(state.avatars.iter().map(|a| a.id).collect::<Vec<_>>(), vec![watcher.joined.you], "the full state");
 
