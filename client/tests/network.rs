@@ -227,7 +227,7 @@ async fn a_full_server_is_waited_out_as_it_asks_and_then_joined() {
     assert!(!before.iter().any(|e| matches!(e, NetEvent::Joined(_))), "{before:?}");
     let (status, _) = second.until(Duration::from_secs(2), |e| matches!(e, NetEvent::Status(ConnectionStatus::Reconnecting { .. }))).await;
     let NetEvent::Status(ConnectionStatus::Reconnecting { reason, retry_in: status_retry, .. }) = status else { unreachable!() };
-    assert_eq!((reason.as_str(), status_retry), ("server full", retry_in));
+    assert_eq!((reason.as_str(), status_retry), (plaza_client::network::connection::SERVER_FULL, retry_in));
 
     // The first leaves; the second gets in at its next try.
     let waited = std::time::Instant::now();

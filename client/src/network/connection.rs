@@ -23,12 +23,19 @@ pub enum ConnectionStatus {
     Offline,
 }
 
+/// The `reason` of a [`ConnectionStatus::Reconnecting`] after `503 server_full`.
+pub const SERVER_FULL: &str = "server full";
+
 impl ConnectionStatus {
     pub fn label(&self) -> String {
         match self {
             ConnectionStatus::Starting => "starting".into(),
             ConnectionStatus::Connecting => "connecting".into(),
             ConnectionStatus::InRoom { room_name, .. } => format!("in {room_name}"),
+            // A full server is not a network problem: say so.
+            ConnectionStatus::Reconnecting { attempt, retry_in, reason } if reason == SERVER_FULL => {
+                format!("server full: retrying (try {attempt}, in {:.1} s)", retry_in.as_secs_f32())
+            }
             ConnectionStatus::Reconnecting { attempt, retry_in, .. } => format!("reconnecting (try {attempt}, in {:.1} s)", retry_in.as_secs_f32()),
             ConnectionStatus::Failed { .. } => "disconnected".into(),
             ConnectionStatus::Offline => "offline".into(),
@@ -327,6 +334,13 @@ mod tests {
         assert!(after >= Duration::from_secs(5), "misbehaviour retries slowly");
         let Next::GiveUp { notice, .. } = c.ended(&Ended::RoomFull) else { panic!("give up") };
         assert!(notice.text().contains("another room"));
+    }
+
+    #[test]
+    fn the_status_line_tells_a_full_server_from_a_lost_connection() {
+        let status = |reason: &str| ConnectionStatus::Reconnecting { attempt: 2, retry_in: Duration::from_millis(7300), reason: reason.into() };
+        assert_eq!(status(SERVER_FULL).label(), "server full: retrying (try 2, in 7.3 s)");
+        assert_eq!(status("the connection closed").label(), "reconnecting (try 2, in 7.3 s)");
     }
 
     #[test]

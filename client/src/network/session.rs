@@ -89,7 +89,7 @@ pub async fn run_with_telemetry(config: SessionConfig, mut input: NetInput, even
                     Ended::Closed(code, reason) => format!("closed {code}: {reason}"),
                     Ended::Dropped(r) | Ended::Unreachable(r) => r.clone(),
                     Ended::RoomFull => "room full".into(),
-                    Ended::ServerFull { .. } => "server full".into(),
+                    Ended::ServerFull { .. } => super::connection::SERVER_FULL.into(),
                 };
                 task.status(super::ConnectionStatus::Reconnecting { attempt: task.conn.backoff.attempt(), retry_in: after, reason });
                 // Wait, but leave at once if the app closes meanwhile.
