@@ -25,9 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use plaza_shared::limits::server_full::{CODE as SERVER_FULL, RETRY_AFTER_SECS};
+use rustix::process as rlimit;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use rustix::process as rlimit;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Descriptors kept out of the WebSocket budget at the least: the listener,
@@ -35,9 +36,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// the HTTP requests (sign-ins, chat history, scrapes) served beside the
 /// sockets.
 pub const MIN_RESERVED_FDS: u64 = 64;
-
-/// What the socket over budget is told to wait before trying again.
-pub const RETRY_AFTER_SECS: u64 = 5;
 
 /// The process's open-file limit (`ulimit -n`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +79,12 @@ pub fn raise_fd_limit() -> Option<FdLimit> {
 /// limit of `soft`: all but [`MIN_RESERVED_FDS`] (at least 1).
 pub fn connection_fd_budget(soft: u64) -> usize {
     soft.saturating_sub(MIN_RESERVED_FDS).max(1) as usize
+}
+
+/// The listener's budget under `limit`: [`connection_fd_budget`], or no
+/// bound where the limit is unknown.
+pub fn max_tcp_connections(limit: Option<FdLimit>) -> usize {
+    limit.map_or(usize::MAX, |l| connection_fd_budget(l.soft))
 }
 
 /// The default `--max-connections`: seven eighths of the descriptor budget,
@@ -167,16 +171,28 @@ const REFUSALS_IN_FLIGHT: usize = 16;
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
 /// The `503` for a connection over the descriptor budget: written before
-/// its request is read, so the same for every route.
-fn refusal_response() -> Vec<u8> {
-    let body = format!(
-        r#"{{"error":{{"code":"server_full","message":"the server has no room for another connection; try again in {RETRY_AFTER_SECS} s"}}}}"#
-    );
-    format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {RETRY_AFTER_SECS}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+/// its request is read, so the same for every route. Made once.
+fn refusal_response() -> &'static [u8] {
+    static RESPONSE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let body = format!(r#"{{"error":{{"code":"{SERVER_FULL}","message":"the server has no room for another connection; try again in {RETRY_AFTER_SECS} s"}}}}"#);
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {RETRY_AFTER_SECS}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    });
+    &RESPONSE
+}
+
+/// The routed `503` for a WebSocket over `--max-connections`, counted and
+/// logged.
+pub fn websocket_refusal(limit: usize) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "max_connections").increment(1);
+    log_refusal("max_connections", limit);
+    let message = format!("the server is at its limit of {limit} connections; try again in {RETRY_AFTER_SECS} s");
+    let retry_after = [(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS.to_string())];
+    (retry_after, crate::http::ApiError(axum::http::StatusCode::SERVICE_UNAVAILABLE, SERVER_FULL, message)).into_response()
 }
 
 /// One line a second at most for a condition that repeats per connection.
@@ -195,7 +211,7 @@ impl Throttle {
 }
 
 /// Logs a refusal, one line a second at most.
-pub fn log_refusal(reason: &'static str, limit: usize) {
+fn log_refusal(reason: &'static str, limit: usize) {
     static LOGGED: Throttle = Throttle::new();
     if LOGGED.ready() {
         tracing::warn!(reason, limit, "refusing connections: the server is at its limit (see plaza_connections_refused_total)");
@@ -228,7 +244,7 @@ impl<F: FnMut(&mut TcpStream) + Send + 'static> GuardedListener<F> {
         tokio::spawn(async move {
             let _slot = slot;
             let _ = tokio::time::timeout(REFUSAL_TIME, async {
-                stream.write_all(&refusal_response()).await?;
+                stream.write_all(refusal_response()).await?;
                 stream.shutdown().await?;
                 let mut sink = [0u8; 1024];
                 while stream.read(&mut sink).await? > 0 {}

@@ -249,12 +249,7 @@ async fn websocket(State(state): State<AppState>, headers: HeaderMap, ws: WebSoc
     };
     // Held by the socket's task for its whole life.
     let Some(admitted) = state.connections.admit() else {
-        let limit = state.connections.limit();
-        metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "max_connections").increment(1);
-        crate::capacity::log_refusal("max_connections", limit);
-        let message = format!("the server is at its limit of {limit} connections; try again in {} s", crate::capacity::RETRY_AFTER_SECS);
-        let retry_after = [(axum::http::header::RETRY_AFTER, crate::capacity::RETRY_AFTER_SECS.to_string())];
-        return (retry_after, ApiError(StatusCode::SERVICE_UNAVAILABLE, "server_full", message)).into_response();
+        return crate::capacity::websocket_refusal(state.connections.limit());
     };
     // The socket's span, a child of this request's (and so of the caller's
     // `traceparent`); it lives until the socket closes.

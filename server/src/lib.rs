@@ -71,6 +71,7 @@ pub const DEFAULT_SOCKET_SEND_BUFFER: usize = 128 * 1024;
 impl ServerConfig {
     /// For tests and `--dev`: a random secret.
     pub fn ephemeral() -> Self {
+        let limit = capacity::fd_limit();
         ServerConfig {
             token_secret: auth::random_token(32).into_bytes(),
             access_ttl: Duration::from_secs(15 * 60),
@@ -80,8 +81,8 @@ impl ServerConfig {
             bots: 0,
             bots_room: "plaza".into(),
             socket_send_buffer: DEFAULT_SOCKET_SEND_BUFFER,
-            max_connections: capacity::max_connections(None, capacity::fd_limit()).unwrap_or(1),
-            max_tcp_connections: capacity::fd_limit().map_or(usize::MAX, |l| capacity::connection_fd_budget(l.soft)),
+            max_connections: capacity::max_connections(None, limit).unwrap_or(1),
+            max_tcp_connections: capacity::max_tcp_connections(limit),
         }
     }
 }

@@ -146,7 +146,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         bots_room: "plaza".into(),
         socket_send_buffer: plaza_server::DEFAULT_SOCKET_SEND_BUFFER,
         max_connections,
-        max_tcp_connections: fd_limit.map_or(usize::MAX, |l| plaza_server::capacity::connection_fd_budget(l.soft)),
+        max_tcp_connections: plaza_server::capacity::max_tcp_connections(fd_limit),
     };
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await

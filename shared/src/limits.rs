@@ -56,3 +56,55 @@ pub mod close {
     pub const RATE_LIMITED: u16 = 4008;
     pub const TOO_SLOW: u16 = 4009;
 }
+
+/// A server at its connection limit answers the WebSocket upgrade (or any
+/// request, when out of file descriptors) `503` with this error code and a
+/// `Retry-After` in seconds.
+pub mod server_full {
+    use std::time::Duration;
+
+    /// The `code` of the JSON error.
+    pub const CODE: &str = "server_full";
+    /// The `Retry-After` the server sends, and what a client assumes when
+    /// the header is missing or unreadable.
+    pub const RETRY_AFTER_SECS: u64 = 5;
+    /// The longest `Retry-After` a client honours: a typo on a server must
+    /// not park its clients for hours.
+    pub const MAX_RETRY_AFTER_SECS: u64 = 120;
+
+    /// The `code` of a `{"error":{"code","message"}}` body.
+    pub fn error_code(body: &[u8]) -> Option<String> {
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        value["error"]["code"].as_str().map(str::to_owned)
+    }
+
+    /// The wait a refused upgrade asks for when it is a `503 server_full`
+    /// (from its status, `Retry-After` header and body); `None` for any
+    /// other answer.
+    pub fn wait(status: u16, retry_after: Option<&str>, body: Option<&[u8]>) -> Option<Duration> {
+        if status != 503 || body.and_then(error_code).as_deref() != Some(CODE) {
+            return None;
+        }
+        let secs = retry_after.and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(RETRY_AFTER_SECS);
+        Some(Duration::from_secs(secs.min(MAX_RETRY_AFTER_SECS)))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn only_a_503_server_full_asks_for_a_wait_and_the_wait_is_bounded() {
+            let full = br#"{"error":{"code":"server_full","message":"full"}}"#.as_slice();
+            assert_eq!(wait(503, Some("7"), Some(full)), Some(Duration::from_secs(7)));
+            assert_eq!(wait(503, None, Some(full)), Some(Duration::from_secs(5)), "missing header");
+            assert_eq!(wait(503, Some("soon"), Some(full)), Some(Duration::from_secs(5)), "unreadable header");
+            assert_eq!(wait(503, Some("86400"), Some(full)), Some(Duration::from_secs(120)), "capped");
+            let draining = br#"{"error":{"code":"draining","message":"full"}}"#.as_slice();
+            assert_eq!(wait(503, Some("5"), Some(draining)), None, "draining is not full");
+            assert_eq!(wait(500, Some("5"), Some(full)), None);
+            assert_eq!(wait(503, Some("5"), None), None);
+            assert_eq!(error_code(b"not json"), None);
+        }
+    }
+}

@@ -394,19 +394,14 @@ fn unix_ms() -> u64 {
 }
 
 /// What an upgrade answered with an HTTP status means: `503 server_full`
-/// is a server at its connection limit, which says when to come back
-/// (`Retry-After`, in seconds); anything else is a plain failure.
+/// is a server at its connection limit, which says when to come back;
+/// anything else is a plain failure.
 fn refused(url: &str, response: &tokio_tungstenite::tungstenite::http::Response<Option<Vec<u8>>>) -> Ended {
-    let code = response
-        .body()
-        .as_deref()
-        .and_then(|body| serde_json::from_slice::<serde_json::Value>(body).ok())
-        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
-    if response.status() == 503 && code.as_deref() == Some("server_full") {
-        // A missing or odd header gets the server's usual 5 s; a huge one
-        // is capped so a typo on the server can't park us for hours.
-        let secs = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(5).min(120);
-        return Ended::ServerFull { retry_after: Duration::from_secs(secs) };
+    use plaza_shared::limits::server_full;
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok());
+    if let Some(retry_after) = server_full::wait(response.status().as_u16(), retry_after, response.body().as_deref()) {
+        return Ended::ServerFull { retry_after };
     }
+    let code = response.body().as_deref().and_then(server_full::error_code);
     Ended::Unreachable(format!("{url}: the server answered {}{}", response.status(), code.map(|c| format!(" ({c})")).unwrap_or_default()))
 }

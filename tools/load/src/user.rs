@@ -513,10 +513,11 @@ impl User {
             .await
             .map_err(|_| format!("{url}: no answer within {CONNECT_TIMEOUT:?}"))?
             .map_err(|e| match e {
-                tokio_tungstenite::tungstenite::Error::Http(response) if response.status() == 503 => {
+                tokio_tungstenite::tungstenite::Error::Http(response) => {
                     // `503 server_full` comes with the wait it asks for.
-                    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-                    OpenError { cause: format!("{url}: the server is full (503)"), retry_after: Some(Duration::from_secs(retry_after.unwrap_or(5).min(120))) }
+                    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok());
+                    let wait = plaza_shared::limits::server_full::wait(response.status().as_u16(), retry_after, response.body().as_deref());
+                    OpenError { cause: format!("{url}: the server answered {}", response.status()), retry_after: wait }
                 }
                 e => format!("{url}: {e}").into(),
             })?;
