@@ -257,8 +257,11 @@ async fn websocket(State(state): State<AppState>, headers: HeaderMap, ws: WebSoc
     let trace = crate::otel::SessionTrace::new(request_id);
     ws.max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
-        // Small read buffer: measured ~14 KB per connection instead of ~140 KB.
-        .read_buffer_size(4096)
+        // Small read buffer: tungstenite allocates it per socket and
+        // zero-fills up to this much on every read, and a pose is ~40
+        // bytes. 4 KiB took RSS per connection from ~140 KB to ~20 KB;
+        // 1 KiB to ~17 KB (docs/benchmarks.md, session 7).
+        .read_buffer_size(1024)
         .on_upgrade(move |socket| {
             let span = trace.span().clone();
             tracing::Instrument::instrument(

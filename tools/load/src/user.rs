@@ -45,8 +45,9 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-/// WebSocket read buffer per connection (the server uses the same).
-const READ_BUFFER: usize = 4096;
+/// WebSocket read buffer per connection, as small as the server's: a
+/// 40-user room's delta (~560 bytes) fits one read.
+const READ_BUFFER: usize = 1024;
 /// Poses sent this close to the end of a connection that died are not
 /// expected anywhere; the same margin is kept before a receiver stops
 /// listening. Behind the fault proxy the run widens it by the time a
