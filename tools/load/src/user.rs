@@ -733,10 +733,19 @@ impl User {
         };
         let timer = tokio::time::sleep_until(start + first);
         tokio::pin!(timer);
+        let mut phase = *self.phase.borrow_and_update();
         loop {
-            // The phase is read here, not waited on first in the select: a
-            // change wakes the select's last branch, and this sees it.
-            let phase = *self.phase.borrow_and_update();
+            // The run's phase is checked here (an atomic load; the value is
+            // read only when it changed), not waited on in the select: a
+            // future for it each time the task sleeps locked the phase's
+            // waiter list twice, shared by every user. The one timer wakes
+            // the loop at least every BATCH_EVERY, so a change is seen
+            // within 250 ms.
+            match self.phase.has_changed() {
+                Ok(false) => {}
+                Ok(true) => phase = *self.phase.borrow_and_update(),
+                Err(_) => phase = Phase::Close, // the run is gone
+            }
             if phase == Phase::Close {
                 self.stop_sending();
                 return self.close(ws).await;
@@ -862,14 +871,6 @@ impl User {
                     if now >= due.flush {
                         due.flush = now + BATCH_EVERY;
                         self.flush().await;
-                    }
-                }
-                changed = self.phase.changed() => {
-                    // Read at the top of the loop; a run that dropped its
-                    // phase sender is over.
-                    if changed.is_err() {
-                        self.stop_sending();
-                        return self.close(ws).await;
                     }
                 }
             }
