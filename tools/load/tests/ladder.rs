@@ -49,6 +49,16 @@ fn a_tiny_ladder_climbs_every_target_and_loses_nothing() {
             assert_eq!(r["protocol"], expected_protocol);
         }
     }
+    // The rungs interleave in time (every target's 4-user step before any
+    // 8-user step); the report lists them target by target.
+    let rungs: Vec<u64> = stdout
+        .lines()
+        .filter(|l| l.contains(" users  p99 "))
+        .filter_map(|l| l.split_whitespace().nth(3).and_then(|u| u.parse().ok()))
+        .collect();
+    assert_eq!(rungs, [4, 4, 4, 8, 8, 8], "step lines in the order they ran:\n{stdout}");
+    let order: Vec<&str> = steps.iter().filter_map(|s| s["target"].as_str()).collect();
+    assert_eq!(order, ["plaza", "plaza", "socketio-relay", "socketio-relay", "socketio-batch", "socketio-batch"]);
     assert_eq!(ladder["capacity"].as_array().map(Vec::len), Some(3));
     let html = std::fs::read_to_string(out.join("ladder.html")).expect("ladder.html");
     assert!(html.contains("<svg") && html.contains("socketio-batch"));
