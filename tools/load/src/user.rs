@@ -617,8 +617,7 @@ impl User {
             let join = ClientMessage::Join(Join { room: self.plan.room.clone() });
             join_sent = Some(Instant::now());
             if self.send(&mut ws, &join).await.is_err() {
-                self.error("send");
-                return lost(self.session.clone());
+                return self.send_failed();
             }
         }
         self.relay(ws, join_sent).await
@@ -707,6 +706,13 @@ impl User {
         }
     }
 
+    /// A send on the socket failed: counted, and the connection is lost
+    /// (to be resumed with this session).
+    fn send_failed(&mut self) -> End {
+        self.error("send");
+        End::Lost { resume: self.session.clone(), relogin: false }
+    }
+
     fn stop_sending(&mut self) {
         self.stopped_sending_ms.get_or_insert(unix_us() / 1000);
     }
@@ -721,9 +727,9 @@ impl User {
         let ping_every = self.env.ping_every;
         let chat_every = self.env.chat_every;
         // One timer for everything timed (pose, ping, chat, the sample
-        // batch, the join's deadline), set to whichever is due first: polling
-        // five timers each time the task sleeps was a tenth of the load
-        // tool's own CPU at 2,000 users.
+        // batch, the join's deadline), set to whichever is due first: with
+        // five timers polled each time the task slept, the load tool used
+        // about 8% more CPU at 2,000 users (docs/benchmarks.md, session 7).
         let mut due = Due {
             pose: start + first,
             ping: start + ping_every.mul_f64(self.rng.unit()),
@@ -772,8 +778,7 @@ impl User {
                         Read::Skip => continue,
                         Read::Reply(reply) => {
                             if tokio::time::timeout(SEND_TIMEOUT, ws.send(reply)).await.map_or(true, |r| r.is_err()) {
-                                self.error("send");
-                                return End::Lost { resume: self.session.clone(), relogin: false };
+                                return self.send_failed();
                             }
                             continue;
                         }
@@ -843,8 +848,7 @@ impl User {
                     if sending && in_room && now >= due.pose {
                         self.pacer.sent(self.pose_due_us, unix_us());
                         if self.send_pose(&mut ws).await.is_err() {
-                            self.error("send");
-                            return End::Lost { resume: self.session.clone(), relogin: false };
+                            return self.send_failed();
                         }
                         due.pose = self.next_pose_at(pose_every);
                     }
@@ -853,8 +857,7 @@ impl User {
                         due.ping = now + ping_every;
                         let ping = ClientMessage::Ping(Ping { t: unix_us() / 1000 });
                         if self.send(&mut ws, &ping).await.is_err() {
-                            self.error("send");
-                            return End::Lost { resume: self.session.clone(), relogin: false };
+                            return self.send_failed();
                         }
                     }
                     if let (Some(every), Some(at)) = (chat_every, due.chat)
@@ -864,8 +867,7 @@ impl User {
                     {
                         due.chat = Some(now + every.mul_f64(self.rng.range(2.0 / 3.0, 4.0 / 3.0)));
                         if self.send_chat(&mut ws).await.is_err() {
-                            self.error("send");
-                            return End::Lost { resume: self.session.clone(), relogin: false };
+                            return self.send_failed();
                         }
                     }
                     if now >= due.flush {
