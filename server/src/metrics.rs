@@ -24,6 +24,9 @@ pub const RATE_LIMITED: &str = "plaza_rate_limited_total";
 pub const AUTH_DURATION: &str = "plaza_auth_duration_seconds";
 pub const JOIN_DURATION: &str = "plaza_join_duration_seconds";
 pub const TICK_DURATION: &str = "plaza_tick_duration_seconds";
+/// Ticks that waited for a streaming member's late pose, by whether it came
+/// within the grace (`outcome`: [`TICK_WAIT_OUTCOMES`]).
+pub const TICK_WAITS: &str = "plaza_tick_waits_total";
 pub const VOICE_BYTES: &str = "plaza_voice_bytes_total";
 pub const VOICE_STREAMS: &str = "plaza_voice_streams";
 /// Client telemetry (see [`crate::telemetry`]).
@@ -94,6 +97,7 @@ fn describe() {
     describe_histogram!(AUTH_DURATION, "time to issue or check a token, seconds");
     describe_histogram!(JOIN_DURATION, "time from join to joined, seconds");
     describe_histogram!(TICK_DURATION, "time one room tick takes, seconds");
+    describe_counter!(TICK_WAITS, "room ticks that waited for a late pose, by whether it came in time");
     describe_counter!(VOICE_BYTES, "voice RTP bytes by direction");
     describe_gauge!(VOICE_STREAMS, "voice streams forwarded by the SFU");
     describe_histogram!(CLIENT_FPS, "mean frame rate of each client telemetry report");
@@ -107,7 +111,7 @@ fn describe() {
 /// Every metric `/metrics` shows from start-up: the contract's and the
 /// server's own (process CPU and memory are added at each scrape, on Linux;
 /// `plaza_client_frame_seconds` by [`crate::telemetry::render_frames`]).
-pub const ALL: [&str; 25] = [
+pub const ALL: [&str; 26] = [
     ROOMS_ACTIVE,
     ROOM_USERS,
     WS_CONNECTIONS,
@@ -122,6 +126,7 @@ pub const ALL: [&str; 25] = [
     AUTH_DURATION,
     JOIN_DURATION,
     TICK_DURATION,
+    TICK_WAITS,
     VOICE_BYTES,
     VOICE_STREAMS,
     CLIENT_FRAME,
@@ -160,6 +165,9 @@ pub const DROP_REASONS: [&str; 3] = ["rate_limited", "room_queue_full", "slow_co
 /// WebSocket over `--max-connections`, a connection over the open-file
 /// budget, a WebSocket while draining, and an accept that failed.
 pub const REFUSE_REASONS: [&str; 4] = ["max_connections", "open_files", "draining", "accept_failed"];
+/// `outcome` label values of `plaza_tick_waits_total`: the late pose came
+/// within the grace, or the tick went without it.
+pub const TICK_WAIT_OUTCOMES: [&str; 2] = ["arrived", "gave_up"];
 /// `direction` label values (`plaza_ws_bytes_total`, `plaza_voice_bytes_total`).
 pub const DIRECTIONS: [&str; 2] = ["in", "out"];
 
@@ -183,6 +191,9 @@ fn register_zeros() {
         counter!(WS_DROPPED, "reason" => reason).increment(0);
     }
     counter!(RATE_LIMITED).increment(0);
+    for outcome in TICK_WAIT_OUTCOMES {
+        counter!(TICK_WAITS, "outcome" => outcome).increment(0);
+    }
     for reason in REFUSE_REASONS {
         counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(0);
     }

@@ -10,6 +10,13 @@
 //! but time is lost. A member that misses [`SLOW_TICKS_BEFORE_CLOSE`] ticks
 //! in a row is closed with 4009.
 //!
+//! A tick whose grid instant comes before the pose of a member that has sent
+//! one every tick lately waits for it, at most [`STRAGGLER_GRACE`]: clients
+//! time their poses to land just before the tick, and one that lands a
+//! moment late would otherwise wait a whole tick (50 ms) more, and show as a
+//! hitch in that avatar's movement. Only members with a streak of poses are
+//! waited for, so one that stops moving holds up one tick at most, once.
+//!
 //! A member whose socket drops (no close frame) keeps its seat for
 //! [`RESUME_WINDOW`]: its avatar stays, frozen, and nobody is told it left.
 //! A new socket that says hello with the old session id gets the seat back
@@ -24,15 +31,21 @@ use plaza_shared::codec::binary::SharedDelta;
 use plaza_shared::messages::{AvatarId, AvatarInfo, AvatarPose, Delta, Joined, ServerMessage};
 use plaza_shared::pose::Pose;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 /// Ticks a member may miss in a row before it is closed as too slow (2 s).
 pub const SLOW_TICKS_BEFORE_CLOSE: u32 = 40;
+/// The longest a tick waits for a streaming member's pose (see the module
+/// docs). It delays that tick's delta for everyone, so it is a fraction of
+/// the 50 ms a missed pose would wait.
+pub const STRAGGLER_GRACE: Duration = Duration::from_millis(5);
+/// Ticks in a row with a pose after which a member's pose is waited for.
+const STREAK_BEFORE_WAIT: u8 = 2;
 /// How long a dropped member's seat waits for it to resume.
 pub const RESUME_WINDOW: Duration = Duration::from_secs(30);
 /// Commands queued to one room.
@@ -130,8 +143,19 @@ pub struct Seat {
 /// the avatar; it takes what is here once per tick. A channel message per
 /// pose woke the room task 800 times a second per 40-user room (40,000 at
 /// 2,000 users) for state it only reads 20 times a second.
+#[derive(Debug)]
+pub struct PoseSlot {
+    pose: std::sync::Mutex<Option<OfferedPose>>,
+    tick: Arc<TickWait>,
+}
+
+/// Set while the room's tick waits for stragglers: only then does a pose
+/// wake the room.
 #[derive(Debug, Default)]
-pub struct PoseSlot(std::sync::Mutex<Option<OfferedPose>>);
+struct TickWait {
+    waiting: AtomicBool,
+    pose_arrived: Notify,
+}
 
 #[derive(Debug, Clone, Copy)]
 struct OfferedPose {
@@ -146,14 +170,28 @@ impl PoseSlot {
     /// Connection numbers only grow, so a stale socket's late pose never
     /// replaces one from the socket that resumed the seat.
     pub fn offer(&self, conn: u64, t: u64, pose: Pose) {
-        let mut slot = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if slot.is_none_or(|waiting| waiting.conn <= conn) {
-            *slot = Some(OfferedPose { conn, t, pose });
+        {
+            let mut slot = self.lock();
+            if slot.is_none_or(|waiting| waiting.conn <= conn) {
+                *slot = Some(OfferedPose { conn, t, pose });
+            }
+        }
+        if self.tick.waiting.load(Ordering::Acquire) {
+            self.tick.pose_arrived.notify_one();
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<OfferedPose>> {
+        self.pose.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn take(&self) -> Option<OfferedPose> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
+        self.lock().take()
+    }
+
+    /// Whether a pose from socket `conn` waits here.
+    fn holds_pose_from(&self, conn: u64) -> bool {
+        self.lock().is_some_and(|offered| offered.conn == conn)
     }
 }
 
@@ -232,6 +270,8 @@ struct Member {
     /// Sender clock of the latest pose.
     t: Option<u64>,
     moved: bool,
+    /// Ticks in a row that found a pose from this member (saturating).
+    streak: u8,
     link: MemberLink,
     /// Ticks missed in a row; >0 means the next delivery is a resync.
     missed: u32,
@@ -247,7 +287,15 @@ impl Member {
             self.pose = offered.pose;
             self.t = Some(offered.t);
             self.moved = true;
+            self.streak = self.streak.saturating_add(1);
+        } else {
+            self.streak = 0;
         }
+    }
+
+    /// Sends a pose every tick, and this tick's is not in yet.
+    fn is_straggling(&self) -> bool {
+        self.detached_until.is_none() && self.streak >= STREAK_BEFORE_WAIT && !self.poses.holds_pose_from(self.conn)
     }
 
     fn info(&self, id: AvatarId) -> AvatarInfo {
@@ -265,6 +313,7 @@ struct Room {
     tick: u64,
     joined: Vec<AvatarId>,
     left: Vec<AvatarId>,
+    tick_wait: Arc<TickWait>,
 }
 
 pub fn spawn_room(name: &str, capacity: u32) -> RoomHandle {
@@ -291,6 +340,7 @@ pub fn spawn_room_with_id(id: &str, name: &str, capacity: u32) -> RoomHandle {
         tick: 0,
         joined: Vec::new(),
         left: Vec::new(),
+        tick_wait: Arc::default(),
     };
     let span = tracing::info_span!("room", room_id = %handle.id, room_name = %handle.name);
     tokio::spawn(room.run(rx).instrument(span));
@@ -301,6 +351,10 @@ impl Room {
     async fn run(mut self, mut rx: mpsc::Receiver<RoomCommand>) {
         let mut ticker = tokio::time::interval(Duration::from_millis(1000 / u64::from(TICK_HZ)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Set while a tick waits for stragglers, to when it gives up on them.
+        let mut waiting_until: Option<Instant> = None;
+        let grace = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(grace);
         loop {
             tokio::select! {
                 command = rx.recv() => match command {
@@ -309,10 +363,51 @@ impl Room {
                 },
                 // An empty room sleeps: rooms are kept for good (in the
                 // store, one task each), and a thousand idle rooms ticking
-                // 20 times a second would cost CPU for nothing.
-                _ = ticker.tick(), if !self.members.is_empty() => self.tick(),
+                // 20 times a second would cost CPU for nothing. The grid
+                // stays put while a tick waits: a late tick delays only itself.
+                _ = ticker.tick(), if !self.members.is_empty() && waiting_until.is_none() => {
+                    if self.wait_for_stragglers() {
+                        let until = Instant::now() + STRAGGLER_GRACE;
+                        grace.as_mut().reset(until);
+                        waiting_until = Some(until);
+                    } else {
+                        self.tick();
+                    }
+                }
+                _ = self.tick_wait.pose_arrived.notified(), if waiting_until.is_some() => {
+                    if !self.members.values().any(Member::is_straggling) {
+                        waiting_until = None;
+                        self.end_wait_and_tick("arrived");
+                    }
+                }
+                _ = &mut grace, if waiting_until.is_some() => {
+                    waiting_until = None;
+                    self.end_wait_and_tick("gave_up");
+                }
             }
         }
+    }
+
+    /// Whether this tick should wait: some member's pose is due but not in.
+    /// Poses wake the room from here on, so none that lands after the check
+    /// goes unnoticed.
+    fn wait_for_stragglers(&self) -> bool {
+        if !self.members.values().any(Member::is_straggling) {
+            return false;
+        }
+        self.tick_wait.waiting.store(true, Ordering::Release);
+        let still = self.members.values().any(Member::is_straggling);
+        if !still {
+            self.tick_wait.waiting.store(false, Ordering::Release);
+        }
+        still
+    }
+
+    /// `outcome`: one of [`crate::metrics::TICK_WAIT_OUTCOMES`].
+    fn end_wait_and_tick(&mut self, outcome: &'static str) {
+        self.tick_wait.waiting.store(false, Ordering::Release);
+        metrics::counter!(crate::metrics::TICK_WAITS, "outcome" => outcome).increment(1);
+        self.tick();
     }
 
     fn handle(&mut self, command: RoomCommand) {
@@ -331,13 +426,13 @@ impl Room {
                     return;
                 }
                 let seat = Arc::new(());
-                let poses = Arc::new(PoseSlot::default());
+                let poses = Arc::new(PoseSlot { pose: std::sync::Mutex::new(None), tick: self.tick_wait.clone() });
                 if reply.send(Ok(Seat { you: id, alive: Arc::downgrade(&seat), poses: poses.clone() })).is_err() {
                     return;
                 }
                 tracing::info!(avatar = id, user_id = %occupant.user_id, "joined");
                 let Occupant { user_id, name, session, conn } = occupant;
-                let member = Member { user_id, name, session, conn, detached_until: None, seat, poses, pose, t: None, moved: false, link, missed: 0, missed_left: Vec::new() };
+                let member = Member { user_id, name, session, conn, detached_until: None, seat, poses, pose, t: None, moved: false, streak: 0, link, missed: 0, missed_left: Vec::new() };
                 self.members.insert(id, member);
                 self.joined.push(id);
                 self.set_members();
@@ -754,6 +849,76 @@ mod tests {
         assert!(with_moves >= ticks - 2, "the others kept their tick: {with_moves} of {ticks}");
         assert_eq!(room.members(), 2, "the slow member is gone");
         assert!(fast_deltas.iter().any(|d| d.left == vec![slow.joined.you]), "the others were told it left");
+    }
+
+    /// The next delta `probe` gets, and when it came (the clock is paused,
+    /// so that is when the room sent it).
+    async fn next_delta(probe: &mut Probe) -> (Delta, Instant) {
+        loop {
+            match probe.rx.recv().await.expect("the room is alive") {
+                Outbound::Delta(d) => return (d.delta().clone(), Instant::now()),
+                Outbound::Message(m) => {
+                    if let ServerMessage::Delta(d) = m.as_ref() {
+                        return (d.clone(), Instant::now());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn pose_of(delta: &Delta, avatar: AvatarId) -> Option<f32> {
+        delta.avatars.iter().find(|a| a.id == avatar).map(|a| a.pose.p[0])
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tick_waits_a_moment_for_a_streaming_members_late_pose_and_no_longer() {
+        const PERIOD: Duration = Duration::from_millis(1000 / TICK_HZ as u64);
+        let room = spawn_room("t", 40);
+        let mut watcher = join(&room, "watcher", 64).await;
+        let mover = join(&room, "mover", 64).await;
+        let you = mover.joined.you;
+        // The delta that tells of the mover's join comes at a tick: the grid.
+        let grid = loop {
+            let (delta, at) = next_delta(&mut watcher).await;
+            if delta.joined.iter().any(|a| a.id == you) {
+                break at;
+            }
+        };
+        let tick = |n: u32| grid + PERIOD * n;
+
+        // On time, tick after tick: each delta leaves at its grid instant.
+        for n in 1..=4u32 {
+            tokio::time::sleep_until(tick(n) - Duration::from_millis(2)).await;
+            mover.seat.poses.offer(1, u64::from(n), moved(n as f32));
+            let (delta, at) = next_delta(&mut watcher).await;
+            assert_eq!((pose_of(&delta, you), at), (Some(n as f32), tick(n)), "tick {n}");
+        }
+
+        // 3 ms late, within the grace: the tick waits for it, and no longer.
+        tokio::time::sleep_until(tick(5) + Duration::from_millis(3)).await;
+        mover.seat.poses.offer(1, 5, moved(5.0));
+        let (delta, at) = next_delta(&mut watcher).await;
+        assert_eq!(pose_of(&delta, you), Some(5.0), "the late pose made its tick");
+        assert_eq!(at, tick(5) + Duration::from_millis(3), "sent as soon as it came");
+
+        // 20 ms late: the tick goes after the grace with what it has.
+        tokio::time::sleep_until(tick(6) - Duration::from_millis(2)).await;
+        watcher.seat.poses.offer(1, 6, moved(-6.0));
+        let (delta, at) = next_delta(&mut watcher).await;
+        assert_eq!((pose_of(&delta, you), pose_of(&delta, watcher.joined.you)), (None, Some(-6.0)));
+        assert_eq!(at, tick(6) + STRAGGLER_GRACE, "waited the grace, no more");
+        tokio::time::sleep_until(tick(6) + Duration::from_millis(20)).await;
+        mover.seat.poses.offer(1, 6, moved(6.0));
+
+        // That broke the mover's streak: the next tick doesn't wait for it
+        // (its pose is in anyway), nor the one after, when it has stopped.
+        let (delta, at) = next_delta(&mut watcher).await;
+        assert_eq!((pose_of(&delta, you), at), (Some(6.0), tick(7)));
+        tokio::time::sleep_until(tick(8) - Duration::from_millis(2)).await;
+        watcher.seat.poses.offer(1, 8, moved(-8.0));
+        let (delta, at) = next_delta(&mut watcher).await;
+        assert_eq!((pose_of(&delta, you), at), (None, tick(8)), "a member with no streak holds up no tick");
     }
 
     #[tokio::test(start_paused = true)]

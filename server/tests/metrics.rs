@@ -73,6 +73,9 @@ async fn a_fresh_server_lists_every_metric_and_series_at_zero() {
     for r in ["rate_limited", "room_queue_full", "slow_consumer"] {
         series.push(format!("plaza_ws_dropped_total{{reason=\"{r}\"}}"));
     }
+    for o in ["arrived", "gave_up"] {
+        series.push(format!("plaza_tick_waits_total{{outcome=\"{o}\"}}"));
+    }
     for r in ["max_connections", "open_files", "draining", "accept_failed"] {
         series.push(format!("plaza_connections_refused_total{{reason=\"{r}\"}}"));
     }
