@@ -389,6 +389,9 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
     let walk = Walk::new(plan.key, &mut rng);
     let gap_ms = env.gap_ms;
     let paced = env.send_at == SendAt::Tick && env.rate_hz <= f64::from(TICK_HZ);
+    // socket.io's rooms never wait for a late pose: its users keep the
+    // wider lead that suits such a server (its better form).
+    let pacer = if env.wire == Wire::SocketIo { PosePacer::without_server_grace(TICK_HZ) } else { PosePacer::new(TICK_HZ) };
     let mut user = User {
         tracker: Tracker::new(&env.tag, plan.key, gap_ms),
         report: UserReport { key: Some(plan.key), ..UserReport::default() },
@@ -403,7 +406,7 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         batch: Batch::default(),
         poses_buf: Vec::new(),
         stamps: Default::default(),
-        pacer: PosePacer::new(TICK_HZ),
+        pacer,
         paced,
         pose_due_us: 0,
         joined_ms: 0,
