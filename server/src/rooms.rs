@@ -351,8 +351,8 @@ impl Room {
     async fn run(mut self, mut rx: mpsc::Receiver<RoomCommand>) {
         let mut ticker = tokio::time::interval(Duration::from_millis(1000 / u64::from(TICK_HZ)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        // Set while a tick waits for stragglers, to when it gives up on them.
-        let mut waiting_until: Option<Instant> = None;
+        // Set while a tick waits for stragglers (until `grace` runs out).
+        let mut waiting = false;
         let grace = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(grace);
         loop {
@@ -365,23 +365,22 @@ impl Room {
                 // store, one task each), and a thousand idle rooms ticking
                 // 20 times a second would cost CPU for nothing. The grid
                 // stays put while a tick waits: a late tick delays only itself.
-                _ = ticker.tick(), if !self.members.is_empty() && waiting_until.is_none() => {
+                _ = ticker.tick(), if !self.members.is_empty() && !waiting => {
                     if self.wait_for_stragglers() {
-                        let until = Instant::now() + STRAGGLER_GRACE;
-                        grace.as_mut().reset(until);
-                        waiting_until = Some(until);
+                        grace.as_mut().reset(Instant::now() + STRAGGLER_GRACE);
+                        waiting = true;
                     } else {
                         self.tick();
                     }
                 }
-                _ = self.tick_wait.pose_arrived.notified(), if waiting_until.is_some() => {
+                _ = self.tick_wait.pose_arrived.notified(), if waiting => {
                     if !self.members.values().any(Member::is_straggling) {
-                        waiting_until = None;
+                        waiting = false;
                         self.end_wait_and_tick("arrived");
                     }
                 }
-                _ = &mut grace, if waiting_until.is_some() => {
-                    waiting_until = None;
+                _ = &mut grace, if waiting => {
+                    waiting = false;
                     self.end_wait_and_tick("gave_up");
                 }
             }
