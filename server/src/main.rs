@@ -161,10 +161,3 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     plaza_server::run(server, listener, shutdown).await.context("server failed")
 }
-
-/// mimalloc instead of glibc's malloc: 5% less CPU per delivered pose for
-/// the server and for the load tool, measured two pairs at once at 2 x 720
-/// users, for about 4.7 KB more RSS per connection (docs/benchmarks.md,
-/// session 8).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

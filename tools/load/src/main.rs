@@ -159,10 +159,3 @@ fn ladder(config: &plaza_load::ladder::LadderConfig) -> anyhow::Result<()> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(())
 }
-
-/// mimalloc instead of glibc's malloc: 5% less CPU per delivered pose for
-/// the server and for the load tool, measured two pairs at once at 2 x 720
-/// users, for about 4.7 KB more RSS per connection (docs/benchmarks.md,
-/// session 8).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
