@@ -374,7 +374,7 @@ impl Room {
                     }
                 }
                 _ = self.tick_wait.pose_arrived.notified(), if waiting => {
-                    if !self.members.values().any(Member::is_straggling) {
+                    if !self.any_straggling() {
                         waiting = false;
                         self.end_wait_and_tick("arrived");
                     }
@@ -388,18 +388,19 @@ impl Room {
     }
 
     /// Whether this tick should wait: some member's pose is due but not in.
-    /// Poses wake the room from here on, so none that lands after the check
-    /// goes unnoticed.
+    /// Poses wake the room from before the check on, so none that lands
+    /// after it goes unnoticed.
     fn wait_for_stragglers(&self) -> bool {
-        if !self.members.values().any(Member::is_straggling) {
-            return false;
-        }
         self.tick_wait.waiting.store(true, Ordering::Release);
-        let still = self.members.values().any(Member::is_straggling);
-        if !still {
+        let waiting = self.any_straggling();
+        if !waiting {
             self.tick_wait.waiting.store(false, Ordering::Release);
         }
-        still
+        waiting
+    }
+
+    fn any_straggling(&self) -> bool {
+        self.members.values().any(Member::is_straggling)
     }
 
     /// `outcome`: one of [`crate::metrics::TICK_WAIT_OUTCOMES`].

@@ -717,7 +717,7 @@ impl User {
     }
 
     fn stop_sending(&mut self) {
-        self.stopped_sending_ms.get_or_insert(unix_us() / 1000);
+        self.stopped_sending_ms.get_or_insert_with(|| unix_us() / 1000);
     }
 
     async fn relay(&mut self, mut ws: Ws, mut join_sent: Option<Instant>) -> End {
