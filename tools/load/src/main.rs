@@ -159,3 +159,11 @@ fn ladder(config: &plaza_load::ladder::LadderConfig) -> anyhow::Result<()> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(())
 }
+
+/// mimalloc instead of glibc's malloc: the load tool is what saturates
+/// first, and mimalloc cut its CPU per delivered pose by 5.7%
+/// (docs/benchmarks.md, session 8). Its RSS is not measured; the server's
+/// is, and the server keeps its own allocator. In-process runs (no
+/// `--server`) share this allocator with the embedded server.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
