@@ -300,25 +300,40 @@ fn toasts_window(mut contexts: EguiContexts, hud: Res<HudState>) -> Result {
         return Ok(());
     }
     let ctx = contexts.ctx_mut()?;
-    egui::Area::new(egui::Id::new("toasts")).anchor(egui::Align2::RIGHT_TOP, [-8.0, 8.0]).show(ctx, |ui| {
+    let width = toast_width(ctx.content_rect().width());
+    egui::Area::new(egui::Id::new("toasts")).anchor(egui::Align2::RIGHT_TOP, [-TOAST_MARGIN, TOAST_MARGIN]).constrain(true).show(ctx, |ui| {
         for (_, text) in &hud.toasts {
             egui::Frame::popup(ui.style()).show(ui, |ui| {
-                ui.set_max_width(360.0);
-                ui.label(text);
+                // A fixed width: an anchored area sized by its text is laid
+                // out a frame late and can spill off the edge meanwhile.
+                ui.set_width(width);
+                ui.add(egui::Label::new(text.as_str()).wrap());
             });
         }
     });
     Ok(())
 }
 
+/// Space between a toast and the window's edge, in points.
+const TOAST_MARGIN: f32 = 8.0;
+
+/// A toast's text width on a screen this wide: 360 points, less on a narrow
+/// window, so the toast (on the right) stays clear of the stats panel (on
+/// the left, about 340 points wide) and of the edge.
+fn toast_width(screen_width: f32) -> f32 {
+    (screen_width * 0.4).clamp(120.0, 360.0)
+}
+
 /// Names over the heads of avatars near the camera. Positions come from
 /// this frame's `Transform`s (avatars and the camera are roots): the
 /// propagated ones may still be last frame's when egui draws, and at low
-/// frame rates a walking avatar would leave its name behind.
+/// frame rates a walking avatar would leave its name behind. In a crowd the
+/// nearer name wins where two would overlap ([`uncluttered`]).
 fn nameplates(
     mut contexts: EguiContexts,
     camera: Query<(&Camera, &Transform), With<MainCamera>>,
     avatars: Query<(&Avatar, &Lod, &Transform), Without<LocalPlayer>>,
+    mut plates: Local<Vec<(egui::Rect, f32, std::sync::Arc<egui::Galley>)>>,
 ) -> Result {
     let Ok((camera, eye)) = camera.single() else { return Ok(()) };
     let eye = GlobalTransform::from(*eye);
@@ -329,21 +344,92 @@ fn nameplates(
     let scale = egui::vec2(screen.x / viewport.x, screen.y / viewport.y);
     let painter = ctx.layer_painter(egui::LayerId::background());
     let font = egui::FontId::proportional(14.0);
+    plates.clear();
     for (avatar, lod, at) in &avatars {
         if lod.level == LodLevel::Hidden || lod.distance > NAMEPLATE_DISTANCE {
             continue;
         }
         let Ok(pos) = camera.world_to_viewport(&eye, at.translation + Vec3::Y * 2.05) else { continue };
         let pos = egui::pos2(pos.x * scale.x, pos.y * scale.y);
-        painter.text(pos + egui::vec2(1.0, 1.0), egui::Align2::CENTER_BOTTOM, &avatar.name, font.clone(), egui::Color32::from_black_alpha(200));
-        painter.text(pos, egui::Align2::CENTER_BOTTOM, &avatar.name, font.clone(), egui::Color32::WHITE);
+        let galley = painter.layout_no_wrap(avatar.name.clone(), font.clone(), egui::Color32::WHITE);
+        plates.push((egui::Align2::CENTER_BOTTOM.anchor_size(pos, galley.size()), lod.distance, galley));
+    }
+    let shown = uncluttered(&plates.iter().map(|(rect, distance, _)| (*rect, *distance)).collect::<Vec<_>>());
+    for i in shown {
+        let (rect, _, galley) = &plates[i];
+        painter.galley_with_override_text_color(rect.min + egui::vec2(1.0, 1.0), galley.clone(), egui::Color32::from_black_alpha(200));
+        painter.galley(rect.min, galley.clone(), egui::Color32::WHITE);
     }
     Ok(())
+}
+
+/// Space kept clear around a name, in points.
+const NAMEPLATE_GAP: f32 = 2.0;
+
+/// Which names to draw, given each one's screen rect and distance: nearest
+/// first, and each only where it clears every name already placed (a name
+/// half under another reads as neither). Returns indices into `plates`.
+fn uncluttered(plates: &[(egui::Rect, f32)]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..plates.len()).collect();
+    order.sort_by(|&a, &b| plates[a].1.total_cmp(&plates[b].1));
+    let mut placed: Vec<usize> = Vec::with_capacity(plates.len());
+    for i in order {
+        let rect = plates[i].0.expand(NAMEPLATE_GAP / 2.0);
+        if placed.iter().all(|&j| !plates[j].0.expand(NAMEPLATE_GAP / 2.0).intersects(rect)) {
+            placed.push(i);
+        }
+    }
+    placed
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plate(x: f32, y: f32, distance: f32) -> (egui::Rect, f32) {
+        (egui::Rect::from_min_size(egui::pos2(x, y), egui::vec2(60.0, 16.0)), distance)
+    }
+
+    #[test]
+    fn toasts_narrow_with_the_window_and_leave_the_left_part_free() {
+        assert_eq!(toast_width(1920.0), 360.0);
+        for screen in [320.0, 640.0, 800.0, 960.0, 1280.0] {
+            let width = toast_width(screen);
+            // The toast's frame adds its inner margin (8) on both sides.
+            let left = screen - TOAST_MARGIN - width - 16.0;
+            assert!(left >= screen * 0.5, "{screen}: the toast starts at {left}");
+        }
+    }
+
+    #[test]
+    fn overlapping_names_keep_the_nearest_whatever_the_order() {
+        // Two names at one spot, the farther listed first.
+        assert_eq!(uncluttered(&[plate(100.0, 100.0, 9.0), plate(110.0, 104.0, 3.0)]), [1]);
+        assert_eq!(uncluttered(&[plate(110.0, 104.0, 3.0), plate(100.0, 100.0, 9.0)]), [0]);
+    }
+
+    #[test]
+    fn names_apart_are_all_drawn_nearest_first() {
+        let shown = uncluttered(&[plate(0.0, 0.0, 5.0), plate(200.0, 0.0, 2.0), plate(0.0, 100.0, 8.0)]);
+        assert_eq!(shown, [1, 0, 2]);
+    }
+
+    #[test]
+    fn a_hidden_name_does_not_hide_others() {
+        // A overlaps B, B overlaps C, A and C are clear of each other: B
+        // (between them, not nearest) goes, C stays.
+        let shown = uncluttered(&[plate(0.0, 0.0, 1.0), plate(50.0, 0.0, 2.0), plate(100.0, 0.0, 3.0)]);
+        assert_eq!(shown, [0, 2]);
+    }
+
+    #[test]
+    fn names_closer_than_the_gap_count_as_overlapping() {
+        // 1 point apart, less than the gap.
+        let shown = uncluttered(&[plate(0.0, 0.0, 1.0), plate(61.0, 0.0, 2.0)]);
+        assert_eq!(shown, [0]);
+        let shown = uncluttered(&[plate(0.0, 0.0, 1.0), plate(60.0 + NAMEPLATE_GAP + 0.5, 0.0, 2.0)]);
+        assert_eq!(shown, [0, 1]);
+    }
 
     #[test]
     fn f2_cycles_every_preset_then_auto() {
