@@ -235,3 +235,15 @@ async fn a_full_server_is_waited_out_as_it_asks_and_then_joined() {
     second.until(Duration::from_secs(20), |e| matches!(e, NetEvent::Joined(_))).await;
     assert!(waited.elapsed() >= retry_in.saturating_sub(Duration::from_millis(500)), "not before it was asked to: {:?}", waited.elapsed());
 }
+
+#[tokio::test]
+async fn a_server_that_is_not_there_is_named_with_the_plain_cause() {
+    // A port nothing listens on: bound, then let go.
+    let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let server = format!("http://{addr}");
+    let mut client = Client::start(server.clone(), "nowhere");
+    let (NetEvent::Notice(Notice::Disconnected { reason }), _) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Notice(Notice::Disconnected { .. }))).await else { unreachable!() };
+    assert!(reason.starts_with(&format!("can't reach {server} (")), "{reason}");
+    assert!(reason.to_lowercase().contains("refused"), "{reason}");
+    assert!(!reason.contains("error sending request"), "{reason}");
+}

@@ -366,13 +366,30 @@ struct TokenPair {
 /// says which URL and what it answered.
 async fn post<T: serde::de::DeserializeOwned>(http: &reqwest::Client, server: &str, path: &str, body: serde_json::Value) -> Result<T, String> {
     let url = format!("{server}{path}");
-    let response = http.post(&url).json(&body).send().await.map_err(|e| format!("{url}: {e}"))?;
+    let response = http.post(&url).json(&body).send().await.map_err(|e| unreachable_reason(server, &e))?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
         return Err(format!("{url} answered {status}: {text}"));
     }
     response.json().await.map_err(|e| format!("{url}: {e}"))
+}
+
+/// Why a request got no answer, in words a player can act on: the server
+/// and the innermost cause ("Connection refused"), not reqwest's "error
+/// sending request for url (…)".
+fn unreachable_reason(server: &str, error: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    if error.is_timeout() {
+        format!("{server} did not answer in time")
+    } else if error.is_connect() {
+        format!("can't reach {server} ({cause})")
+    } else {
+        format!("{server}: {cause}")
+    }
 }
 
 /// Trades a refresh token for a new pair (the old one stops working).
