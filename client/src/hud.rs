@@ -304,8 +304,8 @@ fn toasts_window(mut contexts: EguiContexts, hud: Res<HudState>) -> Result {
     egui::Area::new(egui::Id::new("toasts")).anchor(egui::Align2::RIGHT_TOP, [-TOAST_MARGIN, TOAST_MARGIN]).constrain(true).show(ctx, |ui| {
         for (_, text) in &hud.toasts {
             egui::Frame::popup(ui.style()).show(ui, |ui| {
-                // A fixed width: an anchored area sized by its text is laid
-                // out a frame late and can spill off the edge meanwhile.
+                // One width for every toast, wrapping inside it, so a long
+                // one can't run past the window's edge.
                 ui.set_width(width);
                 ui.add(egui::Label::new(text.as_str()).wrap());
             });
