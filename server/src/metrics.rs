@@ -153,12 +153,10 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
-/// `type` label values of `plaza_ws_messages_total{direction="in"}`: every
-/// [`ClientMessage::type_name`](plaza_shared::messages::ClientMessage::type_name).
-pub const WS_TYPES_IN: [&str; 8] = ["hello", "join", "leave", "pose", "chat", "ping", "refresh", "voice"];
-/// ... and `direction="out"`: every
-/// [`ServerMessage::type_name`](plaza_shared::messages::ServerMessage::type_name).
-pub const WS_TYPES_OUT: [&str; 9] = ["welcome", "joined", "delta", "chat", "chat_ack", "pong", "token_expiring", "error", "voice"];
+/// `type` label values of `plaza_ws_messages_total{direction="in"}`.
+pub const WS_TYPES_IN: [&str; 8] = plaza_shared::messages::ClientMessage::TYPE_NAMES;
+/// ... and `direction="out"`.
+pub const WS_TYPES_OUT: [&str; 9] = plaza_shared::messages::ServerMessage::TYPE_NAMES;
 /// `reason` label values of `plaza_ws_dropped_total`.
 pub const DROP_REASONS: [&str; 3] = ["rate_limited", "room_queue_full", "slow_consumer"];
 /// `reason` label values of `plaza_connections_refused_total`: a

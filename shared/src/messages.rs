@@ -259,6 +259,10 @@ fn check_len(field: &str, value: &str, max: usize, code: ErrorCode) -> Result<()
 }
 
 impl ClientMessage {
+    /// Every [`ClientMessage::type_name`], for what needs the whole set up
+    /// front (the server's metric labels, registered at zero).
+    pub const TYPE_NAMES: [&'static str; 8] = ["hello", "join", "leave", "pose", "chat", "ping", "refresh", "voice"];
+
     /// The contract's `type` name.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -294,6 +298,9 @@ impl ClientMessage {
 }
 
 impl ServerMessage {
+    /// Every [`ServerMessage::type_name`] (see [`ClientMessage::TYPE_NAMES`]).
+    pub const TYPE_NAMES: [&'static str; 9] = ["welcome", "joined", "delta", "chat", "chat_ack", "pong", "token_expiring", "error", "voice"];
+
     /// The contract's `type` name.
     pub fn type_name(&self) -> &'static str {
         match self {

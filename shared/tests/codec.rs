@@ -123,6 +123,17 @@ fn quantized_server(msg: &ServerMessage) -> ServerMessage {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
+    /// The lists of type names hold every message's, and each is the JSON
+    /// `type` tag the contract names.
+    #[test]
+    fn every_type_name_is_listed_and_is_the_json_tag(msg in server_message(), cmsg in client_message()) {
+        prop_assert!(ServerMessage::TYPE_NAMES.contains(&msg.type_name()), "{} not in ServerMessage::TYPE_NAMES", msg.type_name());
+        prop_assert!(ClientMessage::TYPE_NAMES.contains(&cmsg.type_name()), "{} not in ClientMessage::TYPE_NAMES", cmsg.type_name());
+        let tag = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap()["type"].as_str().map(str::to_owned);
+        prop_assert_eq!(tag(&json::encode(&msg)), Some(msg.type_name().to_owned()));
+        prop_assert_eq!(tag(&json::encode(&cmsg)), Some(cmsg.type_name().to_owned()));
+    }
+
     /// A room encodes each delta once and splices every member's frame
     /// from it: the bytes must be exactly those of encoding the delta with
     /// the member's own avatar filtered out, for every member.
