@@ -202,7 +202,7 @@ fn stats_window(mut contexts: EguiContexts, hud: Res<HudState>, stats: Res<Frame
         ui.label(format!("preset: {preset}"));
         ui.label(format!("meshes: {} drawn · {} culled", stats.visible, stats.culled));
         ui.label(format!("triangles: {} · draws: {}", stats.triangles, stats.draw_calls));
-        ui.label(format!("avatars: {}", lod_line(&stats.avatars_by_lod)));
+        ui.label(format!("LOD: {}", lod_line(&stats.avatars_by_lod)));
         let ping = info.rtt.map(|r| format!("{} ms", r.as_millis())).unwrap_or_else(|| "–".into());
         ui.label(format!("{} · ping {ping}", info.status.label()));
         ui.small("F1 settings · F2 preset · F3 stats");
