@@ -301,7 +301,7 @@ fn toasts_window(mut contexts: EguiContexts, hud: Res<HudState>) -> Result {
     }
     let ctx = contexts.ctx_mut()?;
     let width = toast_width(ctx.content_rect().width());
-    egui::Area::new(egui::Id::new("toasts")).anchor(egui::Align2::RIGHT_TOP, [-TOAST_MARGIN, TOAST_MARGIN]).constrain(true).show(ctx, |ui| {
+    egui::Area::new(egui::Id::new("toasts")).anchor(egui::Align2::RIGHT_TOP, [-TOAST_MARGIN, TOAST_MARGIN]).show(ctx, |ui| {
         for (_, text) in &hud.toasts {
             egui::Frame::popup(ui.style()).show(ui, |ui| {
                 // One width for every toast, wrapping inside it, so a long
@@ -374,8 +374,10 @@ fn uncluttered(plates: &[(egui::Rect, f32)]) -> Vec<usize> {
     order.sort_by(|&a, &b| plates[a].1.total_cmp(&plates[b].1));
     let mut placed: Vec<usize> = Vec::with_capacity(plates.len());
     for i in order {
-        let rect = plates[i].0.expand(NAMEPLATE_GAP / 2.0);
-        if placed.iter().all(|&j| !plates[j].0.expand(NAMEPLATE_GAP / 2.0).intersects(rect)) {
+        // Grown by the whole gap, it touches a placed name exactly when the
+        // two are less than the gap apart.
+        let rect = plates[i].0.expand(NAMEPLATE_GAP);
+        if placed.iter().all(|&j| !plates[j].0.intersects(rect)) {
             placed.push(i);
         }
     }

@@ -161,8 +161,8 @@ fn ladder(config: &plaza_load::ladder::LadderConfig) -> anyhow::Result<()> {
 }
 
 /// mimalloc instead of glibc's malloc: the load tool is what saturates
-/// first, and mimalloc cut its CPU per delivered pose by 5.7%
-/// (docs/benchmarks.md, session 8). Its RSS is not measured; the server's
+/// first, and mimalloc cut its CPU per delivered pose by 2–8%
+/// (docs/benchmarks.md, sessions 8 and 9). Its RSS is not measured; the server's
 /// is, and the server keeps its own allocator. In-process runs (no
 /// `--server`) share this allocator with the embedded server.
 #[global_allocator]
