@@ -14,6 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use plaza_shared::codec::{DecodeError, Subprotocol};
 use plaza_shared::limits::{HELLO_TIMEOUT_MS, PROTOCOL_VERSION, TICK_HZ, close};
 use plaza_shared::messages::*;
+use plaza_shared::voice::VoiceSignal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -401,7 +402,7 @@ async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState,
     let claims = state.keys.verify(&hello.token);
     metrics::histogram!(m::AUTH_DURATION).record(started.elapsed().as_secs_f64());
     let claims = claims.map_err(|_| (close::BAD_TOKEN, "token missing, bad or expired"))?;
-    let mut session = Session { id: random_token(12).into(), conn: next_conn(), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new(), trace: crate::otel::SessionTrace::none() };
+    let mut session = Session { id: random_token(12).into(), conn: next_conn(), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new(), trace: crate::otel::SessionTrace::none(), voice: None };
     if let Some(resume) = hello.resume.as_deref()
         && session.resume(resume, state, link).await
     {
@@ -423,6 +424,8 @@ struct Session {
     invalid: Vec<Instant>,
     /// The socket's trace spans (join, first delta, voice signaling).
     trace: crate::otel::SessionTrace,
+    /// This socket's voice peer, while voice is on (in `room`).
+    voice: Option<crate::voice::VoicePeer>,
 }
 
 impl Session {
@@ -510,6 +513,10 @@ impl Session {
                 _ = async { let _ = closing.wait_for(|c| *c).await; } => {
                     return End::Close(close::SERVER_DRAINING, "server is restarting; reconnect shortly");
                 }
+                _ = voice_ended(self.voice.as_ref()) => {
+                    self.end_voice(link, Some("the voice connection failed or closed; offer again to reconnect")).await;
+                    continue;
+                }
                 _ = &mut warning, if !warned_expiry => {
                     warned_expiry = true;
                     let in_s = self.claims.exp.saturating_sub(now_unix()) as u32;
@@ -585,6 +592,7 @@ impl Session {
             ClientMessage::Ping(p) => Self::reply(link, ServerMessage::Pong(Pong { t: p.t, server_time: now_unix_ms() })).await,
             ClientMessage::Join(j) => {
                 let traced = self.trace.join(&j.room);
+                self.end_voice(link, Some("voice is per room and you joined another; offer again")).await;
                 if let Some((room, seat)) = self.room.take() {
                     room.leave(seat.you, self.conn).await;
                 }
@@ -610,10 +618,13 @@ impl Session {
                     Err(e) => Self::error(link, ErrorCode::RoomNotFound, e.to_string()).await,
                 }
             }
-            ClientMessage::Leave => match self.room.take() {
-                Some((room, seat)) => room.leave(seat.you, self.conn).await,
-                None => return self.invalid(link, ErrorCode::NotInRoom, "leave needs a room; join one first".into()).await,
-            },
+            ClientMessage::Leave => {
+                self.end_voice(link, Some("voice is per room and you left it")).await;
+                match self.room.take() {
+                    Some((room, seat)) => room.leave(seat.you, self.conn).await,
+                    None => return self.invalid(link, ErrorCode::NotInRoom, "leave needs a room; join one first".into()).await,
+                }
+            }
             // Left for the room's next tick; a newer pose replaces it.
             ClientMessage::Pose(p) => match &self.room {
                 Some((_, seat)) => seat.poses.offer(self.conn, p.t, p.pose),
@@ -642,10 +653,67 @@ impl Session {
             ClientMessage::Voice(v) => {
                 let kind = v.signal.get("type").and_then(|t| t.as_str()).unwrap_or("");
                 let span = self.trace.voice_signal(kind, self.room.as_ref().map(|(room, _)| &*room.id));
-                return tracing::Instrument::instrument(self.invalid(link, ErrorCode::BadMessage, "voice is not available on this server yet".into()), span).await;
+                return tracing::Instrument::instrument(self.voice_signal(v, state, link), span).await;
             }
         }
         None
+    }
+
+    /// A voice signal from the client: an offer (re)starts voice in its
+    /// room, `leave` stops it.
+    async fn voice_signal(&mut self, v: Voice, state: &AppState, link: &MemberLink) -> Option<End> {
+        let signal = match plaza_shared::voice::VoiceSignal::from_message(&v) {
+            Ok(signal) => signal,
+            Err(message) => return self.invalid(link, ErrorCode::BadMessage, message).await,
+        };
+        match signal {
+            VoiceSignal::Offer { sdp } => {
+                let Some((room, seat)) = self.room.clone() else {
+                    return self.invalid(link, ErrorCode::NotInRoom, "voice needs a room; join one first".into()).await;
+                };
+                self.end_voice(link, None).await;
+                match state.voice.open(&sdp, seat.you).await {
+                    Ok((peer, routing)) => {
+                        Self::reply(link, ServerMessage::Voice(VoiceSignal::Answer { sdp: peer.answer.clone() }.into_message())).await;
+                        room.voice_join(seat.you, self.conn, routing).await;
+                        tracing::info!(peers = state.voice.peers(), "voice on");
+                        self.voice = Some(peer);
+                    }
+                    Err(e @ crate::voice::VoiceError::BadOffer(_)) => return self.invalid(link, ErrorCode::BadMessage, e.to_string()).await,
+                    Err(e @ (crate::voice::VoiceError::Off | crate::voice::VoiceError::Full { .. })) => Self::error(link, ErrorCode::VoiceUnavailable, e.to_string()).await,
+                    Err(e @ crate::voice::VoiceError::Failed(_)) => {
+                        tracing::warn!(cause = %e, "voice could not start");
+                        Self::error(link, ErrorCode::Internal, e.to_string()).await;
+                    }
+                }
+            }
+            VoiceSignal::Leave => self.end_voice(link, None).await,
+            other => {
+                let message = format!("a client sends a voice offer or leave, not {}", other.kind());
+                return self.invalid(link, ErrorCode::BadMessage, message).await;
+            }
+        }
+        None
+    }
+
+    /// Stops this socket's voice, if on; with a `reason`, tells the client.
+    async fn end_voice(&mut self, link: &MemberLink, reason: Option<&str>) {
+        let Some(peer) = self.voice.take() else { return };
+        if let Some((room, seat)) = &self.room {
+            room.voice_leave(seat.you, self.conn).await;
+        }
+        drop(peer);
+        if let Some(reason) = reason {
+            Self::reply(link, ServerMessage::Voice(VoiceSignal::Ended { reason: reason.into() }.into_message())).await;
+        }
+    }
+}
+
+/// Resolves once `voice`'s connection has failed or closed; never without one.
+async fn voice_ended(voice: Option<&crate::voice::VoicePeer>) {
+    match voice {
+        Some(peer) => peer.ended().await,
+        None => std::future::pending().await,
     }
 }
 

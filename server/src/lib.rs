@@ -14,8 +14,7 @@
 //!
 //! - [`metrics`], [`logging`], [`otel`] (join-flow traces): what operators see.
 //! - [`bots`]: server-side bots for `--bots N`.
-//!
-//! Not yet here: voice.
+//! - [`voice`]: the voice SFU (WebRTC; rooms choose who hears whom).
 
 pub mod auth;
 pub mod bots;
@@ -29,6 +28,7 @@ pub mod otel;
 pub mod rooms;
 pub mod store;
 pub mod telemetry;
+pub mod voice;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -62,6 +62,8 @@ pub struct ServerConfig {
     /// Most TCP connections at once, HTTP and WebSocket: what the open-file
     /// limit holds ([`capacity::connection_fd_budget`]).
     pub max_tcp_connections: usize,
+    /// The voice SFU's address and peer limit.
+    pub voice: voice::VoiceConfig,
 }
 
 /// About a second of a busy room's deltas at the JSON sizes, and enough in
@@ -83,6 +85,7 @@ impl ServerConfig {
             socket_send_buffer: DEFAULT_SOCKET_SEND_BUFFER,
             max_connections: capacity::max_connections(None, limit).unwrap_or(1),
             max_tcp_connections: capacity::max_tcp_connections(limit),
+            voice: voice::VoiceConfig::local(),
         }
     }
 }
@@ -106,6 +109,8 @@ pub struct AppState {
     pub connections: capacity::ConnectionBudget,
     /// Client telemetry's per-user report limit.
     pub telemetry: telemetry::TelemetryState,
+    /// The voice SFU.
+    pub voice: voice::Sfu,
 }
 
 /// The two switches of a shutdown: draining, then closing.
@@ -133,6 +138,7 @@ impl AppState {
             sockets: Arc::new(()),
             connections: capacity::ConnectionBudget::new(config.max_connections),
             telemetry: telemetry::TelemetryState::new(),
+            voice: voice::Sfu::new(config.voice.clone()),
         };
         Ok((state, Shutdown { draining: draining_tx, closing: closing_tx }))
     }

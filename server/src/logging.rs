@@ -90,15 +90,21 @@ fn chrono_like_now() -> String {
     )
 }
 
+/// Filter directives that keep the WebRTC stack's own logs to errors: it
+/// warns about the ordinary (a STUN check before the answer is applied, a
+/// DTLS server name) on every voice connection. What matters about a
+/// connection the SFU logs itself.
+pub const QUIET_WEBRTC: &str = "rtc=error,rtc_ice=error,rtc_dtls=error,rtc_srtp=error,rtc_sctp=error,rtc_stun=error,rtc_turn=error,rtc_interceptor=error,rtc_media=error,rtc_mdns=error,rtc_rtp=error,rtc_rtcp=error,rtc_sdp=error,rtc_shared=error,rtc_datachannel=error,webrtc=error";
+
 /// Installs the global subscriber: `json` or `pretty`, filtered by RUST_LOG
-/// (default `info`), plus the OpenTelemetry layer when
+/// (default `info`, with [`QUIET_WEBRTC`]), plus the OpenTelemetry layer when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`crate::otel`]) and, built with
 /// `--features tracy`, the Tracy layer. Keep the returned
 /// pipeline until the end and shut it down (or drop it) to flush the last
 /// spans.
 pub fn init(format: &str) -> Result<Option<crate::otel::Otel>, crate::otel::OtelError> {
     use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| format!("info,{QUIET_WEBRTC}").into());
     let otel = crate::otel::Otel::from_env()?;
     let fmt = if format == "json" {
         tracing_subscriber::fmt::layer().fmt_fields(JsonFields::new()).event_format(FlatJson).boxed()

@@ -1,6 +1,6 @@
 use anyhow::{Context, bail};
 use clap::Parser;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 /// Plaza's server.
@@ -31,6 +31,18 @@ struct Config {
     /// Bots wandering the `plaza` room, chatting now and then.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
     bots: u32,
+    /// The address the voice SFU's UDP sockets bind to, and that its host
+    /// candidates carry (default: --bind's address; 0.0.0.0 binds every
+    /// interface but loopback).
+    #[arg(long, env = "PLAZA_VOICE_IP")]
+    voice_ip: Option<IpAddr>,
+    /// The address clients reach voice at, when a NAT stands in front of
+    /// the server (it replaces the host candidates' address).
+    #[arg(long, env = "PLAZA_VOICE_PUBLIC_IP")]
+    voice_public_ip: Option<IpAddr>,
+    /// Most voice peers at once (each holds one UDP socket); 0 turns voice off.
+    #[arg(long, env = "PLAZA_VOICE_MAX_PEERS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    voice_max_peers: u32,
     /// Log format: json (one object a line) or pretty.
     #[arg(long, env = "LOG_FORMAT", default_value = "json", value_parser = ["json", "pretty"])]
     log_format: String,
@@ -147,6 +159,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         socket_send_buffer: plaza_server::DEFAULT_SOCKET_SEND_BUFFER,
         max_connections,
         max_tcp_connections: plaza_server::capacity::max_tcp_connections(fd_limit),
+        voice: plaza_server::voice::VoiceConfig {
+            ip: config.voice_ip.unwrap_or(config.bind.ip()),
+            public_ip: config.voice_public_ip,
+            max_peers: config.voice_max_peers as usize,
+        },
     };
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await

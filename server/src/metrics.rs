@@ -158,7 +158,7 @@ pub const WS_TYPES_IN: [&str; 8] = plaza_shared::messages::ClientMessage::TYPE_N
 /// ... and `direction="out"`.
 pub const WS_TYPES_OUT: [&str; 9] = plaza_shared::messages::ServerMessage::TYPE_NAMES;
 /// `reason` label values of `plaza_ws_dropped_total`.
-pub const DROP_REASONS: [&str; 3] = ["rate_limited", "room_queue_full", "slow_consumer"];
+pub const DROP_REASONS: [&str; 4] = ["rate_limited", "room_queue_full", "slow_consumer", "voice_slow_listener"];
 /// `reason` label values of `plaza_connections_refused_total`: a
 /// WebSocket over `--max-connections`, a connection over the open-file
 /// budget, a WebSocket while draining, and an accept that failed.

@@ -26,10 +26,12 @@
 
 use crate::auth::random_token;
 use crate::store::{Store, StoreError};
+use crate::voice::{Route, VoiceRouting};
 use plaza_shared::limits::{DEFAULT_ROOM_CAPACITY, TICK_HZ, close};
 use plaza_shared::codec::binary::SharedDelta;
 use plaza_shared::messages::{AvatarId, AvatarInfo, AvatarPose, Delta, Joined, ServerMessage};
 use plaza_shared::pose::Pose;
+use plaza_shared::voice::{ROUTE_EVERY_TICKS, SlotSpeaker, VoiceSignal, assign_slots, nearest_speakers};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
@@ -206,6 +208,9 @@ pub enum RoomCommand {
     Detach { avatar: AvatarId, conn: u64 },
     /// A stored chat message, to every member (the sender included).
     Chat(Arc<ServerMessage>),
+    /// The member's socket opened voice (replacing any it had): route it.
+    VoiceJoin { avatar: AvatarId, conn: u64, routing: VoiceRouting },
+    VoiceLeave { avatar: AvatarId, conn: u64 },
 }
 
 /// A cheap handle to a room task.
@@ -252,6 +257,20 @@ impl RoomHandle {
     pub async fn detach(&self, avatar: AvatarId, conn: u64) {
         let _ = self.tx.send(RoomCommand::Detach { avatar, conn }).await;
     }
+
+    pub async fn voice_join(&self, avatar: AvatarId, conn: u64, routing: VoiceRouting) {
+        let _ = self.tx.send(RoomCommand::VoiceJoin { avatar, conn, routing }).await;
+    }
+
+    pub async fn voice_leave(&self, avatar: AvatarId, conn: u64) {
+        let _ = self.tx.send(RoomCommand::VoiceLeave { avatar, conn }).await;
+    }
+}
+
+/// A member in voice: how to route it, and whom each of its slots carries.
+struct VoiceMember {
+    routing: VoiceRouting,
+    hears: Vec<Option<AvatarId>>,
 }
 
 struct Member {
@@ -314,6 +333,10 @@ struct Room {
     joined: Vec<AvatarId>,
     left: Vec<AvatarId>,
     tick_wait: Arc<TickWait>,
+    /// Members in voice, by avatar.
+    voice: HashMap<AvatarId, VoiceMember>,
+    /// Streams forwarded now (this room's share of `plaza_voice_streams`).
+    voice_streams: usize,
 }
 
 pub fn spawn_room(name: &str, capacity: u32) -> RoomHandle {
@@ -341,6 +364,8 @@ pub fn spawn_room_with_id(id: &str, name: &str, capacity: u32) -> RoomHandle {
         joined: Vec::new(),
         left: Vec::new(),
         tick_wait: Arc::default(),
+        voice: HashMap::new(),
+        voice_streams: 0,
     };
     let span = tracing::info_span!("room", room_id = %handle.id, room_name = %handle.name);
     tokio::spawn(room.run(rx).instrument(span));
@@ -471,11 +496,29 @@ impl Room {
                     m.take_offered_pose();
                     tracing::info!(avatar, "socket dropped; seat held for a resume");
                     m.detached_until = Some(Instant::now() + RESUME_WINDOW);
+                    // Voice went with the socket; a resumed one offers again.
+                    if self.voice.remove(&avatar).is_some() {
+                        self.route_voice(true);
+                    }
                 }
             }
             RoomCommand::Leave { avatar, conn } => {
                 if self.members.get(&avatar).is_some_and(|m| m.conn == conn) {
                     self.remove(avatar);
+                }
+            }
+            RoomCommand::VoiceJoin { avatar, conn, routing } => {
+                if self.members.get(&avatar).is_some_and(|m| m.conn == conn && m.detached_until.is_none()) {
+                    let hears = vec![None; routing.mids.len()];
+                    self.voice.insert(avatar, VoiceMember { routing, hears });
+                    tracing::info!(avatar, "voice on");
+                    self.route_voice(true);
+                }
+            }
+            RoomCommand::VoiceLeave { avatar, conn } => {
+                if self.members.get(&avatar).is_some_and(|m| m.conn == conn) && self.voice.remove(&avatar).is_some() {
+                    tracing::info!(avatar, "voice off");
+                    self.route_voice(true);
                 }
             }
             RoomCommand::Chat(message) => {
@@ -502,7 +545,58 @@ impl Room {
             self.joined.retain(|&a| a != avatar);
             self.left.push(avatar);
             self.set_members();
+            if self.voice.remove(&avatar).is_some() {
+                self.route_voice(true);
+            }
         }
+    }
+
+    /// Re-chooses who each voice member hears (the nearest speakers in
+    /// range, see [`plaza_shared::voice`]), tells those whose slots changed,
+    /// and republishes every speaker's routes when anything changed or
+    /// `membership_changed` (a listener that left must leave the routes).
+    fn route_voice(&mut self, membership_changed: bool) {
+        let speakers: Vec<(AvatarId, [f32; 3])> = self
+            .voice
+            .iter()
+            .filter(|(_, v)| v.routing.mic)
+            .filter_map(|(&id, _)| self.members.get(&id).filter(|m| m.detached_until.is_none()).map(|m| (id, m.pose.p)))
+            .collect();
+        let mut changed = membership_changed;
+        for (&listener, v) in self.voice.iter_mut() {
+            let Some(m) = self.members.get(&listener) else { continue };
+            let nearest = nearest_speakers(m.pose.p, speakers.iter().copied().filter(|(id, _)| *id != listener), v.hears.len());
+            let hears = assign_slots(&v.hears, &nearest);
+            // A newcomer hears who is in its slots even when it is nobody.
+            let new_listener = v.hears.iter().all(Option::is_none) && membership_changed;
+            if hears == v.hears && !new_listener {
+                continue;
+            }
+            changed |= hears != v.hears;
+            v.hears = hears;
+            let slots = v.routing.mids.iter().zip(&v.hears).map(|(mid, avatar)| SlotSpeaker { mid: mid.clone(), avatar: *avatar }).collect();
+            let signal = ServerMessage::Voice(VoiceSignal::Speakers { slots }.into_message());
+            // A member too far behind to take this hears the next change.
+            let _ = m.link.outbound.try_send(Outbound::Message(Arc::new(signal)));
+        }
+        if !changed {
+            return;
+        }
+        let mut routes: HashMap<AvatarId, Vec<Route>> = HashMap::new();
+        let mut streams = 0;
+        for v in self.voice.values() {
+            for (slot, speaker) in v.hears.iter().enumerate() {
+                if let Some(speaker) = speaker {
+                    routes.entry(*speaker).or_default().push(Route { to: v.routing.forward.clone(), slot: slot as u8 });
+                    streams += 1;
+                }
+            }
+        }
+        for (id, v) in &self.voice {
+            v.routing.routes.send_replace(Arc::from(routes.remove(id).unwrap_or_default()));
+        }
+        metrics::gauge!(crate::metrics::VOICE_STREAMS).increment(streams as f64 - self.voice_streams as f64);
+        self.voice_streams = streams;
     }
 
     fn set_members(&mut self) {
@@ -524,6 +618,9 @@ impl Room {
         metrics::histogram!(crate::metrics::TICK_DURATION).record(started.elapsed().as_secs_f64());
         if self.tick.is_multiple_of(u64::from(TICK_HZ)) && !self.members.is_empty() {
             metrics::histogram!(crate::metrics::ROOM_USERS).record(self.members.len() as f64);
+        }
+        if !self.voice.is_empty() && self.tick.is_multiple_of(ROUTE_EVERY_TICKS) {
+            self.route_voice(false);
         }
     }
 

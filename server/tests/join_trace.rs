@@ -118,7 +118,7 @@ async fn the_join_flow_is_one_span_tree_under_the_clients_trace() {
     let delta = client.next_delta().await;
     assert!(!delta.joined.is_empty());
     client.send(&ClientMessage::Voice(Voice { signal: serde_json::json!({"type": "offer", "sdp": "v=0"}) })).await;
-    assert!(matches!(client.recv().await, ServerMessage::Error(_)), "voice is refused (no SFU yet), but signaled");
+    assert!(matches!(client.recv().await, ServerMessage::Error(_)), "an offer with no audio is refused, but signaled");
 
     // SIGTERM: the drain closes the socket, and the exporter flushes.
     let term = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();

@@ -12,6 +12,7 @@
 //! - [`flags`]: parsing of the on/off switches used by flags and env vars.
 //! - [`rng`]: a small seeded generator for the tools (SplitMix64).
 //! - [`telemetry`]: the client's frame-timing reports and their aggregation.
+//! - [`voice`]: voice signaling and the SFU's choice of who hears whom.
 
 pub mod codec;
 pub mod flags;
@@ -23,6 +24,7 @@ pub mod pose;
 pub mod quality;
 pub mod rng;
 pub mod telemetry;
+pub mod voice;
 
 pub use codec::{DecodeError, Subprotocol};
 pub use messages::{ClientMessage, ServerMessage};

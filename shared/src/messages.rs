@@ -192,12 +192,14 @@ pub enum ErrorCode {
     BadHello,
     Unauthorized,
     Internal,
+    /// Voice can't start: the SFU is off or at its peer limit.
+    VoiceUnavailable,
     #[serde(other)]
     Unknown,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadMessage,
         ErrorCode::NotInRoom,
         ErrorCode::RoomFull,
@@ -207,6 +209,7 @@ impl ErrorCode {
         ErrorCode::BadHello,
         ErrorCode::Unauthorized,
         ErrorCode::Internal,
+        ErrorCode::VoiceUnavailable,
         ErrorCode::Unknown,
     ];
 
@@ -221,6 +224,7 @@ impl ErrorCode {
             ErrorCode::BadHello => "bad_hello",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Internal => "internal",
+            ErrorCode::VoiceUnavailable => "voice_unavailable",
             ErrorCode::Unknown => "unknown",
         }
     }

@@ -123,6 +123,11 @@ pub struct RunArgs {
     /// No progress line.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Every user also joins voice: a WebRTC peer of the server's SFU that
+    /// sends a 20 ms frame 50 times a second and listens with 8 slots;
+    /// voice latency, loss and misrouting are reported.
+    #[arg(long)]
+    pub voice: bool,
     /// Faults between the users and the server: any of these puts the fault
     /// proxy (as `plaza-load proxy`) in between, in this process.
     #[command(flatten)]
@@ -180,6 +185,8 @@ pub struct RunConfig {
     pub faults: Option<ProxyConfig>,
     /// `plaza-load soak`: judge leaks at the end.
     pub soak: Option<crate::soak::SoakLimits>,
+    /// `--voice`.
+    pub voice: bool,
 }
 
 impl RunConfig {
@@ -202,6 +209,12 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
     if args.protocol == ProtocolArg::Socketio && args.server.is_none() {
         return Err("--protocol socketio needs --server: start a peer with `node tools/peers/socketio/server.js` (or use `plaza-load ladder`)".into());
     }
+    if args.voice && args.protocol == ProtocolArg::Socketio {
+        return Err("--voice needs a Plaza server: the socket.io peers have no SFU".into());
+    }
+    if args.voice && users > 2_000 {
+        return Err(format!("--voice with {users} users: at most 2000 (each is a WebRTC peer with its own UDP socket and DTLS)"));
+    }
     if args.chat_every > 0.0 && args.chat_every < 1.0 {
         return Err(format!("--chat-every {} is too often; use 0 (never) or at least 1 second", args.chat_every));
     }
@@ -221,6 +234,7 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
         progress: !args.quiet,
         faults: if args.faults.any() { Some(validate_faults(&args.faults)?) } else { None },
         soak: None,
+        voice: args.voice,
     })
 }
 

@@ -198,6 +198,7 @@ fn step_config(cfg: &LadderConfig, target: Target, users: u64, server: Option<St
         progress: cfg.progress,
         faults: None,
         soak: None,
+        voice: false,
     }
 }
 

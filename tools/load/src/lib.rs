@@ -16,6 +16,7 @@
 //! - [`ladder`] — `plaza-load ladder`: steps up against Plaza and the socket.io peers ([`peer`]).
 //! - [`names`] — user names that carry their room.
 //! - [`proxy`] — `plaza-load proxy`: latency, jitter, loss and resets between clients and a server.
+//! - [`voice`] — `--voice`: users as voice peers of the server's SFU.
 
 pub mod cli;
 pub mod collect;
@@ -32,4 +33,5 @@ pub mod soak;
 pub mod tickphase;
 pub mod track;
 pub mod user;
+pub mod voice;
 pub mod wire;

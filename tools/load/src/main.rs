@@ -50,7 +50,7 @@ fn load_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,plaza_load=info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,plaza_load=info,{}", plaza_server::logging::QUIET_WEBRTC)));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 

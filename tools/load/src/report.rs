@@ -123,6 +123,8 @@ pub struct RunResult {
     pub faults: Option<FaultStats>,
     /// `plaza-load soak`'s leak checks.
     pub soak: Option<crate::soak::SoakVerdict>,
+    /// `--voice`: what the users heard through the SFU.
+    pub voice: Option<crate::voice::VoiceResult>,
     pub poses_sent: u64,
     /// Poses per second a user actually sent, on average (below `rate_hz`
     /// when the load tool is short of CPU).
@@ -376,6 +378,17 @@ pub fn html(r: &RunResult) -> String {
         row(&mut h, "fault proxy", &f.describe);
         row(&mut h, "proxy counters", f.proxy);
         row(&mut h, "sockets cut by the proxy (not errors)", f.drops_from_resets);
+        h.push_str("</table>");
+    }
+    if let Some(v) = &r.voice {
+        h.push_str("<h2>Voice</h2><table>");
+        row(&mut h, "peers offered / connected / failed", format!("{} / {} / {}", v.offered, v.connected, v.failed));
+        row(&mut h, "ended by the server", v.ended);
+        row(&mut h, "frames sent / heard", format!("{} / {}", v.frames_sent, v.frames_heard));
+        row(&mut h, "lost inside a speaker's stream", v.lost);
+        row(&mut h, "heard from another room", v.misrouted);
+        h.push_str("</table><table><tr><th></th><th>count</th><th>p50</th><th>p95</th><th>p99</th><th>p99.9</th><th>max</th><th>mean</th></tr>");
+        percentile_row(&mut h, "voice latency", &v.latency_ms);
         h.push_str("</table>");
     }
     if let Some(s) = &r.soak {

@@ -177,6 +177,7 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         gap_ms,
         // A segment in flight when a socket is cut may have waited the
         // proxy's delay, its jitter and a loss stall.
+        voice: cfg.voice.then(|| Arc::new(crate::voice::VoiceLoad::new(base.trim_start_matches("http://")))),
         grace_ms: user::GRACE_MS + cfg.faults.as_ref().map_or(0, |f| (f.latency + f.jitter + if f.loss > 0.0 { f.rto() } else { Duration::ZERO }).as_millis() as u64),
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Run);
@@ -234,6 +235,7 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
             }
         }
     }
+    let voice = env.voice.clone();
     let collected = tokio::time::timeout(Duration::from_secs(10), collector)
         .await
         .map_err(|_| RunError::Collector("did not finish".into()))?
@@ -265,6 +267,22 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
     };
     let faults = cfg.faults.as_ref().zip(proxy_stats).map(|(f, stats)| (f.describe(), stats));
     let mut result = summarize(cfg, &reports, stuck, collected, server, gap_ms, interrupted, faults);
+    if let Some(voice) = voice {
+        let voice = voice.result();
+        let mut reasons = Vec::new();
+        if voice.misrouted > 0 {
+            reasons.push(format!("{} voice frames heard from another room", voice.misrouted));
+        }
+        if voice.connected == 0 || voice.failed > 0 {
+            reasons.push(format!("voice connected {} of {} offered, {} failed", voice.connected, voice.offered, voice.failed));
+        }
+        if !reasons.is_empty() {
+            result.passed = false;
+            reasons.insert(0, result.failure.clone());
+            result.failure = reasons.iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join("; ");
+        }
+        result.voice = Some(voice);
+    }
     result.tag = tag;
     result.started_unix_ms = started_unix_ms;
     if let Some(limits) = cfg.soak {
@@ -439,6 +457,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         resumed,
         restores_over_2s,
         faults: fault_stats,
+        voice: None,
         poses_sent,
         pose_rate_hz,
         expected: poses.expected,

@@ -186,6 +186,8 @@ pub struct Env {
     pub gap_ms: u64,
     /// [`GRACE_MS`], plus the fault proxy's delay and stall when there is one.
     pub grace_ms: u64,
+    /// `--voice`: every user is also a voice peer.
+    pub voice: Option<Arc<crate::voice::VoiceLoad>>,
 }
 
 /// One user's part in the run.
@@ -258,7 +260,7 @@ impl From<String> for OpenError {
     }
 }
 
-fn unix_us() -> u64 {
+pub(crate) fn unix_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
@@ -349,6 +351,8 @@ struct User {
     /// is cut.
     latency_peak_ms: [u64; 2],
     latency_window: u64,
+    /// With `--voice`: this socket's voice (a new socket offers again).
+    voice: Option<crate::voice::UserVoice>,
 }
 
 /// When each of the relay loop's timed jobs is next due.
@@ -427,6 +431,7 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         unacked: Vec::new(),
         latency_peak_ms: [0; 2],
         latency_window: 0,
+        voice: None,
     };
     user.life().await;
     user.finish().await
@@ -721,6 +726,8 @@ impl User {
     }
 
     async fn relay(&mut self, mut ws: Ws, mut join_sent: Option<Instant>) -> End {
+        // Voice ends with the socket it was signaled on.
+        self.voice = None;
         let pose_every = Duration::from_secs_f64(1.0 / self.env.rate_hz);
         // Until the room's tick is known (and with `--send-at random`), a
         // random phase: not in step with the ramp or the room's tick.
@@ -808,6 +815,9 @@ impl User {
                             if let Some(lost) = self.lost_at.take() {
                                 self.back_in_room(lost, &mut ws).await;
                             }
+                            if self.start_voice(&mut ws).await.is_err() {
+                                return self.send_failed();
+                            }
                         }
                         ServerMessage::Chat(c) => self.tracker.on_chat(&c),
                         ServerMessage::ChatAck(ack) => {
@@ -837,7 +847,12 @@ impl User {
                                 return End::Fatal;
                             }
                         }
-                        ServerMessage::Welcome(_) | ServerMessage::Voice(_) => {}
+                        ServerMessage::Voice(v) => {
+                            if let (Some(voice), Some(load), Ok(signal)) = (self.voice.as_mut(), self.env.voice.as_ref(), plaza_shared::voice::VoiceSignal::from_message(&v)) {
+                                voice.on_signal(signal, self.plan.key, load, self.phase.clone()).await;
+                            }
+                        }
+                        ServerMessage::Welcome(_) => {}
                     }
                 }
                 () = &mut timer => {
@@ -878,6 +893,25 @@ impl User {
                         self.flush().await;
                     }
                 }
+            }
+        }
+    }
+
+    /// With `--voice`, once in the room on this socket: offers voice.
+    async fn start_voice(&mut self, ws: &mut Ws) -> Result<(), ()> {
+        let Some(load) = self.env.voice.clone() else { return Ok(()) };
+        if self.voice.is_some() || self.phase_now() != Phase::Run {
+            return Ok(());
+        }
+        match crate::voice::UserVoice::offer(&load).await {
+            Ok((voice, offer)) => {
+                self.voice = Some(voice);
+                self.send(ws, &offer).await
+            }
+            Err(cause) => {
+                tracing::debug!(user = %self.plan.name, %cause, "voice peer");
+                self.error("voice_peer");
+                Ok(())
             }
         }
     }

@@ -98,6 +98,38 @@ fn a_short_json_run_delivers_everything() {
     check("json", "json");
 }
 
+/// `--voice`: every user also talks through the SFU. Two rooms, so a frame
+/// heard across rooms would show as misrouted.
+#[test]
+fn a_short_voice_run_hears_its_own_room_through_the_sfu() {
+    let out = out_dir("voice");
+    let output = load()
+        .args(["run", "--rooms", "2", "--users-per-room", "4", "--rate", "10", "--duration", "4", "--ramp", "0.5", "--chat-every", "0", "--voice", "--quiet"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("plaza-load runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let json = std::fs::read_to_string(out.join("result.json")).unwrap_or_else(|e| panic!("no result.json ({e}); stderr:\n{stderr}"));
+    let r: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(output.status.success(), "exit {:?}; stderr:\n{stderr}\nresult: {r:#}", output.status.code());
+    let v = &r["voice"];
+    assert_eq!(v["offered"], 8, "{v:#}");
+    assert_eq!(v["connected"], 8, "every peer came up on loopback: {v:#}");
+    assert_eq!(v["failed"], 0, "{v:#}");
+    assert_eq!(v["misrouted"], 0, "{v:#}");
+    let (sent, heard) = (v["frames_sent"].as_u64().unwrap(), v["frames_heard"].as_u64().unwrap());
+    // Four users a room, all within earshot of each other: each frame is
+    // heard by the three others, less the start of each peer's connection.
+    assert!(sent > 8 * 50, "about 3 s of frames from 8 users: {v:#}");
+    assert!(heard > sent && heard <= 3 * sent, "heard {heard} of {sent} sent ×3 listeners: {v:#}");
+    assert!(v["latency_ms"]["count"].as_u64().unwrap() == heard, "{v:#}");
+    assert_eq!(r["lost"], 0, "poses still all delivered: {r:#}");
+    assert_eq!(r["errors"], 0, "{r:#}");
+    let html = std::fs::read_to_string(out.join("report.html")).expect("report.html");
+    assert!(html.contains("<h2>Voice</h2>"), "the report has a voice section");
+}
+
 #[test]
 fn bad_flags_exit_2_with_one_line() {
     for args in [
@@ -108,6 +140,8 @@ fn bad_flags_exit_2_with_one_line() {
         vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "3", "--protocol", "xml"],
         vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "3", "--server", "ftp://x"],
         vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "3", "--ramp", "3"],
+        vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "3", "--voice", "--protocol", "socketio", "--server", "http://127.0.0.1:1"],
+        vec!["run", "--rooms", "60", "--users-per-room", "40", "--rate", "1", "--duration", "3", "--voice"],
     ] {
         let output = load().args(&args).output().expect("plaza-load runs");
         assert_eq!(output.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));

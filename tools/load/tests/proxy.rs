@@ -277,6 +277,7 @@ fn run_through(proxy: &Proxy, name: &str, users_per_room: u32, duration: Duratio
         progress: false,
         faults: None,
         soak: None,
+        voice: false,
     }
 }
 
@@ -448,6 +449,7 @@ async fn a_run_with_resets_resumes_every_user_and_loses_nothing() {
         progress: false,
         faults: Some(faults),
         soak: None,
+        voice: false,
     };
     let r = plaza_load::run::run(&run).await.expect("the run is done");
     assert!(r.passed, "{}", r.failure);

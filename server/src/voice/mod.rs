@@ -1,0 +1,472 @@
+//! The voice SFU: each voice member is a WebRTC peer of the server (Opus
+//! over SRTP, by UDP), set up with an offer/answer inside its WebSocket
+//! (`plaza_shared::voice`). The SFU never decodes audio: it forwards each
+//! speaker's RTP packets into the listening slots of the members that hear
+//! it, rewriting only what makes a slot one continuous stream (SSRC,
+//! sequence numbers, timestamps, payload type).
+//!
+//! Who hears whom is the room's choice (`rooms`, every half second: the
+//! nearest speakers in range), published to each speaker's forwarding task
+//! as a list of routes. Each listener has one task that owns its slots and
+//! a bounded queue: a listener that can't keep up loses packets (counted in
+//! `plaza_ws_dropped_total{reason="voice_slow_listener"}`), and never slows a
+//! speaker or the other listeners.
+
+pub mod client;
+
+use plaza_shared::messages::AvatarId;
+use plaza_shared::voice::MAX_SLOTS;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceCandidateType, RTCIceGatheringState, RTCPeerConnectionState,
+    RTCSessionDescription, SettingEngineBuilder,
+};
+use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+
+/// Packets queued to one listener: about 150 ms of eight speakers at 50
+/// packets a second. More than that behind is audio too late to play.
+pub const LISTENER_QUEUE: usize = 64;
+/// How long the answer waits for the SFU's own ICE candidates (host ones
+/// come at once; this only bounds a broken network setup).
+const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
+/// One Opus frame (20 ms) at 48 kHz: the gap put between two voices that
+/// follow each other in a slot.
+const OPUS_FRAME_TICKS: u32 = 960;
+const OPUS_PAYLOAD_TYPE: u8 = 111;
+
+/// Where and how much voice the server serves.
+#[derive(Debug, Clone)]
+pub struct VoiceConfig {
+    /// The address the SFU's UDP sockets bind to (`--voice-ip`); its host
+    /// candidates carry it. `0.0.0.0` binds every interface.
+    pub ip: IpAddr,
+    /// The address clients reach the SFU at, when it is not `ip` (a NAT
+    /// in front of the server: `--voice-public-ip`).
+    pub public_ip: Option<IpAddr>,
+    /// Most voice peers at once (`--voice-max-peers`); 0 turns voice off.
+    pub max_peers: usize,
+}
+
+impl VoiceConfig {
+    /// Loopback only, for tests and `--dev`.
+    pub fn local() -> VoiceConfig {
+        VoiceConfig { ip: IpAddr::from([127, 0, 0, 1]), public_ip: None, max_peers: 256 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VoiceError {
+    #[error("the voice offer can't be used: {0}")]
+    BadOffer(String),
+    #[error("voice is off on this server")]
+    Off,
+    #[error("voice is at its limit on this server ({max} peers); try again later")]
+    Full { max: usize },
+    #[error("voice could not start: {0}")]
+    Failed(String),
+}
+
+impl From<webrtc::error::Error> for VoiceError {
+    fn from(e: webrtc::error::Error) -> Self {
+        VoiceError::Failed(e.to_string())
+    }
+}
+
+/// What a client's offer asks for: a microphone to send, and how many
+/// slots to listen with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfferShape {
+    pub mic: bool,
+    pub slots: usize,
+}
+
+impl OfferShape {
+    /// Reads the audio sections of an SDP offer: one `sendonly` (the
+    /// microphone) at most, and up to [`MAX_SLOTS`] `recvonly` (slots).
+    pub fn read(sdp: &str) -> Result<OfferShape, VoiceError> {
+        let bad = |why: String| Err(VoiceError::BadOffer(why));
+        if !sdp.starts_with("v=0") {
+            return bad("it is not SDP (it must start with \"v=0\")".into());
+        }
+        let mut shape = OfferShape { mic: false, slots: 0 };
+        for section in sdp.split("\nm=").skip(1) {
+            let kind = section.split_whitespace().next().unwrap_or("");
+            if kind != "audio" {
+                return bad(format!("only audio sections are accepted; it has a `{kind}` section"));
+            }
+            let direction = section.lines().map(str::trim).find_map(|line| line.strip_prefix("a=").filter(|a| matches!(*a, "sendonly" | "recvonly" | "sendrecv" | "inactive")));
+            match direction.unwrap_or("sendrecv") {
+                "sendonly" if shape.mic => return bad("it has more than one sendonly (microphone) section".into()),
+                "sendonly" => shape.mic = true,
+                "recvonly" => shape.slots += 1,
+                "inactive" => {}
+                other => return bad(format!("each audio section is sendonly (the microphone) or recvonly (a listening slot); one is {other}")),
+            }
+        }
+        if shape.slots > MAX_SLOTS {
+            return bad(format!("it has {} recvonly sections; at most {MAX_SLOTS}", shape.slots));
+        }
+        if !shape.mic && shape.slots == 0 {
+            return bad("it has no audio section to send or receive".into());
+        }
+        Ok(shape)
+    }
+}
+
+/// One packet for one of a listener's slots.
+#[derive(Debug)]
+pub struct Forward {
+    pub slot: u8,
+    pub speaker: AvatarId,
+    pub packet: rtp::Packet,
+}
+
+/// Where one speaker's packets go: a listener's queue, and its slot there.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub to: mpsc::Sender<Forward>,
+    pub slot: u8,
+}
+
+/// What the room needs of a voice member to route it: where its own
+/// packets go (set by the room), where others' packets for it go, and its
+/// slots' `mid`s.
+#[derive(Debug)]
+pub struct VoiceRouting {
+    pub routes: watch::Sender<Arc<[Route]>>,
+    pub forward: mpsc::Sender<Forward>,
+    pub mids: Vec<String>,
+    pub mic: bool,
+}
+
+/// The SFU: makes voice peers, within the peer limit.
+#[derive(Debug, Clone)]
+pub struct Sfu {
+    config: Arc<VoiceConfig>,
+    peers: Arc<Semaphore>,
+}
+
+impl Sfu {
+    pub fn new(config: VoiceConfig) -> Sfu {
+        let peers = Arc::new(Semaphore::new(config.max_peers));
+        Sfu { config: Arc::new(config), peers }
+    }
+
+    /// Voice peers open now.
+    pub fn peers(&self) -> usize {
+        self.config.max_peers - self.peers.available_permits()
+    }
+
+    /// Answers `offer` for `speaker`: a peer connection with one sending
+    /// track per listening slot, its candidates gathered.
+    pub async fn open(&self, offer: &str, speaker: AvatarId) -> Result<(VoicePeer, VoiceRouting), VoiceError> {
+        let shape = OfferShape::read(offer)?;
+        if self.config.max_peers == 0 {
+            return Err(VoiceError::Off);
+        }
+        let permit = self.peers.clone().try_acquire_owned().map_err(|_| VoiceError::Full { max: self.config.max_peers })?;
+        let (routes_tx, routes_rx) = watch::channel::<Arc<[Route]>>(Arc::from(Vec::new()));
+        let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
+        let gathered = Arc::new(Notify::new());
+        let events = PeerEvents { speaker, routes: routes_rx, gathered: gathered.clone(), state: state_tx };
+
+        let pc = peer_connection(self.config.ip, self.config.public_ip, Arc::new(events)).await?;
+        // From here on, dropping `peer` closes the connection.
+        let mut peer = VoicePeer { pc, answer: String::new(), state: state.clone(), listener: None, _permit: permit };
+
+        let mut slots = Vec::with_capacity(shape.slots);
+        for i in 0..shape.slots {
+            let (track, ssrc) = opus_track(&format!("slot-{i}"));
+            let transceiver = peer.pc.add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal>, Some(direction(RTCRtpTransceiverDirection::Sendonly))).await?;
+            slots.push((transceiver, track, ssrc));
+        }
+        peer.pc.set_remote_description(RTCSessionDescription::offer(offer.to_owned()).map_err(|e| VoiceError::BadOffer(e.to_string()))?).await.map_err(|e| VoiceError::BadOffer(e.to_string()))?;
+        let answer = peer.pc.create_answer(None).await?;
+        peer.pc.set_local_description(answer).await?;
+        peer.answer = gathered_sdp(&peer.pc, &gathered).await?;
+
+        let mut mids = Vec::with_capacity(slots.len());
+        let mut outs = Vec::with_capacity(slots.len());
+        for (transceiver, track, ssrc) in slots {
+            let mid = transceiver.mid().await?.ok_or_else(|| VoiceError::Failed("a listening slot got no mid".into()))?;
+            let sender = transceiver.sender().await?.ok_or_else(|| VoiceError::Failed("a listening slot has no sender".into()))?;
+            let payload_type = sender.get_parameters().await?.rtp_parameters.codecs.first().map(|c| c.payload_type).ok_or_else(|| VoiceError::BadOffer("it offers no Opus (audio/opus, 48 kHz)".into()))?;
+            mids.push(mid);
+            outs.push(SlotOut { track, ssrc, payload_type, speaker: None, seq: 0, ts_offset: 0, last_ts: 0 });
+        }
+        let (forward, queue) = mpsc::channel(LISTENER_QUEUE);
+        peer.listener = Some(tokio::spawn(forward_to_listener(queue, outs, state)));
+        Ok((peer, VoiceRouting { routes: routes_tx, forward, mids, mic: shape.mic }))
+    }
+}
+
+/// One voice member's peer connection, owned by its socket's task. Dropping
+/// it closes the connection and stops its forwarding.
+pub struct VoicePeer {
+    pc: Arc<dyn PeerConnection>,
+    /// The SDP answer for the client.
+    pub answer: String,
+    /// The connection's state, as the driver reports it.
+    pub state: watch::Receiver<RTCPeerConnectionState>,
+    listener: Option<tokio::task::JoinHandle<()>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for VoicePeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VoicePeer").field("state", &*self.state.borrow()).finish_non_exhaustive()
+    }
+}
+
+impl VoicePeer {
+    /// Resolves once the connection has failed or closed.
+    pub async fn ended(&self) {
+        let mut state = self.state.clone();
+        let _ = state.wait_for(|s| matches!(s, RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed)).await;
+    }
+}
+
+impl Drop for VoicePeer {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.take() {
+            listener.abort();
+        }
+        let pc = self.pc.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = pc.close().await {
+                    tracing::debug!(cause = %e, "voice peer close");
+                }
+            });
+        }
+    }
+}
+
+fn opus() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: OPUS_PAYLOAD_TYPE,
+    }
+}
+
+/// A peer connection for Opus only, its one UDP socket on `ip`.
+async fn peer_connection(ip: IpAddr, public_ip: Option<IpAddr>, events: Arc<dyn PeerConnectionEventHandler>) -> Result<Arc<dyn PeerConnection>, VoiceError> {
+    let mut media = MediaEngine::default();
+    media.register_codec(opus(), RtpCodecKind::Audio)?;
+    // No mDNS: candidates are plain addresses, and it would cost every peer
+    // a multicast socket.
+    let mut settings = SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
+    if ip.is_loopback() {
+        settings = settings.with_include_loopback_candidate(true);
+    }
+    if let Some(public) = public_ip {
+        settings = settings.with_nat_1to1_ips(vec![public.to_string()], RTCIceCandidateType::Host);
+    }
+    let pc = PeerConnectionBuilder::new().with_media_engine(media).with_setting_engine(settings.build()).with_handler(events).with_udp_addrs(vec![SocketAddr::new(ip, 0)]).build().await?;
+    Ok(Arc::new(pc))
+}
+
+/// An Opus track to send on, with its SSRC.
+fn opus_track(id: &str) -> (Arc<TrackLocalStaticRTP>, u32) {
+    let ssrc = random_ssrc();
+    let coding = RTCRtpEncodingParameters { rtp_coding_parameters: RTCRtpCodingParameters { ssrc: Some(ssrc), ..Default::default() }, codec: opus().rtp_codec, ..Default::default() };
+    (Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(format!("plaza-{id}"), id.to_owned(), id.to_owned(), RtpCodecKind::Audio, vec![coding]))), ssrc)
+}
+
+fn direction(direction: RTCRtpTransceiverDirection) -> RTCRtpTransceiverInit {
+    RTCRtpTransceiverInit { direction, streams: vec![], send_encodings: vec![] }
+}
+
+/// Waits for ICE gathering to complete (signaled on `gathered`), then
+/// returns the local description's SDP, candidates in it.
+async fn gathered_sdp(pc: &Arc<dyn PeerConnection>, gathered: &Notify) -> Result<String, VoiceError> {
+    if tokio::time::timeout(GATHER_TIMEOUT, gathered.notified()).await.is_err() {
+        return Err(VoiceError::Failed(format!("ICE candidates were not gathered within {} s", GATHER_TIMEOUT.as_secs())));
+    }
+    Ok(pc.local_description().await.ok_or_else(|| VoiceError::Failed("no local description".into()))?.sdp)
+}
+
+fn random_ssrc() -> u32 {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).expect("the OS random source");
+    u32::from_le_bytes(bytes)
+}
+
+struct PeerEvents {
+    speaker: AvatarId,
+    routes: watch::Receiver<Arc<[Route]>>,
+    gathered: Arc<Notify>,
+    state: watch::Sender<RTCPeerConnectionState>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for PeerEvents {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.notify_one();
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::debug!(avatar = self.speaker, %state, "voice connection");
+        self.state.send_replace(state);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        tokio::spawn(forward_from_speaker(track, self.speaker, self.routes.clone()));
+    }
+}
+
+/// RTP header bytes not in `payload` (the fixed 12).
+const RTP_HEADER_BYTES: u64 = 12;
+
+/// Offers each of a speaker's packets to every listener routed to it.
+async fn forward_from_speaker(track: Arc<dyn TrackRemote>, speaker: AvatarId, routes: watch::Receiver<Arc<[Route]>>) {
+    let bytes_in = metrics::counter!(crate::metrics::VOICE_BYTES, "direction" => "in");
+    let dropped = metrics::counter!(crate::metrics::WS_DROPPED, "reason" => "voice_slow_listener");
+    while let Some(event) = track.poll().await {
+        let TrackRemoteEvent::OnRtpPacket(packet) = event else { continue };
+        bytes_in.increment(RTP_HEADER_BYTES + packet.payload.len() as u64);
+        let routes = routes.borrow().clone();
+        for route in routes.iter() {
+            match route.to.try_send(Forward { slot: route.slot, speaker, packet: packet.clone() }) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => dropped.increment(1),
+                Err(mpsc::error::TrySendError::Closed(_)) => {} // that listener is leaving; the next routes drop it
+            }
+        }
+    }
+}
+
+/// A listening slot's sending side, and the rewrite that makes the voices
+/// passing through it one stream.
+struct SlotOut {
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload_type: u8,
+    speaker: Option<AvatarId>,
+    seq: u16,
+    ts_offset: u32,
+    last_ts: u32,
+}
+
+impl SlotOut {
+    fn rewrite(&mut self, speaker: AvatarId, mut packet: rtp::Packet) -> rtp::Packet {
+        if self.speaker != Some(speaker) {
+            // A new voice here: its clock continues one frame after the last.
+            self.ts_offset = self.last_ts.wrapping_add(OPUS_FRAME_TICKS).wrapping_sub(packet.header.timestamp);
+            self.speaker = Some(speaker);
+        }
+        self.seq = self.seq.wrapping_add(1);
+        let header = &mut packet.header;
+        header.sequence_number = self.seq;
+        header.timestamp = header.timestamp.wrapping_add(self.ts_offset);
+        self.last_ts = header.timestamp;
+        header.ssrc = self.ssrc;
+        header.payload_type = self.payload_type;
+        // The speaker's extension ids were negotiated on its own leg.
+        header.extension = false;
+        header.extensions.clear();
+        header.extensions_padding = 0;
+        packet
+    }
+}
+
+/// Until the listener's connection is up (ICE and DTLS), what comes for it
+/// is dropped: SRTP has no keys to send it with yet.
+async fn forward_to_listener(mut queue: mpsc::Receiver<Forward>, mut slots: Vec<SlotOut>, state: watch::Receiver<RTCPeerConnectionState>) {
+    let bytes_out = metrics::counter!(crate::metrics::VOICE_BYTES, "direction" => "out");
+    let mut up = false;
+    while let Some(Forward { slot, speaker, packet }) = queue.recv().await {
+        if !up {
+            up = *state.borrow() == RTCPeerConnectionState::Connected;
+            if !up {
+                continue;
+            }
+        }
+        let Some(out) = slots.get_mut(usize::from(slot)) else { continue };
+        let packet = out.rewrite(speaker, packet);
+        let bytes = RTP_HEADER_BYTES + packet.payload.len() as u64;
+        if out.track.write_rtp(packet).await.is_ok() {
+            bytes_out.increment(bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(sections: &[&str]) -> String {
+        let mut sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n".to_string();
+        for direction in sections {
+            sdp.push_str(&format!("m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\na={direction}\r\n"));
+        }
+        sdp
+    }
+
+    #[test]
+    fn an_offer_is_a_microphone_and_listening_slots() {
+        assert_eq!(OfferShape::read(&offer(&["sendonly", "recvonly", "recvonly"])).unwrap(), OfferShape { mic: true, slots: 2 });
+        assert_eq!(OfferShape::read(&offer(&["recvonly"])).unwrap(), OfferShape { mic: false, slots: 1 });
+        assert_eq!(OfferShape::read(&offer(&["sendonly"])).unwrap(), OfferShape { mic: true, slots: 0 });
+    }
+
+    #[test]
+    fn offers_outside_the_shape_say_what_is_allowed() {
+        let cases = [
+            (offer(&["sendonly", "sendonly"]), "more than one sendonly"),
+            (offer(&["sendrecv"]), "sendonly (the microphone) or recvonly"),
+            (offer(&["recvonly"; 9]), "at most 8"),
+            (offer(&[]), "no audio section"),
+            (offer(&["inactive"]), "no audio section"),
+            ("hello".to_string(), "not SDP"),
+            (offer(&["sendonly"]).replace("m=audio", "m=video"), "only audio"),
+        ];
+        for (sdp, says) in cases {
+            let e = OfferShape::read(&sdp).unwrap_err().to_string();
+            assert!(e.contains(says), "{e:?} should say {says:?}");
+        }
+    }
+
+    fn packet(seq: u16, ts: u32) -> rtp::Packet {
+        let mut p = rtp::Packet::default();
+        p.header.sequence_number = seq;
+        p.header.timestamp = ts;
+        p.header.ssrc = 42;
+        p.header.payload_type = 96;
+        p
+    }
+
+    #[test]
+    fn a_slot_is_one_stream_whoever_speaks_in_it() {
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new("s".into(), "t".into(), "l".into(), RtpCodecKind::Audio, vec![])));
+        let mut slot = SlotOut { track, ssrc: 7, payload_type: 111, speaker: None, seq: 100, ts_offset: 0, last_ts: 5_000 };
+        let a1 = slot.rewrite(1, packet(9_000, 1_000_000));
+        let a2 = slot.rewrite(1, packet(9_001, 1_000_960));
+        // Speaker 2 takes the slot with its own numbering and clock.
+        let b1 = slot.rewrite(2, packet(17, 40));
+        let b2 = slot.rewrite(2, packet(18, 1_000));
+        let seqs: Vec<u16> = [&a1, &a2, &b1, &b2].iter().map(|p| p.header.sequence_number).collect();
+        assert_eq!(seqs, vec![101, 102, 103, 104], "sequence numbers run on across speakers");
+        assert_eq!(a2.header.timestamp - a1.header.timestamp, 960);
+        assert_eq!(b1.header.timestamp - a2.header.timestamp, OPUS_FRAME_TICKS, "the next voice starts one frame later");
+        assert_eq!(b2.header.timestamp - b1.header.timestamp, 960);
+        assert!([&a1, &b2].iter().all(|p| p.header.ssrc == 7 && p.header.payload_type == 111));
+    }
+}

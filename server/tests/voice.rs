@@ -1,0 +1,183 @@
+//! Voice through the SFU: real WebRTC peers (`plaza_server::voice::client`)
+//! on loopback, signaled through their WebSockets. Who hears whom, what
+//! arrives, what the metrics say, and what a bad offer is told.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use plaza_server::voice::client::VoiceClient;
+use plaza_shared::codec::Subprotocol;
+use plaza_shared::messages::*;
+use plaza_shared::voice::{SlotSpeaker, VoiceSignal};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// The next voice signal to `client`, skipping deltas and the rest.
+async fn voice_signal(client: &mut Client) -> VoiceSignal {
+    loop {
+        if let ServerMessage::Voice(v) = client.recv().await {
+            return VoiceSignal::from_message(&v).expect("a voice signal the server sent");
+        }
+    }
+}
+
+/// The next `error`, skipping everything else.
+async fn error(client: &mut Client) -> ErrorMessage {
+    loop {
+        if let ServerMessage::Error(e) = client.recv().await {
+            return e;
+        }
+    }
+}
+
+fn offer(sdp: &str) -> ClientMessage {
+    ClientMessage::Voice(VoiceSignal::Offer { sdp: sdp.into() }.into_message())
+}
+
+/// Offers voice for `client` (a microphone, two slots) and applies the
+/// answer; returns the peer and the first `speakers` it was told.
+async fn start_voice(client: &mut Client) -> (VoiceClient, Vec<SlotSpeaker>) {
+    let peer = VoiceClient::new(LOOPBACK, true, 2).await.expect("a voice peer");
+    client.send(&offer(&peer.offer)).await;
+    let VoiceSignal::Answer { sdp } = voice_signal(client).await else { panic!("expected an answer first") };
+    peer.answer(sdp).await.expect("the answer applies");
+    let VoiceSignal::Speakers { slots } = voice_signal(client).await else { panic!("expected speakers after the answer") };
+    (peer, slots)
+}
+
+/// `first`, or the speakers signals after it, until one names `avatar`
+/// (within 2 s each).
+async fn until_hears(client: &mut Client, first: Vec<SlotSpeaker>, avatar: AvatarId) -> Vec<SlotSpeaker> {
+    if first.iter().any(|s| s.avatar == Some(avatar)) {
+        return first;
+    }
+    loop {
+        if let VoiceSignal::Speakers { slots } = voice_signal(client).await
+            && slots.iter().any(|s| s.avatar == Some(avatar))
+        {
+            return slots;
+        }
+    }
+}
+
+fn metric(body: &str, series: &str) -> f64 {
+    body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("{series} in /metrics"))
+}
+
+/// For `listen`: sends `frames` 20 ms frames tagged `tag` from `peer`, and
+/// counts what it hears, by tag.
+async fn talk(peer: &mut VoiceClient, tag: &'static [u8], frames: u32, listen: Duration) -> HashMap<Vec<u8>, usize> {
+    let deadline = tokio::time::Instant::now() + listen;
+    let mut next = tokio::time::Instant::now();
+    let mut sent = 0;
+    let mut heard = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next), if sent < frames => {
+                let mut payload = tag.to_vec();
+                payload.extend_from_slice(&sent.to_be_bytes());
+                peer.send(sent * 960, Bytes::from(payload)).await.expect("send");
+                sent += 1;
+                next += Duration::from_millis(20);
+            }
+            got = tokio::time::timeout_at(deadline, peer.recv()) => {
+                let Ok(Some(h)) = got else { return heard };
+                let tag = h.packet.payload[..h.packet.payload.len() - 4].to_vec();
+                *heard.entry(tag).or_insert(0) += 1;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn members_near_each_other_hear_each_other_and_a_far_one_is_not_forwarded() {
+    let server = TestServer::start().await;
+    let (mut ann, ann_joined) = server.member("Ann", Subprotocol::Json, "voice").await;
+    let (mut ben, ben_joined) = server.member("Ben", Subprotocol::Binary, "voice").await;
+    let (mut cat, cat_joined) = server.member("Cat", Subprotocol::Json, "voice").await;
+    // Cat stands 100 m away: past the hearing range.
+    cat.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(100.0, 0.0) })).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (mut ann_voice, ann_first) = start_voice(&mut ann).await;
+    assert_eq!(ann_first.len(), 2, "one entry per listening slot");
+    assert!(ann_first.iter().all(|s| s.avatar.is_none()), "nobody else is in voice yet: {ann_first:?}");
+    let (mut ben_voice, ben_first) = start_voice(&mut ben).await;
+    let (mut cat_voice, _) = start_voice(&mut cat).await;
+    let ben_hears = until_hears(&mut ben, ben_first, ann_joined.you).await;
+    assert!(!ben_hears.iter().any(|s| s.avatar == Some(cat_joined.you)), "Cat is out of range: {ben_hears:?}");
+    until_hears(&mut ann, ann_first, ben_joined.you).await;
+    for peer in [&mut ann_voice, &mut ben_voice, &mut cat_voice] {
+        peer.connected(Duration::from_secs(10)).await.expect("ICE and DTLS on loopback");
+    }
+
+    let listen = Duration::from_millis(2_500);
+    let (_, ben_heard, cat_heard) = tokio::join!(talk(&mut ann_voice, b"ann", 50, listen), talk(&mut ben_voice, b"", 0, listen), talk(&mut cat_voice, b"cat", 50, listen));
+    let from_ann = ben_heard.get(b"ann".as_slice()).copied().unwrap_or(0);
+    assert!(from_ann >= 45, "Ben heard {from_ann} of Ann's 50 frames on loopback: {ben_heard:?}");
+    assert_eq!(ben_heard.get(b"cat".as_slice()), None, "Cat is out of Ben's range");
+    assert!(cat_heard.is_empty(), "nobody is in Cat's range: {cat_heard:?}");
+
+    let (_, _, metrics) = server.http("GET", "/metrics", "", &[]).await;
+    // Ann and Ben hear each other; Cat hears no one and no one hears Cat.
+    assert_eq!(metric(&metrics, "plaza_voice_streams "), 2.0);
+    let bytes_in = metric(&metrics, "plaza_voice_bytes_total{direction=\"in\"} ");
+    let bytes_out = metric(&metrics, "plaza_voice_bytes_total{direction=\"out\"} ");
+    assert!(bytes_in >= 100.0 * 19.0, "two speakers' 100 frames of 19 bytes came in: {bytes_in}");
+    assert!(bytes_out >= 45.0 * 19.0 && bytes_out < bytes_in, "Ann's frames went out to Ben only: {bytes_out}");
+
+    // Ann stops: Ben is told its slot is silent, and the stream is gone.
+    ann.send(&ClientMessage::Voice(VoiceSignal::Leave.into_message())).await;
+    loop {
+        let VoiceSignal::Speakers { slots } = voice_signal(&mut ben).await else { continue };
+        if slots.iter().all(|s| s.avatar.is_none()) {
+            break;
+        }
+    }
+    let (_, _, metrics) = server.http("GET", "/metrics", "", &[]).await;
+    assert_eq!(metric(&metrics, "plaza_voice_streams "), 0.0, "nobody hears anybody now");
+}
+
+#[tokio::test]
+async fn voice_that_cannot_start_says_why() {
+    let server = TestServer::start().await;
+    // Not in a room yet.
+    let (mut loner, _) = server.client("Loner", Subprotocol::Json).await;
+    loner.send(&offer("v=0")).await;
+    let e = error(&mut loner).await;
+    assert_eq!((e.code, e.message.as_str()), (ErrorCode::NotInRoom, "voice needs a room; join one first"));
+
+    // An offer outside the protocol's shape.
+    let (mut ann, _) = server.member("Ann", Subprotocol::Json, "voice").await;
+    let sendrecv = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\n";
+    ann.send(&offer(sendrecv)).await;
+    let e = error(&mut ann).await;
+    assert_eq!(e.code, ErrorCode::BadMessage);
+    assert!(e.message.contains("sendonly (the microphone) or recvonly (a listening slot)"), "{}", e.message);
+    ann.send(&ClientMessage::Voice(Voice { signal: serde_json::json!({"type": "shout"}) })).await;
+    let e = error(&mut ann).await;
+    assert!(e.code == ErrorCode::BadMessage && e.message.contains(r#"{"type":"leave"}"#), "{e:?}");
+
+    // A server with voice off.
+    let off = plaza_server::ServerConfig { voice: plaza_server::voice::VoiceConfig { max_peers: 0, ..plaza_server::voice::VoiceConfig::local() }, ..plaza_server::ServerConfig::ephemeral() };
+    let server = TestServer::start_with(off).await;
+    let (mut ben, _) = server.member("Ben", Subprotocol::Binary, "voice").await;
+    let peer = VoiceClient::new(LOOPBACK, true, 1).await.unwrap();
+    ben.send(&offer(&peer.offer)).await;
+    let e = error(&mut ben).await;
+    assert_eq!((e.code, e.message.as_str()), (ErrorCode::VoiceUnavailable, "voice is off on this server"));
+}
+
+#[tokio::test]
+async fn joining_another_room_ends_voice_and_tells_the_client() {
+    let server = TestServer::start().await;
+    let (mut ann, _) = server.member("Ann", Subprotocol::Json, "voice").await;
+    let (_voice, _) = start_voice(&mut ann).await;
+    ann.send(&ClientMessage::Join(Join { room: "elsewhere".into() })).await;
+    let VoiceSignal::Ended { reason } = voice_signal(&mut ann).await else { panic!("expected ended") };
+    assert!(reason.contains("offer again"), "{reason}");
+}

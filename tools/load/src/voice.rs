@@ -1,0 +1,279 @@
+//! `plaza-load run --voice`: every user is also a voice peer of the server's
+//! SFU (`plaza_server::voice::client`), signaled through its own WebSocket.
+//! Each sends a 20 ms frame 50 times a second and listens with
+//! [`MAX_SLOTS`] slots; what it hears is timed and checked.
+//!
+//! A frame carries who sent it (room and user), its number and the send
+//! time, so a listener can tell:
+//! - latency: its clock on arrival − the sender's send time (one clock);
+//! - misrouted: a frame from another room;
+//! - lost: a hole in one speaker's frame numbers shorter than
+//!   [`LOSS_GAP_FRAMES`]. Longer holes are the SFU choosing other speakers
+//!   (it re-chooses every half second, so a speaker it dropped is out for at
+//!   least 25 frames), not loss.
+
+use crate::histogram::{Histogram, Summary};
+use crate::names::UserKey;
+use crate::user::Phase;
+use bytes::Bytes;
+use plaza_server::voice::client::VoiceClient;
+use plaza_shared::messages::ClientMessage;
+use plaza_shared::voice::{MAX_SLOTS, VoiceSignal};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A frame's payload: about what Opus makes of 20 ms of speech at 24 kbit/s.
+const FRAME_BYTES: usize = 60;
+const MAGIC: &[u8; 4] = b"PLZV";
+/// 20 ms at 48 kHz.
+const FRAME_TICKS: u32 = 960;
+/// Holes in a speaker's frames shorter than this are loss (see the module docs).
+pub const LOSS_GAP_FRAMES: u32 = 25;
+/// How long a voice connection gets to come up.
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+
+/// What every voice user adds to, shared by the run.
+#[derive(Debug)]
+pub struct VoiceLoad {
+    /// Where the users' UDP sockets bind: loopback for a local server.
+    pub ip: IpAddr,
+    pub offered: AtomicU64,
+    pub connected: AtomicU64,
+    /// Connections that did not come up, or failed later.
+    pub failed: AtomicU64,
+    /// `ended` signals from the server.
+    pub ended: AtomicU64,
+    pub sent: AtomicU64,
+    pub heard: AtomicU64,
+    pub lost: AtomicU64,
+    pub misrouted: AtomicU64,
+    latency_us: Mutex<Histogram>,
+}
+
+/// The run's voice numbers, in result.json under `voice`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VoiceResult {
+    pub offered: u64,
+    pub connected: u64,
+    pub failed: u64,
+    pub ended: u64,
+    pub frames_sent: u64,
+    pub frames_heard: u64,
+    /// Frames missing inside a speaker's stream (see the module docs).
+    pub lost: u64,
+    /// Frames heard from another room's speaker.
+    pub misrouted: u64,
+    /// A speaker's send → a listener's receive, same clock.
+    pub latency_ms: Summary,
+}
+
+impl VoiceLoad {
+    /// For a server at `host` (from its URL): users bind loopback for a
+    /// loopback server, else every interface.
+    pub fn new(host: &str) -> VoiceLoad {
+        let local = host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]");
+        VoiceLoad {
+            ip: if local { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from([0, 0, 0, 0]) },
+            offered: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            heard: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            misrouted: AtomicU64::new(0),
+            latency_us: Mutex::new(Histogram::new()),
+        }
+    }
+
+    pub fn result(&self) -> VoiceResult {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        VoiceResult {
+            offered: get(&self.offered),
+            connected: get(&self.connected),
+            failed: get(&self.failed),
+            ended: get(&self.ended),
+            frames_sent: get(&self.sent),
+            frames_heard: get(&self.heard),
+            lost: get(&self.lost),
+            misrouted: get(&self.misrouted),
+            latency_ms: self.latency_us.lock().unwrap_or_else(|p| p.into_inner()).summary_ms(),
+        }
+    }
+}
+
+/// One user's voice: its peer until the answer, then the task that sends
+/// and listens. Dropping it stops both.
+#[derive(Debug)]
+pub struct UserVoice {
+    peer: Option<VoiceClient>,
+    media: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for UserVoice {
+    fn drop(&mut self) {
+        if let Some(media) = self.media.take() {
+            media.abort();
+        }
+    }
+}
+
+impl UserVoice {
+    /// A peer with a microphone and every slot, and the offer to send.
+    pub async fn offer(load: &VoiceLoad) -> Result<(UserVoice, ClientMessage), String> {
+        let peer = VoiceClient::new(load.ip, true, MAX_SLOTS).await.map_err(|e| e.to_string())?;
+        let offer = ClientMessage::Voice(VoiceSignal::Offer { sdp: peer.offer.clone() }.into_message());
+        load.offered.fetch_add(1, Ordering::Relaxed);
+        Ok((UserVoice { peer: Some(peer), media: None }, offer))
+    }
+
+    /// A signal from the server: the answer starts the media.
+    pub async fn on_signal(&mut self, signal: VoiceSignal, key: UserKey, load: &Arc<VoiceLoad>, phase: watch::Receiver<Phase>) {
+        match signal {
+            VoiceSignal::Answer { sdp } => {
+                let Some(peer) = self.peer.take() else { return };
+                if let Err(e) = peer.answer(sdp).await {
+                    tracing::debug!(cause = %e, "voice answer");
+                    load.failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                self.media = Some(tokio::spawn(media(peer, key, load.clone(), phase)));
+            }
+            VoiceSignal::Ended { .. } => {
+                load.ended.fetch_add(1, Ordering::Relaxed);
+                self.peer = None;
+                if let Some(media) = self.media.take() {
+                    media.abort();
+                }
+            }
+            // Who is in which slot: the frames say who they are from.
+            _ => {}
+        }
+    }
+}
+
+fn frame(key: UserKey, number: u32, send_us: u64) -> Bytes {
+    let mut payload = Vec::with_capacity(FRAME_BYTES);
+    payload.extend_from_slice(MAGIC);
+    payload.extend_from_slice(&key.room.to_be_bytes());
+    payload.extend_from_slice(&key.user.to_be_bytes());
+    payload.extend_from_slice(&number.to_be_bytes());
+    payload.extend_from_slice(&send_us.to_be_bytes());
+    payload.resize(FRAME_BYTES, 0);
+    Bytes::from(payload)
+}
+
+/// `(speaker, frame number, send time µs)`; `None` for a payload that is
+/// not a load-tool frame.
+fn read_frame(payload: &[u8]) -> Option<(UserKey, u32, u64)> {
+    if payload.len() < 24 || &payload[..4] != MAGIC {
+        return None;
+    }
+    let u32_at = |at: usize| u32::from_be_bytes(payload[at..at + 4].try_into().expect("4 bytes"));
+    let send_us = u64::from_be_bytes(payload[16..24].try_into().expect("8 bytes"));
+    Some((UserKey { room: u32_at(4), user: u32_at(8) }, u32_at(12), send_us))
+}
+
+/// Per speaker heard, the last frame number: holes shorter than
+/// [`LOSS_GAP_FRAMES`] are lost frames.
+#[derive(Debug, Default)]
+struct Streams {
+    last: HashMap<UserKey, u32>,
+}
+
+impl Streams {
+    /// Frames lost before `number` from `speaker`.
+    fn heard(&mut self, speaker: UserKey, number: u32) -> u32 {
+        match self.last.insert(speaker, number) {
+            Some(last) if number > last + 1 && number - last < LOSS_GAP_FRAMES => number - last - 1,
+            Some(last) if number <= last => {
+                // Late or repeated: keep the newest.
+                self.last.insert(speaker, last);
+                0
+            }
+            _ => 0,
+        }
+    }
+}
+
+async fn media(mut peer: VoiceClient, key: UserKey, load: Arc<VoiceLoad>, mut phase: watch::Receiver<Phase>) {
+    if let Err(e) = peer.connected(CONNECT_WITHIN).await {
+        tracing::debug!(cause = %e, "voice did not connect");
+        load.failed.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    load.connected.fetch_add(1, Ordering::Relaxed);
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut number: u32 = 0;
+    let mut streams = Streams::default();
+    let mut latencies = Histogram::new();
+    let (mut heard, mut lost, mut misrouted) = (0u64, 0u64, 0u64);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                let now = *phase.borrow_and_update();
+                if now == Phase::Close {
+                    break;
+                }
+                if now == Phase::Run {
+                    if peer.send(number.wrapping_mul(FRAME_TICKS), frame(key, number, crate::user::unix_us())).await.is_err() {
+                        break;
+                    }
+                    number += 1;
+                    load.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                if peer.ended() {
+                    load.failed.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+            got = peer.recv() => {
+                let Some(got) = got else { break };
+                let Some((speaker, n, send_us)) = read_frame(&got.packet.payload) else { continue };
+                heard += 1;
+                if speaker.room != key.room {
+                    misrouted += 1;
+                }
+                lost += u64::from(streams.heard(speaker, n));
+                latencies.record(crate::user::unix_us().saturating_sub(send_us));
+            }
+        }
+    }
+    load.heard.fetch_add(heard, Ordering::Relaxed);
+    load.lost.fetch_add(lost, Ordering::Relaxed);
+    load.misrouted.fetch_add(misrouted, Ordering::Relaxed);
+    load.latency_us.lock().unwrap_or_else(|p| p.into_inner()).merge(&latencies);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_says_who_sent_it_which_and_when() {
+        let key = UserKey { room: 3, user: 17 };
+        let payload = frame(key, 99, 1_234_567);
+        assert_eq!(payload.len(), FRAME_BYTES);
+        assert_eq!(read_frame(&payload), Some((key, 99, 1_234_567)));
+        assert_eq!(read_frame(b"not a frame at all, no magic"), None);
+    }
+
+    #[test]
+    fn short_holes_are_loss_and_long_ones_are_the_sfu_choosing_others() {
+        let a = UserKey { room: 1, user: 1 };
+        let b = UserKey { room: 1, user: 2 };
+        let mut s = Streams::default();
+        assert_eq!(s.heard(a, 10), 0, "the first frame heard from a speaker");
+        assert_eq!(s.heard(a, 11), 0);
+        assert_eq!(s.heard(a, 14), 2, "12 and 13 are lost");
+        assert_eq!(s.heard(a, 13), 0, "late: not counted twice");
+        assert_eq!(s.heard(a, 15), 0, "still after 14");
+        assert_eq!(s.heard(a, 15 + LOSS_GAP_FRAMES), 0, "a long hole: out of the slots for a while");
+        assert_eq!(s.heard(b, 3), 0, "each speaker on its own");
+    }
+}
