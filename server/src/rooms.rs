@@ -913,6 +913,66 @@ mod tests {
         Pose { p: [x, 0.0, 0.0], ..Pose::default() }
     }
 
+    /// A voice member as the room sees it, without WebRTC: the routes it is
+    /// given, and the queue others' packets for it would go to.
+    fn voice_member(slots: usize, mic: bool) -> (VoiceRouting, tokio::sync::watch::Receiver<Arc<[Route]>>, mpsc::Receiver<crate::voice::Forward>) {
+        let (routes, routes_rx) = tokio::sync::watch::channel(Arc::from(Vec::new()));
+        let (forward, queue) = mpsc::channel(8);
+        (VoiceRouting { routes, forward, mids: (0..slots).map(|i| i.to_string()).collect(), mic }, routes_rx, queue)
+    }
+
+    /// The slots of the last `speakers` signal queued to `probe`.
+    fn last_speakers(probe: &mut Probe) -> Option<Vec<Option<AvatarId>>> {
+        let mut last = None;
+        while let Ok(out) = probe.rx.try_recv() {
+            if let Outbound::Message(m) = out
+                && let ServerMessage::Voice(v) = m.as_ref()
+                && let Ok(VoiceSignal::Speakers { slots }) = VoiceSignal::from_message(v)
+            {
+                last = Some(slots.into_iter().map(|s| s.avatar).collect());
+            }
+        }
+        last
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_listener_hears_the_nearest_speaker_and_the_next_when_it_walks_away() {
+        let room = spawn_room("t", 40);
+        let mut ann = join(&room, "ann", 64).await;
+        let bob = join(&room, "bob", 64).await;
+        let cat = join(&room, "cat", 64).await;
+        let (bob_id, cat_id) = (bob.seat.you, cat.seat.you);
+        bob.seat.poses.offer(1, 1, moved(2.0));
+        cat.seat.poses.offer(1, 1, moved(5.0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Ann only listens, with one slot; Bob and Cat only speak.
+        let (ann_voice, _, mut ann_queue) = voice_member(1, false);
+        let (bob_voice, bob_routes, _) = voice_member(0, true);
+        let (cat_voice, cat_routes, _) = voice_member(0, true);
+        room.voice_join(ann.seat.you, 1, ann_voice).await;
+        room.voice_join(bob_id, 1, bob_voice).await;
+        room.voice_join(cat_id, 1, cat_voice).await;
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(last_speakers(&mut ann), Some(vec![Some(bob_id)]), "Bob is nearer");
+        assert_eq!(cat_routes.borrow().len(), 0, "nobody has a slot for Cat");
+        let route = bob_routes.borrow()[0].clone();
+        assert_eq!(route.slot, 0);
+        route.to.try_send(crate::voice::Forward { slot: 0, speaker: bob_id, packet: Default::default() }).unwrap();
+        assert!(ann_queue.try_recv().is_ok(), "Bob's route leads to Ann's queue");
+
+        // Bob walks out of range: at the next re-route Ann hears Cat.
+        bob.seat.poses.offer(1, 2, moved(100.0));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(last_speakers(&mut ann), Some(vec![Some(cat_id)]));
+        assert_eq!((bob_routes.borrow().len(), cat_routes.borrow().len()), (0, 1));
+
+        // Cat leaves the room: the slot goes silent at once.
+        room.leave(cat_id, 1).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(last_speakers(&mut ann), Some(vec![None]));
+        assert_eq!(bob_routes.borrow().len(), 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_empty_room_does_not_tick() {
         let room = spawn_room("t", 40);
