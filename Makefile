@@ -11,7 +11,7 @@ RUN_FRAMES ?= 30
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := decode_client_bin decode_server_bin decode_client_json decode_server_json
 
-.PHONY: setup build run test check-deps check-deploy check-tracy stack peers bench bench-frames load ladder soak fuzz clippy clean-run assets
+.PHONY: setup build run test check-deps check-deploy check-tracy stack peers bench bench-frames load load-voice ladder soak fuzz clippy clean-run assets
 
 setup:
 	@bash tools/setup.sh
@@ -52,6 +52,13 @@ LOAD_ARGS ?= --rooms 50 --users-per-room 40 --rate 20 --duration 60 --ramp 10
 load: setup
 	$(CARGO) build --profile bench -p plaza-load
 	"$(CARGO_TARGET_DIR)/release/plaza-load" run $(LOAD_ARGS) --out target/plaza-load
+
+# A 40-user room in voice: every user also sends and hears Opus-sized
+# frames through the SFU (docs/load.md, "Voice in a run").
+VOICE_LOAD_ARGS ?= --rooms 1 --users-per-room 40 --rate 20 --duration 60 --ramp 10 --voice
+load-voice: setup
+	$(CARGO) build --profile bench -p plaza-load
+	"$(CARGO_TARGET_DIR)/release/plaza-load" run $(VOICE_LOAD_ARGS) --out target/plaza-load/voice
 
 # 30 minutes of steady load on a server in its own process, then the leak
 # checks (RSS drift < 5%, connections and tasks back to idle); see docs/load.md.

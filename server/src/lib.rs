@@ -190,6 +190,7 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     };
     let send_buffer = config.socket_send_buffer;
     tracing::info!(max_connections = config.max_connections, max_tcp_connections = config.max_tcp_connections, "connection limits");
+    tracing::info!(voice_ip = %config.voice.ip, voice_public_ip = ?config.voice.public_ip, voice_max_peers = config.voice.max_peers, "voice SFU");
     let listener = capacity::GuardedListener::new(listener, config.max_tcp_connections, move |tcp: &mut tokio::net::TcpStream| tune_socket(tcp, send_buffer));
     axum::serve(listener, http::router(state)).with_graceful_shutdown(stop).await?;
     // Upgraded sockets outlive axum's graceful shutdown: wait for them.

@@ -40,9 +40,11 @@ struct Config {
     /// the server (it replaces the host candidates' address).
     #[arg(long, env = "PLAZA_VOICE_PUBLIC_IP")]
     voice_public_ip: Option<IpAddr>,
-    /// Most voice peers at once (each holds one UDP socket); 0 turns voice off.
-    #[arg(long, env = "PLAZA_VOICE_MAX_PEERS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(0..=100_000))]
-    voice_max_peers: u32,
+    /// Most voice peers at once; 0 turns voice off. Each holds a UDP
+    /// socket, a file descriptor outside the connection budget. Default:
+    /// 512, or an eighth of that budget when the open-file limit is lower.
+    #[arg(long, env = "PLAZA_VOICE_MAX_PEERS", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    voice_max_peers: Option<u32>,
     /// Log format: json (one object a line) or pretty.
     #[arg(long, env = "LOG_FORMAT", default_value = "json", value_parser = ["json", "pretty"])]
     log_format: String,
@@ -125,6 +127,22 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `--voice-max-peers`, or its default; warns when the voice sockets could
+/// take descriptors the WebSocket places count on.
+fn voice_max_peers(flag: Option<u32>, fd_limit: Option<plaza_server::capacity::FdLimit>) -> usize {
+    const DEFAULT: usize = 512;
+    let eighth = fd_limit.map(|l| plaza_server::capacity::connection_fd_budget(l.soft) / 8);
+    match (flag, eighth) {
+        (None, Some(eighth)) => DEFAULT.min(eighth),
+        (None, None) => DEFAULT,
+        (Some(n), Some(eighth)) if n as usize > eighth => {
+            tracing::warn!(voice_max_peers = n, open_file_limit = fd_limit.map_or(0, |l| l.soft), "each voice peer holds a file descriptor: with every place taken, sockets can run out of them; raise the open-file limit or lower --voice-max-peers");
+            n as usize
+        }
+        (Some(n), _) => n as usize,
+    }
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let database_url = match &config.database_url {
         Some(url) => url.clone(),
@@ -148,6 +166,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             );
         }
     }
+    let voice_max_peers = voice_max_peers(config.voice_max_peers, fd_limit);
     let server = plaza_server::ServerConfig {
         token_secret: token_secret(&config)?,
         access_ttl: std::time::Duration::from_secs(15 * 60),
@@ -162,7 +181,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         voice: plaza_server::voice::VoiceConfig {
             ip: config.voice_ip.unwrap_or(config.bind.ip()),
             public_ip: config.voice_public_ip,
-            max_peers: config.voice_max_peers as usize,
+            max_peers: voice_max_peers,
         },
     };
     let listener = tokio::net::TcpListener::bind(config.bind)
