@@ -27,6 +27,8 @@ pub const OUTBOUND_QUEUE: usize = 64;
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 /// `token_expiring` goes out this long before the access token expires.
 pub const TOKEN_WARNING_SECS: u64 = 60;
+/// The least time between two voice offers from one socket.
+const VOICE_OFFER_EVERY: Duration = Duration::from_secs(1);
 /// Heartbeat timeouts close normally: the peer is most likely gone anyway.
 const NORMAL_CLOSE: u16 = 1000;
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -402,7 +404,7 @@ async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState,
     let claims = state.keys.verify(&hello.token);
     metrics::histogram!(m::AUTH_DURATION).record(started.elapsed().as_secs_f64());
     let claims = claims.map_err(|_| (close::BAD_TOKEN, "token missing, bad or expired"))?;
-    let mut session = Session { id: random_token(12).into(), conn: next_conn(), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new(), trace: crate::otel::SessionTrace::none(), voice: None };
+    let mut session = Session { id: random_token(12).into(), conn: next_conn(), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new(), trace: crate::otel::SessionTrace::none(), voice: None, voice_offered: None };
     if let Some(resume) = hello.resume.as_deref()
         && session.resume(resume, state, link).await
     {
@@ -426,6 +428,8 @@ struct Session {
     trace: crate::otel::SessionTrace,
     /// This socket's voice peer, while voice is on (in `room`).
     voice: Option<crate::voice::VoicePeer>,
+    /// When this socket's last voice offer was taken.
+    voice_offered: Option<Instant>,
 }
 
 impl Session {
@@ -671,6 +675,18 @@ impl Session {
                 let Some((room, seat)) = self.room.clone() else {
                     return self.invalid(link, ErrorCode::NotInRoom, "voice needs a room; join one first".into()).await;
                 };
+                if let Err(e) = crate::voice::OfferShape::read(&sdp) {
+                    return self.invalid(link, ErrorCode::BadMessage, e.to_string()).await;
+                }
+                // Each offer builds a peer connection (keys, a socket): a
+                // client offering in a loop would burn the server's CPU.
+                let now = Instant::now();
+                if self.voice_offered.is_some_and(|at| now.duration_since(at) < VOICE_OFFER_EVERY) {
+                    metrics::counter!(m::RATE_LIMITED).increment(1);
+                    Self::error(link, ErrorCode::RateLimited, "one voice offer a second at most; this one was dropped").await;
+                    return None;
+                }
+                self.voice_offered = Some(now);
                 self.end_voice(link, None).await;
                 match state.voice.open(&sdp, seat.you).await {
                     Ok((peer, routing)) => {

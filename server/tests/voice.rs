@@ -16,6 +16,11 @@ use std::time::Duration;
 
 const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
+/// The metrics recorder is one per process, shared by every test server
+/// here: tests that make voice streams take turns, so each reads its own
+/// `plaza_voice_streams`.
+static STREAMS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The next voice signal to `client`, skipping deltas and the rest.
 async fn voice_signal(client: &mut Client) -> VoiceSignal {
     loop {
@@ -95,6 +100,7 @@ async fn talk(peer: &mut VoiceClient, tag: &'static [u8], frames: u32, listen: D
 
 #[tokio::test]
 async fn members_near_each_other_hear_each_other_and_a_far_one_is_not_forwarded() {
+    let _turn = STREAMS.lock().await;
     let server = TestServer::start().await;
     let (mut ann, ann_joined) = server.member("Ann", Subprotocol::Json, "voice").await;
     let (mut ben, ben_joined) = server.member("Ben", Subprotocol::Binary, "voice").await;
@@ -144,6 +150,7 @@ async fn members_near_each_other_hear_each_other_and_a_far_one_is_not_forwarded(
 
 #[tokio::test]
 async fn voice_that_cannot_start_says_why() {
+    let _turn = STREAMS.lock().await;
     let server = TestServer::start().await;
     // Not in a room yet.
     let (mut loner, _) = server.client("Loner", Subprotocol::Json).await;
@@ -162,6 +169,14 @@ async fn voice_that_cannot_start_says_why() {
     let e = error(&mut ann).await;
     assert!(e.code == ErrorCode::BadMessage && e.message.contains(r#"{"type":"leave"}"#), "{e:?}");
 
+    // A second offer within a second is dropped, and says so.
+    let peer = VoiceClient::new(LOOPBACK, false, 1).await.unwrap();
+    ann.send(&offer(&peer.offer)).await;
+    ann.send(&offer(&peer.offer)).await;
+    assert!(matches!(voice_signal(&mut ann).await, VoiceSignal::Answer { .. }));
+    let e = error(&mut ann).await;
+    assert_eq!((e.code, e.message.as_str()), (ErrorCode::RateLimited, "one voice offer a second at most; this one was dropped"));
+
     // A server with voice off.
     let off = plaza_server::ServerConfig { voice: plaza_server::voice::VoiceConfig { max_peers: 0, ..plaza_server::voice::VoiceConfig::local() }, ..plaza_server::ServerConfig::ephemeral() };
     let server = TestServer::start_with(off).await;
@@ -174,10 +189,49 @@ async fn voice_that_cannot_start_says_why() {
 
 #[tokio::test]
 async fn joining_another_room_ends_voice_and_tells_the_client() {
+    let _turn = STREAMS.lock().await;
     let server = TestServer::start().await;
     let (mut ann, _) = server.member("Ann", Subprotocol::Json, "voice").await;
     let (_voice, _) = start_voice(&mut ann).await;
     ann.send(&ClientMessage::Join(Join { room: "elsewhere".into() })).await;
     let VoiceSignal::Ended { reason } = voice_signal(&mut ann).await else { panic!("expected ended") };
     assert!(reason.contains("offer again"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_peer_that_goes_away_is_ended_and_its_slot_freed() {
+    let _turn = STREAMS.lock().await;
+    let server = TestServer::start().await;
+    let (mut ann, ann_joined) = server.member("Ann", Subprotocol::Json, "voice").await;
+    let (mut ben, _) = server.member("Ben", Subprotocol::Json, "voice").await;
+    let (mut ann_voice, _) = start_voice(&mut ann).await;
+    let (mut ben_voice, ben_first) = start_voice(&mut ben).await;
+    until_hears(&mut ben, ben_first, ann_joined.you).await;
+    ann_voice.connected(Duration::from_secs(10)).await.unwrap();
+    ben_voice.connected(Duration::from_secs(10)).await.unwrap();
+    // Ann's peer goes away without a word (its UDP socket closes): within
+    // the SFU's ICE timeouts (5 s + 10 s) her socket is told, and Ben's
+    // slot is freed.
+    let started = tokio::time::Instant::now();
+    drop(ann_voice);
+    let reason = loop {
+        match ann.try_recv(Duration::from_secs(25)).await.expect("ended within 25 s") {
+            ServerMessage::Voice(v) => match VoiceSignal::from_message(&v) {
+                Ok(VoiceSignal::Ended { reason }) => break reason,
+                _ => continue,
+            },
+            _ => continue,
+        }
+    };
+    assert!(reason.contains("offer again"), "{reason}");
+    assert!(started.elapsed() >= Duration::from_secs(5), "not before the disconnected timeout: {:?}", started.elapsed());
+    loop {
+        if let VoiceSignal::Speakers { slots } = voice_signal(&mut ben).await
+            && slots.iter().all(|s| s.avatar.is_none())
+        {
+            break;
+        }
+    }
+    let (_, _, metrics) = server.http("GET", "/metrics", "", &[]).await;
+    assert_eq!(metric(&metrics, "plaza_voice_streams "), 0.0);
 }

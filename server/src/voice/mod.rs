@@ -42,6 +42,14 @@ const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
 /// follow each other in a slot.
 const OPUS_FRAME_TICKS: u32 = 960;
 const OPUS_PAYLOAD_TYPE: u8 = 111;
+/// A peer silent this long is disconnected (it may come back: a Wi-Fi
+/// hiccup)...
+const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(5);
+/// ...and this much longer, failed: its socket is told `ended` and its
+/// place is freed (the library's default, 25 s, held a gone peer's place
+/// and left its client waiting half a minute).
+const ICE_FAILED_AFTER: Duration = Duration::from_secs(10);
+const ICE_KEEPALIVE_EVERY: Duration = Duration::from_secs(2);
 
 /// Where and how much voice the server serves.
 #[derive(Debug, Clone)]
@@ -270,7 +278,9 @@ async fn peer_connection(ip: IpAddr, public_ip: Option<IpAddr>, events: Arc<dyn 
     media.register_codec(opus(), RtpCodecKind::Audio)?;
     // No mDNS: candidates are plain addresses, and it would cost every peer
     // a multicast socket.
-    let mut settings = SettingEngineBuilder::new().with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
+    let mut settings = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+        .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), Some(ICE_KEEPALIVE_EVERY));
     if ip.is_loopback() {
         settings = settings.with_include_loopback_candidate(true);
     }
