@@ -115,6 +115,12 @@ fn run(config: &plaza_load::cli::RunConfig) -> anyhow::Result<bool> {
             if s.passed { "passed".to_owned() } else { format!("FAILED: {}", s.failure) }
         );
     }
+    if let Some(v) = &result.voice {
+        println!(
+            "plaza-load voice: {} of {} peers connected ({} failed); frames sent {} heard {} lost {} misrouted {}; latency p50 {:.1} ms p99 {:.1} ms max {:.1} ms",
+            v.connected, v.offered, v.failed, v.frames_sent, v.frames_heard, v.lost, v.misrouted, v.latency_ms.p50, v.latency_ms.p99, v.latency_ms.max
+        );
+    }
     if let Some(kb) = result.server.rss_per_user_kb {
         println!("plaza-load: server RSS per user {kb:.1} KB (peak − before, over {} users)", result.users_joined);
     }

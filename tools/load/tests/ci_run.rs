@@ -128,6 +128,8 @@ fn a_short_voice_run_hears_its_own_room_through_the_sfu() {
     assert_eq!(r["errors"], 0, "{r:#}");
     let html = std::fs::read_to_string(out.join("report.html")).expect("report.html");
     assert!(html.contains("<h2>Voice</h2>"), "the report has a voice section");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("plaza-load voice: 8 of 8 peers connected (0 failed)"), "{stdout}");
 }
 
 #[test]
