@@ -36,6 +36,7 @@ pub struct VoiceClient {
     mic: Option<(Arc<TrackLocalStaticRTP>, u32)>,
     heard: mpsc::Receiver<Heard>,
     state: watch::Receiver<RTCPeerConnectionState>,
+    overflow: Arc<std::sync::atomic::AtomicU64>,
     seq: u16,
     /// The SDP offer to send in `{"type":"offer","sdp":…}`.
     pub offer: String,
@@ -60,6 +61,8 @@ impl Drop for VoiceClient {
 
 struct ClientEvents {
     heard: mpsc::Sender<Heard>,
+    /// Packets dropped because `heard` was full.
+    overflow: Arc<std::sync::atomic::AtomicU64>,
     gathered: Arc<Notify>,
     state: watch::Sender<RTCPeerConnectionState>,
 }
@@ -78,10 +81,13 @@ impl PeerConnectionEventHandler for ClientEvents {
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let heard = self.heard.clone();
+        let overflow = self.overflow.clone();
         tokio::spawn(async move {
             while let Some(event) = track.poll().await {
-                if let TrackRemoteEvent::OnRtpPacket(packet) = event {
-                    let _ = heard.try_send(Heard { packet, at: Instant::now() });
+                if let TrackRemoteEvent::OnRtpPacket(packet) = event
+                    && let Err(mpsc::error::TrySendError::Full(_)) = heard.try_send(Heard { packet, at: Instant::now() })
+                {
+                    overflow.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         });
@@ -95,9 +101,10 @@ impl VoiceClient {
         let (heard_tx, heard) = mpsc::channel(HEARD_QUEUE);
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
         let gathered = Arc::new(Notify::new());
-        let events = ClientEvents { heard: heard_tx, gathered: gathered.clone(), state: state_tx };
+        let overflow = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let events = ClientEvents { heard: heard_tx, overflow: overflow.clone(), gathered: gathered.clone(), state: state_tx };
         let pc = peer_connection(ip, None, Arc::new(events)).await?;
-        let mut client = VoiceClient { pc, mic: None, heard, state, seq: 0, offer: String::new() };
+        let mut client = VoiceClient { pc, mic: None, heard, state, overflow, seq: 0, offer: String::new() };
         if mic {
             let (track, ssrc) = opus_track("mic");
             client.pc.add_transceiver_from_track(track.clone() as Arc<dyn TrackLocal>, Some(direction(RTCRtpTransceiverDirection::Sendonly))).await?;
@@ -155,6 +162,12 @@ impl VoiceClient {
     /// The next packet heard in any slot; `None` once the peer is closed.
     pub async fn recv(&mut self) -> Option<Heard> {
         self.heard.recv().await
+    }
+
+    /// Packets heard but dropped because they were not taken in time (more
+    /// than a thousand waiting).
+    pub fn overflowed(&self) -> u64 {
+        self.overflow.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A packet already heard, without waiting.

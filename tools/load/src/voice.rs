@@ -7,10 +7,12 @@
 //! time, so a listener can tell:
 //! - latency: its clock on arrival − the sender's send time (one clock);
 //! - misrouted: a frame from another room;
-//! - lost: a hole in one speaker's frame numbers shorter than
-//!   [`LOSS_GAP_FRAMES`]. Longer holes are the SFU choosing other speakers
-//!   (it re-chooses every half second, so a speaker it dropped is out for at
-//!   least 25 frames), not loss.
+//! - lost: a hole in one speaker's frame numbers, unless the SFU changed
+//!   who the listener hears in between (a `speakers` signal came: while
+//!   users join, a newcomer nearer than a speaker takes its slot for a
+//!   while), or the hole is [`LOSS_GAP_FRAMES`] or longer (the SFU
+//!   re-chooses every half second, so a speaker it dropped is out at least
+//!   that long).
 
 use crate::histogram::{Histogram, Summary};
 use crate::names::UserKey;
@@ -51,6 +53,8 @@ pub struct VoiceLoad {
     pub heard: AtomicU64,
     pub lost: AtomicU64,
     pub misrouted: AtomicU64,
+    /// Frames the load tool itself dropped, not taking them in time.
+    pub overflowed: AtomicU64,
     latency_us: Mutex<Histogram>,
 }
 
@@ -67,6 +71,9 @@ pub struct VoiceResult {
     pub lost: u64,
     /// Frames heard from another room's speaker.
     pub misrouted: u64,
+    /// Frames the load tool dropped itself (a user's task too busy to take
+    /// them): a sign the load tool, not the server, is short of CPU.
+    pub dropped_by_load_tool: u64,
     /// A speaker's send → a listener's receive, same clock.
     pub latency_ms: Summary,
 }
@@ -86,6 +93,7 @@ impl VoiceLoad {
             heard: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             misrouted: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
             latency_us: Mutex::new(Histogram::new()),
         }
     }
@@ -101,6 +109,7 @@ impl VoiceLoad {
             frames_heard: get(&self.heard),
             lost: get(&self.lost),
             misrouted: get(&self.misrouted),
+            dropped_by_load_tool: get(&self.overflowed),
             latency_ms: self.latency_us.lock().unwrap_or_else(|p| p.into_inner()).summary_ms(),
         }
     }
@@ -112,6 +121,8 @@ impl VoiceLoad {
 pub struct UserVoice {
     peer: Option<VoiceClient>,
     media: Option<tokio::task::JoinHandle<()>>,
+    /// Counts the `speakers` signals: a hole across one is routing, not loss.
+    routing: Arc<AtomicU64>,
 }
 
 impl Drop for UserVoice {
@@ -128,7 +139,7 @@ impl UserVoice {
         let peer = VoiceClient::new(load.ip, true, MAX_SLOTS).await.map_err(|e| e.to_string())?;
         let offer = ClientMessage::Voice(VoiceSignal::Offer { sdp: peer.offer.clone() }.into_message());
         load.offered.fetch_add(1, Ordering::Relaxed);
-        Ok((UserVoice { peer: Some(peer), media: None }, offer))
+        Ok((UserVoice { peer: Some(peer), media: None, routing: Arc::default() }, offer))
     }
 
     /// A signal from the server: the answer starts the media.
@@ -141,7 +152,7 @@ impl UserVoice {
                     load.failed.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                self.media = Some(tokio::spawn(media(peer, key, load.clone(), phase)));
+                self.media = Some(tokio::spawn(media(peer, key, load.clone(), phase, self.routing.clone())));
             }
             VoiceSignal::Ended { .. } => {
                 load.ended.fetch_add(1, Ordering::Relaxed);
@@ -150,7 +161,9 @@ impl UserVoice {
                     media.abort();
                 }
             }
-            // Who is in which slot: the frames say who they are from.
+            VoiceSignal::Speakers { .. } => {
+                self.routing.fetch_add(1, Ordering::Relaxed);
+            }
             _ => {}
         }
     }
@@ -178,21 +191,23 @@ fn read_frame(payload: &[u8]) -> Option<(UserKey, u32, u64)> {
     Some((UserKey { room: u32_at(4), user: u32_at(8) }, u32_at(12), send_us))
 }
 
-/// Per speaker heard, the last frame number: holes shorter than
-/// [`LOSS_GAP_FRAMES`] are lost frames.
+/// Per speaker heard, the last frame number and the routing count then:
+/// holes are lost frames unless routing changed across them (see the
+/// module docs).
 #[derive(Debug, Default)]
 struct Streams {
-    last: HashMap<UserKey, u32>,
+    last: HashMap<UserKey, (u32, u64)>,
 }
 
 impl Streams {
-    /// Frames lost before `number` from `speaker`.
-    fn heard(&mut self, speaker: UserKey, number: u32) -> u32 {
-        match self.last.insert(speaker, number) {
-            Some(last) if number > last + 1 && number - last < LOSS_GAP_FRAMES => number - last - 1,
-            Some(last) if number <= last => {
+    /// Frames lost before `number` from `speaker`, heard at routing count
+    /// `routing`.
+    fn heard(&mut self, speaker: UserKey, number: u32, routing: u64) -> u32 {
+        match self.last.insert(speaker, (number, routing)) {
+            Some((last, then)) if number > last + 1 && number - last < LOSS_GAP_FRAMES && then == routing => number - last - 1,
+            Some((last, then)) if number <= last => {
                 // Late or repeated: keep the newest.
-                self.last.insert(speaker, last);
+                self.last.insert(speaker, (last, then));
                 0
             }
             _ => 0,
@@ -200,7 +215,7 @@ impl Streams {
     }
 }
 
-async fn media(mut peer: VoiceClient, key: UserKey, load: Arc<VoiceLoad>, mut phase: watch::Receiver<Phase>) {
+async fn media(mut peer: VoiceClient, key: UserKey, load: Arc<VoiceLoad>, mut phase: watch::Receiver<Phase>, routing: Arc<AtomicU64>) {
     if let Err(e) = peer.connected(CONNECT_WITHIN).await {
         tracing::debug!(cause = %e, "voice did not connect");
         load.failed.fetch_add(1, Ordering::Relaxed);
@@ -239,11 +254,12 @@ async fn media(mut peer: VoiceClient, key: UserKey, load: Arc<VoiceLoad>, mut ph
                 if speaker.room != key.room {
                     misrouted += 1;
                 }
-                lost += u64::from(streams.heard(speaker, n));
+                lost += u64::from(streams.heard(speaker, n, routing.load(Ordering::Relaxed)));
                 latencies.record(crate::user::unix_us().saturating_sub(send_us));
             }
         }
     }
+    load.overflowed.fetch_add(peer.overflowed(), Ordering::Relaxed);
     load.heard.fetch_add(heard, Ordering::Relaxed);
     load.lost.fetch_add(lost, Ordering::Relaxed);
     load.misrouted.fetch_add(misrouted, Ordering::Relaxed);
@@ -268,12 +284,14 @@ mod tests {
         let a = UserKey { room: 1, user: 1 };
         let b = UserKey { room: 1, user: 2 };
         let mut s = Streams::default();
-        assert_eq!(s.heard(a, 10), 0, "the first frame heard from a speaker");
-        assert_eq!(s.heard(a, 11), 0);
-        assert_eq!(s.heard(a, 14), 2, "12 and 13 are lost");
-        assert_eq!(s.heard(a, 13), 0, "late: not counted twice");
-        assert_eq!(s.heard(a, 15), 0, "still after 14");
-        assert_eq!(s.heard(a, 15 + LOSS_GAP_FRAMES), 0, "a long hole: out of the slots for a while");
-        assert_eq!(s.heard(b, 3), 0, "each speaker on its own");
+        assert_eq!(s.heard(a, 10, 0), 0, "the first frame heard from a speaker");
+        assert_eq!(s.heard(a, 11, 0), 0);
+        assert_eq!(s.heard(a, 14, 0), 2, "12 and 13 are lost");
+        assert_eq!(s.heard(a, 13, 0), 0, "late: not counted twice");
+        assert_eq!(s.heard(a, 15, 0), 0, "still after 14");
+        assert_eq!(s.heard(a, 15 + LOSS_GAP_FRAMES, 0), 0, "a long hole: out of the slots for a while");
+        assert_eq!(s.heard(b, 3, 0), 0, "each speaker on its own");
+        assert_eq!(s.heard(b, 9, 1), 0, "the listener's slots changed in the hole: routing, not loss");
+        assert_eq!(s.heard(b, 12, 1), 2, "and after that, holes count again");
     }
 }

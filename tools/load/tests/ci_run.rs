@@ -124,6 +124,10 @@ fn a_short_voice_run_hears_its_own_room_through_the_sfu() {
     assert!(sent > 8 * 50, "about 3 s of frames from 8 users: {v:#}");
     assert!(heard > sent && heard <= 3 * sent, "heard {heard} of {sent} sent ×3 listeners: {v:#}");
     assert!(v["latency_ms"]["count"].as_u64().unwrap() == heard, "{v:#}");
+    // Loopback loses next to nothing; holes from the slots changing while
+    // users join are not loss (docs/load.md).
+    assert!(v["lost"].as_u64().unwrap() * 100 <= heard, "{v:#}");
+    assert_eq!(v["dropped_by_load_tool"], 0, "{v:#}");
     assert_eq!(r["lost"], 0, "poses still all delivered: {r:#}");
     assert_eq!(r["errors"], 0, "{r:#}");
     let html = std::fs::read_to_string(out.join("report.html")).expect("report.html");
