@@ -390,6 +390,8 @@ pub fn html(r: &RunResult) -> String {
         h.push_str("</table><table><tr><th></th><th>count</th><th>p50</th><th>p95</th><th>p99</th><th>p99.9</th><th>max</th><th>mean</th></tr>");
         percentile_row(&mut h, "voice latency", &v.latency_ms);
         h.push_str("</table>");
+        let per_second = |f: fn(&crate::voice::VoiceSecond) -> f64| v.timeline.iter().map(|p| (f64::from(p.s), f(p))).collect::<Vec<_>>();
+        h.push_str(&line_chart("voice latency per second (speaker's send to listener's receive)", "ms", &[("p50", "#1f77b4", per_second(|p| p.p50_ms)), ("p99", "#d62728", per_second(|p| p.p99_ms))]));
     }
     if let Some(s) = &r.soak {
         h.push_str("<h2>Soak</h2><table>");

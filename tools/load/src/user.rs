@@ -727,7 +727,9 @@ impl User {
 
     async fn relay(&mut self, mut ws: Ws, mut join_sent: Option<Instant>) -> End {
         // Voice ends with the socket it was signaled on.
-        self.voice = None;
+        if let Some(voice) = self.voice.take() {
+            voice.stop().await;
+        }
         let pose_every = Duration::from_secs_f64(1.0 / self.env.rate_hz);
         // Until the room's tick is known (and with `--send-at random`), a
         // random phase: not in step with the ramp or the room's tick.
@@ -1116,6 +1118,9 @@ impl User {
     }
 
     async fn finish(mut self) -> UserReport {
+        if let Some(voice) = self.voice.take() {
+            voice.stop().await;
+        }
         self.flush().await;
         self.left_room();
         let end = if self.conn_end_ms == 0 { unix_us() / 1000 } else { self.conn_end_ms };

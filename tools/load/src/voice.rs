@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// A frame's payload: about what Opus makes of 20 ms of speech at 24 kbit/s.
 const FRAME_BYTES: usize = 60;
@@ -56,6 +57,18 @@ pub struct VoiceLoad {
     /// Frames the load tool itself dropped, not taking them in time.
     pub overflowed: AtomicU64,
     latency_us: Mutex<Histogram>,
+    /// The run's start, and latencies by second since it.
+    epoch: Instant,
+    seconds: Mutex<Vec<Histogram>>,
+}
+
+/// Voice latency in one second of the run.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VoiceSecond {
+    pub s: u32,
+    pub frames: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
 /// The run's voice numbers, in result.json under `voice`.
@@ -76,12 +89,14 @@ pub struct VoiceResult {
     pub dropped_by_load_tool: u64,
     /// A speaker's send → a listener's receive, same clock.
     pub latency_ms: Summary,
+    /// The same, second by second.
+    pub timeline: Vec<VoiceSecond>,
 }
 
 impl VoiceLoad {
     /// For a server at `host` (from its URL): users bind loopback for a
     /// loopback server, else every interface.
-    pub fn new(host: &str) -> VoiceLoad {
+    pub fn new(host: &str, epoch: Instant) -> VoiceLoad {
         let local = host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]");
         VoiceLoad {
             ip: if local { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from([0, 0, 0, 0]) },
@@ -95,7 +110,25 @@ impl VoiceLoad {
             misrouted: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
             latency_us: Mutex::new(Histogram::new()),
+            epoch,
+            seconds: Mutex::new(Vec::new()),
         }
+    }
+
+    fn second(&self, at: Instant) -> usize {
+        at.saturating_duration_since(self.epoch).as_secs() as usize
+    }
+
+    /// Adds one user's latencies of second `s`.
+    fn add_second(&self, s: usize, latencies: &Histogram) {
+        if latencies.is_empty() {
+            return;
+        }
+        let mut seconds = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
+        if seconds.len() <= s {
+            seconds.resize_with(s + 1, Histogram::new);
+        }
+        seconds[s].merge(latencies);
     }
 
     pub fn result(&self) -> VoiceResult {
@@ -111,16 +144,31 @@ impl VoiceLoad {
             misrouted: get(&self.misrouted),
             dropped_by_load_tool: get(&self.overflowed),
             latency_ms: self.latency_us.lock().unwrap_or_else(|p| p.into_inner()).summary_ms(),
+            timeline: self
+                .seconds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| !h.is_empty())
+                .map(|(s, h)| {
+                    let summary = h.summary_ms();
+                    VoiceSecond { s: s as u32, frames: summary.count, p50_ms: summary.p50, p99_ms: summary.p99 }
+                })
+                .collect(),
         }
     }
 }
 
 /// One user's voice: its peer until the answer, then the task that sends
-/// and listens. Dropping it stops both.
+/// and listens. [`UserVoice::stop`] ends it with its counts added to the
+/// run's; dropping it aborts it, counts lost.
 #[derive(Debug)]
 pub struct UserVoice {
     peer: Option<VoiceClient>,
     media: Option<tokio::task::JoinHandle<()>>,
+    /// Dropped to tell the media task to stop.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     /// Counts the `speakers` signals: a hole across one is routing, not loss.
     routing: Arc<AtomicU64>,
 }
@@ -139,7 +187,16 @@ impl UserVoice {
         let peer = VoiceClient::new(load.ip, true, MAX_SLOTS).await.map_err(|e| e.to_string())?;
         let offer = ClientMessage::Voice(VoiceSignal::Offer { sdp: peer.offer.clone() }.into_message());
         load.offered.fetch_add(1, Ordering::Relaxed);
-        Ok((UserVoice { peer: Some(peer), media: None, routing: Arc::default() }, offer))
+        Ok((UserVoice { peer: Some(peer), media: None, stop: None, routing: Arc::default() }, offer))
+    }
+
+    /// Stops the media task and waits (at most 2 s) for it to add what it
+    /// measured to the run's numbers.
+    pub async fn stop(mut self) {
+        self.stop = None;
+        if let Some(media) = self.media.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), media).await;
+        }
     }
 
     /// A signal from the server: the answer starts the media.
@@ -152,14 +209,14 @@ impl UserVoice {
                     load.failed.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                self.media = Some(tokio::spawn(media(peer, key, load.clone(), phase, self.routing.clone())));
+                let (stop, stopped) = tokio::sync::oneshot::channel();
+                self.stop = Some(stop);
+                self.media = Some(tokio::spawn(media(peer, key, load.clone(), phase, self.routing.clone(), stopped)));
             }
             VoiceSignal::Ended { .. } => {
                 load.ended.fetch_add(1, Ordering::Relaxed);
                 self.peer = None;
-                if let Some(media) = self.media.take() {
-                    media.abort();
-                }
+                self.stop = None; // the task ends itself, counts kept
             }
             VoiceSignal::Speakers { .. } => {
                 self.routing.fetch_add(1, Ordering::Relaxed);
@@ -215,7 +272,7 @@ impl Streams {
     }
 }
 
-async fn media(mut peer: VoiceClient, key: UserKey, load: Arc<VoiceLoad>, mut phase: watch::Receiver<Phase>, routing: Arc<AtomicU64>) {
+async fn media(mut peer: VoiceClient, key: UserKey, load: Arc<VoiceLoad>, mut phase: watch::Receiver<Phase>, routing: Arc<AtomicU64>, mut stopped: tokio::sync::oneshot::Receiver<()>) {
     if let Err(e) = peer.connected(CONNECT_WITHIN).await {
         tracing::debug!(cause = %e, "voice did not connect");
         load.failed.fetch_add(1, Ordering::Relaxed);
@@ -227,9 +284,12 @@ async fn media(mut peer: VoiceClient, key: UserKey, load: Arc<VoiceLoad>, mut ph
     let mut number: u32 = 0;
     let mut streams = Streams::default();
     let mut latencies = Histogram::new();
+    // This second's latencies, added to the run's timeline when it ends.
+    let (mut second, mut this_second) = (load.second(Instant::now()), Histogram::new());
     let (mut heard, mut lost, mut misrouted) = (0u64, 0u64, 0u64);
     loop {
         tokio::select! {
+            _ = &mut stopped => break,
             _ = every.tick() => {
                 let now = *phase.borrow_and_update();
                 if now == Phase::Close {
@@ -255,10 +315,18 @@ async fn media(mut peer: VoiceClient, key: UserKey, load: Arc<VoiceLoad>, mut ph
                     misrouted += 1;
                 }
                 lost += u64::from(streams.heard(speaker, n, routing.load(Ordering::Relaxed)));
-                latencies.record(crate::user::unix_us().saturating_sub(send_us));
+                let latency = crate::user::unix_us().saturating_sub(send_us);
+                latencies.record(latency);
+                let now = load.second(got.at);
+                if now != second {
+                    load.add_second(second, &this_second);
+                    (second, this_second) = (now, Histogram::new());
+                }
+                this_second.record(latency);
             }
         }
     }
+    load.add_second(second, &this_second);
     load.overflowed.fetch_add(peer.overflowed(), Ordering::Relaxed);
     load.heard.fetch_add(heard, Ordering::Relaxed);
     load.lost.fetch_add(lost, Ordering::Relaxed);

@@ -132,6 +132,10 @@ fn a_short_voice_run_hears_its_own_room_through_the_sfu() {
     assert_eq!(r["errors"], 0, "{r:#}");
     let html = std::fs::read_to_string(out.join("report.html")).expect("report.html");
     assert!(html.contains("<h2>Voice</h2>"), "the report has a voice section");
+    let seconds = v["timeline"].as_array().expect("a voice timeline");
+    assert!(seconds.len() >= 2, "voice latency second by second: {v:#}");
+    assert_eq!(seconds.iter().map(|p| p["frames"].as_u64().unwrap()).sum::<u64>(), heard, "every frame heard is in one second");
+    assert!(html[html.find("<h2>Voice</h2>").unwrap()..].contains("voice latency per second"), "the voice section has its chart");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("plaza-load voice: 8 of 8 peers connected (0 failed)"), "{stdout}");
 }
