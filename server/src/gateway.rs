@@ -675,9 +675,10 @@ impl Session {
                 let Some((room, seat)) = self.room.clone() else {
                     return self.invalid(link, ErrorCode::NotInRoom, "voice needs a room; join one first".into()).await;
                 };
-                if let Err(e) = crate::voice::OfferShape::read(&sdp) {
-                    return self.invalid(link, ErrorCode::BadMessage, e.to_string()).await;
-                }
+                let shape = match crate::voice::OfferShape::read(&sdp) {
+                    Ok(shape) => shape,
+                    Err(e) => return self.invalid(link, ErrorCode::BadMessage, e.to_string()).await,
+                };
                 // Each offer builds a peer connection (keys, a socket): a
                 // client offering in a loop would burn the server's CPU.
                 let now = Instant::now();
@@ -688,7 +689,7 @@ impl Session {
                 }
                 self.voice_offered = Some(now);
                 self.end_voice(link, None).await;
-                match state.voice.open(&sdp, seat.you).await {
+                match state.voice.open(&sdp, shape, seat.you).await {
                     Ok((peer, routing)) => {
                         Self::reply(link, ServerMessage::Voice(VoiceSignal::Answer { sdp: peer.answer.clone() }.into_message())).await;
                         room.voice_join(seat.you, self.conn, routing).await;

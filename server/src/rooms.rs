@@ -267,6 +267,17 @@ impl RoomHandle {
     }
 }
 
+/// Why the room re-chooses who hears whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reroute {
+    /// Every [`ROUTE_EVERY_TICKS`]: people moved.
+    Periodic,
+    /// This member opened voice: it is told its slots even when all are silent.
+    Joined(AvatarId),
+    /// A member left voice (or the room).
+    Left,
+}
+
 /// A member in voice: how to route it, and whom each of its slots carries.
 struct VoiceMember {
     routing: VoiceRouting,
@@ -498,7 +509,7 @@ impl Room {
                     m.detached_until = Some(Instant::now() + RESUME_WINDOW);
                     // Voice went with the socket; a resumed one offers again.
                     if self.voice.remove(&avatar).is_some() {
-                        self.route_voice(true);
+                        self.route_voice(Reroute::Left);
                     }
                 }
             }
@@ -512,13 +523,13 @@ impl Room {
                     let hears = vec![None; routing.mids.len()];
                     self.voice.insert(avatar, VoiceMember { routing, hears });
                     tracing::info!(avatar, "voice on");
-                    self.route_voice(true);
+                    self.route_voice(Reroute::Joined(avatar));
                 }
             }
             RoomCommand::VoiceLeave { avatar, conn } => {
                 if self.members.get(&avatar).is_some_and(|m| m.conn == conn) && self.voice.remove(&avatar).is_some() {
                     tracing::info!(avatar, "voice off");
-                    self.route_voice(true);
+                    self.route_voice(Reroute::Left);
                 }
             }
             RoomCommand::Chat(message) => {
@@ -546,30 +557,33 @@ impl Room {
             self.left.push(avatar);
             self.set_members();
             if self.voice.remove(&avatar).is_some() {
-                self.route_voice(true);
+                self.route_voice(Reroute::Left);
             }
         }
     }
 
     /// Re-chooses who each voice member hears (the nearest speakers in
-    /// range, see [`plaza_shared::voice`]), tells those whose slots changed,
-    /// and republishes every speaker's routes when anything changed or
-    /// `membership_changed` (a listener that left must leave the routes).
-    fn route_voice(&mut self, membership_changed: bool) {
+    /// range, see [`plaza_shared::voice`]), tells those whose slots changed
+    /// (and a newcomer, whatever its slots), and republishes every
+    /// speaker's routes when anything changed or someone joined or left
+    /// voice (a listener that left must leave the routes).
+    fn route_voice(&mut self, why: Reroute) {
+        let newcomer = match why {
+            Reroute::Joined(avatar) => Some(avatar),
+            Reroute::Periodic | Reroute::Left => None,
+        };
         let speakers: Vec<(AvatarId, [f32; 3])> = self
             .voice
             .iter()
             .filter(|(_, v)| v.routing.mic)
             .filter_map(|(&id, _)| self.members.get(&id).filter(|m| m.detached_until.is_none()).map(|m| (id, m.pose.p)))
             .collect();
-        let mut changed = membership_changed;
+        let mut changed = why != Reroute::Periodic;
         for (&listener, v) in self.voice.iter_mut() {
             let Some(m) = self.members.get(&listener) else { continue };
             let nearest = nearest_speakers(m.pose.p, speakers.iter().copied().filter(|(id, _)| *id != listener), v.hears.len());
             let hears = assign_slots(&v.hears, &nearest);
-            // A newcomer hears who is in its slots even when it is nobody.
-            let new_listener = v.hears.iter().all(Option::is_none) && membership_changed;
-            if hears == v.hears && !new_listener {
+            if hears == v.hears && newcomer != Some(listener) {
                 continue;
             }
             changed |= hears != v.hears;
@@ -620,7 +634,7 @@ impl Room {
             metrics::histogram!(crate::metrics::ROOM_USERS).record(self.members.len() as f64);
         }
         if !self.voice.is_empty() && self.tick.is_multiple_of(ROUTE_EVERY_TICKS) {
-            self.route_voice(false);
+            self.route_voice(Reroute::Periodic);
         }
     }
 

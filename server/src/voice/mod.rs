@@ -174,10 +174,10 @@ impl Sfu {
         self.config.max_peers - self.peers.available_permits()
     }
 
-    /// Answers `offer` for `speaker`: a peer connection with one sending
-    /// track per listening slot, its candidates gathered.
-    pub async fn open(&self, offer: &str, speaker: AvatarId) -> Result<(VoicePeer, VoiceRouting), VoiceError> {
-        let shape = OfferShape::read(offer)?;
+    /// Answers `offer` (of `shape`, from [`OfferShape::read`]) for
+    /// `speaker`: a peer connection with one sending track per listening
+    /// slot, its candidates gathered.
+    pub async fn open(&self, offer: &str, shape: OfferShape, speaker: AvatarId) -> Result<(VoicePeer, VoiceRouting), VoiceError> {
         if self.config.max_peers == 0 {
             return Err(VoiceError::Off);
         }
@@ -350,8 +350,13 @@ async fn forward_from_speaker(track: Arc<dyn TrackRemote>, speaker: AvatarId, ro
     let bytes_in = metrics::counter!(crate::metrics::VOICE_BYTES, "direction" => "in");
     let dropped = metrics::counter!(crate::metrics::WS_DROPPED, "reason" => "voice_slow_listener");
     while let Some(event) = track.poll().await {
-        let TrackRemoteEvent::OnRtpPacket(packet) = event else { continue };
+        let TrackRemoteEvent::OnRtpPacket(mut packet) = event else { continue };
         bytes_in.increment(RTP_HEADER_BYTES + packet.payload.len() as u64);
+        // Its extension ids were negotiated on the speaker's leg: no
+        // listener's. Dropped once here, before the copies.
+        packet.header.extension = false;
+        packet.header.extensions.clear();
+        packet.header.extensions_padding = 0;
         let routes = routes.borrow().clone();
         for route in routes.iter() {
             match route.to.try_send(Forward { slot: route.slot, speaker, packet: packet.clone() }) {
@@ -389,10 +394,6 @@ impl SlotOut {
         self.last_ts = header.timestamp;
         header.ssrc = self.ssrc;
         header.payload_type = self.payload_type;
-        // The speaker's extension ids were negotiated on its own leg.
-        header.extension = false;
-        header.extensions.clear();
-        header.extensions_padding = 0;
         packet
     }
 }

@@ -154,6 +154,14 @@ pub struct RunResult {
     pub resources: Vec<ResourcePoint>,
 }
 
+impl RunResult {
+    /// Fails the run for `reason`, after any reasons it already has.
+    pub fn fail(&mut self, reason: &str) {
+        self.passed = false;
+        self.failure = [self.failure.as_str(), reason].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("; ");
+    }
+}
+
 /// Writes `result.json` and `report.html` into `dir` (created); returns their paths.
 pub fn write(dir: &Path, result: &RunResult) -> Result<(PathBuf, PathBuf), ReportError> {
     write_pair(dir, ("result.json", result), ("report.html", html(result)))

@@ -269,17 +269,11 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
     let mut result = summarize(cfg, &reports, stuck, collected, server, gap_ms, interrupted, faults);
     if let Some(voice) = voice {
         let voice = voice.result();
-        let mut reasons = Vec::new();
         if voice.misrouted > 0 {
-            reasons.push(format!("{} voice frames heard from another room", voice.misrouted));
+            result.fail(&format!("{} voice frames heard from another room", voice.misrouted));
         }
         if voice.connected == 0 || voice.failed > 0 {
-            reasons.push(format!("voice connected {} of {} offered, {} failed", voice.connected, voice.offered, voice.failed));
-        }
-        if !reasons.is_empty() {
-            result.passed = false;
-            reasons.insert(0, result.failure.clone());
-            result.failure = reasons.iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join("; ");
+            result.fail(&format!("voice connected {} of {} offered, {} failed", voice.connected, voice.offered, voice.failed));
         }
         result.voice = Some(voice);
     }
@@ -288,8 +282,7 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
     if let Some(limits) = cfg.soak {
         let verdict = crate::soak::judge(limits, &result.resources, cfg.ramp.as_secs_f64(), cfg.duration.as_secs_f64(), &result.server);
         if !verdict.passed {
-            result.passed = false;
-            result.failure = [result.failure.as_str(), verdict.failure.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("; ");
+            result.fail(&verdict.failure);
         }
         result.soak = Some(verdict);
     }

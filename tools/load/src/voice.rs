@@ -56,8 +56,7 @@ pub struct VoiceLoad {
     pub misrouted: AtomicU64,
     /// Frames the load tool itself dropped, not taking them in time.
     pub overflowed: AtomicU64,
-    latency_us: Mutex<Histogram>,
-    /// The run's start, and latencies by second since it.
+    /// The run's start, and latencies (µs) by second since it.
     epoch: Instant,
     seconds: Mutex<Vec<Histogram>>,
 }
@@ -109,7 +108,6 @@ impl VoiceLoad {
             lost: AtomicU64::new(0),
             misrouted: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
-            latency_us: Mutex::new(Histogram::new()),
             epoch,
             seconds: Mutex::new(Vec::new()),
         }
@@ -133,6 +131,9 @@ impl VoiceLoad {
 
     pub fn result(&self) -> VoiceResult {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let seconds = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
+        let mut latency_us = Histogram::new();
+        seconds.iter().for_each(|s| latency_us.merge(s));
         VoiceResult {
             offered: get(&self.offered),
             connected: get(&self.connected),
@@ -143,11 +144,8 @@ impl VoiceLoad {
             lost: get(&self.lost),
             misrouted: get(&self.misrouted),
             dropped_by_load_tool: get(&self.overflowed),
-            latency_ms: self.latency_us.lock().unwrap_or_else(|p| p.into_inner()).summary_ms(),
-            timeline: self
-                .seconds
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            latency_ms: latency_us.summary_ms(),
+            timeline: seconds
                 .iter()
                 .enumerate()
                 .filter(|(_, h)| !h.is_empty())
@@ -283,8 +281,7 @@ async fn media(mut peer: VoiceClient, key: UserKey, load: Arc<VoiceLoad>, mut ph
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut number: u32 = 0;
     let mut streams = Streams::default();
-    let mut latencies = Histogram::new();
-    // This second's latencies, added to the run's timeline when it ends.
+    // This second's latencies, added to the run's when it ends.
     let (mut second, mut this_second) = (load.second(Instant::now()), Histogram::new());
     let (mut heard, mut lost, mut misrouted) = (0u64, 0u64, 0u64);
     loop {
@@ -316,7 +313,6 @@ async fn media(mut peer: VoiceClient, key: UserKey, load: Arc<VoiceLoad>, mut ph
                 }
                 lost += u64::from(streams.heard(speaker, n, routing.load(Ordering::Relaxed)));
                 let latency = crate::user::unix_us().saturating_sub(send_us);
-                latencies.record(latency);
                 let now = load.second(got.at);
                 if now != second {
                     load.add_second(second, &this_second);
@@ -331,7 +327,6 @@ async fn media(mut peer: VoiceClient, key: UserKey, load: Arc<VoiceLoad>, mut ph
     load.heard.fetch_add(heard, Ordering::Relaxed);
     load.lost.fetch_add(lost, Ordering::Relaxed);
     load.misrouted.fetch_add(misrouted, Ordering::Relaxed);
-    load.latency_us.lock().unwrap_or_else(|p| p.into_inner()).merge(&latencies);
 }
 
 #[cfg(test)]
