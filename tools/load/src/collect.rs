@@ -32,6 +32,9 @@ pub struct Batch {
     pub second: u32,
     pub e2e_us: Vec<u32>,
     pub net_us: Vec<u32>,
+    /// The same poses as `e2e_us`, timed to their frame's arrival at this
+    /// tool's socket (crate::stamped) instead of to when it was read.
+    pub at_socket_us: Vec<u32>,
 }
 
 impl Batch {
@@ -97,6 +100,7 @@ pub struct ResourcePoint {
 pub struct Collected {
     pub e2e: Histogram,
     pub net: Histogram,
+    pub at_socket: Histogram,
     pub seconds: Vec<SecondPoint>,
     pub resources: Vec<ResourcePoint>,
     /// Server CPU time (s) and wall time (s) between the first and the last sample.
@@ -155,6 +159,9 @@ impl Collector {
         }
         for &v in &batch.net_us {
             self.out.net.record(u64::from(v));
+        }
+        for &v in &batch.at_socket_us {
+            self.out.at_socket.record(u64::from(v));
         }
     }
 

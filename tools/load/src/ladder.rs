@@ -75,6 +75,9 @@ pub struct Step {
     pub p99_ms: f64,
     /// None for the relay, which has no tick to wait for.
     pub net_p99_ms: Option<f64>,
+    /// p99 to the delta's arrival at the load tool's socket: the p99 less
+    /// the load tool's own lateness in reading.
+    pub at_socket_p99_ms: f64,
     pub max_ms: f64,
     pub join_p99_ms: f64,
     pub lost: u64,
@@ -101,6 +104,7 @@ impl Step {
             p50_ms: r.latency_ms.p50,
             p99_ms: r.latency_ms.p99,
             net_p99_ms: (target != Target::SocketioRelay).then_some(r.latency_net_ms.p99),
+            at_socket_p99_ms: r.latency_at_socket_ms.p99,
             max_ms: r.latency_ms.max,
             join_p99_ms: r.join_ms.p99,
             lost: r.lost,
@@ -225,11 +229,12 @@ pub async fn ladder(cfg: &LadderConfig) -> Result<LadderResult, LadderError> {
             crate::report::write(&run_cfg.out, &result)?;
             let step = Step::new(target, cfg.p99_limit_ms, &result);
             println!(
-                "plaza-load ladder: {:<15} {:>6} users  p99 {:>8.1} ms (net {:>7})  lost {} errors {}  server {:>4.0}%  load tool {:>4.0}%  machine {:>3.0}%  {}",
+                "plaza-load ladder: {:<15} {:>6} users  p99 {:>8.1} ms (net {:>7}, at socket {:>7.1})  lost {} errors {}  server {:>4.0}%  load tool {:>4.0}%  machine {:>3.0}%  {}",
                 target.name(),
                 users,
                 step.p99_ms,
                 step.net_p99_ms.map_or_else(|| "-".to_owned(), |n| format!("{n:.1}")),
+                step.at_socket_p99_ms,
                 step.lost,
                 step.errors,
                 step.server_cpu_pct,
@@ -342,16 +347,17 @@ pub fn html(r: &LadderResult) -> String {
     h.push_str(&line_chart_over(&format!("p99 end-to-end pose latency (clipped at {cap:.0} ms)"), "users", "ms", &clipped));
     h.push_str("<h2>Server CPU by users</h2>");
     h.push_str(&line_chart_over("server CPU (socket.io: one thread)", "users", "% of one core", &series(|s| s.server_cpu_pct)));
-    h.push_str("<h2>Steps</h2><table><tr><th>target</th><th>users</th><th>p50</th><th>p99</th><th>p99 net of tick</th><th>max</th><th>join p99</th><th>lost</th><th>errors</th><th>poses/s per user</th><th>server CPU %</th><th>server RSS MB</th><th>load tool CPU %</th><th>machine busy %</th><th>within</th></tr>");
+    h.push_str("<h2>Steps</h2><table><tr><th>target</th><th>users</th><th>p50</th><th>p99</th><th>p99 net of tick</th><th>p99 at the load tool's socket</th><th>max</th><th>join p99</th><th>lost</th><th>errors</th><th>poses/s per user</th><th>server CPU %</th><th>server RSS MB</th><th>load tool CPU %</th><th>machine busy %</th><th>within</th></tr>");
     for s in &r.steps {
         let _ = write!(
             h,
-            "<tr><th>{}</th><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{:.0}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{}</td></tr>",
+            "<tr><th>{}</th><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{:.1}</td><td>{:.0}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{}</td></tr>",
             s.target.name(),
             s.users,
             s.p50_ms,
             s.p99_ms,
             s.net_p99_ms.map_or_else(|| "—".to_owned(), |n| format!("{n:.1}")),
+            s.at_socket_p99_ms,
             s.max_ms,
             s.join_p99_ms,
             s.lost,
@@ -364,7 +370,7 @@ pub fn html(r: &LadderResult) -> String {
             if s.within_limit { "yes" } else { "no" }
         );
     }
-    h.push_str("</table><p class=\"note\">Every step is its own run (fresh server), with its full report under the target's folder. Plaza runs in this process (its RSS includes the load tool); the socket.io peers are Node processes read through their /metrics. Latency net of tick is shown only for targets with a tick (Plaza, socketio-batch). The ratio is shown only when the best socket.io variant crossed the limit within the ladder.</p></body></html>\n");
+    h.push_str("</table><p class=\"note\">Every step is its own run (fresh server), with its full report under the target's folder. Plaza runs in this process (its RSS includes the load tool); the socket.io peers are Node processes read through their /metrics. Latency net of tick is shown only for targets with a tick (Plaza, socketio-batch). At the socket: p99 to when the delta reached the load tool's socket (the kernel's receive time), so the gap to p99 is the load tool reading late. The ratio is shown only when the best socket.io variant crossed the limit within the ladder.</p></body></html>\n");
     h
 }
 
@@ -380,6 +386,7 @@ mod tests {
             p50_ms: p99 / 2.0,
             p99_ms: p99,
             net_p99_ms: Some(p99),
+            at_socket_p99_ms: p99,
             max_ms: p99,
             join_p99_ms: 1.0,
             lost: u64::from(!passed),

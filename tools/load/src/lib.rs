@@ -30,6 +30,7 @@ pub mod report;
 pub mod run;
 pub mod server;
 pub mod soak;
+pub mod stamped;
 pub mod tickphase;
 pub mod track;
 pub mod user;

@@ -108,6 +108,11 @@ pub struct RunResult {
     pub latency_ms: Percentiles,
     /// The same, less the estimated wait for the room's next tick.
     pub latency_net_ms: Percentiles,
+    /// End to end again, to when the delta reached this tool's socket (the
+    /// kernel's receive time) instead of when the tool read it: what is left
+    /// when the load tool's own lateness is taken out.
+    #[serde(default)]
+    pub latency_at_socket_ms: Percentiles,
     pub join_ms: Percentiles,
     pub auth_ms: Percentiles,
     pub rtt_ms: Percentiles,
@@ -342,6 +347,7 @@ pub fn html(r: &RunResult) -> String {
     h.push_str("<h2>Percentiles (ms)</h2><table><tr><th></th><th>count</th><th>p50</th><th>p95</th><th>p99</th><th>p99.9</th><th>max</th><th>mean</th></tr>");
     percentile_row(&mut h, "pose latency, end to end", &r.latency_ms);
     percentile_row(&mut h, "pose latency, net of tick wait", &r.latency_net_ms);
+    percentile_row(&mut h, "pose latency, to arrival at the load tool's socket", &r.latency_at_socket_ms);
     percentile_row(&mut h, "join (join → joined)", &r.join_ms);
     percentile_row(&mut h, "auth (guest login over HTTP)", &r.auth_ms);
     percentile_row(&mut h, "ping round trip", &r.rtt_ms);
@@ -349,7 +355,7 @@ pub fn html(r: &RunResult) -> String {
         percentile_row(&mut h, "reconnect: hello → state back", &r.restore_ms);
         percentile_row(&mut h, "reconnect: socket lost → state back", &r.outage_ms);
     }
-    h.push_str("</table><p class=\"note\">End to end: the receiver's clock when a delta arrives minus the pose's <code>t</code> (the sender's clock when it sent it; same machine); a pose superseded at the server by a newer one is timed by the newer one's arrival. Net: less the wait from sending to the room's next tick, estimated from the room's tick grid (see docs/load.md).</p>");
+    h.push_str("</table><p class=\"note\">End to end: the receiver's clock when a delta arrives minus the pose's <code>t</code> (the sender's clock when it sent it; same machine); a pose superseded at the server by a newer one is timed by the newer one's arrival. Net: less the wait from sending to the room's next tick, estimated from the room's tick grid (see docs/load.md). To arrival at the socket: end to end, but to the kernel's receive time of the delta instead of when this tool read it; the gap between the two is the load tool being late, not the server.</p>");
 
     h.push_str("<h2>Delivery</h2><table>");
     row(&mut h, "poses sent", r.poses_sent);

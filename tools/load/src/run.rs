@@ -442,6 +442,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         users_joined: joined,
         latency_ms: collected.e2e.summary_ms(),
         latency_net_ms: collected.net.summary_ms(),
+        latency_at_socket_ms: collected.at_socket.summary_ms(),
         join_ms: join.summary_ms(),
         auth_ms: auth.summary_ms(),
         rtt_ms: rtt.summary_ms(),

@@ -234,7 +234,7 @@ struct TokenPair {
     refresh_token: String,
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<crate::stamped::StampedStream>;
 
 /// How a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -545,15 +545,21 @@ impl User {
         if let Some(protocol) = protocol {
             request.headers_mut().insert("sec-websocket-protocol", protocol.parse().map_err(|_| "bad subprotocol header".to_owned())?);
         }
-        // No Nagle: poses are small and latency is what we measure. A 4 KiB
-        // read buffer, as the server has: tungstenite's default 128 KiB is
-        // zero-filled on every read, which perf showed as a fifth of this
-        // tool's CPU at 2,000 users.
+        // A small read buffer, as the server has: tungstenite's default
+        // 128 KiB is zero-filled on every read, which perf showed as a fifth
+        // of this tool's CPU at 2,000 users.
         let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-        let (mut ws, response) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_with_config(request, Some(config), true))
-            .await
-            .map_err(|_| format!("{url}: no answer within {CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| match e {
+        let connect = async {
+            let host = request.uri().host().ok_or_else(|| format!("{url}: no host"))?.trim_matches(['[', ']']).to_owned();
+            if request.uri().scheme_str() != Some("ws") {
+                return Err(format!("{url}: the load tool speaks ws:// only (no TLS)").into());
+            }
+            let port = request.uri().port_u16().unwrap_or(80);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("{url}: {e}"))?;
+            // No Nagle (poses are small and latency is what we measure), and
+            // the kernel's receive time on every read (crate::stamped).
+            let stream = crate::stamped::StampedStream::new(tcp).map_err(|e| format!("{url}: {e}"))?;
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await.map_err(|e| match e {
                 tokio_tungstenite::tungstenite::Error::Http(response) => {
                     // `503 server_full` comes with the wait it asks for.
                     let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok());
@@ -561,7 +567,9 @@ impl User {
                     OpenError { cause: format!("{url}: the server answered {}", response.status()), retry_after: wait }
                 }
                 e => format!("{url}: {e}").into(),
-            })?;
+            })
+        };
+        let (mut ws, response) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| format!("{url}: no answer within {CONNECT_TIMEOUT:?}"))??;
         let chosen = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
         if chosen != protocol {
             return Err(format!("{url}: the server chose subprotocol {chosen:?}, not {protocol:?}").into());
@@ -781,10 +789,12 @@ impl User {
                 biased;
                 frame = ws.next() => {
                     let now_us = unix_us();
+                    // When the frame reached the socket; never after now.
+                    let arrived_us = ws.get_ref().arrived_us().map_or(now_us, |at| at.min(now_us));
                     let msg = match self.read(frame) {
                         Read::Message(msg) => msg,
                         Read::Delta => {
-                            self.on_delta(None, now_us).await;
+                            self.on_delta(None, now_us, arrived_us).await;
                             continue;
                         }
                         Read::Skip => continue,
@@ -804,7 +814,7 @@ impl User {
                                 let you = self.tracker.you();
                                 d.avatars.retain(|a| Some(a.id) != you);
                             }
-                            self.on_delta(Some(&d), now_us).await
+                            self.on_delta(Some(&d), now_us, arrived_us).await
                         }
                         ServerMessage::Joined(j) => {
                             self.tracker.on_joined(&j);
@@ -1035,7 +1045,7 @@ impl User {
 
     /// A delta: `delta` when decoded in full (JSON, socket.io), else the
     /// binary one read into `self.stamps`.
-    async fn on_delta(&mut self, delta: Option<&Delta>, now_us: u64) {
+    async fn on_delta(&mut self, delta: Option<&Delta>, now_us: u64, arrived_us: u64) {
         let mut poses = std::mem::take(&mut self.poses_buf);
         poses.clear();
         match delta {
@@ -1069,10 +1079,12 @@ impl User {
                 let e2e_us = now_us.saturating_sub(t.saturating_mul(1000));
                 self.latency_peak_ms[0] = self.latency_peak_ms[0].max(e2e_us / 1000);
                 self.batch.e2e_us.push(clamp_u32(e2e_us));
+                self.batch.at_socket_us.push(clamp_u32(arrived_us.saturating_sub(t.saturating_mul(1000))));
                 if before > 0 && t - before > jump_ms {
                     let (batch, superseded) = (&mut self.batch, &mut self.report.superseded);
                     self.env.sent.between(key, before.max(self.joined_ms), t, |older| {
                         batch.e2e_us.push(clamp_u32(now_us.saturating_sub(older.saturating_mul(1000))));
+                        batch.at_socket_us.push(clamp_u32(arrived_us.saturating_sub(older.saturating_mul(1000))));
                         *superseded += 1;
                         timed += 1;
                     });

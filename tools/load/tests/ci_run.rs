@@ -76,6 +76,13 @@ fn check(name: &str, protocol: &str) {
     assert!(received > 0, "{r:#}");
     assert!(expected > 0, "{r:#}");
     assert!(r["latency_ms"]["count"].as_u64().unwrap() > 0);
+    // Every pose timed to its read is also timed to its arrival at the
+    // socket, which can only be earlier.
+    let at_socket = &r["latency_at_socket_ms"];
+    assert_eq!(at_socket["count"], r["latency_ms"]["count"], "{r:#}");
+    for key in ["p50", "p99", "max"] {
+        assert!(at_socket[key].as_f64().unwrap() <= r["latency_ms"][key].as_f64().unwrap(), "latency_at_socket_ms.{key}: {r:#}");
+    }
     assert!(r["join_ms"]["count"].as_u64().unwrap() == 10);
     assert!(r["chat"]["acked"].as_u64().unwrap() > 0, "chats every second for 3 s: {r:#}");
     assert!(r["down_bytes_per_user_s"].as_f64().unwrap() > 0.0);
