@@ -128,6 +128,13 @@ pub struct RunArgs {
     /// voice latency, loss and misrouting are reported.
     #[arg(long)]
     pub voice: bool,
+    /// Restart the embedded server this often (5s–24h): it drains, closes
+    /// every socket with 1001 and stops, and a new one starts on the same
+    /// port with the same store (a SQLite file for the run) and token
+    /// secret; users come back as the client does. Not with --server:
+    /// restart that one yourself; the run counts its 1001 closes either way.
+    #[arg(long, value_parser = parse_restart_every)]
+    pub restart_every: Option<Duration>,
     /// Faults between the users and the server: any of these puts the fault
     /// proxy (as `plaza-load proxy`) in between, in this process.
     #[command(flatten)]
@@ -187,6 +194,8 @@ pub struct RunConfig {
     pub soak: Option<crate::soak::SoakLimits>,
     /// `--voice`.
     pub voice: bool,
+    /// `--restart-every`: the embedded server is restarted this often.
+    pub restart_every: Option<Duration>,
 }
 
 impl RunConfig {
@@ -215,6 +224,14 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
     if args.voice && users > 2_000 {
         return Err(format!("--voice with {users} users: at most 2000 (each is a WebRTC peer with its own UDP socket and DTLS)"));
     }
+    if let Some(every) = args.restart_every {
+        if args.server.is_some() {
+            return Err("--restart-every restarts the embedded server; with --server, restart that server yourself (the run counts its 1001 closes as restarts)".into());
+        }
+        if every.as_secs_f64() >= duration {
+            return Err(format!("--restart-every {}s would never happen within --duration {}", every.as_secs_f64(), args.duration));
+        }
+    }
     if args.chat_every > 0.0 && args.chat_every < 1.0 {
         return Err(format!("--chat-every {} is too often; use 0 (never) or at least 1 second", args.chat_every));
     }
@@ -235,6 +252,7 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
         faults: if args.faults.any() { Some(validate_faults(&args.faults)?) } else { None },
         soak: None,
         voice: args.voice,
+        restart_every: args.restart_every,
     })
 }
 
@@ -304,6 +322,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 fn parse_delay(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d <= Duration::from_secs(60) { Ok(d) } else { Err(format!("`{s}` is too long; use 0ms–60s")) }
+}
+
+fn parse_restart_every(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if (Duration::from_secs(5)..=Duration::from_secs(86_400)).contains(&d) { Ok(d) } else { Err(format!("`{s}` is out of range; use 5s–24h (a restart takes a second or two)")) }
 }
 
 fn parse_reset_every(s: &str) -> Result<Duration, String> {
@@ -399,6 +422,9 @@ mod tests {
         }
         assert!(parse_delay("61s").is_err());
         assert!(parse_reset_every("50ms").is_err());
+        assert!(parse_restart_every("1s").is_err(), "a restart takes a moment");
+        assert!(parse_restart_every("10").is_err(), "a unit is needed");
+        assert_eq!(parse_restart_every("20s"), Ok(Duration::from_secs(20)));
         assert_eq!(parse_reset_every("60s"), Ok(Duration::from_secs(60)));
     }
 

@@ -183,9 +183,13 @@ impl Collector {
         let msgs = Counters::get(&self.counters.msgs_in);
         if let Some(last) = self.last {
             let wall = sample.at.duration_since(last.at).as_secs_f64();
+            // A restarted server's CPU starts again from zero: what it has
+            // used is then all new (as Prometheus reads a counter reset).
+            let server_cpu = if sample.cpu_seconds >= last.cpu_seconds { sample.cpu_seconds - last.cpu_seconds } else { sample.cpu_seconds };
+            self.out.cpu_seconds += server_cpu;
             // CPU time comes in 10 ms ticks: a short interval says nothing.
             if wall >= MIN_POINT_S {
-                let cpu_pct = 100.0 * (sample.cpu_seconds - last.cpu_seconds).max(0.0) / wall;
+                let cpu_pct = 100.0 * server_cpu / wall;
                 self.out.resources.push(ResourcePoint {
                     s: round3(sample.at.duration_since(self.epoch).as_secs_f64()),
                     cpu_pct: round3(cpu_pct),
@@ -244,7 +248,6 @@ impl Collector {
         self.close_seconds(u32::MAX);
         self.sample().await;
         if let (Some(first), Some(last)) = (self.first, self.last) {
-            self.out.cpu_seconds = (last.cpu_seconds - first.cpu_seconds).max(0.0);
             self.out.load_cpu_seconds = (last.load_cpu_seconds - first.load_cpu_seconds).max(0.0);
             self.out.machine_busy_pct = busy_pct(first, last);
             self.out.wall_seconds = last.at.duration_since(first.at).as_secs_f64();

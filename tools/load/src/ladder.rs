@@ -203,6 +203,7 @@ fn step_config(cfg: &LadderConfig, target: Target, users: u64, server: Option<St
         faults: None,
         soak: None,
         voice: false,
+        restart_every: None,
     }
 }
 

@@ -103,6 +103,23 @@ fn run(config: &plaza_load::cli::RunConfig) -> anyhow::Result<bool> {
         result.server.cpu_pct,
         result.server.rss_mb
     );
+    if let Some(x) = &result.restarts {
+        let restarts = if x.done.is_empty() {
+            "the server restarted under the run".to_owned()
+        } else {
+            let downs: Vec<String> = x.done.iter().map(|d| format!("{:.0}", d.down_ms)).collect();
+            format!("{} (server down {} ms)", x.done.len(), downs.join(", "))
+        };
+        println!(
+            "plaza-load restarts: {restarts}; {} sockets closed with 1001, back in the room p50 {:.0} ms p99 {:.0} ms max {:.0} ms; {} tries failed on the way; {} still away",
+            x.drained_sockets,
+            x.back_ms.p50,
+            x.back_ms.p99,
+            x.back_ms.max,
+            x.retries,
+            x.still_away
+        );
+    }
     if let Some(s) = &result.soak {
         println!(
             "plaza-load soak: RSS {:.1} → {:.1} MB ({:+.1}%, limit {}%); after: {} connections, tasks {} (idle: {}); {}",

@@ -87,6 +87,37 @@ pub struct FaultStats {
     pub drops_from_resets: u64,
 }
 
+/// Server restarts in a run: the embedded server's (`--restart-every`),
+/// and the 1001 closes ("the server is restarting") of any server.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestartStats {
+    /// `--restart-every`, s; `None`: the server was restarted by someone else.
+    pub every_s: Option<f64>,
+    /// The embedded server's restarts, in order.
+    pub done: Vec<RestartRecord>,
+    /// Sockets the server closed with 1001.
+    pub drained_sockets: u64,
+    /// Tries that failed while users came back (the server was not up yet):
+    /// expected, so not errors.
+    pub retries: u64,
+    /// Per user and restart: the 1001 close → `joined` on a new socket.
+    pub back_ms: Percentiles,
+    /// Users still on their way back when the run ended.
+    pub still_away: u64,
+}
+
+/// One restart of the embedded server.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RestartRecord {
+    /// When the stop signal was given, s into the run.
+    pub at_s: f64,
+    /// Until the old server was gone: its drain, its 1001 closes, its
+    /// sockets closed.
+    pub stopped_ms: f64,
+    /// Until the new one listened.
+    pub down_ms: f64,
+}
+
 /// `result.json`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunResult {
@@ -126,6 +157,8 @@ pub struct RunResult {
     pub restores_over_2s: u64,
     /// Present when the run had the fault proxy in between.
     pub faults: Option<FaultStats>,
+    /// Present when the server restarted during the run.
+    pub restarts: Option<RestartStats>,
     /// `plaza-load soak`'s leak checks.
     pub soak: Option<crate::soak::SoakVerdict>,
     /// `--voice`: what the users heard through the SFU.
@@ -392,6 +425,21 @@ pub fn html(r: &RunResult) -> String {
         row(&mut h, "fault proxy", &f.describe);
         row(&mut h, "proxy counters", f.proxy);
         row(&mut h, "sockets cut by the proxy (not errors)", f.drops_from_resets);
+        h.push_str("</table>");
+    }
+    if let Some(x) = &r.restarts {
+        h.push_str("<h2>Server restarts</h2><table>");
+        if let Some(every) = x.every_s {
+            row(&mut h, "the embedded server restarted every (s)", every);
+        }
+        for (i, d) in x.done.iter().enumerate() {
+            row(&mut h, &format!("restart {} at {:.1} s: old one gone / new one listening (ms)", i + 1, d.at_s), format!("{:.0} / {:.0}", d.stopped_ms, d.down_ms));
+        }
+        row(&mut h, "sockets the server closed with 1001 (not errors)", x.drained_sockets);
+        row(&mut h, "tries that failed while users came back (not errors)", x.retries);
+        row(&mut h, "users still away at the end", x.still_away);
+        h.push_str("</table><table><tr><th></th><th>count</th><th>p50</th><th>p95</th><th>p99</th><th>p99.9</th><th>max</th><th>mean</th></tr>");
+        percentile_row(&mut h, "1001 close → back in the room (ms)", &x.back_ms);
         h.push_str("</table>");
     }
     if let Some(v) = &r.voice {

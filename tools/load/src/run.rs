@@ -8,7 +8,7 @@ use crate::delivery::{ReceiverLog, SenderLog, account_chats, account_poses};
 use crate::histogram::{Histogram, round3};
 use crate::names::{UserKey, room_name, run_tag, user_name};
 use crate::proxy::{Proxy, StatsSnapshot};
-use crate::report::{AnomalyCounts, FaultStats, LoadToolStats, RunResult, ServerStats};
+use crate::report::{AnomalyCounts, FaultStats, LoadToolStats, RestartRecord, RestartStats, RunResult, ServerStats};
 use crate::server::{EmbeddedServer, Sampler, ServerError};
 use crate::user::{self, Env, Phase, Plan, RoomClocks, SentPoses, UserReport};
 use plaza_shared::limits::DEFAULT_ROOM_CAPACITY;
@@ -45,6 +45,8 @@ pub enum RunError {
     Collector(String),
     #[error("can't start the fault proxy: {0}")]
     Proxy(std::io::Error),
+    #[error("can't make {0} for the restarted server's store: {1}")]
+    Store(String, String),
 }
 
 fn unix_ms() -> u64 {
@@ -118,9 +120,20 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
     // Watching the server: no idle connections kept, as each would be a
     // task on the server and spoil the back-to-idle check.
     let probe = reqwest::Client::builder().timeout(HTTP_TIMEOUT).pool_max_idle_per_host(0).build().map_err(|e| RunError::Http(e.to_string()))?;
-    let embedded = match &cfg.server {
-        None => Some(EmbeddedServer::start()?),
-        Some(_) => None,
+    // A server restarted during the run keeps its store in a file, as a
+    // server with a data directory does; removed after the run.
+    let store_dir = match cfg.restart_every {
+        Some(_) => {
+            let dir = std::env::temp_dir().join(format!("plaza-load-{}-{}", std::process::id(), unix_ms()));
+            std::fs::create_dir_all(&dir).map_err(|e| RunError::Store(dir.display().to_string(), e.to_string()))?;
+            Some(TempDir(dir))
+        }
+        None => None,
+    };
+    let embedded = match (&cfg.server, &store_dir) {
+        (None, Some(dir)) => Some(EmbeddedServer::start_persistent(&dir.0)?),
+        (None, None) => Some(EmbeddedServer::start()?),
+        (Some(_), _) => None,
     };
     let base = match (&embedded, &cfg.server) {
         (Some(server), _) => server.base_url(),
@@ -202,6 +215,11 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         users.spawn(user::run(plan, env.clone(), phase_rx.clone(), batch_tx.clone()));
     }
     drop(batch_tx);
+    // The embedded server restarts on its own task while the users run.
+    let (embedded, restarter) = match (embedded, cfg.restart_every) {
+        (Some(server), Some(every)) => (None, Some(tokio::spawn(restart_loop(server, every, epoch, epoch + cfg.duration, phase_rx.clone())))),
+        (embedded, _) => (embedded, None),
+    };
     drop(phase_rx);
 
     let interrupted = tokio::select! {
@@ -244,9 +262,26 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         Some(proxy) => Some(proxy.stop().await),
         None => None,
     };
+    let mut restarts_done = Vec::new();
+    let mut restart_failure = None;
+    let embedded = match restarter {
+        Some(task) => match task.await {
+            Ok((server, done, failure)) => {
+                restarts_done = done;
+                restart_failure = failure;
+                server
+            }
+            Err(e) => {
+                restart_failure = Some(format!("the restart task failed: {e}"));
+                None
+            }
+        },
+        None => embedded,
+    };
     if let Some(server) = embedded {
         server.stop().await;
     }
+    drop(store_dir);
     let (after, settled_s) = match before {
         Some(idle) => {
             // The users' HTTP connections (kept alive in the pool) close now.
@@ -277,6 +312,12 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         }
         result.voice = Some(voice);
     }
+    if let Some(restarts) = result.restarts.as_mut() {
+        restarts.done = restarts_done;
+    }
+    if let Some(failure) = restart_failure {
+        result.fail(&failure);
+    }
     result.tag = tag;
     result.started_unix_ms = started_unix_ms;
     if let Some(limits) = cfg.soak {
@@ -287,6 +328,48 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         result.soak = Some(verdict);
     }
     Ok(result)
+}
+
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// No restart this close to the end of the users' sending: they need a
+/// moment to come back, and the run's delivery check after.
+const RESTART_MARGIN: Duration = Duration::from_secs(3);
+
+/// Restarts the embedded server every `every` while the users run; hands
+/// the server back (`None` if a restart left none), with what each restart
+/// took and why they stopped early, if they did.
+async fn restart_loop(mut server: EmbeddedServer, every: Duration, epoch: Instant, end: Instant, mut phase: watch::Receiver<Phase>) -> (Option<EmbeddedServer>, Vec<RestartRecord>, Option<String>) {
+    let mut done = Vec::new();
+    let mut next = epoch + every;
+    while next + RESTART_MARGIN <= end {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = phase.wait_for(|p| *p != Phase::Run) => break,
+        }
+        let at_s = round3(epoch.elapsed().as_secs_f64());
+        tracing::info!(at_s, "restarting the embedded server");
+        match server.restart().await {
+            Ok(times) => {
+                let ms = |d: Duration| round3(d.as_secs_f64() * 1000.0);
+                tracing::info!(at_s, stopped_ms = ms(times.stopped), down_ms = ms(times.down), "the embedded server is back");
+                done.push(RestartRecord { at_s, stopped_ms: ms(times.stopped), down_ms: ms(times.down) });
+            }
+            Err(e) => {
+                let failure = format!("restart {} at {at_s} s failed: {e}", done.len() + 1);
+                return (None, done, Some(failure));
+            }
+        }
+        next += every;
+    }
+    (Some(server), done, None)
 }
 
 /// Waits (at most [`SETTLE_WAIT`]) for a remote server's gauges to be back
@@ -319,6 +402,8 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
     let mut outage = Histogram::new();
     let mut resumed = 0;
     let mut restores_over_2s = 0;
+    let mut back_after_drain = Histogram::new();
+    let (mut drained, mut restart_retries, mut still_away) = (0, 0, 0);
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut anomalies = AnomalyCounts { gap_ms, ..AnomalyCounts::default() };
     let (mut misrouted, mut reconnects, mut bytes_in, mut bytes_out, mut in_room_us, mut joined, mut poses_sent, mut superseded) = (0, 0, 0, 0, 0, 0, 0, 0);
@@ -329,6 +414,10 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         r.restore_us.iter().for_each(|&v| restore.record(v));
         r.outage_us.iter().for_each(|&v| outage.record(v));
         resumed += r.resumed;
+        drained += r.drained;
+        restart_retries += r.restart_retries;
+        still_away += u64::from(r.away_after_drain);
+        r.back_after_drain_us.iter().for_each(|&v| back_after_drain.record(v));
         restores_over_2s += r.restore_us.iter().filter(|&&us| us > 2_000_000).count() as u64;
         for (kind, n) in &r.errors {
             *errors.entry(kind.clone()).or_default() += n;
@@ -429,6 +518,17 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
     if cfg.users_per_room > 1 && joined > 1 && poses.received == 0 {
         reasons.push("no pose was received at all".into());
     }
+    if still_away > 0 && !interrupted {
+        reasons.push(format!("{still_away} users were not back in their room after the server restarted"));
+    }
+    let restarts = (drained > 0 || cfg.restart_every.is_some()).then(|| RestartStats {
+        every_s: cfg.restart_every.map(|d| round3(d.as_secs_f64())),
+        done: Vec::new(),
+        drained_sockets: drained,
+        retries: restart_retries,
+        back_ms: back_after_drain.summary_ms(),
+        still_away,
+    });
 
     RunResult {
         users: cfg.users(),
@@ -451,6 +551,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         resumed,
         restores_over_2s,
         faults: fault_stats,
+        restarts,
         voice: None,
         poses_sent,
         pose_rate_hz,

@@ -26,8 +26,8 @@ const METRICS_TIMEOUT: Duration = Duration::from_millis(900);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("can't bind 127.0.0.1:0: {0}")]
-    Bind(std::io::Error),
+    #[error("can't bind {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
     #[error("can't start the embedded server's runtime: {0}")]
     Runtime(std::io::Error),
     #[error("the embedded server did not come up: {0}")]
@@ -39,20 +39,44 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct EmbeddedServer {
     pub addr: SocketAddr,
+    /// Kept for restarts: a new server gets the same store and secret.
+    config: plaza_server::ServerConfig,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How long one restart took.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartTimes {
+    /// From the stop signal until the old server was gone (its drain, its
+    /// 1001 closes, its sockets closed).
+    pub stopped: Duration,
+    /// From the stop signal until the new one listened.
+    pub down: Duration,
 }
 
 impl EmbeddedServer {
     /// Starts `plaza_server::run` with [`plaza_server::ServerConfig::ephemeral`]
     /// (in-memory SQLite, a random token secret) on its own runtime.
     pub fn start() -> Result<Self, ServerError> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(ServerError::Bind)?;
-        listener.set_nonblocking(true).map_err(ServerError::Bind)?;
-        let addr = listener.local_addr().map_err(ServerError::Bind)?;
+        Self::start_with(plaza_server::ServerConfig::ephemeral(), "127.0.0.1:0".parse().expect("an address"))
+    }
+
+    /// For runs that restart it: the store is a SQLite file in `dir`, so
+    /// rooms and chat history outlive each restart, as they do for a server
+    /// with a data directory.
+    pub fn start_persistent(dir: &std::path::Path) -> Result<Self, ServerError> {
+        let config = plaza_server::ServerConfig { database_url: format!("sqlite://{}", dir.join("plaza.db").display()), ..plaza_server::ServerConfig::ephemeral() };
+        Self::start_with(config, "127.0.0.1:0".parse().expect("an address"))
+    }
+
+    fn start_with(config: plaza_server::ServerConfig, bind: SocketAddr) -> Result<Self, ServerError> {
+        let listener = listen(bind).map_err(|e| ServerError::Bind(bind, e))?;
+        let addr = listener.local_addr().map_err(|e| ServerError::Bind(bind, e))?;
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name(SERVER_THREAD).build().map_err(ServerError::Runtime)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (up_tx, up_rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+        let run_config = config.clone();
         let thread = std::thread::Builder::new()
             .name(SERVER_THREAD.into())
             .spawn(move || {
@@ -68,7 +92,7 @@ impl EmbeddedServer {
                     let shutdown = async {
                         let _ = stopped.await;
                     };
-                    if let Err(e) = plaza_server::run(plaza_server::ServerConfig::ephemeral(), listener, shutdown).await {
+                    if let Err(e) = plaza_server::run(run_config, listener, shutdown).await {
                         tracing::error!(cause = %e, "the embedded server failed");
                     }
                 });
@@ -77,18 +101,37 @@ impl EmbeddedServer {
             })
             .map_err(ServerError::Runtime)?;
         match up_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => Ok(EmbeddedServer { addr, stop: Some(stop), thread: Some(thread) }),
+            Ok(Ok(())) => Ok(EmbeddedServer { addr, config, stop: Some(stop), thread: Some(thread) }),
             Ok(Err(e)) => Err(ServerError::NotUp(e)),
             Err(e) => Err(ServerError::NotUp(e.to_string())),
         }
     }
 
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+    /// Stops the server as SIGTERM stops `plaza-server` (drain, 1001 to
+    /// every socket, wait for them), then starts a new one on the same
+    /// address with the same store and token secret.
+    pub async fn restart(&mut self) -> Result<RestartTimes, ServerError> {
+        let started = Instant::now();
+        self.stop_and_wait().await;
+        let stopped = started.elapsed();
+        // The old listener is closed once its thread is gone; the port may
+        // still be held a moment by connections closing.
+        let mut tries = 0;
+        let fresh = loop {
+            match Self::start_with(self.config.clone(), self.addr) {
+                Ok(fresh) => break fresh,
+                Err(ServerError::Bind(_, e)) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 40 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        *self = fresh;
+        Ok(RestartTimes { stopped, down: started.elapsed() })
     }
 
-    /// Asks the server to stop and waits (at most 10 s) for it.
-    pub async fn stop(mut self) {
+    async fn stop_and_wait(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -99,6 +142,15 @@ impl EmbeddedServer {
             }
         }
     }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Asks the server to stop and waits (at most 10 s) for it.
+    pub async fn stop(mut self) {
+        self.stop_and_wait().await;
+    }
 }
 
 impl Drop for EmbeddedServer {
@@ -107,6 +159,19 @@ impl Drop for EmbeddedServer {
             let _ = stop.send(());
         }
     }
+}
+
+/// A listener as `plaza-server`'s (tokio's `bind`: address reuse, a
+/// backlog of 1024). std's `bind` keeps 128 pending connections, and when
+/// users all come back at once after a restart, the SYNs beyond that are
+/// dropped and retried a second later.
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
 }
 
 /// CPU time used so far and resident memory, at `at`.

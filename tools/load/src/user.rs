@@ -36,6 +36,13 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 pub const MAX_RECONNECTS: u64 = 5;
+/// After the server said it is restarting (a 1001 close), a user keeps
+/// trying this long, as the client does, however many tries fail.
+const RESTART_PATIENCE: Duration = Duration::from_secs(30);
+/// The longest wait between two tries.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// What goes wrong while a server restarts: expected then, not errors.
+const RESTART_RETRY_KINDS: [&str; 4] = ["connect", "server_full", "dropped", "welcome_timeout"];
 /// The most chats waiting for their acknowledgement that a user keeps to resend.
 const UNACKED_MAX: usize = 64;
 const HISTORY_ATTEMPTS: u32 = 3;
@@ -214,6 +221,15 @@ pub struct UserReport {
     pub outage_us: Vec<u64>,
     /// Reconnects that got the old seat back (`hello.resume` accepted).
     pub resumed: u64,
+    /// Sockets the server closed with 1001 (draining: a restart).
+    pub drained: u64,
+    /// Tries that failed while coming back from a 1001 (the server was not
+    /// up yet): expected during a restart, so not errors.
+    pub restart_retries: u64,
+    /// Per 1001: the close → `joined` on a new socket.
+    pub back_after_drain_us: Vec<u64>,
+    /// The run ended before this user was back from a 1001.
+    pub away_after_drain: bool,
     pub errors: BTreeMap<String, u64>,
     pub reconnects: u64,
     pub bytes_in: u64,
@@ -333,6 +349,9 @@ struct User {
     failures_in_a_row: u64,
     /// When the last connection was lost, until the state is back.
     lost_at: Option<Instant>,
+    /// When the server closed our socket with 1001 (it is restarting),
+    /// until we are back in the room.
+    drained_at: Option<Instant>,
     /// Per sender, the newest pose received when the socket was lost.
     away_after: std::collections::HashMap<UserKey, u64>,
     /// The `t` of the newest ping the server answered: every pose sent
@@ -423,6 +442,7 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         rtt_ewma_us: 1_000,
         failures_in_a_row: 0,
         lost_at: None,
+        drained_at: None,
         away_after: std::collections::HashMap::new(),
         server_has_until_ms: 0,
         sending_since_cut: false,
@@ -444,6 +464,11 @@ impl User {
 
     fn error(&mut self, kind: impl Into<String>) {
         let kind = kind.into();
+        if self.drained_at.is_some() && RESTART_RETRY_KINDS.contains(&kind.as_str()) {
+            tracing::debug!(user = %self.plan.name, %kind, "retry while the server restarts");
+            self.report.restart_retries += 1;
+            return;
+        }
         tracing::debug!(user = %self.plan.name, %kind, "error");
         *self.report.errors.entry(kind).or_default() += 1;
         Counters::add(&self.env.counters.errors, 1);
@@ -479,13 +504,23 @@ impl User {
             match end {
                 End::Done | End::Fatal => return,
                 End::Lost { resume: session, relogin: again } => {
-                    if self.phase_now() != Phase::Run || self.failures_in_a_row >= MAX_RECONNECTS {
+                    let restarting = self.drained_at.is_some_and(|at| at.elapsed() < RESTART_PATIENCE);
+                    if self.phase_now() != Phase::Run || (self.failures_in_a_row >= MAX_RECONNECTS && !restarting) {
+                        if self.drained_at.is_some() && self.phase_now() == Phase::Run {
+                            self.error("not_back_after_restart");
+                        }
                         return;
                     }
                     self.failures_in_a_row += 1;
                     self.report.reconnects += 1;
                     Counters::add(&self.env.counters.reconnects, 1);
-                    let backoff = Duration::from_millis(250 * self.failures_in_a_row).max(self.retry_after.take().unwrap_or_default());
+                    let mut backoff = Duration::from_millis(250 * self.failures_in_a_row);
+                    if self.drained_at.is_some() {
+                        // A restart sends everyone back at once: spread
+                        // them, as the client's backoff does ([d/2, d]).
+                        backoff = backoff.mul_f64(1.0 + self.rng.unit());
+                    }
+                    let backoff = backoff.min(MAX_BACKOFF).max(self.retry_after.take().unwrap_or_default());
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = phase.wait_for(|p| *p != Phase::Run) => return,
@@ -665,7 +700,13 @@ impl User {
             Some(Ok(Message::Close(close))) => {
                 let code = close.as_ref().map_or(1005, |c| u16::from(c.code));
                 tracing::info!(user = %self.plan.name, code, "the server closed the socket");
-                self.error(format!("closed_{code}"));
+                if code == plaza_shared::limits::close::SERVER_DRAINING {
+                    // The server is restarting: come back, as the client does.
+                    self.report.drained += 1;
+                    self.drained_at.get_or_insert_with(Instant::now);
+                } else {
+                    self.error(format!("closed_{code}"));
+                }
                 return Read::End(End::Lost { resume: self.session.clone(), relogin: code == plaza_shared::limits::close::BAD_TOKEN });
             }
             Some(Ok(_)) => return Read::Skip,
@@ -961,6 +1002,9 @@ impl User {
     /// resend the chats the old socket never got acknowledged.
     async fn back_in_room(&mut self, lost: Instant, ws: &mut Ws) {
         self.failures_in_a_row = 0;
+        if let Some(drained) = self.drained_at.take() {
+            self.report.back_after_drain_us.push(drained.elapsed().as_micros() as u64);
+        }
         self.report.outage_us.push(lost.elapsed().as_micros() as u64);
         self.report.receiver.away.push(Away { after: std::mem::take(&mut self.away_after), to: unix_us() / 1000 });
         if let Some(hello) = self.hello_at {
@@ -1151,6 +1195,7 @@ impl User {
         report.receiver.seen = self.tracker.take_pairs().into_iter().collect();
         report.receiver.chats = std::mem::take(&mut self.tracker.chats);
         report.anomalies = self.tracker.anomalies;
+        report.away_after_drain = self.drained_at.is_some();
         report
     }
 }

@@ -147,6 +147,44 @@ fn a_short_voice_run_hears_its_own_room_through_the_sfu() {
     assert!(stdout.contains("plaza-load voice: 8 of 8 peers connected (0 failed)"), "{stdout}");
 }
 
+/// `--restart-every`: the embedded server restarts twice under the users,
+/// and everyone comes back to their room with nothing acknowledged lost.
+#[test]
+fn a_run_through_two_server_restarts_brings_everyone_back() {
+    let out = out_dir("restart");
+    let output = load()
+        .args(["run", "--rooms", "2", "--users-per-room", "4", "--rate", "10", "--duration", "14", "--ramp", "0.5", "--chat-every", "1", "--restart-every", "5s", "--quiet"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("plaza-load runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let json = std::fs::read_to_string(out.join("result.json")).unwrap_or_else(|e| panic!("no result.json ({e}); stderr:\n{stderr}"));
+    let r: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(output.status.success(), "exit {:?}; stderr:\n{stderr}\nresult: {r:#}", output.status.code());
+    let x = &r["restarts"];
+    let done = x["done"].as_array().expect("the restarts done");
+    assert_eq!(done.len(), 2, "at 5 s and 10 s: {x:#}");
+    for d in done {
+        assert!(d["down_ms"].as_f64().unwrap() >= d["stopped_ms"].as_f64().unwrap(), "{x:#}");
+    }
+    // Every user's socket was closed with 1001 at each restart, and each
+    // came back to its room every time.
+    assert_eq!(x["drained_sockets"], 16, "{x:#}");
+    assert_eq!(x["back_ms"]["count"], 16, "{x:#}");
+    assert_eq!(x["still_away"], 0, "{x:#}");
+    assert_eq!(r["errors"], 0, "a restart is not an error: {r:#}");
+    assert_eq!(r["lost"], 0, "{r:#}");
+    assert_eq!(r["misrouted"], 0, "{r:#}");
+    // Chats acknowledged before a restart are in the store after it.
+    assert!(r["chat"]["acked"].as_u64().unwrap() > 50, "{r:#}");
+    assert_eq!(r["chat"]["lost"], 0, "{r:#}");
+    let html = std::fs::read_to_string(out.join("report.html")).expect("report.html");
+    assert!(html.contains("<h2>Server restarts</h2>"), "the report has a restarts section");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("plaza-load restarts: 2 "), "{stdout}");
+}
+
 #[test]
 fn bad_flags_exit_2_with_one_line() {
     for args in [
@@ -159,6 +197,9 @@ fn bad_flags_exit_2_with_one_line() {
         vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "3", "--ramp", "3"],
         vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "3", "--voice", "--protocol", "socketio", "--server", "http://127.0.0.1:1"],
         vec!["run", "--rooms", "60", "--users-per-room", "40", "--rate", "1", "--duration", "3", "--voice"],
+        vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--restart-every", "2s"],
+        vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--restart-every", "40s"],
+        vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--restart-every", "10s", "--server", "http://127.0.0.1:1"],
     ] {
         let output = load().args(&args).output().expect("plaza-load runs");
         assert_eq!(output.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));

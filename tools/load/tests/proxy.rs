@@ -278,6 +278,7 @@ fn run_through(proxy: &Proxy, name: &str, users_per_room: u32, duration: Duratio
         faults: None,
         soak: None,
         voice: false,
+        restart_every: None,
     }
 }
 
@@ -450,6 +451,7 @@ async fn a_run_with_resets_resumes_every_user_and_loses_nothing() {
         faults: Some(faults),
         soak: None,
         voice: false,
+        restart_every: None,
     };
     let r = plaza_load::run::run(&run).await.expect("the run is done");
     assert!(r.passed, "{}", r.failure);
