@@ -16,6 +16,7 @@ use plaza_shared::limits::{DEFAULT_ROOM_CAPACITY, MAX_MESSAGE_BYTES, MAX_ROOM_CA
 use plaza_shared::messages::validate_display_name;
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::Arc;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -288,10 +289,21 @@ async fn chat_history(
         .resolve(&room, false)
         .await
         .map_err(|_| ApiError(StatusCode::NOT_FOUND, "room_not_found", "no room has that id".into()))?;
-    let messages = state.store.history(&room.id, limit).await.map_err(|e| {
-        tracing::error!(cause = %e, "chat history failed");
-        ApiError(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "chat history is unavailable; try again".into())
-    })?;
+    // From the room's memory; the store only when the room can't tell.
+    let messages = match room.recent_chat(limit as usize).await {
+        Some(messages) => messages,
+        None => state
+            .store
+            .history(&room.id, limit)
+            .await
+            .map_err(|e| {
+                tracing::error!(cause = %e, "chat history failed");
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "chat history is unavailable; try again".into())
+            })?
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+    };
     Ok(Json(messages))
 }
 

@@ -25,6 +25,7 @@ pub mod limiter;
 pub mod logging;
 pub mod metrics;
 pub mod otel;
+pub mod recent_chat;
 pub mod rooms;
 pub mod store;
 pub mod telemetry;

@@ -208,6 +208,11 @@ pub enum RoomCommand {
     Detach { avatar: AvatarId, conn: u64 },
     /// A stored chat message, to every member (the sender included).
     Chat(Arc<ServerMessage>),
+    /// The newest `limit` chat messages, oldest first; `None`: ask the
+    /// store (crate::recent_chat).
+    RecentChat { limit: usize, reply: crate::recent_chat::Reply },
+    /// The store's newest page of this room's chat, read once.
+    StoredChat(Result<Vec<plaza_shared::messages::ChatMessage>, ()>),
     /// The member's socket opened voice (replacing any it had): route it.
     VoiceJoin { avatar: AvatarId, conn: u64, routing: VoiceRouting },
     VoiceLeave { avatar: AvatarId, conn: u64 },
@@ -247,6 +252,14 @@ impl RoomHandle {
 
     pub async fn chat(&self, message: plaza_shared::messages::ChatMessage) {
         let _ = self.tx.send(RoomCommand::Chat(Arc::new(ServerMessage::Chat(message)))).await;
+    }
+
+    /// The room's newest `limit` chat messages, oldest first, from memory;
+    /// `None` when the room can't tell (ask the store).
+    pub async fn recent_chat(&self, limit: usize) -> Option<Vec<Arc<plaza_shared::messages::ChatMessage>>> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(RoomCommand::RecentChat { limit, reply }).await.ok()?;
+        answer.await.ok().flatten()
     }
 
     pub async fn leave(&self, avatar: AvatarId, conn: u64) {
@@ -348,14 +361,24 @@ struct Room {
     voice: HashMap<AvatarId, VoiceMember>,
     /// Streams forwarded now (this room's share of `plaza_voice_streams`).
     voice_streams: usize,
+    /// The newest chat, for the history endpoint.
+    recent_chat: crate::recent_chat::RecentChat,
+    /// Where a room from the store reads its chat, and how the answer
+    /// comes back (weak: it must not keep the room alive).
+    store: Option<(Store, mpsc::WeakSender<RoomCommand>)>,
 }
 
+/// A new room's task.
 pub fn spawn_room(name: &str, capacity: u32) -> RoomHandle {
-    spawn_room_with_id(&format!("r_{}", random_token(9)), name, capacity)
+    spawn_room_task(&format!("r_{}", random_token(9)), name, capacity, None)
 }
 
-/// A room task for a room that already has an id (one from the store).
-pub fn spawn_room_with_id(id: &str, name: &str, capacity: u32) -> RoomHandle {
+/// The task of a room the store remembers (its chat history is there).
+pub fn spawn_stored_room(id: &str, name: &str, capacity: u32, store: Store) -> RoomHandle {
+    spawn_room_task(id, name, capacity, Some(store))
+}
+
+fn spawn_room_task(id: &str, name: &str, capacity: u32, store: Option<Store>) -> RoomHandle {
     let (tx, rx) = mpsc::channel(ROOM_COMMAND_QUEUE);
     let handle = RoomHandle {
         id: id.into(),
@@ -377,6 +400,8 @@ pub fn spawn_room_with_id(id: &str, name: &str, capacity: u32) -> RoomHandle {
         tick_wait: Arc::default(),
         voice: HashMap::new(),
         voice_streams: 0,
+        recent_chat: if store.is_some() { crate::recent_chat::RecentChat::stored_room() } else { crate::recent_chat::RecentChat::new_room() },
+        store: store.map(|store| (store, handle.tx.downgrade())),
     };
     let span = tracing::info_span!("room", room_id = %handle.id, room_name = %handle.name);
     tokio::spawn(room.run(rx).instrument(span));
@@ -532,7 +557,16 @@ impl Room {
                     self.route_voice(Reroute::Left);
                 }
             }
+            RoomCommand::RecentChat { limit, reply } => {
+                if self.recent_chat.ask(limit, reply) {
+                    self.read_stored_chat();
+                }
+            }
+            RoomCommand::StoredChat(stored) => self.recent_chat.seed(stored),
             RoomCommand::Chat(message) => {
+                if let ServerMessage::Chat(chat) = message.as_ref() {
+                    self.recent_chat.push(Arc::new(chat.clone()));
+                }
                 // A member whose queue is full misses it live (it is in the
                 // history); one that stays full is closed by the tick.
                 for m in self.members.values().filter(|m| m.detached_until.is_none()) {
@@ -540,6 +574,20 @@ impl Room {
                 }
             }
         }
+    }
+
+    /// Reads the room's newest page of chat from the store, off the room's
+    /// task; it comes back as [`RoomCommand::StoredChat`].
+    fn read_stored_chat(&mut self) {
+        let Some((store, room)) = self.store.as_ref().and_then(|(store, room)| Some((store.clone(), room.upgrade()?))) else {
+            self.recent_chat.seed(Err(()));
+            return;
+        };
+        let id = self.id.clone();
+        tokio::spawn(async move {
+            let stored = store.history(&id, crate::recent_chat::RECENT_CHAT as u32).await.map_err(|e| tracing::warn!(cause = %e, "recent chat not read from the store"));
+            let _ = room.send(RoomCommand::StoredChat(stored)).await;
+        });
     }
 
     /// `joined` for `you`: every other member in full.
@@ -768,7 +816,7 @@ impl Directory {
         let mut by_id: HashMap<Arc<str>, RoomHandle> = HashMap::new();
         let mut by_name: HashMap<Arc<str>, Arc<str>> = HashMap::new();
         for (id, name, capacity) in store.rooms().await? {
-            let handle = spawn_room_with_id(&id, &name, capacity);
+            let handle = spawn_stored_room(&id, &name, capacity, store.clone());
             by_name.entry(handle.name.clone()).or_insert_with(|| handle.id.clone());
             by_id.insert(handle.id.clone(), handle);
         }
