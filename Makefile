@@ -11,7 +11,7 @@ RUN_FRAMES ?= 30
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := decode_client_bin decode_server_bin decode_client_json decode_server_json
 
-.PHONY: setup build run test check-deps check-deploy check-tracy stack peers bench bench-frames load load-voice ladder soak fuzz clippy clean-run assets
+.PHONY: setup build run test check-deps check-deploy check-tracy stack peers bench bench-frames load load-voice load-restart ladder soak fuzz clippy clean-run assets
 
 setup:
 	@bash tools/setup.sh
@@ -59,6 +59,13 @@ VOICE_LOAD_ARGS ?= --rooms 1 --users-per-room 40 --rate 20 --duration 60 --ramp 
 load-voice: setup
 	$(CARGO) build --profile bench -p plaza-load
 	"$(CARGO_TARGET_DIR)/release/plaza-load" run $(VOICE_LOAD_ARGS) --out target/plaza-load/voice
+
+# The same load with the server restarted every 20 s: every user must come
+# back to its room (docs/load.md, "Restarts in a run").
+RESTART_LOAD_ARGS ?= --rooms 50 --users-per-room 40 --rate 20 --duration 60 --ramp 10 --restart-every 20s
+load-restart: setup
+	$(CARGO) build --profile bench -p plaza-load
+	"$(CARGO_TARGET_DIR)/release/plaza-load" run $(RESTART_LOAD_ARGS) --out target/plaza-load/restart
 
 # 30 minutes of steady load on a server in its own process, then the leak
 # checks (RSS drift < 5%, connections and tasks back to idle); see docs/load.md.
