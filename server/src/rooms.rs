@@ -52,6 +52,18 @@ const STREAK_BEFORE_WAIT: u8 = 2;
 pub const RESUME_WINDOW: Duration = Duration::from_secs(30);
 /// Commands queued to one room.
 const ROOM_COMMAND_QUEUE: usize = 1024;
+const TICK_PERIOD: Duration = Duration::from_millis(1000 / TICK_HZ as u64);
+
+/// Where in the tick period a room ticks, from its id. Rooms started
+/// together (all of the store's, at start-up) would otherwise tick at the
+/// same instant, every member of every room getting its delta in one burst:
+/// after a restart that put 2,000 users' pose p99 from about 25 to 65 ms
+/// (docs/benchmarks.md, session 11).
+fn tick_offset(room_id: &str) -> Duration {
+    // FNV-1a, then SplitMix to spread nearby ids.
+    let hash = room_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    TICK_PERIOD.mul_f64(plaza_shared::rng::SplitMix::new(hash).unit())
+}
 const DIRECTORY_QUEUE: usize = 256;
 
 /// What the room sends a member's socket.
@@ -410,7 +422,7 @@ fn spawn_room_task(id: &str, name: &str, capacity: u32, store: Option<Store>) ->
 
 impl Room {
     async fn run(mut self, mut rx: mpsc::Receiver<RoomCommand>) {
-        let mut ticker = tokio::time::interval(Duration::from_millis(1000 / u64::from(TICK_HZ)));
+        let mut ticker = tokio::time::interval_at(Instant::now() + tick_offset(&self.id), TICK_PERIOD);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         // Set while a tick waits for stragglers (until `grace` runs out).
         let mut waiting = false;
@@ -922,6 +934,16 @@ impl Directory {
 mod tests {
     use super::*;
     use plaza_shared::pose::Pose;
+
+    #[test]
+    fn rooms_started_together_tick_at_phases_spread_over_the_period() {
+        let offsets: Vec<Duration> = (0..50).map(|i| tick_offset(&format!("r_load{i}"))).collect();
+        assert!(offsets.iter().all(|&o| o < TICK_PERIOD), "{offsets:?}");
+        // Ten 5 ms slices of the period: 50 rooms land in most of them.
+        let slices: std::collections::HashSet<u128> = offsets.iter().map(|o| o.as_millis() / 5).collect();
+        assert!(slices.len() >= 8, "{offsets:?}");
+        assert_eq!(tick_offset("r_x"), tick_offset("r_x"), "a room keeps its phase across restarts");
+    }
 
     struct Probe {
         rx: mpsc::Receiver<Outbound>,

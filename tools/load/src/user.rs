@@ -412,9 +412,7 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
     let walk = Walk::new(plan.key, &mut rng);
     let gap_ms = env.gap_ms;
     let paced = env.send_at == SendAt::Tick && env.rate_hz <= f64::from(TICK_HZ);
-    // socket.io's rooms never wait for a late pose: its users keep the
-    // wider lead that suits such a server (its better form).
-    let pacer = if env.wire == Wire::SocketIo { PosePacer::without_server_grace(TICK_HZ) } else { PosePacer::new(TICK_HZ) };
+    let pacer = new_pacer(env.wire);
     let mut user = User {
         tracker: Tracker::new(&env.tag, plan.key, gap_ms),
         report: UserReport { key: Some(plan.key), ..UserReport::default() },
@@ -779,6 +777,11 @@ impl User {
         if let Some(voice) = self.voice.take() {
             voice.stop().await;
         }
+        // A new socket learns the room's tick again, as the client does: a
+        // restarted server's rooms tick on a new grid, and the old estimate
+        // would fade only after a minute or two (a pose sent just after the
+        // tick waits a whole one: p99 +40 ms after a restart).
+        self.pacer = new_pacer(self.env.wire);
         let pose_every = Duration::from_secs_f64(1.0 / self.env.rate_hz);
         // Until the room's tick is known (and with `--send-at random`), a
         // random phase: not in step with the ramp or the room's tick.
@@ -1208,6 +1211,12 @@ enum Read {
     Reply(Message),
     Skip,
     End(End),
+}
+
+/// socket.io's rooms never wait for a late pose: its users keep the wider
+/// lead that suits such a server (its better form).
+fn new_pacer(wire: Wire) -> PosePacer {
+    if wire == Wire::SocketIo { PosePacer::without_server_grace(TICK_HZ) } else { PosePacer::new(TICK_HZ) }
 }
 
 fn clamp_u32(v: u64) -> u32 {
