@@ -11,7 +11,9 @@
 //! loaded from the store reads its newest page from the store the first
 //! time someone asks, once; chats that arrive meanwhile are kept and merged
 //! after it. Chat is stored before the room broadcasts it, so what the room
-//! has seen is always in the store too.
+//! has seen is always in the store too. The room hears of a chat just after
+//! its sender's `chat_ack` is queued (the contract puts the ack first), so
+//! a page read in that moment may not have it yet.
 
 use plaza_shared::messages::ChatMessage;
 use std::collections::VecDeque;

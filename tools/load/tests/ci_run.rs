@@ -49,6 +49,18 @@ fn run_scenario(name: &str, protocol: &str) -> (serde_json::Value, PathBuf, std:
     (serde_json::from_str(&json).expect("result.json is JSON"), out, output)
 }
 
+/// `plaza-load run ARGS --quiet` into its own folder; its result.json,
+/// once the run passed.
+fn run_passing(name: &str, args: &[&str]) -> (serde_json::Value, PathBuf, std::process::Output) {
+    let out = out_dir(name);
+    let output = load().arg("run").args(args).arg("--quiet").arg("--out").arg(&out).output().expect("plaza-load runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let json = std::fs::read_to_string(out.join("result.json")).unwrap_or_else(|e| panic!("no result.json ({e}); stderr:\n{stderr}"));
+    let r: serde_json::Value = serde_json::from_str(&json).expect("result.json is JSON");
+    assert!(output.status.success(), "exit {:?}; stderr:\n{stderr}\nresult: {r:#}", output.status.code());
+    (r, out, output)
+}
+
 fn check(name: &str, protocol: &str) {
     let (r, out, output) = run_scenario(name, protocol);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -109,17 +121,7 @@ fn a_short_json_run_delivers_everything() {
 /// heard across rooms would show as misrouted.
 #[test]
 fn a_short_voice_run_hears_its_own_room_through_the_sfu() {
-    let out = out_dir("voice");
-    let output = load()
-        .args(["run", "--rooms", "2", "--users-per-room", "4", "--rate", "10", "--duration", "4", "--ramp", "0.5", "--chat-every", "0", "--voice", "--quiet"])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("plaza-load runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let json = std::fs::read_to_string(out.join("result.json")).unwrap_or_else(|e| panic!("no result.json ({e}); stderr:\n{stderr}"));
-    let r: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert!(output.status.success(), "exit {:?}; stderr:\n{stderr}\nresult: {r:#}", output.status.code());
+    let (r, out, output) = run_passing("voice", &["--rooms", "2", "--users-per-room", "4", "--rate", "10", "--duration", "4", "--ramp", "0.5", "--chat-every", "0", "--voice"]);
     let v = &r["voice"];
     assert_eq!(v["offered"], 8, "{v:#}");
     assert_eq!(v["connected"], 8, "every peer came up on loopback: {v:#}");
@@ -151,17 +153,7 @@ fn a_short_voice_run_hears_its_own_room_through_the_sfu() {
 /// and everyone comes back to their room with nothing acknowledged lost.
 #[test]
 fn a_run_through_two_server_restarts_brings_everyone_back() {
-    let out = out_dir("restart");
-    let output = load()
-        .args(["run", "--rooms", "2", "--users-per-room", "4", "--rate", "10", "--duration", "14", "--ramp", "0.5", "--chat-every", "1", "--restart-every", "5s", "--quiet"])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("plaza-load runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let json = std::fs::read_to_string(out.join("result.json")).unwrap_or_else(|e| panic!("no result.json ({e}); stderr:\n{stderr}"));
-    let r: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert!(output.status.success(), "exit {:?}; stderr:\n{stderr}\nresult: {r:#}", output.status.code());
+    let (r, out, output) = run_passing("restart", &["--rooms", "2", "--users-per-room", "4", "--rate", "10", "--duration", "14", "--ramp", "0.5", "--chat-every", "1", "--restart-every", "5s"]);
     let x = &r["restarts"];
     let done = x["done"].as_array().expect("the restarts done");
     assert_eq!(done.len(), 2, "at 5 s and 10 s: {x:#}");
