@@ -32,8 +32,9 @@ pub enum RecentChat {
     Complete(VecDeque<Arc<ChatMessage>>),
     /// The store's page has not been read yet.
     Unseeded {
-        /// Chats that arrived since the room started.
-        since: Vec<Arc<ChatMessage>>,
+        /// Chats that arrived since the room started (the newest
+        /// [`RECENT_CHAT`]).
+        since: VecDeque<Arc<ChatMessage>>,
         /// Pages asked for meanwhile: (limit, reply).
         waiting: Vec<(usize, Reply)>,
         /// The store is being read.
@@ -49,25 +50,14 @@ impl RecentChat {
 
     /// A room from the store: its history is there.
     pub fn stored_room() -> Self {
-        RecentChat::Unseeded { since: Vec::new(), waiting: Vec::new(), reading: false }
+        RecentChat::Unseeded { since: VecDeque::new(), waiting: Vec::new(), reading: false }
     }
 
     /// A chat the room broadcast (stored before).
     pub fn push(&mut self, message: Arc<ChatMessage>) {
-        match self {
-            RecentChat::Complete(ring) => {
-                ring.push_back(message);
-                if ring.len() > RECENT_CHAT {
-                    ring.pop_front();
-                }
-            }
-            RecentChat::Unseeded { since, .. } => {
-                since.push(message);
-                if since.len() > RECENT_CHAT {
-                    since.remove(0);
-                }
-            }
-        }
+        let (RecentChat::Complete(ring) | RecentChat::Unseeded { since: ring, .. }) = self;
+        ring.push_back(message);
+        trim(ring);
     }
 
     /// The newest `limit` messages, oldest first, now or once the store's
@@ -98,17 +88,21 @@ impl RecentChat {
             return;
         };
         // A chat stored before the read and broadcast after it is in both.
-        let in_store: std::collections::HashSet<(String, String)> = stored.iter().map(|m| (m.from.clone(), m.id.clone())).collect();
-        let mut ring: VecDeque<Arc<ChatMessage>> = stored.into_iter().map(Arc::new).collect();
-        ring.extend(since.drain(..).filter(|m| !in_store.contains(&(m.from.clone(), m.id.clone()))));
-        while ring.len() > RECENT_CHAT {
-            ring.pop_front();
-        }
+        let in_store: std::collections::HashSet<(&str, &str)> = stored.iter().map(|m| (m.from.as_str(), m.id.as_str())).collect();
+        let after: Vec<Arc<ChatMessage>> = since.drain(..).filter(|m| !in_store.contains(&(m.from.as_str(), m.id.as_str()))).collect();
+        let mut ring: VecDeque<Arc<ChatMessage>> = stored.into_iter().map(Arc::new).chain(after).collect();
+        trim(&mut ring);
         for (limit, reply) in waiting.drain(..) {
             let _ = reply.send(Some(newest(&ring, limit)));
         }
         *self = RecentChat::Complete(ring);
     }
+}
+
+/// Keeps the newest [`RECENT_CHAT`].
+fn trim(ring: &mut VecDeque<Arc<ChatMessage>>) {
+    let over = ring.len().saturating_sub(RECENT_CHAT);
+    ring.drain(..over);
 }
 
 fn newest(ring: &VecDeque<Arc<ChatMessage>>, limit: usize) -> Vec<Arc<ChatMessage>> {
