@@ -2,16 +2,18 @@
 //!
 //! An access token is `base64url(claims JSON) "." base64url(HMAC-SHA256)`,
 //! checked without any lookup. A refresh token is a random 32-byte secret
-//! whose hash the [`RefreshLedger`] keeps: using it returns a new pair and
-//! retires it, so it works once.
+//! whose hash the store keeps ([`crate::store::Store::take_refresh`]): using
+//! it returns a new pair and retires it, so it works once, and it outlives
+//! a restart.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use crate::store::RefreshGrant;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -103,48 +105,27 @@ pub fn random_token(bytes: usize) -> String {
     B64.encode(buf)
 }
 
-fn hash(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-/// Who a refresh token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefreshGrant {
-    pub user_id: String,
-    pub name: String,
-    pub expires_at: u64,
-}
-
-/// Live refresh tokens, by hash (a leaked ledger reveals no usable token).
-/// Owned by the HTTP layer's auth state; each token is taken exactly once.
-#[derive(Debug, Default)]
-pub struct RefreshLedger {
-    live: HashMap<[u8; 32], RefreshGrant>,
+/// What the store keeps of a refresh token: its SHA-256, base64url (a
+/// leaked table reveals no usable token).
+pub fn refresh_hash(token: &str) -> String {
+    B64.encode(Sha256::digest(token.as_bytes()))
 }
 
 pub const REFRESH_TTL_SECS: u64 = 30 * 24 * 3600;
 
-impl RefreshLedger {
-    pub fn issue(&mut self, user_id: &str, name: &str) -> String {
-        let now = now_unix();
-        // Drop expired grants as we go so the ledger can't grow forever.
-        self.live.retain(|_, g| g.expires_at > now);
+/// A new refresh token for a user, and what the store keeps of it.
+#[derive(Debug)]
+pub struct NewRefresh {
+    pub token: String,
+    pub hash: String,
+    pub grant: RefreshGrant,
+}
+
+impl NewRefresh {
+    pub fn issue(user_id: &str, name: &str) -> Self {
         let token = random_token(32);
-        self.live.insert(hash(&token), RefreshGrant { user_id: user_id.into(), name: name.into(), expires_at: now + REFRESH_TTL_SECS });
-        token
-    }
-
-    /// Takes the token: it never works again.
-    pub fn take(&mut self, token: &str) -> Option<RefreshGrant> {
-        self.live.remove(&hash(token)).filter(|g| g.expires_at > now_unix())
-    }
-
-    pub fn len(&self) -> usize {
-        self.live.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
+        let hash = refresh_hash(&token);
+        NewRefresh { token, hash, grant: RefreshGrant { user_id: user_id.into(), name: name.into(), expires_at: now_unix() + REFRESH_TTL_SECS } }
     }
 }
 
@@ -179,12 +160,14 @@ mod tests {
     }
 
     #[test]
-    fn refresh_tokens_work_once() {
-        let mut ledger = RefreshLedger::default();
-        let t = ledger.issue("u1", "Ada");
-        assert_eq!(ledger.take(&t).map(|g| g.user_id), Some("u1".into()));
-        assert_eq!(ledger.take(&t), None, "second use fails");
-        assert_eq!(ledger.take("made-up"), None);
+    fn refresh_tokens_are_kept_only_as_their_hash() {
+        let a = NewRefresh::issue("u1", "Ada");
+        let b = NewRefresh::issue("u1", "Ada");
+        assert_ne!(a.token, b.token, "each is fresh");
+        assert_eq!(a.hash, refresh_hash(&a.token));
+        assert!(!a.hash.contains(&a.token));
+        assert_eq!(a.grant.user_id, "u1");
+        assert!(a.grant.expires_at >= now_unix() + REFRESH_TTL_SECS - 1);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `{"error":{"code","message"}}`.
 
 use crate::AppState;
-use crate::auth::random_token;
+use crate::auth::{NewRefresh, now_unix, random_token, refresh_hash};
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -161,17 +161,23 @@ async fn guest(State(state): State<AppState>, body: axum::body::Bytes) -> Result
     validate_display_name(&req.name).map_err(|e| bad_request(e.message))?;
     let started = std::time::Instant::now();
     let user_id = format!("u_{}", random_token(9));
-    let pair = issue_pair(&state, &user_id, &req.name);
+    let pair = issue_pair(&state, &user_id, &req.name).await?;
     metrics::histogram!(crate::metrics::AUTH_DURATION).record(started.elapsed().as_secs_f64());
     tracing::Span::current().record("user_id", user_id.as_str());
     tracing::info!(user_id = %user_id, "guest signed in");
     Ok(Json(pair))
 }
 
-fn issue_pair(state: &AppState, user_id: &str, name: &str) -> serde_json::Value {
+/// A new access and refresh token; the refresh token is stored first, so
+/// one that was handed out works after a restart.
+async fn issue_pair(state: &AppState, user_id: &str, name: &str) -> Result<serde_json::Value, ApiError> {
     let (access, _) = state.keys.issue(user_id, name);
-    let refresh = state.refresh.lock().expect("refresh ledger lock").issue(user_id, name);
-    json!({"user_id": user_id, "access_token": access, "expires_in": state.keys.access_ttl.as_secs(), "refresh_token": refresh})
+    let refresh = NewRefresh::issue(user_id, name);
+    state.store.insert_refresh(&refresh.hash, &refresh.grant).await.map_err(|e| {
+        tracing::error!(cause = %e, "refresh token not stored");
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "signing in is unavailable just now; try again".into())
+    })?;
+    Ok(json!({"user_id": user_id, "access_token": access, "expires_in": state.keys.access_ttl.as_secs(), "refresh_token": refresh.token}))
 }
 
 #[derive(Deserialize)]
@@ -181,9 +187,12 @@ struct RefreshRequest {
 
 async fn refresh(State(state): State<AppState>, body: axum::body::Bytes) -> Result<impl IntoResponse, ApiError> {
     let req: RefreshRequest = parse(&body)?;
-    let grant = state.refresh.lock().expect("refresh ledger lock").take(&req.refresh_token);
+    let grant = state.store.take_refresh(&refresh_hash(&req.refresh_token), now_unix()).await.map_err(|e| {
+        tracing::error!(cause = %e, "refresh token not read");
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "refreshing is unavailable just now; try again".into())
+    })?;
     match grant {
-        Some(g) => Ok(Json(issue_pair(&state, &g.user_id, &g.name))),
+        Some(g) => Ok(Json(issue_pair(&state, &g.user_id, &g.name).await?)),
         None => Err(ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "refresh token is unknown, used or expired".into())),
     }
 }

@@ -32,7 +32,7 @@ pub mod telemetry;
 pub mod voice;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -92,12 +92,11 @@ impl ServerConfig {
 }
 
 /// Shared, cheap to clone; the mutable state lives in tasks (rooms,
-/// directory) or behind the one lock of the refresh ledger.
+/// directory) or in the store (chat, rooms, refresh tokens).
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub keys: auth::TokenKeys,
     pub directory: rooms::Directory,
-    pub refresh: Arc<Mutex<auth::RefreshLedger>>,
     pub store: store::Store,
     pub heartbeat_timeout: Duration,
     /// `true` once draining: `/ready` fails and new sockets are refused.
@@ -131,7 +130,6 @@ impl AppState {
         let state = AppState {
             keys: auth::TokenKeys::new(config.token_secret.clone(), config.access_ttl),
             directory: rooms::Directory::start(store.clone()).await?,
-            refresh: Arc::default(),
             store,
             heartbeat_timeout: config.heartbeat_timeout,
             draining,

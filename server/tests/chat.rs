@@ -37,6 +37,8 @@ async fn chat_on_postgres() {
     // It really was Postgres that kept them.
     let stored: u64 = pg.query("SELECT count(*) FROM chat_messages").parse().unwrap();
     assert!(stored > 10, "{stored} rows in Postgres");
+    let grants: u64 = pg.query("SELECT count(*) FROM refresh_tokens").parse().unwrap();
+    assert!(grants >= 1, "{grants} refresh tokens in Postgres");
     tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
 }
 
@@ -101,7 +103,8 @@ async fn limits_checked(server: &TestServer) {
 }
 
 /// A chat storm, `kill -9`, restart on the same database: every message
-/// that was acknowledged is in the history. SQLite in a temp data dir when
+/// that was acknowledged is in the history, and a refresh token handed out
+/// before still works (once). SQLite in a temp data dir when
 /// `database_url` is `None`.
 async fn acknowledged_survive_kill_9(database_url: Option<&str>) {
     let backend = if database_url.is_some() { "pg" } else { "sqlite" };
@@ -132,6 +135,7 @@ async fn acknowledged_survive_kill_9(database_url: Option<&str>) {
     let mut child = start();
     remote.wait_up().await;
     let (mut c, joined) = remote.member("Storm").await;
+    let signed_in = remote.guest("Bo").await;
     let mut acked = Vec::new();
     for i in 0..200 {
         c.send(&ClientMessage::Chat(ChatSend { id: format!("m{i}"), text: format!("message {i}") })).await;
@@ -155,6 +159,9 @@ async fn acknowledged_survive_kill_9(database_url: Option<&str>) {
     let mut child = start();
     remote.wait_up().await;
     let (status, _, body) = remote.http_get(&format!("/api/v1/rooms/{}/chat?limit=200", joined.room)).await;
+    let refresh = format!(r#"{{"refresh_token":"{}"}}"#, signed_in["refresh_token"].as_str().unwrap());
+    let (refreshed, _, fresh) = remote.http("POST", "/api/v1/auth/refresh", &refresh).await;
+    let (again, _, _) = remote.http("POST", "/api/v1/auth/refresh", &refresh).await;
     child.kill().unwrap();
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -164,4 +171,8 @@ async fn acknowledged_survive_kill_9(database_url: Option<&str>) {
     for id in &acked {
         assert!(stored.contains(id.as_str()), "acknowledged {id} was lost");
     }
+    assert_eq!(refreshed, 200, "a refresh token outlives the crash: {fresh}");
+    let fresh: serde_json::Value = serde_json::from_str(&fresh).unwrap();
+    assert_eq!(fresh["user_id"], signed_in["user_id"]);
+    assert_eq!(again, 401, "and works once");
 }

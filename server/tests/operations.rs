@@ -127,8 +127,8 @@ async fn metrics_show_every_contract_series_moving() {
 }
 
 /// The real binary and a real SIGTERM: not ready during the grace period,
-/// sockets closed with 1001, a clean exit, and the chat still there after a
-/// restart.
+/// sockets closed with 1001, a clean exit, and the chat and the refresh
+/// tokens handed out still there after a restart.
 #[tokio::test]
 async fn sigterm_drains_the_binary_and_nothing_stored_is_lost() {
     let dir = std::env::temp_dir().join(format!("plaza-sigterm-{}", std::process::id()));
@@ -149,6 +149,7 @@ async fn sigterm_drains_the_binary_and_nothing_stored_is_lost() {
     let mut child = start();
     remote.wait_up().await;
     let (mut member, joined) = remote.member("Ada").await;
+    let before = remote.guest("Bo").await;
     member.send(&ClientMessage::Chat(ChatSend { id: "last-words".into(), text: "goodnight".into() })).await;
     loop {
         if let ServerMessage::ChatAck(_) = member.recv().await {
@@ -168,9 +169,17 @@ async fn sigterm_drains_the_binary_and_nothing_stored_is_lost() {
     let mut child = start();
     remote.wait_up().await;
     let (status, _, body) = remote.http_get(&format!("/api/v1/rooms/{}/chat", joined.room)).await;
+    let refresh = format!(r#"{{"refresh_token":"{}"}}"#, before["refresh_token"].as_str().unwrap());
+    let (refreshed, _, fresh) = remote.http("POST", "/api/v1/auth/refresh", &refresh).await;
+    let (again, _, _) = remote.http("POST", "/api/v1/auth/refresh", &refresh).await;
     child.kill().unwrap();
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("last-words"), "the acknowledged message survived the restart: {body}");
+    // Signed in before the restart: still the same user after it.
+    assert_eq!(refreshed, 200, "a refresh token outlives a restart: {fresh}");
+    let fresh: serde_json::Value = serde_json::from_str(&fresh).unwrap();
+    assert_eq!(fresh["user_id"], before["user_id"]);
+    assert_eq!(again, 401, "and still works only once");
 }

@@ -130,6 +130,14 @@ impl RemoteServer {
     pub async fn member(&self, name: &str) -> (Client, Joined) {
         self.as_test().member(name, Subprotocol::Json, "storm").await
     }
+
+    pub async fn http(&self, method: &str, path: &str, body: &str) -> (u16, String, String) {
+        self.as_test().http(method, path, body, &[]).await
+    }
+
+    pub async fn guest(&self, name: &str) -> serde_json::Value {
+        self.as_test().guest(name).await
+    }
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
