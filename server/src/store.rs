@@ -496,12 +496,18 @@ mod tests {
         assert!(err.to_string().contains("database error"), "{err}");
     }
 
-    #[tokio::test]
-    async fn a_file_database_is_created_and_survives_reopening() {
-        let dir = std::env::temp_dir().join(format!("plaza-store-{}", std::process::id()));
+    /// An empty data dir in the temp dir, and the URL of a database in it.
+    fn empty_file_database(tag: &str) -> (std::path::PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let url = format!("sqlite://{}/plaza.db", dir.display());
+        (dir, url)
+    }
+
+    #[tokio::test]
+    async fn a_file_database_is_created_and_survives_reopening() {
+        let (dir, url) = empty_file_database("plaza-store");
         {
             let store = Store::connect(&url).await.unwrap();
             store.insert_chat("r1", "u1", "Ada", "m1", "kept", 1).await.unwrap();
@@ -515,10 +521,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refresh_grant_is_taken_once_and_outlives_a_reopened_file() {
-        let dir = std::env::temp_dir().join(format!("plaza-refresh-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let url = format!("sqlite://{}/plaza.db", dir.display());
+        let (dir, url) = empty_file_database("plaza-refresh");
         // The writer prunes at start with the real clock: times are from now.
         let now = crate::auth::now_unix();
         let grant = RefreshGrant { user_id: "u1".into(), name: "Ada".into(), expires_at: now + 1_000 };
