@@ -62,7 +62,7 @@ load-voice: setup
 
 # The same load with the server restarted every 20 s: every user must come
 # back to its room (docs/load.md, "Restarts in a run").
-RESTART_LOAD_ARGS ?= --rooms 50 --users-per-room 40 --rate 20 --duration 60 --ramp 10 --restart-every 20s
+RESTART_LOAD_ARGS ?= --rooms 50 --users-per-room 40 --rate 20 --duration 60 --ramp 10 --restart-every 20s --access-ttl 80s
 load-restart: setup
 	$(CARGO) build --profile bench -p plaza-load
 	"$(CARGO_TARGET_DIR)/release/plaza-load" run $(RESTART_LOAD_ARGS) --out target/plaza-load/restart

@@ -135,6 +135,13 @@ pub struct RunArgs {
     /// restart that one yourself; the run counts its 1001 closes either way.
     #[arg(long, value_parser = parse_restart_every)]
     pub restart_every: Option<Duration>,
+    /// How long the embedded server's access tokens last (65s–24h; the
+    /// server's default is 15 min). The server says `token_expiring` a
+    /// minute before the end, and each user then refreshes over HTTP and
+    /// in band, so a short one puts refreshes in the run (through restarts,
+    /// with --restart-every). Not with --server.
+    #[arg(long, value_parser = parse_access_ttl)]
+    pub access_ttl: Option<Duration>,
     /// Faults between the users and the server: any of these puts the fault
     /// proxy (as `plaza-load proxy`) in between, in this process.
     #[command(flatten)]
@@ -196,6 +203,8 @@ pub struct RunConfig {
     pub voice: bool,
     /// `--restart-every`: the embedded server is restarted this often.
     pub restart_every: Option<Duration>,
+    /// `--access-ttl`: the embedded server's access-token lifetime.
+    pub access_ttl: Option<Duration>,
 }
 
 impl RunConfig {
@@ -232,6 +241,9 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
             return Err(format!("--restart-every {}s would never happen within --duration {}", every.as_secs_f64(), args.duration));
         }
     }
+    if args.access_ttl.is_some() && args.server.is_some() {
+        return Err("--access-ttl sets the embedded server's token lifetime; a server given with --server keeps its own".into());
+    }
     if args.chat_every > 0.0 && args.chat_every < 1.0 {
         return Err(format!("--chat-every {} is too often; use 0 (never) or at least 1 second", args.chat_every));
     }
@@ -253,6 +265,7 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
         soak: None,
         voice: args.voice,
         restart_every: args.restart_every,
+        access_ttl: args.access_ttl,
     })
 }
 
@@ -327,6 +340,13 @@ fn parse_delay(s: &str) -> Result<Duration, String> {
 fn parse_restart_every(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if (Duration::from_secs(5)..=Duration::from_secs(86_400)).contains(&d) { Ok(d) } else { Err(format!("`{s}` is out of range; use 5s–24h (a restart takes a second or two)")) }
+}
+
+fn parse_access_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    // The warning comes a minute before expiry: any shorter and every
+    // refreshed token would be warned about at once, in a loop.
+    if (Duration::from_secs(65)..=Duration::from_secs(86_400)).contains(&d) { Ok(d) } else { Err(format!("`{s}` is out of range; use 65s–24h (the server warns a minute before a token runs out)")) }
 }
 
 fn parse_reset_every(s: &str) -> Result<Duration, String> {

@@ -204,6 +204,7 @@ fn step_config(cfg: &LadderConfig, target: Target, users: u64, server: Option<St
         soak: None,
         voice: false,
         restart_every: None,
+        access_ttl: None,
     }
 }
 

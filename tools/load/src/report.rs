@@ -178,6 +178,8 @@ pub struct RunResult {
     pub errors: u64,
     pub errors_by_kind: BTreeMap<String, u64>,
     pub reconnects: u64,
+    /// Access tokens refreshed after the server's `token_expiring`.
+    pub token_refreshes: u64,
     pub down_bytes_per_user_s: f64,
     pub up_bytes_per_user_s: f64,
     pub chat: ChatDelivery,
@@ -403,6 +405,7 @@ pub fn html(r: &RunResult) -> String {
     row(&mut h, "chat deliveries expected / received / lost", format!("{} / {} / {}", r.chat.expected, r.chat.received, r.chat.lost));
     row(&mut h, "errors", r.errors);
     row(&mut h, "reconnects (seat resumed; state back in over 2 s)", format!("{} ({}; {})", r.reconnects, r.resumed, r.restores_over_2s));
+    row(&mut h, "access tokens refreshed", r.token_refreshes);
     row(&mut h, "users joined", format!("{} of {}", r.users_joined, r.users));
     row(&mut h, "down bytes per user per second", format!("{:.0}", r.down_bytes_per_user_s));
     row(&mut h, "up bytes per user per second", format!("{:.0}", r.up_bytes_per_user_s));

@@ -131,8 +131,8 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         None => None,
     };
     let embedded = match (&cfg.server, &store_dir) {
-        (None, Some(dir)) => Some(EmbeddedServer::start_persistent(&dir.0)?),
-        (None, None) => Some(EmbeddedServer::start()?),
+        (None, Some(dir)) => Some(EmbeddedServer::start_persistent(&dir.0, cfg.access_ttl)?),
+        (None, None) => Some(EmbeddedServer::start(cfg.access_ttl)?),
         (Some(_), _) => None,
     };
     let base = match (&embedded, &cfg.server) {
@@ -406,6 +406,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
     let (mut drained, mut restart_retries, mut still_away) = (0, 0, 0);
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut anomalies = AnomalyCounts { gap_ms, ..AnomalyCounts::default() };
+    let mut token_refreshes = 0;
     let (mut misrouted, mut reconnects, mut bytes_in, mut bytes_out, mut in_room_us, mut joined, mut poses_sent, mut superseded) = (0, 0, 0, 0, 0, 0, 0, 0);
     for r in reports {
         r.join_us.iter().for_each(|&v| join.record(v));
@@ -429,6 +430,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         anomalies.gaps += r.anomalies.gaps;
         anomalies.foreign += r.anomalies.foreign;
         reconnects += r.reconnects;
+        token_refreshes += r.token_refreshes;
         bytes_in += r.bytes_in;
         bytes_out += r.bytes_out;
         in_room_us += r.in_room_us;
@@ -564,6 +566,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         errors: error_total,
         errors_by_kind: errors,
         reconnects,
+        token_refreshes,
         down_bytes_per_user_s: per_user_s(bytes_in),
         up_bytes_per_user_s: per_user_s(bytes_out),
         chat,

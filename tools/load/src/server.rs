@@ -45,6 +45,13 @@ pub struct EmbeddedServer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+fn with_access_ttl(config: plaza_server::ServerConfig, access_ttl: Option<Duration>) -> plaza_server::ServerConfig {
+    match access_ttl {
+        Some(access_ttl) => plaza_server::ServerConfig { access_ttl, ..config },
+        None => config,
+    }
+}
+
 /// How long one restart took.
 #[derive(Debug, Clone, Copy)]
 pub struct RestartTimes {
@@ -57,17 +64,18 @@ pub struct RestartTimes {
 
 impl EmbeddedServer {
     /// Starts `plaza_server::run` with [`plaza_server::ServerConfig::ephemeral`]
-    /// (in-memory SQLite, a random token secret) on its own runtime.
-    pub fn start() -> Result<Self, ServerError> {
-        Self::start_with(plaza_server::ServerConfig::ephemeral(), "127.0.0.1:0".parse().expect("an address"))
+    /// (in-memory SQLite, a random token secret) on its own runtime;
+    /// `access_ttl` replaces the server's access-token lifetime.
+    pub fn start(access_ttl: Option<Duration>) -> Result<Self, ServerError> {
+        Self::start_with(with_access_ttl(plaza_server::ServerConfig::ephemeral(), access_ttl), "127.0.0.1:0".parse().expect("an address"))
     }
 
     /// For runs that restart it: the store is a SQLite file in `dir`, so
     /// rooms and chat history outlive each restart, as they do for a server
     /// with a data directory.
-    pub fn start_persistent(dir: &std::path::Path) -> Result<Self, ServerError> {
+    pub fn start_persistent(dir: &std::path::Path, access_ttl: Option<Duration>) -> Result<Self, ServerError> {
         let config = plaza_server::ServerConfig { database_url: format!("sqlite://{}", dir.join("plaza.db").display()), ..plaza_server::ServerConfig::ephemeral() };
-        Self::start_with(config, "127.0.0.1:0".parse().expect("an address"))
+        Self::start_with(with_access_ttl(config, access_ttl), "127.0.0.1:0".parse().expect("an address"))
     }
 
     fn start_with(config: plaza_server::ServerConfig, bind: SocketAddr) -> Result<Self, ServerError> {

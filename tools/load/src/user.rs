@@ -238,6 +238,8 @@ pub struct UserReport {
     pub away_after_drain: bool,
     pub errors: BTreeMap<String, u64>,
     pub reconnects: u64,
+    /// Access tokens refreshed (HTTP, then in band) after `token_expiring`.
+    pub token_refreshes: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub msgs_in: u64,
@@ -380,6 +382,36 @@ struct User {
     voice: Option<crate::voice::UserVoice>,
 }
 
+/// Why an auth request failed.
+#[derive(Debug)]
+struct PostFailure {
+    /// The server answered 4xx: asking again won't help. Otherwise it could
+    /// not answer (down, restarting, 5xx), and a later try may work.
+    refused: bool,
+    message: String,
+}
+
+impl std::fmt::Display for PostFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// How long after a refresh the server could not answer the next try goes.
+const REFRESH_RETRY: Duration = Duration::from_secs(2);
+
+/// What became of a refresh.
+#[derive(Debug, PartialEq, Eq)]
+enum Refreshed {
+    Done,
+    /// The server said no: the refresh token is spent, unknown or expired.
+    Refused,
+    /// The server did not answer (a restart): try again soon.
+    Unanswered,
+    /// The socket failed while handing over the new token.
+    SendFailed,
+}
+
 /// When each of the relay loop's timed jobs is next due.
 #[derive(Debug, Clone, Copy)]
 struct Due {
@@ -390,12 +422,14 @@ struct Due {
     flush: Instant,
     /// The `joined` must have come by then.
     join: Instant,
+    /// Another try at a refresh the server could not answer.
+    refresh: Option<Instant>,
 }
 
 impl Due {
     /// The earliest of the jobs that apply now.
     fn next(&self, sending: bool, in_room: bool) -> Instant {
-        let mut next = self.flush;
+        let mut next = self.refresh.map_or(self.flush, |at| at.min(self.flush));
         if !in_room {
             next = next.min(self.join);
         }
@@ -536,14 +570,15 @@ impl User {
         }
     }
 
-    async fn post(&self, path: &str, body: serde_json::Value) -> Result<TokenPair, String> {
+    async fn post(&self, path: &str, body: serde_json::Value) -> Result<TokenPair, PostFailure> {
         let url = format!("{}{path}", self.env.base);
-        let response = self.env.http.post(&url).json(&body).send().await.map_err(|e| format!("{url}: {e}"))?;
+        let unanswered = |message: String| PostFailure { refused: false, message };
+        let response = self.env.http.post(&url).json(&body).send().await.map_err(|e| unanswered(format!("{url}: {e}")))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("{url} answered {status}"));
+            return Err(PostFailure { refused: status.is_client_error(), message: format!("{url} answered {status}") });
         }
-        response.json().await.map_err(|e| format!("{url}: {e}"))
+        response.json().await.map_err(|e| unanswered(format!("{url}: {e}")))
     }
 
     /// Signs in as a guest (a few tries); false when it never worked or the
@@ -806,6 +841,7 @@ impl User {
             chat: chat_every.map(|every| start + every.mul_f64(self.rng.unit())),
             flush: start + BATCH_EVERY,
             join: start + JOIN_TIMEOUT,
+            refresh: None,
         };
         let timer = tokio::time::sleep_until(start + first);
         tokio::pin!(timer);
@@ -895,11 +931,14 @@ impl User {
                             self.rtt_ewma_us = (self.rtt_ewma_us * 4 + rtt) / 5;
                             self.pacer.round_trip(self.rtt_ewma_us);
                         }
-                        ServerMessage::TokenExpiring(_) => {
-                            if self.refresh(&mut ws).await.is_err() {
-                                self.error("refresh");
-                            }
-                        }
+                        ServerMessage::TokenExpiring(_) => match self.refresh(&mut ws).await {
+                            Refreshed::Done => due.refresh = None,
+                            Refreshed::Refused => self.error("refresh"),
+                            // A client keeps its tokens and tries again: the
+                            // access token still has a minute.
+                            Refreshed::Unanswered => due.refresh = Some(Instant::now() + REFRESH_RETRY),
+                            Refreshed::SendFailed => return self.send_failed(),
+                        },
                         ServerMessage::Error(e) => {
                             self.error(format!("server_{}", e.code.as_str()));
                             if !in_room && matches!(e.code, ErrorCode::RoomFull | ErrorCode::RoomNotFound) {
@@ -953,6 +992,15 @@ impl User {
                     if now >= due.flush {
                         due.flush = now + BATCH_EVERY;
                         self.flush().await;
+                    }
+                    if due.refresh.is_some_and(|at| now >= at) {
+                        due.refresh = None;
+                        match self.refresh(&mut ws).await {
+                            Refreshed::Done => {}
+                            Refreshed::Refused => self.error("refresh"),
+                            Refreshed::Unanswered => due.refresh = Some(now + REFRESH_RETRY),
+                            Refreshed::SendFailed => return self.send_failed(),
+                        }
                     }
                 }
             }
@@ -1086,14 +1134,19 @@ impl User {
     }
 
     /// `token_expiring`: a new pair over HTTP, then `refresh` on the socket.
-    async fn refresh(&mut self, ws: &mut Ws) -> Result<(), ()> {
-        let refresh_token = self.tokens.as_ref().map(|t| t.refresh_token.clone()).ok_or(())?;
-        let pair = self.post("/api/v1/auth/refresh", serde_json::json!({ "refresh_token": refresh_token })).await.map_err(|e| {
-            tracing::warn!(user = %self.plan.name, cause = %e, "refresh failed");
-        })?;
+    async fn refresh(&mut self, ws: &mut Ws) -> Refreshed {
+        let Some(refresh_token) = self.tokens.as_ref().map(|t| t.refresh_token.clone()) else { return Refreshed::Refused };
+        let pair = match self.post("/api/v1/auth/refresh", serde_json::json!({ "refresh_token": refresh_token })).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(user = %self.plan.name, cause = %e, refused = e.refused, "refresh failed");
+                return if e.refused { Refreshed::Refused } else { Refreshed::Unanswered };
+            }
+        };
         let token = pair.access_token.clone();
         self.tokens = Some(pair);
-        self.send(ws, &ClientMessage::Refresh(Refresh { token })).await
+        self.report.token_refreshes += 1;
+        if self.send(ws, &ClientMessage::Refresh(Refresh { token })).await.is_err() { Refreshed::SendFailed } else { Refreshed::Done }
     }
 
     /// A delta: `delta` when decoded in full (JSON, socket.io), else the
@@ -1266,7 +1319,7 @@ mod tests {
     fn the_one_timer_waits_for_the_first_job_that_applies_now() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
-        let due = Due { pose: at(50), ping: at(30), chat: Some(at(10)), flush: at(250), join: at(5) };
+        let due = Due { pose: at(50), ping: at(30), chat: Some(at(10)), flush: at(250), join: at(5), refresh: None };
         // Before the joined: only the join's deadline, pings and the batch.
         assert_eq!(due.next(true, false), at(5));
         // In the room and sending: the chat comes first.
@@ -1275,6 +1328,9 @@ mod tests {
         assert_eq!(due.next(false, true), at(250));
         let quiet = Due { chat: None, ..due };
         assert_eq!(quiet.next(true, true), at(30));
+        // A refresh to try again comes whatever else applies.
+        let retry = Due { refresh: Some(at(20)), ..quiet };
+        assert_eq!(retry.next(false, true), at(20));
     }
 
     #[test]

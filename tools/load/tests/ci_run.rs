@@ -153,7 +153,9 @@ fn a_short_voice_run_hears_its_own_room_through_the_sfu() {
 /// and everyone comes back to their room with nothing acknowledged lost.
 #[test]
 fn a_run_through_two_server_restarts_brings_everyone_back() {
-    let (r, out, output) = run_passing("restart", &["--rooms", "2", "--users-per-room", "4", "--rate", "10", "--duration", "14", "--ramp", "0.5", "--chat-every", "1", "--restart-every", "5s"]);
+    // Tokens that last 67 s are warned about 7 s in: each user refreshes
+    // between the restarts, with a refresh token the first server issued.
+    let (r, out, output) = run_passing("restart", &["--rooms", "2", "--users-per-room", "4", "--rate", "10", "--duration", "14", "--ramp", "0.5", "--chat-every", "1", "--restart-every", "5s", "--access-ttl", "67s"]);
     let x = &r["restarts"];
     let done = x["done"].as_array().expect("the restarts done");
     assert_eq!(done.len(), 2, "at 5 s and 10 s: {x:#}");
@@ -165,7 +167,8 @@ fn a_run_through_two_server_restarts_brings_everyone_back() {
     assert_eq!(x["drained_sockets"], 16, "{x:#}");
     assert_eq!(x["back_ms"]["count"], 16, "{x:#}");
     assert_eq!(x["still_away"], 0, "{x:#}");
-    assert_eq!(r["errors"], 0, "a restart is not an error: {r:#}");
+    assert_eq!(r["errors"], 0, "a restart is not an error, nor is refreshing after one: {r:#}");
+    assert!(r["token_refreshes"].as_u64().unwrap() >= 8, "every user refreshed after the first restart: {r:#}");
     assert_eq!(r["lost"], 0, "{r:#}");
     assert_eq!(r["misrouted"], 0, "{r:#}");
     // Chats acknowledged before a restart are in the store after it.
@@ -192,6 +195,8 @@ fn bad_flags_exit_2_with_one_line() {
         vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--restart-every", "2s"],
         vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--restart-every", "40s"],
         vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--restart-every", "10s", "--server", "http://127.0.0.1:1"],
+        vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--access-ttl", "60s"],
+        vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--access-ttl", "90s", "--server", "http://127.0.0.1:1"],
     ] {
         let output = load().args(&args).output().expect("plaza-load runs");
         assert_eq!(output.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));

@@ -279,6 +279,7 @@ fn run_through(proxy: &Proxy, name: &str, users_per_room: u32, duration: Duratio
         soak: None,
         voice: false,
         restart_every: None,
+        access_ttl: None,
     }
 }
 
