@@ -453,6 +453,7 @@ async fn a_run_with_resets_resumes_every_user_and_loses_nothing() {
         soak: None,
         voice: false,
         restart_every: None,
+        access_ttl: None,
     };
     let r = plaza_load::run::run(&run).await.expect("the run is done");
     assert!(r.passed, "{}", r.failure);
