@@ -147,6 +147,43 @@ async fn a_draining_server_is_rejoined_afresh_once_it_is_back() {
     assert!(before.iter().any(|e| matches!(e, NetEvent::Notice(Notice::Reconnected { resumed: false }))), "rejoined afresh: {before:?}");
 }
 
+/// A restart just when the token wants refreshing: the refresh that gets no
+/// answer keeps the tokens, and the one after the restart (a new server,
+/// the same store) keeps the player the same user.
+#[tokio::test]
+async fn a_refresh_across_a_restart_keeps_the_same_user() {
+    let dir = std::env::temp_dir().join(format!("plaza-client-refresh-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // 92 s tokens: the client wants a refresh about 2 s in.
+    let config = plaza_server::ServerConfig {
+        access_ttl: Duration::from_secs(92),
+        drain_grace: Duration::from_millis(50),
+        database_url: format!("sqlite://{}", dir.join("plaza.db").display()),
+        ..plaza_server::ServerConfig::ephemeral()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(plaza_server::run(config.clone(), listener, async {
+        let _ = stopped.await;
+    }));
+    let mut client = Client::start(format!("http://{addr}"), "refresh-room");
+    let (NetEvent::Welcome { user_id: first }, _) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Welcome { .. })).await else { unreachable!() };
+    client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+    stop.send(()).unwrap();
+    let _ = running.await;
+    // Down past the refresh's time: its tries get no answer.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let listener = TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(plaza_server::run(config, listener, std::future::pending()));
+    let (_, before) = client.until(Duration::from_secs(30), |e| matches!(e, NetEvent::TokenRefreshed)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let welcomes: Vec<&str> = before.iter().filter_map(|e| if let NetEvent::Welcome { user_id } = e { Some(user_id.as_str()) } else { None }).collect();
+    assert!(!welcomes.is_empty(), "back in after the restart: {before:?}");
+    assert!(welcomes.iter().all(|&id| id == first), "still {first} after the restart, not a new guest: {welcomes:?}");
+}
+
 #[tokio::test]
 async fn a_pose_handed_over_every_frame_goes_out_once_a_tick_just_before_it() {
     let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;

@@ -57,6 +57,26 @@ pub mod close {
     pub const TOO_SLOW: u16 = 4009;
 }
 
+/// Whether an HTTP error status means the server said no for good (a 4xx:
+/// a spent refresh token, a bad request), so asking again won't help. A
+/// 5xx, 408 (too slow) or 429 (too often) means "not now": try again later.
+pub fn refused_for_good(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
+}
+
+#[cfg(test)]
+mod refused_tests {
+    #[test]
+    fn only_a_final_4xx_is_refused_for_good() {
+        for status in [400, 401, 403, 404] {
+            assert!(super::refused_for_good(status), "{status}");
+        }
+        for status in [200, 408, 429, 500, 502, 503] {
+            assert!(!super::refused_for_good(status), "{status}");
+        }
+    }
+}
+
 /// A server at its connection limit answers the WebSocket upgrade (or any
 /// request, when out of file descriptors) `503` with this error code and a
 /// `Retry-After` in seconds.

@@ -96,6 +96,9 @@ pub struct Tokens {
 /// Refresh this long before the access token expires (the server warns 60 s
 /// before; a refresh ahead of that never races the expiry).
 pub const REFRESH_AHEAD: Duration = Duration::from_secs(90);
+/// After a refresh the server could not answer (down, restarting), the
+/// next try waits this long; the tokens are kept meanwhile.
+pub const REFRESH_RETRY: Duration = Duration::from_secs(5);
 
 /// What to do before opening a socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,16 +175,20 @@ pub struct Connection {
     pub backoff: Backoff,
     /// Set once the first join succeeded (later ones are reconnects).
     pub was_in_room: bool,
+    /// No refresh before this (task clock): the last one got no answer.
+    refresh_not_before: Duration,
 }
 
 impl Connection {
     pub fn new(seed: u64) -> Connection {
-        Connection { tokens: None, session: None, backoff: Backoff::new(seed), was_in_room: false }
+        Connection { tokens: None, session: None, backoff: Backoff::new(seed), was_in_room: false, refresh_not_before: Duration::ZERO }
     }
 
     pub fn credentials(&self, now: Duration) -> Credentials {
         match &self.tokens {
             None => Credentials::Login,
+            // A refresh just went unanswered: the access token still works.
+            Some(t) if now < self.refresh_not_before && now < t.expires_at => Credentials::Use(t.access.clone()),
             Some(t) if now + REFRESH_AHEAD >= t.expires_at => Credentials::Refresh(t.refresh.clone()),
             Some(t) => Credentials::Use(t.access.clone()),
         }
@@ -189,13 +196,21 @@ impl Connection {
 
     /// When the access token should be refreshed in the background.
     pub fn refresh_at(&self) -> Option<Duration> {
-        self.tokens.as_ref().map(|t| t.expires_at.saturating_sub(REFRESH_AHEAD))
+        self.tokens.as_ref().map(|t| t.expires_at.saturating_sub(REFRESH_AHEAD).max(self.refresh_not_before))
     }
 
-    /// A refresh failed (the refresh token is spent or unknown): sign in afresh.
+    /// The server refused the refresh (the refresh token is spent, unknown
+    /// or expired): sign in afresh.
     pub fn refresh_failed(&mut self) {
         self.tokens = None;
         self.session = None;
+    }
+
+    /// The server did not answer a refresh (down, restarting, a 5xx): keep
+    /// the tokens, which may still work, and try again in [`REFRESH_RETRY`].
+    /// Signing in afresh here would make the player someone new.
+    pub fn refresh_unanswered(&mut self, now: Duration) {
+        self.refresh_not_before = now + REFRESH_RETRY;
     }
 
     /// The `welcome` arrived: true when it resumed our old session.
@@ -321,6 +336,23 @@ mod tests {
         assert_eq!(c.credentials(Duration::from_secs(1)), Credentials::Refresh("r".into()), "refresh first");
         c.refresh_failed();
         assert_eq!(c.credentials(Duration::from_secs(1)), Credentials::Login, "then a fresh login");
+    }
+
+    #[test]
+    fn an_unanswered_refresh_keeps_the_tokens_and_tries_again_later() {
+        let mut c = Connection::new(1);
+        c.tokens = Some(tokens(900));
+        let now = Duration::from_secs(811);
+        assert_eq!(c.credentials(now), Credentials::Refresh("r".into()));
+        // The server was restarting: no answer.
+        c.refresh_unanswered(now);
+        assert!(c.tokens.is_some(), "kept: signing in again would make a new user");
+        assert_eq!(c.credentials(now), Credentials::Use("a".into()), "the access token still has 89 s");
+        assert_eq!(c.refresh_at(), Some(now + REFRESH_RETRY), "the next try waits");
+        assert_eq!(c.credentials(now + REFRESH_RETRY), Credentials::Refresh("r".into()));
+        // Expired meanwhile: only a refresh will do, whenever the server is back.
+        c.refresh_unanswered(Duration::from_secs(899));
+        assert_eq!(c.credentials(Duration::from_secs(900)), Credentials::Refresh("r".into()));
     }
 
     #[test]

@@ -146,13 +146,22 @@ impl Task {
         loop {
             let pair = match self.conn.credentials(self.now()) {
                 Credentials::Use(token) => return Ok(token),
-                Credentials::Login => post(&self.http, &self.config.server, "/api/v1/auth/guest", serde_json::json!({ "name": self.config.name })).await?,
+                Credentials::Login => post(&self.http, &self.config.server, "/api/v1/auth/guest", serde_json::json!({ "name": self.config.name })).await.map_err(|e| e.message)?,
                 Credentials::Refresh(refresh) => match refresh_pair(&self.http, &self.config.server, refresh).await {
                     Ok(pair) => pair,
-                    Err(e) => {
+                    Err(e) if e.refused => {
                         tracing::info!(cause = %e, "refresh refused; signing in again");
                         self.conn.refresh_failed();
                         continue;
+                    }
+                    Err(e) => {
+                        // Keep the tokens: the access token may still work,
+                        // and the refresh token will once the server is back.
+                        self.conn.refresh_unanswered(self.now());
+                        match self.conn.credentials(self.now()) {
+                            Credentials::Use(token) => return Ok(token),
+                            _ => return Err(e.message),
+                        }
                     }
                 },
             };
@@ -207,7 +216,7 @@ impl Task {
         tokio::pin!(pose_timer);
         let mut pose_due_us: Option<u64> = None;
         // A refresh runs beside the relay so reading never stalls on HTTP.
-        let mut refreshing: Option<tokio::task::JoinHandle<Result<TokenPair, String>>> = None;
+        let mut refreshing: Option<tokio::task::JoinHandle<Result<TokenPair, PostError>>> = None;
         loop {
             let refresh_at = self.conn.refresh_at().map(|at| self.started + at).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
@@ -341,11 +350,17 @@ impl Task {
                                 return Stop::Ended(Ended::Dropped(e));
                             }
                         }
-                        outcome => {
+                        Ok(Err(e)) if e.refused => {
                             // The socket lives until the token expires; then
                             // 4001 brings a fresh login.
-                            tracing::warn!(?outcome, "token refresh failed");
+                            tracing::warn!(cause = %e, "token refresh refused");
                             self.conn.refresh_failed();
+                        }
+                        outcome => {
+                            // No answer (the server restarting?): the tokens
+                            // stay, and the next try comes in a few seconds.
+                            tracing::warn!(?outcome, "token refresh unanswered; trying again shortly");
+                            self.conn.refresh_unanswered(self.now());
                         }
                     }
                 }
@@ -362,17 +377,33 @@ struct TokenPair {
     expires_in: u64,
 }
 
+/// Why a POST to the auth routes failed: what to tell the player, and
+/// whether the server said no (4xx: asking again won't help) rather than
+/// not answering (down, restarting, 5xx: a later try may work).
+#[derive(Debug)]
+struct PostError {
+    refused: bool,
+    message: String,
+}
+
+impl std::fmt::Display for PostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// POSTs JSON to `server` + `path` and reads the JSON answer; an error
 /// says which URL and what it answered.
-async fn post<T: serde::de::DeserializeOwned>(http: &reqwest::Client, server: &str, path: &str, body: serde_json::Value) -> Result<T, String> {
+async fn post<T: serde::de::DeserializeOwned>(http: &reqwest::Client, server: &str, path: &str, body: serde_json::Value) -> Result<T, PostError> {
     let url = format!("{server}{path}");
-    let response = http.post(&url).json(&body).send().await.map_err(|e| unreachable_reason(server, &e))?;
+    let unanswered = |message: String| PostError { refused: false, message };
+    let response = http.post(&url).json(&body).send().await.map_err(|e| unanswered(unreachable_reason(server, &e)))?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
-        return Err(format!("{url} answered {status}: {text}"));
+        return Err(PostError { refused: plaza_shared::limits::refused_for_good(status.as_u16()), message: format!("{url} answered {status}: {text}") });
     }
-    response.json().await.map_err(|e| format!("{url}: {e}"))
+    response.json().await.map_err(|e| unanswered(format!("{url}: {e}")))
 }
 
 /// Why a request got no answer, in words a player can act on: the server
@@ -393,7 +424,7 @@ fn unreachable_reason(server: &str, error: &reqwest::Error) -> String {
 }
 
 /// Trades a refresh token for a new pair (the old one stops working).
-async fn refresh_pair(http: &reqwest::Client, server: &str, refresh: String) -> Result<TokenPair, String> {
+async fn refresh_pair(http: &reqwest::Client, server: &str, refresh: String) -> Result<TokenPair, PostError> {
     post(http, server, "/api/v1/auth/refresh", serde_json::json!({ "refresh_token": refresh })).await
 }
 

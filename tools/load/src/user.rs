@@ -576,7 +576,7 @@ impl User {
         let response = self.env.http.post(&url).json(&body).send().await.map_err(|e| unanswered(format!("{url}: {e}")))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(PostFailure { refused: status.is_client_error(), message: format!("{url} answered {status}") });
+            return Err(PostFailure { refused: plaza_shared::limits::refused_for_good(status.as_u16()), message: format!("{url} answered {status}") });
         }
         response.json().await.map_err(|e| unanswered(format!("{url}: {e}")))
     }
