@@ -64,6 +64,33 @@ pub fn refused_for_good(status: u16) -> bool {
     (400..500).contains(&status) && status != 408 && status != 429
 }
 
+/// Why an HTTP request to the server failed: what to tell the user, and
+/// whether the server said no for good ([`refused_for_good`]) rather than
+/// not answering (down, restarting, 5xx: a later try may work).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFailure {
+    pub refused: bool,
+    pub message: String,
+}
+
+impl RequestFailure {
+    /// The server answered with this error status.
+    pub fn answered(status: u16, message: String) -> Self {
+        RequestFailure { refused: refused_for_good(status), message }
+    }
+
+    /// No usable answer: no connection, a timeout, a body that didn't parse.
+    pub fn unanswered(message: String) -> Self {
+        RequestFailure { refused: false, message }
+    }
+}
+
+impl std::fmt::Display for RequestFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 #[cfg(test)]
 mod refused_tests {
     #[test]

@@ -8,7 +8,7 @@ use super::{NetCommand, NetEvent, NetInput};
 use plaza_shared::telemetry::TelemetryReport;
 use futures_util::{SinkExt, StreamExt};
 use plaza_shared::codec::Subprotocol;
-use plaza_shared::limits::PROTOCOL_VERSION;
+use plaza_shared::limits::{PROTOCOL_VERSION, RequestFailure};
 use plaza_shared::messages::*;
 use plaza_shared::pacing::PosePacer;
 use std::time::Duration;
@@ -216,7 +216,7 @@ impl Task {
         tokio::pin!(pose_timer);
         let mut pose_due_us: Option<u64> = None;
         // A refresh runs beside the relay so reading never stalls on HTTP.
-        let mut refreshing: Option<tokio::task::JoinHandle<Result<TokenPair, PostError>>> = None;
+        let mut refreshing: Option<tokio::task::JoinHandle<Result<TokenPair, RequestFailure>>> = None;
         loop {
             let refresh_at = self.conn.refresh_at().map(|at| self.started + at).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
@@ -377,33 +377,17 @@ struct TokenPair {
     expires_in: u64,
 }
 
-/// Why a POST to the auth routes failed: what to tell the player, and
-/// whether the server said no (4xx: asking again won't help) rather than
-/// not answering (down, restarting, 5xx: a later try may work).
-#[derive(Debug)]
-struct PostError {
-    refused: bool,
-    message: String,
-}
-
-impl std::fmt::Display for PostError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
 /// POSTs JSON to `server` + `path` and reads the JSON answer; an error
 /// says which URL and what it answered.
-async fn post<T: serde::de::DeserializeOwned>(http: &reqwest::Client, server: &str, path: &str, body: serde_json::Value) -> Result<T, PostError> {
+async fn post<T: serde::de::DeserializeOwned>(http: &reqwest::Client, server: &str, path: &str, body: serde_json::Value) -> Result<T, RequestFailure> {
     let url = format!("{server}{path}");
-    let unanswered = |message: String| PostError { refused: false, message };
-    let response = http.post(&url).json(&body).send().await.map_err(|e| unanswered(unreachable_reason(server, &e)))?;
+    let response = http.post(&url).json(&body).send().await.map_err(|e| RequestFailure::unanswered(unreachable_reason(server, &e)))?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
-        return Err(PostError { refused: plaza_shared::limits::refused_for_good(status.as_u16()), message: format!("{url} answered {status}: {text}") });
+        return Err(RequestFailure::answered(status.as_u16(), format!("{url} answered {status}: {text}")));
     }
-    response.json().await.map_err(|e| unanswered(format!("{url}: {e}")))
+    response.json().await.map_err(|e| RequestFailure::unanswered(format!("{url}: {e}")))
 }
 
 /// Why a request got no answer, in words a player can act on: the server
@@ -424,7 +408,7 @@ fn unreachable_reason(server: &str, error: &reqwest::Error) -> String {
 }
 
 /// Trades a refresh token for a new pair (the old one stops working).
-async fn refresh_pair(http: &reqwest::Client, server: &str, refresh: String) -> Result<TokenPair, PostError> {
+async fn refresh_pair(http: &reqwest::Client, server: &str, refresh: String) -> Result<TokenPair, RequestFailure> {
     post(http, server, "/api/v1/auth/refresh", serde_json::json!({ "refresh_token": refresh })).await
 }
 

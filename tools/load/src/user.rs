@@ -21,7 +21,7 @@ use plaza_shared::pacing::PosePacer;
 use crate::track::{Anomalies, Tracker};
 use crate::wire::{Decoded, Wire};
 use futures_util::{SinkExt, StreamExt};
-use plaza_shared::limits::{PROTOCOL_VERSION, TICK_HZ};
+use plaza_shared::limits::{PROTOCOL_VERSION, RequestFailure, TICK_HZ};
 use plaza_shared::messages::*;
 use plaza_shared::pose::Pose;
 use std::collections::BTreeMap;
@@ -382,21 +382,6 @@ struct User {
     voice: Option<crate::voice::UserVoice>,
 }
 
-/// Why an auth request failed.
-#[derive(Debug)]
-struct PostFailure {
-    /// The server answered 4xx: asking again won't help. Otherwise it could
-    /// not answer (down, restarting, 5xx), and a later try may work.
-    refused: bool,
-    message: String,
-}
-
-impl std::fmt::Display for PostFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
 /// How long after a refresh the server could not answer the next try goes.
 const REFRESH_RETRY: Duration = Duration::from_secs(2);
 
@@ -570,15 +555,14 @@ impl User {
         }
     }
 
-    async fn post(&self, path: &str, body: serde_json::Value) -> Result<TokenPair, PostFailure> {
+    async fn post(&self, path: &str, body: serde_json::Value) -> Result<TokenPair, RequestFailure> {
         let url = format!("{}{path}", self.env.base);
-        let unanswered = |message: String| PostFailure { refused: false, message };
-        let response = self.env.http.post(&url).json(&body).send().await.map_err(|e| unanswered(format!("{url}: {e}")))?;
+        let response = self.env.http.post(&url).json(&body).send().await.map_err(|e| RequestFailure::unanswered(format!("{url}: {e}")))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(PostFailure { refused: plaza_shared::limits::refused_for_good(status.as_u16()), message: format!("{url} answered {status}") });
+            return Err(RequestFailure::answered(status.as_u16(), format!("{url} answered {status}")));
         }
-        response.json().await.map_err(|e| unanswered(format!("{url}: {e}")))
+        response.json().await.map_err(|e| RequestFailure::unanswered(format!("{url}: {e}")))
     }
 
     /// Signs in as a guest (a few tries); false when it never worked or the
