@@ -92,6 +92,9 @@ pub struct Step {
     pub machine_busy_pct: f64,
     pub saturated: bool,
     pub down_bytes_per_user_s: f64,
+    /// The run passed (nothing lost or misrouted, no errors) and everyone
+    /// got in: within any limit its p99 meets.
+    pub served: bool,
     pub within_limit: bool,
 }
 
@@ -119,7 +122,8 @@ impl Step {
             machine_busy_pct: r.load_tool.machine_busy_pct,
             saturated: r.load_tool.saturated,
             down_bytes_per_user_s: r.down_bytes_per_user_s,
-            within_limit: r.passed && r.latency_ms.p99 <= limit_ms && r.users_joined == r.users,
+            served: r.passed && r.users_joined == r.users,
+            within_limit: r.passed && r.users_joined == r.users && r.latency_ms.p99 <= limit_ms,
         }
     }
 
@@ -171,7 +175,35 @@ pub struct LadderResult {
     pub ratio: Option<f64>,
     /// true when Plaza never crossed the limit: the ratio is a lower bound.
     pub ratio_is_lower_bound: bool,
+    /// The same capacities and ratio at other p99 limits
+    /// ([`RATIO_LIMITS_MS`] and the ladder's own): how much the ratio
+    /// depends on the limit chosen.
+    pub by_limit: Vec<RatioAt>,
     pub interrupted: bool,
+}
+
+/// Limits the ratio is also read at, besides `--p99-limit-ms`.
+pub const RATIO_LIMITS_MS: [f64; 5] = [30.0, 45.0, 60.0, 100.0, 150.0];
+
+impl RatioAt {
+    /// `2.7x`, `>= 2.7x`, or `–` when the baseline's capacity is unknown.
+    pub fn ratio_text(&self) -> String {
+        self.ratio.map_or_else(|| "–".to_owned(), |r| format!("{}{r:.1}x", if self.ratio_is_lower_bound { ">= " } else { "" }))
+    }
+}
+
+/// Capacities and the ratio at one p99 limit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RatioAt {
+    pub p99_limit_ms: f64,
+    /// Plaza's capacity; `plaza_crossed` false: at least this many.
+    pub plaza_users: u64,
+    pub plaza_crossed: bool,
+    /// The socket.io variant with the most users within this limit.
+    pub baseline: Option<Target>,
+    pub baseline_users: u64,
+    pub ratio: Option<f64>,
+    pub ratio_is_lower_bound: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -264,20 +296,34 @@ pub async fn ladder(cfg: &LadderConfig) -> Result<LadderResult, LadderError> {
     Ok(summarize(cfg, cores, steps, interrupted))
 }
 
+/// The last step before the first over `limit_ms` (a lucky step after a
+/// failing one does not count), and that first step over.
+fn capacity_at<'a>(mine: &[&'a Step], limit_ms: f64) -> (u64, Option<&'a Step>) {
+    let first_over = mine.iter().position(|s| !(s.served && s.p99_ms <= limit_ms));
+    let served = first_over.map_or(mine, |i| &mine[..i]);
+    (served.last().map_or(0, |s| s.users), first_over.map(|i| mine[i]))
+}
+
+/// Plaza's capacity over the best baseline's, when the baseline served
+/// the first step and crossed within the ladder (else its capacity, and so
+/// the ratio, is unknown); and whether it is a lower bound (Plaza never
+/// crossed).
+fn ratio_of(plaza: Option<(u64, bool)>, best_baseline: Option<(u64, bool)>) -> (Option<f64>, bool) {
+    let ratio = match (plaza, best_baseline) {
+        (Some((p, _)), Some((b, true))) if b > 0 => Some(p as f64 / b as f64),
+        _ => None,
+    };
+    (ratio, plaza.is_some_and(|(_, crossed)| !crossed))
+}
+
 pub fn summarize(cfg: &LadderConfig, cores: u32, steps: Vec<Step>, interrupted: bool) -> LadderResult {
-    let capacity: Vec<Capacity> = cfg
-        .targets
+    let by_target: Vec<(Target, Vec<&Step>)> = cfg.targets.iter().map(|&t| (t, steps.iter().filter(|s| s.target == t).collect())).collect();
+    let capacity: Vec<Capacity> = by_target
         .iter()
-        .map(|&target| {
-            let mine: Vec<&Step> = steps.iter().filter(|s| s.target == target).collect();
-            // Capacity is the last step before the first one over the limit:
-            // a lucky step after a failing one does not count.
-            let first_over = mine.iter().position(|s| !s.within_limit);
-            let served = first_over.map_or(&mine[..], |i| &mine[..i]);
-            let users = served.last().map_or(0, |s| s.users);
-            let over = first_over.map(|i| mine[i]);
+        .map(|(target, mine)| {
+            let (users, over) = capacity_at(mine, cfg.p99_limit_ms);
             Capacity {
-                target,
+                target: *target,
                 users,
                 crossed: over.is_some(),
                 crossed_at: over.map(|s| s.users),
@@ -285,13 +331,33 @@ pub fn summarize(cfg: &LadderConfig, cores: u32, steps: Vec<Step>, interrupted: 
             }
         })
         .collect();
-    let plaza = capacity.iter().find(|c| c.target == Target::Plaza);
-    let best_baseline = capacity.iter().filter(|c| c.target != Target::Plaza).max_by_key(|c| c.users);
-    let ratio = match (plaza, best_baseline) {
-        (Some(p), Some(b)) if b.users > 0 && b.crossed => Some(p.users as f64 / b.users as f64),
-        _ => None,
-    };
-    let ratio_is_lower_bound = plaza.is_some_and(|p| !p.crossed);
+    let plaza = capacity.iter().find(|c| c.target == Target::Plaza).map(|c| (c.users, c.crossed));
+    let best_baseline = capacity.iter().filter(|c| c.target != Target::Plaza).max_by_key(|c| c.users).map(|c| (c.users, c.crossed));
+    let (ratio, ratio_is_lower_bound) = ratio_of(plaza, best_baseline);
+    let mut limits: Vec<f64> = RATIO_LIMITS_MS.iter().copied().chain([cfg.p99_limit_ms]).collect();
+    limits.sort_by(f64::total_cmp);
+    limits.dedup();
+    let by_limit = limits
+        .into_iter()
+        .map(|limit| {
+            let at: Vec<(Target, u64, bool)> = by_target.iter().map(|(t, mine)| {
+                let (users, over) = capacity_at(mine, limit);
+                (*t, users, over.is_some())
+            }).collect();
+            let plaza = at.iter().find(|a| a.0 == Target::Plaza);
+            let baseline = at.iter().filter(|a| a.0 != Target::Plaza).max_by_key(|a| a.1);
+            let (ratio, ratio_is_lower_bound) = ratio_of(plaza.map(|a| (a.1, a.2)), baseline.map(|a| (a.1, a.2)));
+            RatioAt {
+                p99_limit_ms: limit,
+                plaza_users: plaza.map_or(0, |a| a.1),
+                plaza_crossed: plaza.is_some_and(|a| a.2),
+                baseline: baseline.map(|a| a.0),
+                baseline_users: baseline.map_or(0, |a| a.1),
+                ratio,
+                ratio_is_lower_bound,
+            }
+        })
+        .collect();
     LadderResult {
         users_per_room: cfg.users_per_room,
         rate_hz: cfg.rate_hz,
@@ -302,6 +368,7 @@ pub fn summarize(cfg: &LadderConfig, cores: u32, steps: Vec<Step>, interrupted: 
         capacity,
         ratio,
         ratio_is_lower_bound,
+        by_limit,
         interrupted,
     }
 }
@@ -334,6 +401,19 @@ pub fn html(r: &LadderResult) -> String {
     if let Some(ratio) = r.ratio {
         let _ = write!(h, "<p><b>Plaza's capacity over the best socket.io variant: {}{ratio:.1}×</b></p>", if r.ratio_is_lower_bound { "≥ " } else { "" });
     }
+    h.push_str("<h2>The ratio at other limits</h2><table><tr><th>p99 limit</th><th>Plaza</th><th>best socket.io</th><th>ratio</th></tr>");
+    for at in &r.by_limit {
+        let _ = write!(
+            h,
+            "<tr><th>{:.0} ms</th><td>{}{}</td><td>{}</td><td>{}</td></tr>",
+            at.p99_limit_ms,
+            if at.plaza_crossed { "" } else { "≥ " },
+            at.plaza_users,
+            at.baseline.map_or_else(|| "—".to_owned(), |b| format!("{} {}", b.name(), at.baseline_users)),
+            at.ratio_text()
+        );
+    }
+    h.push_str("</table>");
     let series = |f: fn(&Step) -> f64| -> Vec<crate::report::Series<'static>> {
         let mut targets: Vec<Target> = r.steps.iter().map(|s| s.target).collect();
         targets.dedup();
@@ -403,6 +483,7 @@ mod tests {
             machine_busy_pct: 70.0,
             saturated: false,
             down_bytes_per_user_s: 0.0,
+            served: passed,
             within_limit: passed && p99 <= 60.0,
         }
     }
@@ -448,6 +529,35 @@ mod tests {
         let page = html(&r);
         assert!(page.contains("≥ 4.0×"), "the ratio is shown as a lower bound");
         assert_eq!(page.matches("<svg").count(), 2);
+    }
+
+    #[test]
+    fn the_ratio_is_read_at_each_limit_with_that_limits_best_baseline() {
+        let steps = vec![
+            step(Target::Plaza, 100, 12.0, true),
+            step(Target::Plaza, 200, 13.0, true),
+            step(Target::Plaza, 400, 90.0, true),
+            step(Target::SocketioRelay, 100, 40.0, true),
+            step(Target::SocketioRelay, 200, 400.0, true),
+            step(Target::SocketioBatch, 100, 25.0, true),
+            step(Target::SocketioBatch, 200, 50.0, true),
+            step(Target::SocketioBatch, 400, 140.0, true),
+        ];
+        let r = summarize(&config(), 2, steps, false);
+        let at = |limit: f64| r.by_limit.iter().find(|a| a.p99_limit_ms == limit).unwrap().clone();
+        assert_eq!(r.by_limit.iter().map(|a| a.p99_limit_ms).collect::<Vec<_>>(), RATIO_LIMITS_MS.to_vec(), "the ladder's 60 ms is among them once");
+        // 30 ms: Plaza 200, batching 100 (the relay is over at 100).
+        assert_eq!((at(30.0).plaza_users, at(30.0).baseline, at(30.0).baseline_users, at(30.0).ratio), (200, Some(Target::SocketioBatch), 100, Some(2.0)));
+        // 45 ms: the relay holds 100 too; batching still the best.
+        assert_eq!(at(45.0).ratio, Some(2.0));
+        // 60 ms: batching 200.
+        assert_eq!((at(60.0).baseline_users, at(60.0).ratio), (200, Some(1.0)));
+        assert_eq!(at(60.0).ratio, r.ratio, "the same as the headline at the ladder's limit");
+        // 100 ms: Plaza 400 (never over: a lower bound), batching 200.
+        assert_eq!((at(100.0).plaza_users, at(100.0).plaza_crossed, at(100.0).ratio_text()), (400, false, ">= 2.0x".to_owned()));
+        // 150 ms: batching never crossed either: no ratio.
+        assert_eq!((at(150.0).ratio, at(150.0).ratio_text()), (None, "–".to_owned()));
+        assert!(html(&r).contains("The ratio at other limits"));
     }
 
     #[test]

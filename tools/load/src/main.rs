@@ -179,6 +179,8 @@ fn ladder(config: &plaza_load::ladder::LadderConfig) -> anyhow::Result<()> {
     if let Some(ratio) = result.ratio {
         println!("plaza-load ladder: Plaza / best socket.io = {}{ratio:.1}x", if result.ratio_is_lower_bound { ">= " } else { "" });
     }
+    let by_limit: Vec<String> = result.by_limit.iter().map(|at| format!("{:.0} ms {}", at.p99_limit_ms, at.ratio_text())).collect();
+    println!("plaza-load ladder: the ratio by p99 limit: {}", by_limit.join(" · "));
     println!("plaza-load ladder: wrote {} and {}", json.display(), html.display());
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     Ok(())

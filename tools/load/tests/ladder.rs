@@ -60,6 +60,9 @@ fn a_tiny_ladder_climbs_every_target_and_loses_nothing() {
     let order: Vec<&str> = steps.iter().filter_map(|s| s["target"].as_str()).collect();
     assert_eq!(order, ["plaza", "plaza", "socketio-relay", "socketio-relay", "socketio-batch", "socketio-batch"]);
     assert_eq!(ladder["capacity"].as_array().map(Vec::len), Some(3));
+    // The ratio at each limit, 30 ms to 150 ms, in the JSON and printed.
+    assert_eq!(ladder["by_limit"].as_array().map(Vec::len), Some(5), "{}", ladder["by_limit"]);
+    assert!(stdout.contains("the ratio by p99 limit: 30 ms "), "{stdout}");
     let html = std::fs::read_to_string(out.join("ladder.html")).expect("ladder.html");
     assert!(html.contains("<svg") && html.contains("socketio-batch"));
 }
