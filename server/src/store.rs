@@ -1,5 +1,6 @@
-//! Durable storage (sqlx): chat messages, rooms and refresh tokens. SQLite by default (a file in the
-//! data dir, WAL journal), Postgres when the URL says `postgres://`.
+//! Durable storage (sqlx): chat messages, rooms and refresh tokens. SQLite
+//! by default (a file in the data dir, WAL journal), Postgres when the URL
+//! says `postgres://`.
 //!
 //! A chat message is stored before it is acknowledged; the client's message
 //! id makes a retry idempotent (the same row comes back, no duplicate).
@@ -104,7 +105,7 @@ const ROOMS_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS rooms (
     capacity BIGINT NOT NULL
 )";
 
-/// Live refresh tokens, by the SHA-256 of the token (hex): a leaked table
+/// Live refresh tokens, by the token's SHA-256 (base64url): a leaked table
 /// reveals no usable token. Kept here, not in memory, so a restart doesn't
 /// sign everyone out at their next refresh.
 const REFRESH_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS refresh_tokens (
@@ -278,6 +279,15 @@ impl Store {
     }
 }
 
+/// `($1, $2), ($3, $4)`: the placeholders of `rows` rows of `per_row`
+/// values each, for one multi-row statement.
+fn placeholders(rows: usize, per_row: usize) -> String {
+    (0..rows)
+        .map(|row| format!("({})", (1..=per_row).map(|col| format!("${}", row * per_row + col)).collect::<Vec<_>>().join(", ")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Unix seconds as the BIGINT column holds them.
 fn unix_to_db(secs: u64) -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX)
@@ -323,8 +333,7 @@ async fn write_refresh_grants(pool: AnyPool, mut queue: mpsc::Receiver<PendingRe
                 }
             }
             _ = prune.tick() => {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                match prune_refresh(&pool, now).await {
+                match prune_refresh(&pool, crate::auth::now_unix()).await {
                     Ok(0) => {}
                     Ok(gone) => tracing::info!(gone, "expired refresh tokens forgotten"),
                     Err(e) => tracing::warn!(cause = %e, "expired refresh tokens not pruned; next try in an hour"),
@@ -335,8 +344,7 @@ async fn write_refresh_grants(pool: AnyPool, mut queue: mpsc::Receiver<PendingRe
 }
 
 async fn insert_refresh_batch(pool: &AnyPool, batch: &[PendingRefresh]) -> Result<(), StoreError> {
-    let rows = (0..batch.len()).map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4)).collect::<Vec<_>>().join(", ");
-    let insert = format!("INSERT INTO refresh_tokens (token_hash, user_id, name, expires_at) VALUES {rows}");
+    let insert = format!("INSERT INTO refresh_tokens (token_hash, user_id, name, expires_at) VALUES {}", placeholders(batch.len(), 4));
     let mut query = sqlx::query(&insert);
     for p in batch {
         query = query.bind(&p.token_hash).bind(&p.grant.user_id).bind(&p.grant.name).bind(unix_to_db(p.grant.expires_at));
@@ -390,15 +398,9 @@ type ChatKey = (String, String, String);
 /// One multi-row insert (a retry's id conflicts and keeps the stored row),
 /// then the stored rows of every message in the batch, by key.
 async fn insert_batch(pool: &AnyPool, batch: &[PendingChat]) -> Result<HashMap<ChatKey, ChatMessage>, StoreError> {
-    let placeholders = |per_row: usize| {
-        (0..batch.len())
-            .map(|row| format!("({})", (1..=per_row).map(|col| format!("${}", row * per_row + col)).collect::<Vec<_>>().join(", ")))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let insert = format!(
         "INSERT INTO chat_messages (room_id, user_id, client_id, name, text, ts) VALUES {} ON CONFLICT (room_id, user_id, client_id) DO NOTHING",
-        placeholders(6)
+        placeholders(batch.len(), 6)
     );
     let mut query = sqlx::query(&insert);
     for p in batch {
@@ -407,7 +409,7 @@ async fn insert_batch(pool: &AnyPool, batch: &[PendingChat]) -> Result<HashMap<C
     query.execute(pool).await?;
     let select = format!(
         "SELECT room_id, user_id, client_id, name, text, ts FROM chat_messages WHERE (room_id, user_id, client_id) IN (VALUES {})",
-        placeholders(3)
+        placeholders(batch.len(), 3)
     );
     let mut query = sqlx::query(&select);
     for p in batch {

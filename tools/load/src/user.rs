@@ -83,20 +83,16 @@ impl RoomClocks {
         RoomClocks { rooms: (0..rooms).map(|_| Mutex::new(None)).collect() }
     }
 
-    /// Notes a delta of `room` arriving at `arrival_us` and returns the
-    /// room's tick phase, once known.
-    fn observe(&self, room: u32, arrival_us: u64, period_us: u64) -> Option<u64> {
+    /// Notes a tick's delta of `room` arriving at `arrival_us` (`None`: a
+    /// delta off the grid) and returns the room's tick phase, once known.
+    fn observe(&self, room: u32, arrival_us: Option<u64>, period_us: u64) -> Option<u64> {
         let slot = self.rooms.get(room.checked_sub(1)? as usize)?;
         let mut clock = slot.lock().unwrap_or_else(|e| e.into_inner());
         let clock = clock.get_or_insert_with(|| TickPhase::new(period_us));
-        clock.observe(arrival_us);
+        if let Some(arrival_us) = arrival_us {
+            clock.observe(arrival_us);
+        }
         clock.phase_us()
-    }
-
-    /// The room's tick phase, once known, without a new arrival.
-    fn phase(&self, room: u32) -> Option<u64> {
-        let slot = self.rooms.get(room.checked_sub(1)? as usize)?;
-        slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut()?.phase_us()
     }
 }
 
@@ -915,14 +911,9 @@ impl User {
                             self.rtt_ewma_us = (self.rtt_ewma_us * 4 + rtt) / 5;
                             self.pacer.round_trip(self.rtt_ewma_us);
                         }
-                        ServerMessage::TokenExpiring(_) => match self.refresh(&mut ws).await {
-                            Refreshed::Done => due.refresh = None,
-                            Refreshed::Refused => self.error("refresh"),
-                            // A client keeps its tokens and tries again: the
-                            // access token still has a minute.
-                            Refreshed::Unanswered => due.refresh = Some(Instant::now() + REFRESH_RETRY),
-                            Refreshed::SendFailed => return self.send_failed(),
-                        },
+                        // The refresh is a timed job: due now, and again if the
+                        // server can't answer it.
+                        ServerMessage::TokenExpiring(_) => due.refresh = Some(Instant::now()),
                         ServerMessage::Error(e) => {
                             self.error(format!("server_{}", e.code.as_str()));
                             if !in_room && matches!(e.code, ErrorCode::RoomFull | ErrorCode::RoomNotFound) {
@@ -982,6 +973,8 @@ impl User {
                         match self.refresh(&mut ws).await {
                             Refreshed::Done => {}
                             Refreshed::Refused => self.error("refresh"),
+                            // A client keeps its tokens and tries again: the
+                            // access token still has a minute.
                             Refreshed::Unanswered => due.refresh = Some(now + REFRESH_RETRY),
                             Refreshed::SendFailed => return self.send_failed(),
                         }
@@ -1148,7 +1141,7 @@ impl User {
         // Two grids on purpose: the room's (all its members' arrivals, for
         // the net split) and our own, learnt as the client learns it.
         let on_grid = marks_a_tick(delta, &self.stamps);
-        let phase = if on_grid { self.env.clocks.observe(self.plan.key.room, now_us, self.period_us) } else { self.env.clocks.phase(self.plan.key.room) };
+        let phase = self.env.clocks.observe(self.plan.key.room, on_grid.then_some(now_us), self.period_us);
         if self.paced && on_grid {
             self.pacer.delta_arrived(now_us);
         }
