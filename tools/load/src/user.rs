@@ -353,6 +353,10 @@ struct User {
     failures_in_a_row: u64,
     /// When the last connection was lost, until the state is back.
     lost_at: Option<Instant>,
+    /// The chat history asked for after a reconnect, while it is on its
+    /// way: fetched beside the socket, as a client does, so the socket is
+    /// read on time meanwhile.
+    history: Option<tokio::task::JoinHandle<Result<Vec<ChatMessage>, String>>>,
     /// When the server closed our socket with 1001 (it is restarting),
     /// until we are back in the room.
     drained_at: Option<Instant>,
@@ -461,6 +465,7 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         rtt_ewma_us: 1_000,
         failures_in_a_row: 0,
         lost_at: None,
+        history: None,
         drained_at: None,
         away_after: std::collections::HashMap::new(),
         server_has_until_ms: 0,
@@ -931,6 +936,10 @@ impl User {
                         ServerMessage::Welcome(_) => {}
                     }
                 }
+                fetched = async { self.history.as_mut().expect("guarded").await }, if self.history.is_some() => {
+                    self.history = None;
+                    self.missed_chats_in(fetched);
+                }
                 () = &mut timer => {
                     // Each thing due is done, in this order.
                     let now = Instant::now();
@@ -1052,39 +1061,69 @@ impl User {
         }
         // (The socket.io peers keep no history.)
         if self.env.chat_every.is_some() && self.env.wire != Wire::SocketIo {
-            self.fetch_missed_chats().await;
+            self.fetch_missed_chats();
         }
     }
 
-    /// `GET /api/v1/rooms/{id}/chat`: the room's latest chats, each checked
-    /// as if it had come over the socket.
-    async fn fetch_missed_chats(&mut self) {
-        let (Some(room), Some(tokens)) = (self.tracker.room_id().map(str::to_owned), self.tokens.as_ref()) else { return };
+    /// `GET /api/v1/rooms/{id}/chat`: the room's latest chats, fetched in
+    /// a task of its own ([`Self::history`]); each is checked as if it had
+    /// come over the socket once it is in ([`Self::missed_chats_in`]).
+    /// Waiting for it here kept each user from reading its socket for up
+    /// to 160 ms after a restart, which taught its pacer a wrong tick
+    /// (docs/benchmarks.md, session 13).
+    fn fetch_missed_chats(&mut self) {
+        let (Some(room), Some(tokens)) = (self.tracker.room_id(), self.tokens.as_ref()) else { return };
         let url = format!("{}/api/v1/rooms/{room}/chat?limit=200", self.env.base);
         let token = tokens.access_token.clone();
-        let mut last_error = String::new();
-        // A few tries: on a bad network the request's connection can be cut too.
-        for attempt in 1..=HISTORY_ATTEMPTS {
-            let fetched: Result<Vec<ChatMessage>, String> = async {
-                let response = self.env.http.get(&url).bearer_auth(&token).send().await.map_err(|e| e.to_string())?;
-                let status = response.status();
-                if !status.is_success() {
-                    return Err(format!("answered {status}"));
-                }
-                response.json().await.map_err(|e| e.to_string())
-            }
-            .await;
-            match fetched {
-                Ok(chats) => {
-                    chats.iter().for_each(|c| self.tracker.on_chat(c));
-                    return;
-                }
-                Err(e) => last_error = e,
-            }
-            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+        let http = self.env.http.clone();
+        // A newer fetch covers what an older one would have brought.
+        if let Some(older) = self.history.take() {
+            older.abort();
         }
-        tracing::warn!(user = %self.plan.name, %url, cause = %last_error, "fetching missed chats failed");
-        self.error("chat_history");
+        self.history = Some(tokio::spawn(async move {
+            let mut last_error = String::new();
+            // A few tries: on a bad network the request's connection can be cut too.
+            for attempt in 1..=HISTORY_ATTEMPTS {
+                let fetched: Result<Vec<ChatMessage>, String> = async {
+                    let response = http.get(&url).bearer_auth(&token).send().await.map_err(|e| e.to_string())?;
+                    let status = response.status();
+                    if !status.is_success() {
+                        return Err(format!("answered {status}"));
+                    }
+                    response.json().await.map_err(|e| e.to_string())
+                }
+                .await;
+                match fetched {
+                    Ok(chats) => return Ok(chats),
+                    Err(e) => last_error = format!("{url}: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            Err(last_error)
+        }));
+    }
+
+    /// The fetched history is in (or the fetch failed for good).
+    fn missed_chats_in(&mut self, fetched: Result<Result<Vec<ChatMessage>, String>, tokio::task::JoinError>) {
+        match fetched {
+            Ok(Ok(chats)) => chats.iter().for_each(|c| self.tracker.on_chat(c)),
+            Ok(Err(cause)) => {
+                tracing::warn!(user = %self.plan.name, %cause, "fetching missed chats failed");
+                self.error("chat_history");
+            }
+            // Aborted for a newer fetch.
+            Err(_) => {}
+        }
+    }
+
+    /// A fetch still on its way when the run ends is waited for (its
+    /// requests are bounded by the client's timeout), so what it brings
+    /// is counted.
+    async fn finish_missed_chats(&mut self) {
+        if let Some(fetch) = self.history.take() {
+            let fetched = fetch.await;
+            self.missed_chats_in(fetched);
+        }
     }
 
     /// How long before a cut a pose may have been sent and still be on its
@@ -1217,6 +1256,7 @@ impl User {
         if let Some(voice) = self.voice.take() {
             voice.stop().await;
         }
+        self.finish_missed_chats().await;
         self.flush().await;
         self.left_room();
         let end = if self.conn_end_ms == 0 { unix_us() / 1000 } else { self.conn_end_ms };
