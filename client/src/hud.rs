@@ -6,6 +6,7 @@
 //! see [`crate::quality`]) and are saved to the settings file.
 
 use crate::avatars::Avatar;
+use crate::chat_log::ChatLog;
 use crate::culling::CullingConfig;
 use crate::governor::AutoQuality;
 use crate::lod::{Lod, LodConfig};
@@ -26,14 +27,13 @@ use std::time::Duration;
 /// Nameplates show within this distance.
 pub const NAMEPLATE_DISTANCE: f32 = 15.0;
 const TOAST_FOR: Duration = Duration::from_secs(6);
-const CHAT_LINES: usize = 100;
 
 #[derive(Resource, Debug)]
 pub struct HudState {
     pub stats: bool,
     pub settings: bool,
     pub chat_input: String,
-    pub chat: VecDeque<ChatLine>,
+    pub chat: ChatLog,
     pub toasts: VecDeque<(Duration, String)>,
     next_chat_id: u64,
     /// The settings panel's last save problem, shown until the next save.
@@ -42,18 +42,8 @@ pub struct HudState {
 
 impl Default for HudState {
     fn default() -> Self {
-        HudState { stats: true, settings: false, chat_input: String::new(), chat: VecDeque::new(), toasts: VecDeque::new(), next_chat_id: 1, save_error: None }
+        HudState { stats: true, settings: false, chat_input: String::new(), chat: ChatLog::default(), toasts: VecDeque::new(), next_chat_id: 1, save_error: None }
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct ChatLine {
-    pub id: Option<String>,
-    pub name: String,
-    pub text: String,
-    /// Ours and not yet stored by the server.
-    pub pending: bool,
-    pub failed: Option<String>,
 }
 
 #[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
@@ -147,30 +137,16 @@ fn collect_chat_and_toasts(time: Res<Time<Real>>, mut hud: ResMut<HudState>, mut
     while hud.toasts.front().is_some_and(|t| now.saturating_sub(t.0) > TOAST_FOR) || hud.toasts.len() > 5 {
         hud.toasts.pop_front();
     }
+    let me = info.user_id.as_deref();
     for update in chat.read() {
         match update {
-            ChatUpdate::Message(m) => {
-                let ours = info.user_id.as_deref() == Some(m.from.as_str());
-                if let Some(line) = hud.chat.iter_mut().find(|l| ours && l.id.as_deref() == Some(m.id.as_str())) {
-                    line.pending = false;
-                    continue;
-                }
-                hud.chat.push_back(ChatLine { id: Some(m.id.clone()), name: m.name.clone(), text: m.text.clone(), pending: false, failed: None });
+            ChatUpdate::Message(m) => hud.chat.received(m, me),
+            ChatUpdate::History(page) => {
+                hud.chat.history(page, me);
             }
-            ChatUpdate::Acked(id) => {
-                if let Some(line) = hud.chat.iter_mut().find(|l| l.id.as_deref() == Some(id.as_str())) {
-                    line.pending = false;
-                }
-            }
-            ChatUpdate::Failed { id, reason } => {
-                if let Some(line) = hud.chat.iter_mut().find(|l| l.id.as_deref() == Some(id.as_str())) {
-                    line.pending = false;
-                    line.failed = Some(reason.clone());
-                }
-            }
-        }
-        while hud.chat.len() > CHAT_LINES {
-            hud.chat.pop_front();
+            ChatUpdate::HistoryFailed(reason) => hud.chat.note(format!("chat from while you were away could not be read: {reason}")),
+            ChatUpdate::Acked(id) => hud.chat.acked(id),
+            ChatUpdate::Failed { id, reason } => hud.chat.failed(id, reason.clone()),
         }
     }
 }
@@ -266,10 +242,11 @@ fn chat_window(mut contexts: EguiContexts, mut hud: ResMut<HudState>, link: Opti
     let hud = hud.as_mut();
     egui::Window::new("Chat").anchor(egui::Align2::LEFT_BOTTOM, [8.0, -8.0]).default_width(340.0).resizable(false).collapsible(true).show(ctx, |ui| {
         egui::ScrollArea::vertical().max_height(140.0).stick_to_bottom(true).show(ui, |ui| {
-            for line in &hud.chat {
+            for line in hud.chat.lines() {
                 let text = format!("{}: {}", line.name, line.text);
                 match (&line.failed, line.pending) {
                     (Some(reason), _) => ui.colored_label(egui::Color32::from_rgb(230, 120, 80), format!("{text}  (not sent: {reason})")),
+                    (None, _) if line.system => ui.colored_label(egui::Color32::from_rgb(200, 180, 110), text),
                     (None, true) => ui.weak(text),
                     (None, false) => ui.label(text),
                 };
@@ -282,10 +259,8 @@ fn chat_window(mut contexts: EguiContexts, mut hud: ResMut<HudState>, link: Opti
             if !text.is_empty() {
                 let id = format!("c{}", hud.next_chat_id);
                 hud.next_chat_id += 1;
-                let name = "You".to_owned();
                 let sent = link.send(NetCommand::Chat { id: id.clone(), text: text.clone() });
-                let failed = (!sent).then(|| "the network is busy; try again".to_owned());
-                hud.chat.push_back(ChatLine { id: Some(id), name, text, pending: sent, failed });
+                hud.chat.typed(id, "You".to_owned(), text, sent);
                 hud.chat_input.clear();
             }
         } else if !input.has_focus() && keys.is_some_and(|k| k.just_pressed(KeyCode::Enter)) && matches!(info.status, ConnectionStatus::InRoom { .. }) {

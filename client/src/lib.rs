@@ -37,6 +37,7 @@ macro_rules! profile_span {
 
 pub mod avatars;
 pub mod capture;
+pub mod chat_log;
 pub mod culling;
 pub mod governor;
 pub mod hud;

@@ -1,12 +1,14 @@
 //! The network task against a real server, through a TCP proxy the test can
 //! cut: sign in, join, a dropped connection resumed with the same seat, an
-//! in-band token refresh, a draining server rejoined afresh, and poses paced
-//! to the room's tick.
+//! in-band token refresh, a draining server rejoined afresh, chat said
+//! while away read back after the reconnect, and poses paced to the room's
+//! tick.
 
 use plaza_client::network::session::{self, SessionConfig};
 use plaza_client::network::{ConnectionStatus, NetCommand, NetEvent, NetInput, Notice};
 use plaza_shared::pose::Pose;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -18,6 +20,8 @@ use tokio::task::JoinHandle;
 struct Proxy {
     addr: SocketAddr,
     open: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// While set, connections are accepted and closed at once (the network is down).
+    down: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -25,9 +29,13 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let open: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let tasks = open.clone();
+        let down: Arc<AtomicBool> = Arc::default();
+        let (tasks, is_down) = (open.clone(), down.clone());
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                if is_down.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
                 let task = tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(server).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -36,7 +44,17 @@ impl Proxy {
                 tasks.lock().unwrap().push(task);
             }
         });
-        Proxy { addr, open }
+        Proxy { addr, open, down }
+    }
+
+    /// Cuts every connection and refuses new ones until [`Proxy::up`].
+    fn down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+
+    fn up(&self) {
+        self.down.store(false, Ordering::SeqCst);
     }
 
     fn cut(&self) {
@@ -49,7 +67,7 @@ impl Proxy {
 struct Client {
     poses: tokio::sync::watch::Sender<Option<Pose>>,
     events: mpsc::Receiver<NetEvent>,
-    _commands: mpsc::Sender<NetCommand>,
+    commands: mpsc::Sender<NetCommand>,
 }
 
 impl Client {
@@ -59,7 +77,19 @@ impl Client {
         let (event_tx, events) = mpsc::channel(256);
         let config = SessionConfig { server, room: room.into(), name: "Tester".into() };
         tokio::spawn(session::run(config, NetInput { commands: command_rx, pose: pose_rx }, event_tx));
-        Client { poses, events, _commands: commands }
+        Client { poses, events, commands }
+    }
+
+    /// Says `text` as chat `id` and waits until the server has stored it.
+    async fn say(&mut self, id: &str, text: &str) {
+        self.commands.send(NetCommand::Chat { id: id.into(), text: text.into() }).await.unwrap();
+        self.until(Duration::from_secs(10), |e| matches!(e, NetEvent::ChatAck(acked) if acked == id)).await;
+    }
+
+    /// The next chat history page (after a join), and what came before it.
+    async fn history(&mut self, wait: Duration) -> (Vec<String>, Vec<NetEvent>) {
+        let (NetEvent::ChatHistory(page), before) = self.until(wait, |e| matches!(e, NetEvent::ChatHistory(_))).await else { unreachable!() };
+        (page.into_iter().map(|m| m.text).collect(), before)
     }
 
     /// Events until `want` matches one (within `wait`); returns it and what came before.
@@ -110,6 +140,32 @@ async fn a_dropped_connection_resumes_the_same_seat_and_the_token_is_refreshed_i
     assert!(before.iter().any(|e| matches!(e, NetEvent::Status(ConnectionStatus::Reconnecting { .. }))));
     let status = before.iter().rev().find_map(|e| if let NetEvent::Status(s) = e { Some(s.clone()) } else { None });
     assert!(matches!(status, Some(ConnectionStatus::InRoom { .. })), "{status:?}");
+}
+
+/// The room's history comes after every join: what was said before we
+/// came, and after a reconnect what was said while we were away (the dead
+/// socket never carried it).
+#[tokio::test]
+async fn chat_said_while_away_comes_back_with_the_history_after_the_reconnect() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let proxy = Proxy::start(addr).await;
+    let mut other = Client::start(format!("http://{addr}"), "away-room");
+    other.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+    other.say("b1", "before you came").await;
+
+    let mut client = Client::start(format!("http://{}", proxy.addr), "away-room");
+    let (first, before) = client.history(Duration::from_secs(10)).await;
+    assert!(before.iter().any(|e| matches!(e, NetEvent::Joined(_))), "the history follows the join: {before:?}");
+    assert_eq!(first, ["before you came"]);
+
+    proxy.down();
+    client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Notice(Notice::Reconnecting { .. }))).await;
+    other.say("b2", "while you were away").await;
+    proxy.up();
+    let (second, before) = client.history(Duration::from_secs(30)).await;
+    assert!(before.iter().any(|e| matches!(e, NetEvent::Notice(Notice::Reconnected { resumed: true }))), "the seat resumed: {before:?}");
+    assert!(!before.iter().any(|e| matches!(e, NetEvent::Chat(c) if c.id == "b2")), "the cut socket could not have carried it");
+    assert_eq!(second, ["before you came", "while you were away"]);
 }
 
 #[tokio::test]

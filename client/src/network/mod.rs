@@ -50,6 +50,10 @@ pub enum NetEvent {
     Joined(Joined),
     Delta(Delta),
     Chat(ChatMessage),
+    /// The room's newest messages (oldest first), read after each join:
+    /// what was said before we came, or while we were away.
+    ChatHistory(Vec<ChatMessage>),
+    ChatHistoryFailed(String),
     ChatAck(String),
     ChatFailed { id: String, reason: String },
     Rtt(Duration),
@@ -130,6 +134,10 @@ pub enum RoomUpdate {
 #[derive(Message, Debug, Clone)]
 pub enum ChatUpdate {
     Message(ChatMessage),
+    /// The room's newest messages, oldest first, read after a join.
+    History(Vec<ChatMessage>),
+    /// The history could not be read (why).
+    HistoryFailed(String),
     Acked(String),
     Failed { id: String, reason: String },
 }
@@ -280,6 +288,12 @@ fn receive(
             }
             NetEvent::Chat(c) => {
                 chat.write(ChatUpdate::Message(c));
+            }
+            NetEvent::ChatHistory(page) => {
+                chat.write(ChatUpdate::History(page));
+            }
+            NetEvent::ChatHistoryFailed(reason) => {
+                chat.write(ChatUpdate::HistoryFailed(reason));
             }
             NetEvent::ChatAck(id) => {
                 chat.write(ChatUpdate::Acked(id));

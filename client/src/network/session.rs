@@ -22,6 +22,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 pub const PING_EVERY: Duration = Duration::from_secs(5);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Tries at the chat history after a join, and the pause before the n-th
+/// retry (n times this).
+const HISTORY_TRIES: u32 = 3;
+const HISTORY_RETRY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -217,6 +221,8 @@ impl Task {
         let mut pose_due_us: Option<u64> = None;
         // A refresh runs beside the relay so reading never stalls on HTTP.
         let mut refreshing: Option<tokio::task::JoinHandle<Result<TokenPair, RequestFailure>>> = None;
+        // So does the chat history read after each join.
+        let mut history: Option<tokio::task::JoinHandle<Result<Vec<ChatMessage>, RequestFailure>>> = None;
         loop {
             let refresh_at = self.conn.refresh_at().map(|at| self.started + at).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
@@ -257,6 +263,11 @@ impl Task {
                             }
                             in_room = true;
                             self.status(super::ConnectionStatus::InRoom { room: j.room.clone(), room_name: j.room_name.clone() });
+                            // What was said before we came, or while we were away.
+                            if let Some(token) = self.conn.tokens.as_ref().map(|t| t.access.clone()) {
+                                let (http, server, room) = (self.http.clone(), self.config.server.clone(), j.room.clone());
+                                history = Some(tokio::spawn(async move { chat_history(&http, &server, &room, &token).await }));
+                            }
                             // The full state must arrive: wait for room rather than drop it.
                             if self.events.send(NetEvent::Joined(j)).await.is_err() {
                                 return Stop::Quit;
@@ -269,7 +280,12 @@ impl Task {
                                 return Stop::Quit;
                             }
                         }
-                        ServerMessage::Chat(c) => self.send(NetEvent::Chat(c)),
+                        ServerMessage::Chat(c) => {
+                            // Chat is not dropped on a full queue either.
+                            if self.events.send(NetEvent::Chat(c)).await.is_err() {
+                                return Stop::Quit;
+                            }
+                        }
                         ServerMessage::ChatAck(a) => self.send(NetEvent::ChatAck(a.id)),
                         ServerMessage::Pong(p) => {
                             let rtt = Duration::from_millis(unix_ms().saturating_sub(p.t));
@@ -339,6 +355,21 @@ impl Task {
                     let (http, server) = (self.http.clone(), self.config.server.clone());
                     refreshing = Some(tokio::spawn(async move { refresh_pair(&http, &server, refresh).await }));
                 }
+                fetched = async { history.as_mut().expect("guarded").await }, if history.is_some() => {
+                    history = None;
+                    let event = match fetched {
+                        Ok(Ok(page)) => NetEvent::ChatHistory(page),
+                        Ok(Err(e)) => {
+                            tracing::warn!(cause = %e, "chat history not read");
+                            NetEvent::ChatHistoryFailed(e.message)
+                        }
+                        Err(e) => NetEvent::ChatHistoryFailed(e.to_string()),
+                    };
+                    // Not dropped on a full queue: the chat would have a hole.
+                    if self.events.send(event).await.is_err() {
+                        return Stop::Quit;
+                    }
+                }
                 done = async { refreshing.as_mut().expect("guarded").await }, if refreshing.is_some() => {
                     refreshing = None;
                     match done {
@@ -381,7 +412,30 @@ struct TokenPair {
 /// says which URL and what it answered.
 async fn post<T: serde::de::DeserializeOwned>(http: &reqwest::Client, server: &str, path: &str, body: serde_json::Value) -> Result<T, RequestFailure> {
     let url = format!("{server}{path}");
-    let response = http.post(&url).json(&body).send().await.map_err(|e| RequestFailure::unanswered(unreachable_reason(server, &e)))?;
+    json_answer(server, &url, http.post(&url).json(&body).send().await).await
+}
+
+/// The room's newest chat (oldest first), `GET /api/v1/rooms/{id}/chat`:
+/// a few tries, since it is asked for just as a restarted server takes
+/// everyone back; a refusal (4xx) is not tried again.
+async fn chat_history(http: &reqwest::Client, server: &str, room: &str, token: &str) -> Result<Vec<ChatMessage>, RequestFailure> {
+    let url = format!("{server}/api/v1/rooms/{room}/chat?limit={}", crate::chat_log::CHAT_LINES);
+    let mut attempt = 1;
+    loop {
+        match json_answer(server, &url, http.get(&url).bearer_auth(token).send().await).await {
+            Err(e) if !e.refused && attempt < HISTORY_TRIES => {
+                tracing::debug!(cause = %e, attempt, "chat history: trying again");
+                tokio::time::sleep(HISTORY_RETRY * attempt).await;
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Reads a JSON answer; an error says which URL and what it answered.
+async fn json_answer<T: serde::de::DeserializeOwned>(server: &str, url: &str, sent: Result<reqwest::Response, reqwest::Error>) -> Result<T, RequestFailure> {
+    let response = sent.map_err(|e| RequestFailure::unanswered(unreachable_reason(server, &e)))?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
