@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -22,6 +23,8 @@ struct Proxy {
     open: Arc<Mutex<Vec<JoinHandle<()>>>>,
     /// While set, connections are accepted and closed at once (the network is down).
     down: Arc<AtomicBool>,
+    /// While set, what the client sends is swallowed (a link dying one way).
+    swallow: Arc<AtomicBool>,
 }
 
 impl Proxy {
@@ -29,22 +32,42 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let open: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let down: Arc<AtomicBool> = Arc::default();
-        let (tasks, is_down) = (open.clone(), down.clone());
+        let (down, swallow): (Arc<AtomicBool>, Arc<AtomicBool>) = Default::default();
+        let (tasks, is_down, swallowing) = (open.clone(), down.clone(), swallow.clone());
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if is_down.load(Ordering::SeqCst) {
                     continue; // dropped: closed at once
                 }
+                let swallowing = swallowing.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(server).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let Ok(outbound) = TcpStream::connect(server).await else { return };
+                    let ((mut from_client, mut to_client), (mut from_server, mut to_server)) = (inbound.into_split(), outbound.into_split());
+                    let upstream = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = from_client.read(&mut buf).await?;
+                            if n == 0 {
+                                return Ok::<(), std::io::Error>(());
+                            }
+                            if !swallowing.load(Ordering::SeqCst) {
+                                to_server.write_all(&buf[..n]).await?;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = upstream => {}
+                        _ = tokio::io::copy(&mut from_server, &mut to_client) => {}
                     }
                 });
                 tasks.lock().unwrap().push(task);
             }
         });
-        Proxy { addr, open, down }
+        Proxy { addr, open, down, swallow }
+    }
+
+    fn swallow(&self, on: bool) {
+        self.swallow.store(on, Ordering::SeqCst);
     }
 
     /// Cuts every connection and refuses new ones until [`Proxy::up`].
@@ -166,6 +189,33 @@ async fn chat_said_while_away_comes_back_with_the_history_after_the_reconnect() 
     assert!(before.iter().any(|e| matches!(e, NetEvent::Notice(Notice::Reconnected { resumed: true }))), "the seat resumed: {before:?}");
     assert!(!before.iter().any(|e| matches!(e, NetEvent::Chat(c) if c.id == "b2")), "the cut socket could not have carried it");
     assert_eq!(second, ["before you came", "while you were away"]);
+}
+
+/// A chat the dying socket swallowed (no ack came) is sent again once the
+/// client is back in the room, and reaches the room once.
+#[tokio::test]
+async fn a_chat_the_dead_socket_swallowed_is_sent_again_after_the_reconnect() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let proxy = Proxy::start(addr).await;
+    let mut other = Client::start(format!("http://{addr}"), "resend-room");
+    other.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+    let mut client = Client::start(format!("http://{}", proxy.addr), "resend-room");
+    client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+
+    proxy.swallow(true);
+    client.commands.send(NetCommand::Chat { id: "c1".into(), text: "anyone there?".into() }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.swallow(false);
+    proxy.cut();
+    let (_, before) = client.until(Duration::from_secs(30), |e| matches!(e, NetEvent::ChatAck(id) if id == "c1")).await;
+    assert!(before.iter().any(|e| matches!(e, NetEvent::Notice(Notice::Reconnected { .. }))), "acked only after the reconnect: {before:?}");
+    let (NetEvent::Chat(heard), _) = other.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Chat(_))).await else { unreachable!() };
+    assert_eq!(heard.text, "anyone there?");
+    // Once: nothing more of it within a tick or two.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while let Ok(event) = other.events.try_recv() {
+        assert!(!matches!(&event, NetEvent::Chat(c) if c.id == "c1"), "heard twice");
+    }
 }
 
 #[tokio::test]

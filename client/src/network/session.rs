@@ -52,7 +52,14 @@ struct Task {
     events: mpsc::Sender<NetEvent>,
     /// The access token in force, for the telemetry sender beside us.
     token: watch::Sender<Option<String>>,
+    /// Chats sent and not yet acknowledged, oldest first: sent again on
+    /// the next socket once back in the room (the server stores a chat
+    /// once per id, so one that did arrive is not doubled).
+    unacked: std::collections::VecDeque<ChatSend>,
 }
+
+/// Chats kept for sending again; a chat past this fails at once.
+const UNACKED_MAX: usize = 32;
 
 /// Runs until the app drops its end of the command channel.
 pub async fn run(config: SessionConfig, input: NetInput, events: mpsc::Sender<NetEvent>) {
@@ -75,7 +82,7 @@ pub async fn run_with_telemetry(config: SessionConfig, mut input: NetInput, even
         let sender = super::telemetry::TelemetrySender::new(http.clone(), &config.server, token_rx);
         tokio::spawn(super::telemetry::run(sender, reports));
     }
-    let mut task = Task { config, http, conn: Connection::new(seed), started: Instant::now(), events, token };
+    let mut task = Task { config, http, conn: Connection::new(seed), started: Instant::now(), events, token, unacked: Default::default() };
     task.status(super::ConnectionStatus::Connecting);
     let mut resume = false;
     loop {
@@ -263,6 +270,12 @@ impl Task {
                             }
                             in_room = true;
                             self.status(super::ConnectionStatus::InRoom { room: j.room.clone(), room_name: j.room_name.clone() });
+                            // What the last socket may not have delivered.
+                            for chat in self.unacked.clone() {
+                                if let Err(e) = send(&mut ws, &ClientMessage::Chat(chat)).await {
+                                    return Stop::Ended(Ended::Dropped(e));
+                                }
+                            }
                             // What was said before we came, or while we were away.
                             if let Some(token) = self.conn.tokens.as_ref().map(|t| t.access.clone()) {
                                 let (http, server, room) = (self.http.clone(), self.config.server.clone(), j.room.clone());
@@ -286,7 +299,10 @@ impl Task {
                                 return Stop::Quit;
                             }
                         }
-                        ServerMessage::ChatAck(a) => self.send(NetEvent::ChatAck(a.id)),
+                        ServerMessage::ChatAck(a) => {
+                            self.unacked.retain(|c| c.id != a.id);
+                            self.send(NetEvent::ChatAck(a.id));
+                        }
                         ServerMessage::Pong(p) => {
                             let rtt = Duration::from_millis(unix_ms().saturating_sub(p.t));
                             pacer.round_trip(rtt.as_micros() as u64);
@@ -326,10 +342,18 @@ impl Task {
                         return Stop::Quit;
                     };
                     let message = match command {
-                        NetCommand::Chat { id, text } if in_room => ClientMessage::Chat(ChatSend { id, text }),
-                        NetCommand::Chat { id, .. } => {
+                        NetCommand::Chat { id, .. } if !in_room => {
                             self.send(NetEvent::ChatFailed { id, reason: "not in a room yet; try again once connected".into() });
                             continue;
+                        }
+                        NetCommand::Chat { id, .. } if self.unacked.len() >= UNACKED_MAX => {
+                            self.send(NetEvent::ChatFailed { id, reason: format!("{UNACKED_MAX} messages are still waiting for the server; try again in a moment") });
+                            continue;
+                        }
+                        NetCommand::Chat { id, text } => {
+                            let chat = ChatSend { id, text };
+                            self.unacked.push_back(chat.clone());
+                            ClientMessage::Chat(chat)
                         }
                     };
                     if let Err(e) = send(&mut ws, &message).await {
