@@ -223,7 +223,18 @@ pub struct PosePacer {
     lead: SendLead,
     rtt_us: u64,
     last_sent_us: Option<u64>,
+    /// Deltas on the grid not yet taught to the lead ([`LEAD_WARMUP_DELTAS`]).
+    warmup_left: u32,
 }
+
+/// The first deltas after the grid is found (about 3 s at 20 Hz) find the
+/// grid but don't teach the lead. A pacer starts with each socket, and a
+/// new socket often comes with a busy server: after a restart everyone
+/// comes back at once, and for a second or two every delta is late. Learnt
+/// from, that spread kept the lead near half a period for 5–10 s after
+/// the deltas were on time again (its variance forgets slowly), and p99
+/// near a whole tick (docs/benchmarks.md, session 13).
+pub const LEAD_WARMUP_DELTAS: u32 = 60;
 
 impl PosePacer {
     pub fn new(tick_hz: u32) -> Self {
@@ -238,14 +249,18 @@ impl PosePacer {
 
     fn with_lead(tick_hz: u32, lead: SendLead) -> Self {
         let period_us = 1_000_000 / u64::from(tick_hz.max(1));
-        PosePacer { period_us, phase: TickPhase::new(period_us), lead, rtt_us: 1_000, last_sent_us: None }
+        PosePacer { period_us, phase: TickPhase::new(period_us), lead, rtt_us: 1_000, last_sent_us: None, warmup_left: LEAD_WARMUP_DELTAS }
     }
 
     /// A delta arrived at `arrival_us` (Unix µs).
     pub fn delta_arrived(&mut self, arrival_us: u64) {
         self.phase.observe(arrival_us);
         if let Some(phase) = self.phase.phase_us() {
-            self.lead.observe(arrival_us, phase, self.period_us);
+            if self.warmup_left > 0 {
+                self.warmup_left -= 1;
+            } else {
+                self.lead.observe(arrival_us, phase, self.period_us);
+            }
         }
     }
 
@@ -390,6 +405,36 @@ mod tests {
         // of it is about 5.5 ms; three, about 9.5 ms.
         assert!((4_500..6_500).contains(&one), "{one}");
         assert!(three > one + 3_000 && three < one + 6_000, "{three} vs {one}");
+    }
+
+    #[test]
+    fn a_burst_of_late_deltas_on_a_new_socket_does_not_stay_in_the_lead() {
+        let period = 50_000;
+        let tick = |n: u64| 1_000_000_000 + n * period + 12_000;
+        // What a calm room's deltas teach: a few ms.
+        let mut calm = PosePacer::new(20);
+        for n in 0..400u64 {
+            calm.delta_arrived(tick(n) + 300 + (n % 5) * 200);
+        }
+        let calm_lead = calm.lead.lead_us(1_000, period);
+        // A restarted server: 2 s of deltas up to 30 ms late (a few on
+        // time, so the grid is found), then calm again for 2 s.
+        let mut rejoined = PosePacer::new(20);
+        for n in 0..40u64 {
+            let late = if n % 4 == 0 { 300 } else { 3_000 + (n * 7_919 % 27_000) };
+            rejoined.delta_arrived(tick(n) + late);
+        }
+        for n in 40..80u64 {
+            rejoined.delta_arrived(tick(n) + 300 + (n % 5) * 200);
+        }
+        let lead = rejoined.lead.lead_us(1_000, period);
+        assert!(lead <= calm_lead + 1_000, "{lead} vs {calm_lead} in a calm room");
+        // The same burst later in a socket's life is learnt from: the lead
+        // follows a server that stays busy.
+        for n in 80..120u64 {
+            rejoined.delta_arrived(tick(n) + 3_000 + (n * 7_919 % 27_000));
+        }
+        assert!(rejoined.lead.lead_us(1_000, period) > calm_lead + 10_000);
     }
 
     #[test]
