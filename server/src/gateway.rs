@@ -70,38 +70,15 @@ pub async fn serve(socket: WebSocket, protocol: Subprotocol, state: AppState, tr
     metrics::gauge!(m::WS_CONNECTIONS).decrement(1.0);
 }
 
-/// The counters every pose and delta bumps, looked up once per socket: a
-/// `counter!` with labels hashes its key into the registry on every call,
-/// twice per message at 80,000 messages a second.
-#[derive(Clone)]
-struct HotCounters {
-    bytes_in: metrics::Counter,
-    bytes_out: metrics::Counter,
-    poses_in: metrics::Counter,
-    deltas_out: metrics::Counter,
-}
-
-impl HotCounters {
-    fn new() -> Self {
-        HotCounters {
-            bytes_in: metrics::counter!(m::WS_BYTES, "direction" => "in"),
-            bytes_out: metrics::counter!(m::WS_BYTES, "direction" => "out"),
-            poses_in: metrics::counter!(m::WS_MESSAGES, "direction" => "in", "type" => "pose"),
-            deltas_out: metrics::counter!(m::WS_MESSAGES, "direction" => "out", "type" => "delta"),
-        }
-    }
-}
-
 async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace) {
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (kick_tx, kick_rx) = mpsc::channel(1);
-    let counters = HotCounters::new();
-    let writer = tokio::spawn(write_loop(sink, out_rx, kick_rx, protocol, counters.clone(), trace.first_delta()));
+    let writer = tokio::spawn(write_loop(sink, out_rx, kick_rx, protocol, trace.first_delta()));
     let link = MemberLink { outbound: out_tx, kick: kick_tx };
 
     let hello = trace.hello();
-    let handshake = tracing::Instrument::instrument(handshake(&mut stream, protocol, &state, &link, &counters), hello.clone()).await;
+    let handshake = tracing::Instrument::instrument(handshake(&mut stream, protocol, &state, &link), hello.clone()).await;
     let mut session = match handshake {
         Ok(mut session) => {
             trace.welcomed(&hello, &session.claims.sub, &session.id);
@@ -121,7 +98,7 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
     let outcome = tracing::Instrument::instrument(
         async {
             tracing::info!("welcomed");
-            let end = session.run(&mut stream, &state, &link, &counters).await;
+            let end = session.run(&mut stream, &state, &link).await;
             if let Some((room, seat)) = session.room.take() {
                 if end == End::Dropped {
                     room.detach(seat.you, session.conn).await;
@@ -205,9 +182,9 @@ fn encode(protocol: Subprotocol, msg: &ServerMessage, own: AvatarId) -> Option<M
 /// Counts one frame and puts it in the socket's write buffer; it goes out
 /// with the next [`flush`]. A kick while it waits for room wins. False when
 /// the writer should stop (kicked, or the socket is gone).
-async fn feed_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<(u16, &'static str)>, frame: Message, type_name: &'static str, counters: &HotCounters) -> bool {
+async fn feed_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<(u16, &'static str)>, frame: Message, type_name: &'static str) -> bool {
     match type_name {
-        "delta" => counters.deltas_out.increment(1),
+        "delta" => m::hot::DELTAS_OUT.add(1),
         _ => metrics::counter!(m::WS_MESSAGES, "direction" => "out", "type" => type_name).increment(1),
     }
     let bytes = match &frame {
@@ -215,7 +192,7 @@ async fn feed_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<(u16, &'static
         Message::Text(t) => t.len(),
         _ => 0,
     };
-    counters.bytes_out.increment(bytes as u64);
+    m::hot::BYTES_OUT.add(bytes as u64);
     tokio::select! {
         biased;
         Some((code, reason)) = kick_rx.recv() => {
@@ -247,7 +224,6 @@ async fn write_loop(
     mut out_rx: mpsc::Receiver<Outbound>,
     mut kick_rx: mpsc::Receiver<(u16, &'static str)>,
     protocol: Subprotocol,
-    counters: HotCounters,
     first_delta: crate::otel::FirstDelta,
 ) {
     // The receiver's own avatar, learnt from the `joined` passing through
@@ -290,7 +266,7 @@ async fn write_loop(
             Some(Outbound::Resumed { welcome, state }) => {
                 // The welcome is fed here; the state joins it in one write.
                 if let Some(frame) = encode(protocol, &welcome, own) {
-                    if !feed_frame(&mut sink, &mut kick_rx, frame, welcome.type_name(), &counters).await {
+                    if !feed_frame(&mut sink, &mut kick_rx, frame, welcome.type_name()).await {
                         return;
                     }
                     unflushed += 1;
@@ -321,7 +297,7 @@ async fn write_loop(
             }
         };
         if let Some(frame) = frame {
-            if !feed_frame(&mut sink, &mut kick_rx, frame, type_name, &counters).await {
+            if !feed_frame(&mut sink, &mut kick_rx, frame, type_name).await {
                 return;
             }
             unflushed += 1;
@@ -351,7 +327,7 @@ enum Incoming {
     Ignore,
 }
 
-fn read(protocol: Subprotocol, frame: Option<Result<Message, axum::Error>>, counters: &HotCounters) -> Incoming {
+fn read(protocol: Subprotocol, frame: Option<Result<Message, axum::Error>>) -> Incoming {
     // Both payloads are reference-counted buffers: no copy per message.
     let bytes: axum::body::Bytes = match frame {
         Some(Ok(Message::Close(_))) => return Incoming::Closed,
@@ -371,12 +347,12 @@ fn read(protocol: Subprotocol, frame: Option<Result<Message, axum::Error>>, coun
             };
         }
     };
-    counters.bytes_in.increment(bytes.len() as u64);
+    m::hot::BYTES_IN.add(bytes.len() as u64);
     match protocol.decode_client(&bytes) {
         Ok(msg) => match msg.validate() {
             Ok(()) => {
                 match msg {
-                    ClientMessage::Pose(_) => counters.poses_in.increment(1),
+                    ClientMessage::Pose(_) => m::hot::POSES_IN.add(1),
                     _ => metrics::counter!(m::WS_MESSAGES, "direction" => "in", "type" => msg.type_name()).increment(1),
                 }
                 Incoming::Message(msg)
@@ -388,9 +364,9 @@ fn read(protocol: Subprotocol, frame: Option<Result<Message, axum::Error>>, coun
     }
 }
 
-async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState, link: &MemberLink, counters: &HotCounters) -> Result<Session, (u16, &'static str)> {
+async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState, link: &MemberLink) -> Result<Session, (u16, &'static str)> {
     let first = timeout(Duration::from_millis(HELLO_TIMEOUT_MS), stream.next()).await.map_err(|_| (close::BAD_HELLO, "no hello within 5 s"))?;
-    let hello = match read(protocol, first, counters) {
+    let hello = match read(protocol, first) {
         Incoming::Message(ClientMessage::Hello(h)) => h,
         Incoming::TooLarge => return Err((close::TOO_LARGE, "message too large")),
         Incoming::Closed | Incoming::Dropped => return Err((close::BAD_HELLO, "closed before hello")),
@@ -488,7 +464,7 @@ impl Session {
     }
 
     /// Runs until the socket closes; says how it ended.
-    async fn run(&mut self, stream: &mut Stream, state: &AppState, link: &MemberLink, counters: &HotCounters) -> End {
+    async fn run(&mut self, stream: &mut Stream, state: &AppState, link: &MemberLink) -> End {
         let mut last_heard = Instant::now();
         let mut warned_expiry = false;
         let mut closing = state.closing.clone();
@@ -531,7 +507,7 @@ impl Session {
             if self.claims.exp <= now_unix() {
                 return End::Close(close::BAD_TOKEN, "token expired");
             }
-            let msg = match read(self.protocol, frame, counters) {
+            let msg = match read(self.protocol, frame) {
                 Incoming::Closed => return End::Goodbye,
                 Incoming::Dropped => return End::Dropped,
                 Incoming::Ignore => {
