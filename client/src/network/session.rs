@@ -25,6 +25,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Tries at the chat history after a join, and the pause before the n-th
 /// retry (n times this).
 const HISTORY_TRIES: u32 = 3;
+/// Messages read after a join: context for someone coming in, and more
+/// than a short outage misses. After a restart every player asks at once,
+/// so the page is kept modest (the server's largest is 200).
+const HISTORY_PAGE: usize = 50;
 const HISTORY_RETRY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
@@ -443,7 +447,7 @@ async fn post<T: serde::de::DeserializeOwned>(http: &reqwest::Client, server: &s
 /// a few tries, since it is asked for just as a restarted server takes
 /// everyone back; a refusal (4xx) is not tried again.
 async fn chat_history(http: &reqwest::Client, server: &str, room: &str, token: &str) -> Result<Vec<ChatMessage>, RequestFailure> {
-    let url = format!("{server}/api/v1/rooms/{room}/chat?limit={}", crate::chat_log::CHAT_LINES);
+    let url = format!("{server}/api/v1/rooms/{room}/chat?limit={HISTORY_PAGE}");
     let mut attempt = 1;
     loop {
         match json_answer(server, &url, http.get(&url).bearer_auth(token).send().await).await {
