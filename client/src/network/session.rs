@@ -22,13 +22,13 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 pub const PING_EVERY: Duration = Duration::from_secs(5);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Tries at the chat history after a join, and the pause before the n-th
-/// retry (n times this).
-const HISTORY_TRIES: u32 = 3;
 /// Messages read after a join: context for someone coming in, and more
 /// than a short outage misses. After a restart every player asks at once,
 /// so the page is kept modest (the server's largest is 200).
 const HISTORY_PAGE: usize = 50;
+/// Tries at the chat history after a join, and the pause before the n-th
+/// retry (n times this).
+const HISTORY_TRIES: u32 = 3;
 const HISTORY_RETRY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
