@@ -357,6 +357,8 @@ struct User {
     /// way: fetched beside the socket, as a client does, so the socket is
     /// read on time meanwhile.
     history: Option<tokio::task::JoinHandle<Result<Vec<ChatMessage>, String>>>,
+    /// A token refresh on its way (the same: beside the socket).
+    refreshing: Option<tokio::task::JoinHandle<Result<TokenPair, RequestFailure>>>,
     /// When the server closed our socket with 1001 (it is restarting),
     /// until we are back in the room.
     drained_at: Option<Instant>,
@@ -466,6 +468,7 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         failures_in_a_row: 0,
         lost_at: None,
         history: None,
+        refreshing: None,
         drained_at: None,
         away_after: std::collections::HashMap::new(),
         server_has_until_ms: 0,
@@ -556,16 +559,6 @@ impl User {
         }
     }
 
-    async fn post(&self, path: &str, body: serde_json::Value) -> Result<TokenPair, RequestFailure> {
-        let url = format!("{}{path}", self.env.base);
-        let response = self.env.http.post(&url).json(&body).send().await.map_err(|e| RequestFailure::unanswered(format!("{url}: {e}")))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(RequestFailure::answered(status.as_u16(), format!("{url} answered {status}")));
-        }
-        response.json().await.map_err(|e| RequestFailure::unanswered(format!("{url}: {e}")))
-    }
-
     /// Signs in as a guest (a few tries); false when it never worked or the
     /// run ended meanwhile.
     async fn login(&mut self) -> bool {
@@ -574,7 +567,7 @@ impl User {
             let started = Instant::now();
             let body = serde_json::json!({ "name": self.plan.name });
             let result = tokio::select! {
-                r = self.post("/api/v1/auth/guest", body) => r,
+                r = post(&self.env.http, &self.env.base, "/api/v1/auth/guest", body) => r,
                 _ = phase.wait_for(|p| *p != Phase::Run) => return false,
             };
             match result {
@@ -936,6 +929,17 @@ impl User {
                         ServerMessage::Welcome(_) => {}
                     }
                 }
+                answer = async { self.refreshing.as_mut().expect("guarded").await }, if self.refreshing.is_some() => {
+                    self.refreshing = None;
+                    match self.refreshed(answer, &mut ws).await {
+                        Refreshed::Done => {}
+                        Refreshed::Refused => self.error("refresh"),
+                        // A client keeps its tokens and tries again: the
+                        // access token still has a minute.
+                        Refreshed::Unanswered => due.refresh = Some(Instant::now() + REFRESH_RETRY),
+                        Refreshed::SendFailed => return self.send_failed(),
+                    }
+                }
                 fetched = async { self.history.as_mut().expect("guarded").await }, if self.history.is_some() => {
                     self.history = None;
                     self.missed_chats_in(fetched);
@@ -979,13 +983,8 @@ impl User {
                     }
                     if due.refresh.is_some_and(|at| now >= at) {
                         due.refresh = None;
-                        match self.refresh(&mut ws).await {
-                            Refreshed::Done => {}
-                            Refreshed::Refused => self.error("refresh"),
-                            // A client keeps its tokens and tries again: the
-                            // access token still has a minute.
-                            Refreshed::Unanswered => due.refresh = Some(now + REFRESH_RETRY),
-                            Refreshed::SendFailed => return self.send_failed(),
+                        if !self.start_refresh() {
+                            self.error("refresh");
                         }
                     }
                 }
@@ -1149,15 +1148,27 @@ impl User {
         Ok(())
     }
 
-    /// `token_expiring`: a new pair over HTTP, then `refresh` on the socket.
-    async fn refresh(&mut self, ws: &mut Ws) -> Refreshed {
-        let Some(refresh_token) = self.tokens.as_ref().map(|t| t.refresh_token.clone()) else { return Refreshed::Refused };
-        let pair = match self.post("/api/v1/auth/refresh", serde_json::json!({ "refresh_token": refresh_token })).await {
-            Ok(pair) => pair,
-            Err(e) => {
+    /// `token_expiring`: a new pair over HTTP, in a task of its own as the
+    /// client does (the socket is read meanwhile), then `refresh` on the
+    /// socket ([`Self::refreshed`]). False without a refresh token.
+    fn start_refresh(&mut self) -> bool {
+        let Some(refresh_token) = self.tokens.as_ref().map(|t| t.refresh_token.clone()) else { return false };
+        if self.refreshing.is_none() {
+            let (http, base) = (self.env.http.clone(), self.env.base.clone());
+            self.refreshing = Some(tokio::spawn(async move { post(&http, &base, "/api/v1/auth/refresh", serde_json::json!({ "refresh_token": refresh_token })).await }));
+        }
+        true
+    }
+
+    /// The new pair is in (or not): hand it to the server.
+    async fn refreshed(&mut self, answer: Result<Result<TokenPair, RequestFailure>, tokio::task::JoinError>, ws: &mut Ws) -> Refreshed {
+        let pair = match answer {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
                 tracing::warn!(user = %self.plan.name, cause = %e, refused = e.refused, "refresh failed");
                 return if e.refused { Refreshed::Refused } else { Refreshed::Unanswered };
             }
+            Err(_) => return Refreshed::Unanswered,
         };
         let token = pair.access_token.clone();
         self.tokens = Some(pair);
@@ -1292,6 +1303,17 @@ enum Read {
 
 /// socket.io's rooms never wait for a late pose: its users keep the wider
 /// lead that suits such a server (its better form).
+/// POSTs JSON to `base` + `path` and reads the token pair it answers.
+async fn post(http: &reqwest::Client, base: &str, path: &str, body: serde_json::Value) -> Result<TokenPair, RequestFailure> {
+    let url = format!("{base}{path}");
+    let response = http.post(&url).json(&body).send().await.map_err(|e| RequestFailure::unanswered(format!("{url}: {e}")))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(RequestFailure::answered(status.as_u16(), format!("{url} answered {status}")));
+    }
+    response.json().await.map_err(|e| RequestFailure::unanswered(format!("{url}: {e}")))
+}
+
 fn new_pacer(wire: Wire) -> PosePacer {
     if wire == Wire::SocketIo { PosePacer::without_server_grace(TICK_HZ) } else { PosePacer::new(TICK_HZ) }
 }
