@@ -36,6 +36,16 @@ impl ChatLine {
     }
 }
 
+/// What a history page brought.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Merged {
+    /// Messages not shown before.
+    pub added: usize,
+    /// Of those, the ones said since our first line: missed while away
+    /// (the rest were said before we came).
+    pub missed: usize,
+}
+
 #[derive(Debug, Default)]
 pub struct ChatLog {
     lines: VecDeque<ChatLine>,
@@ -93,9 +103,11 @@ impl ChatLog {
 
     /// The room's newest messages (oldest first), read after a join: each
     /// one not shown yet goes in by its time, after every shown line that
-    /// is not newer. Returns how many were new.
-    pub fn history(&mut self, page: &[ChatMessage], me: Option<&str>) -> usize {
-        let mut added = 0;
+    /// is not newer.
+    pub fn history(&mut self, page: &[ChatMessage], me: Option<&str>) -> Merged {
+        // Since when we were there: what is new after that, we missed.
+        let since = self.lines.iter().filter_map(|l| l.ts).min();
+        let mut merged = Merged::default();
         for m in page {
             if let Some(line) = self.find(m, me) {
                 line.pending = false;
@@ -107,10 +119,13 @@ impl ChatLog {
             // (ours not stored yet, notes) keep their place below.
             let at = self.lines.iter().rposition(|l| l.ts.is_some_and(|ts| ts <= m.ts)).map_or(0, |i| i + 1);
             self.lines.insert(at, ChatLine::from_message(m));
-            added += 1;
+            merged.added += 1;
+            if since.is_some_and(|since| m.ts >= since) {
+                merged.missed += 1;
+            }
         }
         self.trim();
-        added
+        merged
     }
 
     /// The line for `m` if shown: the same sender and id, or (our own
@@ -162,10 +177,10 @@ mod tests {
         log.received(&msg("bob", "1", 300), Some("me"));
         // Away from 100 to 300: the page holds both sides of the gap.
         let page = [msg("ann", "1", 100), msg("cy", "7", 150), msg("ann", "2", 200), msg("bob", "1", 300)];
-        assert_eq!(log.history(&page, Some("me")), 2);
+        assert_eq!(log.history(&page, Some("me")), Merged { added: 2, missed: 2 });
         assert_eq!(texts(&log), ["ann says 1", "cy says 7", "ann says 2", "bob says 1"]);
         // The same page again (a second reconnect) adds nothing.
-        assert_eq!(log.history(&page, Some("me")), 0);
+        assert_eq!(log.history(&page, Some("me")), Merged::default());
         assert_eq!(log.len(), 4);
     }
 
@@ -173,7 +188,7 @@ mod tests {
     fn the_same_id_from_two_senders_is_two_messages() {
         let mut log = ChatLog::default();
         log.received(&msg("ann", "c1", 100), Some("me"));
-        assert_eq!(log.history(&[msg("ann", "c1", 100), msg("bob", "c1", 110)], Some("me")), 1);
+        assert_eq!(log.history(&[msg("ann", "c1", 100), msg("bob", "c1", 110)], Some("me")).added, 1);
         assert_eq!(texts(&log), ["ann says c1", "bob says c1"]);
     }
 
@@ -184,7 +199,7 @@ mod tests {
         // Stored, but the ack went down with the old socket.
         let mut ours = msg("me", "c1", 500);
         ours.text = "hi".into();
-        assert_eq!(log.history(&[msg("ann", "4", 400), ours.clone()], Some("me")), 1);
+        assert_eq!(log.history(&[msg("ann", "4", 400), ours.clone()], Some("me")), Merged { added: 1, missed: 0 }, "nothing of ours was stored before: not missed");
         let lines: Vec<&ChatLine> = log.lines().collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0].text, "ann says 4", "the older message goes above our line");
@@ -223,7 +238,7 @@ mod tests {
     fn the_log_keeps_the_newest_lines() {
         let mut log = ChatLog::default();
         let page: Vec<ChatMessage> = (0..CHAT_LINES as u64 + 20).map(|i| msg("ann", &i.to_string(), i)).collect();
-        log.history(&page, None);
+        assert_eq!(log.history(&page, None), Merged { added: CHAT_LINES + 20, missed: 0 }, "a first page: said before we came");
         assert_eq!(log.len(), CHAT_LINES);
         assert_eq!(log.lines().next().map(|l| l.id.clone()), Some(Some("20".into())));
         log.note("history unavailable".into());

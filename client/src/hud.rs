@@ -142,7 +142,11 @@ fn collect_chat_and_toasts(time: Res<Time<Real>>, mut hud: ResMut<HudState>, mut
         match update {
             ChatUpdate::Message(m) => hud.chat.received(m, me),
             ChatUpdate::History(page) => {
-                hud.chat.history(page, me);
+                // Inserted above the newest lines, they could go unseen.
+                let missed = hud.chat.history(page, me).missed;
+                if missed > 0 {
+                    hud.toasts.push_back((now, format!("{missed} chat message{} while you were away", if missed == 1 { "" } else { "s" })));
+                }
             }
             ChatUpdate::HistoryFailed(reason) => hud.chat.note(format!("chat from while you were away could not be read: {reason}")),
             ChatUpdate::Acked(id) => hud.chat.acked(id),
