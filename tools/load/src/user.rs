@@ -1110,8 +1110,11 @@ impl User {
                 tracing::warn!(user = %self.plan.name, %cause, "fetching missed chats failed");
                 self.error("chat_history");
             }
-            // Aborted for a newer fetch.
-            Err(_) => {}
+            // (An older fetch aborted for a newer one never gets here.)
+            Err(cause) => {
+                tracing::warn!(user = %self.plan.name, %cause, "the chat history fetch failed");
+                self.error("chat_history");
+            }
         }
     }
 
@@ -1301,8 +1304,6 @@ enum Read {
     End(End),
 }
 
-/// socket.io's rooms never wait for a late pose: its users keep the wider
-/// lead that suits such a server (its better form).
 /// POSTs JSON to `base` + `path` and reads the token pair it answers.
 async fn post(http: &reqwest::Client, base: &str, path: &str, body: serde_json::Value) -> Result<TokenPair, RequestFailure> {
     let url = format!("{base}{path}");
@@ -1314,6 +1315,8 @@ async fn post(http: &reqwest::Client, base: &str, path: &str, body: serde_json::
     response.json().await.map_err(|e| RequestFailure::unanswered(format!("{url}: {e}")))
 }
 
+/// socket.io's rooms never wait for a late pose: its users keep the wider
+/// lead that suits such a server (its better form).
 fn new_pacer(wire: Wire) -> PosePacer {
     if wire == Wire::SocketIo { PosePacer::without_server_grace(TICK_HZ) } else { PosePacer::new(TICK_HZ) }
 }
