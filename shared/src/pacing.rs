@@ -225,15 +225,20 @@ pub struct PosePacer {
     last_sent_us: Option<u64>,
     /// Deltas on the grid not yet taught to the lead ([`LEAD_WARMUP_DELTAS`]).
     warmup_left: u32,
+    /// The warm-up's grid, used until the clean one learnt after it is found.
+    rough: Option<TickPhase>,
 }
 
-/// The first deltas after the grid is found (about 3 s at 20 Hz) find the
-/// grid but don't teach the lead. A pacer starts with each socket, and a
-/// new socket often comes with a busy server: after a restart everyone
-/// comes back at once, and for a second or two every delta is late. Learnt
-/// from, that spread kept the lead near half a period for 5–10 s after
-/// the deltas were on time again (its variance forgets slowly), and p99
-/// near a whole tick (docs/benchmarks.md, session 13).
+/// The first deltas after the grid is found (about 3 s at 20 Hz) find a
+/// rough grid and don't teach the lead; then the grid is learnt again from
+/// the deltas after them. A pacer starts with each socket, and a new
+/// socket often comes with a busy server: after a restart everyone comes
+/// back at once, and for a second or two the deltas come late, some by
+/// more than a period. Learnt from, they kept the lead near half a period
+/// for 5–10 s after the deltas were on time again (its variance forgets
+/// slowly), and their arrivals stayed in the grid's histogram, where they
+/// can hide where the ticks are: p99 near a whole tick for 10–20 s
+/// (docs/benchmarks.md, session 13).
 pub const LEAD_WARMUP_DELTAS: u32 = 60;
 
 impl PosePacer {
@@ -249,18 +254,31 @@ impl PosePacer {
 
     fn with_lead(tick_hz: u32, lead: SendLead) -> Self {
         let period_us = 1_000_000 / u64::from(tick_hz.max(1));
-        PosePacer { period_us, phase: TickPhase::new(period_us), lead, rtt_us: 1_000, last_sent_us: None, warmup_left: LEAD_WARMUP_DELTAS }
+        PosePacer { period_us, phase: TickPhase::new(period_us), lead, rtt_us: 1_000, last_sent_us: None, warmup_left: LEAD_WARMUP_DELTAS, rough: None }
     }
 
     /// A delta arrived at `arrival_us` (Unix µs).
     pub fn delta_arrived(&mut self, arrival_us: u64) {
         self.phase.observe(arrival_us);
-        if let Some(phase) = self.phase.phase_us() {
+        if self.rough.is_some() && self.phase.phase_us().is_some() {
+            self.rough = None;
+        }
+        if let Some(phase) = self.grid_phase_us() {
             if self.warmup_left > 0 {
                 self.warmup_left -= 1;
-            } else {
+                if self.warmup_left == 0 {
+                    self.rough = Some(std::mem::replace(&mut self.phase, TickPhase::new(self.period_us)));
+                }
+            } else if self.rough.is_none() {
                 self.lead.observe(arrival_us, phase, self.period_us);
             }
+        }
+    }
+
+    fn grid_phase_us(&mut self) -> Option<u64> {
+        match self.phase.phase_us() {
+            Some(phase) => Some(phase),
+            None => self.rough.as_mut().and_then(TickPhase::phase_us),
         }
     }
 
@@ -272,7 +290,7 @@ impl PosePacer {
     /// When (Unix µs) a pose handed over at `now_us` should go out.
     pub fn next_send_us(&mut self, now_us: u64) -> u64 {
         let period = self.period_us;
-        match (self.phase.phase_us(), self.last_sent_us) {
+        match (self.grid_phase_us(), self.last_sent_us) {
             // One slot a tick: never two in the same period.
             (Some(phase), last) => {
                 let after = last.map_or(now_us, |l| now_us.max(l + period / 2));
@@ -435,6 +453,28 @@ mod tests {
             rejoined.delta_arrived(tick(n) + 3_000 + (n * 7_919 % 27_000));
         }
         assert!(rejoined.lead.lead_us(1_000, period) > calm_lead + 10_000);
+    }
+
+    #[test]
+    fn the_grid_is_learnt_again_after_a_stormy_start() {
+        let period = 50_000;
+        let tick = |n: u64| 1_000_000_000 + n * period + 12_000;
+        let mut pacer = PosePacer::new(20);
+        // A restarted server taking everyone back: deltas up to 2.4 periods
+        // late, for as long as the warm-up lasts.
+        let mut x = 7u64;
+        for n in 0..(8 + u64::from(LEAD_WARMUP_DELTAS)) {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            pacer.delta_arrived(tick(n) + (x >> 33) % 120_000);
+        }
+        assert!(pacer.rough.is_some(), "the warm-up's grid is kept for now");
+        // Then calm: the clean grid takes over once found, and it is the ticks'.
+        for n in 68..108u64 {
+            pacer.delta_arrived(tick(n) + 300 + (n % 4) * 200);
+        }
+        assert!(pacer.rough.is_none());
+        let phase = pacer.grid_phase_us().expect("a grid");
+        assert!((11_500..=12_300).contains(&phase), "{phase}");
     }
 
     #[test]
