@@ -260,18 +260,16 @@ impl PosePacer {
     /// A delta arrived at `arrival_us` (Unix µs).
     pub fn delta_arrived(&mut self, arrival_us: u64) {
         self.phase.observe(arrival_us);
-        if self.rough.is_some() && self.phase.phase_us().is_some() {
-            self.rough = None;
-        }
-        if let Some(phase) = self.grid_phase_us() {
-            if self.warmup_left > 0 {
-                self.warmup_left -= 1;
-                if self.warmup_left == 0 {
-                    self.rough = Some(std::mem::replace(&mut self.phase, TickPhase::new(self.period_us)));
-                }
-            } else if self.rough.is_none() {
-                self.lead.observe(arrival_us, phase, self.period_us);
+        // Until the grid is found (again, after the warm-up), nothing to learn.
+        let Some(phase) = self.phase.phase_us() else { return };
+        self.rough = None;
+        if self.warmup_left > 0 {
+            self.warmup_left -= 1;
+            if self.warmup_left == 0 {
+                self.rough = Some(std::mem::replace(&mut self.phase, TickPhase::new(self.period_us)));
             }
+        } else {
+            self.lead.observe(arrival_us, phase, self.period_us);
         }
     }
 

@@ -100,6 +100,7 @@ pub struct Step {
 
 impl Step {
     fn new(target: Target, limit_ms: f64, r: &RunResult) -> Step {
+        let served = r.passed && r.users_joined == r.users;
         Step {
             target,
             users: r.users,
@@ -122,8 +123,8 @@ impl Step {
             machine_busy_pct: r.load_tool.machine_busy_pct,
             saturated: r.load_tool.saturated,
             down_bytes_per_user_s: r.down_bytes_per_user_s,
-            served: r.passed && r.users_joined == r.users,
-            within_limit: r.passed && r.users_joined == r.users && r.latency_ms.p99 <= limit_ms,
+            served,
+            within_limit: served && r.latency_ms.p99 <= limit_ms,
         }
     }
 
@@ -331,9 +332,6 @@ pub fn summarize(cfg: &LadderConfig, cores: u32, steps: Vec<Step>, interrupted: 
             }
         })
         .collect();
-    let plaza = capacity.iter().find(|c| c.target == Target::Plaza).map(|c| (c.users, c.crossed));
-    let best_baseline = capacity.iter().filter(|c| c.target != Target::Plaza).max_by_key(|c| c.users).map(|c| (c.users, c.crossed));
-    let (ratio, ratio_is_lower_bound) = ratio_of(plaza, best_baseline);
     let mut limits: Vec<f64> = RATIO_LIMITS_MS.iter().copied().chain([cfg.p99_limit_ms]).collect();
     limits.sort_by(f64::total_cmp);
     limits.dedup();
@@ -357,7 +355,10 @@ pub fn summarize(cfg: &LadderConfig, cores: u32, steps: Vec<Step>, interrupted: 
                 ratio_is_lower_bound,
             }
         })
-        .collect();
+        .collect::<Vec<RatioAt>>();
+    // The headline is the ratio at the ladder's own limit.
+    let headline = by_limit.iter().find(|at| at.p99_limit_ms == cfg.p99_limit_ms);
+    let (ratio, ratio_is_lower_bound) = headline.map_or((None, false), |at| (at.ratio, at.ratio_is_lower_bound));
     LadderResult {
         users_per_room: cfg.users_per_room,
         rate_hz: cfg.rate_hz,

@@ -1083,18 +1083,9 @@ impl User {
             let mut last_error = String::new();
             // A few tries: on a bad network the request's connection can be cut too.
             for attempt in 1..=HISTORY_ATTEMPTS {
-                let fetched: Result<Vec<ChatMessage>, String> = async {
-                    let response = http.get(&url).bearer_auth(&token).send().await.map_err(|e| e.to_string())?;
-                    let status = response.status();
-                    if !status.is_success() {
-                        return Err(format!("answered {status}"));
-                    }
-                    response.json().await.map_err(|e| e.to_string())
-                }
-                .await;
-                match fetched {
+                match json_answer(&url, http.get(&url).bearer_auth(&token).send().await).await {
                     Ok(chats) => return Ok(chats),
-                    Err(e) => last_error = format!("{url}: {e}"),
+                    Err(e) => last_error = e.message,
                 }
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
             }
@@ -1307,7 +1298,12 @@ enum Read {
 /// POSTs JSON to `base` + `path` and reads the token pair it answers.
 async fn post(http: &reqwest::Client, base: &str, path: &str, body: serde_json::Value) -> Result<TokenPair, RequestFailure> {
     let url = format!("{base}{path}");
-    let response = http.post(&url).json(&body).send().await.map_err(|e| RequestFailure::unanswered(format!("{url}: {e}")))?;
+    json_answer(&url, http.post(&url).json(&body).send().await).await
+}
+
+/// Reads a JSON answer from `url`; an error says which URL and what went wrong.
+async fn json_answer<T: serde::de::DeserializeOwned>(url: &str, sent: Result<reqwest::Response, reqwest::Error>) -> Result<T, RequestFailure> {
+    let response = sent.map_err(|e| RequestFailure::unanswered(format!("{url}: {e}")))?;
     let status = response.status();
     if !status.is_success() {
         return Err(RequestFailure::answered(status.as_u16(), format!("{url} answered {status}")));
