@@ -18,7 +18,7 @@ use plaza_shared::voice::VoiceSignal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout};
 
 /// Messages queued to one socket (about 3 s of deltas at 20 Hz).
@@ -53,6 +53,18 @@ enum End {
     Dropped,
     /// We close it, with this code; it leaves its room.
     Close(u16, &'static str),
+    /// The writer sent a close frame the reader didn't ask for: the room
+    /// closed the member (too slow). The room has let the seat go.
+    Kicked,
+}
+
+/// How the writer stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterEnd {
+    /// It sent (or tried to send) a close frame.
+    Closed,
+    /// The socket failed, or the reader is gone.
+    Failed,
 }
 
 /// `WS_RATE_LIMIT_DEBUG` on: log every rate-limit decision.
@@ -74,7 +86,11 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (kick_tx, kick_rx) = mpsc::channel(1);
-    let writer = tokio::spawn(write_loop(sink, out_rx, kick_rx, protocol, trace.first_delta()));
+    let (writer_end_tx, mut writer_end) = oneshot::channel();
+    let first_delta = trace.first_delta();
+    let writer = tokio::spawn(async move {
+        let _ = writer_end_tx.send(write_loop(sink, out_rx, kick_rx, protocol, first_delta).await);
+    });
     let link = MemberLink { outbound: out_tx, kick: kick_tx };
 
     let hello = trace.hello();
@@ -98,7 +114,7 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
     let outcome = tracing::Instrument::instrument(
         async {
             tracing::info!("welcomed");
-            let end = session.run(&mut stream, &state, &link).await;
+            let end = session.run(&mut stream, &state, &link, &mut writer_end).await;
             if let Some((room, seat)) = session.room.take() {
                 if end == End::Dropped {
                     room.detach(seat.you, session.conn).await;
@@ -109,7 +125,7 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
             tracing::info!(?end, "socket done");
             match end {
                 End::Close(code, reason) => Some((code, reason)),
-                End::Goodbye | End::Dropped => None,
+                End::Goodbye | End::Dropped | End::Kicked => None,
             }
         },
         span,
@@ -147,6 +163,7 @@ type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
 type Stream = futures_util::stream::SplitStream<WebSocket>;
 
 async fn send_close(sink: &mut Sink, code: u16, reason: &'static str, wait: Duration) {
+    metrics::counter!(m::WS_SERVER_CLOSES, "reason" => m::close_reason(code)).increment(1);
     let frame = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) }));
     let _ = timeout(wait, sink.send(frame)).await;
 }
@@ -180,9 +197,9 @@ fn encode(protocol: Subprotocol, msg: &ServerMessage, own: AvatarId) -> Option<M
 }
 
 /// Counts one frame and puts it in the socket's write buffer; it goes out
-/// with the next [`flush`]. A kick while it waits for room wins. False when
+/// with the next [`flush`]. A kick while it waits for room wins. Err when
 /// the writer should stop (kicked, or the socket is gone).
-async fn feed_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<(u16, &'static str)>, frame: Message, type_name: &'static str) -> bool {
+async fn feed_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<(u16, &'static str)>, frame: Message, type_name: &'static str) -> Result<(), WriterEnd> {
     match type_name {
         "delta" => m::hot::DELTAS_OUT.add(1),
         _ => metrics::counter!(m::WS_MESSAGES, "direction" => "out", "type" => type_name).increment(1),
@@ -197,21 +214,21 @@ async fn feed_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<(u16, &'static
         biased;
         Some((code, reason)) = kick_rx.recv() => {
             send_close(sink, code, reason, KICK_SEND_TIMEOUT).await;
-            false
+            Err(WriterEnd::Closed)
         }
-        fed = sink.feed(frame) => fed.is_ok(),
+        fed = sink.feed(frame) => fed.map_err(|_| WriterEnd::Failed),
     }
 }
 
 /// Writes what [`feed_frame`] buffered; a kick while it waits wins.
-async fn flush(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<(u16, &'static str)>) -> bool {
+async fn flush(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<(u16, &'static str)>) -> Result<(), WriterEnd> {
     tokio::select! {
         biased;
         Some((code, reason)) = kick_rx.recv() => {
             send_close(sink, code, reason, KICK_SEND_TIMEOUT).await;
-            false
+            Err(WriterEnd::Closed)
         }
-        flushed = sink.flush() => flushed.is_ok(),
+        flushed = sink.flush() => flushed.map_err(|_| WriterEnd::Failed),
     }
 }
 
@@ -225,7 +242,7 @@ async fn write_loop(
     mut kick_rx: mpsc::Receiver<(u16, &'static str)>,
     protocol: Subprotocol,
     first_delta: crate::otel::FirstDelta,
-) {
+) -> WriterEnd {
     // The receiver's own avatar, learnt from the `joined` passing through
     // (the room queues it before any delta that could mention it).
     let mut own: AvatarId = 0;
@@ -240,7 +257,7 @@ async fn write_loop(
             biased;
             Some((code, reason)) = kick_rx.recv() => {
                 send_close(&mut sink, code, reason, KICK_SEND_TIMEOUT).await;
-                return;
+                return WriterEnd::Closed;
             }
             next = out_rx.recv() => next,
         };
@@ -266,8 +283,8 @@ async fn write_loop(
             Some(Outbound::Resumed { welcome, state }) => {
                 // The welcome is fed here; the state joins it in one write.
                 if let Some(frame) = encode(protocol, &welcome, own) {
-                    if !feed_frame(&mut sink, &mut kick_rx, frame, welcome.type_name()).await {
-                        return;
+                    if let Err(end) = feed_frame(&mut sink, &mut kick_rx, frame, welcome.type_name()).await {
+                        return end;
                     }
                     unflushed += 1;
                 }
@@ -277,35 +294,39 @@ async fn write_loop(
                 (encode(protocol, &state, own), state.type_name(), false)
             }
             Some(Outbound::Close(code, reason)) => {
-                if unflushed > 0 && !flush(&mut sink, &mut kick_rx).await {
-                    return;
+                if unflushed > 0
+                    && let Err(end) = flush(&mut sink, &mut kick_rx).await
+                {
+                    return end;
                 }
                 send_close(&mut sink, code, reason, CLOSE_SEND_TIMEOUT).await;
-                return;
+                return WriterEnd::Closed;
             }
             None => {
                 // The reader is done; a kick may still be queued.
-                if unflushed > 0 && !flush(&mut sink, &mut kick_rx).await {
-                    return;
+                if unflushed > 0
+                    && let Err(end) = flush(&mut sink, &mut kick_rx).await
+                {
+                    return end;
                 }
                 if let Ok((code, reason)) = kick_rx.try_recv() {
                     send_close(&mut sink, code, reason, KICK_SEND_TIMEOUT).await;
-                } else {
-                    let _ = timeout(CLOSE_SEND_TIMEOUT, sink.close()).await;
+                    return WriterEnd::Closed;
                 }
-                return;
+                let _ = timeout(CLOSE_SEND_TIMEOUT, sink.close()).await;
+                return WriterEnd::Failed;
             }
         };
         if let Some(frame) = frame {
-            if !feed_frame(&mut sink, &mut kick_rx, frame, type_name).await {
-                return;
+            if let Err(end) = feed_frame(&mut sink, &mut kick_rx, frame, type_name).await {
+                return end;
             }
             unflushed += 1;
             delta_unflushed |= is_delta;
         }
         if unflushed > 0 && (out_rx.is_empty() || unflushed >= MAX_FRAMES_PER_WRITE) {
-            if !flush(&mut sink, &mut kick_rx).await {
-                return;
+            if let Err(end) = flush(&mut sink, &mut kick_rx).await {
+                return end;
             }
             if delta_unflushed {
                 first_delta.written();
@@ -464,10 +485,17 @@ impl Session {
     }
 
     /// Runs until the socket closes; says how it ended.
-    async fn run(&mut self, stream: &mut Stream, state: &AppState, link: &MemberLink) -> End {
+    /// `writer_end`: the writer stopped (see [`End::Kicked`]).
+    async fn run(&mut self, stream: &mut Stream, state: &AppState, link: &MemberLink, writer_end: &mut oneshot::Receiver<WriterEnd>) -> End {
         let mut last_heard = Instant::now();
         let mut warned_expiry = false;
         let mut closing = state.closing.clone();
+        // Made once, like the timers: a future per message is a waiter
+        // registered and dropped for every pose.
+        let draining = async move {
+            let _ = closing.wait_for(|c| *c).await;
+        };
+        tokio::pin!(draining);
         // Both timers are made once. A message only moves `last_heard`; the
         // heartbeat timer, when it fires, re-arms itself from there. (Making
         // a timer per message cost a timer-wheel entry for every pose: perf
@@ -490,8 +518,16 @@ impl Session {
                     // Silent that long: gone, not coming back within the window.
                     return End::Close(NORMAL_CLOSE, "no message within the heartbeat timeout");
                 }
-                _ = async { let _ = closing.wait_for(|c| *c).await; } => {
+                _ = &mut draining => {
                     return End::Close(close::SERVER_DRAINING, "server is restarting; reconnect shortly");
+                }
+                end = &mut *writer_end => {
+                    // Nothing read now could be answered. Kicked (too slow):
+                    // the close frame has had its chance; without this the
+                    // socket stayed open, deaf, for as long as the client
+                    // kept sending.
+                    tracing::info!(?end, "the writer stopped");
+                    return if matches!(end, Ok(WriterEnd::Closed)) { End::Kicked } else { End::Dropped };
                 }
                 _ = voice_ended(self.voice.as_ref()) => {
                     self.end_voice(link, Some("the voice connection failed or closed; offer again to reconnect")).await;

@@ -20,6 +20,9 @@ pub const CONNECTIONS_REFUSED: &str = "plaza_connections_refused_total";
 pub const WS_MESSAGES: &str = "plaza_ws_messages_total";
 pub const WS_BYTES: &str = "plaza_ws_bytes_total";
 pub const WS_DROPPED: &str = "plaza_ws_dropped_total";
+/// Sockets the server closed, by `reason` ([`CLOSE_REASONS`], from the
+/// close code): who gets kicked for being slow, flooding or sending junk.
+pub const WS_SERVER_CLOSES: &str = "plaza_ws_server_closes_total";
 pub const RATE_LIMITED: &str = "plaza_rate_limited_total";
 pub const AUTH_DURATION: &str = "plaza_auth_duration_seconds";
 pub const JOIN_DURATION: &str = "plaza_join_duration_seconds";
@@ -93,6 +96,7 @@ fn describe() {
     describe_counter!(WS_MESSAGES, "WebSocket messages by direction and type");
     describe_counter!(WS_BYTES, "WebSocket payload bytes by direction");
     describe_counter!(WS_DROPPED, "messages not delivered, by reason");
+    describe_counter!(WS_SERVER_CLOSES, "sockets the server closed, by reason (from the close code)");
     describe_counter!(RATE_LIMITED, "client messages dropped by the rate limit");
     describe_histogram!(AUTH_DURATION, "time to issue or check a token, seconds");
     describe_histogram!(JOIN_DURATION, "time from join to joined, seconds");
@@ -111,7 +115,7 @@ fn describe() {
 /// Every metric `/metrics` shows from start-up: the contract's and the
 /// server's own (process CPU and memory are added at each scrape, on Linux;
 /// `plaza_client_frame_seconds` by [`crate::telemetry::render_frames`]).
-pub const ALL: [&str; 26] = [
+pub const ALL: [&str; 27] = [
     ROOMS_ACTIVE,
     ROOM_USERS,
     WS_CONNECTIONS,
@@ -122,6 +126,7 @@ pub const ALL: [&str; 26] = [
     WS_MESSAGES,
     WS_BYTES,
     WS_DROPPED,
+    WS_SERVER_CLOSES,
     RATE_LIMITED,
     AUTH_DURATION,
     JOIN_DURATION,
@@ -159,6 +164,27 @@ pub const WS_TYPES_IN: [&str; 8] = plaza_shared::messages::ClientMessage::TYPE_N
 pub const WS_TYPES_OUT: [&str; 9] = plaza_shared::messages::ServerMessage::TYPE_NAMES;
 /// `reason` label values of `plaza_ws_dropped_total`.
 pub const DROP_REASONS: [&str; 4] = ["rate_limited", "room_queue_full", "slow_consumer", "voice_slow_listener"];
+/// `reason` label values of `plaza_ws_server_closes_total`, one per close
+/// code the server sends ([`close_reason`]).
+pub const CLOSE_REASONS: [&str; 9] = ["idle", "draining", "invalid_messages", "too_large", "bad_hello", "bad_token", "rate_limited", "too_slow", "other"];
+
+/// The `reason` label of a close code the server sent.
+pub fn close_reason(code: u16) -> &'static str {
+    use plaza_shared::limits::close;
+    match code {
+        // The heartbeat timeout closes with a normal 1000.
+        1000 => "idle",
+        close::SERVER_DRAINING => "draining",
+        close::POLICY => "invalid_messages",
+        close::TOO_LARGE => "too_large",
+        close::BAD_HELLO => "bad_hello",
+        close::BAD_TOKEN => "bad_token",
+        close::RATE_LIMITED => "rate_limited",
+        close::TOO_SLOW => "too_slow",
+        _ => "other",
+    }
+}
+
 /// `reason` label values of `plaza_connections_refused_total`: a
 /// WebSocket over `--max-connections`, a connection over the open-file
 /// budget, a WebSocket while draining, and an accept that failed.
@@ -191,6 +217,9 @@ fn register_zeros() {
     counter!(RATE_LIMITED).increment(0);
     for outcome in TICK_WAIT_OUTCOMES {
         counter!(TICK_WAITS, "outcome" => outcome).increment(0);
+    }
+    for reason in CLOSE_REASONS {
+        counter!(WS_SERVER_CLOSES, "reason" => reason).increment(0);
     }
     for reason in REFUSE_REASONS {
         counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(0);

@@ -160,6 +160,7 @@ async fn a_full_room_says_room_full() {
 #[tokio::test]
 async fn a_pose_before_join_is_an_error_and_the_tenth_bad_message_closes_1008() {
     let server = TestServer::start().await;
+    let before = server.server_closes("invalid_messages").await;
     for protocol in BOTH {
         let (mut c, _) = server.client("Eve", protocol).await;
         c.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(0.0, 0.0) })).await;
@@ -181,11 +182,13 @@ async fn a_pose_before_join_is_an_error_and_the_tenth_bad_message_closes_1008() 
         c.send_raw(Message::Binary(vec![0xff].into())).await;
         assert_eq!(c.ended(Duration::from_secs(2)).await, Ended::Closed(close::POLICY));
     }
+    assert!(server.server_closes("invalid_messages").await >= before + 2.0, "both closes counted");
 }
 
 #[tokio::test]
 async fn an_oversized_message_closes_1009() {
     let server = TestServer::start().await;
+    let before = server.server_closes("too_large").await;
     for protocol in BOTH {
         let (mut c, _) = server.client("Big", protocol).await;
         let big = "x".repeat(20_000);
@@ -196,11 +199,13 @@ async fn an_oversized_message_closes_1009() {
         .await;
         assert_eq!(c.ended(Duration::from_secs(2)).await, Ended::Closed(close::TOO_LARGE));
     }
+    assert!(server.server_closes("too_large").await >= before + 2.0, "both closes counted");
 }
 
 #[tokio::test]
 async fn a_flood_is_rate_limited_then_closed_4008() {
     let server = TestServer::start().await;
+    let before = server.server_closes("rate_limited").await;
     let (mut c, _) = server.client("Flood", Subprotocol::Binary).await;
     for t in 0..300 {
         c.send(&ClientMessage::Ping(Ping { t })).await;
@@ -220,6 +225,7 @@ async fn a_flood_is_rate_limited_then_closed_4008() {
     assert!((120..240).contains(&pongs), "answers: {pongs}");
     assert!((1..=2).contains(&limited), "at most one rate_limited a second: {limited}");
     assert!(matches!(ended, Ended::Closed(close::RATE_LIMITED) | Ended::Dropped), "{ended:?}");
+    assert!(server.server_closes("rate_limited").await > before, "the close is counted");
 }
 
 #[tokio::test]
@@ -432,4 +438,50 @@ async fn a_slow_reader_is_closed_4009_while_the_others_keep_their_tick() {
     let ticks = slow_for.as_secs_f64() * 20.0;
     assert!(f64::from(deltas) >= ticks * 0.5, "the fast member kept its tick: {deltas} deltas in {slow_for:?}");
     assert!(max_gap < Duration::from_secs(1), "no stall for the fast member: longest gap {max_gap:?}");
+}
+
+/// A slow reader that goes on sending after the room closed it (a phone
+/// whose downlink stalled) is cut off: its socket must not stay open, deaf
+/// to it, for as long as it talks.
+#[tokio::test]
+async fn a_slow_reader_that_keeps_sending_is_cut_off_once_the_room_closes_it() {
+    let config = plaza_server::ServerConfig {
+        bots: 24,
+        bots_room: "crowd".into(),
+        heartbeat_timeout: Duration::from_secs(300),
+        ..plaza_server::ServerConfig::ephemeral()
+    };
+    let server = TestServer::start_with(config).await;
+    for _ in 0..100 {
+        if server.room_users("crowd").await == Some(24) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = server.server_closes("too_slow").await;
+    let token = server.token("Stalled").await;
+    let mut slow = Client::connect_small_buffer(server.addr, Subprotocol::Json).await;
+    slow.hello(&token, None).await;
+    slow.send(&ClientMessage::Join(Join { room: "crowd".into() })).await;
+    let ServerMessage::Joined(_) = slow.recv().await else { panic!("joined expected") };
+
+    // It never reads again and pings ten times a second.
+    let started = std::time::Instant::now();
+    let mut let_go = None;
+    let mut t = 0;
+    let cut = loop {
+        assert!(started.elapsed() < Duration::from_secs(60), "never cut off (the room let it go after {let_go:?})");
+        t += 1;
+        if !slow.try_send(&ClientMessage::Ping(Ping { t })).await {
+            break started.elapsed();
+        }
+        if let_go.is_none() && server.room_users("crowd").await == Some(24) {
+            let_go = Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let let_go = let_go.expect("the room let it go before the socket was cut");
+    // The close frame gets 5 s to find room, the linger 1 s more.
+    assert!(cut - let_go < Duration::from_secs(15), "cut {cut:?} after the start, the room let it go at {let_go:?}");
+    assert!(server.server_closes("too_slow").await > before, "the close is counted");
 }

@@ -73,6 +73,15 @@ impl TestServer {
 
     /// A client in `room`, with the room's `joined`.
     /// Users in the room called `name`, from `GET /api/v1/rooms`.
+    /// `plaza_ws_server_closes_total{reason}` now. The recorder is
+    /// process-wide and tests run in parallel: compare with a value read
+    /// before, as at least.
+    pub async fn server_closes(&self, reason: &str) -> f64 {
+        let (_, _, text) = self.http("GET", "/metrics", "", &[]).await;
+        let series = format!("plaza_ws_server_closes_total{{reason=\"{reason}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("no {series}in /metrics"))
+    }
+
     pub async fn room_users(&self, name: &str) -> Option<u64> {
         let (_, _, body) = self.http("GET", "/api/v1/rooms", "", &[]).await;
         let rooms: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
@@ -194,6 +203,16 @@ impl Client {
 
     pub async fn send_raw(&mut self, frame: Message) {
         let _ = self.ws.send(frame).await;
+    }
+
+    /// Sends, saying whether the socket took it (false once the server has
+    /// reset the connection).
+    pub async fn try_send(&mut self, msg: &ClientMessage) -> bool {
+        let frame = match self.protocol {
+            Subprotocol::Binary => Message::Binary(plaza_shared::codec::binary::encode_client(msg).into()),
+            Subprotocol::Json => Message::Text(plaza_shared::codec::json::encode(msg).into()),
+        };
+        self.ws.send(frame).await.is_ok()
     }
 
     /// The next message within 2 s (pings and pongs skipped).
