@@ -71,6 +71,16 @@ pub struct ServerConfig {
 /// flight for 500 ms round trips.
 pub const DEFAULT_SOCKET_SEND_BUFFER: usize = 128 * 1024;
 
+/// Most bytes a socket may hold that it has not even sent yet
+/// (`TCP_NOTSENT_LOWAT`). The send buffer bounds sent-but-unacked and unsent
+/// together, and a reader that stopped (zero window) let the kernel take a
+/// whole buffer of deltas, 25 s of a 30-member room's, before the writer
+/// felt it; the room closed it with 4009 after 33 s (docs/benchmarks.md,
+/// session 14). With this the backlog reaches the queue within a second or
+/// two, and a slow reader's deltas are skipped, not stale. Sent data in
+/// flight is not limited by it.
+pub const SOCKET_UNSENT_LIMIT: u32 = 16 * 1024;
+
 impl ServerConfig {
     /// For tests and `--dev`: a random secret.
     pub fn ephemeral() -> Self {
@@ -155,8 +165,9 @@ pub enum RunError {
 const SOCKET_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Deltas are small and latency matters: no Nagle delay, and a bounded
-/// send buffer so a slow reader's backlog shows up in its queue (where the
-/// room skips deltas for it) instead of piling up in the kernel.
+/// send buffer and unsent backlog ([`SOCKET_UNSENT_LIMIT`]) so a slow
+/// reader's backlog shows up in its queue (where the room skips deltas for
+/// it) instead of piling up in the kernel.
 fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(cause = %e, "TCP_NODELAY not set");
@@ -165,6 +176,10 @@ fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
         && let Err(e) = socket2::SockRef::from(&*tcp).set_send_buffer_size(send_buffer)
     {
         tracing::debug!(cause = %e, "SO_SNDBUF not set");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(&*tcp).set_tcp_notsent_lowat(SOCKET_UNSENT_LIMIT) {
+        tracing::debug!(cause = %e, "TCP_NOTSENT_LOWAT not set");
     }
 }
 
@@ -199,4 +214,24 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     }
     tracing::info!(left_open = Arc::strong_count(&sockets) - 1, "stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_get_no_nagle_a_bounded_send_buffer_and_a_bounded_unsent_backlog() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let (mut accepted, _) = listener.accept().await.expect("accept");
+        tune_socket(&mut accepted, DEFAULT_SOCKET_SEND_BUFFER);
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(accepted.nodelay().expect("nodelay"));
+        // Linux doubles SO_SNDBUF for its bookkeeping.
+        assert!(sock.send_buffer_size().expect("sndbuf") <= 2 * DEFAULT_SOCKET_SEND_BUFFER);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        assert_eq!(sock.tcp_notsent_lowat().expect("lowat"), SOCKET_UNSENT_LIMIT);
+        drop(client);
+    }
 }

@@ -128,6 +128,14 @@ pub struct RunArgs {
     /// voice latency, loss and misrouting are reported.
     #[arg(long)]
     pub voice: bool,
+    /// Misbehaving clients in every room beside the users (0–40), taking
+    /// turns at four kinds: one stops reading (expect 4009), one floods
+    /// (4008), one sends invalid messages (1008), one sends an oversized
+    /// message (1009); each comes back and does it again. The run fails if
+    /// the server doesn't close each with its code, or if the users beside
+    /// them lose anything.
+    #[arg(long, default_value = "0", value_parser = clap::value_parser!(u32).range(0..=40))]
+    pub hostile: u32,
     /// Restart the embedded server this often (5s–24h): it drains, closes
     /// every socket with 1001 and stops, and a new one starts on the same
     /// port with the same store (a SQLite file for the run) and token
@@ -201,6 +209,8 @@ pub struct RunConfig {
     pub soak: Option<crate::soak::SoakLimits>,
     /// `--voice`.
     pub voice: bool,
+    /// `--hostile`: misbehaving clients per room.
+    pub hostile: u32,
     /// `--restart-every`: the embedded server is restarted this often.
     pub restart_every: Option<Duration>,
     /// `--access-ttl`: the embedded server's access-token lifetime.
@@ -233,6 +243,18 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
     if args.voice && users > 2_000 {
         return Err(format!("--voice with {users} users: at most 2000 (each is a WebRTC peer with its own UDP socket and DTLS)"));
     }
+    if args.hostile > 0 && args.protocol == ProtocolArg::Socketio {
+        return Err("--hostile tests Plaza's limits; the socket.io peers have none".into());
+    }
+    if args.users_per_room + args.hostile > plaza_shared::limits::MAX_ROOM_CAPACITY {
+        return Err(format!(
+            "--users-per-room {} + --hostile {} is {} in a room; a room takes at most {}",
+            args.users_per_room,
+            args.hostile,
+            args.users_per_room + args.hostile,
+            plaza_shared::limits::MAX_ROOM_CAPACITY
+        ));
+    }
     if let Some(every) = args.restart_every {
         if args.server.is_some() {
             return Err("--restart-every restarts the embedded server; with --server, restart that server yourself (the run counts its 1001 closes as restarts)".into());
@@ -264,6 +286,7 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
         faults: if args.faults.any() { Some(validate_faults(&args.faults)?) } else { None },
         soak: None,
         voice: args.voice,
+        hostile: args.hostile,
         restart_every: args.restart_every,
         access_ttl: args.access_ttl,
     })

@@ -17,11 +17,13 @@
 //! - [`names`] — user names that carry their room.
 //! - [`proxy`] — `plaza-load proxy`: latency, jitter, loss and resets between clients and a server.
 //! - [`voice`] — `--voice`: users as voice peers of the server's SFU.
+//! - [`hostile`] — `--hostile`: misbehaving clients beside the users.
 
 pub mod cli;
 pub mod collect;
 pub mod delivery;
 pub mod histogram;
+pub mod hostile;
 pub mod ladder;
 pub mod names;
 pub mod peer;

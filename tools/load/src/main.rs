@@ -120,6 +120,17 @@ fn run(config: &plaza_load::cli::RunConfig) -> anyhow::Result<bool> {
             x.still_away
         );
     }
+    if let Some(x) = &result.hostile {
+        let kinds: Vec<String> = x
+            .kinds
+            .iter()
+            .map(|k| {
+                let server = k.server_closes.map_or_else(|| "?".to_owned(), |c| format!("{c:.0}"));
+                format!("{} {}/{} closed {} (server counted {server})", k.kind, k.closed_as_expected + k.ended_without_close_frame, k.sessions - k.cut_by_run_end, k.expected_close)
+            })
+            .collect();
+        println!("plaza-load hostile: {} a room; {}", x.per_room, kinds.join(", "));
+    }
     if let Some(s) = &result.soak {
         println!(
             "plaza-load soak: RSS {:.1} → {:.1} MB ({:+.1}%, limit {}%); after: {} connections, tasks {} (idle: {}); {}",

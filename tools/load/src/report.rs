@@ -163,6 +163,8 @@ pub struct RunResult {
     pub soak: Option<crate::soak::SoakVerdict>,
     /// `--voice`: what the users heard through the SFU.
     pub voice: Option<crate::voice::VoiceResult>,
+    /// `--hostile`: how the server dealt with the misbehaving clients.
+    pub hostile: Option<crate::hostile::HostileResult>,
     pub poses_sent: u64,
     /// Poses per second a user actually sent, on average (below `rate_hz`
     /// when the load tool is short of CPU).
@@ -457,6 +459,36 @@ pub fn html(r: &RunResult) -> String {
         h.push_str("</table>");
         let per_second = |f: fn(&crate::voice::VoiceSecond) -> f64| v.timeline.iter().map(|p| (f64::from(p.s), f(p))).collect::<Vec<_>>();
         h.push_str(&line_chart("voice latency per second (speaker's send to listener's receive)", "ms", &[("p50", "#1f77b4", per_second(|p| p.p50_ms)), ("p99", "#d62728", per_second(|p| p.p99_ms))]));
+    }
+    if let Some(x) = &r.hostile {
+        h.push_str(&format!("<h2>Hostile clients ({} a room)</h2>", x.per_room));
+        h.push_str("<table><tr><th>kind</th><th>what it does</th><th>clients</th><th>sockets</th><th>closed with</th><th>as expected</th><th>ended, no close frame</th><th>other codes</th><th>left open</th><th>cut by the run's end</th><th>error replies</th><th>end p50 / max (ms)</th><th>server's count</th></tr>");
+        for k in &x.kinds {
+            let other = if k.closed_otherwise.is_empty() { "none".to_owned() } else { format!("{:?}", k.closed_otherwise) };
+            let counted = k.server_closes.map_or_else(|| "?".to_owned(), |c| format!("{c:.0}"));
+            h.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0} / {:.0}</td><td>{}</td></tr>",
+                k.kind,
+                k.behaviour,
+                k.clients,
+                k.sessions,
+                k.expected_close,
+                k.closed_as_expected,
+                k.ended_without_close_frame,
+                esc(&other),
+                k.left_open,
+                k.cut_by_run_end,
+                k.error_replies,
+                k.ended_after_ms.p50,
+                k.ended_after_ms.max,
+                counted
+            ));
+        }
+        h.push_str("</table><p class=\"note\">Each hostile client joins a room beside the users, misbehaves until the server ends its socket, and comes back a second later. A client that doesn't read can't see its close frame: the server gives the frame 5 s and then cuts the socket, which the client notices when a ping fails. The server's count is <code>plaza_ws_server_closes_total</code> for that reason over the run, everyone's.</p>");
+        let setup: Vec<String> = x.kinds.iter().filter(|k| !k.setup_failures.is_empty()).map(|k| format!("{}: {:?}", k.kind, k.setup_failures)).collect();
+        if !setup.is_empty() {
+            h.push_str(&format!("<p class=\"note\">Sockets that never got to misbehave: {}</p>", esc(&setup.join("; "))));
+        }
     }
     if let Some(s) = &r.soak {
         h.push_str("<h2>Soak</h2><table>");

@@ -163,8 +163,10 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
     let user_base = proxy.as_ref().map_or_else(|| base.clone(), |p| format!("http://{}", p.addr()));
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64) ^ u64::from(std::process::id());
     let tag = run_tag(seed);
-    let rooms: Vec<String> = if cfg.users_per_room > DEFAULT_ROOM_CAPACITY {
-        create_rooms(&http, &base, &tag, cfg.rooms, cfg.users_per_room).await?
+    // Hostile clients take seats too.
+    let capacity = cfg.users_per_room + cfg.hostile;
+    let rooms: Vec<String> = if capacity > DEFAULT_ROOM_CAPACITY {
+        create_rooms(&http, &base, &tag, cfg.rooms, capacity).await?
     } else {
         (1..=cfg.rooms).map(room_name).collect()
     };
@@ -215,6 +217,10 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         users.spawn(user::run(plan, env.clone(), phase_rx.clone(), batch_tx.clone()));
     }
     drop(batch_tx);
+    let hostile = match cfg.hostile {
+        0 => None,
+        per_room => Some(crate::hostile::start(per_room, &rooms, env.clone(), phase_rx.clone(), base.clone()).await),
+    };
     // The embedded server restarts on its own task while the users run.
     let (embedded, restarter) = match (embedded, cfg.restart_every) {
         (Some(server), Some(every)) => (None, Some(tokio::spawn(restart_loop(server, every, epoch, epoch + cfg.duration, phase_rx.clone())))),
@@ -253,6 +259,10 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
             }
         }
     }
+    let hostile = match hostile {
+        Some(h) => Some(h.finish().await),
+        None => None,
+    };
     let voice = env.voice.clone();
     let collected = tokio::time::timeout(Duration::from_secs(10), collector)
         .await
@@ -311,6 +321,12 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
             result.fail(&format!("voice connected {} of {} offered, {} failed", voice.connected, voice.offered, voice.failed));
         }
         result.voice = Some(voice);
+    }
+    if let Some(hostile) = hostile {
+        for failure in hostile.failures() {
+            result.fail(&failure);
+        }
+        result.hostile = Some(hostile);
     }
     if let Some(restarts) = result.restarts.as_mut() {
         restarts.done = restarts_done;

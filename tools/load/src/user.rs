@@ -249,12 +249,12 @@ pub struct UserReport {
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
-struct TokenPair {
-    access_token: String,
+pub(crate) struct TokenPair {
+    pub access_token: String,
     refresh_token: String,
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<crate::stamped::StampedStream>;
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<crate::stamped::StampedStream>;
 
 /// How a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,10 +268,10 @@ enum End {
 }
 
 /// Why a socket didn't open.
-struct OpenError {
-    cause: String,
+pub(crate) struct OpenError {
+    pub cause: String,
     /// `503 server_full`: the wait the server asked for.
-    retry_after: Option<Duration>,
+    pub retry_after: Option<Duration>,
 }
 
 impl From<String> for OpenError {
@@ -589,50 +589,6 @@ impl User {
         false
     }
 
-    /// The socket, or why not (with the wait a full server asked for).
-    async fn open(&self) -> Result<Ws, OpenError> {
-        let url = &self.env.ws_url;
-        let mut request = url.as_str().into_client_request().map_err(|e| format!("{url}: {e}"))?;
-        let protocol = self.env.wire.subprotocol();
-        if let Some(protocol) = protocol {
-            request.headers_mut().insert("sec-websocket-protocol", protocol.parse().map_err(|_| "bad subprotocol header".to_owned())?);
-        }
-        // A small read buffer, as the server has: tungstenite's default
-        // 128 KiB is zero-filled on every read, which perf showed as a fifth
-        // of this tool's CPU at 2,000 users.
-        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
-        let connect = async {
-            let host = request.uri().host().ok_or_else(|| format!("{url}: no host"))?.trim_matches(['[', ']']).to_owned();
-            if request.uri().scheme_str() != Some("ws") {
-                return Err(format!("{url}: the load tool speaks ws:// only (no TLS)").into());
-            }
-            let port = request.uri().port_u16().unwrap_or(80);
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("{url}: {e}"))?;
-            // No Nagle (poses are small and latency is what we measure), and
-            // the kernel's receive time on every read (crate::stamped).
-            let stream = crate::stamped::StampedStream::new(tcp).map_err(|e| format!("{url}: {e}"))?;
-            tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await.map_err(|e| match e {
-                tokio_tungstenite::tungstenite::Error::Http(response) => {
-                    // `503 server_full` comes with the wait it asks for.
-                    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok());
-                    let wait = plaza_shared::limits::server_full::wait(response.status().as_u16(), retry_after, response.body().as_deref());
-                    OpenError { cause: format!("{url}: the server answered {}", response.status()), retry_after: wait }
-                }
-                e => format!("{url}: {e}").into(),
-            })
-        };
-        let (mut ws, response) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| format!("{url}: no answer within {CONNECT_TIMEOUT:?}"))??;
-        let chosen = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
-        if chosen != protocol {
-            return Err(format!("{url}: the server chose subprotocol {chosen:?}, not {protocol:?}").into());
-        }
-        tokio::time::timeout(CONNECT_TIMEOUT, crate::wire::handshake(self.env.wire, &mut ws))
-            .await
-            .map_err(|_| format!("{url}: no socket.io handshake within {CONNECT_TIMEOUT:?}"))?
-            .map_err(|e| format!("{url}: {e}"))?;
-        Ok(ws)
-    }
-
     async fn send(&mut self, ws: &mut Ws, msg: &ClientMessage) -> Result<(), ()> {
         let frame = self.env.wire.encode(msg);
         self.report.bytes_out += frame.len() as u64;
@@ -647,7 +603,7 @@ impl User {
         let lost = |resume: Option<String>| End::Lost { resume, relogin: false };
         let mut phase = self.phase.clone();
         let opened = tokio::select! {
-            r = self.open() => r,
+            r = open_socket(&self.env, None) => r,
             _ = phase.wait_for(|p| *p == Phase::Close) => return End::Done,
         };
         let mut ws = match opened {
@@ -1296,7 +1252,64 @@ enum Read {
 }
 
 /// POSTs JSON to `base` + `path` and reads the token pair it answers.
-async fn post(http: &reqwest::Client, base: &str, path: &str, body: serde_json::Value) -> Result<TokenPair, RequestFailure> {
+/// A socket to the run's server, or why not (with the wait a full server
+/// asked for). `recv_buffer`: a small kernel receive buffer (`SO_RCVBUF`,
+/// set before the connect), as on a client that stops reading.
+pub(crate) async fn open_socket(env: &Env, recv_buffer: Option<u32>) -> Result<Ws, OpenError> {
+    let url = &env.ws_url;
+    let mut request = url.as_str().into_client_request().map_err(|e| format!("{url}: {e}"))?;
+    let protocol = env.wire.subprotocol();
+    if let Some(protocol) = protocol {
+        request.headers_mut().insert("sec-websocket-protocol", protocol.parse().map_err(|_| "bad subprotocol header".to_owned())?);
+    }
+    // A small read buffer, as the server has: tungstenite's default
+    // 128 KiB is zero-filled on every read, which perf showed as a fifth
+    // of this tool's CPU at 2,000 users.
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    let connect = async {
+        let host = request.uri().host().ok_or_else(|| format!("{url}: no host"))?.trim_matches(['[', ']']).to_owned();
+        if request.uri().scheme_str() != Some("ws") {
+            return Err(format!("{url}: the load tool speaks ws:// only (no TLS)").into());
+        }
+        let port = request.uri().port_u16().unwrap_or(80);
+        let tcp = match recv_buffer {
+            None => tokio::net::TcpStream::connect((host.as_str(), port)).await,
+            Some(size) => connect_with_recv_buffer(&host, port, size).await,
+        }
+        .map_err(|e| format!("{url}: {e}"))?;
+        // No Nagle (poses are small and latency is what we measure), and
+        // the kernel's receive time on every read (crate::stamped).
+        let stream = crate::stamped::StampedStream::new(tcp).map_err(|e| format!("{url}: {e}"))?;
+        tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await.map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(response) => {
+                // `503 server_full` comes with the wait it asks for.
+                let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok());
+                let wait = plaza_shared::limits::server_full::wait(response.status().as_u16(), retry_after, response.body().as_deref());
+                OpenError { cause: format!("{url}: the server answered {}", response.status()), retry_after: wait }
+            }
+            e => format!("{url}: {e}").into(),
+        })
+    };
+    let (mut ws, response) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| format!("{url}: no answer within {CONNECT_TIMEOUT:?}"))??;
+    let chosen = response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok());
+    if chosen != protocol {
+        return Err(format!("{url}: the server chose subprotocol {chosen:?}, not {protocol:?}").into());
+    }
+    tokio::time::timeout(CONNECT_TIMEOUT, crate::wire::handshake(env.wire, &mut ws))
+        .await
+        .map_err(|_| format!("{url}: no socket.io handshake within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| format!("{url}: {e}"))?;
+    Ok(ws)
+}
+
+async fn connect_with_recv_buffer(host: &str, port: u16, size: u32) -> std::io::Result<tokio::net::TcpStream> {
+    let addr = tokio::net::lookup_host((host, port)).await?.next().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_recv_buffer_size(size)?;
+    socket.connect(addr).await
+}
+
+pub(crate) async fn post(http: &reqwest::Client, base: &str, path: &str, body: serde_json::Value) -> Result<TokenPair, RequestFailure> {
     let url = format!("{base}{path}");
     json_answer(&url, http.post(&url).json(&body).send().await).await
 }

@@ -180,6 +180,39 @@ fn a_run_through_two_server_restarts_brings_everyone_back() {
     assert!(stdout.contains("plaza-load restarts: 2 "), "{stdout}");
 }
 
+/// `--hostile`: a client that stops reading, one that floods, one that
+/// sends junk and one that sends an oversized message, in each room beside
+/// the users. The server closes each with its code, counts it, and the
+/// users lose nothing.
+#[test]
+fn hostile_clients_are_closed_with_their_codes_and_the_users_beside_them_lose_nothing() {
+    let (r, out, output) = run_passing("hostile", &["--rooms", "1", "--users-per-room", "20", "--rate", "20", "--duration", "30", "--ramp", "1", "--chat-every", "2", "--hostile", "4"]);
+    let kinds = r["hostile"]["kinds"].as_array().expect("the hostile kinds");
+    let names: Vec<&str> = kinds.iter().map(|k| k["kind"].as_str().unwrap()).collect();
+    assert_eq!(names, ["stall", "flood", "junk", "oversize"], "{r:#}");
+    for k in kinds {
+        let ended = k["closed_as_expected"].as_u64().unwrap() + k["ended_without_close_frame"].as_u64().unwrap();
+        assert!(ended >= 1, "every kind was closed at least once: {k:#}");
+        assert_eq!(k["closed_otherwise"], serde_json::json!({}), "{k:#}");
+        assert_eq!(k["left_open"], 0, "{k:#}");
+        assert!(k["server_closes"].as_f64().unwrap() >= ended as f64, "the server counted its closes: {k:#}");
+    }
+    // Those that read see their close frame, and the junk its errors.
+    for kind in [2, 3] {
+        assert!(kinds[kind]["closed_as_expected"].as_u64().unwrap() >= 1, "{:#}", kinds[kind]);
+        assert_eq!(kinds[kind]["ended_without_close_frame"], 0, "{:#}", kinds[kind]);
+    }
+    assert!(kinds[2]["error_replies"].as_u64().unwrap() >= 9 * kinds[2]["closed_as_expected"].as_u64().unwrap(), "{:#}", kinds[2]);
+    assert_eq!(r["lost"], 0, "{r:#}");
+    assert_eq!(r["misrouted"], 0, "{r:#}");
+    assert_eq!(r["errors"], 0, "{r:#}");
+    assert_eq!(r["chat"]["lost"], 0, "{r:#}");
+    let html = std::fs::read_to_string(out.join("report.html")).expect("report.html");
+    assert!(html.contains("<h2>Hostile clients (4 a room)</h2>"), "the report has a hostile section");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("plaza-load hostile: 4 a room; stall "), "{stdout}");
+}
+
 #[test]
 fn bad_flags_exit_2_with_one_line() {
     for args in [
@@ -197,6 +230,9 @@ fn bad_flags_exit_2_with_one_line() {
         vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--restart-every", "10s", "--server", "http://127.0.0.1:1"],
         vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--access-ttl", "60s"],
         vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--access-ttl", "90s", "--server", "http://127.0.0.1:1"],
+        vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--hostile", "41"],
+        vec!["run", "--rooms", "1", "--users-per-room", "180", "--rate", "10", "--duration", "30", "--hostile", "21"],
+        vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--hostile", "4", "--protocol", "socketio", "--server", "http://127.0.0.1:1"],
     ] {
         let output = load().args(&args).output().expect("plaza-load runs");
         assert_eq!(output.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));

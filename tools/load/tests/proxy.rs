@@ -278,6 +278,7 @@ fn run_through(proxy: &Proxy, name: &str, users_per_room: u32, duration: Duratio
         faults: None,
         soak: None,
         voice: false,
+        hostile: 0,
         restart_every: None,
         access_ttl: None,
     }
@@ -452,6 +453,7 @@ async fn a_run_with_resets_resumes_every_user_and_loses_nothing() {
         faults: Some(faults),
         soak: None,
         voice: false,
+        hostile: 0,
         restart_every: None,
         access_ttl: None,
     };
