@@ -11,7 +11,7 @@ RUN_FRAMES ?= 30
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := decode_client_bin decode_server_bin decode_client_json decode_server_json
 
-.PHONY: setup build run test check-deps check-deploy check-tracy stack peers bench bench-frames load load-voice load-restart ladder soak fuzz clippy clean-run assets
+.PHONY: setup build run test check-deps check-deploy check-tracy stack peers bench bench-frames load load-voice load-restart load-hostile ladder soak fuzz clippy clean-run assets
 
 setup:
 	@bash tools/setup.sh
@@ -66,6 +66,14 @@ RESTART_LOAD_ARGS ?= --rooms 50 --users-per-room 40 --rate 20 --duration 60 --ra
 load-restart: setup
 	$(CARGO) build --profile bench -p plaza-load
 	"$(CARGO_TARGET_DIR)/release/plaza-load" run $(RESTART_LOAD_ARGS) --out target/plaza-load/restart
+
+# Misbehaving clients beside the users: 4 in each room, one that stops
+# reading, one that floods, one that sends junk and one that sends an
+# oversized message (docs/load.md, "Hostile clients in a run").
+HOSTILE_LOAD_ARGS ?= --rooms 10 --users-per-room 40 --rate 20 --duration 60 --ramp 10 --hostile 4
+load-hostile: setup
+	$(CARGO) build --profile bench -p plaza-load
+	"$(CARGO_TARGET_DIR)/release/plaza-load" run $(HOSTILE_LOAD_ARGS) --out target/plaza-load/hostile
 
 # 30 minutes of steady load on a server in its own process, then the leak
 # checks (RSS drift < 5%, connections and tasks back to idle); see docs/load.md.

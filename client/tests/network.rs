@@ -218,6 +218,51 @@ async fn a_chat_the_dead_socket_swallowed_is_sent_again_after_the_reconnect() {
     }
 }
 
+/// A chat lost on a socket that stays up (here the link drops it; the
+/// server's store failing or the rate limit look the same: no ack) is sent
+/// again on the same socket, and reaches the room once.
+#[tokio::test]
+async fn a_chat_with_no_ack_is_sent_again_on_the_same_socket() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let proxy = Proxy::start(addr).await;
+    let mut other = Client::start(format!("http://{addr}"), "retry-room");
+    other.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+    let mut client = Client::start(format!("http://{}", proxy.addr), "retry-room");
+    client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+
+    proxy.swallow(true);
+    client.commands.send(NetCommand::Chat { id: "r1".into(), text: "hello again?".into() }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.swallow(false);
+    let (_, before) = client.until(Duration::from_secs(20), |e| matches!(e, NetEvent::ChatAck(id) if id == "r1")).await;
+    assert!(!before.iter().any(|e| matches!(e, NetEvent::Notice(_) | NetEvent::Status(_))), "no reconnect was needed: {before:?}");
+    let (NetEvent::Chat(heard), _) = other.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Chat(_))).await else { unreachable!() };
+    assert_eq!(heard.text, "hello again?");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while let Ok(event) = other.events.try_recv() {
+        assert!(!matches!(&event, NetEvent::Chat(c) if c.id == "r1"), "heard twice");
+    }
+}
+
+/// A chat the server never acknowledges fails after three tries, with a
+/// reason the player can act on, instead of staying "sending" for good.
+#[tokio::test]
+async fn a_chat_never_acknowledged_fails_after_three_tries() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let proxy = Proxy::start(addr).await;
+    let mut client = Client::start(format!("http://{}", proxy.addr), "lost-room");
+    client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+
+    proxy.swallow(true);
+    let sent = std::time::Instant::now();
+    client.commands.send(NetCommand::Chat { id: "f1".into(), text: "into the void".into() }).await.unwrap();
+    let (failed, before) = client.until(Duration::from_secs(25), |e| matches!(e, NetEvent::ChatFailed { id, .. } if id == "f1")).await;
+    let NetEvent::ChatFailed { reason, .. } = failed else { unreachable!() };
+    assert!(reason.contains("3 tries"), "{reason}");
+    assert!(sent.elapsed() >= Duration::from_secs(14), "three waits of 5 s: {:?}", sent.elapsed());
+    assert!(!before.iter().any(|e| matches!(e, NetEvent::ChatAck(_))), "{before:?}");
+}
+
 #[tokio::test]
 async fn the_resumed_joined_keeps_the_avatar_id() {
     let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;

@@ -57,13 +57,61 @@ struct Task {
     /// The access token in force, for the telemetry sender beside us.
     token: watch::Sender<Option<String>>,
     /// Chats sent and not yet acknowledged, oldest first: sent again on
-    /// the next socket once back in the room (the server stores a chat
-    /// once per id, so one that did arrive is not doubled).
-    unacked: std::collections::VecDeque<ChatSend>,
+    /// the next socket once back in the room, and on this one when no ack
+    /// comes within [`CHAT_ACK_WAIT`] (the server stores a chat once per
+    /// id, so one that did arrive is not doubled).
+    unacked: std::collections::VecDeque<Unacked>,
 }
 
 /// Chats kept for sending again; a chat past this fails at once.
 const UNACKED_MAX: usize = 32;
+/// A chat with no `chat_ack` this long after it was sent is sent again on
+/// the same socket: the server could not store it (its `error` names no
+/// chat), the rate limit dropped it, or the link lost it.
+const CHAT_ACK_WAIT: Duration = Duration::from_secs(5);
+/// Sends of one chat on live sockets before it is given up as failed.
+const CHAT_TRIES: u32 = 3;
+
+/// A chat waiting for its ack.
+#[derive(Debug, Clone)]
+struct Unacked {
+    chat: ChatSend,
+    sent_at: Instant,
+    /// Sends on sockets that stayed up (a resend after a reconnect is free).
+    tries: u32,
+}
+
+impl Task {
+    /// When the oldest unacked chat is due to be sent again, if any.
+    fn next_chat_resend(&self) -> Option<Instant> {
+        self.unacked.iter().map(|u| u.sent_at + CHAT_ACK_WAIT).min()
+    }
+
+    /// The chats due for another try: sent again (returned), or given up
+    /// after [`CHAT_TRIES`] with a [`NetEvent::ChatFailed`].
+    fn chats_to_resend(&mut self, now: Instant) -> Vec<ChatSend> {
+        let mut resend = Vec::new();
+        let mut failed = Vec::new();
+        self.unacked.retain_mut(|u| {
+            if now < u.sent_at + CHAT_ACK_WAIT {
+                return true;
+            }
+            if u.tries >= CHAT_TRIES {
+                failed.push(u.chat.id.clone());
+                return false;
+            }
+            u.tries += 1;
+            u.sent_at = now;
+            resend.push(u.chat.clone());
+            true
+        });
+        for id in failed {
+            tracing::warn!(%id, tries = CHAT_TRIES, "chat never acknowledged; given up");
+            self.send(NetEvent::ChatFailed { id, reason: format!("the server did not confirm it after {CHAT_TRIES} tries; send it again") });
+        }
+        resend
+    }
+}
 
 /// Runs until the app drops its end of the command channel.
 pub async fn run(config: SessionConfig, input: NetInput, events: mpsc::Sender<NetEvent>) {
@@ -236,6 +284,7 @@ impl Task {
         let mut history: Option<tokio::task::JoinHandle<Result<Vec<ChatMessage>, RequestFailure>>> = None;
         loop {
             let refresh_at = self.conn.refresh_at().map(|at| self.started + at).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let chat_resend_at = self.next_chat_resend();
             tokio::select! {
                 frame = ws.next() => {
                     let arrival_us = unix_us();
@@ -275,7 +324,11 @@ impl Task {
                             in_room = true;
                             self.status(super::ConnectionStatus::InRoom { room: j.room.clone(), room_name: j.room_name.clone() });
                             // What the last socket may not have delivered.
-                            for chat in self.unacked.clone() {
+                            let now = Instant::now();
+                            for u in &mut self.unacked {
+                                u.sent_at = now;
+                            }
+                            for chat in self.unacked.iter().map(|u| u.chat.clone()).collect::<Vec<_>>() {
                                 if let Err(e) = send(&mut ws, &ClientMessage::Chat(chat)).await {
                                     return Stop::Ended(Ended::Dropped(e));
                                 }
@@ -304,7 +357,7 @@ impl Task {
                             }
                         }
                         ServerMessage::ChatAck(a) => {
-                            self.unacked.retain(|c| c.id != a.id);
+                            self.unacked.retain(|u| u.chat.id != a.id);
                             self.send(NetEvent::ChatAck(a.id));
                         }
                         ServerMessage::Pong(p) => {
@@ -356,7 +409,7 @@ impl Task {
                         }
                         NetCommand::Chat { id, text } => {
                             let chat = ChatSend { id, text };
-                            self.unacked.push_back(chat.clone());
+                            self.unacked.push_back(Unacked { chat: chat.clone(), sent_at: Instant::now(), tries: 1 });
                             ClientMessage::Chat(chat)
                         }
                     };
@@ -371,6 +424,14 @@ impl Task {
                     pacer.sent(planned, unix_us());
                     if let Err(e) = send(&mut ws, &ClientMessage::Pose(PoseUpdate { t: unix_ms(), pose: newest })).await {
                         return Stop::Ended(Ended::Dropped(e));
+                    }
+                }
+                _ = tokio::time::sleep_until(chat_resend_at.unwrap_or_else(Instant::now)), if in_room && chat_resend_at.is_some() => {
+                    for chat in self.chats_to_resend(Instant::now()) {
+                        tracing::info!(id = %chat.id, "no chat_ack yet; sending the chat again");
+                        if let Err(e) = send(&mut ws, &ClientMessage::Chat(chat)).await {
+                            return Stop::Ended(Ended::Dropped(e));
+                        }
                     }
                 }
                 _ = ping.tick() => {
