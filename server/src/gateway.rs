@@ -67,6 +67,17 @@ enum WriterEnd {
     Failed,
 }
 
+/// Closes that bar the user's next hellos for a while
+/// ([`crate::ServerConfig::abuse_cooldown`]): flooding, invalid messages,
+/// oversized messages. Not a slow reader (its link, not its doing).
+fn is_abuse(code: u16) -> bool {
+    matches!(code, close::RATE_LIMITED | close::POLICY | close::TOO_LARGE)
+}
+
+fn abuse_wait_left(state: &AppState, user_id: &str) -> Option<Duration> {
+    state.abusers.lock().ok()?.wait_left(user_id, Instant::now())
+}
+
 /// `WS_RATE_LIMIT_DEBUG` on: log every rate-limit decision.
 fn rate_limit_debug() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -123,6 +134,12 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
                 }
             }
             tracing::info!(?end, "socket done");
+            if let End::Close(code, _) = end
+                && is_abuse(code)
+                && let Ok(mut abusers) = state.abusers.lock()
+            {
+                abusers.bar(session.claims.sub.clone(), Instant::now());
+            }
             match end {
                 End::Close(code, reason) => Some((code, reason)),
                 End::Goodbye | End::Dropped | End::Kicked => None,
@@ -401,6 +418,10 @@ async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState,
     let claims = state.keys.verify(&hello.token);
     metrics::histogram!(m::AUTH_DURATION).record(started.elapsed().as_secs_f64());
     let claims = claims.map_err(|_| (close::BAD_TOKEN, "token missing, bad or expired"))?;
+    if let Some(left) = abuse_wait_left(state, &claims.sub) {
+        tracing::info!(user_id = %claims.sub, wait_ms = left.as_millis() as u64, "hello refused: closed for abuse a moment ago");
+        return Err((close::RATE_LIMITED, "closed for abuse a moment ago; wait 10 s before reconnecting"));
+    }
     let mut session = Session { id: random_token(12).into(), conn: next_conn(), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new(), trace: crate::otel::SessionTrace::none(), voice: None, voice_offered: None };
     if let Some(resume) = hello.resume.as_deref()
         && session.resume(resume, state, link).await

@@ -65,7 +65,15 @@ pub struct ServerConfig {
     pub max_tcp_connections: usize,
     /// The voice SFU's address and peer limit.
     pub voice: voice::VoiceConfig,
+    /// After the server closes a user's socket for abuse (4008 flooding,
+    /// 1008 invalid messages, 1009 oversized), that user's hellos are
+    /// refused with 4008 this long: a client that reconnects at once and
+    /// does it again costs a join and a leave in its room each time.
+    pub abuse_cooldown: Duration,
 }
+
+/// [`ServerConfig::abuse_cooldown`]'s default.
+pub const ABUSE_COOLDOWN: Duration = Duration::from_secs(10);
 
 /// About a second of a busy room's deltas at the JSON sizes, and enough in
 /// flight for 500 ms round trips.
@@ -97,6 +105,7 @@ impl ServerConfig {
             max_connections: capacity::max_connections(None, limit).unwrap_or(1),
             max_tcp_connections: capacity::max_tcp_connections(limit),
             voice: voice::VoiceConfig::local(),
+            abuse_cooldown: ABUSE_COOLDOWN,
         }
     }
 }
@@ -121,6 +130,8 @@ pub struct AppState {
     pub telemetry: telemetry::TelemetryState,
     /// The voice SFU.
     pub voice: voice::Sfu,
+    /// Users closed for abuse a moment ago ([`ServerConfig::abuse_cooldown`]).
+    pub abusers: Arc<std::sync::Mutex<limiter::Cooldown<String>>>,
 }
 
 /// The two switches of a shutdown: draining, then closing.
@@ -148,6 +159,7 @@ impl AppState {
             connections: capacity::ConnectionBudget::new(config.max_connections),
             telemetry: telemetry::TelemetryState::new(),
             voice: voice::Sfu::new(config.voice.clone()),
+            abusers: Arc::new(std::sync::Mutex::new(limiter::Cooldown::new(config.abuse_cooldown))),
         };
         Ok((state, Shutdown { draining: draining_tx, closing: closing_tx }))
     }

@@ -183,6 +183,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             public_ip: config.voice_public_ip,
             max_peers: voice_max_peers,
         },
+        abuse_cooldown: plaza_server::ABUSE_COOLDOWN,
     };
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await

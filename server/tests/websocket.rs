@@ -228,6 +228,33 @@ async fn a_flood_is_rate_limited_then_closed_4008() {
     assert!(server.server_closes("rate_limited").await > before, "the close is counted");
 }
 
+/// A user the server closed for abuse can't come straight back to do it
+/// again: its hellos get 4008 until the cooldown is over; others are
+/// welcome meanwhile.
+#[tokio::test]
+async fn a_user_closed_for_abuse_waits_out_the_cooldown_before_its_next_hello() {
+    let config = plaza_server::ServerConfig { abuse_cooldown: Duration::from_secs(2), ..plaza_server::ServerConfig::ephemeral() };
+    let server = TestServer::start_with(config).await;
+    let token = server.token("Spammer").await;
+    let mut c = Client::connect(server.addr, Subprotocol::Binary).await;
+    c.hello(&token, None).await;
+    c.send_raw(Message::Binary(vec![b'x'; 20_000].into())).await;
+    assert_eq!(c.ended(Duration::from_secs(2)).await, Ended::Closed(close::TOO_LARGE));
+    let barred_at = std::time::Instant::now();
+
+    // Straight back: refused at hello.
+    let mut again = Client::connect(server.addr, Subprotocol::Binary).await;
+    again.send(&ClientMessage::Hello(Hello { token: token.clone(), protocol: 1, resume: None })).await;
+    assert_eq!(again.ended(Duration::from_secs(2)).await, Ended::Closed(close::RATE_LIMITED));
+    // Someone else is welcome meanwhile.
+    let (_bystander, _) = server.client("Bystander", Subprotocol::Binary).await;
+    // A slow reader's 4009 is not abuse: the test above; once the cooldown
+    // is over, the same user is back.
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(barred_at.elapsed()) + Duration::from_millis(100)).await;
+    let mut back = Client::connect(server.addr, Subprotocol::Binary).await;
+    back.hello(&token, None).await;
+}
+
 #[tokio::test]
 async fn ping_gets_pong_with_the_same_t() {
     let server = TestServer::start().await;
