@@ -730,7 +730,7 @@ impl Session {
                         self.voice = Some(peer);
                     }
                     Err(e @ crate::voice::VoiceError::BadOffer(_)) => return self.invalid(link, ErrorCode::BadMessage, e.to_string()).await,
-                    Err(e @ (crate::voice::VoiceError::Off | crate::voice::VoiceError::Full { .. })) => Self::error(link, ErrorCode::VoiceUnavailable, e.to_string()).await,
+                    Err(e @ (crate::voice::VoiceError::Off | crate::voice::VoiceError::Full { .. } | crate::voice::VoiceError::NoFreePort(_))) => Self::error(link, ErrorCode::VoiceUnavailable, e.to_string()).await,
                     Err(e @ crate::voice::VoiceError::Failed(_)) => {
                         tracing::warn!(cause = %e, "voice could not start");
                         Self::error(link, ErrorCode::Internal, e.to_string()).await;

@@ -45,6 +45,11 @@ struct Config {
     /// 512, or an eighth of that budget when the open-file limit is lower.
     #[arg(long, env = "PLAZA_VOICE_MAX_PEERS", value_parser = clap::value_parser!(u32).range(0..=100_000))]
     voice_max_peers: Option<u32>,
+    /// The UDP ports voice peers take, FIRST-LAST (e.g. 40000-40099): the
+    /// range to open in a firewall or publish from a container. Each peer
+    /// takes one, so it also bounds the voice peers. Default: any free port.
+    #[arg(long, env = "PLAZA_VOICE_PORTS")]
+    voice_ports: Option<plaza_server::voice::PortRange>,
     /// Log format: json (one object a line) or pretty.
     #[arg(long, env = "LOG_FORMAT", default_value = "json", value_parser = ["json", "pretty"])]
     log_format: String,
@@ -166,7 +171,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             );
         }
     }
-    let voice_max_peers = voice_max_peers(config.voice_max_peers, fd_limit);
+    let mut voice_max_peers = voice_max_peers(config.voice_max_peers, fd_limit);
+    if let Some(ports) = config.voice_ports
+        && ports.len() < voice_max_peers
+    {
+        tracing::warn!(voice_ports = %ports, voice_max_peers, "fewer voice ports than voice peers: at most {} peers", ports.len());
+        voice_max_peers = ports.len();
+    }
     let server = plaza_server::ServerConfig {
         token_secret: token_secret(&config)?,
         access_ttl: std::time::Duration::from_secs(15 * 60),
@@ -182,6 +193,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             ip: config.voice_ip.unwrap_or(config.bind.ip()),
             public_ip: config.voice_public_ip,
             max_peers: voice_max_peers,
+            ports: config.voice_ports,
         },
         abuse_cooldown: plaza_server::ABUSE_COOLDOWN,
     };

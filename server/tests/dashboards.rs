@@ -522,7 +522,8 @@ fn the_line_reader_finds_block_and_inline_expressions() {
 
 /// The compose stack (no Docker here to run it): the five services, the
 /// server exporting traces to Jaeger's OTLP HTTP port and storing in
-/// Postgres, and every file it mounts present in the repository.
+/// Postgres, its voice ports published, and every file it mounts present
+/// in the repository.
 #[test]
 fn the_compose_stack_names_its_services_and_mounts_files_that_exist() {
     let text = std::fs::read_to_string(format!("{DEPLOY}/compose.yaml")).expect("deploy/compose.yaml");
@@ -544,6 +545,12 @@ fn the_compose_stack_names_its_services_and_mounts_files_that_exist() {
         assert!(Path::new(&format!("{DEPLOY}/{local}")).exists(), "compose mounts ./{local}, which isn't in deploy/");
     }
     assert!(Path::new(&format!("{DEPLOY}/Dockerfile")).exists());
+    // Voice from outside the container: a fixed UDP range, published as it
+    // is, announced at an address clients reach.
+    let voice_ports = text.lines().find_map(|l| l.trim().strip_prefix("PLAZA_VOICE_PORTS: ")).expect("the server's voice ports are a fixed range");
+    let range: plaza_server::voice::PortRange = voice_ports.parse().expect("a valid --voice-ports");
+    assert!(text.contains(&format!("- \"{range}:{range}/udp\"")), "the voice range {range} is published over UDP");
+    assert!(text.contains("PLAZA_VOICE_IP: 0.0.0.0") && text.contains("PLAZA_VOICE_PUBLIC_IP: "), "voice binds every interface and says where it is reached");
     let prometheus = std::fs::read_to_string(format!("{DEPLOY}/prometheus/prometheus.yml")).unwrap();
     assert!(prometheus.contains("job_name: plaza") && prometheus.contains("plaza-server:7878"), "Prometheus scrapes the compose server as job plaza");
 }

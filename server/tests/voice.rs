@@ -187,6 +187,43 @@ async fn voice_that_cannot_start_says_why() {
     assert_eq!((e.code, e.message.as_str()), (ErrorCode::VoiceUnavailable, "voice is off on this server"));
 }
 
+/// `--voice-ports`: peers take their UDP port from the range (what a
+/// firewall opens or a container publishes), skip one that is taken, and a
+/// full range is a clear "voice unavailable".
+#[tokio::test]
+async fn voice_peers_take_their_ports_from_the_range_and_a_full_range_says_so() {
+    let _turn = STREAMS.lock().await;
+    // Two ports in a row, the first held by another program.
+    let (held, free) = (40_000..60_000u16)
+        .step_by(7)
+        .find_map(|first| {
+            let held = std::net::UdpSocket::bind((LOOPBACK, first)).ok()?;
+            std::net::UdpSocket::bind((LOOPBACK, first + 1)).ok()?;
+            Some((held, first + 1))
+        })
+        .expect("two free UDP ports in a row");
+    let ports = plaza_server::voice::PortRange { first: free - 1, last: free };
+    let voice = plaza_server::voice::VoiceConfig { ports: Some(ports), ..plaza_server::voice::VoiceConfig::local() };
+    let server = TestServer::start_with(plaza_server::ServerConfig { voice, ..plaza_server::ServerConfig::ephemeral() }).await;
+
+    let (mut ann, _) = server.member("Ann", Subprotocol::Json, "ports").await;
+    let peer = VoiceClient::new(LOOPBACK, true, 1).await.expect("a voice peer");
+    ann.send(&offer(&peer.offer)).await;
+    let VoiceSignal::Answer { sdp } = voice_signal(&mut ann).await else { panic!("expected an answer") };
+    let mut candidate_ports: Vec<u16> = sdp.lines().filter(|l| l.starts_with("a=candidate:")).filter_map(|l| l.split_whitespace().nth(5)?.parse().ok()).collect();
+    candidate_ports.dedup(); // one line per component, the same socket
+    assert_eq!(candidate_ports, [free], "the free port of the range: {sdp}");
+
+    // The range is full now.
+    let (mut ben, _) = server.member("Ben", Subprotocol::Json, "ports").await;
+    let peer = VoiceClient::new(LOOPBACK, true, 1).await.expect("a voice peer");
+    ben.send(&offer(&peer.offer)).await;
+    let e = error(&mut ben).await;
+    assert_eq!(e.code, ErrorCode::VoiceUnavailable);
+    assert!(e.message.contains(&format!("no free UDP port in {ports}")), "{}", e.message);
+    drop(held);
+}
+
 #[tokio::test]
 async fn joining_another_room_ends_voice_and_tells_the_client() {
     let _turn = STREAMS.lock().await;

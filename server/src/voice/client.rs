@@ -103,7 +103,7 @@ impl VoiceClient {
         let gathered = Arc::new(Notify::new());
         let overflow = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let events = ClientEvents { heard: heard_tx, overflow: overflow.clone(), gathered: gathered.clone(), state: state_tx };
-        let pc = peer_connection(ip, None, Arc::new(events)).await?;
+        let pc = peer_connection(std::net::SocketAddr::new(ip, 0), None, Arc::new(events)).await?;
         let mut client = VoiceClient { pc, mic: None, heard, state, overflow, seq: 0, offer: String::new() };
         if mic {
             let (track, ssrc) = opus_track("mic");

@@ -62,12 +62,60 @@ pub struct VoiceConfig {
     pub public_ip: Option<IpAddr>,
     /// Most voice peers at once (`--voice-max-peers`); 0 turns voice off.
     pub max_peers: usize,
+    /// The UDP ports peers take (`--voice-ports`); `None`: any free port.
+    pub ports: Option<PortRange>,
 }
 
 impl VoiceConfig {
     /// Loopback only, for tests and `--dev`.
     pub fn local() -> VoiceConfig {
-        VoiceConfig { ip: IpAddr::from([127, 0, 0, 1]), public_ip: None, max_peers: 256 }
+        VoiceConfig { ip: IpAddr::from([127, 0, 0, 1]), public_ip: None, max_peers: 256, ports: None }
+    }
+}
+
+/// UDP ports for voice peers, both ends included (`--voice-ports
+/// 40000-40099`): the range a firewall opens or a container publishes.
+/// Each peer takes one, so the range bounds the peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn len(self) -> usize {
+        usize::from(self.last - self.first) + 1
+    }
+
+    /// Never: a range holds its first port at least.
+    pub fn is_empty(self) -> bool {
+        false
+    }
+
+    /// The `n`th port, wrapping around.
+    pub fn nth(self, n: usize) -> u16 {
+        self.first + (n % self.len()) as u16
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = "use FIRST-LAST, both 1024–65535, e.g. 40000-40099";
+        let (first, last) = s.split_once('-').ok_or_else(|| format!("`{s}` is not a port range; {usage}"))?;
+        let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p >= 1024).ok_or_else(|| format!("`{p}` in `{s}` is not a port from 1024 to 65535; {usage}"));
+        let (first, last) = (port(first)?, port(last)?);
+        if first > last {
+            return Err(format!("`{s}` ends before it starts; {usage}"));
+        }
+        Ok(PortRange { first, last })
     }
 }
 
@@ -79,6 +127,8 @@ pub enum VoiceError {
     Off,
     #[error("voice is at its limit on this server ({max} peers); try again later")]
     Full { max: usize },
+    #[error("voice is at its limit on this server (no free UDP port in {0}); try again later")]
+    NoFreePort(PortRange),
     #[error("voice could not start: {0}")]
     Failed(String),
 }
@@ -161,12 +211,14 @@ pub struct VoiceRouting {
 pub struct Sfu {
     config: Arc<VoiceConfig>,
     peers: Arc<Semaphore>,
+    /// Where in `config.ports` the next peer starts looking.
+    next_port: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Sfu {
     pub fn new(config: VoiceConfig) -> Sfu {
         let peers = Arc::new(Semaphore::new(config.max_peers));
-        Sfu { config: Arc::new(config), peers }
+        Sfu { config: Arc::new(config), peers, next_port: Arc::default() }
     }
 
     /// Voice peers open now.
@@ -187,7 +239,7 @@ impl Sfu {
         let gathered = Arc::new(Notify::new());
         let events = PeerEvents { speaker, routes: routes_rx, gathered: gathered.clone(), state: state_tx };
 
-        let pc = peer_connection(self.config.ip, self.config.public_ip, Arc::new(events)).await?;
+        let pc = self.peer_connection(Arc::new(events)).await?;
         // From here on, dropping `peer` closes the connection.
         let mut peer = VoicePeer { pc, answer: String::new(), state: state.clone(), listener: None, _permit: permit };
 
@@ -272,8 +324,31 @@ fn opus() -> RTCRtpCodecParameters {
     }
 }
 
-/// A peer connection for Opus only, its one UDP socket on `ip`.
-async fn peer_connection(ip: IpAddr, public_ip: Option<IpAddr>, events: Arc<dyn PeerConnectionEventHandler>) -> Result<Arc<dyn PeerConnection>, VoiceError> {
+impl Sfu {
+    /// A peer connection on the next free port of `--voice-ports`, or on
+    /// any free port without it.
+    async fn peer_connection(&self, events: Arc<dyn PeerConnectionEventHandler>) -> Result<Arc<dyn PeerConnection>, VoiceError> {
+        let (ip, public_ip) = (self.config.ip, self.config.public_ip);
+        let Some(ports) = self.config.ports else {
+            return peer_connection(SocketAddr::new(ip, 0), public_ip, events).await;
+        };
+        let start = self.next_port.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut last = None;
+        for n in 0..ports.len() {
+            let port = ports.nth(start + n);
+            match peer_connection(SocketAddr::new(ip, port), public_ip, events.clone()).await {
+                Ok(pc) => return Ok(pc),
+                Err(e) => last = Some(e), // taken (a peer of ours, or another program): the next one
+            }
+        }
+        tracing::warn!(%ports, cause = ?last, "no free UDP port for a voice peer");
+        Err(VoiceError::NoFreePort(ports))
+    }
+}
+
+/// A peer connection for Opus only, its one UDP socket on `addr`.
+async fn peer_connection(addr: SocketAddr, public_ip: Option<IpAddr>, events: Arc<dyn PeerConnectionEventHandler>) -> Result<Arc<dyn PeerConnection>, VoiceError> {
+    let ip = addr.ip();
     let mut media = MediaEngine::default();
     media.register_codec(opus(), RtpCodecKind::Audio)?;
     // No mDNS: candidates are plain addresses, and it would cost every peer
@@ -287,7 +362,7 @@ async fn peer_connection(ip: IpAddr, public_ip: Option<IpAddr>, events: Arc<dyn 
     if let Some(public) = public_ip {
         settings = settings.with_nat_1to1_ips(vec![public.to_string()], RTCIceCandidateType::Host);
     }
-    let pc = PeerConnectionBuilder::new().with_media_engine(media).with_setting_engine(settings.build()).with_handler(events).with_udp_addrs(vec![SocketAddr::new(ip, 0)]).build().await?;
+    let pc = PeerConnectionBuilder::new().with_media_engine(media).with_setting_engine(settings.build()).with_handler(events).with_udp_addrs(vec![addr]).build().await?;
     Ok(Arc::new(pc))
 }
 
