@@ -8,6 +8,7 @@
 //! - [`rooms`]: one task per room (20 Hz tick) and the room directory.
 //! - [`limiter`]: per-socket rate limits.
 //! - [`capacity`]: the connection budgets and the open-file limit.
+//! - [`serve`]: the connection loop, with a deadline on request heads.
 //!
 //! - [`store`]: chat storage (sqlx: SQLite or Postgres).
 //! - [`telemetry`]: client frame-timing reports into `plaza_client_*`.
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod otel;
 pub mod recent_chat;
 pub mod rooms;
+pub mod serve;
 pub mod store;
 pub mod telemetry;
 pub mod voice;
@@ -70,6 +72,9 @@ pub struct ServerConfig {
     /// refused with 4008 this long: a client that reconnects at once and
     /// does it again costs a join and a leave in its room each time.
     pub abuse_cooldown: Duration,
+    /// How long an HTTP request head may take to arrive
+    /// ([`serve::REQUEST_HEAD_TIMEOUT`]).
+    pub request_head_timeout: Duration,
 }
 
 /// [`ServerConfig::abuse_cooldown`]'s default.
@@ -106,6 +111,7 @@ impl ServerConfig {
             max_tcp_connections: capacity::max_tcp_connections(limit),
             voice: voice::VoiceConfig::local(),
             abuse_cooldown: ABUSE_COOLDOWN,
+            request_head_timeout: serve::REQUEST_HEAD_TIMEOUT,
         }
     }
 }
@@ -218,7 +224,7 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     tracing::info!(max_connections = config.max_connections, max_tcp_connections = config.max_tcp_connections, "connection limits");
     tracing::info!(voice_ip = %config.voice.ip, voice_public_ip = ?config.voice.public_ip, voice_max_peers = config.voice.max_peers, "voice SFU");
     let listener = capacity::GuardedListener::new(listener, config.max_tcp_connections, move |tcp: &mut tokio::net::TcpStream| tune_socket(tcp, send_buffer));
-    axum::serve(listener, http::router(state)).with_graceful_shutdown(stop).await?;
+    serve::serve(listener, http::router(state), config.request_head_timeout, stop).await?;
     // Upgraded sockets outlive axum's graceful shutdown: wait for them.
     let deadline = tokio::time::Instant::now() + SOCKET_CLOSE_WAIT;
     while Arc::strong_count(&sockets) > 1 && tokio::time::Instant::now() < deadline {

@@ -196,6 +196,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             ports: config.voice_ports,
         },
         abuse_cooldown: plaza_server::ABUSE_COOLDOWN,
+        request_head_timeout: plaza_server::serve::REQUEST_HEAD_TIMEOUT,
     };
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await

@@ -73,3 +73,30 @@ async fn every_answer_is_counted_by_route_method_and_status_class() {
     }
     assert!(!after.contains("no_such_room") && !after.contains("u_secret_id"), "no ids in labels");
 }
+
+/// A connection that sends no request, half a request head, or nothing
+/// after its last answer is closed once the head deadline passes. Before,
+/// each held a TCP place (and a descriptor) for good: a few thousand would
+/// shut everyone else out.
+#[tokio::test]
+async fn connections_that_send_no_whole_request_head_in_time_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = plaza_server::ServerConfig { request_head_timeout: std::time::Duration::from_millis(500), ..plaza_server::ServerConfig::ephemeral() };
+    let server = TestServer::start_with(config).await;
+    let silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut partial = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    partial.write_all(b"GET /health HTTP/1.1\r\nhost: test\r\n").await.unwrap();
+    let mut kept_alive = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    kept_alive.write_all(b"GET /health HTTP/1.1\r\nhost: test\r\n\r\n").await.unwrap();
+    for (name, mut stream) in [("silent", silent), ("half a head", partial), ("idle after an answer", kept_alive)] {
+        let mut got = Vec::new();
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read_to_end(&mut got)).await;
+        assert!(closed.is_ok(), "{name}: still open 5 s on");
+        if name == "idle after an answer" {
+            assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"), "{name}: answered first: {:?}", String::from_utf8_lossy(&got));
+        }
+    }
+    // A request that arrives whole is answered as ever.
+    let (status, _, _) = server.http("GET", "/health", "", &[]).await;
+    assert_eq!(status, 200);
+}
