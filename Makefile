@@ -67,10 +67,11 @@ load-restart: setup
 	$(CARGO) build --profile bench -p plaza-load
 	"$(CARGO_TARGET_DIR)/release/plaza-load" run $(RESTART_LOAD_ARGS) --out target/plaza-load/restart
 
-# Misbehaving clients beside the users: 4 in each room, one that stops
-# reading, one that floods, one that sends junk and one that sends an
-# oversized message (docs/load.md, "Hostile clients in a run").
-HOSTILE_LOAD_ARGS ?= --rooms 10 --users-per-room 40 --rate 20 --duration 60 --ramp 10 --hostile 4
+# Misbehaving clients beside the users: 5 in each room, one that stops
+# reading, one that floods, one that sends junk, one that sends an
+# oversized message and one that never finishes its upgrade request
+# (docs/load.md, "Hostile clients in a run").
+HOSTILE_LOAD_ARGS ?= --rooms 10 --users-per-room 40 --rate 20 --duration 60 --ramp 10 --hostile 5
 load-hostile: setup
 	$(CARGO) build --profile bench -p plaza-load
 	"$(CARGO_TARGET_DIR)/release/plaza-load" run $(HOSTILE_LOAD_ARGS) --out target/plaza-load/hostile

@@ -129,9 +129,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub voice: bool,
     /// Misbehaving clients in every room beside the users (0–40), taking
-    /// turns at four kinds: one stops reading (expect 4009), one floods
+    /// turns at five kinds: one stops reading (expect 4009), one floods
     /// (4008), one sends invalid messages (1008), one sends an oversized
-    /// message (1009); each comes back and does it again. The run fails if
+    /// message (1009), one sends half an upgrade request (the connection
+    /// closed at the 10 s head deadline); each comes back and does it again. The run fails if
     /// the server doesn't close each with its code, or if the users beside
     /// them lose anything.
     #[arg(long, default_value = "0", value_parser = clap::value_parser!(u32).range(0..=40))]

@@ -7,7 +7,10 @@
 //! - `flood` sends 500 poses a second: rate-limited, then closed with 4008;
 //! - `junk` sends an invalid message 20 times a second: an `error` each, and
 //!   the 10th closes with 1008;
-//! - `oversize` sends one message over the 16 KiB limit: closed with 1009.
+//! - `oversize` sends one message over the 16 KiB limit: closed with 1009;
+//! - `slowloris` opens a connection and sends half a WebSocket upgrade
+//!   request, never the rest: the server must close the connection once its
+//!   request-head deadline (10 s) passes.
 //!
 //! Each comes back a second after it is closed and does it again, until the
 //! run ends. The run fails when a kind is never closed, or closed with
@@ -57,10 +60,11 @@ pub enum Misbehaviour {
     Flood,
     Junk,
     Oversize,
+    Slowloris,
 }
 
 impl Misbehaviour {
-    pub const ALL: [Misbehaviour; 4] = [Misbehaviour::Stall, Misbehaviour::Flood, Misbehaviour::Junk, Misbehaviour::Oversize];
+    pub const ALL: [Misbehaviour; 5] = [Misbehaviour::Stall, Misbehaviour::Flood, Misbehaviour::Junk, Misbehaviour::Oversize, Misbehaviour::Slowloris];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -68,6 +72,7 @@ impl Misbehaviour {
             Misbehaviour::Flood => "flood",
             Misbehaviour::Junk => "junk",
             Misbehaviour::Oversize => "oversize",
+            Misbehaviour::Slowloris => "slowloris",
         }
     }
 
@@ -77,25 +82,30 @@ impl Misbehaviour {
             Misbehaviour::Flood => "sends 500 poses a second",
             Misbehaviour::Junk => "sends an invalid message 20 times a second",
             Misbehaviour::Oversize => "sends one 20,000-byte message",
+            Misbehaviour::Slowloris => "sends half an upgrade request, never the rest",
         }
     }
 
-    pub fn expected_close(self) -> u16 {
+    /// The close code the server should end it with; `None`: it never
+    /// gets a WebSocket, and the server should close the connection.
+    pub fn expected_close(self) -> Option<u16> {
         match self {
-            Misbehaviour::Stall => close::TOO_SLOW,
-            Misbehaviour::Flood => close::RATE_LIMITED,
-            Misbehaviour::Junk => close::POLICY,
-            Misbehaviour::Oversize => close::TOO_LARGE,
+            Misbehaviour::Stall => Some(close::TOO_SLOW),
+            Misbehaviour::Flood => Some(close::RATE_LIMITED),
+            Misbehaviour::Junk => Some(close::POLICY),
+            Misbehaviour::Oversize => Some(close::TOO_LARGE),
+            Misbehaviour::Slowloris => None,
         }
     }
 
-    /// Its `reason` in `plaza_ws_server_closes_total`.
-    pub fn server_reason(self) -> &'static str {
+    /// Its `reason` in `plaza_ws_server_closes_total`, if it gets a WebSocket.
+    pub fn server_reason(self) -> Option<&'static str> {
         match self {
-            Misbehaviour::Stall => "too_slow",
-            Misbehaviour::Flood => "rate_limited",
-            Misbehaviour::Junk => "invalid_messages",
-            Misbehaviour::Oversize => "too_large",
+            Misbehaviour::Stall => Some("too_slow"),
+            Misbehaviour::Flood => Some("rate_limited"),
+            Misbehaviour::Junk => Some("invalid_messages"),
+            Misbehaviour::Oversize => Some("too_large"),
+            Misbehaviour::Slowloris => None,
         }
     }
 
@@ -124,7 +134,8 @@ enum Seen {
 pub struct KindResult {
     pub kind: &'static str,
     pub behaviour: &'static str,
-    pub expected_close: u16,
+    /// `null`: the connection closed (no WebSocket: `slowloris`).
+    pub expected_close: Option<u16>,
     /// Clients of this kind, over all rooms.
     pub clients: u32,
     /// Sockets on which it misbehaved (joined, then started).
@@ -155,6 +166,13 @@ pub struct HostileResult {
     pub kinds: Vec<KindResult>,
 }
 
+impl KindResult {
+    /// What the server should have done to this kind, in words.
+    pub fn expected(&self) -> String {
+        self.expected_close.map_or_else(|| "connection closed".to_owned(), |c| c.to_string())
+    }
+}
+
 impl HostileResult {
     /// Why the run fails because of them, if it does.
     pub fn failures(&self) -> Vec<String> {
@@ -166,14 +184,14 @@ impl HostileResult {
                 continue;
             }
             if !k.closed_otherwise.is_empty() {
-                out.push(format!("{} clients closed with {:?}, not {}", k.kind, k.closed_otherwise, k.expected_close));
+                out.push(format!("{} clients closed with {:?}, not {}", k.kind, k.closed_otherwise, k.expected()));
             }
             if k.left_open > 0 {
                 out.push(format!("{} {} sockets left open for {} s", k.left_open, k.kind, LOOK_FOR.as_secs()));
             }
             let lost_frames = Misbehaviour::ALL.iter().find(|m| m.name() == k.kind).is_some_and(|m| !m.close_frame_may_be_lost());
             if lost_frames && k.ended_without_close_frame > 0 {
-                out.push(format!("{} {} sockets ended without the {} close frame", k.ended_without_close_frame, k.kind, k.expected_close));
+                out.push(format!("{} {} sockets ended without the {} close frame", k.ended_without_close_frame, k.kind, k.expected()));
             }
             let ended = (k.closed_as_expected + k.ended_without_close_frame) as f64;
             if let Some(counted) = k.server_closes
@@ -258,7 +276,7 @@ impl HostileLoad {
             .iter()
             .filter_map(|&m| {
                 let (clients, t) = by_kind.remove(m.name())?;
-                let counted = self.closes_before.as_ref().zip(after.as_ref()).and_then(|(b, a)| Some(a.get(m.server_reason())? - b.get(m.server_reason())?));
+                let counted = m.server_reason().and_then(|reason| Some(after.as_ref()?.get(reason)? - self.closes_before.as_ref()?.get(reason)?));
                 Some(KindResult {
                     kind: m.name(),
                     behaviour: m.describe(),
@@ -286,9 +304,10 @@ async fn server_closes(http: &reqwest::Client, base: &str) -> Option<BTreeMap<&'
     let text = tokio::time::timeout(SETUP_TIMEOUT, async { http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await }).await.ok()?.ok()?;
     Misbehaviour::ALL
         .iter()
-        .map(|m| {
-            let series = format!("plaza_ws_server_closes_total{{reason=\"{}\"}}", m.server_reason());
-            Some((m.server_reason(), crate::server::metric_value(&text, &series)?))
+        .filter_map(|m| m.server_reason())
+        .map(|reason| {
+            let series = format!("plaza_ws_server_closes_total{{reason=\"{reason}\"}}");
+            Some((reason, crate::server::metric_value(&text, &series)?))
         })
         .collect()
 }
@@ -391,8 +410,9 @@ impl Hostile {
     fn count(&mut self, seen: Seen) {
         self.tally.sessions += 1;
         match seen {
-            Seen::Closed(code) if code == self.kind.expected_close() => self.tally.closed_as_expected += 1,
+            Seen::Closed(code) if Some(code) == self.kind.expected_close() => self.tally.closed_as_expected += 1,
             Seen::Closed(code) => *self.tally.closed_otherwise.entry(code.to_string()).or_default() += 1,
+            Seen::Ended if self.kind.expected_close().is_none() => self.tally.closed_as_expected += 1,
             Seen::Ended => self.tally.ended_without_close_frame += 1,
             Seen::StillOpen => self.tally.left_open += 1,
             Seen::RunEnded => self.tally.cut_by_run_end += 1,
@@ -425,6 +445,9 @@ impl Hostile {
 
     /// One socket: in the room, then the misbehaviour until the server ends it.
     async fn session(&mut self, token: &str) -> Result<Seen, String> {
+        if self.kind == Misbehaviour::Slowloris {
+            return self.slowloris().await;
+        }
         let recv_buffer = (self.kind == Misbehaviour::Stall).then_some(STALL_RECV_BUFFER);
         let mut ws = open_socket(&self.env, recv_buffer).await.map_err(|e| if e.retry_after.is_some() { "server_full" } else { "connect" }.to_owned())?;
         let wire = self.env.wire;
@@ -437,13 +460,42 @@ impl Hostile {
         let started = Instant::now();
         let seen = match self.kind {
             Misbehaviour::Stall => self.stall(&mut ws).await,
-            Misbehaviour::Flood | Misbehaviour::Junk | Misbehaviour::Oversize => self.misbehave(&mut ws).await,
+            Misbehaviour::Flood | Misbehaviour::Junk | Misbehaviour::Oversize | Misbehaviour::Slowloris => self.misbehave(&mut ws).await,
         };
         match seen {
             Seen::Closed(_) | Seen::Ended => self.tally.ended_after_us.record(started.elapsed().as_micros() as u64),
             Seen::StillOpen | Seen::RunEnded => {
                 let _ = tokio::time::timeout(SEND_TIMEOUT, ws.close(None)).await;
             }
+        }
+        Ok(seen)
+    }
+
+    /// Half an upgrade request, then nothing: waits for the server to close
+    /// the connection.
+    async fn slowloris(&mut self) -> Result<Seen, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let authority = self.env.ws_url.trim_start_matches("ws://").split('/').next().unwrap_or_default().to_owned();
+        let mut tcp = tokio::time::timeout(SETUP_TIMEOUT, tokio::net::TcpStream::connect(authority.as_str())).await.map_err(|_| "connect".to_owned())?.map_err(|_| "connect".to_owned())?;
+        let half = format!("GET /ws HTTP/1.1\r\nhost: {authority}\r\nupgrade: websocket\r\nconnection: upgrade\r\n");
+        tcp.write_all(half.as_bytes()).await.map_err(|_| "send".to_owned())?;
+        let started = Instant::now();
+        let mut phase = self.phase.clone();
+        let mut sink = [0u8; 1024];
+        let seen = tokio::select! {
+            ended = async {
+                // Anything the server says (it should say nothing) is read
+                // and dropped; the end is what counts.
+                while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+            } => {
+                let _ = ended;
+                Seen::Ended
+            }
+            _ = tokio::time::sleep(LOOK_FOR) => Seen::StillOpen,
+            _ = run_over(&mut phase) => Seen::RunEnded,
+        };
+        if seen == Seen::Ended {
+            self.tally.ended_after_us.record(started.elapsed().as_micros() as u64);
         }
         Ok(seen)
     }
@@ -492,7 +544,7 @@ impl Hostile {
         let every = match self.kind {
             Misbehaviour::Flood => Some(FLOOD_EVERY),
             Misbehaviour::Junk => Some(JUNK_EVERY),
-            Misbehaviour::Stall | Misbehaviour::Oversize => None,
+            Misbehaviour::Stall | Misbehaviour::Oversize | Misbehaviour::Slowloris => None,
         };
         let deadline = Instant::now() + LOOK_FOR;
         let mut next = Some(Instant::now());
@@ -512,7 +564,7 @@ impl Hostile {
                     let frame = match self.kind {
                         Misbehaviour::Flood => wire.encode(&ClientMessage::Pose(PoseUpdate { t: n, pose: Pose::default() })),
                         Misbehaviour::Junk => junk(wire, n),
-                        Misbehaviour::Stall | Misbehaviour::Oversize => Message::Binary(vec![0x5a; MAX_MESSAGE_BYTES + 3_616].into()),
+                        Misbehaviour::Stall | Misbehaviour::Oversize | Misbehaviour::Slowloris => Message::Binary(vec![0x5a; MAX_MESSAGE_BYTES + 3_616].into()),
                     };
                     next = every.map(|e| send_at + e);
                     if Self::send(ws, frame).await.is_err() {

@@ -126,7 +126,7 @@ fn run(config: &plaza_load::cli::RunConfig) -> anyhow::Result<bool> {
             .iter()
             .map(|k| {
                 let server = k.server_closes.map_or_else(|| "?".to_owned(), |c| format!("{c:.0}"));
-                format!("{} {}/{} closed {} (server counted {server})", k.kind, k.closed_as_expected + k.ended_without_close_frame, k.sessions - k.cut_by_run_end, k.expected_close)
+                format!("{} {}/{} closed {} (server counted {server})", k.kind, k.closed_as_expected + k.ended_without_close_frame, k.sessions - k.cut_by_run_end, k.expected())
             })
             .collect();
         println!("plaza-load hostile: {} a room; {}", x.per_room, kinds.join(", "));

@@ -472,7 +472,7 @@ pub fn html(r: &RunResult) -> String {
                 k.behaviour,
                 k.clients,
                 k.sessions,
-                k.expected_close,
+                k.expected(),
                 k.closed_as_expected,
                 k.ended_without_close_frame,
                 esc(&other),
