@@ -483,14 +483,11 @@ impl Hostile {
         let mut phase = self.phase.clone();
         let mut sink = [0u8; 1024];
         let seen = tokio::select! {
-            ended = async {
+            () = async {
                 // Anything the server says (it should say nothing) is read
                 // and dropped; the end is what counts.
                 while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
-            } => {
-                let _ = ended;
-                Seen::Ended
-            }
+            } => Seen::Ended,
             _ = tokio::time::sleep(LOOK_FOR) => Seen::StillOpen,
             _ = run_over(&mut phase) => Seen::RunEnded,
         };
