@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 /// previous response on a kept-alive connection. Browsers and clients send
 /// a head in one go; a person's wait for the next request on a keep-alive
 /// connection is longer than this, and then the client opens another.
-pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_millis(plaza_shared::limits::REQUEST_HEAD_TIMEOUT_MS);
 
 /// After `shutdown`, how long open HTTP connections get to finish what they
 /// are doing (hyper closes idle ones at once).

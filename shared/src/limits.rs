@@ -26,6 +26,13 @@ pub const MAX_ROOM_CAPACITY: u32 = 200;
 
 /// The hello must arrive within this many milliseconds of the upgrade.
 pub const HELLO_TIMEOUT_MS: u64 = 5_000;
+/// The server closes an HTTP connection that sends no whole request head
+/// within this long, an idle kept-alive one included. Clients keep pooled
+/// connections idle for less ([`HTTP_POOL_IDLE_MS`]), so they don't send a
+/// request on one the server is closing.
+pub const REQUEST_HEAD_TIMEOUT_MS: u64 = 10_000;
+/// How long clients keep an idle pooled HTTP connection.
+pub const HTTP_POOL_IDLE_MS: u64 = REQUEST_HEAD_TIMEOUT_MS / 2;
 /// Room tick rate.
 pub const TICK_HZ: u32 = 20;
 /// Clients send poses at most this often.

@@ -122,7 +122,9 @@ pub async fn run(config: SessionConfig, input: NetInput, events: mpsc::Sender<Ne
 /// reports arriving there with the session's HTTP client and token.
 pub async fn run_with_telemetry(config: SessionConfig, mut input: NetInput, events: mpsc::Sender<NetEvent>, telemetry: Option<mpsc::Receiver<TelemetryReport>>) {
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) ^ u64::from(std::process::id());
-    let http = match reqwest::Client::builder().timeout(HTTP_TIMEOUT).build() {
+    // Idle connections are let go before the server closes them.
+    let pool_idle = Duration::from_millis(plaza_shared::limits::HTTP_POOL_IDLE_MS);
+    let http = match reqwest::Client::builder().timeout(HTTP_TIMEOUT).pool_idle_timeout(pool_idle).build() {
         Ok(http) => http,
         Err(e) => {
             let _ = events.send(NetEvent::Status(super::ConnectionStatus::Failed { reason: format!("no HTTP client: {e}") })).await;

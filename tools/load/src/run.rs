@@ -116,7 +116,9 @@ fn check_file_limit(sockets: u64) {
 /// Runs the load and returns the result (not yet written).
 pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
     let started_unix_ms = unix_ms();
-    let http = reqwest::Client::builder().timeout(HTTP_TIMEOUT).build().map_err(|e| RunError::Http(e.to_string()))?;
+    // Idle connections are let go before the server closes them.
+    let pool_idle = Duration::from_millis(plaza_shared::limits::HTTP_POOL_IDLE_MS);
+    let http = reqwest::Client::builder().timeout(HTTP_TIMEOUT).pool_idle_timeout(pool_idle).build().map_err(|e| RunError::Http(e.to_string()))?;
     // Watching the server: no idle connections kept, as each would be a
     // task on the server and spoil the back-to-idle check.
     let probe = reqwest::Client::builder().timeout(HTTP_TIMEOUT).pool_max_idle_per_host(0).build().map_err(|e| RunError::Http(e.to_string()))?;
