@@ -138,7 +138,7 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
                 && is_abuse(code)
                 && let Ok(mut abusers) = state.abusers.lock()
             {
-                abusers.bar(session.claims.sub.clone(), Instant::now());
+                abusers.mark(session.claims.sub.clone(), Instant::now());
             }
             match end {
                 End::Close(code, reason) => Some((code, reason)),

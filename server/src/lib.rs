@@ -137,7 +137,7 @@ pub struct AppState {
     /// The voice SFU.
     pub voice: voice::Sfu,
     /// Users closed for abuse a moment ago ([`ServerConfig::abuse_cooldown`]).
-    pub abusers: Arc<std::sync::Mutex<limiter::Cooldown<String>>>,
+    pub abusers: Arc<std::sync::Mutex<limiter::Interval<String>>>,
 }
 
 /// The two switches of a shutdown: draining, then closing.
@@ -165,7 +165,7 @@ impl AppState {
             connections: capacity::ConnectionBudget::new(config.max_connections),
             telemetry: telemetry::TelemetryState::new(),
             voice: voice::Sfu::new(config.voice.clone()),
-            abusers: Arc::new(std::sync::Mutex::new(limiter::Cooldown::new(config.abuse_cooldown))),
+            abusers: Arc::new(std::sync::Mutex::new(limiter::Interval::new(config.abuse_cooldown))),
         };
         Ok((state, Shutdown { draining: draining_tx, closing: closing_tx }))
     }

@@ -3,10 +3,9 @@
 //! 240 messages within any 2 s is a flood and closes the socket (4008).
 //!
 //! [`Interval`]: at most one event per key (a user) within a gap, for HTTP
-//! routes such as telemetry (one report a second per user).
-//!
-//! [`Cooldown`]: a key (a user) the server closed for abuse waits a while
-//! before its next hello is taken.
+//! routes such as telemetry (one report a second per user); and, with
+//! [`Interval::mark`] and [`Interval::wait_left`], a cooldown: a user the
+//! server closed for abuse waits the gap before its next hello is taken.
 
 use plaza_shared::limits::{FLOOD_MESSAGES, FLOOD_WINDOW_MS, RATE_BURST, RATE_PER_SECOND};
 use std::collections::{HashMap, VecDeque};
@@ -92,20 +91,35 @@ impl<K: Eq + Hash + Clone> Interval<K> {
         K: std::borrow::Borrow<Q>,
         Q: Eq + Hash + ToOwned<Owned = K> + ?Sized,
     {
-        if let Some(then) = self.last.get_mut(key) {
-            if now.saturating_duration_since(*then) < self.gap {
-                return false;
-            }
-            *then = now;
-            return true;
+        if self.wait_left(key, now).is_some() {
+            return false;
         }
+        match self.last.get_mut(key) {
+            Some(then) => *then = now,
+            None => self.mark(key.to_owned(), now),
+        }
+        true
+    }
+
+    /// Remembers an event of `key` at `now`, whatever came before: its next
+    /// one waits the gap from here.
+    pub fn mark(&mut self, key: K, now: Instant) {
         if self.last.len() >= self.prune_at {
             let gap = self.gap;
             self.last.retain(|_, then| now.saturating_duration_since(*then) < gap);
             self.prune_at = (self.last.len() * 2).max(1024);
         }
-        self.last.insert(key.to_owned(), now);
-        true
+        self.last.insert(key, now);
+    }
+
+    /// What is left of the gap after `key`'s last event, if any.
+    pub fn wait_left<Q>(&self, key: &Q, now: Instant) -> Option<Duration>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Eq + Hash + ?Sized,
+    {
+        let then = self.last.get(key)?;
+        self.gap.checked_sub(now.saturating_duration_since(*then)).filter(|left| !left.is_zero())
     }
 
     /// Keys remembered now.
@@ -115,49 +129,6 @@ impl<K: Eq + Hash + Clone> Interval<K> {
 
     pub fn is_empty(&self) -> bool {
         self.last.is_empty()
-    }
-}
-
-/// Keys barred until a moment each: [`Cooldown::bar`] starts one key's
-/// wait, [`Cooldown::wait_left`] says what is left of it. Ended waits are
-/// forgotten when the map grows, as in [`Interval`].
-#[derive(Debug)]
-pub struct Cooldown<K> {
-    wait: Duration,
-    until: HashMap<K, Instant>,
-    prune_at: usize,
-}
-
-impl<K: Eq + Hash + Clone> Cooldown<K> {
-    pub fn new(wait: Duration) -> Self {
-        Cooldown { wait, until: HashMap::new(), prune_at: 1024 }
-    }
-
-    /// `key` waits from `now` (a new bar replaces an older one).
-    pub fn bar(&mut self, key: K, now: Instant) {
-        if self.until.len() >= self.prune_at {
-            self.until.retain(|_, until| *until > now);
-            self.prune_at = (self.until.len() * 2).max(1024);
-        }
-        self.until.insert(key, now + self.wait);
-    }
-
-    /// What is left of `key`'s wait at `now`, if any.
-    pub fn wait_left<Q>(&self, key: &Q, now: Instant) -> Option<Duration>
-    where
-        K: std::borrow::Borrow<Q>,
-        Q: Eq + Hash + ?Sized,
-    {
-        self.until.get(key).and_then(|until| until.checked_duration_since(now)).filter(|left| !left.is_zero())
-    }
-
-    /// Keys remembered now (ended waits included until a prune).
-    pub fn len(&self) -> usize {
-        self.until.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.until.is_empty()
     }
 }
 
@@ -182,18 +153,18 @@ mod tests {
     }
 
     #[test]
-    fn a_barred_key_waits_its_time_others_not_at_all_and_ended_waits_are_forgotten() {
-        let mut c: Cooldown<String> = Cooldown::new(Duration::from_secs(10));
+    fn a_marked_key_waits_its_time_others_not_at_all_and_ended_waits_are_forgotten() {
+        let mut c: Interval<String> = Interval::new(Duration::from_secs(10));
         let t0 = Instant::now();
-        c.bar("eve".into(), t0);
+        c.mark("eve".into(), t0);
         assert_eq!(c.wait_left("eve", t0 + Duration::from_secs(3)), Some(Duration::from_secs(7)));
         assert_eq!(c.wait_left("ada", t0), None, "per key");
         assert_eq!(c.wait_left("eve", t0 + Duration::from_secs(10)), None, "over");
         // Barred again later: the new wait counts.
-        c.bar("eve".into(), t0 + Duration::from_secs(20));
+        c.mark("eve".into(), t0 + Duration::from_secs(20));
         assert_eq!(c.wait_left("eve", t0 + Duration::from_secs(25)), Some(Duration::from_secs(5)));
         for i in 0..5000u64 {
-            c.bar(format!("u{i}"), t0 + Duration::from_secs(100 + 20 * i));
+            c.mark(format!("u{i}"), t0 + Duration::from_secs(100 + 20 * i));
         }
         assert!(c.len() <= 2048, "{}", c.len());
     }

@@ -329,9 +329,7 @@ impl Task {
                             let now = Instant::now();
                             for u in &mut self.unacked {
                                 u.sent_at = now;
-                            }
-                            for chat in self.unacked.iter().map(|u| u.chat.clone()).collect::<Vec<_>>() {
-                                if let Err(e) = send(&mut ws, &ClientMessage::Chat(chat)).await {
+                                if let Err(e) = send(&mut ws, &ClientMessage::Chat(u.chat.clone())).await {
                                     return Stop::Ended(Ended::Dropped(e));
                                 }
                             }

@@ -132,9 +132,9 @@ pub struct RunArgs {
     /// turns at five kinds: one stops reading (expect 4009), one floods
     /// (4008), one sends invalid messages (1008), one sends an oversized
     /// message (1009), one sends half an upgrade request (the connection
-    /// closed at the 10 s head deadline); each comes back and does it again. The run fails if
-    /// the server doesn't close each with its code, or if the users beside
-    /// them lose anything.
+    /// closed at the 10 s head deadline); each comes back and does it
+    /// again. The run fails if the server doesn't close each with its code,
+    /// or if the users beside them lose anything.
     #[arg(long, default_value = "0", value_parser = clap::value_parser!(u32).range(0..=40))]
     pub hostile: u32,
     /// Restart the embedded server this often (5s–24h): it drains, closes

@@ -19,7 +19,7 @@
 //! (`plaza_ws_server_closes_total`) is read before and after.
 
 use crate::histogram::{Histogram, Summary as Percentiles};
-use crate::user::{Env, Phase, Ws, open_socket, post};
+use crate::user::{Env, Phase, Ws, open_socket, post, ws_host_port};
 use crate::wire::{Decoded, Wire};
 use futures_util::{SinkExt, StreamExt};
 use plaza_shared::limits::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION, close};
@@ -301,7 +301,7 @@ impl HostileLoad {
 
 /// `plaza_ws_server_closes_total` by reason, for the reasons we provoke.
 async fn server_closes(http: &reqwest::Client, base: &str) -> Option<BTreeMap<&'static str, f64>> {
-    let text = tokio::time::timeout(SETUP_TIMEOUT, async { http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await }).await.ok()?.ok()?;
+    let text = crate::server::metrics_text(http, base).await?;
     Misbehaviour::ALL
         .iter()
         .filter_map(|m| m.server_reason())
@@ -337,6 +337,19 @@ fn classify(wire: Wire, frame: Option<Result<Message, tokio_tungstenite::tungste
         Some(Ok(_)) => Frame::Other,
         Some(Err(_)) | None => Frame::Ended,
     }
+}
+
+/// What a misbehaving socket sends, and how often: every so long, or once.
+type Sending = (Option<Duration>, fn(Wire, u64) -> Message);
+
+/// The flood's `n`th pose (standing still: only the count matters).
+fn flood_pose(wire: Wire, n: u64) -> Message {
+    wire.encode(&ClientMessage::Pose(PoseUpdate { t: n, pose: Pose::default() }))
+}
+
+/// A message 3,616 bytes over the limit.
+fn oversized(_: Wire, _: u64) -> Message {
+    Message::Binary(vec![0x5a; MAX_MESSAGE_BYTES + 3_616].into())
 }
 
 /// The `n`th invalid message: a frame of the wrong kind, one that doesn't
@@ -443,12 +456,26 @@ impl Hostile {
         tokio::time::timeout(SETUP_TIMEOUT, wait).await.unwrap_or_else(|_| Err("setup_timeout".to_owned()))
     }
 
-    /// One socket: in the room, then the misbehaviour until the server ends it.
+    /// One connection: set up, then the misbehaviour until the server ends
+    /// it; how long that took is noted here for every kind.
     async fn session(&mut self, token: &str) -> Result<Seen, String> {
-        if self.kind == Misbehaviour::Slowloris {
-            return self.slowloris().await;
+        let (started, seen) = match self.kind {
+            Misbehaviour::Slowloris => self.slowloris().await?,
+            Misbehaviour::Stall => self.in_room(token, None).await?,
+            Misbehaviour::Flood => self.in_room(token, Some((Some(FLOOD_EVERY), flood_pose))).await?,
+            Misbehaviour::Junk => self.in_room(token, Some((Some(JUNK_EVERY), junk))).await?,
+            Misbehaviour::Oversize => self.in_room(token, Some((None, oversized))).await?,
+        };
+        if matches!(seen, Seen::Closed(_) | Seen::Ended) {
+            self.tally.ended_after_us.record(started.elapsed().as_micros() as u64);
         }
-        let recv_buffer = (self.kind == Misbehaviour::Stall).then_some(STALL_RECV_BUFFER);
+        Ok(seen)
+    }
+
+    /// A socket in the room, then `sending` (see [`Self::misbehave`]), or,
+    /// without it, the stall; when the misbehaviour began, and how it ended.
+    async fn in_room(&mut self, token: &str, sending: Option<Sending>) -> Result<(Instant, Seen), String> {
+        let recv_buffer = sending.is_none().then_some(STALL_RECV_BUFFER);
         let mut ws = open_socket(&self.env, recv_buffer).await.map_err(|e| if e.retry_after.is_some() { "server_full" } else { "connect" }.to_owned())?;
         let wire = self.env.wire;
         let hello = wire.encode(&ClientMessage::Hello(Hello { token: token.to_owned(), protocol: PROTOCOL_VERSION, resume: None }));
@@ -458,26 +485,23 @@ impl Hostile {
         self.expect(&mut ws, |m| matches!(m, ServerMessage::Joined(_))).await?;
 
         let started = Instant::now();
-        let seen = match self.kind {
-            Misbehaviour::Stall => self.stall(&mut ws).await,
-            Misbehaviour::Flood | Misbehaviour::Junk | Misbehaviour::Oversize | Misbehaviour::Slowloris => self.misbehave(&mut ws).await,
+        let seen = match sending {
+            None => self.stall(&mut ws).await,
+            Some(sending) => self.misbehave(&mut ws, sending).await,
         };
-        match seen {
-            Seen::Closed(_) | Seen::Ended => self.tally.ended_after_us.record(started.elapsed().as_micros() as u64),
-            Seen::StillOpen | Seen::RunEnded => {
-                let _ = tokio::time::timeout(SEND_TIMEOUT, ws.close(None)).await;
-            }
+        if matches!(seen, Seen::StillOpen | Seen::RunEnded) {
+            let _ = tokio::time::timeout(SEND_TIMEOUT, ws.close(None)).await;
         }
-        Ok(seen)
+        Ok((started, seen))
     }
 
     /// Half an upgrade request, then nothing: waits for the server to close
     /// the connection.
-    async fn slowloris(&mut self) -> Result<Seen, String> {
+    async fn slowloris(&mut self) -> Result<(Instant, Seen), String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let authority = self.env.ws_url.trim_start_matches("ws://").split('/').next().unwrap_or_default().to_owned();
-        let mut tcp = tokio::time::timeout(SETUP_TIMEOUT, tokio::net::TcpStream::connect(authority.as_str())).await.map_err(|_| "connect".to_owned())?.map_err(|_| "connect".to_owned())?;
-        let half = format!("GET /ws HTTP/1.1\r\nhost: {authority}\r\nupgrade: websocket\r\nconnection: upgrade\r\n");
+        let (host, port) = ws_host_port(&self.env.ws_url)?;
+        let mut tcp = tokio::time::timeout(SETUP_TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), port))).await.map_err(|_| "connect".to_owned())?.map_err(|_| "connect".to_owned())?;
+        let half = format!("GET /ws HTTP/1.1\r\nhost: {host}:{port}\r\nupgrade: websocket\r\nconnection: upgrade\r\n");
         tcp.write_all(half.as_bytes()).await.map_err(|_| "send".to_owned())?;
         let started = Instant::now();
         let mut phase = self.phase.clone();
@@ -491,10 +515,7 @@ impl Hostile {
             _ = tokio::time::sleep(LOOK_FOR) => Seen::StillOpen,
             _ = run_over(&mut phase) => Seen::RunEnded,
         };
-        if seen == Seen::Ended {
-            self.tally.ended_after_us.record(started.elapsed().as_micros() as u64);
-        }
-        Ok(seen)
+        Ok((started, seen))
     }
 
     /// Reads nothing and pings once a second until a ping can't be sent
@@ -535,14 +556,10 @@ impl Hostile {
         tokio::time::timeout(READ_REST_FOR, rest).await.unwrap_or(Seen::StillOpen)
     }
 
-    /// Flood, junk or one oversized message, reading all the while.
-    async fn misbehave(&mut self, ws: &mut Ws) -> Seen {
+    /// Sends `frame(wire, n)` for n = 1, 2, … every `every` (once without
+    /// it), reading all the while.
+    async fn misbehave(&mut self, ws: &mut Ws, (every, frame): Sending) -> Seen {
         let wire = self.env.wire;
-        let every = match self.kind {
-            Misbehaviour::Flood => Some(FLOOD_EVERY),
-            Misbehaviour::Junk => Some(JUNK_EVERY),
-            Misbehaviour::Stall | Misbehaviour::Oversize | Misbehaviour::Slowloris => None,
-        };
         let deadline = Instant::now() + LOOK_FOR;
         let mut next = Some(Instant::now());
         let mut n: u64 = 0;
@@ -558,13 +575,8 @@ impl Hostile {
                 },
                 _ = tokio::time::sleep_until(send_at), if next.is_some() => {
                     n += 1;
-                    let frame = match self.kind {
-                        Misbehaviour::Flood => wire.encode(&ClientMessage::Pose(PoseUpdate { t: n, pose: Pose::default() })),
-                        Misbehaviour::Junk => junk(wire, n),
-                        Misbehaviour::Stall | Misbehaviour::Oversize | Misbehaviour::Slowloris => Message::Binary(vec![0x5a; MAX_MESSAGE_BYTES + 3_616].into()),
-                    };
                     next = every.map(|e| send_at + e);
-                    if Self::send(ws, frame).await.is_err() {
+                    if Self::send(ws, frame(wire, n)).await.is_err() {
                         return self.read_rest(ws).await;
                     }
                 }

@@ -347,9 +347,14 @@ impl ServerGauges {
     }
 }
 
+/// `GET {base}/metrics`, if it answers in time.
+pub async fn metrics_text(http: &reqwest::Client, base: &str) -> Option<String> {
+    tokio::time::timeout(METRICS_TIMEOUT, async { http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await }).await.ok()?.ok()
+}
+
 /// `GET {base}/metrics`, parsed.
 pub async fn scrape_gauges(http: &reqwest::Client, base: &str) -> Option<ServerGauges> {
-    let text = tokio::time::timeout(METRICS_TIMEOUT, async { http.get(format!("{base}/metrics")).send().await?.error_for_status()?.text().await }).await.ok()?.ok()?;
+    let text = metrics_text(http, base).await?;
     let mut gauges = ServerGauges::parse(&text)?;
     let rooms = tokio::time::timeout(METRICS_TIMEOUT, async { http.get(format!("{base}/api/v1/rooms")).send().await?.error_for_status()?.json::<Vec<serde_json::Value>>().await }).await;
     gauges.rooms = rooms.ok().and_then(Result::ok).map(|r| r.len() as f64);

@@ -1251,7 +1251,6 @@ enum Read {
     End(End),
 }
 
-/// POSTs JSON to `base` + `path` and reads the token pair it answers.
 /// A socket to the run's server, or why not (with the wait a full server
 /// asked for). `recv_buffer`: a small kernel receive buffer (`SO_RCVBUF`,
 /// set before the connect), as on a client that stops reading.
@@ -1267,11 +1266,7 @@ pub(crate) async fn open_socket(env: &Env, recv_buffer: Option<u32>) -> Result<W
     // of this tool's CPU at 2,000 users.
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
     let connect = async {
-        let host = request.uri().host().ok_or_else(|| format!("{url}: no host"))?.trim_matches(['[', ']']).to_owned();
-        if request.uri().scheme_str() != Some("ws") {
-            return Err(format!("{url}: the load tool speaks ws:// only (no TLS)").into());
-        }
-        let port = request.uri().port_u16().unwrap_or(80);
+        let (host, port) = ws_host_port(url)?;
         let tcp = match recv_buffer {
             None => tokio::net::TcpStream::connect((host.as_str(), port)).await,
             Some(size) => connect_with_recv_buffer(&host, port, size).await,
@@ -1302,6 +1297,16 @@ pub(crate) async fn open_socket(env: &Env, recv_buffer: Option<u32>) -> Result<W
     Ok(ws)
 }
 
+/// The host and port of a `ws://` URL.
+pub(crate) fn ws_host_port(url: &str) -> Result<(String, u16), String> {
+    let request = url.into_client_request().map_err(|e| format!("{url}: {e}"))?;
+    if request.uri().scheme_str() != Some("ws") {
+        return Err(format!("{url}: the load tool speaks ws:// only (no TLS)"));
+    }
+    let host = request.uri().host().ok_or_else(|| format!("{url}: no host"))?.trim_matches(['[', ']']).to_owned();
+    Ok((host, request.uri().port_u16().unwrap_or(80)))
+}
+
 async fn connect_with_recv_buffer(host: &str, port: u16, size: u32) -> std::io::Result<tokio::net::TcpStream> {
     let addr = tokio::net::lookup_host((host, port)).await?.next().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
@@ -1309,6 +1314,7 @@ async fn connect_with_recv_buffer(host: &str, port: u16, size: u32) -> std::io::
     socket.connect(addr).await
 }
 
+/// POSTs JSON to `base` + `path` and reads the token pair it answers.
 pub(crate) async fn post(http: &reqwest::Client, base: &str, path: &str, body: serde_json::Value) -> Result<TokenPair, RequestFailure> {
     let url = format!("{base}{path}");
     json_answer(&url, http.post(&url).json(&body).send().await).await
