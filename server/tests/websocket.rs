@@ -404,24 +404,31 @@ async fn another_users_token_cannot_resume_a_session() {
     assert!(thief.try_recv(Duration::from_millis(300)).await.is_none(), "no seat, no state");
 }
 
-/// A real socket that stops reading: its kernel buffers fill, its queue
-/// fills, it is closed with 4009, and a member reading normally keeps
-/// getting every tick meanwhile.
-#[tokio::test]
-async fn a_slow_reader_is_closed_4009_while_the_others_keep_their_tick() {
+/// A server with 24 bots moving in `room` (a busy room whose deltas fill a
+/// slow reader's buffers quickly), silence allowed for 5 minutes.
+async fn server_with_24_bots_in(room: &str) -> TestServer {
     let config = plaza_server::ServerConfig {
         bots: 24,
-        bots_room: "busy".into(),
+        bots_room: room.into(),
         heartbeat_timeout: Duration::from_secs(300),
         ..plaza_server::ServerConfig::ephemeral()
     };
     let server = TestServer::start_with(config).await;
     for _ in 0..100 {
-        if server.room_users("busy").await == Some(24) {
+        if server.room_users(room).await == Some(24) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    server
+}
+
+/// A real socket that stops reading: its kernel buffers fill, its queue
+/// fills, it is closed with 4009, and a member reading normally keeps
+/// getting every tick meanwhile.
+#[tokio::test]
+async fn a_slow_reader_is_closed_4009_while_the_others_keep_their_tick() {
+    let server = server_with_24_bots_in("busy").await;
     let (mut fast, _) = server.member("Fast", Subprotocol::Binary, "busy").await;
     let token = server.token("Slow").await;
     let mut slow = Client::connect_small_buffer(server.addr, Subprotocol::Json).await;
@@ -472,19 +479,7 @@ async fn a_slow_reader_is_closed_4009_while_the_others_keep_their_tick() {
 /// to it, for as long as it talks.
 #[tokio::test]
 async fn a_slow_reader_that_keeps_sending_is_cut_off_once_the_room_closes_it() {
-    let config = plaza_server::ServerConfig {
-        bots: 24,
-        bots_room: "crowd".into(),
-        heartbeat_timeout: Duration::from_secs(300),
-        ..plaza_server::ServerConfig::ephemeral()
-    };
-    let server = TestServer::start_with(config).await;
-    for _ in 0..100 {
-        if server.room_users("crowd").await == Some(24) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let server = server_with_24_bots_in("crowd").await;
     let before = server.server_closes("too_slow").await;
     let token = server.token("Stalled").await;
     let mut slow = Client::connect_small_buffer(server.addr, Subprotocol::Json).await;
