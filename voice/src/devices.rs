@@ -1,0 +1,299 @@
+//! The microphone and the speakers. What the rest of the client sees is two
+//! [`Ring`]s: 48 kHz mono samples from the microphone, 48 kHz stereo samples
+//! to the speakers. With devices ([`AudioIo::open`]), a thread of their own
+//! owns the cpal streams and their callbacks fill and drain the rings,
+//! converting rate and channels; without ([`AudioIo::detached`]: no sound
+//! card, headless, tests) the rings are all there is and whoever holds them
+//! plays the device's part.
+
+use crate::resample::{Resampler, from_stereo, to_mono};
+use crate::{FRAME_SAMPLES, SAMPLE_RATE};
+use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+/// The microphone ring holds at most this (200 ms); older samples go.
+const MIC_RING: usize = 10 * FRAME_SAMPLES;
+/// The speaker ring holds at most this (200 ms of stereo).
+const SPEAKER_RING: usize = 2 * 10 * FRAME_SAMPLES;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("no audio output device")]
+    NoOutput,
+    #[error("no microphone")]
+    NoInput,
+    #[error("the {what} uses {format} samples; Plaza plays f32 or i16")]
+    Format { what: &'static str, format: String },
+    #[error("the {what} could not start: {cause}")]
+    Stream { what: &'static str, cause: String },
+}
+
+/// A bounded queue of samples between an audio callback and the voice
+/// task. Full, it drops the oldest (audio late is audio lost anyway).
+#[derive(Debug, Clone)]
+pub struct Ring {
+    samples: Arc<Mutex<VecDeque<f32>>>,
+    capacity: usize,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Ring {
+    pub fn new(capacity: usize) -> Ring {
+        Ring { samples: Arc::new(Mutex::new(VecDeque::with_capacity(capacity))), capacity, dropped: Arc::new(AtomicU64::new(0)) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<f32>> {
+        self.samples.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, samples: &[f32]) {
+        let mut q = self.lock();
+        q.extend(samples);
+        let over = q.len().saturating_sub(self.capacity);
+        if over > 0 {
+            q.drain(..over);
+            self.dropped.fetch_add(over as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Fills `out` from the front; returns how many samples it had.
+    pub fn pop_into(&self, out: &mut [f32]) -> usize {
+        let mut q = self.lock();
+        let n = out.len().min(q.len());
+        for (o, s) in out.iter_mut().zip(q.drain(..n)) {
+            *o = s;
+        }
+        n
+    }
+
+    /// Takes exactly `out.len()` samples, or none when fewer are there.
+    pub fn take_exact(&self, out: &mut [f32]) -> bool {
+        let mut q = self.lock();
+        let n = out.len();
+        if q.len() < n {
+            return false;
+        }
+        for (o, s) in out.iter_mut().zip(q.drain(..n)) {
+            *o = s;
+        }
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Samples dropped because the ring was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The voice's audio: the rings, and the device thread behind them if any.
+#[derive(Debug)]
+pub struct AudioIo {
+    /// 48 kHz mono from the microphone; none when there is none or it is off.
+    pub mic: Option<Ring>,
+    /// 48 kHz interleaved stereo to the speakers.
+    pub speakers: Ring,
+    /// What is playing and recording, for the log and the HUD.
+    pub description: String,
+    /// Dropping it stops the device thread and its streams.
+    _stop: Option<mpsc::Sender<()>>,
+}
+
+impl AudioIo {
+    /// Rings with no device behind them.
+    pub fn detached(mic: bool) -> AudioIo {
+        AudioIo { mic: mic.then(|| Ring::new(MIC_RING)), speakers: Ring::new(SPEAKER_RING), description: "no audio device".into(), _stop: None }
+    }
+
+    /// The default output device, and the default input when `mic`. No
+    /// output is an error; no microphone only leaves `mic` empty (listening
+    /// still works), with the reason in the description.
+    pub fn open(mic: bool) -> Result<AudioIo, DeviceError> {
+        if !sound_system_present() {
+            return Err(DeviceError::NoOutput);
+        }
+        let speakers = Ring::new(SPEAKER_RING);
+        let mic_ring = Ring::new(MIC_RING);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let (out_ring, in_ring) = (speakers.clone(), mic_ring.clone());
+        // cpal's streams are not Send everywhere: they live and die on this thread.
+        let spawned = std::thread::Builder::new().name("plaza-audio".into()).spawn(move || {
+            let host = cpal::default_host();
+            let output = match start_output(&host, out_ring) {
+                Ok(o) => o,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let input = if mic { Some(start_input(&host, in_ring)) } else { None };
+            let description = match &input {
+                Some(Ok((_, d))) => format!("{} · {}", output.1, d),
+                Some(Err(e)) => format!("{} · {e}", output.1),
+                None => format!("{} · microphone off", output.1),
+            };
+            let has_mic = matches!(input, Some(Ok(_)));
+            let _ = ready_tx.send(Ok((description, has_mic)));
+            // Until the AudioIo is dropped.
+            let _ = stop_rx.recv();
+            drop(input);
+            drop(output);
+        });
+        if let Err(e) = spawned {
+            return Err(DeviceError::Stream { what: "audio thread", cause: e.to_string() });
+        }
+        let (description, has_mic) = ready_rx.recv().map_err(|_| DeviceError::Stream { what: "audio thread", cause: "it stopped".into() })??;
+        Ok(AudioIo { mic: has_mic.then_some(mic_ring), speakers, description, _stop: Some(stop_tx) })
+    }
+}
+
+/// Whether any sound system is there to ask. On a box with no sound card
+/// and no sound server, ALSA prints a page of errors to stderr on every
+/// attempt; this answers first, quietly. Where it can't tell, it says yes.
+fn sound_system_present() -> bool {
+    let server_socket = std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|dir| {
+        let dir = std::path::Path::new(&dir);
+        dir.join("pulse/native").exists() || dir.join("pipewire-0").exists()
+    });
+    if server_socket || std::env::var_os("PULSE_SERVER").is_some() {
+        return true;
+    }
+    match std::fs::read_to_string("/proc/asound/cards") {
+        Ok(cards) => !cards.contains("no soundcards"),
+        Err(_) => cfg!(not(target_os = "linux")),
+    }
+}
+
+fn device_name(device: &cpal::Device) -> String {
+    device.description().map(|d| d.to_string()).unwrap_or_else(|_| "audio device".into())
+}
+
+fn start_output(host: &cpal::Host, ring: Ring) -> Result<(cpal::Stream, String), DeviceError> {
+    let device = host.default_output_device().ok_or(DeviceError::NoOutput)?;
+    let supported = device.default_output_config().map_err(|e| DeviceError::Stream { what: "audio output", cause: e.to_string() })?;
+    let config = supported.config();
+    let channels = usize::from(config.channels);
+    let mut resampler = Resampler::new(SAMPLE_RATE, config.sample_rate, 2);
+    let (mut stereo, mut resampled, mut mapped) = (Vec::new(), Vec::new(), Vec::new());
+    // Fills `data_len` device samples from the ring (silence when it runs dry).
+    let mut fill = move |data_len: usize| -> Vec<f32> {
+        let frames = data_len / channels.max(1);
+        // 48 kHz stereo samples needed for `frames` device frames, and a little more.
+        let want = 2 * ((frames as f64 * f64::from(SAMPLE_RATE) / f64::from(config.sample_rate)).ceil() as usize + 1);
+        stereo.resize(want, 0.0);
+        let got = ring.pop_into(&mut stereo);
+        stereo[got..].fill(0.0);
+        resampled.clear();
+        resampler.process(&stereo, &mut resampled);
+        mapped.clear();
+        from_stereo(&resampled, channels, &mut mapped);
+        mapped.resize(data_len, 0.0);
+        std::mem::take(&mut mapped)
+    };
+    let error = |e| tracing::warn!(error = %e, "audio output");
+    let stream = match supported.sample_format() {
+        cpal::SampleFormat::F32 => device.build_output_stream::<f32, _, _>(config, move |data: &mut [f32], _| {
+            let samples = fill(data.len());
+            data.copy_from_slice(&samples);
+        }, error, None),
+        cpal::SampleFormat::I16 => device.build_output_stream::<i16, _, _>(
+            config,
+            move |data: &mut [i16], _| {
+                let samples = fill(data.len());
+                for (d, s) in data.iter_mut().zip(samples) {
+                    *d = (s * f32::from(i16::MAX)) as i16;
+                }
+            },
+            error,
+            None,
+        ),
+        other => return Err(DeviceError::Format { what: "audio output", format: format!("{other:?}") }),
+    }
+    .map_err(|e| DeviceError::Stream { what: "audio output", cause: e.to_string() })?;
+    stream.play().map_err(|e| DeviceError::Stream { what: "audio output", cause: e.to_string() })?;
+    Ok((stream, format!("{} ({} Hz, {channels} ch)", device_name(&device), config.sample_rate)))
+}
+
+fn start_input(host: &cpal::Host, ring: Ring) -> Result<(cpal::Stream, String), DeviceError> {
+    let device = host.default_input_device().ok_or(DeviceError::NoInput)?;
+    let supported = device.default_input_config().map_err(|e| DeviceError::Stream { what: "microphone", cause: e.to_string() })?;
+    let config = supported.config();
+    let channels = usize::from(config.channels);
+    let mut resampler = Resampler::new(config.sample_rate, SAMPLE_RATE, 1);
+    let (mut mono, mut resampled) = (Vec::new(), Vec::new());
+    let mut take = move |data: &[f32]| {
+        mono.clear();
+        to_mono(data, channels, &mut mono);
+        resampled.clear();
+        resampler.process(&mono, &mut resampled);
+        ring.push(&resampled);
+    };
+    let error = |e| tracing::warn!(error = %e, "microphone");
+    let stream = match supported.sample_format() {
+        cpal::SampleFormat::F32 => device.build_input_stream::<f32, _, _>(config, move |data, _| take(data), error, None),
+        cpal::SampleFormat::I16 => {
+            let mut converted = Vec::new();
+            device.build_input_stream::<i16, _, _>(
+                config,
+                move |data, _| {
+                    converted.clear();
+                    converted.extend(data.iter().map(|s| f32::from(*s) / f32::from(i16::MAX)));
+                    take(&converted);
+                },
+                error,
+                None,
+            )
+        }
+        other => return Err(DeviceError::Format { what: "microphone", format: format!("{other:?}") }),
+    }
+    .map_err(|e| DeviceError::Stream { what: "microphone", cause: e.to_string() })?;
+    stream.play().map_err(|e| DeviceError::Stream { what: "microphone", cause: e.to_string() })?;
+    Ok((stream, format!("mic {} ({} Hz, {channels} ch)", device_name(&device), config.sample_rate)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_ring_drops_the_oldest_and_counts_them() {
+        let r = Ring::new(4);
+        r.push(&[1.0, 2.0, 3.0]);
+        r.push(&[4.0, 5.0, 6.0]);
+        assert_eq!(r.dropped(), 2);
+        let mut out = [0.0; 3];
+        assert!(r.take_exact(&mut out));
+        assert_eq!(out, [3.0, 4.0, 5.0]);
+        assert!(!r.take_exact(&mut out), "one left, three asked");
+        assert_eq!(r.pop_into(&mut out), 1);
+        assert_eq!(out[0], 6.0);
+    }
+
+    #[test]
+    fn detached_audio_has_rings_and_says_so() {
+        let io = AudioIo::detached(true);
+        assert!(io.mic.is_some());
+        assert_eq!(io.description, "no audio device");
+        assert!(AudioIo::detached(false).mic.is_none());
+    }
+
+    /// On a machine with no sound card this is an error that says so; with
+    /// one it plays. Either way it returns (no hang, no panic).
+    #[test]
+    fn opening_the_devices_returns_either_way() {
+        match AudioIo::open(true) {
+            Ok(io) => assert!(!io.description.is_empty()),
+            Err(e) => assert!(!e.to_string().is_empty()),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! How loud a frame is, and whether someone is speaking: the HUD's
+//! speaking indicators and the microphone meter.
+
+/// Louder than this (RMS, full scale 1.0; about −46 dBFS) is speech, not room noise.
+pub const SPEAKING_RMS: f32 = 0.005;
+/// Frames a voice counts as speaking after its last loud one (300 ms), so
+/// the indicator does not flicker between words.
+pub const HOLD_FRAMES: u32 = 15;
+
+/// Root mean square of a frame.
+pub fn rms(frame: &[f32]) -> f32 {
+    if frame.is_empty() {
+        return 0.0;
+    }
+    (frame.iter().map(|s| s * s).sum::<f32>() / frame.len() as f32).sqrt()
+}
+
+/// Speaking or not, from frame levels, with a hold.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Activity {
+    hold: u32,
+}
+
+impl Activity {
+    /// Takes one frame's level; true while speaking.
+    pub fn update(&mut self, level: f32) -> bool {
+        if level >= SPEAKING_RMS {
+            self.hold = HOLD_FRAMES;
+        } else {
+            self.hold = self.hold.saturating_sub(1);
+        }
+        self.hold > 0
+    }
+
+    /// A frame of nothing (the voice is silent).
+    pub fn quiet(&mut self) -> bool {
+        self.update(0.0)
+    }
+
+    pub fn speaking(&self) -> bool {
+        self.hold > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_scale_square_wave_is_one_and_silence_is_zero() {
+        assert_eq!(rms(&[1.0, -1.0, 1.0, -1.0]), 1.0);
+        assert_eq!(rms(&[0.0; 8]), 0.0);
+        assert_eq!(rms(&[]), 0.0);
+    }
+
+    #[test]
+    fn speaking_holds_between_words_then_stops() {
+        let mut a = Activity::default();
+        assert!(!a.update(0.001), "room noise is not speech");
+        assert!(a.update(0.1));
+        for _ in 1..HOLD_FRAMES {
+            assert!(a.quiet(), "held between words");
+        }
+        assert!(!a.quiet(), "stopped after the hold");
+    }
+}
