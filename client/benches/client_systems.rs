@@ -28,7 +28,7 @@ fn app(avatars: u32, lod: bool, threads: usize) -> App {
         .add_plugins((
             AvatarsPlugin { walkers: 0 },
             LodPlugin { enabled: lod, distance_culling: true },
-            NetworkPlugin { mode: NetworkMode::Offline, room: "bench".into(), name: "bench".into(), telemetry: false },
+            NetworkPlugin { mode: NetworkMode::Offline, room: "bench".into(), name: "bench".into(), telemetry: false, voice: None },
             RemotePlugin,
         ));
     app.world_mut().spawn((MainCamera, Transform::from_xyz(0.0, 2.0, 0.0)));

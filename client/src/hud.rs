@@ -13,9 +13,11 @@ use crate::lod::{Lod, LodConfig};
 use crate::network::{ChatUpdate, ConnectionInfo, ConnectionStatus, NetCommand, NetLink, Toast};
 use crate::player::{LocalPlayer, PlayerControl};
 use crate::quality::{ActiveQuality, MainCamera};
+use crate::remote::RemoteAvatar;
 use crate::render_scale::OutputCamera;
 use crate::settings::SettingsFile;
 use crate::stats::FrameStats;
+use crate::voice::VoiceInfo;
 use bevy::prelude::*;
 use bevy_egui::input::EguiWantsInput;
 use bevy_egui::{EguiContexts, EguiPrimaryContextPass, egui};
@@ -240,7 +242,14 @@ fn settings_window(
     Ok(())
 }
 
-fn chat_window(mut contexts: EguiContexts, mut hud: ResMut<HudState>, link: Option<Res<NetLink>>, info: Res<ConnectionInfo>, keys: Option<Res<ButtonInput<KeyCode>>>) -> Result {
+fn chat_window(
+    mut contexts: EguiContexts,
+    mut hud: ResMut<HudState>,
+    link: Option<Res<NetLink>>,
+    info: Res<ConnectionInfo>,
+    voice: Option<Res<VoiceInfo>>,
+    keys: Option<Res<ButtonInput<KeyCode>>>,
+) -> Result {
     let Some(link) = link else { return Ok(()) };
     let ctx = contexts.ctx_mut()?;
     let hud = hud.as_mut();
@@ -256,6 +265,9 @@ fn chat_window(mut contexts: EguiContexts, mut hud: ResMut<HudState>, link: Opti
                 };
             }
         });
+        if let Some(line) = voice.as_ref().and_then(|v| v.line()) {
+            ui.small(line);
+        }
         let input = ui.add(egui::TextEdit::singleline(&mut hud.chat_input).hint_text("Enter to chat").desired_width(320.0).char_limit(plaza_shared::limits::CHAT_TEXT_MAX_CHARS));
         let enter = ui.input(|i| i.key_pressed(egui::Key::Enter));
         if input.lost_focus() && enter {
@@ -311,7 +323,8 @@ fn toast_width(screen_width: f32) -> f32 {
 fn nameplates(
     mut contexts: EguiContexts,
     camera: Query<(&Camera, &Transform), With<MainCamera>>,
-    avatars: Query<(&Avatar, &Lod, &Transform), Without<LocalPlayer>>,
+    avatars: Query<(&Avatar, &Lod, &Transform, Option<&RemoteAvatar>), Without<LocalPlayer>>,
+    voice: Option<Res<VoiceInfo>>,
     mut plates: Local<Vec<(egui::Rect, f32, std::sync::Arc<egui::Galley>)>>,
 ) -> Result {
     let Ok((camera, eye)) = camera.single() else { return Ok(()) };
@@ -324,13 +337,16 @@ fn nameplates(
     let painter = ctx.layer_painter(egui::LayerId::background());
     let font = egui::FontId::proportional(14.0);
     plates.clear();
-    for (avatar, lod, at) in &avatars {
+    for (avatar, lod, at, remote) in &avatars {
         if lod.level == LodLevel::Hidden || lod.distance > NAMEPLATE_DISTANCE {
             continue;
         }
         let Ok(pos) = camera.world_to_viewport(&eye, at.translation + Vec3::Y * 2.05) else { continue };
         let pos = egui::pos2(pos.x * scale.x, pos.y * scale.y);
-        let galley = painter.layout_no_wrap(avatar.name.clone(), font.clone(), egui::Color32::WHITE);
+        // Whoever is speaking has a green name.
+        let speaking = remote.zip(voice.as_ref()).is_some_and(|(r, v)| v.speaking(r.id));
+        let color = if speaking { SPEAKING_COLOR } else { egui::Color32::WHITE };
+        let galley = painter.layout_no_wrap(avatar.name.clone(), font.clone(), color);
         plates.push((egui::Align2::CENTER_BOTTOM.anchor_size(pos, galley.size()), lod.distance, galley));
     }
     let shown = uncluttered(&plates.iter().map(|(rect, distance, _)| (*rect, *distance)).collect::<Vec<_>>());
@@ -341,6 +357,9 @@ fn nameplates(
     }
     Ok(())
 }
+
+/// A speaking avatar's name.
+const SPEAKING_COLOR: egui::Color32 = egui::Color32::from_rgb(120, 230, 140);
 
 /// Space kept clear around a name, in points.
 const NAMEPLATE_GAP: f32 = 2.0;

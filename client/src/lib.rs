@@ -14,6 +14,7 @@
 //! - [`avatars`]: how avatars look at each level; local walkers.
 //! - [`network`]: the network thread (and the embedded server).
 //! - [`remote`]: other people's avatars, interpolated.
+//! - [`voice`]: voice chat: the scene for the spatial mix, mute, who speaks.
 //! - [`player`]: your avatar and the camera that follows it.
 //! - [`hud`]: stats, settings, chat, toasts, nameplates (egui).
 //! - [`stats`]: what each frame drew, counted.
@@ -54,6 +55,7 @@ pub mod scene;
 pub mod settings;
 pub mod stats;
 pub mod telemetry;
+pub mod voice;
 
 use bevy::app::{PluginGroupBuilder, ScheduleRunnerPlugin};
 use bevy::prelude::*;
@@ -101,7 +103,8 @@ impl PluginGroup for PlazaClientPlugins {
             .add(scene::ScenePlugin { offscreen: o.headless.then_some(o.resolution) })
             .add(render_scale::RenderScalePlugin)
             .add(avatars::AvatarsPlugin { walkers })
-            .add(network::NetworkPlugin { mode, room: o.room.clone(), name: o.display_name(), telemetry: o.telemetry_on() })
+            .add(network::NetworkPlugin { mode, room: o.room.clone(), name: o.display_name(), telemetry: o.telemetry_on(), voice: o.voice() })
+            .add(voice::VoicePlugin)
             .add(remote::RemotePlugin)
             .add(player::PlayerPlugin { spawn: self.scenario.is_none() })
             .add(stats::StatsPlugin)

@@ -29,7 +29,18 @@ pub struct ClientOptions {
     #[arg(long, env = "ENABLE_TELEMETRY")]
     pub telemetry: Option<Switch>,
 
-    /// Log voice quality-of-service decisions.
+    /// Voice chat: on/off. Default on, off with --headless (nobody listens).
+    #[arg(long, env = "PLAZA_VOICE")]
+    pub voice: Option<Switch>,
+
+    /// Send your microphone: on/off (off: listen only). Default on. M mutes
+    /// and unmutes while playing.
+    #[arg(long, env = "PLAZA_MIC")]
+    pub mic: Option<Switch>,
+
+    /// Log voice quality-of-service decisions: each listening slot's
+    /// playout delay as it changes, and its loss, late and concealed frames
+    /// every 5 s (target `plaza::voice::qos`).
     #[arg(long, env = "VOICE_QOS_DEBUG")]
     pub voice_qos_debug: bool,
 
@@ -112,6 +123,13 @@ impl ClientOptions {
         self.telemetry.unwrap_or(Switch::ON).is_on()
     }
 
+    /// Voice, when on: with the microphone or listening only. Off offline
+    /// (no server) and by default headless.
+    pub fn voice(&self) -> Option<crate::network::VoiceOptions> {
+        let on = self.voice.map_or(!self.headless, Switch::is_on) && !self.offline;
+        on.then(|| crate::network::VoiceOptions { mic: self.mic.unwrap_or(Switch::ON).is_on(), qos_debug: self.voice_qos_debug })
+    }
+
     /// Bots: the server's with the embedded server (default 24), else local
     /// walkers only when asked for.
     pub fn bots(&self) -> u32 {
@@ -133,6 +151,8 @@ impl ClientOptions {
         self.lod = self.lod.or(file.lod.map(Switch));
         self.culling = self.culling.or(file.culling.map(Switch));
         self.telemetry = self.telemetry.or(file.telemetry.map(Switch));
+        self.voice = self.voice.or(file.voice.map(Switch));
+        self.mic = self.mic.or(file.mic.map(Switch));
         self.name = self.name.or_else(|| file.name.clone());
         self
     }
@@ -208,13 +228,27 @@ mod tests {
 
     #[test]
     fn flags_beat_the_settings_file_which_beats_defaults() {
-        let file = crate::settings::Settings { preset: Some(PresetChoice::Fixed(QualityPreset::Low)), lod: Some(false), culling: None, telemetry: Some(false), name: Some("Ada".into()) };
+        let file = crate::settings::Settings { preset: Some(PresetChoice::Fixed(QualityPreset::Low)), lod: Some(false), culling: None, telemetry: Some(false), voice: Some(false), mic: None, name: Some("Ada".into()) };
         let o = parse(&["--lod", "on"]).unwrap().resolve(&file);
         assert_eq!(o.preset_choice(), PresetChoice::Fixed(QualityPreset::Low), "from the file");
         assert!(o.lod_on(), "the flag wins");
         assert!(o.culling_on(), "the default");
         assert!(!o.telemetry_on());
         assert_eq!(o.display_name(), "Ada");
+        assert_eq!(o.voice(), None, "voice off from the file");
+        let o = parse(&["--voice", "on", "--mic", "off"]).unwrap().resolve(&file);
+        assert_eq!(o.voice(), Some(crate::network::VoiceOptions { mic: false, qos_debug: false }), "the flags win");
+    }
+
+    #[test]
+    fn voice_is_on_with_the_microphone_by_default_and_off_headless_or_offline() {
+        assert_eq!(parse(&[]).unwrap().voice(), Some(crate::network::VoiceOptions { mic: true, qos_debug: false }));
+        assert_eq!(parse(&["--headless"]).unwrap().voice(), None);
+        assert!(parse(&["--headless", "--voice", "on"]).unwrap().voice().is_some(), "asked for");
+        assert_eq!(parse(&["--offline", "--voice", "on"]).unwrap().voice(), None, "no server, no voice");
+        assert!(parse(&["--voice-qos-debug"]).unwrap().voice().unwrap().qos_debug);
+        let text = parse(&["--mic", "loud"]).unwrap_err().to_string();
+        assert!(text.contains("--mic") && text.contains("on, off"), "{text}");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! lod = true
 //! culling = true
 //! telemetry = true
+//! voice = true         # voice chat
+//! mic = true           # false: listen only
 //! name = "Ada"
 //! ```
 //!
@@ -32,6 +34,10 @@ pub struct Settings {
     pub culling: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mic: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
@@ -156,7 +162,7 @@ mod tests {
     fn saves_and_loads_back() {
         let path = temp("roundtrip");
         assert_eq!(Settings::load(&path).unwrap(), Settings::default(), "missing is defaults");
-        let s = Settings { preset: Some(PresetChoice::Auto), lod: Some(false), culling: None, telemetry: Some(true), name: Some("Ada".into()) };
+        let s = Settings { preset: Some(PresetChoice::Auto), lod: Some(false), culling: None, telemetry: Some(true), voice: None, mic: Some(false), name: Some("Ada".into()) };
         s.save(&path).unwrap();
         assert_eq!(Settings::load(&path).unwrap(), s);
         std::fs::write(&path, "preset = \"med\"\n").unwrap();

@@ -99,7 +99,7 @@ impl Client {
         let (poses, pose_rx) = tokio::sync::watch::channel(None);
         let (event_tx, events) = mpsc::channel(256);
         let config = SessionConfig { server, room: room.into(), name: "Tester".into() };
-        tokio::spawn(session::run(config, NetInput { commands: command_rx, pose: pose_rx }, event_tx));
+        tokio::spawn(session::run(config, NetInput { commands: command_rx, pose: pose_rx, voice: None }, event_tx));
         Client { poses, events, commands }
     }
 

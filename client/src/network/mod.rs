@@ -10,6 +10,7 @@
 pub mod connection;
 pub mod session;
 pub mod telemetry;
+pub mod voice;
 
 pub use connection::{ConnectionStatus, Notice};
 
@@ -40,6 +41,8 @@ pub enum NetCommand {
 pub struct NetInput {
     pub commands: mpsc::Receiver<NetCommand>,
     pub pose: watch::Receiver<Option<Pose>>,
+    /// Voice, when it is on and there is audio to use.
+    pub voice: Option<voice::VoicePort>,
 }
 
 #[derive(Debug)]
@@ -76,7 +79,7 @@ impl NetLink {
         let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
         let (pose, pose_rx) = watch::channel(None);
         let (event_tx, events) = mpsc::channel(EVENT_QUEUE);
-        (NetLink { commands, pose, events: Mutex::new(events) }, NetInput { commands: command_rx, pose: pose_rx }, event_tx)
+        (NetLink { commands, pose, events: Mutex::new(events) }, NetInput { commands: command_rx, pose: pose_rx, voice: None }, event_tx)
     }
 
     /// Queues a command; false when the queue is full or the task is gone.
@@ -169,7 +172,26 @@ pub struct NetworkPlugin {
     pub name: String,
     /// Post frame-timing reports (`--telemetry`): opens [`TelemetryOutbox`].
     pub telemetry: bool,
+    /// Voice (`--voice`), with or without the microphone.
+    pub voice: Option<VoiceOptions>,
 }
+
+/// How voice runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VoiceOptions {
+    /// Send the microphone (`--mic`); off: listen only.
+    pub mic: bool,
+    /// `--voice-qos-debug`.
+    pub qos_debug: bool,
+}
+
+/// The app's ends of voice while it runs ([`crate::voice`] reads them).
+#[derive(Resource, Debug)]
+pub struct VoiceLink(pub voice::VoiceControl);
+
+/// Why voice is not running, when it was asked for: shown on the HUD.
+#[derive(Resource, Debug, Clone)]
+pub struct VoiceUnavailable(pub String);
 
 impl Plugin for NetworkPlugin {
     fn build(&self, app: &mut App) {
@@ -182,7 +204,7 @@ impl Plugin for NetworkPlugin {
             NetworkMode::Offline => {
                 app.insert_resource(ConnectionInfo { status: ConnectionStatus::Offline, ..default() });
             }
-            mode => match start(mode.clone(), self.room.clone(), self.name.clone(), self.telemetry) {
+            mode => match start(mode.clone(), self.room.clone(), self.name.clone(), self.telemetry, self.open_voice(app)) {
                 Ok((link, outbox, server)) => {
                     app.insert_resource(link).insert_resource(ConnectionInfo { server: Some(server), ..default() });
                     if let Some(outbox) = outbox {
@@ -198,9 +220,31 @@ impl Plugin for NetworkPlugin {
     }
 }
 
+impl NetworkPlugin {
+    /// Opens the sound devices for voice, when asked for: the network
+    /// thread's ends, with the app's in [`VoiceLink`]. No sound device is one
+    /// log line and [`VoiceUnavailable`]; the rest of the client runs on.
+    fn open_voice(&self, app: &mut App) -> Option<voice::VoicePort> {
+        let options = self.voice?;
+        match plaza_voice::devices::AudioIo::open(options.mic) {
+            Ok(audio) => {
+                info!(devices = %audio.description, "voice: audio ready");
+                let (control, port) = voice::voice_link(audio, options.qos_debug);
+                app.insert_resource(VoiceLink(control));
+                Some(port)
+            }
+            Err(e) => {
+                warn!("voice is off: {e} (--voice off silences this)");
+                app.insert_resource(VoiceUnavailable(e.to_string()));
+                None
+            }
+        }
+    }
+}
+
 /// Starts the network thread; returns the link, the telemetry outbox (when
 /// asked for) and the server's address.
-fn start(mode: NetworkMode, room: String, name: String, telemetry: bool) -> Result<(NetLink, Option<TelemetryOutbox>, String), String> {
+fn start(mode: NetworkMode, room: String, name: String, telemetry: bool, voice: Option<voice::VoicePort>) -> Result<(NetLink, Option<TelemetryOutbox>, String), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("plaza-net")
@@ -212,7 +256,8 @@ fn start(mode: NetworkMode, room: String, name: String, telemetry: bool) -> Resu
         NetworkMode::Remote { server } => server,
         NetworkMode::Embedded { bots } => runtime.block_on(start_embedded(bots, &room))?,
     };
-    let (link, input, events) = NetLink::pair();
+    let (link, mut input, events) = NetLink::pair();
+    input.voice = voice;
     let (outbox, reports) = if telemetry {
         let (outbox, reports) = TelemetryOutbox::pair();
         (Some(outbox), Some(reports))
@@ -316,7 +361,7 @@ mod tests {
     #[test]
     fn events_become_state_and_messages_and_a_dead_thread_shows() {
         let mut app = App::new();
-        app.add_plugins(MinimalPlugins).add_plugins(NetworkPlugin { mode: NetworkMode::Offline, room: "plaza".into(), name: "Ada".into(), telemetry: false });
+        app.add_plugins(MinimalPlugins).add_plugins(NetworkPlugin { mode: NetworkMode::Offline, room: "plaza".into(), name: "Ada".into(), telemetry: false, voice: None });
         let (link, _input, events) = NetLink::pair();
         app.insert_resource(link);
         events.try_send(NetEvent::Status(ConnectionStatus::InRoom { room: "r_1".into(), room_name: "plaza".into() })).unwrap();

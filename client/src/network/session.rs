@@ -284,6 +284,10 @@ impl Task {
         let mut refreshing: Option<tokio::task::JoinHandle<Result<TokenPair, RequestFailure>>> = None;
         // So does the chat history read after each join.
         let mut history: Option<tokio::task::JoinHandle<Result<Vec<ChatMessage>, RequestFailure>>> = None;
+        // Voice, once in the room: the call's signals to the server come
+        // out of `voice_outbox`; dropping the call (the socket ends) ends it.
+        let (voice_out, mut voice_outbox) = mpsc::channel::<plaza_shared::voice::VoiceSignal>(8);
+        let mut voice_call: Option<super::voice::VoiceCall> = None;
         loop {
             let refresh_at = self.conn.refresh_at().map(|at| self.started + at).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let chat_resend_at = self.next_chat_resend();
@@ -338,6 +342,11 @@ impl Task {
                                 let (http, server, room) = (self.http.clone(), self.config.server.clone(), j.room.clone());
                                 history = Some(tokio::spawn(async move { chat_history(&http, &server, &room, &token).await }));
                             }
+                            if let Some(port) = &input.voice
+                                && voice_call.is_none()
+                            {
+                                voice_call = Some(super::voice::VoiceCall::start(port, &self.config.server, voice_out.clone()));
+                            }
                             // The full state must arrive: wait for room rather than drop it.
                             if self.events.send(NetEvent::Joined(j)).await.is_err() {
                                 return Stop::Quit;
@@ -375,11 +384,21 @@ impl Task {
                             let _ = ws.close(None).await;
                             return Stop::Ended(Ended::RoomFull);
                         }
+                        ServerMessage::Error(e) if e.code == ErrorCode::VoiceUnavailable => {
+                            // The call is waiting for an answer that won't come.
+                            if let Some(call) = &voice_call {
+                                call.signal(plaza_shared::voice::VoiceSignal::Ended { reason: e.message.clone() });
+                            }
+                        }
                         ServerMessage::Error(e) => {
                             tracing::warn!(code = e.code.as_str(), message = %e.message, "server error");
                             self.send(NetEvent::ServerError(e));
                         }
-                        ServerMessage::Voice(_) => {}
+                        ServerMessage::Voice(v) => match (plaza_shared::voice::VoiceSignal::from_message(&v), &voice_call) {
+                            (Ok(signal), Some(call)) => call.signal(signal),
+                            (Ok(signal), None) => tracing::debug!(kind = signal.kind(), "voice signal with no call"),
+                            (Err(e), _) => tracing::warn!(cause = %e, "voice signal from the server not understood"),
+                        },
                     }
                 }
                 changed = input.pose.changed(), if in_room && pose_due_us.is_none() => {
@@ -392,6 +411,11 @@ impl Task {
                     let due = pacer.next_send_us(now_us);
                     pose_due_us = Some(due);
                     pose_timer.as_mut().reset(Instant::now() + Duration::from_micros(due.saturating_sub(now_us)));
+                }
+                Some(signal) = voice_outbox.recv() => {
+                    if let Err(e) = send(&mut ws, &ClientMessage::Voice(signal.into_message())).await {
+                        return Stop::Ended(Ended::Dropped(e));
+                    }
                 }
                 command = input.commands.recv() => {
                     let Some(command) = command else {

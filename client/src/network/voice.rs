@@ -1,0 +1,447 @@
+//! Voice on the network thread: one call per socket, to the server's SFU.
+//!
+//! Once the session is in a room it starts a [`VoiceCall`]: a WebRTC peer
+//! (`plaza_server::voice::client`) with the microphone as its one sending
+//! track and [`MAX_SLOTS`] listening slots, signaled through the WebSocket
+//! (the relay carries [`VoiceSignal`]s both ways). Every 20 ms the call
+//! encodes what the microphone gave, files what the slots heard into their
+//! jitter buffers, and mixes one frame for the speakers, each voice placed
+//! at its avatar as the ECS last described the scene ([`VoiceScene`]). A
+//! call that fails is offered again, backing off; a socket that ends takes
+//! its call with it, and the next socket starts another.
+//!
+//! The ECS and the call share three small channels ([`voice_link`]): the
+//! scene and the mute switch in, the [`VoiceStatus`] out. Nothing in a
+//! frame waits on voice.
+
+use plaza_server::voice::client::VoiceClient;
+use plaza_shared::voice::{MAX_SLOTS, SlotSpeaker, VoiceSignal};
+use plaza_voice::FRAME_SAMPLES;
+use plaza_voice::codec::Encoder;
+use plaza_voice::devices::AudioIo;
+use plaza_voice::level::{Activity, rms};
+use plaza_voice::mix::{Mixer, STEREO_FRAME};
+use plaza_voice::spatial::Listener;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// How long an offer waits for its answer, and the connection to come up.
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+/// The first wait before offering again after a failed call; it doubles
+/// up to [`RETRY_AT_MOST`].
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_AT_MOST: Duration = Duration::from_secs(30);
+/// The speakers' ring is kept at most this full (60 ms): enough to ride out
+/// a late wakeup of this thread, little enough not to be heard as delay.
+const SPEAKER_LEAD_FRAMES: usize = 3;
+/// How often `--voice-qos-debug` logs each slot's numbers.
+const QOS_LOG_EVERY: Duration = Duration::from_secs(5);
+/// Signals queued between the relay and the call.
+const SIGNAL_QUEUE: usize = 16;
+
+/// Where the listener is and where the voices' avatars are, from the ECS.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VoiceScene {
+    pub listener: Listener,
+    /// Positions of the avatars the slots carry (the ECS sends those only).
+    pub avatars: Vec<(u32, [f32; 3])>,
+}
+
+/// Where voice stands, for the HUD.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum VoiceState {
+    /// Not in a room (or voice is off).
+    #[default]
+    Off,
+    Connecting,
+    On,
+    /// The last call failed; the next try is under way or waiting.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VoiceStatus {
+    pub state: VoiceState,
+    /// Whether a microphone is sending (present and not muted).
+    pub sending: bool,
+    /// Whether there is a microphone at all.
+    pub mic: bool,
+    /// The avatar each slot carries.
+    pub slots: Vec<Option<u32>>,
+    /// The avatars speaking now.
+    pub speaking: Vec<u32>,
+    /// Whether we are speaking now (the microphone is loud).
+    pub self_speaking: bool,
+    /// The audio devices in use.
+    pub device: String,
+}
+
+/// The network thread's ends of voice.
+#[derive(Debug)]
+pub struct VoicePort {
+    pub audio: Arc<AudioIo>,
+    pub scene: watch::Receiver<VoiceScene>,
+    pub muted: watch::Receiver<bool>,
+    pub status: Arc<watch::Sender<VoiceStatus>>,
+    /// `--voice-qos-debug`: log the jitter buffers' numbers and decisions.
+    pub qos_debug: bool,
+}
+
+/// The app's ends of voice.
+#[derive(Debug)]
+pub struct VoiceControl {
+    pub scene: watch::Sender<VoiceScene>,
+    pub muted: watch::Sender<bool>,
+    pub status: watch::Receiver<VoiceStatus>,
+}
+
+/// The two ends, over `audio`.
+pub fn voice_link(audio: AudioIo, qos_debug: bool) -> (VoiceControl, VoicePort) {
+    let (scene_tx, scene) = watch::channel(VoiceScene::default());
+    let (muted_tx, muted) = watch::channel(false);
+    let device = audio.description.clone();
+    let mic = audio.mic.is_some();
+    let (status_tx, status) = watch::channel(VoiceStatus { device, mic, ..Default::default() });
+    (VoiceControl { scene: scene_tx, muted: muted_tx, status }, VoicePort { audio: Arc::new(audio), scene, muted, status: Arc::new(status_tx), qos_debug })
+}
+
+/// One socket's voice: a task that keeps a call up while the socket lives.
+#[derive(Debug)]
+pub struct VoiceCall {
+    signals: mpsc::Sender<VoiceSignal>,
+    task: tokio::task::JoinHandle<()>,
+    status: Arc<watch::Sender<VoiceStatus>>,
+}
+
+impl Drop for VoiceCall {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.status.send_modify(|s| {
+            s.state = VoiceState::Off;
+            s.slots.clear();
+            s.speaking.clear();
+            s.sending = false;
+            s.self_speaking = false;
+        });
+    }
+}
+
+impl VoiceCall {
+    /// Starts voice for a socket to `server` (`http://host:port`); what the
+    /// call sends to the server comes out of `outbox`.
+    pub fn start(port: &VoicePort, server: &str, outbox: mpsc::Sender<VoiceSignal>) -> VoiceCall {
+        let (signals, inbox) = mpsc::channel(SIGNAL_QUEUE);
+        let call = Call {
+            audio: port.audio.clone(),
+            scene: port.scene.clone(),
+            muted: port.muted.clone(),
+            status: port.status.clone(),
+            qos_debug: port.qos_debug,
+            ip: bind_ip(server),
+            outbox,
+            inbox,
+        };
+        VoiceCall { signals, task: tokio::spawn(call.run()), status: port.status.clone() }
+    }
+
+    /// A signal from the server for this call. Dropped (with a log line)
+    /// if the call is far behind: it will fail and offer again.
+    pub fn signal(&self, signal: VoiceSignal) {
+        if let Err(e) = self.signals.try_send(signal) {
+            tracing::warn!(cause = %e, "voice signal not taken");
+        }
+    }
+}
+
+/// Loopback for a loopback server, else every interface (the SFU's
+/// candidates say where to send).
+fn bind_ip(server: &str) -> IpAddr {
+    let host = server.trim_start_matches("http://");
+    if host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]") {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        IpAddr::from([0, 0, 0, 0])
+    }
+}
+
+/// Each listening slot in the SFU's answer: its `mid`, and the SSRC the SFU
+/// sends it with (how a packet is told to be that slot's).
+pub fn answer_slots(sdp: &str) -> Vec<(String, u32)> {
+    let mut slots = Vec::new();
+    for section in sdp.split("\nm=").skip(1) {
+        if !section.starts_with("audio") {
+            continue;
+        }
+        let attr = |name: &str| section.lines().find_map(|l| l.trim_end().strip_prefix(name).map(str::to_owned));
+        let mid = attr("a=mid:");
+        let ssrc = attr("a=ssrc:").and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()));
+        if let (Some(mid), Some(ssrc)) = (mid, ssrc) {
+            slots.push((mid, ssrc));
+        }
+    }
+    slots
+}
+
+struct Call {
+    audio: Arc<AudioIo>,
+    scene: watch::Receiver<VoiceScene>,
+    muted: watch::Receiver<bool>,
+    status: Arc<watch::Sender<VoiceStatus>>,
+    qos_debug: bool,
+    ip: IpAddr,
+    outbox: mpsc::Sender<VoiceSignal>,
+    inbox: mpsc::Receiver<VoiceSignal>,
+}
+
+impl Call {
+    async fn run(mut self) {
+        let mut wait = RETRY_FIRST;
+        loop {
+            let started = Instant::now();
+            let reason = self.call().await;
+            tracing::warn!(%reason, retry_in = ?wait, "voice call ended");
+            self.status.send_modify(|s| {
+                s.state = VoiceState::Failed(reason);
+                s.slots.clear();
+                s.speaking.clear();
+                s.sending = false;
+            });
+            // A call that held a while starts the backoff over.
+            if started.elapsed() > RETRY_AT_MOST {
+                wait = RETRY_FIRST;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RETRY_AT_MOST);
+        }
+    }
+
+    /// One call, until it fails: why.
+    async fn call(&mut self) -> String {
+        self.status.send_modify(|s| s.state = VoiceState::Connecting);
+        let mut peer = match VoiceClient::new(self.ip, self.audio.mic.is_some(), MAX_SLOTS).await {
+            Ok(peer) => peer,
+            Err(e) => return format!("no voice peer: {e}"),
+        };
+        if self.outbox.send(VoiceSignal::Offer { sdp: peer.offer.clone() }).await.is_err() {
+            return "the connection is gone".into();
+        }
+        // Speakers may come before the answer is applied; keep the latest.
+        let mut speakers: Option<Vec<SlotSpeaker>> = None;
+        let answer = tokio::time::timeout(CONNECT_WITHIN, async {
+            loop {
+                match self.inbox.recv().await {
+                    Some(VoiceSignal::Answer { sdp }) => return Ok(sdp),
+                    Some(VoiceSignal::Speakers { slots }) => speakers = Some(slots),
+                    Some(VoiceSignal::Ended { reason }) => return Err(format!("the server ended voice: {reason}")),
+                    Some(other) => tracing::debug!(kind = other.kind(), "voice signal ignored while offering"),
+                    None => return Err("the connection is gone".into()),
+                }
+            }
+        })
+        .await;
+        let sdp = match answer {
+            Ok(Ok(sdp)) => sdp,
+            Ok(Err(reason)) => return reason,
+            Err(_) => return format!("no answer to the voice offer within {} s", CONNECT_WITHIN.as_secs()),
+        };
+        let slots = answer_slots(&sdp);
+        if let Err(e) = peer.answer(sdp).await {
+            return e.to_string();
+        }
+        if let Err(e) = peer.connected(CONNECT_WITHIN).await {
+            return e.to_string();
+        }
+        tracing::info!(slots = slots.len(), device = %self.audio.description, "voice on");
+        let mut media = Media::new(&slots, self.qos_debug);
+        let Ok(mut mixer) = Mixer::new(slots.len()) else { return "no Opus decoder".into() };
+        if let Some(s) = speakers {
+            media.speakers(&s, &mut mixer);
+        }
+        let mut encoder = match Encoder::new() {
+            Ok(e) => e,
+            Err(e) => return format!("no Opus encoder: {e}"),
+        };
+        self.status.send_modify(|s| s.state = VoiceState::On);
+        let mut frame_clock = tokio::time::interval(Duration::from_millis(u64::from(plaza_voice::FRAME_MS)));
+        frame_clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = frame_clock.tick() => {
+                    if let Err(reason) = self.frame(&mut peer, &mut encoder, &mut mixer, &mut media).await {
+                        return reason;
+                    }
+                }
+                signal = self.inbox.recv() => match signal {
+                    Some(VoiceSignal::Speakers { slots }) => media.speakers(&slots, &mut mixer),
+                    Some(VoiceSignal::Ended { reason }) => return format!("the server ended voice: {reason}"),
+                    Some(other) => tracing::debug!(kind = other.kind(), "voice signal ignored"),
+                    None => return "the connection is gone".into(),
+                },
+            }
+        }
+    }
+
+    /// One 20 ms step: microphone out, slots in, one mixed frame to the
+    /// speakers (more if they ran low), the status.
+    async fn frame(&mut self, peer: &mut VoiceClient, encoder: &mut Encoder, mixer: &mut Mixer, media: &mut Media) -> Result<(), String> {
+        if peer.ended() {
+            return Err("the voice connection failed".into());
+        }
+        let muted = *self.muted.borrow();
+        if let Some(mic) = &self.audio.mic {
+            while mic.take_exact(&mut media.mic_frame) {
+                media.self_speaking = media.mic_activity.update(if muted { 0.0 } else { rms(&media.mic_frame) });
+                media.mic_timestamp = media.mic_timestamp.wrapping_add(FRAME_SAMPLES as u32);
+                if muted {
+                    continue;
+                }
+                let packet = match encoder.encode(&media.mic_frame) {
+                    Ok(p) => bytes::Bytes::copy_from_slice(p),
+                    Err(e) => return Err(format!("the microphone could not be encoded: {e}")),
+                };
+                if let Err(e) = peer.send(media.mic_timestamp, packet).await {
+                    return Err(format!("voice send: {e}"));
+                }
+            }
+        }
+        while let Some(heard) = peer.try_recv() {
+            let Some(&slot) = media.slot_of_ssrc.get(&heard.packet.header.ssrc) else {
+                media.unknown_ssrc += 1;
+                continue;
+            };
+            let at_ms = heard.at.saturating_duration_since(media.epoch).as_secs_f64() * 1000.0;
+            let h = &heard.packet.header;
+            mixer.push(slot, h.sequence_number, h.timestamp, heard.packet.payload.to_vec(), at_ms);
+        }
+        let scene = self.scene.borrow().clone();
+        let place = |id: u32| scene.avatars.iter().find(|(a, _)| *a == id).map(|(_, p)| *p);
+        // One frame a tick keeps the jitter buffers at real time. The sound
+        // card's clock is not ours: when it has drained the ring, a second
+        // frame; when the ring is far ahead, none this time.
+        let speakers = &self.audio.speakers;
+        let queued = speakers.len() / STEREO_FRAME;
+        let frames = if queued == 0 { 2 } else if queued > SPEAKER_LEAD_FRAMES { 0 } else { 1 };
+        for _ in 0..frames {
+            mixer.mix(&scene.listener, place, &mut media.out_frame);
+            speakers.push(&media.out_frame);
+        }
+        media.qos(mixer);
+        let (speaking, slots): (Vec<u32>, Vec<Option<u32>>) = (mixer.speaking().collect(), mixer.slots().iter().map(|s| s.avatar()).collect());
+        let mic = self.audio.mic.is_some();
+        let self_speaking = media.self_speaking;
+        self.status.send_if_modified(|s| {
+            let next = VoiceStatus { state: VoiceState::On, sending: mic && !muted, mic, slots, speaking, self_speaking, device: s.device.clone() };
+            let changed = *s != next;
+            *s = next;
+            changed
+        });
+        Ok(())
+    }
+}
+
+/// A call's working state beside the mixer.
+struct Media {
+    slot_of_ssrc: HashMap<u32, usize>,
+    slot_of_mid: HashMap<String, usize>,
+    epoch: Instant,
+    mic_frame: Vec<f32>,
+    mic_timestamp: u32,
+    mic_activity: Activity,
+    self_speaking: bool,
+    out_frame: Vec<f32>,
+    unknown_ssrc: u64,
+    qos_debug: bool,
+    qos_logged: Instant,
+    /// Each slot's playout target last logged, to log its changes.
+    targets: Vec<usize>,
+}
+
+impl Media {
+    fn new(slots: &[(String, u32)], qos_debug: bool) -> Media {
+        Media {
+            slot_of_ssrc: slots.iter().enumerate().map(|(i, (_, ssrc))| (*ssrc, i)).collect(),
+            slot_of_mid: slots.iter().enumerate().map(|(i, (mid, _))| (mid.clone(), i)).collect(),
+            epoch: Instant::now(),
+            mic_frame: vec![0.0; FRAME_SAMPLES],
+            mic_timestamp: rand_timestamp(),
+            mic_activity: Activity::default(),
+            self_speaking: false,
+            out_frame: vec![0.0; STEREO_FRAME],
+            unknown_ssrc: 0,
+            qos_debug,
+            qos_logged: Instant::now(),
+            targets: vec![0; slots.len()],
+        }
+    }
+
+    fn speakers(&mut self, slots: &[SlotSpeaker], mixer: &mut Mixer) {
+        for s in slots {
+            match self.slot_of_mid.get(&s.mid) {
+                Some(&slot) => mixer.set_speaker(slot, s.avatar),
+                None => tracing::debug!(mid = %s.mid, "speakers: a slot this call does not have"),
+            }
+        }
+    }
+
+    /// `--voice-qos-debug`: each change of a slot's playout delay as it
+    /// happens, and every slot's numbers every few seconds.
+    fn qos(&mut self, mixer: &Mixer) {
+        if !self.qos_debug {
+            return;
+        }
+        for (i, slot) in mixer.slots().iter().enumerate() {
+            let s = slot.stats();
+            if s.received > 0 && s.target_frames != self.targets[i] {
+                tracing::info!(target: "plaza::voice::qos", slot = i, avatar = ?slot.avatar(), from_ms = self.targets[i] * 20, to_ms = s.target_frames * 20, jitter_ms = format!("{:.1}", s.jitter_ms), "playout delay changed");
+                self.targets[i] = s.target_frames;
+            }
+        }
+        if self.qos_logged.elapsed() < QOS_LOG_EVERY {
+            return;
+        }
+        self.qos_logged = Instant::now();
+        for (i, slot) in mixer.slots().iter().enumerate().filter(|(_, s)| s.stats().received > 0) {
+            let s = slot.stats();
+            tracing::info!(
+                target: "plaza::voice::qos",
+                slot = i, avatar = ?slot.avatar(), received = s.received, played = s.played, recovered = s.recovered,
+                concealed = s.concealed, late = s.late, dropped = s.dropped, underruns = s.underruns,
+                jitter_ms = format!("{:.1}", s.jitter_ms), delay_ms = s.target_frames * 20, depth = s.depth, undecodable = slot.undecodable,
+                "voice slot"
+            );
+        }
+        if self.unknown_ssrc > 0 {
+            tracing::info!(target: "plaza::voice::qos", packets = self.unknown_ssrc, "voice packets on no known slot");
+        }
+    }
+}
+
+/// RTP timestamps start at a random point (RFC 3550 §5.1).
+fn rand_timestamp() -> u32 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answers_listening_slots_are_read_with_their_ssrcs() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=recvonly\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=sendonly\r\na=ssrc:1234 cname:x\r\na=ssrc:1234 msid:a b\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:2\r\na=sendonly\r\na=ssrc:99 cname:y\r\n";
+        assert_eq!(answer_slots(sdp), vec![("1".to_owned(), 1234), ("2".to_owned(), 99)], "the microphone's section (no ssrc) is not a slot");
+    }
+
+    #[test]
+    fn a_loopback_server_is_called_from_loopback() {
+        assert_eq!(bind_ip("http://127.0.0.1:7878"), IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(bind_ip("http://10.1.2.3:7878"), IpAddr::from([0, 0, 0, 0]));
+    }
+}

@@ -1,0 +1,160 @@
+//! Voice chat in the ECS: what the network thread's voice call
+//! (`network::voice`) needs from the world and what it says back.
+//!
+//! - [`VoiceSystems::Status`]: the call's status into [`VoiceInfo`] (for the
+//!   HUD: on, connecting, failed and why; who is speaking).
+//! - [`VoiceSystems::Input`]: M mutes and unmutes the microphone (not while
+//!   typing in chat).
+//! - [`VoiceSystems::Scene`]: where the listener is (your avatar, facing
+//!   the camera's way) and where the avatars in the listening slots are,
+//!   for the spatial mix.
+//!
+//! Without [`VoiceLink`] (voice off, offline, no sound device) these do
+//! nothing, and [`VoiceInfo`] says why.
+
+use crate::network::voice::{VoiceScene, VoiceState, VoiceStatus};
+use crate::network::{NetworkSystems, VoiceLink, VoiceUnavailable};
+use crate::player::{LocalPlayer, PlayerControl};
+use crate::quality::MainCamera;
+use crate::remote::{RemoteAvatars, RemoteSystems};
+use bevy::prelude::*;
+use plaza_voice::spatial::Listener;
+
+/// Where a voice comes from on an avatar: about mouth height.
+const MOUTH_HEIGHT: f32 = 1.6;
+/// The key that mutes and unmutes the microphone.
+pub const MUTE_KEY: KeyCode = KeyCode::KeyM;
+
+#[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
+pub enum VoiceSystems {
+    Status,
+    Input,
+    Scene,
+}
+
+/// Voice as the HUD shows it.
+#[derive(Resource, Debug, Clone, Default)]
+pub struct VoiceInfo {
+    pub status: VoiceStatus,
+    pub muted: bool,
+    /// Voice was asked for and can't run (no sound device): why.
+    pub unavailable: Option<String>,
+    /// Voice runs (a link to the network thread exists).
+    pub enabled: bool,
+}
+
+impl VoiceInfo {
+    /// One line for the HUD, or none when voice was not asked for.
+    pub fn line(&self) -> Option<String> {
+        if let Some(why) = &self.unavailable {
+            return Some(format!("Voice off: {why}"));
+        }
+        if !self.enabled {
+            return None;
+        }
+        let mic = match (self.status.mic, self.muted) {
+            (false, _) => "no microphone (listening)",
+            (true, true) => "muted (M to talk)",
+            (true, false) if self.status.self_speaking => "talking (M mutes)",
+            (true, false) => "mic on (M mutes)",
+        };
+        Some(match &self.status.state {
+            VoiceState::Off => "Voice: joins with the room".into(),
+            VoiceState::Connecting => format!("Voice: connecting… · {mic}"),
+            VoiceState::On => format!("Voice: on · {mic}"),
+            VoiceState::Failed(why) => format!("Voice: lost ({why}); retrying"),
+        })
+    }
+
+    pub fn speaking(&self, avatar: u32) -> bool {
+        self.status.speaking.contains(&avatar)
+    }
+}
+
+pub struct VoicePlugin;
+
+impl Plugin for VoicePlugin {
+    fn build(&self, app: &mut App) {
+        app.init_resource::<VoiceInfo>()
+            .add_systems(PreUpdate, read_status.in_set(VoiceSystems::Status).after(NetworkSystems::Receive))
+            .add_systems(Update, (mute_key.in_set(VoiceSystems::Input), share_scene.in_set(VoiceSystems::Scene).after(RemoteSystems::Interpolate)));
+    }
+}
+
+fn read_status(link: Option<Res<VoiceLink>>, unavailable: Option<Res<VoiceUnavailable>>, mut info: ResMut<VoiceInfo>) {
+    if let Some(why) = unavailable
+        && info.unavailable.is_none()
+    {
+        info.unavailable = Some(why.0.clone());
+    }
+    let Some(link) = link else { return };
+    info.enabled = true;
+    let mut status = link.0.status.clone();
+    if status.has_changed().unwrap_or(false) {
+        info.status = status.borrow_and_update().clone();
+    }
+}
+
+fn mute_key(keys: Option<Res<ButtonInput<KeyCode>>>, control: Res<PlayerControl>, link: Option<Res<VoiceLink>>, mut info: ResMut<VoiceInfo>) {
+    let (Some(keys), Some(link)) = (keys, link) else { return };
+    if control.typing || !keys.just_pressed(MUTE_KEY) {
+        return;
+    }
+    info.muted = !info.muted;
+    link.0.muted.send_replace(info.muted);
+    info!(muted = info.muted, "microphone");
+}
+
+/// The listener (your avatar, facing the camera's way) and the avatars the
+/// slots carry; sent only when it changed.
+fn share_scene(
+    link: Option<Res<VoiceLink>>,
+    info: Res<VoiceInfo>,
+    camera: Query<&Transform, With<MainCamera>>,
+    me: Query<&Transform, With<LocalPlayer>>,
+    remote: Res<RemoteAvatars>,
+    avatars: Query<&Transform, Without<MainCamera>>,
+) {
+    let Some(link) = link else { return };
+    let Ok(eye) = camera.single() else { return };
+    let at = me.single().map_or(eye.translation, |t| t.translation + Vec3::Y * MOUTH_HEIGHT);
+    let right = eye.right();
+    let scene = VoiceScene {
+        listener: Listener { position: at.to_array(), right: right.to_array() },
+        avatars: info
+            .status
+            .slots
+            .iter()
+            .flatten()
+            .filter_map(|id| remote.by_id.get(id).and_then(|e| avatars.get(*e).ok()).map(|t| (*id, (t.translation + Vec3::Y * MOUTH_HEIGHT).to_array())))
+            .collect(),
+    };
+    link.0.scene.send_if_modified(|s| {
+        let changed = *s != scene;
+        if changed {
+            *s = scene;
+        }
+        changed
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hud_line_says_where_voice_stands() {
+        let mut info = VoiceInfo::default();
+        assert_eq!(info.line(), None, "not asked for");
+        info.unavailable = Some("no audio output device".into());
+        assert_eq!(info.line().unwrap(), "Voice off: no audio output device");
+        let mut info = VoiceInfo { enabled: true, ..Default::default() };
+        info.status.mic = true;
+        info.status.state = VoiceState::On;
+        assert_eq!(info.line().unwrap(), "Voice: on · mic on (M mutes)");
+        info.muted = true;
+        assert_eq!(info.line().unwrap(), "Voice: on · muted (M to talk)");
+        info.status.state = VoiceState::Failed("the voice connection failed".into());
+        assert_eq!(info.line().unwrap(), "Voice: lost (the voice connection failed); retrying");
+    }
+}

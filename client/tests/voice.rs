@@ -1,0 +1,176 @@
+//! Voice end to end: two network sessions in one room of a real server,
+//! each with detached audio (rings the test plays and listens to in the
+//! devices' place). What one says through its microphone comes out of the
+//! other's speakers, placed where the speaker's avatar stands; nobody hears
+//! themselves; a server with voice off is said so at once, and the rest of
+//! the session carries on.
+
+use plaza_client::network::session::{self, SessionConfig};
+use plaza_client::network::voice::{VoiceControl, VoiceScene, VoiceState, VoiceStatus, voice_link};
+use plaza_client::network::{NetEvent, NetInput};
+use plaza_shared::pose::Pose;
+use plaza_voice::devices::{AudioIo, Ring};
+use plaza_voice::level::rms;
+use plaza_voice::spatial::Listener;
+use plaza_voice::{FRAME_SAMPLES, SAMPLE_RATE};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+struct Peer {
+    events: mpsc::Receiver<NetEvent>,
+    poses: watch::Sender<Option<Pose>>,
+    _commands: mpsc::Sender<plaza_client::network::NetCommand>,
+    voice: VoiceControl,
+    mic: Ring,
+    speakers: Ring,
+}
+
+impl Peer {
+    fn start(server: &str, room: &str, name: &str) -> Peer {
+        let (commands, command_rx) = mpsc::channel(64);
+        let (poses, pose_rx) = watch::channel(None);
+        let (event_tx, events) = mpsc::channel(256);
+        let audio = AudioIo::detached(true);
+        let (mic, speakers) = (audio.mic.clone().expect("a detached microphone"), audio.speakers.clone());
+        let (voice, port) = voice_link(audio, true);
+        let config = SessionConfig { server: server.into(), room: room.into(), name: name.into() };
+        tokio::spawn(session::run(config, NetInput { commands: command_rx, pose: pose_rx, voice: Some(port) }, event_tx));
+        Peer { events, poses, _commands: commands, voice, mic, speakers }
+    }
+
+    /// Waits for the room; returns our avatar id.
+    async fn joined(&mut self) -> u32 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await.expect("joined within 10 s") {
+                Some(NetEvent::Joined(j)) => return j.you,
+                Some(_) => {}
+                None => panic!("the session stopped"),
+            }
+        }
+    }
+
+    /// Waits until the voice status satisfies `want`.
+    async fn voice_until(&mut self, wait: Duration, want: impl Fn(&VoiceStatus) -> bool) -> VoiceStatus {
+        let mut status = self.voice.status.clone();
+        let result = tokio::time::timeout(wait, status.wait_for(|s| want(s))).await;
+        match result {
+            Ok(Ok(s)) => s.clone(),
+            _ => panic!("voice status not reached within {wait:?}; it is {:?}", *self.voice.status.borrow()),
+        }
+    }
+
+    fn stand_at(&self, x: f32) {
+        self.poses.send_replace(Some(Pose { p: [x, 0.0, 0.0], ..Pose::default() }));
+    }
+}
+
+async fn server(config: plaza_server::ServerConfig) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(plaza_server::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+fn tone(hz: f32, frame: usize) -> Vec<f32> {
+    (0..FRAME_SAMPLES).map(|i| 0.4 * (std::f32::consts::TAU * hz * (frame * FRAME_SAMPLES + i) as f32 / SAMPLE_RATE as f32).sin()).collect()
+}
+
+/// Left and right RMS of interleaved stereo.
+fn ears(stereo: &[f32]) -> (f32, f32) {
+    let left: Vec<f32> = stereo.chunks_exact(2).map(|f| f[0]).collect();
+    let right: Vec<f32> = stereo.chunks_exact(2).map(|f| f[1]).collect();
+    (rms(&left), rms(&right))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_to_the_right_comes_out_of_the_right_speaker_and_nobody_hears_themselves() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let base = format!("http://{addr}");
+    let mut ann = Peer::start(&base, "voice-room", "Ann");
+    let ann_id = ann.joined().await;
+    let mut ben = Peer::start(&base, "voice-room", "Ben");
+    let ben_id = ben.joined().await;
+    // Ann at the origin facing −z (her right is +x); Ben 3 m to her right.
+    ann.stand_at(0.0);
+    ben.stand_at(3.0);
+    ann.voice.scene.send_replace(VoiceScene { listener: Listener { position: [0.0, 1.6, 0.0], right: [1.0, 0.0, 0.0] }, avatars: vec![(ben_id, [3.0, 1.6, 0.0])] });
+    ben.voice.scene.send_replace(VoiceScene { listener: Listener { position: [3.0, 1.6, 0.0], right: [1.0, 0.0, 0.0] }, avatars: vec![(ann_id, [0.0, 1.6, 0.0])] });
+    let on = |s: &VoiceStatus| s.state == VoiceState::On && s.mic && s.sending;
+    ann.voice_until(Duration::from_secs(20), on).await;
+    ben.voice_until(Duration::from_secs(20), on).await;
+    // The SFU puts Ben in one of Ann's slots once it has their positions.
+    ann.voice_until(Duration::from_secs(10), |s| s.slots.contains(&Some(ben_id))).await;
+
+    // Ben says a tone for 3 s, at the pace a microphone would; Ann is quiet.
+    let (mut ann_heard, mut ben_heard) = (Vec::new(), Vec::new());
+    let mut frame = vec![0.0; 2 * FRAME_SAMPLES];
+    let mut clock = tokio::time::interval(Duration::from_millis(20));
+    let mut ann_saw_ben_speaking = false;
+    for f in 0..150 {
+        clock.tick().await;
+        ben.mic.push(&tone(440.0, f));
+        ann.mic.push(&[0.0; FRAME_SAMPLES]);
+        // Each plays one frame a tick, as a sound card would.
+        if ann.speakers.take_exact(&mut frame) {
+            ann_heard.extend_from_slice(&frame);
+        }
+        if ben.speakers.take_exact(&mut frame) {
+            ben_heard.extend_from_slice(&frame);
+        }
+        ann_saw_ben_speaking |= ann.voice.status.borrow().speaking.contains(&ben_id);
+    }
+    // The last second: the voice has come through by then.
+    let last_second = |heard: &[f32]| heard[heard.len().saturating_sub(2 * SAMPLE_RATE as usize)..].to_vec();
+    let (left, right) = ears(&last_second(&ann_heard));
+    assert!(right > 0.05, "Ann hears Ben: right ear RMS {right} (left {left}), {} samples", ann_heard.len());
+    assert!(right > 2.0 * left, "Ben stands to Ann's right: right {right} against left {left}");
+    assert!(ann_saw_ben_speaking, "Ann's HUD shows Ben speaking");
+    let (bl, br) = ears(&last_second(&ben_heard));
+    assert!(bl < 0.001 && br < 0.001, "Ben does not hear himself (and Ann is silent): {bl} {br}");
+    assert!(ben.voice.status.borrow().self_speaking, "Ben's own meter shows him talking");
+
+    // Ann turns round: Ben is now on her left.
+    ann.voice.scene.send_replace(VoiceScene { listener: Listener { position: [0.0, 1.6, 0.0], right: [-1.0, 0.0, 0.0] }, avatars: vec![(ben_id, [3.0, 1.6, 0.0])] });
+    let mut turned = Vec::new();
+    for f in 150..200 {
+        clock.tick().await;
+        ben.mic.push(&tone(440.0, f));
+        if ann.speakers.take_exact(&mut frame) {
+            turned.extend_from_slice(&frame);
+        }
+    }
+    let (left, right) = ears(&turned[turned.len() / 2..]);
+    assert!(left > 2.0 * right, "turned round, Ben is on the left: left {left} right {right}");
+
+    // Muted, Ann sends nothing; Ben's status never shows her speaking.
+    ann.voice.muted.send_replace(true);
+    ann.voice_until(Duration::from_secs(2), |s| !s.sending).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_voice_off_is_said_at_once_and_the_room_goes_on() {
+    let mut config = plaza_server::ServerConfig::ephemeral();
+    config.voice.max_peers = 0;
+    let (addr, _stop) = server(config).await;
+    let mut ann = Peer::start(&format!("http://{addr}"), "quiet-room", "Ann");
+    ann.joined().await;
+    let status = ann.voice_until(Duration::from_secs(5), |s| matches!(s.state, VoiceState::Failed(_))).await;
+    let VoiceState::Failed(why) = status.state else { unreachable!() };
+    assert!(why.contains("voice"), "the reason names voice: {why}");
+    // The session itself is untouched: chat still goes through.
+    ann._commands.send(plaza_client::network::NetCommand::Chat { id: "c1".into(), text: "anyone?".into() }).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, ann.events.recv()).await.expect("chat acknowledged within 10 s") {
+            Some(NetEvent::ChatAck(id)) if id == "c1" => break,
+            Some(_) => {}
+            None => panic!("the session stopped"),
+        }
+    }
+}
