@@ -148,9 +148,23 @@ async fn a_voice_to_the_right_comes_out_of_the_right_speaker_and_nobody_hears_th
     let (left, right) = ears(&turned[turned.len() / 2..]);
     assert!(left > 2.0 * right, "turned round, Ben is on the left: left {left} right {right}");
 
-    // Muted, Ann sends nothing; Ben's status never shows her speaking.
-    ann.voice.muted.send_replace(true);
-    ann.voice_until(Duration::from_secs(2), |s| !s.sending).await;
+    // Ann speaks up, then mutes: Ben hears her, then nothing.
+    let mut ben_heard = Vec::new();
+    for f in 200..300 {
+        clock.tick().await;
+        if f == 250 {
+            ann.voice.muted.send_replace(true);
+        }
+        ann.mic.push(&tone(300.0, f));
+        if ben.speakers.take_exact(&mut frame) {
+            ben_heard.extend_from_slice(&frame);
+        }
+    }
+    assert!(!ann.voice.status.borrow().sending, "muted");
+    let half = ben_heard.len() / 2;
+    let (before, after) = (ears(&ben_heard[half - 2 * 10 * FRAME_SAMPLES..half]), ears(&ben_heard[ben_heard.len() - 2 * 20 * FRAME_SAMPLES..]));
+    assert!(before.0 > 0.05, "Ben hears Ann before she mutes: {before:?}");
+    assert!(after.0 < 0.001 && after.1 < 0.001, "and nothing once she has: {after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,7 +31,7 @@ use plaza_shared::limits::{DEFAULT_ROOM_CAPACITY, TICK_HZ, close};
 use plaza_shared::codec::binary::SharedDelta;
 use plaza_shared::messages::{AvatarId, AvatarInfo, AvatarPose, Delta, Joined, ServerMessage};
 use plaza_shared::pose::Pose;
-use plaza_shared::voice::{ROUTE_EVERY_TICKS, SlotSpeaker, VoiceSignal, assign_slots, nearest_speakers};
+use plaza_shared::voice::{ROUTE_EVERY_TICKS, SlotSpeaker, VoiceSignal, assign_slots, choose_speakers};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
@@ -632,16 +632,17 @@ impl Room {
             Reroute::Joined(avatar) => Some(avatar),
             Reroute::Periodic | Reroute::Left => None,
         };
-        let speakers: Vec<(AvatarId, [f32; 3])> = self
+        let now_ms = crate::voice::clock_ms();
+        let speakers: Vec<(AvatarId, [f32; 3], bool)> = self
             .voice
             .iter()
             .filter(|(_, v)| v.routing.mic)
-            .filter_map(|(&id, _)| self.members.get(&id).filter(|m| m.detached_until.is_none()).map(|m| (id, m.pose.p)))
+            .filter_map(|(&id, v)| self.members.get(&id).filter(|m| m.detached_until.is_none()).map(|m| (id, m.pose.p, v.routing.talking(now_ms))))
             .collect();
         let mut changed = why != Reroute::Periodic;
         for (&listener, v) in self.voice.iter_mut() {
             let Some(m) = self.members.get(&listener) else { continue };
-            let nearest = nearest_speakers(m.pose.p, speakers.iter().copied().filter(|(id, _)| *id != listener), v.hears.len());
+            let nearest = choose_speakers(m.pose.p, speakers.iter().copied().filter(|(id, ..)| *id != listener), v.hears.len());
             let hears = assign_slots(&v.hears, &nearest);
             if hears == v.hears && newcomer != Some(listener) {
                 continue;
@@ -1002,7 +1003,7 @@ mod tests {
     fn voice_member(slots: usize, mic: bool) -> (VoiceRouting, tokio::sync::watch::Receiver<Arc<[Route]>>, mpsc::Receiver<crate::voice::Forward>) {
         let (routes, routes_rx) = tokio::sync::watch::channel(Arc::from(Vec::new()));
         let (forward, queue) = mpsc::channel(8);
-        (VoiceRouting { routes, forward, mids: (0..slots).map(|i| i.to_string()).collect(), mic }, routes_rx, queue)
+        (VoiceRouting { routes, forward, mids: (0..slots).map(|i| i.to_string()).collect(), mic, heard_ms: Default::default() }, routes_rx, queue)
     }
 
     /// The slots of the last `speakers` signal queued to `probe`.

@@ -272,3 +272,37 @@ async fn a_peer_that_goes_away_is_ended_and_its_slot_freed() {
     let (_, _, metrics) = server.http("GET", "/metrics", "", &[]).await;
     assert_eq!(metric(&metrics, "plaza_voice_streams "), 0.0);
 }
+
+#[tokio::test]
+async fn someone_talking_farther_off_takes_the_slot_of_a_quiet_neighbour() {
+    let _turn = STREAMS.lock().await;
+    let server = TestServer::start().await;
+    let (mut lia, _) = server.member("Lia", Subprotocol::Json, "crowd").await;
+    let (mut ned, ned_joined) = server.member("Ned", Subprotocol::Json, "crowd").await;
+    let (mut fay, fay_joined) = server.member("Fay", Subprotocol::Json, "crowd").await;
+    // Ned stands 1 m from Lia, Fay 10 m: both in range.
+    ned.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(1.0, 0.0) })).await;
+    fay.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(10.0, 0.0) })).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut ned_voice, _) = start_voice(&mut ned).await;
+    let (mut fay_voice, _) = start_voice(&mut fay).await;
+    // Lia only listens, with one slot: room for one voice.
+    let mut lia_voice = VoiceClient::new(LOOPBACK, false, 1).await.expect("a voice peer");
+    lia.send(&offer(&lia_voice.offer)).await;
+    let VoiceSignal::Answer { sdp } = voice_signal(&mut lia).await else { panic!("expected an answer first") };
+    lia_voice.answer(sdp).await.expect("the answer applies");
+    let VoiceSignal::Speakers { slots } = voice_signal(&mut lia).await else { panic!("expected speakers after the answer") };
+    // Nobody talks yet: the slot is her nearest, Ned.
+    until_hears(&mut lia, slots, ned_joined.you).await;
+    for peer in [&mut lia_voice, &mut ned_voice, &mut fay_voice] {
+        peer.connected(Duration::from_secs(10)).await.expect("ICE and DTLS on loopback");
+    }
+
+    // Fay talks for 3 s; Ned stays quiet.
+    let listen = Duration::from_secs(3);
+    let (lia_heard, _, _) = tokio::join!(talk(&mut lia_voice, b"", 0, listen), talk(&mut fay_voice, b"fay", 150, listen), talk(&mut ned_voice, b"", 0, listen));
+    let from_fay = lia_heard.get(b"fay".as_slice()).copied().unwrap_or(0);
+    // Fay has the slot within a reroute (0.5 s) of her first words.
+    assert!(from_fay >= 100, "Lia heard {from_fay} of Fay's 150 frames: {lia_heard:?}");
+    until_hears(&mut lia, Vec::new(), fay_joined.you).await;
+}

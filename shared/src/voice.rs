@@ -93,17 +93,30 @@ pub fn assign_slots(current: &[Option<AvatarId>], nearest: &[AvatarId]) -> Vec<O
 /// The `k` speakers nearest to `listener` within [`HEARING_RANGE_M`],
 /// nearest first (ties by id, so the choice is stable).
 pub fn nearest_speakers(listener: [f32; 3], speakers: impl IntoIterator<Item = (AvatarId, [f32; 3])>, k: usize) -> Vec<AvatarId> {
+    choose_speakers(listener, speakers.into_iter().map(|(id, p)| (id, p, false)), k)
+}
+
+/// A speaker whose last packet came within this long (ms) is talking.
+/// Clients send nothing while quiet, so this is who is speaking now, with
+/// room for the pauses between sentences.
+pub const TALKING_WITHIN_MS: u64 = 1_500;
+
+/// The `k` speakers a listener hears, of `(avatar, position, talking)`:
+/// within [`HEARING_RANGE_M`], those talking before those quiet, nearest
+/// first within each (ties by id, so the choice is stable). In a crowd,
+/// someone talking a little farther off is heard over a silent neighbour.
+pub fn choose_speakers(listener: [f32; 3], speakers: impl IntoIterator<Item = (AvatarId, [f32; 3], bool)>, k: usize) -> Vec<AvatarId> {
     let range2 = HEARING_RANGE_M * HEARING_RANGE_M;
-    let mut near: Vec<(f32, AvatarId)> = speakers
+    let mut near: Vec<(bool, f32, AvatarId)> = speakers
         .into_iter()
-        .map(|(id, p)| {
+        .map(|(id, p, talking)| {
             let d = [p[0] - listener[0], p[1] - listener[1], p[2] - listener[2]];
-            (d[0] * d[0] + d[1] * d[1] + d[2] * d[2], id)
+            (!talking, d[0] * d[0] + d[1] * d[1] + d[2] * d[2], id)
         })
-        .filter(|(d2, _)| *d2 <= range2)
+        .filter(|(_, d2, _)| *d2 <= range2)
         .collect();
-    near.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    near.into_iter().take(k).map(|(_, id)| id).collect()
+    near.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+    near.into_iter().take(k).map(|(_, _, id)| id).collect()
 }
 
 #[cfg(test)]
@@ -129,6 +142,13 @@ mod tests {
         assert_eq!(assign_slots(&[Some(2), Some(3), None], &[5, 2]), vec![Some(2), Some(5), None]);
         assert_eq!(assign_slots(&[None, None], &[9, 4, 1]), vec![Some(9), Some(4)]);
         assert_eq!(assign_slots(&[Some(1), Some(2)], &[]), vec![None, None]);
+    }
+
+    #[test]
+    fn someone_talking_is_chosen_over_a_quiet_neighbour_when_slots_are_short() {
+        let speakers = [(1, [1.0, 0.0, 0.0], false), (2, [10.0, 0.0, 0.0], true), (3, [2.0, 0.0, 0.0], false), (4, [40.0, 0.0, 0.0], true)];
+        assert_eq!(choose_speakers([0.0; 3], speakers, 1), vec![2], "the talker at 10 m over the quiet one at 1 m");
+        assert_eq!(choose_speakers([0.0; 3], speakers, 3), vec![2, 1, 3], "then the quiet ones, nearest first; 4 is out of range");
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //! call that fails is offered again, backing off; a socket that ends takes
 //! its call with it, and the next socket starts another.
 //!
+//! The microphone is sent only while it hears speech (a level gate with a
+//! 300 ms hold, [`plaza_voice::level`]): the SFU hears who is talking by
+//! their packets and gives them the slots first.
+//!
 //! The ECS and the call share three small channels ([`voice_link`]): the
 //! scene and the mute switch in, the [`VoiceStatus`] out. Nothing in a
 //! frame waits on voice.
@@ -38,6 +42,9 @@ const RETRY_AT_MOST: Duration = Duration::from_secs(30);
 /// The speakers' ring is kept at most this full (60 ms): enough to ride out
 /// a late wakeup of this thread, little enough not to be heard as delay.
 const SPEAKER_LEAD_FRAMES: usize = 3;
+/// Microphone frames sent in one 20 ms step at most (the rest of a backlog
+/// is skipped).
+const MIC_BACKLOG_FRAMES: usize = 2;
 /// How often `--voice-qos-debug` logs each slot's numbers.
 const QOS_LOG_EVERY: Duration = Duration::from_secs(5);
 /// Signals queued between the relay and the call.
@@ -293,10 +300,20 @@ impl Call {
         }
         let muted = *self.muted.borrow();
         if let Some(mic) = &self.audio.mic {
+            // A microphone gives a frame every 20 ms. More waiting means this
+            // thread was late: the oldest is skipped, so what we say goes out
+            // at most [`MIC_BACKLOG_FRAMES`] late and never faster than real time.
+            let skipped = mic.keep_newest(MIC_BACKLOG_FRAMES * FRAME_SAMPLES);
+            if skipped > 0 {
+                media.mic_skipped += skipped as u64;
+            }
             while mic.take_exact(&mut media.mic_frame) {
                 media.self_speaking = media.mic_activity.update(if muted { 0.0 } else { rms(&media.mic_frame) });
                 media.mic_timestamp = media.mic_timestamp.wrapping_add(FRAME_SAMPLES as u32);
-                if muted {
+                // Quiet (past the hold after the last word) or muted: nothing
+                // goes out. That saves the uplink, and the SFU gives the slots
+                // of those who are quiet to those who talk.
+                if muted || !media.self_speaking {
                     continue;
                 }
                 let packet = match encoder.encode(&media.mic_frame) {
@@ -354,6 +371,8 @@ struct Media {
     self_speaking: bool,
     out_frame: Vec<f32>,
     unknown_ssrc: u64,
+    /// Microphone samples skipped because they waited too long.
+    mic_skipped: u64,
     qos_debug: bool,
     qos_logged: Instant,
     /// Each slot's playout target last logged, to log its changes.
@@ -372,6 +391,7 @@ impl Media {
             self_speaking: false,
             out_frame: vec![0.0; STEREO_FRAME],
             unknown_ssrc: 0,
+            mic_skipped: 0,
             qos_debug,
             qos_logged: Instant::now(),
             targets: vec![0; slots.len()],
@@ -413,6 +433,9 @@ impl Media {
                 jitter_ms = format!("{:.1}", s.jitter_ms), delay_ms = s.target_frames * 20, depth = s.depth, undecodable = slot.undecodable,
                 "voice slot"
             );
+        }
+        if self.mic_skipped > 0 {
+            tracing::info!(target: "plaza::voice::qos", ms = self.mic_skipped * 1000 / u64::from(plaza_voice::SAMPLE_RATE), "microphone audio skipped (this thread was late)");
         }
         if self.unknown_ssrc > 0 {
             tracing::info!(target: "plaza::voice::qos", packets = self.unknown_ssrc, "voice packets on no known slot");

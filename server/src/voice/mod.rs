@@ -21,6 +21,7 @@ use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -204,6 +205,24 @@ pub struct VoiceRouting {
     pub forward: mpsc::Sender<Forward>,
     pub mids: Vec<String>,
     pub mic: bool,
+    /// When its last packet came ([`clock_ms`]; 0: never): the room hears
+    /// those talking first ([`plaza_shared::voice::choose_speakers`]).
+    pub heard_ms: Arc<AtomicU64>,
+}
+
+impl VoiceRouting {
+    /// Whether this member is talking now (a packet within
+    /// [`plaza_shared::voice::TALKING_WITHIN_MS`]).
+    pub fn talking(&self, now_ms: u64) -> bool {
+        let heard = self.heard_ms.load(Ordering::Relaxed);
+        heard != 0 && now_ms.saturating_sub(heard) <= plaza_shared::voice::TALKING_WITHIN_MS
+    }
+}
+
+/// Milliseconds on the SFU's clock, from 1 (so 0 can mean "never").
+pub fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// The SFU: makes voice peers, within the peer limit.
@@ -237,7 +256,8 @@ impl Sfu {
         let (routes_tx, routes_rx) = watch::channel::<Arc<[Route]>>(Arc::from(Vec::new()));
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
         let gathered = Arc::new(Notify::new());
-        let events = PeerEvents { speaker, routes: routes_rx, gathered: gathered.clone(), state: state_tx };
+        let heard_ms = Arc::new(AtomicU64::new(0));
+        let events = PeerEvents { speaker, routes: routes_rx, gathered: gathered.clone(), state: state_tx, heard_ms: heard_ms.clone() };
 
         let pc = self.peer_connection(Arc::new(events)).await?;
         // From here on, dropping `peer` closes the connection.
@@ -265,7 +285,7 @@ impl Sfu {
         }
         let (forward, queue) = mpsc::channel(LISTENER_QUEUE);
         peer.listener = Some(tokio::spawn(forward_to_listener(queue, outs, state)));
-        Ok((peer, VoiceRouting { routes: routes_tx, forward, mids, mic: shape.mic }))
+        Ok((peer, VoiceRouting { routes: routes_tx, forward, mids, mic: shape.mic, heard_ms }))
     }
 }
 
@@ -397,6 +417,7 @@ struct PeerEvents {
     routes: watch::Receiver<Arc<[Route]>>,
     gathered: Arc<Notify>,
     state: watch::Sender<RTCPeerConnectionState>,
+    heard_ms: Arc<AtomicU64>,
 }
 
 #[async_trait::async_trait]
@@ -413,7 +434,7 @@ impl PeerConnectionEventHandler for PeerEvents {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        tokio::spawn(forward_from_speaker(track, self.speaker, self.routes.clone()));
+        tokio::spawn(forward_from_speaker(track, self.speaker, self.routes.clone(), self.heard_ms.clone()));
     }
 }
 
@@ -421,12 +442,13 @@ impl PeerConnectionEventHandler for PeerEvents {
 const RTP_HEADER_BYTES: u64 = 12;
 
 /// Offers each of a speaker's packets to every listener routed to it.
-async fn forward_from_speaker(track: Arc<dyn TrackRemote>, speaker: AvatarId, routes: watch::Receiver<Arc<[Route]>>) {
+async fn forward_from_speaker(track: Arc<dyn TrackRemote>, speaker: AvatarId, routes: watch::Receiver<Arc<[Route]>>, heard_ms: Arc<AtomicU64>) {
     let bytes_in = metrics::counter!(crate::metrics::VOICE_BYTES, "direction" => "in");
     let dropped = metrics::counter!(crate::metrics::WS_DROPPED, "reason" => "voice_slow_listener");
     while let Some(event) = track.poll().await {
         let TrackRemoteEvent::OnRtpPacket(mut packet) = event else { continue };
         bytes_in.increment(RTP_HEADER_BYTES + packet.payload.len() as u64);
+        heard_ms.store(clock_ms(), Ordering::Relaxed);
         // Its extension ids were negotiated on the speaker's leg: no
         // listener's. Dropped once here, before the copies.
         packet.header.extension = false;
