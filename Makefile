@@ -127,6 +127,7 @@ check-deps:
 
 bench: setup
 	$(CARGO) bench -p plaza-benches --bench codec
+	$(CARGO) bench -p plaza-benches --bench voice
 	$(CARGO) bench -p plaza-client --bench client_systems
 
 # Frame times on this machine's Vulkan with the release client: low vs high,

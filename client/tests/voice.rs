@@ -188,3 +188,28 @@ async fn a_server_with_voice_off_is_said_at_once_and_the_room_goes_on() {
         }
     }
 }
+
+/// The client sends nothing while quiet; the SFU calls a peer gone after
+/// 15 s without a packet or an ICE keepalive. A quiet listener must keep
+/// its call on the keepalives alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_member_keeps_its_voice_past_the_sfus_silence_limit() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let mut ann = Peer::start(&format!("http://{addr}"), "hush-room", "Ann");
+    ann.joined().await;
+    ann.voice_until(Duration::from_secs(20), |s| s.state == VoiceState::On).await;
+    let mut status = ann.voice.status.clone();
+    status.mark_unchanged();
+    let mut clock = tokio::time::interval(Duration::from_millis(20));
+    let quiet_until = tokio::time::Instant::now() + Duration::from_secs(17);
+    while tokio::time::Instant::now() < quiet_until {
+        clock.tick().await;
+        ann.mic.push(&[0.0; FRAME_SAMPLES]);
+        let mut frame = vec![0.0; 2 * FRAME_SAMPLES];
+        ann.speakers.take_exact(&mut frame);
+        if status.has_changed().unwrap_or(false) {
+            let s = status.borrow_and_update().clone();
+            assert_eq!(s.state, VoiceState::On, "voice dropped while quiet: {s:?}");
+        }
+    }
+}
