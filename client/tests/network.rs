@@ -4,6 +4,9 @@
 //! while away read back after the reconnect, and poses paced to the room's
 //! tick.
 
+mod common;
+
+use common::server;
 use plaza_client::network::session::{self, SessionConfig};
 use plaza_client::network::{ConnectionStatus, NetCommand, NetEvent, NetInput, Notice};
 use plaza_shared::pose::Pose;
@@ -128,16 +131,6 @@ impl Client {
             }
         }
     }
-}
-
-async fn server(config: plaza_server::ServerConfig) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(plaza_server::run(config, listener, async {
-        let _ = stopped.await;
-    }));
-    (addr, stop)
 }
 
 #[tokio::test]

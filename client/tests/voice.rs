@@ -5,6 +5,9 @@
 //! themselves; a server with voice off is said so at once, and the rest of
 //! the session carries on.
 
+mod common;
+
+use common::server;
 use plaza_client::network::session::{self, SessionConfig};
 use plaza_client::network::voice::{VoiceControl, VoiceScene, VoiceState, VoiceStatus, voice_link};
 use plaza_client::network::{NetEvent, NetInput};
@@ -13,9 +16,7 @@ use plaza_voice::devices::{AudioIo, Ring};
 use plaza_voice::level::rms;
 use plaza_voice::spatial::Listener;
 use plaza_voice::{FRAME_SAMPLES, SAMPLE_RATE};
-use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 struct Peer {
@@ -65,16 +66,6 @@ impl Peer {
     fn stand_at(&self, x: f32) {
         self.poses.send_replace(Some(Pose { p: [x, 0.0, 0.0], ..Pose::default() }));
     }
-}
-
-async fn server(config: plaza_server::ServerConfig) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(plaza_server::run(config, listener, async {
-        let _ = stopped.await;
-    }));
-    (addr, stop)
 }
 
 fn tone(hz: f32, frame: usize) -> Vec<f32> {
