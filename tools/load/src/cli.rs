@@ -128,6 +128,12 @@ pub struct RunArgs {
     /// voice latency, loss and misrouting are reported.
     #[arg(long)]
     pub voice: bool,
+    /// With --voice: the share of the time each voice user talks (1–100%),
+    /// in spurts of 1–4 s with pauses between, as people do; quiet, it
+    /// sends nothing (as the desktop client does) and the SFU gives its
+    /// listeners' slots to those talking. [default: 100, talking all the time]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100), requires = "voice")]
+    pub voice_talk: Option<u32>,
     /// Misbehaving clients in every room beside the users (0–40), taking
     /// turns at five kinds: one stops reading (expect 4009), one floods
     /// (4008), one sends invalid messages (1008), one sends an oversized
@@ -210,6 +216,8 @@ pub struct RunConfig {
     pub soak: Option<crate::soak::SoakLimits>,
     /// `--voice`.
     pub voice: bool,
+    /// `--voice-talk`: the share of the time voice users talk (0–1].
+    pub voice_talk: f64,
     /// `--hostile`: misbehaving clients per room.
     pub hostile: u32,
     /// `--restart-every`: the embedded server is restarted this often.
@@ -287,6 +295,7 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
         faults: if args.faults.any() { Some(validate_faults(&args.faults)?) } else { None },
         soak: None,
         voice: args.voice,
+        voice_talk: f64::from(args.voice_talk.unwrap_or(100)) / 100.0,
         hostile: args.hostile,
         restart_every: args.restart_every,
         access_ttl: args.access_ttl,

@@ -449,6 +449,7 @@ pub fn html(r: &RunResult) -> String {
     }
     if let Some(v) = &r.voice {
         h.push_str("<h2>Voice</h2><table>");
+        row(&mut h, "each user talks", if v.talk_pct >= 100.0 { "all the time".to_owned() } else { format!("{:.0}% of the time, in 1–4 s spurts", v.talk_pct) });
         row(&mut h, "peers offered / connected / failed", format!("{} / {} / {}", v.offered, v.connected, v.failed));
         row(&mut h, "ended by the server", v.ended);
         row(&mut h, "frames sent / heard", format!("{} / {}", v.frames_sent, v.frames_heard));

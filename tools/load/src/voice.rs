@@ -44,6 +44,8 @@ const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 pub struct VoiceLoad {
     /// Where the users' UDP sockets bind: loopback for a local server.
     pub ip: IpAddr,
+    /// The share of the time each user talks (`--voice-talk`), in spurts.
+    pub talk: f64,
     pub offered: AtomicU64,
     pub connected: AtomicU64,
     /// Connections that did not come up, or failed later.
@@ -73,6 +75,8 @@ pub struct VoiceSecond {
 /// The run's voice numbers, in result.json under `voice`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct VoiceResult {
+    /// The share of the time each user talked (`--voice-talk`), 0–100.
+    pub talk_pct: f64,
     pub offered: u64,
     pub connected: u64,
     pub failed: u64,
@@ -95,10 +99,11 @@ pub struct VoiceResult {
 impl VoiceLoad {
     /// For a server at `host` (from its URL): users bind loopback for a
     /// loopback server, else every interface.
-    pub fn new(host: &str, epoch: Instant) -> VoiceLoad {
+    pub fn new(host: &str, epoch: Instant, talk: f64) -> VoiceLoad {
         let local = host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]");
         VoiceLoad {
             ip: if local { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from([0, 0, 0, 0]) },
+            talk: talk.clamp(0.01, 1.0),
             offered: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -135,6 +140,7 @@ impl VoiceLoad {
         let mut latency_us = Histogram::new();
         seconds.iter().for_each(|s| latency_us.merge(s));
         VoiceResult {
+            talk_pct: self.talk * 100.0,
             offered: get(&self.offered),
             connected: get(&self.connected),
             failed: get(&self.failed),
@@ -246,6 +252,54 @@ fn read_frame(payload: &[u8]) -> Option<(UserKey, u32, u64)> {
     Some((UserKey { room: u32_at(4), user: u32_at(8) }, u32_at(12), send_us))
 }
 
+/// When a voice user talks: spurts of [`SPURT_S`] seconds, with pauses
+/// between them long enough that it talks `fraction` of the time.
+#[derive(Debug)]
+struct Spurts {
+    rng: plaza_shared::rng::SplitMix,
+    fraction: f64,
+    talking: bool,
+    until: Instant,
+}
+
+/// A talk spurt's length, seconds (uniform).
+const SPURT_S: (f64, f64) = (1.0, 4.0);
+
+impl Spurts {
+    /// Starts at a random point of a talk-pause cycle.
+    fn new(seed: u64, fraction: f64, now: Instant) -> Spurts {
+        let mut rng = plaza_shared::rng::SplitMix::new(seed);
+        let talking = rng.unit() < fraction;
+        let mut s = Spurts { rng, fraction, talking, until: now };
+        let first = s.next_len();
+        s.until = now + first.mul_f64(s.rng.unit());
+        s
+    }
+
+    fn next_len(&mut self) -> Duration {
+        let talk = self.rng.range(SPURT_S.0, SPURT_S.1);
+        if self.talking {
+            return Duration::from_secs_f64(talk);
+        }
+        let mean_talk = (SPURT_S.0 + SPURT_S.1) / 2.0;
+        let mean_pause = mean_talk * (1.0 - self.fraction) / self.fraction;
+        Duration::from_secs_f64(mean_pause * self.rng.range(0.5, 1.5))
+    }
+
+    /// Whether it talks at `now`.
+    fn talking(&mut self, now: Instant) -> bool {
+        if self.fraction >= 1.0 {
+            return true;
+        }
+        while now >= self.until {
+            self.talking = !self.talking;
+            let len = self.next_len();
+            self.until += len;
+        }
+        self.talking
+    }
+}
+
 /// Per speaker heard, the last frame number and the routing count then:
 /// holes are lost frames unless routing changed across them (see the
 /// module docs).
@@ -280,6 +334,7 @@ async fn media(mut peer: VoiceClient, key: UserKey, load: Arc<VoiceLoad>, mut ph
     let mut every = tokio::time::interval(Duration::from_millis(20));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut number: u32 = 0;
+    let mut spurts = Spurts::new(u64::from(key.room) << 32 | u64::from(key.user), load.talk, Instant::now());
     let mut streams = Streams::default();
     // This second's latencies, added to the run's when it ends.
     let (mut second, mut this_second) = (load.second(Instant::now()), Histogram::new());
@@ -292,7 +347,8 @@ async fn media(mut peer: VoiceClient, key: UserKey, load: Arc<VoiceLoad>, mut ph
                 if now == Phase::Close {
                     break;
                 }
-                if now == Phase::Run {
+                // Frame numbers count frames sent, so a pause is no hole.
+                if now == Phase::Run && spurts.talking(Instant::now()) {
                     if peer.send(number.wrapping_mul(FRAME_TICKS), frame(key, number, crate::user::unix_us())).await.is_err() {
                         break;
                     }
@@ -340,6 +396,38 @@ mod tests {
         assert_eq!(payload.len(), FRAME_BYTES);
         assert_eq!(read_frame(&payload), Some((key, 99, 1_234_567)));
         assert_eq!(read_frame(b"not a frame at all, no magic"), None);
+    }
+
+    #[test]
+    fn voice_users_talk_their_share_of_the_time_in_spurts() {
+        let start = Instant::now();
+        for fraction in [0.3, 0.6] {
+            let mut s = Spurts::new(7, fraction, start);
+            let (mut talking, mut spurts, mut longest) = (0u32, 0u32, 0u32);
+            let mut run = 0u32;
+            let mut was = false;
+            // An hour in 20 ms frames.
+            for f in 0..180_000u32 {
+                let now = s.talking(start + Duration::from_millis(u64::from(f) * 20));
+                talking += u32::from(now);
+                if now {
+                    run += 1;
+                    longest = longest.max(run);
+                } else {
+                    run = 0;
+                }
+                spurts += u32::from(now && !was);
+                was = now;
+            }
+            let share = f64::from(talking) / 180_000.0;
+            assert!((share - fraction).abs() < 0.05, "talked {share:.3} of the time, asked {fraction}");
+            assert!(longest <= 200, "a spurt is at most 4 s: {longest} frames");
+            // Talking `fraction` of an hour in spurts of 2.5 s on average.
+            let expected = 3600.0 * fraction / 2.5;
+            assert!((f64::from(spurts) - expected).abs() < 0.2 * expected, "{spurts} spurts in an hour, about {expected} expected");
+        }
+        let mut always = Spurts::new(7, 1.0, start);
+        assert!((0..1000u64).all(|f| always.talking(start + Duration::from_millis(f * 20))));
     }
 
     #[test]

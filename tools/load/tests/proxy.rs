@@ -278,6 +278,7 @@ fn run_through(proxy: &Proxy, name: &str, users_per_room: u32, duration: Duratio
         faults: None,
         soak: None,
         voice: false,
+        voice_talk: 1.0,
         hostile: 0,
         restart_every: None,
         access_ttl: None,
