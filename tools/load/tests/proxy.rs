@@ -454,6 +454,7 @@ async fn a_run_with_resets_resumes_every_user_and_loses_nothing() {
         faults: Some(faults),
         soak: None,
         voice: false,
+        voice_talk: 1.0,
         hostile: 0,
         restart_every: None,
         access_ttl: None,
