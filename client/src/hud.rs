@@ -265,8 +265,13 @@ fn chat_window(
                 };
             }
         });
-        if let Some(line) = voice.as_ref().and_then(|v| v.line()) {
-            ui.small(line);
+        if let Some(v) = voice.as_ref()
+            && let Some(line) = v.line()
+        {
+            // Muted, lost or off is worth a glance; on is not.
+            let on = v.unavailable.is_none() && !v.muted && !matches!(v.status.state, crate::network::voice::VoiceState::Failed(_));
+            let text = egui::RichText::new(line).small();
+            ui.label(if on { text } else { text.color(egui::Color32::from_rgb(230, 170, 80)) });
         }
         let input = ui.add(egui::TextEdit::singleline(&mut hud.chat_input).hint_text("Enter to chat").desired_width(320.0).char_limit(plaza_shared::limits::CHAT_TEXT_MAX_CHARS));
         let enter = ui.input(|i| i.key_pressed(egui::Key::Enter));

@@ -334,17 +334,22 @@ impl Call {
             let h = &heard.packet.header;
             mixer.push(slot, h.sequence_number, h.timestamp, heard.packet.payload.to_vec(), at_ms);
         }
-        let scene = self.scene.borrow().clone();
-        let place = |id: u32| scene.avatars.iter().find(|(a, _)| *a == id).map(|(_, p)| *p);
-        // One frame a tick keeps the jitter buffers at real time. The sound
-        // card's clock is not ours: when it has drained the ring, a second
-        // frame; when the ring is far ahead, none this time.
-        let speakers = &self.audio.speakers;
-        let queued = speakers.len() / STEREO_FRAME;
-        let frames = if queued == 0 { 2 } else if queued > SPEAKER_LEAD_FRAMES { 0 } else { 1 };
-        for _ in 0..frames {
-            mixer.mix(&scene.listener, place, &mut media.out_frame);
-            speakers.push(&media.out_frame);
+        {
+            // No await in here: a span held across one would swallow the
+            // other tasks of this thread in Tracy.
+            profile_span!("voice_mix");
+            let scene = self.scene.borrow().clone();
+            let place = |id: u32| scene.avatars.iter().find(|(a, _)| *a == id).map(|(_, p)| *p);
+            // One frame a tick keeps the jitter buffers at real time. The
+            // sound card's clock is not ours: when it has drained the ring, a
+            // second frame; when the ring is far ahead, none this time.
+            let speakers = &self.audio.speakers;
+            let queued = speakers.len() / STEREO_FRAME;
+            let frames = if queued == 0 { 2 } else if queued > SPEAKER_LEAD_FRAMES { 0 } else { 1 };
+            for _ in 0..frames {
+                mixer.mix(&scene.listener, place, &mut media.out_frame);
+                speakers.push(&media.out_frame);
+            }
         }
         media.qos(mixer);
         let (speaking, slots): (Vec<u32>, Vec<Option<u32>>) = (mixer.speaking().collect(), mixer.slots().iter().map(|s| s.avatar()).collect());
