@@ -81,16 +81,27 @@ impl Plugin for VoicePlugin {
     }
 }
 
-fn read_status(link: Option<Res<VoiceLink>>, unavailable: Option<Res<VoiceUnavailable>>, mut info: ResMut<VoiceInfo>) {
+/// The status, copied only when the call changed it (the receiver is kept:
+/// a fresh clone would see every change again, every frame).
+fn read_status(
+    link: Option<Res<VoiceLink>>,
+    unavailable: Option<Res<VoiceUnavailable>>,
+    mut status: Local<Option<tokio::sync::watch::Receiver<VoiceStatus>>>,
+    mut info: ResMut<VoiceInfo>,
+) {
     if let Some(why) = unavailable
         && info.unavailable.is_none()
     {
         info.unavailable = Some(why.0.clone());
     }
     let Some(link) = link else { return };
-    info.enabled = true;
-    let mut status = link.0.status.clone();
+    let status = status.get_or_insert_with(|| {
+        let mut first = link.0.status.clone();
+        first.mark_changed();
+        first
+    });
     if status.has_changed().unwrap_or(false) {
+        info.enabled = true;
         info.status = status.borrow_and_update().clone();
     }
 }

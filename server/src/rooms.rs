@@ -307,6 +307,8 @@ enum Reroute {
 struct VoiceMember {
     routing: VoiceRouting,
     hears: Vec<Option<AvatarId>>,
+    /// Whether it was talking when the room last routed voice.
+    talking: bool,
 }
 
 struct Member {
@@ -558,7 +560,7 @@ impl Room {
             RoomCommand::VoiceJoin { avatar, conn, routing } => {
                 if self.members.get(&avatar).is_some_and(|m| m.conn == conn && m.detached_until.is_none()) {
                     let hears = vec![None; routing.mids.len()];
-                    self.voice.insert(avatar, VoiceMember { routing, hears });
+                    self.voice.insert(avatar, VoiceMember { routing, hears, talking: false });
                     tracing::info!(avatar, "voice on");
                     self.route_voice(Reroute::Joined(avatar));
                 }
@@ -622,6 +624,12 @@ impl Room {
         }
     }
 
+    /// Whether a voice member quiet at the last routing is talking now.
+    fn someone_started_talking(&self) -> bool {
+        let now_ms = crate::voice::clock_ms();
+        self.voice.values().any(|v| v.routing.mic && !v.talking && v.routing.talking(now_ms))
+    }
+
     /// Re-chooses who each voice member hears (the nearest speakers in
     /// range, see [`plaza_shared::voice`]), tells those whose slots changed
     /// (and a newcomer, whatever its slots), and republishes every
@@ -633,11 +641,14 @@ impl Room {
             Reroute::Periodic | Reroute::Left => None,
         };
         let now_ms = crate::voice::clock_ms();
+        for v in self.voice.values_mut() {
+            v.talking = v.routing.talking(now_ms);
+        }
         let speakers: Vec<(AvatarId, [f32; 3], bool)> = self
             .voice
             .iter()
             .filter(|(_, v)| v.routing.mic)
-            .filter_map(|(&id, v)| self.members.get(&id).filter(|m| m.detached_until.is_none()).map(|m| (id, m.pose.p, v.routing.talking(now_ms))))
+            .filter_map(|(&id, v)| self.members.get(&id).filter(|m| m.detached_until.is_none()).map(|m| (id, m.pose.p, v.talking)))
             .collect();
         let mut changed = why != Reroute::Periodic;
         for (&listener, v) in self.voice.iter_mut() {
@@ -694,7 +705,9 @@ impl Room {
         if self.tick.is_multiple_of(u64::from(TICK_HZ)) && !self.members.is_empty() {
             metrics::histogram!(crate::metrics::ROOM_USERS).record(self.members.len() as f64);
         }
-        if !self.voice.is_empty() && self.tick.is_multiple_of(ROUTE_EVERY_TICKS) {
+        // Someone who starts talking is routed at once, not at the next
+        // half second: that is the start of what they say.
+        if !self.voice.is_empty() && (self.tick.is_multiple_of(ROUTE_EVERY_TICKS) || self.someone_started_talking()) {
             self.route_voice(Reroute::Periodic);
         }
     }

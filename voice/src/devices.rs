@@ -197,45 +197,84 @@ fn start_output(host: &cpal::Host, ring: Ring) -> Result<(cpal::Stream, String),
     let supported = device.default_output_config().map_err(|e| DeviceError::Stream { what: "audio output", cause: e.to_string() })?;
     let config = supported.config();
     let channels = usize::from(config.channels);
-    let mut resampler = Resampler::new(SAMPLE_RATE, config.sample_rate, 2);
-    let (mut stereo, mut resampled, mut mapped) = (Vec::new(), Vec::new(), Vec::new());
-    // Fills `data_len` device samples from the ring (silence when it runs dry).
-    let mut fill = move |data_len: usize| -> Vec<f32> {
-        let frames = data_len / channels.max(1);
-        // 48 kHz stereo samples needed for `frames` device frames, and a little more.
-        let want = 2 * ((frames as f64 * f64::from(SAMPLE_RATE) / f64::from(config.sample_rate)).ceil() as usize + 1);
-        stereo.resize(want, 0.0);
-        let got = ring.pop_into(&mut stereo);
-        stereo[got..].fill(0.0);
-        resampled.clear();
-        resampler.process(&stereo, &mut resampled);
-        mapped.clear();
-        from_stereo(&resampled, channels, &mut mapped);
-        mapped.resize(data_len, 0.0);
-        std::mem::take(&mut mapped)
-    };
+    let mut feed = OutputFeed::new(ring, config.sample_rate, channels);
     let error = |e| tracing::warn!(error = %e, "audio output");
     let stream = match supported.sample_format() {
-        cpal::SampleFormat::F32 => device.build_output_stream::<f32, _, _>(config, move |data: &mut [f32], _| {
-            let samples = fill(data.len());
-            data.copy_from_slice(&samples);
-        }, error, None),
-        cpal::SampleFormat::I16 => device.build_output_stream::<i16, _, _>(
-            config,
-            move |data: &mut [i16], _| {
-                let samples = fill(data.len());
-                for (d, s) in data.iter_mut().zip(samples) {
-                    *d = (s * f32::from(i16::MAX)) as i16;
-                }
-            },
-            error,
-            None,
-        ),
+        cpal::SampleFormat::F32 => device.build_output_stream::<f32, _, _>(config, move |data: &mut [f32], _| feed.fill(data), error, None),
+        cpal::SampleFormat::I16 => {
+            let mut scratch = Vec::new();
+            device.build_output_stream::<i16, _, _>(
+                config,
+                move |data: &mut [i16], _| {
+                    scratch.resize(data.len(), 0.0);
+                    feed.fill(&mut scratch);
+                    for (d, s) in data.iter_mut().zip(&scratch) {
+                        *d = (s * f32::from(i16::MAX)) as i16;
+                    }
+                },
+                error,
+                None,
+            )
+        }
         other => return Err(DeviceError::Format { what: "audio output", format: format!("{other:?}") }),
     }
     .map_err(|e| DeviceError::Stream { what: "audio output", cause: e.to_string() })?;
     stream.play().map_err(|e| DeviceError::Stream { what: "audio output", cause: e.to_string() })?;
     Ok((stream, format!("{} ({} Hz, {channels} ch)", device_name(&device), config.sample_rate)))
+}
+
+/// The speakers' side of the ring: 48 kHz stereo in, the device's rate and
+/// channels out. What the resampler makes beyond one callback's need waits
+/// for the next, so the ring is drained at exactly the device's pace; and
+/// every buffer is kept, so a callback allocates nothing once warm.
+struct OutputFeed {
+    ring: Ring,
+    resampler: Resampler,
+    device_hz: u32,
+    channels: usize,
+    stereo: Vec<f32>,
+    resampled: Vec<f32>,
+    mapped: Vec<f32>,
+    /// Device samples made and not yet played.
+    pending: VecDeque<f32>,
+}
+
+impl OutputFeed {
+    fn new(ring: Ring, device_hz: u32, channels: usize) -> OutputFeed {
+        OutputFeed {
+            ring,
+            resampler: Resampler::new(SAMPLE_RATE, device_hz, 2),
+            device_hz,
+            channels: channels.max(1),
+            stereo: Vec::new(),
+            resampled: Vec::new(),
+            mapped: Vec::new(),
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Fills `data` (device samples); silence for what the ring lacks.
+    fn fill(&mut self, data: &mut [f32]) {
+        while self.pending.len() < data.len() {
+            let frames = (data.len() - self.pending.len()).div_ceil(self.channels);
+            let want = (frames as f64 * f64::from(SAMPLE_RATE) / f64::from(self.device_hz.max(1))).ceil() as usize;
+            self.stereo.resize(2 * want.max(1), 0.0);
+            let got = self.ring.pop_into(&mut self.stereo);
+            if got < 2 {
+                break; // ran dry
+            }
+            self.resampled.clear();
+            self.resampler.process(&self.stereo[..got - got % 2], &mut self.resampled);
+            self.mapped.clear();
+            from_stereo(&self.resampled, self.channels, &mut self.mapped);
+            self.pending.extend(self.mapped.iter().copied());
+        }
+        let n = self.pending.len().min(data.len());
+        for (d, s) in data.iter_mut().zip(self.pending.drain(..n)) {
+            *d = s;
+        }
+        data[n..].fill(0.0);
+    }
 }
 
 fn start_input(host: &cpal::Host, ring: Ring) -> Result<(cpal::Stream, String), DeviceError> {
@@ -294,6 +333,30 @@ mod tests {
         r.push(&[7.0, 8.0, 9.0]);
         assert_eq!(r.keep_newest(1), 2);
         assert!(r.take_exact(&mut out[..1]) && out[0] == 9.0);
+    }
+
+    #[test]
+    fn the_speakers_take_from_the_ring_exactly_what_they_play() {
+        for (device_hz, channels, period) in [(48_000, 2, 441), (44_100, 2, 512), (48_000, 1, 1024)] {
+            let ring = Ring::new(1 << 20);
+            // One second of a ramp, left and right.
+            let stereo: Vec<f32> = (0..48_000).flat_map(|i| [i as f32, i as f32]).collect();
+            ring.push(&stereo);
+            let mut feed = OutputFeed::new(ring.clone(), device_hz, channels);
+            let mut played = Vec::new();
+            let mut data = vec![0.0; period * channels];
+            // Half a second of callbacks.
+            for _ in 0..(device_hz as usize / 2 / period) {
+                feed.fill(&mut data);
+                played.extend(data.chunks_exact(channels).map(|f| f[0]));
+            }
+            let taken = 48_000 - ring.len() / 2;
+            let expected = played.len() as f64 * 48_000.0 / f64::from(device_hz);
+            assert!((taken as f64 - expected).abs() < 48.0 * 2.0, "{device_hz} Hz, {channels} ch, {period}: took {taken} frames for {expected:.0} played");
+            // The ramp plays on without a skip: each step is one input frame's worth.
+            let step = 48_000.0 / device_hz as f32;
+            assert!(played.windows(2).all(|w| (w[1] - w[0] - step).abs() < 0.01), "{device_hz} Hz, {channels} ch, {period}: a skip in the ramp");
+        }
     }
 
     #[test]

@@ -126,24 +126,25 @@ impl JitterBuffer {
     /// What to play for the next 20 ms.
     pub fn pop(&mut self) -> Playout {
         let target = self.stats.target_frames;
-        let Some(next) = self.next else {
+        let mut next = match self.next {
+            Some(next) => next,
             // Filling: start once enough is held, from the oldest.
-            if self.held.len() >= target {
-                self.next = self.held.first_key_value().map(|(k, _)| *k);
+            None if self.held.len() >= target => {
                 self.concealed_in_a_row = 0;
-                return self.pop();
+                *self.held.first_key_value().expect("held is not empty").0
             }
-            return Playout::Silent;
+            None => return Playout::Silent,
         };
-        // Too much held (a burst after a stall): skip ahead to the target.
-        if self.held.len() > target + CATCH_UP_OVER_TARGET {
-            while self.held.len() > target {
-                self.held.pop_first();
-                self.stats.dropped += 1;
-            }
-            self.next = self.held.first_key_value().map(|(k, _)| *k);
-            return self.pop();
+        // Too much held (a burst after a stall): skip the oldest frame, one
+        // a turn, until the delay is back near the target. One at a time,
+        // the cuts are 20 ms each and spread out, not one 80 ms hole.
+        if self.held.len() > target + CATCH_UP_OVER_TARGET
+            && let Some((first, _)) = self.held.pop_first()
+        {
+            self.stats.dropped += 1;
+            next = next.max(first + 1);
         }
+        self.next = Some(next);
         if let Some(packet) = self.held.remove(&next) {
             self.next = Some(next + 1);
             self.concealed_in_a_row = 0;
@@ -154,12 +155,16 @@ impl JitterBuffer {
         if self.held.is_empty() {
             self.concealed_in_a_row += 1;
             if self.concealed_in_a_row > CONCEAL_AT_MOST {
-                // The voice stopped (or the link): wait to fill again.
+                // The voice stopped (or the link): wait to fill again. The
+                // jitter is not measured across the pause (a new voice in the
+                // slot, or the same one after a silence, starts afresh).
                 self.next = None;
+                self.last_transit = None;
                 self.stats.underruns += 1;
                 return Playout::Silent;
             }
-            self.next = Some(next + 1);
+            // `next` stays: senders pause without skipping sequence numbers,
+            // so the packet that ends a short pause is this one, not late.
             self.stats.concealed += 1;
             return Playout::Conceal;
         }
@@ -254,6 +259,21 @@ mod tests {
     }
 
     #[test]
+    fn a_short_pause_is_concealed_and_the_next_word_plays_from_its_first_packet() {
+        let mut b = JitterBuffer::new();
+        steady(&mut b, [0, 1]);
+        b.pop();
+        b.pop();
+        // Three frames of nothing (the sender's gate closed; its numbers do not skip).
+        for _ in 0..3 {
+            assert_eq!(b.pop(), Playout::Conceal);
+        }
+        b.push(2, 10 * TS, p(2), 200.0);
+        assert_eq!(b.stats().late, 0, "the word's first packet is not late");
+        assert_eq!(b.pop(), Playout::Packet(p(2)));
+    }
+
+    #[test]
     fn a_voice_that_stops_is_concealed_briefly_then_silent_until_it_fills_again() {
         let mut b = JitterBuffer::new();
         steady(&mut b, [0, 1]);
@@ -306,10 +326,32 @@ mod tests {
         for seq in 1..51u16 {
             b.push(seq, u32::from(seq) * TS, p(seq as u8), 1000.0);
         }
-        b.pop();
+        let mut cut = Vec::new();
+        for _ in 0..60 {
+            let before = b.stats().dropped;
+            b.pop();
+            cut.push(b.stats().dropped - before);
+        }
         let s = b.stats();
         assert!(s.depth <= s.target_frames + CATCH_UP_OVER_TARGET, "{s:?}");
         assert!(s.dropped > 0);
+        assert!(cut.iter().all(|&n| n <= 1), "at most one frame cut a turn: {cut:?}");
+    }
+
+    #[test]
+    fn jitter_is_not_measured_across_a_pause() {
+        let mut b = JitterBuffer::new();
+        steady(&mut b, 0..50);
+        for _ in 0..60 {
+            b.pop();
+        }
+        assert!(!b.playing(), "stopped after the voice did");
+        // A new voice in the slot: its timestamps run on one frame after the
+        // last, but it arrives 2 s later (how the SFU splices voices).
+        for seq in 50..60u16 {
+            b.push(seq, u32::from(seq) * TS, p(0), 3_000.0 + f64::from(seq - 50) * 20.0);
+        }
+        assert_eq!(b.stats().target_frames, MIN_TARGET_FRAMES, "no jitter seen: {:?}", b.stats());
     }
 
     #[test]

@@ -387,7 +387,7 @@ impl Task {
                         ServerMessage::Error(e) if e.code == ErrorCode::VoiceUnavailable => {
                             // The call is waiting for an answer that won't come.
                             if let Some(call) = &voice_call {
-                                call.signal(plaza_shared::voice::VoiceSignal::Ended { reason: e.message.clone() });
+                                call.unavailable(e.message.clone());
                             }
                         }
                         ServerMessage::Error(e) => {

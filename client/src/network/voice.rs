@@ -39,12 +39,13 @@ const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 /// up to [`RETRY_AT_MOST`].
 const RETRY_FIRST: Duration = Duration::from_secs(2);
 const RETRY_AT_MOST: Duration = Duration::from_secs(30);
-/// The speakers' ring is kept at most this full (60 ms): enough to ride out
-/// a late wakeup of this thread, little enough not to be heard as delay.
-const SPEAKER_LEAD_FRAMES: usize = 3;
-/// Microphone frames sent in one 20 ms step at most (the rest of a backlog
-/// is skipped).
-const MIC_BACKLOG_FRAMES: usize = 2;
+/// The speakers' ring is kept between these (40–80 ms): enough to ride out
+/// a late wakeup of this thread or a sound card's large period, little
+/// enough not to be heard as delay.
+const SPEAKER_LEAD_FRAMES: (usize, usize) = (2, 4);
+/// Microphone frames that may go out in one 20 ms step: a device period
+/// of up to 160 ms arrives as one block.
+const MIC_BURST_FRAMES: usize = 8;
 /// How often `--voice-qos-debug` logs each slot's numbers.
 const QOS_LOG_EVERY: Duration = Duration::from_secs(5);
 /// Signals queued between the relay and the call.
@@ -116,10 +117,18 @@ pub fn voice_link(audio: AudioIo, qos_debug: bool) -> (VoiceControl, VoicePort) 
     (VoiceControl { scene: scene_tx, muted: muted_tx, status }, VoicePort { audio: Arc::new(audio), scene, muted, status: Arc::new(status_tx), qos_debug })
 }
 
+/// What the relay hands a call.
+#[derive(Debug)]
+enum CallSignal {
+    Server(VoiceSignal),
+    /// The server refused the offer (`voice_unavailable`): why.
+    Unavailable(String),
+}
+
 /// One socket's voice: a task that keeps a call up while the socket lives.
 #[derive(Debug)]
 pub struct VoiceCall {
-    signals: mpsc::Sender<VoiceSignal>,
+    signals: mpsc::Sender<CallSignal>,
     task: tokio::task::JoinHandle<()>,
     status: Arc<watch::Sender<VoiceStatus>>,
 }
@@ -158,6 +167,15 @@ impl VoiceCall {
     /// A signal from the server for this call. Dropped (with a log line)
     /// if the call is far behind: it will fail and offer again.
     pub fn signal(&self, signal: VoiceSignal) {
+        self.hand_over(CallSignal::Server(signal));
+    }
+
+    /// The server refused the last offer (`voice_unavailable`).
+    pub fn unavailable(&self, why: String) {
+        self.hand_over(CallSignal::Unavailable(why));
+    }
+
+    fn hand_over(&self, signal: CallSignal) {
         if let Err(e) = self.signals.try_send(signal) {
             tracing::warn!(cause = %e, "voice signal not taken");
         }
@@ -201,7 +219,7 @@ struct Call {
     qos_debug: bool,
     ip: IpAddr,
     outbox: mpsc::Sender<VoiceSignal>,
-    inbox: mpsc::Receiver<VoiceSignal>,
+    inbox: mpsc::Receiver<CallSignal>,
 }
 
 impl Call {
@@ -233,6 +251,9 @@ impl Call {
             Ok(peer) => peer,
             Err(e) => return format!("no voice peer: {e}"),
         };
+        // What is still queued belongs to an earlier call (an `ended` for a
+        // peer already given up, a late answer): not to this offer.
+        while self.inbox.try_recv().is_ok() {}
         if self.outbox.send(VoiceSignal::Offer { sdp: peer.offer.clone() }).await.is_err() {
             return "the connection is gone".into();
         }
@@ -241,10 +262,13 @@ impl Call {
         let answer = tokio::time::timeout(CONNECT_WITHIN, async {
             loop {
                 match self.inbox.recv().await {
-                    Some(VoiceSignal::Answer { sdp }) => return Ok(sdp),
-                    Some(VoiceSignal::Speakers { slots }) => speakers = Some(slots),
-                    Some(VoiceSignal::Ended { reason }) => return Err(format!("the server ended voice: {reason}")),
-                    Some(other) => tracing::debug!(kind = other.kind(), "voice signal ignored while offering"),
+                    Some(CallSignal::Server(VoiceSignal::Answer { sdp })) => return Ok(sdp),
+                    Some(CallSignal::Server(VoiceSignal::Speakers { slots })) => speakers = Some(slots),
+                    // The server ends the old peer silently when it takes a
+                    // new offer: an `ended` before our answer is the old one's.
+                    Some(CallSignal::Server(VoiceSignal::Ended { reason })) => tracing::debug!(%reason, "an earlier voice call's end; still waiting for the answer"),
+                    Some(CallSignal::Unavailable(why)) => return Err(format!("voice unavailable: {why}")),
+                    Some(CallSignal::Server(other)) => tracing::debug!(kind = other.kind(), "voice signal ignored while offering"),
                     None => return Err("the connection is gone".into()),
                 }
             }
@@ -283,9 +307,10 @@ impl Call {
                     }
                 }
                 signal = self.inbox.recv() => match signal {
-                    Some(VoiceSignal::Speakers { slots }) => media.speakers(&slots, &mut mixer),
-                    Some(VoiceSignal::Ended { reason }) => return format!("the server ended voice: {reason}"),
-                    Some(other) => tracing::debug!(kind = other.kind(), "voice signal ignored"),
+                    Some(CallSignal::Server(VoiceSignal::Speakers { slots })) => media.speakers(&slots, &mut mixer),
+                    Some(CallSignal::Server(VoiceSignal::Ended { reason })) => return format!("the server ended voice: {reason}"),
+                    Some(CallSignal::Unavailable(why)) => return format!("voice unavailable: {why}"),
+                    Some(CallSignal::Server(other)) => tracing::debug!(kind = other.kind(), "voice signal ignored"),
                     None => return "the connection is gone".into(),
                 },
             }
@@ -300,14 +325,16 @@ impl Call {
         }
         let muted = *self.muted.borrow();
         if let Some(mic) = &self.audio.mic {
-            // A microphone gives a frame every 20 ms. More waiting means this
-            // thread was late: the oldest is skipped, so what we say goes out
-            // at most [`MIC_BACKLOG_FRAMES`] late and never faster than real time.
-            let skipped = mic.keep_newest(MIC_BACKLOG_FRAMES * FRAME_SAMPLES);
-            if skipped > 0 {
-                media.mic_skipped += skipped as u64;
-            }
-            while mic.take_exact(&mut media.mic_frame) {
+            // A microphone gives a frame every 20 ms on average, in blocks of
+            // its period (up to [`MIC_BURST_FRAMES`]). One frame of credit a
+            // step, spent per frame sent, lets such blocks through whole and
+            // never lets more than real time out; what waited longer than a
+            // burst is skipped (this thread was late, or the device is wrong).
+            media.mic_credit = (media.mic_credit + 1).min(MIC_BURST_FRAMES);
+            let skipped = mic.keep_newest(MIC_BURST_FRAMES * FRAME_SAMPLES);
+            media.mic_skipped += skipped as u64;
+            while media.mic_credit > 0 && mic.take_exact(&mut media.mic_frame) {
+                media.mic_credit -= 1;
                 media.self_speaking = media.mic_activity.update(if muted { 0.0 } else { rms(&media.mic_frame) });
                 media.mic_timestamp = media.mic_timestamp.wrapping_add(FRAME_SAMPLES as u32);
                 // Quiet (past the hold after the last word) or muted: nothing
@@ -345,7 +372,13 @@ impl Call {
             // second frame; when the ring is far ahead, none this time.
             let speakers = &self.audio.speakers;
             let queued = speakers.len() / STEREO_FRAME;
-            let frames = if queued == 0 { 2 } else if queued > SPEAKER_LEAD_FRAMES { 0 } else { 1 };
+            let frames = if queued < SPEAKER_LEAD_FRAMES.0 {
+                2
+            } else if queued > SPEAKER_LEAD_FRAMES.1 {
+                0
+            } else {
+                1
+            };
             for _ in 0..frames {
                 mixer.mix(&scene.listener, place, &mut media.out_frame);
                 speakers.push(&media.out_frame);
@@ -378,6 +411,8 @@ struct Media {
     unknown_ssrc: u64,
     /// Microphone samples skipped because they waited too long.
     mic_skipped: u64,
+    /// Microphone frames that may go out now (see [`MIC_BURST_FRAMES`]).
+    mic_credit: usize,
     qos_debug: bool,
     qos_logged: Instant,
     /// Each slot's playout target last logged, to log its changes.
@@ -397,6 +432,7 @@ impl Media {
             out_frame: vec![0.0; STEREO_FRAME],
             unknown_ssrc: 0,
             mic_skipped: 0,
+            mic_credit: MIC_BURST_FRAMES,
             qos_debug,
             qos_logged: Instant::now(),
             targets: vec![0; slots.len()],
