@@ -12,11 +12,14 @@ use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 /// The microphone ring holds at most this (200 ms); older samples go.
 const MIC_RING: usize = 10 * FRAME_SAMPLES;
 /// The speaker ring holds at most this (200 ms of stereo).
 const SPEAKER_RING: usize = 2 * 10 * FRAME_SAMPLES;
+/// After a device goes away, the wait before opening the defaults again.
+const REOPEN_AFTER: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -135,28 +138,58 @@ impl AudioIo {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let (out_ring, in_ring) = (speakers.clone(), mic_ring.clone());
-        // cpal's streams are not Send everywhere: they live and die on this thread.
+        // cpal's streams are not Send everywhere: they live and die on this
+        // thread, which also opens them again when a device goes away.
         let spawned = std::thread::Builder::new().name("plaza-audio".into()).spawn(move || {
             let host = cpal::default_host();
-            let output = match start_output(&host, out_ring) {
-                Ok(o) => o,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
+            let (lost_tx, lost) = mpsc::channel::<String>();
+            let mut ready = Some(ready_tx);
+            loop {
+                let output = match start_output(&host, out_ring.clone(), lost_tx.clone()) {
+                    Ok(o) => o,
+                    Err(e) => match ready.take() {
+                        Some(ready) => {
+                            let _ = ready.send(Err(e));
+                            return;
+                        }
+                        None => {
+                            tracing::warn!(cause = %e, retry_in = ?REOPEN_AFTER, "audio output still gone");
+                            if stopped(&stop_rx, REOPEN_AFTER) {
+                                return;
+                            }
+                            continue;
+                        }
+                    },
+                };
+                let input = if mic { Some(start_input(&host, in_ring.clone(), lost_tx.clone())) } else { None };
+                let description = match &input {
+                    Some(Ok((_, d))) => format!("{} · {}", output.1, d),
+                    Some(Err(e)) => format!("{} · {e}", output.1),
+                    None => format!("{} · microphone off", output.1),
+                };
+                match ready.take() {
+                    Some(ready) => {
+                        let _ = ready.send(Ok((description, matches!(input, Some(Ok(_))))));
+                    }
+                    None => tracing::info!(devices = %description, "audio devices open again"),
+                }
+                // Until the AudioIo is dropped, or a device goes away.
+                let cause = loop {
+                    if stopped(&stop_rx, Duration::from_millis(250)) {
+                        return;
+                    }
+                    if let Ok(cause) = lost.try_recv() {
+                        break cause;
+                    }
+                };
+                tracing::warn!(%cause, retry_in = ?REOPEN_AFTER, "an audio device went away; opening the defaults again");
+                drop(input);
+                drop(output);
+                while lost.try_recv().is_ok() {}
+                if stopped(&stop_rx, REOPEN_AFTER) {
                     return;
                 }
-            };
-            let input = if mic { Some(start_input(&host, in_ring)) } else { None };
-            let description = match &input {
-                Some(Ok((_, d))) => format!("{} · {}", output.1, d),
-                Some(Err(e)) => format!("{} · {e}", output.1),
-                None => format!("{} · microphone off", output.1),
-            };
-            let has_mic = matches!(input, Some(Ok(_)));
-            let _ = ready_tx.send(Ok((description, has_mic)));
-            // Until the AudioIo is dropped.
-            let _ = stop_rx.recv();
-            drop(input);
-            drop(output);
+            }
         });
         if let Err(e) = spawned {
             return Err(DeviceError::Stream { what: "audio thread", cause: e.to_string() });
@@ -188,17 +221,41 @@ fn sound_system_present() -> bool {
     }
 }
 
+/// Waits up to `wait` for the AudioIo to be dropped; true once it is.
+fn stopped(stop: &mpsc::Receiver<()>, wait: Duration) -> bool {
+    !matches!(stop.recv_timeout(wait), Err(mpsc::RecvTimeoutError::Timeout))
+}
+
+/// Errors after which a stream is dead and its device must be opened
+/// again (unplugged headphones, a changed default, a sound server
+/// restart). An xrun is only a glitch.
+fn device_lost(kind: cpal::ErrorKind) -> bool {
+    matches!(kind, cpal::ErrorKind::DeviceNotAvailable | cpal::ErrorKind::DeviceChanged | cpal::ErrorKind::StreamInvalidated | cpal::ErrorKind::HostUnavailable)
+}
+
+/// A stream's error callback: logs, and reports a lost device to the audio
+/// thread.
+fn on_stream_error(what: &'static str, lost: mpsc::Sender<String>) -> impl FnMut(cpal::Error) + Send + 'static {
+    move |e| {
+        if device_lost(e.kind()) {
+            let _ = lost.send(format!("{what}: {e}"));
+        } else {
+            tracing::debug!(error = %e, "{what}");
+        }
+    }
+}
+
 fn device_name(device: &cpal::Device) -> String {
     device.description().map(|d| d.to_string()).unwrap_or_else(|_| "audio device".into())
 }
 
-fn start_output(host: &cpal::Host, ring: Ring) -> Result<(cpal::Stream, String), DeviceError> {
+fn start_output(host: &cpal::Host, ring: Ring, lost: mpsc::Sender<String>) -> Result<(cpal::Stream, String), DeviceError> {
     let device = host.default_output_device().ok_or(DeviceError::NoOutput)?;
     let supported = device.default_output_config().map_err(|e| DeviceError::Stream { what: "audio output", cause: e.to_string() })?;
     let config = supported.config();
     let channels = usize::from(config.channels);
     let mut feed = OutputFeed::new(ring, config.sample_rate, channels);
-    let error = |e| tracing::warn!(error = %e, "audio output");
+    let error = on_stream_error("audio output", lost);
     let stream = match supported.sample_format() {
         cpal::SampleFormat::F32 => device.build_output_stream::<f32, _, _>(config, move |data: &mut [f32], _| feed.fill(data), error, None),
         cpal::SampleFormat::I16 => {
@@ -277,7 +334,7 @@ impl OutputFeed {
     }
 }
 
-fn start_input(host: &cpal::Host, ring: Ring) -> Result<(cpal::Stream, String), DeviceError> {
+fn start_input(host: &cpal::Host, ring: Ring, lost: mpsc::Sender<String>) -> Result<(cpal::Stream, String), DeviceError> {
     let device = host.default_input_device().ok_or(DeviceError::NoInput)?;
     let supported = device.default_input_config().map_err(|e| DeviceError::Stream { what: "microphone", cause: e.to_string() })?;
     let config = supported.config();
@@ -291,7 +348,7 @@ fn start_input(host: &cpal::Host, ring: Ring) -> Result<(cpal::Stream, String), 
         resampler.process(&mono, &mut resampled);
         ring.push(&resampled);
     };
-    let error = |e| tracing::warn!(error = %e, "microphone");
+    let error = on_stream_error("microphone", lost);
     let stream = match supported.sample_format() {
         cpal::SampleFormat::F32 => device.build_input_stream::<f32, _, _>(config, move |data, _| take(data), error, None),
         cpal::SampleFormat::I16 => {
@@ -357,6 +414,20 @@ mod tests {
             let step = 48_000.0 / device_hz as f32;
             assert!(played.windows(2).all(|w| (w[1] - w[0] - step).abs() < 0.01), "{device_hz} Hz, {channels} ch, {period}: a skip in the ramp");
         }
+    }
+
+    #[test]
+    fn a_device_that_went_away_is_opened_again_and_a_glitch_is_not() {
+        assert!(device_lost(cpal::ErrorKind::DeviceNotAvailable), "unplugged");
+        assert!(device_lost(cpal::ErrorKind::DeviceChanged), "a new default");
+        assert!(device_lost(cpal::ErrorKind::StreamInvalidated), "the sound server restarted");
+        assert!(!device_lost(cpal::ErrorKind::Xrun), "an xrun is a glitch");
+        let (tx, rx) = mpsc::channel();
+        let mut on_error = on_stream_error("audio output", tx);
+        on_error(cpal::Error::from(cpal::ErrorKind::Xrun));
+        assert!(rx.try_recv().is_err(), "a glitch is not reported");
+        on_error(cpal::Error::from(cpal::ErrorKind::DeviceNotAvailable));
+        assert!(rx.try_recv().unwrap().starts_with("audio output: "), "a lost device is");
     }
 
     #[test]
