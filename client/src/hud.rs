@@ -13,7 +13,8 @@ use crate::lod::{Lod, LodConfig};
 use crate::network::{ChatUpdate, ConnectionInfo, ConnectionStatus, NetCommand, NetLink, Toast};
 use crate::player::{LocalPlayer, PlayerControl};
 use crate::quality::{ActiveQuality, MainCamera};
-use crate::remote::RemoteAvatar;
+use crate::remote::{RemoteAvatar, RemoteAvatars, RemoteUser};
+use crate::settings::MAX_VOICE_VOLUME;
 use crate::render_scale::OutputCamera;
 use crate::settings::SettingsFile;
 use crate::stats::FrameStats;
@@ -200,6 +201,8 @@ fn settings_window(
     mut lod: ResMut<LodConfig>,
     mut culling: ResMut<CullingConfig>,
     mut file: Option<ResMut<SettingsFile>>,
+    mut voice: Option<ResMut<VoiceInfo>>,
+    people: VoicePeople,
 ) -> Result {
     if !hud.settings {
         return Ok(());
@@ -218,6 +221,12 @@ fn settings_window(
         });
         ui.checkbox(&mut lod_on, "Level of detail by distance");
         ui.checkbox(&mut culling_on, "Culling (frustum and distance)");
+        if let Some(voice) = voice.as_deref_mut().filter(|v| v.enabled) {
+            ui.separator();
+            if let Some(volume) = voice_settings(ui, voice, &people) {
+                hud.save(file.as_deref_mut(), |s| s.voice_volume = Some(volume));
+            }
+        }
         match (&file, &hud.save_error) {
             (_, Some(e)) => ui.colored_label(egui::Color32::from_rgb(230, 120, 80), format!("Not saved: {e}")),
             (Some(f), None) => ui.small(format!("Saved to {}", f.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "nowhere (no config folder)".into()))),
@@ -240,6 +249,47 @@ fn settings_window(
         hud.save(file.as_deref_mut(), |s| s.culling = Some(culling_on));
     }
     Ok(())
+}
+
+/// Who the voice settings can name: the avatars in your listening slots.
+#[derive(bevy::ecs::system::SystemParam)]
+struct VoicePeople<'w, 's> {
+    remote: Res<'w, RemoteAvatars>,
+    avatars: Query<'w, 's, (&'static Avatar, Option<&'static RemoteUser>)>,
+}
+
+/// The voice part of the settings panel: your microphone, the voices'
+/// volume, and a mute for each voice you can hear. Returns the volume when
+/// a change of it is done (to save).
+fn voice_settings(ui: &mut egui::Ui, voice: &mut VoiceInfo, people: &VoicePeople) -> Option<f32> {
+    ui.label("Voice");
+    ui.checkbox(&mut voice.muted, "Mute my microphone (M)");
+    let mut percent = (voice.volume * 100.0).round();
+    let slider = ui.add(egui::Slider::new(&mut percent, 0.0..=MAX_VOICE_VOLUME * 100.0).suffix("%").text("voices' volume"));
+    voice.volume = percent / 100.0;
+    let save = (slider.drag_stopped() || (slider.changed() && !slider.dragged())).then_some(voice.volume);
+    let heard: Vec<(String, String)> = voice
+        .status
+        .slots
+        .iter()
+        .flatten()
+        .filter_map(|id| people.remote.by_id.get(id).and_then(|e| people.avatars.get(*e).ok()))
+        .filter_map(|(avatar, user)| user.map(|u| (avatar.name.clone(), u.0.clone())))
+        .collect();
+    if heard.is_empty() {
+        ui.small("Nobody in hearing range has a voice on.");
+    }
+    for (name, user) in heard {
+        let mut muted = voice.muted_users.contains(&user);
+        if ui.checkbox(&mut muted, format!("Mute {name}")).changed() {
+            if muted {
+                voice.muted_users.insert(user);
+            } else {
+                voice.muted_users.remove(&user);
+            }
+        }
+    }
+    save
 }
 
 fn chat_window(

@@ -9,6 +9,7 @@
 //! telemetry = true
 //! voice = true         # voice chat
 //! mic = true           # false: listen only
+//! voice_volume = 1.0   # 0–2
 //! name = "Ada"
 //! ```
 //!
@@ -20,6 +21,9 @@ use bevy::prelude::*;
 use plaza_shared::quality::PresetChoice;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// The loudest the voices may be set (twice as sent).
+pub const MAX_VOICE_VOLUME: f32 = 2.0;
 
 /// What the file may set. Unknown keys are an error (a typo would
 /// otherwise be silently ignored).
@@ -38,6 +42,9 @@ pub struct Settings {
     pub voice: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mic: Option<bool>,
+    /// Voices' volume, 0–2 (1: as sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice_volume: Option<f32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
@@ -93,6 +100,11 @@ impl Settings {
             if n == 0 || n > 32 || name.chars().any(char::is_control) {
                 return Err(SettingsError::Parse { path: path.to_owned(), message: "`name` must be 1–32 characters without control characters".into() });
             }
+        }
+        if let Some(v) = settings.voice_volume
+            && !(0.0..=MAX_VOICE_VOLUME).contains(&v)
+        {
+            return Err(SettingsError::Parse { path: path.to_owned(), message: format!("`voice_volume` must be 0–{MAX_VOICE_VOLUME} (1 is as sent); got {v}") });
         }
         Ok(settings)
     }
@@ -162,7 +174,7 @@ mod tests {
     fn saves_and_loads_back() {
         let path = temp("roundtrip");
         assert_eq!(Settings::load(&path).unwrap(), Settings::default(), "missing is defaults");
-        let s = Settings { preset: Some(PresetChoice::Auto), lod: Some(false), culling: None, telemetry: Some(true), voice: None, mic: Some(false), name: Some("Ada".into()) };
+        let s = Settings { preset: Some(PresetChoice::Auto), lod: Some(false), culling: None, telemetry: Some(true), voice: None, mic: Some(false), voice_volume: Some(0.5), name: Some("Ada".into()) };
         s.save(&path).unwrap();
         assert_eq!(Settings::load(&path).unwrap(), s);
         std::fs::write(&path, "preset = \"med\"\n").unwrap();
@@ -173,7 +185,7 @@ mod tests {
     fn bad_files_say_what_is_wrong_and_are_never_lost() {
         let path = temp("bad");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        for (text, expect) in [("preset = \"extreme\"", "low, medium"), ("lod = \"maybe\"", "bool"), ("colour = 3", "colour"), ("name = \"\"", "1–32"), ("[[[", "")] {
+        for (text, expect) in [("preset = \"extreme\"", "low, medium"), ("lod = \"maybe\"", "bool"), ("colour = 3", "colour"), ("name = \"\"", "1–32"), ("voice_volume = 3.0", "0–2"), ("voice_volume = -1", "0–2"), ("[[[", "")] {
             std::fs::write(&path, text).unwrap();
             let err = Settings::load(&path).unwrap_err().to_string();
             assert!(err.contains("settings.toml") && err.contains(expect), "{text}: {err}");

@@ -16,7 +16,8 @@ use crate::network::voice::{VoiceScene, VoiceState, VoiceStatus};
 use crate::network::{NetworkSystems, VoiceLink, VoiceUnavailable};
 use crate::player::{LocalPlayer, PlayerControl};
 use crate::quality::MainCamera;
-use crate::remote::{RemoteAvatars, RemoteSystems};
+use crate::remote::{RemoteAvatars, RemoteSystems, RemoteUser};
+use crate::settings::{MAX_VOICE_VOLUME, SettingsFile};
 use bevy::prelude::*;
 use plaza_voice::spatial::Listener;
 
@@ -32,15 +33,27 @@ pub enum VoiceSystems {
     Scene,
 }
 
-/// Voice as the HUD shows it.
-#[derive(Resource, Debug, Clone, Default)]
+/// Voice as the HUD shows it, and what the listener chose.
+#[derive(Resource, Debug, Clone)]
 pub struct VoiceInfo {
     pub status: VoiceStatus,
+    /// Your microphone is muted.
     pub muted: bool,
+    /// Every voice's volume, 0–[`MAX_VOICE_VOLUME`] (1: as sent).
+    pub volume: f32,
+    /// Users (by user id, so it holds across their reconnects) whose voices
+    /// you don't want to hear.
+    pub muted_users: std::collections::BTreeSet<String>,
     /// Voice was asked for and can't run (no sound device): why.
     pub unavailable: Option<String>,
     /// Voice runs (a link to the network thread exists).
     pub enabled: bool,
+}
+
+impl Default for VoiceInfo {
+    fn default() -> Self {
+        VoiceInfo { status: VoiceStatus::default(), muted: false, volume: 1.0, muted_users: Default::default(), unavailable: None, enabled: false }
+    }
 }
 
 impl VoiceInfo {
@@ -76,8 +89,15 @@ pub struct VoicePlugin;
 impl Plugin for VoicePlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<VoiceInfo>()
+            .add_systems(Startup, volume_from_settings)
             .add_systems(PreUpdate, read_status.in_set(VoiceSystems::Status).after(NetworkSystems::Receive))
             .add_systems(Update, (mute_key.in_set(VoiceSystems::Input), share_scene.in_set(VoiceSystems::Scene).after(RemoteSystems::Interpolate)));
+    }
+}
+
+fn volume_from_settings(file: Option<Res<SettingsFile>>, mut info: ResMut<VoiceInfo>) {
+    if let Some(v) = file.and_then(|f| f.settings.voice_volume) {
+        info.volume = v.clamp(0.0, MAX_VOICE_VOLUME);
     }
 }
 
@@ -106,14 +126,17 @@ fn read_status(
     }
 }
 
+/// M flips the microphone; whatever flipped it (M, or the settings panel)
+/// reaches the call.
 fn mute_key(keys: Option<Res<ButtonInput<KeyCode>>>, control: Res<PlayerControl>, link: Option<Res<VoiceLink>>, mut info: ResMut<VoiceInfo>) {
-    let (Some(keys), Some(link)) = (keys, link) else { return };
-    if control.typing || !keys.just_pressed(MUTE_KEY) {
-        return;
+    let Some(link) = link else { return };
+    if !control.typing && keys.is_some_and(|k| k.just_pressed(MUTE_KEY)) {
+        info.muted = !info.muted;
     }
-    info.muted = !info.muted;
-    link.0.muted.send_replace(info.muted);
-    info!(muted = info.muted, "microphone");
+    let muted = info.muted;
+    if link.0.muted.send_if_modified(|m| std::mem::replace(m, muted) != muted) {
+        info!(muted, "microphone");
+    }
 }
 
 /// The listener (your avatar, facing the camera's way) and the avatars the
@@ -124,21 +147,18 @@ fn share_scene(
     camera: Query<&Transform, With<MainCamera>>,
     me: Query<&Transform, With<LocalPlayer>>,
     remote: Res<RemoteAvatars>,
-    avatars: Query<&Transform, Without<MainCamera>>,
+    avatars: Query<(&Transform, Option<&RemoteUser>), Without<MainCamera>>,
 ) {
     let Some(link) = link else { return };
     let Ok(eye) = camera.single() else { return };
     let at = me.single().map_or(eye.translation, |t| t.translation + Vec3::Y * MOUTH_HEIGHT);
     let right = eye.right();
+    let heard = || info.status.slots.iter().flatten().filter_map(|id| remote.by_id.get(id).and_then(|e| avatars.get(*e).ok()).map(|a| (*id, a)));
     let scene = VoiceScene {
         listener: Listener { position: at.to_array(), right: right.to_array() },
-        avatars: info
-            .status
-            .slots
-            .iter()
-            .flatten()
-            .filter_map(|id| remote.by_id.get(id).and_then(|e| avatars.get(*e).ok()).map(|t| (*id, (t.translation + Vec3::Y * MOUTH_HEIGHT).to_array())))
-            .collect(),
+        avatars: heard().map(|(id, (t, _))| (id, (t.translation + Vec3::Y * MOUTH_HEIGHT).to_array())).collect(),
+        muted: heard().filter(|(_, (_, user))| user.is_some_and(|u| info.muted_users.contains(&u.0))).map(|(id, _)| id).collect(),
+        volume: info.volume,
     };
     link.0.scene.send_if_modified(|s| {
         let changed = *s != scene;
@@ -160,6 +180,7 @@ mod tests {
         info.unavailable = Some("no audio output device".into());
         assert_eq!(info.line().unwrap(), "Voice off: no audio output device");
         let mut info = VoiceInfo { enabled: true, ..Default::default() };
+        assert_eq!(info.volume, 1.0, "as sent by default");
         info.status.mic = true;
         info.status.state = VoiceState::On;
         assert_eq!(info.line().unwrap(), "Voice: on · mic on (M mutes)");

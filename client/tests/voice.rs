@@ -72,6 +72,21 @@ fn tone(hz: f32, frame: usize) -> Vec<f32> {
     (0..FRAME_SAMPLES).map(|i| 0.4 * (std::f32::consts::TAU * hz * (frame * FRAME_SAMPLES + i) as f32 / SAMPLE_RATE as f32).sin()).collect()
 }
 
+/// Frames `frames` of a tone said into `mic` at a microphone's pace, and the
+/// left and right RMS of the second half of what `speakers` played meanwhile.
+async fn listen(clock: &mut tokio::time::Interval, mic: &Ring, speakers: &Ring, frames: std::ops::Range<usize>) -> (f32, f32) {
+    let mut heard = Vec::new();
+    let mut frame = vec![0.0; 2 * FRAME_SAMPLES];
+    for f in frames {
+        clock.tick().await;
+        mic.push(&tone(440.0, f));
+        if speakers.take_exact(&mut frame) {
+            heard.extend_from_slice(&frame);
+        }
+    }
+    ears(&heard[heard.len() / 2..])
+}
+
 /// Left and right RMS of interleaved stereo.
 fn ears(stereo: &[f32]) -> (f32, f32) {
     let left: Vec<f32> = stereo.chunks_exact(2).map(|f| f[0]).collect();
@@ -90,8 +105,8 @@ async fn a_voice_to_the_right_comes_out_of_the_right_speaker_and_nobody_hears_th
     // Ann at the origin facing −z (her right is +x); Ben 3 m to her right.
     ann.stand_at(0.0);
     ben.stand_at(3.0);
-    ann.voice.scene.send_replace(VoiceScene { listener: Listener { position: [0.0, 1.6, 0.0], right: [1.0, 0.0, 0.0] }, avatars: vec![(ben_id, [3.0, 1.6, 0.0])] });
-    ben.voice.scene.send_replace(VoiceScene { listener: Listener { position: [3.0, 1.6, 0.0], right: [1.0, 0.0, 0.0] }, avatars: vec![(ann_id, [0.0, 1.6, 0.0])] });
+    ann.voice.scene.send_replace(VoiceScene { listener: Listener { position: [0.0, 1.6, 0.0], right: [1.0, 0.0, 0.0] }, avatars: vec![(ben_id, [3.0, 1.6, 0.0])], ..VoiceScene::default() });
+    ben.voice.scene.send_replace(VoiceScene { listener: Listener { position: [3.0, 1.6, 0.0], right: [1.0, 0.0, 0.0] }, avatars: vec![(ann_id, [0.0, 1.6, 0.0])], ..VoiceScene::default() });
     let on = |s: &VoiceStatus| s.state == VoiceState::On && s.mic && s.sending;
     ann.voice_until(Duration::from_secs(20), on).await;
     ben.voice_until(Duration::from_secs(20), on).await;
@@ -127,7 +142,7 @@ async fn a_voice_to_the_right_comes_out_of_the_right_speaker_and_nobody_hears_th
     assert!(ben.voice.status.borrow().self_speaking, "Ben's own meter shows him talking");
 
     // Ann turns round: Ben is now on her left.
-    ann.voice.scene.send_replace(VoiceScene { listener: Listener { position: [0.0, 1.6, 0.0], right: [-1.0, 0.0, 0.0] }, avatars: vec![(ben_id, [3.0, 1.6, 0.0])] });
+    ann.voice.scene.send_replace(VoiceScene { listener: Listener { position: [0.0, 1.6, 0.0], right: [-1.0, 0.0, 0.0] }, avatars: vec![(ben_id, [3.0, 1.6, 0.0])], ..VoiceScene::default() });
     let mut turned = Vec::new();
     for f in 150..200 {
         clock.tick().await;
@@ -138,6 +153,16 @@ async fn a_voice_to_the_right_comes_out_of_the_right_speaker_and_nobody_hears_th
     }
     let (left, right) = ears(&turned[turned.len() / 2..]);
     assert!(left > 2.0 * right, "turned round, Ben is on the left: left {left} right {right}");
+
+    // Half the volume, then Ben muted: Ann's choices, not Ben's.
+    let placed = VoiceScene { listener: Listener { position: [0.0, 1.6, 0.0], right: [1.0, 0.0, 0.0] }, avatars: vec![(ben_id, [3.0, 1.6, 0.0])], ..VoiceScene::default() };
+    ann.voice.scene.send_replace(VoiceScene { volume: 0.5, ..placed.clone() });
+    let half = listen(&mut clock, &ben.mic, &ann.speakers, 200..250).await;
+    assert!((half.1 / right.max(left) - 0.5).abs() < 0.15, "half the volume: {half:?} against {}", right.max(left));
+    ann.voice.scene.send_replace(VoiceScene { muted: vec![ben_id], ..placed });
+    let muted = listen(&mut clock, &ben.mic, &ann.speakers, 250..300).await;
+    assert!(muted.0 == 0.0 && muted.1 == 0.0, "Ben muted: {muted:?}");
+    ann.voice.scene.send_replace(VoiceScene::default());
 
     // Ann speaks up, then mutes: Ben hears her, then nothing.
     let mut ben_heard = Vec::new();

@@ -21,11 +21,13 @@ pub struct SlotVoice {
     frame: Vec<f32>,
     /// Packets the decoder refused (not Opus).
     pub undecodable: u64,
+    /// Decoded (its timing kept) but not played: the listener muted them.
+    silenced: bool,
 }
 
 impl SlotVoice {
     fn new() -> Result<SlotVoice, CodecError> {
-        Ok(SlotVoice { jitter: JitterBuffer::new(), decoder: Decoder::new()?, avatar: None, activity: Activity::default(), frame: vec![0.0; FRAME_SAMPLES], undecodable: 0 })
+        Ok(SlotVoice { jitter: JitterBuffer::new(), decoder: Decoder::new()?, avatar: None, activity: Activity::default(), frame: vec![0.0; FRAME_SAMPLES], undecodable: 0, silenced: false })
     }
 
     /// Decodes this slot's next frame into `self.frame`; false when silent.
@@ -91,6 +93,14 @@ impl Mixer {
         }
     }
 
+    /// Silences (or lets through again) slot `slot`: someone the listener
+    /// muted. Its buffer keeps time, so unmuting picks up where they are.
+    pub fn silence(&mut self, slot: usize, silenced: bool) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.silenced = silenced;
+        }
+    }
+
     /// The avatars speaking now.
     pub fn speaking(&self) -> impl Iterator<Item = u32> + '_ {
         self.slots.iter().filter(|s| s.speaking()).filter_map(|s| s.avatar)
@@ -103,7 +113,7 @@ impl Mixer {
         out.fill(0.0);
         let mut voices = 0;
         for slot in &mut self.slots {
-            if !slot.next_frame() {
+            if !slot.next_frame() || slot.silenced {
                 continue;
             }
             voices += 1;
@@ -157,6 +167,28 @@ mod tests {
         assert!(l > 0.0, "the far voice on the left is still heard");
         let speaking: Vec<u32> = mixer.speaking().collect();
         assert_eq!(speaking, vec![7, 9]);
+    }
+
+    #[test]
+    fn a_muted_voice_is_not_played_and_comes_back_in_time_when_unmuted() {
+        let listener = Listener::default();
+        let place = |_| Some([3.0, 0.0, 0.0]);
+        let mut mixer = Mixer::new(1).unwrap();
+        mixer.set_speaker(0, Some(7));
+        let mut enc = Encoder::new().unwrap();
+        let mut out = vec![0.0; STEREO_FRAME];
+        for f in 0..40 {
+            mixer.silence(0, (10..30).contains(&f));
+            mixer.push(0, f as u16, (f * FRAME_SAMPLES) as u32, enc.encode(&tone(440.0, f)).unwrap().to_vec(), f as f64 * 20.0);
+            mixer.mix(&listener, place, &mut out);
+            let level = channel_rms(&out, 1);
+            match f {
+                12..30 => assert_eq!(level, 0.0, "frame {f}: muted"),
+                34..40 => assert!(level > 0.05, "frame {f}: heard again: {level}"),
+                _ => {}
+            }
+        }
+        assert_eq!(mixer.slots()[0].stats().late, 0, "the muted stretch kept time");
     }
 
     #[test]

@@ -51,12 +51,23 @@ const QOS_LOG_EVERY: Duration = Duration::from_secs(5);
 /// Signals queued between the relay and the call.
 const SIGNAL_QUEUE: usize = 16;
 
-/// Where the listener is and where the voices' avatars are, from the ECS.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Where the listener is and where the voices' avatars are, and how the
+/// listener wants them: from the ECS.
+#[derive(Debug, Clone, PartialEq)]
 pub struct VoiceScene {
     pub listener: Listener,
     /// Positions of the avatars the slots carry (the ECS sends those only).
     pub avatars: Vec<(u32, [f32; 3])>,
+    /// Avatars the listener muted: not played.
+    pub muted: Vec<u32>,
+    /// Every voice's volume (1: as sent).
+    pub volume: f32,
+}
+
+impl Default for VoiceScene {
+    fn default() -> Self {
+        VoiceScene { listener: Listener::default(), avatars: Vec::new(), muted: Vec::new(), volume: 1.0 }
+    }
 }
 
 /// Where voice stands, for the HUD.
@@ -367,6 +378,11 @@ impl Call {
             profile_span!("voice_mix");
             let scene = self.scene.borrow().clone();
             let place = |id: u32| scene.avatars.iter().find(|(a, _)| *a == id).map(|(_, p)| *p);
+            mixer.volume = scene.volume;
+            for slot in 0..mixer.slots().len() {
+                let muted = mixer.slots()[slot].avatar().is_some_and(|a| scene.muted.contains(&a));
+                mixer.silence(slot, muted);
+            }
             // One frame a tick keeps the jitter buffers at real time. The
             // sound card's clock is not ours: when it has drained the ring, a
             // second frame; when the ring is far ahead, none this time.
