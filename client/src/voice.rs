@@ -25,6 +25,8 @@ use plaza_voice::spatial::Listener;
 const MOUTH_HEIGHT: f32 = 1.6;
 /// The key that mutes and unmutes the microphone.
 pub const MUTE_KEY: KeyCode = KeyCode::KeyM;
+/// Held while muted, the microphone is live (push to talk).
+pub const TALK_KEY: KeyCode = KeyCode::KeyT;
 
 #[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
 pub enum VoiceSystems {
@@ -39,6 +41,8 @@ pub struct VoiceInfo {
     pub status: VoiceStatus,
     /// Your microphone is muted.
     pub muted: bool,
+    /// Muted, but the talk key is held: the microphone is live.
+    pub pushing_to_talk: bool,
     /// Every voice's volume, 0–[`MAX_VOICE_VOLUME`] (1: as sent).
     pub volume: f32,
     /// Users (by user id, so it holds across their reconnects) whose voices
@@ -52,7 +56,7 @@ pub struct VoiceInfo {
 
 impl Default for VoiceInfo {
     fn default() -> Self {
-        VoiceInfo { status: VoiceStatus::default(), muted: false, volume: 1.0, muted_users: Default::default(), unavailable: None, enabled: false }
+        VoiceInfo { status: VoiceStatus::default(), muted: false, pushing_to_talk: false, volume: 1.0, muted_users: Default::default(), unavailable: None, enabled: false }
     }
 }
 
@@ -67,7 +71,8 @@ impl VoiceInfo {
         }
         let mic = match (self.status.mic, self.muted) {
             (false, _) => "no microphone (listening)",
-            (true, true) => "muted (M to talk)",
+            (true, true) if self.pushing_to_talk => "talking (T held)",
+            (true, true) => "muted (M unmutes, hold T to talk)",
             (true, false) if self.status.self_speaking => "talking (M mutes)",
             (true, false) => "mic on (M mutes)",
         };
@@ -126,16 +131,18 @@ fn read_status(
     }
 }
 
-/// M flips the microphone; whatever flipped it (M, or the settings panel)
-/// reaches the call.
+/// M flips the microphone; T held while muted talks (push to talk). What
+/// changed it (a key, or the settings panel) reaches the call.
 fn mute_key(keys: Option<Res<ButtonInput<KeyCode>>>, control: Res<PlayerControl>, link: Option<Res<VoiceLink>>, mut info: ResMut<VoiceInfo>) {
     let Some(link) = link else { return };
-    if !control.typing && keys.is_some_and(|k| k.just_pressed(MUTE_KEY)) {
+    let keys = keys.filter(|_| !control.typing);
+    if keys.as_ref().is_some_and(|k| k.just_pressed(MUTE_KEY)) {
         info.muted = !info.muted;
     }
-    let muted = info.muted;
+    info.pushing_to_talk = info.muted && keys.is_some_and(|k| k.pressed(TALK_KEY));
+    let muted = info.muted && !info.pushing_to_talk;
     if link.0.muted.send_if_modified(|m| std::mem::replace(m, muted) != muted) {
-        info!(muted, "microphone");
+        debug!(muted, "microphone");
     }
 }
 
@@ -172,6 +179,45 @@ fn share_scene(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::network::voice::voice_link;
+    use plaza_voice::devices::AudioIo;
+
+    /// An app with the voice plugin's input and a link to nowhere; returns
+    /// the app and what the call would see of the mute switch.
+    fn keyed_app() -> (App, tokio::sync::watch::Receiver<bool>) {
+        let mut app = App::new();
+        app.add_plugins(MinimalPlugins).init_resource::<ButtonInput<KeyCode>>().insert_resource(PlayerControl::default());
+        let (control, port) = voice_link(AudioIo::detached(true), false);
+        app.insert_resource(VoiceLink(control)).init_resource::<VoiceInfo>().add_systems(Update, mute_key);
+        (app, port.muted)
+    }
+
+    fn press(app: &mut App, key: KeyCode, down: bool) {
+        let mut keys = app.world_mut().resource_mut::<ButtonInput<KeyCode>>();
+        keys.clear();
+        if down { keys.press(key) } else { keys.release(key) }
+        app.update();
+    }
+
+    #[test]
+    fn m_mutes_and_t_held_talks_while_muted_but_not_while_typing() {
+        let (mut app, muted) = keyed_app();
+        app.update();
+        assert!(!*muted.borrow(), "live by default");
+        press(&mut app, MUTE_KEY, true);
+        assert!(*muted.borrow(), "M mutes");
+        press(&mut app, MUTE_KEY, false);
+        press(&mut app, TALK_KEY, true);
+        assert!(!*muted.borrow(), "T held talks");
+        assert!(app.world().resource::<VoiceInfo>().pushing_to_talk);
+        press(&mut app, TALK_KEY, false);
+        assert!(*muted.borrow(), "T let go: muted again");
+        app.world_mut().resource_mut::<PlayerControl>().typing = true;
+        press(&mut app, MUTE_KEY, true);
+        assert!(*muted.borrow(), "typing an M in chat does not unmute");
+        press(&mut app, TALK_KEY, true);
+        assert!(*muted.borrow(), "nor does a T");
+    }
 
     #[test]
     fn the_hud_line_says_where_voice_stands() {
@@ -185,7 +231,10 @@ mod tests {
         info.status.state = VoiceState::On;
         assert_eq!(info.line().unwrap(), "Voice: on · mic on (M mutes)");
         info.muted = true;
-        assert_eq!(info.line().unwrap(), "Voice: on · muted (M to talk)");
+        assert_eq!(info.line().unwrap(), "Voice: on · muted (M unmutes, hold T to talk)");
+        info.pushing_to_talk = true;
+        assert_eq!(info.line().unwrap(), "Voice: on · talking (T held)");
+        info.pushing_to_talk = false;
         info.status.state = VoiceState::Failed("the voice connection failed".into());
         assert_eq!(info.line().unwrap(), "Voice: lost (the voice connection failed); retrying");
     }
