@@ -170,7 +170,15 @@ fn lod_line(counts: &[u32; 5]) -> String {
     LodLevel::ALL.iter().zip(counts).map(|(l, n)| format!("{} {n}", l.as_str())).collect::<Vec<_>>().join(" · ")
 }
 
-fn stats_window(mut contexts: EguiContexts, hud: Res<HudState>, stats: Res<FrameStats>, quality: Res<ActiveQuality>, auto: Option<Res<AutoQuality>>, info: Res<ConnectionInfo>) -> Result {
+fn stats_window(
+    mut contexts: EguiContexts,
+    hud: Res<HudState>,
+    stats: Res<FrameStats>,
+    quality: Res<ActiveQuality>,
+    auto: Option<Res<AutoQuality>>,
+    info: Res<ConnectionInfo>,
+    voice: Option<Res<VoiceInfo>>,
+) -> Result {
     if !hud.stats {
         return Ok(());
     }
@@ -188,6 +196,9 @@ fn stats_window(mut contexts: EguiContexts, hud: Res<HudState>, stats: Res<Frame
         ui.label(format!("LOD: {}", lod_line(&stats.avatars_by_lod)));
         let ping = info.rtt.map(|r| format!("{} ms", r.as_millis())).unwrap_or_else(|| "–".into());
         ui.label(format!("{} · ping {ping}", info.status.label()));
+        if let Some(q) = voice.as_ref().and_then(|v| v.status.quality) {
+            ui.label(format!("voice: {} playing · delay {} ms · {:.1}% missing", q.voices, q.delay_ms, q.missing_pct));
+        }
         ui.small("F1 settings · F2 preset · F3 stats");
     });
     Ok(())

@@ -137,6 +137,10 @@ async fn a_voice_to_the_right_comes_out_of_the_right_speaker_and_nobody_hears_th
     assert!(right > 0.05, "Ann hears Ben: right ear RMS {right} (left {left}), {} samples", ann_heard.len());
     assert!(right > 2.0 * left, "Ben stands to Ann's right: right {right} against left {left}");
     assert!(ann_saw_ben_speaking, "Ann's HUD shows Ben speaking");
+    let quality = ann.voice.status.borrow().quality.expect("the stats panel's voice line after 3 s");
+    assert_eq!(quality.voices, 1, "one voice playing: {quality:?}");
+    assert!((40..=300).contains(&quality.delay_ms), "{quality:?}");
+    assert!(quality.missing_pct < 5.0, "on loopback almost nothing is missing: {quality:?}");
     let (bl, br) = ears(&last_second(&ben_heard));
     assert!(bl < 0.001 && br < 0.001, "Ben does not hear himself (and Ann is silent): {bl} {br}");
     assert!(ben.voice.status.borrow().self_speaking, "Ben's own meter shows him talking");

@@ -97,6 +97,35 @@ pub struct VoiceStatus {
     pub self_speaking: bool,
     /// The audio devices in use.
     pub device: String,
+    /// How the voices come through, this call so far (each second).
+    pub quality: Option<VoiceQuality>,
+}
+
+/// How the voices come through: for the stats panel.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct VoiceQuality {
+    /// Slots playing a voice now.
+    pub voices: usize,
+    /// The largest playout delay among them, ms.
+    pub delay_ms: u32,
+    /// Frames missing (rebuilt or concealed) of all frames played, percent.
+    pub missing_pct: f32,
+}
+
+impl VoiceQuality {
+    fn of(mixer: &Mixer) -> VoiceQuality {
+        let (mut voices, mut delay_ms, mut missing, mut all) = (0, 0, 0u64, 0u64);
+        for slot in mixer.slots() {
+            let s = slot.stats();
+            if s.depth > 0 {
+                voices += 1;
+                delay_ms = delay_ms.max(s.target_frames as u32 * plaza_voice::FRAME_MS);
+            }
+            missing += s.recovered + s.concealed;
+            all += s.played + s.recovered + s.concealed;
+        }
+        VoiceQuality { voices, delay_ms, missing_pct: if all == 0 { 0.0 } else { (missing as f64 * 100.0 / all as f64) as f32 } }
+    }
 }
 
 /// The network thread's ends of voice.
@@ -149,6 +178,7 @@ impl Drop for VoiceCall {
         self.task.abort();
         self.status.send_modify(|s| {
             s.state = VoiceState::Off;
+            s.quality = None;
             s.slots.clear();
             s.speaking.clear();
             s.sending = false;
@@ -242,6 +272,7 @@ impl Call {
             tracing::warn!(%reason, retry_in = ?wait, "voice call ended");
             self.status.send_modify(|s| {
                 s.state = VoiceState::Failed(reason);
+                s.quality = None;
                 s.slots.clear();
                 s.speaking.clear();
                 s.sending = false;
@@ -404,8 +435,13 @@ impl Call {
         let (speaking, slots): (Vec<u32>, Vec<Option<u32>>) = (mixer.speaking().collect(), mixer.slots().iter().map(|s| s.avatar()).collect());
         let mic = self.audio.mic.is_some();
         let self_speaking = media.self_speaking;
+        if media.quality_at.elapsed() >= Duration::from_secs(1) {
+            media.quality_at = Instant::now();
+            media.quality = Some(VoiceQuality::of(mixer));
+        }
+        let quality = media.quality;
         self.status.send_if_modified(|s| {
-            let next = VoiceStatus { state: VoiceState::On, sending: mic && !muted, mic, slots, speaking, self_speaking, device: s.device.clone() };
+            let next = VoiceStatus { state: VoiceState::On, sending: mic && !muted, mic, slots, speaking, self_speaking, device: s.device.clone(), quality };
             let changed = *s != next;
             *s = next;
             changed
@@ -433,6 +469,8 @@ struct Media {
     qos_logged: Instant,
     /// Each slot's playout target last logged, to log its changes.
     targets: Vec<usize>,
+    quality: Option<VoiceQuality>,
+    quality_at: Instant,
 }
 
 impl Media {
@@ -452,6 +490,8 @@ impl Media {
             qos_debug,
             qos_logged: Instant::now(),
             targets: vec![0; slots.len()],
+            quality: None,
+            quality_at: Instant::now(),
         }
     }
 
