@@ -57,6 +57,11 @@ impl SlotVoice {
         self.activity.speaking()
     }
 
+    /// Whether a voice is playing in this slot (not silent, not filling).
+    pub fn playing(&self) -> bool {
+        self.jitter.playing()
+    }
+
     pub fn stats(&self) -> JitterStats {
         self.jitter.stats()
     }

@@ -117,7 +117,7 @@ impl VoiceQuality {
         let (mut voices, mut delay_ms, mut missing, mut all) = (0, 0, 0u64, 0u64);
         for slot in mixer.slots() {
             let s = slot.stats();
-            if s.depth > 0 {
+            if slot.playing() {
                 voices += 1;
                 delay_ms = delay_ms.max(s.target_frames as u32 * plaza_voice::FRAME_MS);
             }
