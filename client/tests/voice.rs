@@ -17,6 +17,7 @@ use plaza_voice::level::rms;
 use plaza_voice::spatial::Listener;
 use plaza_voice::{FRAME_SAMPLES, SAMPLE_RATE};
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 struct Peer {
@@ -41,11 +42,11 @@ impl Peer {
         Peer { events, poses, _commands: commands, voice, mic, speakers }
     }
 
-    /// Waits for the room; returns our avatar id.
+    /// Waits for the room (a reconnect included); returns our avatar id.
     async fn joined(&mut self) -> u32 {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await.expect("joined within 10 s") {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await.expect("joined within 30 s") {
                 Some(NetEvent::Joined(j)) => return j.you,
                 Some(_) => {}
                 None => panic!("the session stopped"),
@@ -233,4 +234,40 @@ async fn a_quiet_member_keeps_its_voice_past_the_sfus_silence_limit() {
             assert_eq!(s.state, VoiceState::On, "voice dropped while quiet: {s:?}");
         }
     }
+}
+
+/// A server restart ends the socket and the SFU with it; the next socket's
+/// join brings voice back, and what is said is heard again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_comes_back_after_a_server_restart() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = plaza_server::ServerConfig { drain_grace: Duration::from_millis(50), ..plaza_server::ServerConfig::ephemeral() };
+    let secret = config.token_secret.clone();
+    let running = tokio::spawn(plaza_server::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    let base = format!("http://{addr}");
+    let mut ann = Peer::start(&base, "restart-room", "Ann");
+    ann.joined().await;
+    let mut ben = Peer::start(&base, "restart-room", "Ben");
+    ben.joined().await;
+    ann.voice_until(Duration::from_secs(20), |s| s.state == VoiceState::On).await;
+
+    stop.send(()).unwrap();
+    let _ = running.await;
+    ann.voice_until(Duration::from_secs(10), |s| s.state != VoiceState::On).await;
+    // Back on the same port (same secret: tokens stay good).
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let config = plaza_server::ServerConfig { token_secret: secret, ..plaza_server::ServerConfig::ephemeral() };
+    tokio::spawn(plaza_server::run(config, listener, std::future::pending()));
+    let ben_id = ben.joined().await;
+    ann.joined().await;
+    ann.stand_at(0.0);
+    ben.stand_at(3.0);
+    ann.voice_until(Duration::from_secs(30), |s| s.state == VoiceState::On && s.slots.contains(&Some(ben_id))).await;
+    let mut clock = tokio::time::interval(Duration::from_millis(20));
+    let heard = listen(&mut clock, &ben.mic, &ann.speakers, 0..100).await;
+    assert!(heard.0.max(heard.1) > 0.05, "Ann hears Ben on the new server: {heard:?}");
 }
