@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::server;
+use common::{RestartableServer, server};
 use plaza_client::network::session::{self, SessionConfig};
 use plaza_client::network::{ConnectionStatus, NetCommand, NetEvent, NetInput, Notice};
 use plaza_shared::pose::Pose;
@@ -270,23 +270,13 @@ async fn the_resumed_joined_keeps_the_avatar_id() {
 
 #[tokio::test]
 async fn a_draining_server_is_rejoined_afresh_once_it_is_back() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = plaza_server::ServerConfig { drain_grace: Duration::from_millis(50), ..plaza_server::ServerConfig::ephemeral() };
-    let secret = config.token_secret.clone();
-    let running = tokio::spawn(plaza_server::run(config, listener, async {
-        let _ = stopped.await;
-    }));
-    let mut client = Client::start(format!("http://{addr}"), "drain-room");
+    let mut server = RestartableServer::start(plaza_server::ServerConfig { drain_grace: Duration::from_millis(50), ..plaza_server::ServerConfig::ephemeral() }).await;
+    let mut client = Client::start(server.base(), "drain-room");
     client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
-    stop.send(()).unwrap();
-    let _ = running.await;
+    server.stop().await;
     client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Notice(Notice::ServerRestarting))).await;
     // The server comes back on the same port (same secret: tokens stay good).
-    let listener = TcpListener::bind(addr).await.unwrap();
-    let config = plaza_server::ServerConfig { token_secret: secret, ..plaza_server::ServerConfig::ephemeral() };
-    tokio::spawn(plaza_server::run(config, listener, std::future::pending()));
+    server.restart().await;
     let (_, before) = client.until(Duration::from_secs(30), |e| matches!(e, NetEvent::Joined(_))).await;
     assert!(before.iter().any(|e| matches!(e, NetEvent::Notice(Notice::Reconnected { resumed: false }))), "rejoined afresh: {before:?}");
 }
@@ -306,21 +296,14 @@ async fn a_refresh_across_a_restart_keeps_the_same_user() {
         database_url: format!("sqlite://{}", dir.join("plaza.db").display()),
         ..plaza_server::ServerConfig::ephemeral()
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(plaza_server::run(config.clone(), listener, async {
-        let _ = stopped.await;
-    }));
-    let mut client = Client::start(format!("http://{addr}"), "refresh-room");
+    let mut server = RestartableServer::start(config).await;
+    let mut client = Client::start(server.base(), "refresh-room");
     let (NetEvent::Welcome { user_id: first }, _) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Welcome { .. })).await else { unreachable!() };
     client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
-    stop.send(()).unwrap();
-    let _ = running.await;
+    server.stop().await;
     // Down past the refresh's time: its tries get no answer.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let listener = TcpListener::bind(addr).await.unwrap();
-    tokio::spawn(plaza_server::run(config, listener, std::future::pending()));
+    server.restart().await;
     let (_, before) = client.until(Duration::from_secs(30), |e| matches!(e, NetEvent::TokenRefreshed)).await;
     let _ = std::fs::remove_dir_all(&dir);
     let welcomes: Vec<&str> = before.iter().filter_map(|e| if let NetEvent::Welcome { user_id } = e { Some(user_id.as_str()) } else { None }).collect();

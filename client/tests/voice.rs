@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::server;
+use common::{RestartableServer, server};
 use plaza_client::network::session::{self, SessionConfig};
 use plaza_client::network::voice::{VoiceControl, VoiceScene, VoiceState, VoiceStatus, voice_link};
 use plaza_client::network::{NetEvent, NetInput};
@@ -17,7 +17,6 @@ use plaza_voice::level::rms;
 use plaza_voice::spatial::Listener;
 use plaza_voice::{FRAME_SAMPLES, SAMPLE_RATE};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 struct Peer {
@@ -240,28 +239,18 @@ async fn a_quiet_member_keeps_its_voice_past_the_sfus_silence_limit() {
 /// join brings voice back, and what is said is heard again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn voice_comes_back_after_a_server_restart() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = plaza_server::ServerConfig { drain_grace: Duration::from_millis(50), ..plaza_server::ServerConfig::ephemeral() };
-    let secret = config.token_secret.clone();
-    let running = tokio::spawn(plaza_server::run(config, listener, async {
-        let _ = stopped.await;
-    }));
-    let base = format!("http://{addr}");
+    let mut server = RestartableServer::start(plaza_server::ServerConfig { drain_grace: Duration::from_millis(50), ..plaza_server::ServerConfig::ephemeral() }).await;
+    let base = server.base();
     let mut ann = Peer::start(&base, "restart-room", "Ann");
     ann.joined().await;
     let mut ben = Peer::start(&base, "restart-room", "Ben");
     ben.joined().await;
     ann.voice_until(Duration::from_secs(20), |s| s.state == VoiceState::On).await;
 
-    stop.send(()).unwrap();
-    let _ = running.await;
+    server.stop().await;
     ann.voice_until(Duration::from_secs(10), |s| s.state != VoiceState::On).await;
     // Back on the same port (same secret: tokens stay good).
-    let listener = TcpListener::bind(addr).await.unwrap();
-    let config = plaza_server::ServerConfig { token_secret: secret, ..plaza_server::ServerConfig::ephemeral() };
-    tokio::spawn(plaza_server::run(config, listener, std::future::pending()));
+    server.restart().await;
     let ben_id = ben.joined().await;
     ann.joined().await;
     ann.stand_at(0.0);
