@@ -254,30 +254,61 @@ fn start_output(host: &cpal::Host, ring: Ring, lost: mpsc::Sender<String>) -> Re
     let supported = device.default_output_config().map_err(|e| DeviceError::Stream { what: "audio output", cause: e.to_string() })?;
     let config = supported.config();
     let channels = usize::from(config.channels);
-    let mut feed = OutputFeed::new(ring, config.sample_rate, channels);
+    let feed = OutputFeed::new(ring, config.sample_rate, channels);
     let error = on_stream_error("audio output", lost);
     let stream = match supported.sample_format() {
-        cpal::SampleFormat::F32 => device.build_output_stream::<f32, _, _>(config, move |data: &mut [f32], _| feed.fill(data), error, None),
-        cpal::SampleFormat::I16 => {
-            let mut scratch = Vec::new();
-            device.build_output_stream::<i16, _, _>(
-                config,
-                move |data: &mut [i16], _| {
-                    scratch.resize(data.len(), 0.0);
-                    feed.fill(&mut scratch);
-                    for (d, s) in data.iter_mut().zip(&scratch) {
-                        *d = (s * f32::from(i16::MAX)) as i16;
-                    }
-                },
-                error,
-                None,
-            )
-        }
+        cpal::SampleFormat::F32 => output_stream::<f32>(&device, config, feed, error),
+        cpal::SampleFormat::I16 => output_stream::<i16>(&device, config, feed, error),
         other => return Err(DeviceError::Format { what: "audio output", format: format!("{other:?}") }),
     }
     .map_err(|e| DeviceError::Stream { what: "audio output", cause: e.to_string() })?;
     stream.play().map_err(|e| DeviceError::Stream { what: "audio output", cause: e.to_string() })?;
     Ok((stream, format!("{} ({} Hz, {channels} ch)", device_name(&device), config.sample_rate)))
+}
+
+/// An output stream in the device's sample type, fed in f32.
+fn output_stream<T: cpal::SizedSample + cpal::FromSample<f32>>(
+    device: &cpal::Device,
+    config: cpal::StreamConfig,
+    mut feed: OutputFeed,
+    error: impl FnMut(cpal::Error) + Send + 'static,
+) -> Result<cpal::Stream, cpal::Error> {
+    let mut scratch = Vec::new();
+    device.build_output_stream::<T, _, _>(
+        config,
+        move |data: &mut [T], _| {
+            scratch.resize(data.len(), 0.0);
+            feed.fill(&mut scratch);
+            for (d, s) in data.iter_mut().zip(&scratch) {
+                *d = T::from_sample(*s);
+            }
+        },
+        error,
+        None,
+    )
+}
+
+/// An input stream in the device's sample type, handed on in f32.
+fn input_stream<T: cpal::SizedSample>(
+    device: &cpal::Device,
+    config: cpal::StreamConfig,
+    mut take: impl FnMut(&[f32]) + Send + 'static,
+    error: impl FnMut(cpal::Error) + Send + 'static,
+) -> Result<cpal::Stream, cpal::Error>
+where
+    f32: cpal::FromSample<T>,
+{
+    let mut converted = Vec::new();
+    device.build_input_stream::<T, _, _>(
+        config,
+        move |data: &[T], _| {
+            converted.clear();
+            converted.extend(data.iter().map(|s| s.to_sample::<f32>()));
+            take(&converted);
+        },
+        error,
+        None,
+    )
 }
 
 /// The speakers' side of the ring: 48 kHz stereo in, the device's rate and
@@ -341,7 +372,7 @@ fn start_input(host: &cpal::Host, ring: Ring, lost: mpsc::Sender<String>) -> Res
     let channels = usize::from(config.channels);
     let mut resampler = Resampler::new(config.sample_rate, SAMPLE_RATE, 1);
     let (mut mono, mut resampled) = (Vec::new(), Vec::new());
-    let mut take = move |data: &[f32]| {
+    let take = move |data: &[f32]| {
         mono.clear();
         to_mono(data, channels, &mut mono);
         resampled.clear();
@@ -350,20 +381,8 @@ fn start_input(host: &cpal::Host, ring: Ring, lost: mpsc::Sender<String>) -> Res
     };
     let error = on_stream_error("microphone", lost);
     let stream = match supported.sample_format() {
-        cpal::SampleFormat::F32 => device.build_input_stream::<f32, _, _>(config, move |data, _| take(data), error, None),
-        cpal::SampleFormat::I16 => {
-            let mut converted = Vec::new();
-            device.build_input_stream::<i16, _, _>(
-                config,
-                move |data, _| {
-                    converted.clear();
-                    converted.extend(data.iter().map(|s| f32::from(*s) / f32::from(i16::MAX)));
-                    take(&converted);
-                },
-                error,
-                None,
-            )
-        }
+        cpal::SampleFormat::F32 => input_stream::<f32>(&device, config, take, error),
+        cpal::SampleFormat::I16 => input_stream::<i16>(&device, config, take, error),
         other => return Err(DeviceError::Format { what: "microphone", format: format!("{other:?}") }),
     }
     .map_err(|e| DeviceError::Stream { what: "microphone", cause: e.to_string() })?;
