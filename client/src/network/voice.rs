@@ -18,7 +18,7 @@
 //! scene and the mute switch in, the [`VoiceStatus`] out. Nothing in a
 //! frame waits on voice.
 
-use plaza_server::voice::client::VoiceClient;
+use plaza_server::voice::client::{VoiceClient, bind_ip_for};
 use plaza_shared::voice::{MAX_SLOTS, SlotSpeaker, VoiceSignal};
 use plaza_voice::FRAME_SAMPLES;
 use plaza_voice::codec::Encoder;
@@ -95,8 +95,6 @@ pub struct VoiceStatus {
     pub speaking: Vec<u32>,
     /// Whether we are speaking now (the microphone is loud).
     pub self_speaking: bool,
-    /// The audio devices in use.
-    pub device: String,
     /// How the voices come through, this call so far (each second).
     pub quality: Option<VoiceQuality>,
 }
@@ -151,9 +149,8 @@ pub struct VoiceControl {
 pub fn voice_link(audio: AudioIo, qos_debug: bool) -> (VoiceControl, VoicePort) {
     let (scene_tx, scene) = watch::channel(VoiceScene::default());
     let (muted_tx, muted) = watch::channel(false);
-    let device = audio.description.clone();
     let mic = audio.mic.is_some();
-    let (status_tx, status) = watch::channel(VoiceStatus { device, mic, ..Default::default() });
+    let (status_tx, status) = watch::channel(VoiceStatus { mic, ..Default::default() });
     (VoiceControl { scene: scene_tx, muted: muted_tx, status }, VoicePort { audio: Arc::new(audio), scene, muted, status: Arc::new(status_tx), qos_debug })
 }
 
@@ -198,7 +195,7 @@ impl VoiceCall {
             muted: port.muted.clone(),
             status: port.status.clone(),
             qos_debug: port.qos_debug,
-            ip: bind_ip(server),
+            ip: bind_ip_for(server),
             outbox,
             inbox,
         };
@@ -220,17 +217,6 @@ impl VoiceCall {
         if let Err(e) = self.signals.try_send(signal) {
             tracing::warn!(cause = %e, "voice signal not taken");
         }
-    }
-}
-
-/// Loopback for a loopback server, else every interface (the SFU's
-/// candidates say where to send).
-fn bind_ip(server: &str) -> IpAddr {
-    let host = server.trim_start_matches("http://");
-    if host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]") {
-        IpAddr::from([127, 0, 0, 1])
-    } else {
-        IpAddr::from([0, 0, 0, 0])
     }
 }
 
@@ -441,7 +427,7 @@ impl Call {
         }
         let quality = media.quality;
         self.status.send_if_modified(|s| {
-            let next = VoiceStatus { state: VoiceState::On, sending: mic && !muted, mic, slots, speaking, self_speaking, device: s.device.clone(), quality };
+            let next = VoiceStatus { state: VoiceState::On, sending: mic && !muted, mic, slots, speaking, self_speaking, quality };
             let changed = *s != next;
             *s = next;
             changed
@@ -557,11 +543,5 @@ m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=recvonly\r\n\
 m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=sendonly\r\na=ssrc:1234 cname:x\r\na=ssrc:1234 msid:a b\r\n\
 m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:2\r\na=sendonly\r\na=ssrc:99 cname:y\r\n";
         assert_eq!(answer_slots(sdp), vec![("1".to_owned(), 1234), ("2".to_owned(), 99)], "the microphone's section (no ssrc) is not a slot");
-    }
-
-    #[test]
-    fn a_loopback_server_is_called_from_loopback() {
-        assert_eq!(bind_ip("http://127.0.0.1:7878"), IpAddr::from([127, 0, 0, 1]));
-        assert_eq!(bind_ip("http://10.1.2.3:7878"), IpAddr::from([0, 0, 0, 0]));
     }
 }

@@ -19,6 +19,18 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{PeerConnection, PeerConnectionEventHandler, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription};
 use webrtc::rtp_transceiver::RTCRtpTransceiverDirection;
 
+/// Where a client's voice socket binds to reach a server at `host` (its
+/// URL's host, with or without `http://`): loopback for a loopback server,
+/// else every interface (the SFU's candidates say where to send).
+pub fn bind_ip_for(host: &str) -> IpAddr {
+    let host = host.trim_start_matches("http://");
+    if host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]") {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        IpAddr::from([0, 0, 0, 0])
+    }
+}
+
 /// Packets heard and not yet taken; more are dropped (and counted by the
 /// caller as lost, which is what they are to a listener).
 const HEARD_QUEUE: usize = 1024;
@@ -173,5 +185,17 @@ impl VoiceClient {
     /// A packet already heard, without waiting.
     pub fn try_recv(&mut self) -> Option<Heard> {
         self.heard.try_recv().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loopback_server_is_called_from_loopback() {
+        assert_eq!(bind_ip_for("http://127.0.0.1:7878"), IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(bind_ip_for("127.0.0.1:7878"), IpAddr::from([127, 0, 0, 1]), "a bare host, as the load tool has it");
+        assert_eq!(bind_ip_for("http://10.1.2.3:7878"), IpAddr::from([0, 0, 0, 0]));
     }
 }

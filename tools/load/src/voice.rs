@@ -100,9 +100,8 @@ impl VoiceLoad {
     /// For a server at `host` (from its URL): users bind loopback for a
     /// loopback server, else every interface.
     pub fn new(host: &str, epoch: Instant, talk: f64) -> VoiceLoad {
-        let local = host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]");
         VoiceLoad {
-            ip: if local { IpAddr::from([127, 0, 0, 1]) } else { IpAddr::from([0, 0, 0, 0]) },
+            ip: plaza_server::voice::client::bind_ip_for(host),
             talk: talk.clamp(0.01, 1.0),
             offered: AtomicU64::new(0),
             connected: AtomicU64::new(0),
