@@ -154,6 +154,11 @@ pub fn voice_link(audio: AudioIo, qos_debug: bool) -> (VoiceControl, VoicePort) 
     (VoiceControl { scene: scene_tx, muted: muted_tx, status }, VoicePort { audio: Arc::new(audio), scene, muted, status: Arc::new(status_tx), qos_debug })
 }
 
+/// The status with no call up: `state`, and nothing heard or sent.
+fn no_call(status: &watch::Sender<VoiceStatus>, state: VoiceState) {
+    status.send_modify(|s| *s = VoiceStatus { state, mic: s.mic, ..VoiceStatus::default() });
+}
+
 /// What the relay hands a call.
 #[derive(Debug)]
 enum CallSignal {
@@ -173,14 +178,7 @@ pub struct VoiceCall {
 impl Drop for VoiceCall {
     fn drop(&mut self) {
         self.task.abort();
-        self.status.send_modify(|s| {
-            s.state = VoiceState::Off;
-            s.quality = None;
-            s.slots.clear();
-            s.speaking.clear();
-            s.sending = false;
-            s.self_speaking = false;
-        });
+        no_call(&self.status, VoiceState::Off);
     }
 }
 
@@ -256,13 +254,7 @@ impl Call {
             let started = Instant::now();
             let reason = self.call().await;
             tracing::warn!(%reason, retry_in = ?wait, "voice call ended");
-            self.status.send_modify(|s| {
-                s.state = VoiceState::Failed(reason);
-                s.quality = None;
-                s.slots.clear();
-                s.speaking.clear();
-                s.sending = false;
-            });
+            no_call(&self.status, VoiceState::Failed(reason));
             // A call that held a while starts the backoff over.
             if started.elapsed() > RETRY_AT_MOST {
                 wait = RETRY_FIRST;
