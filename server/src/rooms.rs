@@ -630,7 +630,7 @@ impl Room {
         self.voice.values().any(|v| v.routing.mic && !v.talking && v.routing.talking(now_ms))
     }
 
-    /// Re-chooses who each voice member hears (the nearest speakers in
+    /// Re-chooses who each voice member hears (those talking, then the nearest, in
     /// range, see [`plaza_shared::voice`]), tells those whose slots changed
     /// (and a newcomer, whatever its slots), and republishes every
     /// speaker's routes when anything changed or someone joined or left
