@@ -12,7 +12,7 @@ PACKAGES=(
   # headless rendering: Vulkan on the CPU (lavapipe) under Xvfb
   mesa-vulkan-drivers libvulkan1 vulkan-tools xvfb xauth
   # voice
-  libopus-dev
+  libopus-dev libspeexdsp-dev
   # chat store tests on PostgreSQL (the tests start their own cluster)
   postgresql
   # the socket.io baseline peers for load comparisons (tools/peers)

@@ -1,6 +1,7 @@
-//! The microphone and the speakers. What the rest of the client sees is two
+//! The microphone and the speakers. What the rest of the client sees is
 //! [`Ring`]s: 48 kHz mono samples from the microphone, 48 kHz stereo samples
-//! to the speakers. With devices ([`AudioIo::open`]), a thread of their own
+//! to the speakers, and the same stereo back as the speakers played it (for
+//! the echo canceller, [`crate::cleanup`]). With devices ([`AudioIo::open`]), a thread of their own
 //! owns the cpal streams and their callbacks fill and drain the rings,
 //! converting rate and channels; without ([`AudioIo::detached`]: no sound
 //! card, headless, tests) the rings are all there is and whoever holds them
@@ -114,6 +115,11 @@ pub struct AudioIo {
     pub mic: Option<Ring>,
     /// 48 kHz interleaved stereo to the speakers.
     pub speakers: Ring,
+    /// What the speakers played, in the order they played it, silence for
+    /// the gaps included: 48 kHz interleaved stereo, paired with the
+    /// microphone to cancel its echo. With detached audio, whoever plays
+    /// the speakers' ring puts here what it played (or nothing: silence).
+    pub played: Ring,
     /// What is playing and recording, for the log and the HUD.
     pub description: String,
     /// Dropping it stops the device thread and its streams.
@@ -123,7 +129,7 @@ pub struct AudioIo {
 impl AudioIo {
     /// Rings with no device behind them.
     pub fn detached(mic: bool) -> AudioIo {
-        AudioIo { mic: mic.then(|| Ring::new(MIC_RING)), speakers: Ring::new(SPEAKER_RING), description: "no audio device".into(), _stop: None }
+        AudioIo { mic: mic.then(|| Ring::new(MIC_RING)), speakers: Ring::new(SPEAKER_RING), played: Ring::new(SPEAKER_RING), description: "no audio device".into(), _stop: None }
     }
 
     /// The default output device, and the default input when `mic`. No
@@ -134,10 +140,11 @@ impl AudioIo {
             return Err(DeviceError::NoOutput);
         }
         let speakers = Ring::new(SPEAKER_RING);
+        let played = Ring::new(SPEAKER_RING);
         let mic_ring = Ring::new(MIC_RING);
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let (out_ring, in_ring) = (speakers.clone(), mic_ring.clone());
+        let (out_ring, played_ring, in_ring) = (speakers.clone(), played.clone(), mic_ring.clone());
         // cpal's streams are not Send everywhere: they live and die on this
         // thread, which also opens them again when a device goes away.
         let spawned = std::thread::Builder::new().name("plaza-audio".into()).spawn(move || {
@@ -145,7 +152,7 @@ impl AudioIo {
             let (lost_tx, lost) = mpsc::channel::<String>();
             let mut ready = Some(ready_tx);
             loop {
-                let output = match start_output(&host, out_ring.clone(), lost_tx.clone()) {
+                let output = match start_output(&host, out_ring.clone(), played_ring.clone(), lost_tx.clone()) {
                     Ok(o) => o,
                     Err(e) => match ready.take() {
                         Some(ready) => {
@@ -195,7 +202,7 @@ impl AudioIo {
             return Err(DeviceError::Stream { what: "audio thread", cause: e.to_string() });
         }
         let (description, has_mic) = ready_rx.recv().map_err(|_| DeviceError::Stream { what: "audio thread", cause: "it stopped".into() })??;
-        Ok(AudioIo { mic: has_mic.then_some(mic_ring), speakers, description, _stop: Some(stop_tx) })
+        Ok(AudioIo { mic: has_mic.then_some(mic_ring), speakers, played, description, _stop: Some(stop_tx) })
     }
 }
 
@@ -249,12 +256,12 @@ fn device_name(device: &cpal::Device) -> String {
     device.description().map(|d| d.to_string()).unwrap_or_else(|_| "audio device".into())
 }
 
-fn start_output(host: &cpal::Host, ring: Ring, lost: mpsc::Sender<String>) -> Result<(cpal::Stream, String), DeviceError> {
+fn start_output(host: &cpal::Host, ring: Ring, played: Ring, lost: mpsc::Sender<String>) -> Result<(cpal::Stream, String), DeviceError> {
     let device = host.default_output_device().ok_or(DeviceError::NoOutput)?;
     let supported = device.default_output_config().map_err(|e| DeviceError::Stream { what: "audio output", cause: e.to_string() })?;
     let config = supported.config();
     let channels = usize::from(config.channels);
-    let feed = OutputFeed::new(ring, config.sample_rate, channels);
+    let feed = OutputFeed::new(ring, played, config.sample_rate, channels);
     let error = on_stream_error("audio output", lost);
     let stream = match supported.sample_format() {
         cpal::SampleFormat::F32 => output_stream::<f32>(&device, config, feed, error),
@@ -314,9 +321,13 @@ where
 /// The speakers' side of the ring: 48 kHz stereo in, the device's rate and
 /// channels out. What the resampler makes beyond one callback's need waits
 /// for the next, so the ring is drained at exactly the device's pace; and
-/// every buffer is kept, so a callback allocates nothing once warm.
+/// every buffer is kept, so a callback allocates nothing once warm. What it
+/// takes, and silence for what it lacked, goes on to the played ring.
 struct OutputFeed {
     ring: Ring,
+    played: Ring,
+    /// Silence to report as played when the ring ran dry.
+    zeros: Vec<f32>,
     resampler: Resampler,
     device_hz: u32,
     channels: usize,
@@ -328,9 +339,11 @@ struct OutputFeed {
 }
 
 impl OutputFeed {
-    fn new(ring: Ring, device_hz: u32, channels: usize) -> OutputFeed {
+    fn new(ring: Ring, played: Ring, device_hz: u32, channels: usize) -> OutputFeed {
         OutputFeed {
             ring,
+            played,
+            zeros: Vec::new(),
             resampler: Resampler::new(SAMPLE_RATE, device_hz, 2),
             device_hz,
             channels: channels.max(1),
@@ -351,6 +364,7 @@ impl OutputFeed {
             if got < 2 {
                 break; // ran dry
             }
+            self.played.push(&self.stereo[..got - got % 2]);
             self.resampled.clear();
             self.resampler.process(&self.stereo[..got - got % 2], &mut self.resampled);
             self.mapped.clear();
@@ -362,6 +376,16 @@ impl OutputFeed {
             *d = s;
         }
         data[n..].fill(0.0);
+        // The silence played, in 48 kHz stereo samples, keeps the played
+        // ring in step with the microphone.
+        let silent_frames = (data.len() - n) / self.channels;
+        if silent_frames > 0 {
+            let samples = 2 * (silent_frames as u64 * u64::from(SAMPLE_RATE) / u64::from(self.device_hz.max(1))) as usize;
+            if self.zeros.len() < samples {
+                self.zeros.resize(samples, 0.0);
+            }
+            self.played.push(&self.zeros[..samples]);
+        }
     }
 }
 
@@ -418,7 +442,8 @@ mod tests {
             // One second of a ramp, left and right.
             let stereo: Vec<f32> = (0..48_000).flat_map(|i| [i as f32, i as f32]).collect();
             ring.push(&stereo);
-            let mut feed = OutputFeed::new(ring.clone(), device_hz, channels);
+            let played_ring = Ring::new(1 << 20);
+            let mut feed = OutputFeed::new(ring.clone(), played_ring.clone(), device_hz, channels);
             let mut played = Vec::new();
             let mut data = vec![0.0; period * channels];
             // Half a second of callbacks.
@@ -432,6 +457,28 @@ mod tests {
             // The ramp plays on without a skip: each step is one input frame's worth.
             let step = 48_000.0 / device_hz as f32;
             assert!(played.windows(2).all(|w| (w[1] - w[0] - step).abs() < 0.01), "{device_hz} Hz, {channels} ch, {period}: a skip in the ramp");
+            // The played ring has what was taken, in order, for the echo canceller.
+            let mut reported = vec![0.0; played_ring.len()];
+            played_ring.pop_into(&mut reported);
+            assert_eq!(reported.len(), 2 * taken, "{device_hz} Hz: played ring against taken");
+            assert!(reported.chunks_exact(2).enumerate().all(|(i, f)| f[0] == i as f32 && f[1] == i as f32), "{device_hz} Hz: the played ring is the ramp");
+        }
+    }
+
+    #[test]
+    fn silence_played_when_the_ring_ran_dry_is_reported_as_played() {
+        for (device_hz, channels) in [(48_000, 2), (44_100, 1)] {
+            let (ring, played) = (Ring::new(1 << 20), Ring::new(1 << 20));
+            let mut feed = OutputFeed::new(ring.clone(), played.clone(), device_hz, channels);
+            ring.push(&vec![0.5; 2 * 480]); // 10 ms
+            let mut data = vec![0.0; (device_hz as usize / 10) * channels]; // 100 ms
+            feed.fill(&mut data);
+            // 100 ms of device time is 100 ms in the played ring: 10 of
+            // sound and 90 of silence (the resampler may keep a sample back).
+            let mut reported = vec![0.0; played.len()];
+            played.pop_into(&mut reported);
+            assert!((reported.len() as i64 - 2 * 4800).abs() <= 4, "{device_hz} Hz: {} samples reported for 100 ms", reported.len());
+            assert!(reported[..2 * 480].iter().all(|s| *s == 0.5) && reported[2 * 480 + 4..].iter().all(|s| *s == 0.0), "{device_hz} Hz: sound, then silence");
         }
     }
 

@@ -11,10 +11,13 @@
 //!   the listener's facing pans it;
 //! - [`mix`] — a slot's jitter buffer and decoder together, and the mix of
 //!   all slots into one stereo frame;
+//! - [`cleanup`] — echo cancellation and noise suppression for the
+//!   microphone;
 //! - [`level`] — how loud a frame is, for the speaking indicators;
 //! - [`resample`] — between a device's rate and channels and 48 kHz mono;
 //! - [`devices`] — the microphone and speakers (cpal), or none.
 
+pub mod cleanup;
 pub mod codec;
 pub mod devices;
 pub mod jitter;
