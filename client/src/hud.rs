@@ -234,8 +234,12 @@ fn settings_window(
         ui.checkbox(&mut culling_on, "Culling (frustum and distance)");
         if let Some(voice) = voice.as_deref_mut().filter(|v| v.enabled) {
             ui.separator();
-            if let Some(volume) = voice_settings(ui, voice, &people) {
+            let change = voice_settings(ui, voice, &people);
+            if let Some(volume) = change.volume {
                 hud.save(file.as_deref_mut(), |s| s.voice_volume = Some(volume));
+            }
+            if let Some(on) = change.mic_cleanup {
+                hud.save(file.as_deref_mut(), |s| s.mic_cleanup = Some(on));
             }
         }
         match (&file, &hud.save_error) {
@@ -269,16 +273,27 @@ struct VoicePeople<'w, 's> {
     avatars: Query<'w, 's, (&'static Avatar, Option<&'static RemoteUser>)>,
 }
 
+/// What the voice settings changed that is saved.
+#[derive(Debug, Default)]
+struct VoiceSettingsChange {
+    /// The voices' volume, once a change of it is done.
+    volume: Option<f32>,
+    mic_cleanup: Option<bool>,
+}
+
 /// The voice part of the settings panel: your microphone, the voices'
-/// volume, and a mute for each voice you can hear. Returns the volume when
-/// a change of it is done (to save).
-fn voice_settings(ui: &mut egui::Ui, voice: &mut VoiceInfo, people: &VoicePeople) -> Option<f32> {
+/// volume, and a mute for each voice you can hear.
+fn voice_settings(ui: &mut egui::Ui, voice: &mut VoiceInfo, people: &VoicePeople) -> VoiceSettingsChange {
     ui.label("Voice");
     ui.checkbox(&mut voice.muted, "Mute my microphone (M)");
+    let cleanup = ui
+        .checkbox(&mut voice.mic_cleanup, "Cancel echo and noise")
+        .on_hover_text("Takes what your speakers play, and steady noise, out of your microphone. Switch it off for a headset or a sound system that does this itself.");
+    let mic_cleanup = cleanup.changed().then_some(voice.mic_cleanup);
     let mut percent = (voice.volume * 100.0).round();
     let slider = ui.add(egui::Slider::new(&mut percent, 0.0..=MAX_VOICE_VOLUME * 100.0).suffix("%").text("voices' volume"));
     voice.volume = percent / 100.0;
-    let save = (slider.drag_stopped() || (slider.changed() && !slider.dragged())).then_some(voice.volume);
+    let volume = (slider.drag_stopped() || (slider.changed() && !slider.dragged())).then_some(voice.volume);
     let heard: Vec<(String, String)> = voice
         .status
         .slots
@@ -300,7 +315,7 @@ fn voice_settings(ui: &mut egui::Ui, voice: &mut VoiceInfo, people: &VoicePeople
             }
         }
     }
-    save
+    VoiceSettingsChange { volume, mic_cleanup }
 }
 
 fn chat_window(

@@ -10,6 +10,7 @@
 //! voice = true         # voice chat
 //! mic = true           # false: listen only
 //! voice_volume = 1.0   # 0–2
+//! mic_cleanup = true   # echo cancellation and noise suppression
 //! name = "Ada"
 //! ```
 //!
@@ -45,6 +46,9 @@ pub struct Settings {
     /// Voices' volume, 0–2 (1: as sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voice_volume: Option<f32>,
+    /// Echo cancellation and noise suppression on the microphone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mic_cleanup: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
@@ -174,7 +178,7 @@ mod tests {
     fn saves_and_loads_back() {
         let path = temp("roundtrip");
         assert_eq!(Settings::load(&path).unwrap(), Settings::default(), "missing is defaults");
-        let s = Settings { preset: Some(PresetChoice::Auto), lod: Some(false), culling: None, telemetry: Some(true), voice: None, mic: Some(false), voice_volume: Some(0.5), name: Some("Ada".into()) };
+        let s = Settings { preset: Some(PresetChoice::Auto), lod: Some(false), culling: None, telemetry: Some(true), voice: None, mic: Some(false), voice_volume: Some(0.5), mic_cleanup: Some(false), name: Some("Ada".into()) };
         s.save(&path).unwrap();
         assert_eq!(Settings::load(&path).unwrap(), s);
         std::fs::write(&path, "preset = \"med\"\n").unwrap();

@@ -4,7 +4,7 @@
 //! - [`VoiceSystems::Status`]: the call's status into [`VoiceInfo`] (for the
 //!   HUD: on, connecting, failed and why; who is speaking).
 //! - [`VoiceSystems::Input`]: M mutes and unmutes the microphone (not while
-//!   typing in chat).
+//!   typing in chat); the microphone's switches go to the call.
 //! - [`VoiceSystems::Scene`]: where the listener is (your avatar, facing
 //!   the camera's way) and where the avatars in the listening slots are,
 //!   for the spatial mix.
@@ -12,7 +12,7 @@
 //! Without [`VoiceLink`] (voice off, offline, no sound device) these do
 //! nothing, and [`VoiceInfo`] says why.
 
-use crate::network::voice::{VoiceScene, VoiceState, VoiceStatus};
+use crate::network::voice::{MicControl, VoiceScene, VoiceState, VoiceStatus};
 use crate::network::{NetworkSystems, VoiceLink, VoiceUnavailable};
 use crate::player::{LocalPlayer, PlayerControl};
 use crate::quality::MainCamera;
@@ -45,6 +45,8 @@ pub struct VoiceInfo {
     pub pushing_to_talk: bool,
     /// Every voice's volume, 0–[`MAX_VOICE_VOLUME`] (1: as sent).
     pub volume: f32,
+    /// Echo cancellation and noise suppression on the microphone.
+    pub mic_cleanup: bool,
     /// Users (by user id, so it holds across their reconnects) whose voices
     /// you don't want to hear.
     pub muted_users: std::collections::BTreeSet<String>,
@@ -56,7 +58,7 @@ pub struct VoiceInfo {
 
 impl Default for VoiceInfo {
     fn default() -> Self {
-        VoiceInfo { status: VoiceStatus::default(), muted: false, pushing_to_talk: false, volume: 1.0, muted_users: Default::default(), unavailable: None, enabled: false }
+        VoiceInfo { status: VoiceStatus::default(), muted: false, pushing_to_talk: false, volume: 1.0, mic_cleanup: true, muted_users: Default::default(), unavailable: None, enabled: false }
     }
 }
 
@@ -94,15 +96,19 @@ pub struct VoicePlugin;
 impl Plugin for VoicePlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<VoiceInfo>()
-            .add_systems(Startup, volume_from_settings)
+            .add_systems(Startup, from_settings)
             .add_systems(PreUpdate, read_status.in_set(VoiceSystems::Status).after(NetworkSystems::Receive))
             .add_systems(Update, (mute_key.in_set(VoiceSystems::Input), share_scene.in_set(VoiceSystems::Scene).after(RemoteSystems::Interpolate)));
     }
 }
 
-fn volume_from_settings(file: Option<Res<SettingsFile>>, mut info: ResMut<VoiceInfo>) {
-    if let Some(v) = file.and_then(|f| f.settings.voice_volume) {
+fn from_settings(file: Option<Res<SettingsFile>>, mut info: ResMut<VoiceInfo>) {
+    let Some(settings) = file.map(|f| f.settings.clone()) else { return };
+    if let Some(v) = settings.voice_volume {
         info.volume = v.clamp(0.0, MAX_VOICE_VOLUME);
+    }
+    if let Some(on) = settings.mic_cleanup {
+        info.mic_cleanup = on;
     }
 }
 
@@ -131,8 +137,9 @@ fn read_status(
     }
 }
 
-/// M flips the microphone; T held while muted talks (push to talk). What
-/// changed it (a key, or the settings panel) reaches the call.
+/// M flips the microphone; T held while muted talks (push to talk). The
+/// switches, whatever changed them (a key, or the settings panel), reach
+/// the call.
 fn mute_key(keys: Option<Res<ButtonInput<KeyCode>>>, control: Res<PlayerControl>, link: Option<Res<VoiceLink>>, mut info: ResMut<VoiceInfo>) {
     let Some(link) = link else { return };
     let keys = keys.filter(|_| !control.typing);
@@ -140,9 +147,9 @@ fn mute_key(keys: Option<Res<ButtonInput<KeyCode>>>, control: Res<PlayerControl>
         info.muted = !info.muted;
     }
     info.pushing_to_talk = info.muted && keys.is_some_and(|k| k.pressed(TALK_KEY));
-    let muted = info.muted && !info.pushing_to_talk;
-    if link.0.muted.send_if_modified(|m| std::mem::replace(m, muted) != muted) {
-        debug!(muted, "microphone");
+    let control = MicControl { muted: info.muted && !info.pushing_to_talk, cleanup: info.mic_cleanup };
+    if link.0.mic.send_if_modified(|m| std::mem::replace(m, control) != control) {
+        debug!(muted = control.muted, cleanup = control.cleanup, "microphone");
     }
 }
 
@@ -184,12 +191,12 @@ mod tests {
 
     /// An app with the voice plugin's input and a link to nowhere; returns
     /// the app and what the call would see of the mute switch.
-    fn keyed_app() -> (App, tokio::sync::watch::Receiver<bool>) {
+    fn keyed_app() -> (App, tokio::sync::watch::Receiver<MicControl>) {
         let mut app = App::new();
         app.add_plugins(MinimalPlugins).init_resource::<ButtonInput<KeyCode>>().insert_resource(PlayerControl::default());
         let (control, port) = voice_link(AudioIo::detached(true), false);
         app.insert_resource(VoiceLink(control)).init_resource::<VoiceInfo>().add_systems(Update, mute_key);
-        (app, port.muted)
+        (app, port.mic)
     }
 
     fn press(app: &mut App, key: KeyCode, down: bool) {
@@ -203,20 +210,24 @@ mod tests {
     fn m_mutes_and_t_held_talks_while_muted_but_not_while_typing() {
         let (mut app, muted) = keyed_app();
         app.update();
-        assert!(!*muted.borrow(), "live by default");
+        assert!(!muted.borrow().muted, "live by default");
         press(&mut app, MUTE_KEY, true);
-        assert!(*muted.borrow(), "M mutes");
+        assert!(muted.borrow().muted, "M mutes");
         press(&mut app, MUTE_KEY, false);
         press(&mut app, TALK_KEY, true);
-        assert!(!*muted.borrow(), "T held talks");
+        assert!(!muted.borrow().muted, "T held talks");
         assert!(app.world().resource::<VoiceInfo>().pushing_to_talk);
         press(&mut app, TALK_KEY, false);
-        assert!(*muted.borrow(), "T let go: muted again");
+        assert!(muted.borrow().muted, "T let go: muted again");
         app.world_mut().resource_mut::<PlayerControl>().typing = true;
         press(&mut app, MUTE_KEY, true);
-        assert!(*muted.borrow(), "typing an M in chat does not unmute");
+        assert!(muted.borrow().muted, "typing an M in chat does not unmute");
         press(&mut app, TALK_KEY, true);
-        assert!(*muted.borrow(), "nor does a T");
+        assert!(muted.borrow().muted, "nor does a T");
+        assert!(muted.borrow().cleanup, "the microphone is cleaned by default");
+        app.world_mut().resource_mut::<VoiceInfo>().mic_cleanup = false;
+        app.update();
+        assert!(!muted.borrow().cleanup, "switched off in the settings: the call hears of it");
     }
 
     #[test]

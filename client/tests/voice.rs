@@ -2,7 +2,8 @@
 //! each with detached audio (rings the test plays and listens to in the
 //! devices' place). What one says through its microphone comes out of the
 //! other's speakers, placed where the speaker's avatar stands; nobody hears
-//! themselves; a server with voice off is said so at once, and the rest of
+//! themselves, not even through someone's loudspeakers (the echo is
+//! cancelled); a server with voice off is said so at once, and the rest of
 //! the session carries on.
 
 mod common;
@@ -26,6 +27,8 @@ struct Peer {
     voice: VoiceControl,
     mic: Ring,
     speakers: Ring,
+    /// Where a sound card reports what it played (for the echo canceller).
+    played: Ring,
 }
 
 impl Peer {
@@ -34,11 +37,14 @@ impl Peer {
         let (poses, pose_rx) = watch::channel(None);
         let (event_tx, events) = mpsc::channel(256);
         let audio = AudioIo::detached(true);
-        let (mic, speakers) = (audio.mic.clone().expect("a detached microphone"), audio.speakers.clone());
+        let (mic, speakers, played) = (audio.mic.clone().expect("a detached microphone"), audio.speakers.clone(), audio.played.clone());
         let (voice, port) = voice_link(audio, true);
+        // Test peers wear headsets: nothing to cancel, and the steady tones
+        // they say would be taken for noise by the suppressor.
+        voice.mic.send_modify(|m| m.cleanup = false);
         let config = SessionConfig { server: server.into(), room: room.into(), name: name.into() };
         tokio::spawn(session::run(config, NetInput { commands: command_rx, pose: pose_rx, voice: Some(port) }, event_tx));
-        Peer { events, poses, _commands: commands, voice, mic, speakers }
+        Peer { events, poses, _commands: commands, voice, mic, speakers, played }
     }
 
     /// Waits for the room (a reconnect included); returns our avatar id.
@@ -174,7 +180,7 @@ async fn a_voice_to_the_right_comes_out_of_the_right_speaker_and_nobody_hears_th
     for f in 200..300 {
         clock.tick().await;
         if f == 250 {
-            ann.voice.muted.send_replace(true);
+            ann.voice.mic.send_modify(|m| m.muted = true);
         }
         ann.mic.push(&tone(300.0, f));
         if ben.speakers.take_exact(&mut frame) {
@@ -259,4 +265,83 @@ async fn voice_comes_back_after_a_server_restart() {
     let mut clock = tokio::time::interval(Duration::from_millis(20));
     let heard = listen(&mut clock, &ben.mic, &ann.speakers, 0..100).await;
     assert!(heard.0.max(heard.1) > 0.05, "Ann hears Ben on the new server: {heard:?}");
+}
+
+/// A loudspeaker and a microphone in one room: each tick it plays a frame
+/// from the speakers' ring (reporting it as played, as the output callback
+/// does) and the microphone hears it back `ECHO_DELAY` later at `ECHO_GAIN`.
+struct LoudspeakerRoom {
+    frame: Vec<f32>,
+    delay_line: std::collections::VecDeque<f32>,
+}
+
+const ECHO_DELAY: usize = 48 * 40;
+const ECHO_GAIN: f32 = 0.6;
+
+impl LoudspeakerRoom {
+    fn new() -> LoudspeakerRoom {
+        LoudspeakerRoom { frame: vec![0.0; 2 * FRAME_SAMPLES], delay_line: std::iter::repeat_n(0.0, ECHO_DELAY).collect() }
+    }
+
+    /// One 20 ms tick of `peer`'s sound card; the microphone hears only the echo.
+    fn tick(&mut self, peer: &Peer) {
+        if !peer.speakers.take_exact(&mut self.frame) {
+            self.frame.fill(0.0); // ran dry: silence played
+        }
+        peer.played.push(&self.frame);
+        self.delay_line.extend(self.frame.chunks_exact(2).map(|f| ECHO_GAIN * 0.5 * (f[0] + f[1])));
+        let heard: Vec<f32> = self.delay_line.drain(..FRAME_SAMPLES).collect();
+        peer.mic.push(&heard);
+    }
+}
+
+/// Ann listens on loudspeakers: her microphone hears Ben's voice. Without
+/// echo cancellation she sends it back and Ben hears himself; with it (the
+/// default; switched on mid-call here) her microphone stays quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_loudspeakers_the_echo_is_cancelled_and_nobody_hears_themselves_back() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let base = format!("http://{addr}");
+    let mut ann = Peer::start(&base, "echo-room", "Ann");
+    let ann_id = ann.joined().await;
+    let mut ben = Peer::start(&base, "echo-room", "Ben");
+    let ben_id = ben.joined().await;
+    ann.stand_at(0.0);
+    ben.stand_at(3.0);
+    ann.voice.scene.send_replace(VoiceScene { listener: Listener { position: [0.0, 1.6, 0.0], right: [1.0, 0.0, 0.0] }, avatars: vec![(ben_id, [3.0, 1.6, 0.0])], ..VoiceScene::default() });
+    ben.voice.scene.send_replace(VoiceScene { listener: Listener { position: [3.0, 1.6, 0.0], right: [1.0, 0.0, 0.0] }, avatars: vec![(ann_id, [0.0, 1.6, 0.0])], ..VoiceScene::default() });
+    ann.voice_until(Duration::from_secs(20), |s| s.state == VoiceState::On && s.slots.contains(&Some(ben_id))).await;
+    ben.voice_until(Duration::from_secs(20), |s| s.state == VoiceState::On && s.slots.contains(&Some(ann_id))).await;
+
+    let mut room = LoudspeakerRoom::new();
+    let mut clock = tokio::time::interval(Duration::from_millis(20));
+    let mut frame = vec![0.0; 2 * FRAME_SAMPLES];
+    // Ben talks for `frames`; Ann's loudspeaker room runs; returns what Ben
+    // heard over the last 2 s and whether Ann's meter showed her talking then.
+    let mut talk = async |frames: std::ops::Range<usize>| {
+        let mut ben_heard = Vec::new();
+        let mut ann_talking = 0;
+        let last = frames.end - 100;
+        for f in frames {
+            clock.tick().await;
+            ben.mic.push(&tone(440.0, f));
+            room.tick(&ann);
+            if ben.speakers.take_exact(&mut frame) && f >= last {
+                ben_heard.extend_from_slice(&frame);
+            }
+            if f >= last && ann.voice.status.borrow().self_speaking {
+                ann_talking += 1;
+            }
+        }
+        (ears(&ben_heard), ann_talking)
+    };
+    let ((left, right), ann_talking) = talk(0..200).await;
+    assert!(left.max(right) > 0.02, "no cancelling: Ben hears himself back through Ann's loudspeaker: {left} {right}");
+    assert!(ann_talking > 50, "and Ann's meter shows her talking with Ben's voice: {ann_talking} of 100 frames");
+
+    ann.voice.mic.send_modify(|m| m.cleanup = true);
+    // A few seconds to learn the room, then the last 2 s.
+    let ((left, right), ann_talking) = talk(200..550).await;
+    assert!(left.max(right) < 0.002, "cancelled: Ben no longer hears himself: {left} {right}");
+    assert!(ann_talking < 10, "and Ann's microphone stays quiet: talking in {ann_talking} of 100 frames");
 }

@@ -13,6 +13,8 @@
 //!   all slots into one stereo frame;
 //! - [`cleanup`] — echo cancellation and noise suppression for the
 //!   microphone;
+//! - [`mic`] — the microphone's frames paired with what the speakers
+//!   played, and cleaned;
 //! - [`level`] — how loud a frame is, for the speaking indicators;
 //! - [`resample`] — between a device's rate and channels and 48 kHz mono;
 //! - [`devices`] — the microphone and speakers (cpal), or none.
@@ -22,6 +24,7 @@ pub mod codec;
 pub mod devices;
 pub mod jitter;
 pub mod level;
+pub mod mic;
 pub mod mix;
 pub mod resample;
 pub mod spatial;

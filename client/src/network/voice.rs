@@ -10,12 +10,14 @@
 //! call that fails is offered again, backing off; a socket that ends takes
 //! its call with it, and the next socket starts another.
 //!
-//! The microphone is sent only while it hears speech (a level gate with a
-//! 300 ms hold, [`plaza_voice::level`]): the SFU hears who is talking by
-//! their packets and gives them the slots first.
+//! The microphone is first cleaned of the speakers' echo and the room's
+//! noise ([`plaza_voice::mic`]; [`MicControl::cleanup`] switches it), then
+//! sent only while it hears speech (a level gate with a 300 ms hold,
+//! [`plaza_voice::level`]): the SFU hears who is talking by their packets
+//! and gives them the slots first.
 //!
 //! The ECS and the call share three small channels ([`voice_link`]): the
-//! scene and the mute switch in, the [`VoiceStatus`] out. Nothing in a
+//! scene and the microphone's switches in, the [`VoiceStatus`] out. Nothing in a
 //! frame waits on voice.
 
 use plaza_server::voice::client::{VoiceClient, bind_ip_for};
@@ -24,6 +26,7 @@ use plaza_voice::FRAME_SAMPLES;
 use plaza_voice::codec::Encoder;
 use plaza_voice::devices::AudioIo;
 use plaza_voice::level::{Activity, rms};
+use plaza_voice::mic::CleanMic;
 use plaza_voice::mix::{Mixer, STEREO_FRAME};
 use plaza_voice::spatial::Listener;
 use std::collections::HashMap;
@@ -67,6 +70,22 @@ pub struct VoiceScene {
 impl Default for VoiceScene {
     fn default() -> Self {
         VoiceScene { listener: Listener::default(), avatars: Vec::new(), muted: Vec::new(), volume: 1.0 }
+    }
+}
+
+/// The microphone's switches, from the ECS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MicControl {
+    /// Nothing is sent.
+    pub muted: bool,
+    /// Echo cancellation and noise suppression (on by default; off for a
+    /// headset, or a sound system that does its own).
+    pub cleanup: bool,
+}
+
+impl Default for MicControl {
+    fn default() -> Self {
+        MicControl { muted: false, cleanup: true }
     }
 }
 
@@ -131,7 +150,7 @@ impl VoiceQuality {
 pub struct VoicePort {
     pub audio: Arc<AudioIo>,
     pub scene: watch::Receiver<VoiceScene>,
-    pub muted: watch::Receiver<bool>,
+    pub mic: watch::Receiver<MicControl>,
     pub status: Arc<watch::Sender<VoiceStatus>>,
     /// `--voice-qos-debug`: log the jitter buffers' numbers and decisions.
     pub qos_debug: bool,
@@ -141,17 +160,17 @@ pub struct VoicePort {
 #[derive(Debug)]
 pub struct VoiceControl {
     pub scene: watch::Sender<VoiceScene>,
-    pub muted: watch::Sender<bool>,
+    pub mic: watch::Sender<MicControl>,
     pub status: watch::Receiver<VoiceStatus>,
 }
 
 /// The two ends, over `audio`.
 pub fn voice_link(audio: AudioIo, qos_debug: bool) -> (VoiceControl, VoicePort) {
     let (scene_tx, scene) = watch::channel(VoiceScene::default());
-    let (muted_tx, muted) = watch::channel(false);
+    let (mic_tx, mic_control) = watch::channel(MicControl::default());
     let mic = audio.mic.is_some();
     let (status_tx, status) = watch::channel(VoiceStatus { mic, ..Default::default() });
-    (VoiceControl { scene: scene_tx, muted: muted_tx, status }, VoicePort { audio: Arc::new(audio), scene, muted, status: Arc::new(status_tx), qos_debug })
+    (VoiceControl { scene: scene_tx, mic: mic_tx, status }, VoicePort { audio: Arc::new(audio), scene, mic: mic_control, status: Arc::new(status_tx), qos_debug })
 }
 
 /// The status with no call up: `state`, and nothing heard or sent.
@@ -190,7 +209,7 @@ impl VoiceCall {
         let call = Call {
             audio: port.audio.clone(),
             scene: port.scene.clone(),
-            muted: port.muted.clone(),
+            mic: port.mic.clone(),
             status: port.status.clone(),
             qos_debug: port.qos_debug,
             ip: bind_ip_for(server),
@@ -239,7 +258,7 @@ pub fn answer_slots(sdp: &str) -> Vec<(String, u32)> {
 struct Call {
     audio: Arc<AudioIo>,
     scene: watch::Receiver<VoiceScene>,
-    muted: watch::Receiver<bool>,
+    mic: watch::Receiver<MicControl>,
     status: Arc<watch::Sender<VoiceStatus>>,
     qos_debug: bool,
     ip: IpAddr,
@@ -307,7 +326,7 @@ impl Call {
             return e.to_string();
         }
         tracing::info!(slots = slots.len(), device = %self.audio.description, "voice on");
-        let mut media = Media::new(&slots, self.qos_debug);
+        let mut media = Media::new(&slots, self.qos_debug, self.mic.borrow().cleanup);
         let Ok(mut mixer) = Mixer::new(slots.len()) else { return "no Opus decoder".into() };
         if let Some(s) = speakers {
             media.speakers(&s, &mut mixer);
@@ -343,8 +362,13 @@ impl Call {
         if peer.ended() {
             return Err("the voice connection failed".into());
         }
-        let muted = *self.muted.borrow();
+        let MicControl { muted, cleanup } = *self.mic.borrow();
         if let Some(mic) = &self.audio.mic {
+            let played = &self.audio.played;
+            if let Err(e) = media.clean.set_on(cleanup) {
+                tracing::warn!(error = %e, "the microphone can't be cleaned of echo and noise");
+            }
+            media.clean.begin_step(mic, played);
             // A microphone gives a frame every 20 ms on average, in blocks of
             // its period (up to [`MIC_BURST_FRAMES`]). One frame of credit a
             // step, spent per frame sent, lets such blocks through whole and
@@ -352,8 +376,9 @@ impl Call {
             // burst is skipped (this thread was late, or the device is wrong).
             media.mic_credit = (media.mic_credit + 1).min(MIC_BURST_FRAMES);
             let skipped = mic.keep_newest(MIC_BURST_FRAMES * FRAME_SAMPLES);
+            media.clean.skipped(skipped, played);
             media.mic_skipped += skipped as u64;
-            while media.mic_credit > 0 && mic.take_exact(&mut media.mic_frame) {
+            while media.mic_credit > 0 && media.clean.next_frame(mic, played, &mut media.mic_frame) {
                 media.mic_credit -= 1;
                 media.self_speaking = media.mic_activity.update(if muted { 0.0 } else { rms(&media.mic_frame) });
                 media.mic_timestamp = media.mic_timestamp.wrapping_add(FRAME_SAMPLES as u32);
@@ -436,6 +461,8 @@ struct Media {
     mic_frame: Vec<f32>,
     mic_timestamp: u32,
     mic_activity: Activity,
+    /// The microphone paired with the speakers and cleaned.
+    clean: CleanMic,
     self_speaking: bool,
     out_frame: Vec<f32>,
     unknown_ssrc: u64,
@@ -452,7 +479,11 @@ struct Media {
 }
 
 impl Media {
-    fn new(slots: &[(String, u32)], qos_debug: bool) -> Media {
+    fn new(slots: &[(String, u32)], qos_debug: bool, cleanup: bool) -> Media {
+        let clean = CleanMic::new(cleanup).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the microphone can't be cleaned of echo and noise");
+            CleanMic::new(false).expect("off needs nothing")
+        });
         Media {
             slot_of_ssrc: slots.iter().enumerate().map(|(i, (_, ssrc))| (*ssrc, i)).collect(),
             slot_of_mid: slots.iter().enumerate().map(|(i, (mid, _))| (mid.clone(), i)).collect(),
@@ -460,6 +491,7 @@ impl Media {
             mic_frame: vec![0.0; FRAME_SAMPLES],
             mic_timestamp: rand_timestamp(),
             mic_activity: Activity::default(),
+            clean,
             self_speaking: false,
             out_frame: vec![0.0; STEREO_FRAME],
             unknown_ssrc: 0,
@@ -507,6 +539,15 @@ impl Media {
                 concealed = s.concealed, late = s.late, dropped = s.dropped, underruns = s.underruns,
                 jitter_ms = format!("{:.1}", s.jitter_ms), delay_ms = s.target_frames * 20, depth = s.depth, undecodable = slot.undecodable,
                 "voice slot"
+            );
+        }
+        let c = self.clean.stats;
+        if self.clean.is_on() && c.cleaned > 0 {
+            tracing::info!(
+                target: "plaza::voice::qos",
+                frames = c.cleaned, late_reference = c.late_reference, restarts = c.restarts,
+                reduction_db = c.reduction_db().map(|d| format!("{d:.1}")),
+                "microphone cleaned (reduction: how much quieter it was made while the speakers played)"
             );
         }
         if self.mic_skipped > 0 {

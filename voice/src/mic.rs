@@ -1,0 +1,354 @@
+//! The microphone's frames as the call takes them: each paired with what
+//! the speakers played over the same 20 ms, and cleaned of that echo and
+//! the room's noise ([`crate::cleanup`]).
+//!
+//! Pairing is by count: from a common start (both rings emptied at once)
+//! the n-th sample recorded goes with the n-th sample played. Both come at
+//! the sound card's pace, so the delay between them then holds, and the
+//! canceller learns it. The pairing is kept through what can upset it: a
+//! frame whose reference has not arrived yet (the output's period is
+//! longer than the input's) waits up to [`REFERENCE_WAIT_STEPS`]; after
+//! that it goes with silence, and the reference it should have had is
+//! skipped when it comes (a reference that stops coming is given up after
+//! 200 ms: the microphone goes on uncleaned, and never waits on it). Microphone audio skipped (the caller was late)
+//! skips as much reference. A ring that overflowed loses the count: both
+//! start again, and the canceller relearns.
+
+use crate::FRAME_SAMPLES;
+use crate::cleanup::{CleanupError, MicCleaner};
+use crate::devices::Ring;
+use crate::level::rms;
+
+/// Steps (calls to [`CleanMic::begin_step`]) a microphone frame may wait
+/// for its reference: 40 ms at one step a frame.
+pub const REFERENCE_WAIT_STEPS: u32 = 2;
+/// Reference owed beyond this (200 ms, stereo) is forgotten, and the
+/// canceller starts again.
+const MAX_OWED: usize = 2 * 10 * FRAME_SAMPLES;
+/// A reference louder than this (RMS) counts as the speakers playing, for
+/// [`CleanStats`]'s echo figure.
+const PLAYING_RMS: f32 = 0.01;
+
+/// What the cleaning did, this call so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CleanStats {
+    /// Frames cleaned.
+    pub cleaned: u64,
+    /// Frames that went with silence for a reference that was late.
+    pub late_reference: u64,
+    /// Times the pairing started again (a ring overflowed, or the cleaning
+    /// was switched on).
+    pub restarts: u64,
+    /// Energy in and out over the frames taken while the speakers played:
+    /// how much of what the microphone heard then was taken out.
+    pub energy_in: f64,
+    pub energy_out: f64,
+}
+
+impl CleanStats {
+    /// How much quieter the microphone was made while the speakers played
+    /// (dB): echo and noise taken out, or what a voice here lost. None
+    /// before the speakers played.
+    pub fn reduction_db(&self) -> Option<f32> {
+        (self.energy_in > 0.0 && self.energy_out > 0.0).then(|| (10.0 * (self.energy_in / self.energy_out).log10()) as f32)
+    }
+}
+
+/// The microphone as the call takes it; see the module's doc.
+#[derive(Debug)]
+pub struct CleanMic {
+    cleaner: Option<MicCleaner>,
+    on: bool,
+    synced: bool,
+    /// Reference samples still to skip (they went as silence, or their
+    /// microphone audio was skipped).
+    owed: usize,
+    waited: u32,
+    mic_dropped: u64,
+    played_dropped: u64,
+    reference: Vec<f32>,
+    scratch: Vec<f32>,
+    pub stats: CleanStats,
+}
+
+impl CleanMic {
+    /// Cleaning on or off; on needs libspeexdsp, and fails without it.
+    pub fn new(on: bool) -> Result<CleanMic, CleanupError> {
+        Ok(CleanMic {
+            cleaner: if on { Some(MicCleaner::new()?) } else { None },
+            on,
+            synced: false,
+            owed: 0,
+            waited: 0,
+            mic_dropped: 0,
+            played_dropped: 0,
+            reference: vec![0.0; 2 * FRAME_SAMPLES],
+            scratch: Vec::new(),
+            stats: CleanStats::default(),
+        })
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// Switches cleaning on or off; on starts the pairing again.
+    pub fn set_on(&mut self, on: bool) -> Result<(), CleanupError> {
+        if on == self.on {
+            return Ok(());
+        }
+        if on && self.cleaner.is_none() {
+            self.cleaner = Some(MicCleaner::new()?);
+        }
+        self.on = on;
+        self.synced = false;
+        Ok(())
+    }
+
+    /// Once per step, before frames are taken: starts the pairing when it
+    /// is not running (or was lost), and pays what reference is owed.
+    pub fn begin_step(&mut self, mic: &Ring, played: &Ring) {
+        if !self.on {
+            // Nothing pairs with it: keep it from filling.
+            played.keep_newest(0);
+            return;
+        }
+        let overflowed = mic.dropped() != self.mic_dropped || played.dropped() != self.played_dropped;
+        if !self.synced || overflowed {
+            mic.keep_newest(0);
+            played.keep_newest(0);
+            self.mic_dropped = mic.dropped();
+            self.played_dropped = played.dropped();
+            self.owed = 0;
+            self.waited = 0;
+            if let Some(c) = &mut self.cleaner {
+                c.reset();
+            }
+            self.synced = true;
+            self.stats.restarts += 1;
+            return;
+        }
+        self.pay(played);
+    }
+
+    /// The caller skipped `samples` of microphone audio: the reference for
+    /// them goes too.
+    pub fn skipped(&mut self, samples: usize, played: &Ring) {
+        if self.on && samples > 0 {
+            self.owed += 2 * samples;
+            self.pay(played);
+        }
+    }
+
+    fn pay(&mut self, played: &Ring) {
+        let n = self.owed.min(played.len());
+        if n > 0 {
+            self.scratch.resize(n, 0.0);
+            played.pop_into(&mut self.scratch);
+            self.owed -= n;
+        }
+    }
+
+    /// The next microphone frame, cleaned, into `frame`; false when there
+    /// is none yet (or its reference is worth waiting for).
+    pub fn next_frame(&mut self, mic: &Ring, played: &Ring, frame: &mut [f32]) -> bool {
+        if mic.len() < FRAME_SAMPLES {
+            return false;
+        }
+        let (true, Some(cleaner)) = (self.on, self.cleaner.as_mut()) else {
+            return mic.take_exact(frame);
+        };
+        let want = self.reference.len();
+        if played.len() < want && self.waited < REFERENCE_WAIT_STEPS {
+            self.waited += 1;
+            return false;
+        }
+        if !mic.take_exact(frame) {
+            return false;
+        }
+        let got = played.pop_into(&mut self.reference);
+        if got < want {
+            // Late past the wait: the frames after this one don't wait
+            // until the reference is back (with no speakers reporting at
+            // all, the microphone must not stall).
+            self.reference[got..].fill(0.0);
+            self.owed += want - got;
+            self.stats.late_reference += 1;
+            if self.owed > MAX_OWED {
+                // That much missing is no longer a late reference but a
+                // missing one: start counting afresh.
+                self.owed = 0;
+                self.stats.restarts += 1;
+                cleaner.reset();
+            }
+        } else {
+            self.waited = 0;
+        }
+        let playing = rms(&self.reference) > PLAYING_RMS;
+        let energy = |f: &[f32]| f.iter().map(|s| f64::from(*s) * f64::from(*s)).sum::<f64>();
+        if playing {
+            self.stats.energy_in += energy(frame);
+        }
+        cleaner.clean(frame, &self.reference);
+        if playing {
+            self.stats.energy_out += energy(frame);
+        }
+        self.stats.cleaned += 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sound card: each output period it plays what the speakers' ring
+    /// has (into the played ring); each input period it records, into the
+    /// microphone ring, the echo of what it played `delay` samples earlier,
+    /// at half volume.
+    struct Card {
+        speakers: Ring,
+        played: Ring,
+        mic: Ring,
+        history: Vec<f32>,
+        recorded: usize,
+        delay: usize,
+    }
+
+    impl Card {
+        fn new(delay: usize) -> Card {
+            Card { speakers: Ring::new(1 << 16), played: Ring::new(2 * 10 * FRAME_SAMPLES), mic: Ring::new(10 * FRAME_SAMPLES), history: Vec::new(), recorded: 0, delay }
+        }
+
+        fn play(&mut self, frames: usize) {
+            let mut out = vec![0.0; 2 * frames];
+            let got = self.speakers.pop_into(&mut out);
+            out[got..].fill(0.0);
+            self.played.push(&out);
+            self.history.extend(out.chunks_exact(2).map(|f| 0.5 * (f[0] + f[1])));
+        }
+
+        fn record(&mut self, frames: usize) {
+            let start = self.recorded;
+            let mic: Vec<f32> = (start..start + frames).map(|i| i.checked_sub(self.delay).map_or(0.0, |j| 0.5 * self.history[j])).collect();
+            self.recorded += frames;
+            self.mic.push(&mic);
+        }
+    }
+
+    fn far_voice(seed: &mut u64) -> Vec<f32> {
+        (0..FRAME_SAMPLES)
+            .flat_map(|_| {
+                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let s = 0.3 * (((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0);
+                [0.7 * s, 0.4 * s]
+            })
+            .collect()
+    }
+
+    /// Runs `steps` 20 ms steps with the output's period `out_period` and
+    /// the input's `in_period` (frames); returns the stats.
+    fn run(on: bool, out_period: usize, in_period: usize, steps: usize) -> (CleanStats, Vec<f32>) {
+        // What a card plays leaves it a period after it was taken, at the
+        // earliest; then 30 ms more to the microphone.
+        let mut card = Card::new(out_period + 48 * 30);
+        let mut mic = CleanMic::new(on).expect("libspeexdsp");
+        let (mut seed, mut frame, mut sent) = (9u64, vec![0.0; FRAME_SAMPLES], Vec::new());
+        let (mut out_clock, mut in_clock) = (0, 0);
+        for step in 0..steps {
+            card.speakers.push(&far_voice(&mut seed));
+            // The card's periods over this step's 960 frames.
+            let now = (step + 1) * FRAME_SAMPLES;
+            while out_clock + out_period <= now {
+                card.play(out_period);
+                out_clock += out_period;
+            }
+            while in_clock + in_period <= now {
+                card.record(in_period);
+                in_clock += in_period;
+            }
+            mic.begin_step(&card.mic, &card.played);
+            while mic.next_frame(&card.mic, &card.played, &mut frame) {
+                sent.extend_from_slice(&frame);
+            }
+        }
+        (mic.stats, sent)
+    }
+
+    #[test]
+    fn echo_is_taken_out_whatever_the_cards_periods() {
+        for (out_period, in_period) in [(480, 480), (1024, 256), (256, 1024), (2048, 960)] {
+            let (stats, sent) = run(true, out_period, in_period, 300);
+            let reduction = stats.reduction_db().expect("the speakers played");
+            let last = rms(&sent[sent.len() - 2 * 48_000..]);
+            assert!(stats.cleaned > 250, "periods {out_period}/{in_period}: {} frames cleaned of 300", stats.cleaned);
+            assert_eq!(stats.restarts, 1, "periods {out_period}/{in_period}: the pairing held");
+            assert!(last < crate::level::SPEAKING_RMS, "periods {out_period}/{in_period}: the last 2 s sent {last} RMS, {reduction:.1} dB taken out over the run, {} late references", stats.late_reference);
+        }
+    }
+
+    #[test]
+    fn off_the_echo_goes_out_as_it_was_heard() {
+        let (stats, sent) = run(false, 480, 480, 100);
+        assert_eq!(stats.cleaned, 0);
+        let echo = rms(&sent[sent.len() - 48_000..]);
+        assert!(echo > 4.0 * crate::level::SPEAKING_RMS, "the echo is there when cleaning is off: {echo}");
+    }
+
+    #[test]
+    fn an_overflowed_ring_starts_the_pairing_again() {
+        let card = Card::new(0);
+        let mut mic = CleanMic::new(true).expect("libspeexdsp");
+        mic.begin_step(&card.mic, &card.played);
+        assert_eq!(mic.stats.restarts, 1, "the first step starts it");
+        card.played.push(&vec![0.1; 2 * 11 * FRAME_SAMPLES]); // more than the ring holds
+        mic.begin_step(&card.mic, &card.played);
+        assert_eq!(mic.stats.restarts, 2, "an overflow starts it again");
+        assert!(card.played.is_empty(), "from now");
+        mic.set_on(false).expect("off");
+        card.played.push(&[0.1; 8]);
+        mic.begin_step(&card.mic, &card.played);
+        assert!(card.played.is_empty(), "off, the played ring is kept empty");
+        mic.set_on(true).expect("on");
+        mic.begin_step(&card.mic, &card.played);
+        assert_eq!(mic.stats.restarts, 3, "switched on, it starts again");
+    }
+
+    #[test]
+    fn a_microphone_with_no_speakers_reporting_goes_on_without_waiting() {
+        let card = Card::new(0);
+        let mut mic = CleanMic::new(true).expect("libspeexdsp");
+        let mut frame = vec![0.0; FRAME_SAMPLES];
+        let mut taken = 0;
+        for step in 0..100 {
+            mic.begin_step(&card.mic, &card.played);
+            card.mic.push(&vec![0.01; FRAME_SAMPLES]);
+            while mic.next_frame(&card.mic, &card.played, &mut frame) {
+                taken += 1;
+            }
+            // It waits for the reference once, then no more.
+            let backlog = if step < REFERENCE_WAIT_STEPS as usize { (step + 1) * FRAME_SAMPLES } else { 0 };
+            assert_eq!(card.mic.len(), backlog, "step {step}: the microphone's backlog");
+        }
+        assert_eq!(taken, 100, "every frame taken");
+        assert!(mic.owed <= MAX_OWED);
+    }
+
+    #[test]
+    fn skipped_microphone_audio_skips_its_reference() {
+        let card = Card::new(0);
+        let mut mic = CleanMic::new(true).expect("libspeexdsp");
+        mic.begin_step(&card.mic, &card.played);
+        card.played.push(&vec![0.2; 2 * FRAME_SAMPLES]);
+        card.played.push(&vec![0.3; 2 * FRAME_SAMPLES]);
+        mic.skipped(FRAME_SAMPLES, &card.played);
+        let mut next = vec![0.0; 2 * FRAME_SAMPLES];
+        assert!(card.played.take_exact(&mut next) && next[0] == 0.3, "the skipped frame's reference went with it");
+        // Owed before it arrives: paid when it does.
+        mic.skipped(FRAME_SAMPLES, &card.played);
+        card.played.push(&vec![0.4; 2 * FRAME_SAMPLES]);
+        card.played.push(&vec![0.5; 2 * FRAME_SAMPLES]);
+        mic.begin_step(&card.mic, &card.played);
+        assert!(card.played.take_exact(&mut next) && next[0] == 0.5, "paid once it came");
+    }
+}
