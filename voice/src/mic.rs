@@ -2,17 +2,22 @@
 //! the speakers played over the same 20 ms, and cleaned of that echo and
 //! the room's noise ([`crate::cleanup`]).
 //!
-//! Pairing is by count: from a common start (both rings emptied at once)
-//! the n-th sample recorded goes with the n-th sample played. Both come at
-//! the sound card's pace, so the delay between them then holds, and the
-//! canceller learns it. The pairing is kept through what can upset it: a
-//! frame whose reference has not arrived yet (the output's period is
-//! longer than the input's) waits up to [`REFERENCE_WAIT_STEPS`]; after
-//! that it goes with silence, and the reference it should have had is
-//! skipped when it comes (a reference that stops coming is given up after
-//! 200 ms: the microphone goes on uncleaned, and never waits on it). Microphone audio skipped (the caller was late)
-//! skips as much reference. A ring that overflowed loses the count: both
-//! start again, and the canceller relearns.
+//! Pairing is by count: from a common start (the played ring cut to the
+//! microphone's backlog) the n-th sample recorded goes with the n-th sample
+//! played. Both come at the sound card's pace, so the delay between them
+//! then holds, and the canceller learns it. Whatever upsets the count is
+//! counted too, so the pairing holds through it:
+//! - a frame whose reference has not arrived yet (the output's period is
+//!   longer than the input's) waits up to [`REFERENCE_WAIT_STEPS`]; after
+//!   that it goes with silence, and the reference it should have had is
+//!   skipped when it comes;
+//! - microphone audio skipped by the caller, or dropped by its full ring,
+//!   skips as much reference; reference dropped by its full ring pairs as
+//!   much microphone audio with silence.
+//!
+//! When that account runs past [`MAX_OFFSET`] (the two clocks drift apart,
+//! or the speakers stop reporting) the pairing starts again from now and
+//! the canceller relearns. No microphone audio is dropped for any of it.
 
 use crate::FRAME_SAMPLES;
 use crate::cleanup::{CleanupError, MicCleaner};
@@ -22,11 +27,11 @@ use crate::level::rms;
 /// Steps (calls to [`CleanMic::begin_step`]) a microphone frame may wait
 /// for its reference: 40 ms at one step a frame.
 pub const REFERENCE_WAIT_STEPS: u32 = 2;
-/// Reference owed beyond this (200 ms, stereo) is forgotten, and the
-/// canceller starts again.
-const MAX_OWED: usize = 2 * 10 * FRAME_SAMPLES;
+/// The most reference (stereo samples) owed or lent before the pairing
+/// starts again: 200 ms.
+pub const MAX_OFFSET: i64 = 2 * 10 * FRAME_SAMPLES as i64;
 /// A reference louder than this (RMS) counts as the speakers playing, for
-/// [`CleanStats`]'s echo figure.
+/// [`CleanStats`]'s figure.
 const PLAYING_RMS: f32 = 0.01;
 
 /// What the cleaning did, this call so far.
@@ -34,11 +39,11 @@ const PLAYING_RMS: f32 = 0.01;
 pub struct CleanStats {
     /// Frames cleaned.
     pub cleaned: u64,
-    /// Frames that went with silence for a reference that was late.
+    /// Frames that went (in part) with silence for a reference that was late.
     pub late_reference: u64,
-    /// Times the pairing started again (a ring overflowed, or the cleaning
-    /// was switched on).
-    pub restarts: u64,
+    /// Times the pairing started (the first time, after the clocks drifted
+    /// apart, and each time the cleaning is switched on).
+    pub starts: u64,
     /// Energy in and out over the frames taken while the speakers played:
     /// how much of what the microphone heard then was taken out.
     pub energy_in: f64,
@@ -60,9 +65,10 @@ pub struct CleanMic {
     cleaner: Option<MicCleaner>,
     on: bool,
     synced: bool,
-    /// Reference samples still to skip (they went as silence, or their
-    /// microphone audio was skipped).
-    owed: usize,
+    /// Positive: reference samples to skip before the next pairing (their
+    /// microphone audio is gone, or they went as silence). Negative: that
+    /// many reference samples are missing, and silence stands in for them.
+    offset: i64,
     waited: u32,
     mic_dropped: u64,
     played_dropped: u64,
@@ -78,7 +84,7 @@ impl CleanMic {
             cleaner: if on { Some(MicCleaner::new()?) } else { None },
             on,
             synced: false,
-            owed: 0,
+            offset: 0,
             waited: 0,
             mic_dropped: 0,
             played_dropped: 0,
@@ -105,47 +111,52 @@ impl CleanMic {
         Ok(())
     }
 
-    /// Once per step, before frames are taken: starts the pairing when it
-    /// is not running (or was lost), and pays what reference is owed.
+    /// Once per step, before frames are taken: counts what the rings
+    /// dropped, starts the pairing when it is not running (or was lost),
+    /// and skips what reference is owed.
     pub fn begin_step(&mut self, mic: &Ring, played: &Ring) {
         if !self.on {
             // Nothing pairs with it: keep it from filling.
             played.keep_newest(0);
             return;
         }
-        let overflowed = mic.dropped() != self.mic_dropped || played.dropped() != self.played_dropped;
-        if !self.synced || overflowed {
-            mic.keep_newest(0);
-            played.keep_newest(0);
-            self.mic_dropped = mic.dropped();
-            self.played_dropped = played.dropped();
-            self.owed = 0;
-            self.waited = 0;
-            if let Some(c) = &mut self.cleaner {
-                c.reset();
-            }
-            self.synced = true;
-            self.stats.restarts += 1;
-            return;
+        let (mic_dropped, played_dropped) = (mic.dropped(), played.dropped());
+        self.offset += 2 * (mic_dropped - self.mic_dropped) as i64 - (played_dropped - self.played_dropped) as i64;
+        (self.mic_dropped, self.played_dropped) = (mic_dropped, played_dropped);
+        if !self.synced || self.offset.abs() > MAX_OFFSET {
+            self.start(mic, played);
         }
         self.pay(played);
+    }
+
+    /// From now: the played ring cut to the microphone's backlog, so the
+    /// oldest of each were heard and played about together.
+    fn start(&mut self, mic: &Ring, played: &Ring) {
+        let backlog = 2 * mic.len();
+        played.keep_newest(backlog);
+        self.offset = played.len() as i64 - backlog as i64;
+        if let Some(c) = &mut self.cleaner {
+            c.reset();
+        }
+        self.synced = true;
+        self.stats.starts += 1;
     }
 
     /// The caller skipped `samples` of microphone audio: the reference for
     /// them goes too.
     pub fn skipped(&mut self, samples: usize, played: &Ring) {
         if self.on && samples > 0 {
-            self.owed += 2 * samples;
+            self.offset += 2 * samples as i64;
             self.pay(played);
         }
     }
 
     fn pay(&mut self, played: &Ring) {
-        let n = self.owed.min(played.len());
+        let n = (self.offset.max(0) as usize).min(played.len());
         if n > 0 {
             self.scratch.resize(n, 0.0);
             played.pop_into(&mut self.scratch);
-            self.owed -= n;
+            self.offset -= n as i64;
         }
     }
 
@@ -159,28 +170,25 @@ impl CleanMic {
             return mic.take_exact(frame);
         };
         let want = self.reference.len();
-        if played.len() < want && self.waited < REFERENCE_WAIT_STEPS {
+        // Reference lent (negative offset) is silence at the front.
+        let lent = (-self.offset).clamp(0, want as i64) as usize;
+        if played.len() < want - lent && self.waited < REFERENCE_WAIT_STEPS {
             self.waited += 1;
             return false;
         }
         if !mic.take_exact(frame) {
             return false;
         }
-        let got = played.pop_into(&mut self.reference);
-        if got < want {
+        self.reference[..lent].fill(0.0);
+        self.offset += lent as i64;
+        let got = played.pop_into(&mut self.reference[lent..]);
+        if lent + got < want {
             // Late past the wait: the frames after this one don't wait
             // until the reference is back (with no speakers reporting at
             // all, the microphone must not stall).
-            self.reference[got..].fill(0.0);
-            self.owed += want - got;
+            self.reference[lent + got..].fill(0.0);
+            self.offset += (want - lent - got) as i64;
             self.stats.late_reference += 1;
-            if self.owed > MAX_OWED {
-                // That much missing is no longer a late reference but a
-                // missing one: start counting afresh.
-                self.owed = 0;
-                self.stats.restarts += 1;
-                cleaner.reset();
-            }
         } else {
             self.waited = 0;
         }
@@ -282,7 +290,7 @@ mod tests {
             let reduction = stats.reduction_db().expect("the speakers played");
             let last = rms(&sent[sent.len() - 2 * 48_000..]);
             assert!(stats.cleaned > 250, "periods {out_period}/{in_period}: {} frames cleaned of 300", stats.cleaned);
-            assert_eq!(stats.restarts, 1, "periods {out_period}/{in_period}: the pairing held");
+            assert_eq!(stats.starts, 1, "periods {out_period}/{in_period}: the pairing held");
             assert!(last < crate::level::SPEAKING_RMS, "periods {out_period}/{in_period}: the last 2 s sent {last} RMS, {reduction:.1} dB taken out over the run, {} late references", stats.late_reference);
         }
     }
@@ -295,23 +303,71 @@ mod tests {
         assert!(echo > 4.0 * crate::level::SPEAKING_RMS, "the echo is there when cleaning is off: {echo}");
     }
 
+    /// `n` stereo frames of `value` for the played ring.
+    fn played_frames(n: usize, value: f32) -> Vec<f32> {
+        vec![value; 2 * n * FRAME_SAMPLES]
+    }
+
+    /// The oldest sample in `ring`, left in place.
+    fn front(ring: &Ring) -> f32 {
+        let mut all = vec![0.0; ring.len()];
+        ring.pop_into(&mut all);
+        ring.push(&all);
+        all.first().copied().unwrap_or(f32::NAN)
+    }
+
     #[test]
-    fn an_overflowed_ring_starts_the_pairing_again() {
+    fn dropped_audio_keeps_the_pairing_and_drift_starts_it_again() {
         let card = Card::new(0);
         let mut mic = CleanMic::new(true).expect("libspeexdsp");
+        // Three frames recorded and five played before the first step: the
+        // played ring is cut to the newest three; no microphone audio goes.
+        card.mic.push(&vec![0.0; 3 * FRAME_SAMPLES]);
+        card.played.push(&played_frames(2, 0.1));
+        card.played.push(&played_frames(3, 0.2));
         mic.begin_step(&card.mic, &card.played);
-        assert_eq!(mic.stats.restarts, 1, "the first step starts it");
-        card.played.push(&vec![0.1; 2 * 11 * FRAME_SAMPLES]); // more than the ring holds
+        assert_eq!(mic.stats.starts, 1, "the first step starts it");
+        assert_eq!((card.mic.len(), card.played.len()), (3 * FRAME_SAMPLES, 6 * FRAME_SAMPLES), "the microphone kept, the played ring cut to match");
+        assert_eq!(front(&card.played), 0.2);
+
+        // The microphone's ring overflows by a frame: that frame's reference goes.
+        card.mic.push(&vec![0.0; 8 * FRAME_SAMPLES]);
+        assert_eq!(card.mic.dropped(), FRAME_SAMPLES as u64);
+        card.played.push(&played_frames(1, 0.3));
         mic.begin_step(&card.mic, &card.played);
-        assert_eq!(mic.stats.restarts, 2, "an overflow starts it again");
-        assert!(card.played.is_empty(), "from now");
+        assert_eq!(mic.stats.starts, 1, "no new start");
+        assert_eq!(card.played.len(), 6 * FRAME_SAMPLES, "one frame of reference skipped with it");
+
+        // The played ring overflows by a frame: one microphone frame goes
+        // with silence, and the pairing is square again after it.
+        card.played.push(&played_frames(8, 0.4));
+        assert_eq!(card.played.dropped(), 2 * FRAME_SAMPLES as u64);
+        mic.begin_step(&card.mic, &card.played);
+        assert_eq!(mic.offset, -2 * FRAME_SAMPLES as i64, "one frame of reference missing");
+        let mut frame = vec![0.0; FRAME_SAMPLES];
+        let before = card.played.len();
+        assert!(mic.next_frame(&card.mic, &card.played, &mut frame));
+        assert_eq!((mic.offset, card.played.len()), (0, before), "paired with silence, no reference taken");
+        assert_eq!(mic.stats.starts, 1, "still the first start");
+
+        // Drift: the microphone keeps coming, the speakers stop reporting.
+        for _ in 0..30 {
+            card.mic.push(&vec![0.0; FRAME_SAMPLES]);
+            mic.begin_step(&card.mic, &card.played);
+            while mic.next_frame(&card.mic, &card.played, &mut frame) {}
+        }
+        // Once 200 ms adrift, and again each 200 ms it stays so; not more.
+        assert!((2..=4).contains(&mic.stats.starts), "adrift: {} starts over 30 frames", mic.stats.starts);
+        assert!(mic.offset.abs() <= MAX_OFFSET);
+
         mic.set_on(false).expect("off");
         card.played.push(&[0.1; 8]);
         mic.begin_step(&card.mic, &card.played);
         assert!(card.played.is_empty(), "off, the played ring is kept empty");
+        let before = mic.stats.starts;
         mic.set_on(true).expect("on");
         mic.begin_step(&card.mic, &card.played);
-        assert_eq!(mic.stats.restarts, 3, "switched on, it starts again");
+        assert_eq!(mic.stats.starts, before + 1, "switched on, it starts again");
     }
 
     #[test]
@@ -331,7 +387,7 @@ mod tests {
             assert_eq!(card.mic.len(), backlog, "step {step}: the microphone's backlog");
         }
         assert_eq!(taken, 100, "every frame taken");
-        assert!(mic.owed <= MAX_OWED);
+        assert!(mic.offset.abs() <= MAX_OFFSET + 2 * FRAME_SAMPLES as i64, "{}", mic.offset);
     }
 
     #[test]
