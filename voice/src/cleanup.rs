@@ -8,7 +8,8 @@
 //! speaker to the microphone), then suppresses what is left of the echo
 //! and the room's steady noise (a fan, a hum). It is libspeexdsp's MDF
 //! echo canceller and its preprocessor, the pair Mumble uses, from the
-//! system library (libspeexdsp-dev, `tools/setup.sh`).
+//! system library (libspeexdsp-dev, `tools/setup.sh`; the client links it,
+//! so it is needed to run as well as to build).
 //!
 //! The canceller needs to be told what was played in step with what was
 //! recorded: [`crate::devices`] keeps what the output callback handed the
@@ -28,8 +29,9 @@ use std::ptr::NonNull;
 /// The canceller's step: 10 ms (two per frame).
 pub const STEP_SAMPLES: usize = FRAME_SAMPLES / 2;
 /// How late an echo may come back and still be cancelled: the sound
-/// card's output and input latency, and the room.
-pub const ECHO_TAIL_MS: u32 = 250;
+/// card's output and input latency, and the room. Longer learns slower
+/// (measured: 250 ms took 20 s to do what 200 ms did in 8).
+pub const ECHO_TAIL_MS: u32 = 200;
 /// Noise is taken down by up to this much (dB).
 const NOISE_SUPPRESS_DB: c_int = -30;
 /// What the filter leaves of the echo is taken down by up to this much
@@ -79,15 +81,22 @@ pub enum CleanupError {
     Setting(&'static str),
 }
 
-/// Echo cancellation and noise suppression for one microphone, with stereo
-/// speakers as the echo's source.
+/// Echo cancellation and noise suppression for one microphone. The
+/// speakers' stereo is taken down to mono for the reference: a voice is
+/// panned, not different on each side, so the two channels are one signal
+/// scaled twice, and a two-channel filter can't tell their paths apart
+/// (measured: mono took out 21 dB in 8 s where stereo took 18, for half
+/// the work).
 #[derive(Debug)]
 pub struct MicCleaner {
     echo: NonNull<ffi::SpeexEchoState>,
     pre: NonNull<ffi::SpeexPreprocessState>,
     rec: [i16; STEP_SAMPLES],
-    play: [i16; 2 * STEP_SAMPLES],
+    play: [i16; STEP_SAMPLES],
     out: [i16; STEP_SAMPLES],
+    /// Run the preprocessor after the canceller (off only to measure the
+    /// canceller alone).
+    suppress: bool,
 }
 
 // The states are plain memory owned by this value alone; libspeexdsp keeps
@@ -95,16 +104,27 @@ pub struct MicCleaner {
 unsafe impl Send for MicCleaner {}
 
 impl MicCleaner {
+    /// The canceller, then the suppressor.
     pub fn new() -> Result<MicCleaner, CleanupError> {
+        MicCleaner::make(true)
+    }
+
+    /// The canceller alone: to measure what it takes out by itself (the
+    /// suppressor takes any steady sound down, echo or not).
+    pub fn canceller_only() -> Result<MicCleaner, CleanupError> {
+        MicCleaner::make(false)
+    }
+
+    fn make(suppress: bool) -> Result<MicCleaner, CleanupError> {
         let tail = (SAMPLE_RATE / 1000 * ECHO_TAIL_MS) as c_int;
         // SAFETY: plain constructors; a null return is checked.
-        let echo = NonNull::new(unsafe { ffi::speex_echo_state_init_mc(STEP_SAMPLES as c_int, tail, 1, 2) }).ok_or(CleanupError::Init("echo canceller"))?;
+        let echo = NonNull::new(unsafe { ffi::speex_echo_state_init_mc(STEP_SAMPLES as c_int, tail, 1, 1) }).ok_or(CleanupError::Init("echo canceller"))?;
         let Some(pre) = NonNull::new(unsafe { ffi::speex_preprocess_state_init(STEP_SAMPLES as c_int, SAMPLE_RATE as c_int) }) else {
             // SAFETY: made just above, not yet owned by anything.
             unsafe { ffi::speex_echo_state_destroy(echo.as_ptr()) };
             return Err(CleanupError::Init("preprocessor"));
         };
-        let cleaner = MicCleaner { echo, pre, rec: [0; STEP_SAMPLES], play: [0; 2 * STEP_SAMPLES], out: [0; STEP_SAMPLES] };
+        let cleaner = MicCleaner { echo, pre, rec: [0; STEP_SAMPLES], play: [0; STEP_SAMPLES], out: [0; STEP_SAMPLES], suppress };
         let mut rate = SAMPLE_RATE as c_int;
         // SAFETY: each request takes a pointer to a c_int (or, for the echo
         // state, the state itself), valid for the call.
@@ -133,13 +153,16 @@ impl MicCleaner {
         debug_assert_eq!(played.len(), 2 * FRAME_SAMPLES);
         for (mic, played) in mic.chunks_exact_mut(STEP_SAMPLES).zip(played.chunks_exact(2 * STEP_SAMPLES)) {
             to_i16(mic, &mut self.rec);
-            to_i16(played, &mut self.play);
+            for (p, f) in self.play.iter_mut().zip(played.chunks_exact(2)) {
+                *p = to_sample(0.5 * (f[0] + f[1]));
+            }
             // SAFETY: the buffers are the sizes the states were made for
-            // (STEP_SAMPLES mono, 2 × STEP_SAMPLES stereo), and the states
-            // live as long as self.
+            // (STEP_SAMPLES each), and the states live as long as self.
             unsafe {
                 ffi::speex_echo_cancellation(self.echo.as_ptr(), self.rec.as_ptr(), self.play.as_ptr(), self.out.as_mut_ptr());
-                ffi::speex_preprocess_run(self.pre.as_ptr(), self.out.as_mut_ptr());
+                if self.suppress {
+                    ffi::speex_preprocess_run(self.pre.as_ptr(), self.out.as_mut_ptr());
+                }
             }
             for (m, o) in mic.iter_mut().zip(&self.out) {
                 *m = f32::from(*o) / 32768.0;
@@ -172,27 +195,22 @@ fn check(rc: c_int, what: &'static str) -> Result<(), CleanupError> {
 
 fn to_i16(from: &[f32], to: &mut [i16]) {
     for (t, f) in to.iter_mut().zip(from) {
-        *t = (f.clamp(-1.0, 1.0) * 32767.0) as i16;
+        *t = to_sample(*f);
     }
+}
+
+fn to_sample(f: f32) -> i16 {
+    (f.clamp(-1.0, 1.0) * 32767.0).round() as i16
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::level::rms;
-
-    /// A deterministic noise source (speech-like in that it covers the
-    /// band; a pure tone would be too easy for the filter).
-    struct Noise(u64);
-    impl Noise {
-        fn next(&mut self) -> f32 {
-            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        }
-    }
+    use crate::test_signal::Babble;
 
     /// A room: each speaker reaches the microphone late and quieter, by its
-    /// own path (a delay and two reflections).
+    /// own path (a direct sound and two reflections).
     struct Room {
         history: Vec<[f32; 2]>,
         paths: [[(usize, f32); 3]; 2],
@@ -228,70 +246,95 @@ mod tests {
         20.0 * x.max(1e-9).log10()
     }
 
-    /// Far-end voice on the speakers (panned, as the spatial mix does),
-    /// heard by the microphone through a room, with or without someone
-    /// talking here: returns the microphone's and the cleaned RMS over the
-    /// last second of `seconds`, and the RMS of what was said here.
-    fn run(delay_ms: usize, seconds: usize, near: bool) -> (f32, f32, f32) {
-        let mut cleaner = MicCleaner::new().expect("libspeexdsp");
+    /// What the cleaner was given and what it made, over the last two
+    /// seconds of a run.
+    struct Heard {
+        mic: f32,
+        /// The echo in what the microphone heard.
+        echo: f32,
+        sent: f32,
+        said: f32,
+        /// What was sent, less what was said here: the echo left.
+        left: f32,
+    }
+
+    /// A far-end voice on the speakers (panned, as the spatial mix does)
+    /// heard by the microphone through a room `delay_ms` late; someone here
+    /// talks over it in the last two seconds when `near`. The reference the
+    /// cleaner is given is what was played `skew_ms` later (0: in step).
+    fn run(mut cleaner: MicCleaner, delay_ms: usize, skew_ms: usize, seconds: usize, near: bool) -> Heard {
         let mut room = Room::new(delay_ms);
-        let (mut far, mut here) = (Noise(1), Noise(2));
+        let (mut far, mut here) = (Babble::new(1), Babble::new(2));
         let frames = seconds * 50;
-        let (mut raw, mut cleaned, mut said) = (Vec::new(), Vec::new(), Vec::new());
+        let mut played_log: Vec<f32> = Vec::new();
+        let (mut mic_all, mut sent_all, mut said_all, mut echo_all) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for f in 0..frames {
-            let played: Vec<f32> = (0..FRAME_SAMPLES)
-                .flat_map(|_| {
-                    let s = 0.3 * far.next();
-                    [0.8 * s, 0.5 * s]
-                })
-                .collect();
-            // Someone here starts talking over the echo in the last two
-            // seconds, in syllables (a steady tone would be taken for noise).
-            let talking = near && f + 100 >= frames && f % 15 < 10;
-            let pitch = 180.0 + 40.0 * (f % 7) as f32;
-            let near_voice: Vec<f32> = (0..FRAME_SAMPLES)
-                .map(|i| {
-                    let t = (f * FRAME_SAMPLES + i) as f32 / 48_000.0;
-                    if talking { 0.1 * (std::f32::consts::TAU * pitch * t).sin() + 0.05 * (std::f32::consts::TAU * 2.3 * pitch * t).sin() + 0.01 * here.next() } else { 0.0 }
-                })
-                .collect();
-            let mut mic: Vec<f32> = room.echo(&played).iter().zip(&near_voice).map(|(e, n)| e + n).collect();
+            let played: Vec<f32> = far.take(FRAME_SAMPLES).iter().flat_map(|s| [0.8 * s, 0.5 * s]).collect();
+            played_log.extend_from_slice(&played);
+            let talking = near && f + 100 >= frames;
+            let said = if talking { here.take(FRAME_SAMPLES).iter().map(|s| 0.5 * s).collect() } else { vec![0.0; FRAME_SAMPLES] };
+            let echo = room.echo(&played);
+            let mut mic: Vec<f32> = echo.iter().zip(&said).map(|(e, n)| e + n).collect();
+            let skew = 2 * 48 * skew_ms;
+            let start = (f * 2 * FRAME_SAMPLES).checked_sub(skew);
+            let reference: Vec<f32> = match start {
+                Some(s) => played_log[s..s + 2 * FRAME_SAMPLES].to_vec(),
+                None => vec![0.0; 2 * FRAME_SAMPLES],
+            };
             let before = mic.clone();
-            cleaner.clean(&mut mic, &played);
-            if f >= frames - 50 {
-                raw.extend(before);
-                cleaned.extend(mic);
-                said.extend(near_voice);
+            cleaner.clean(&mut mic, &reference);
+            if f + 100 >= frames {
+                mic_all.extend(before);
+                sent_all.extend(mic);
+                said_all.extend(said);
+                echo_all.extend(echo);
             }
         }
-        (rms(&raw), rms(&cleaned), rms(&said))
+        let left: Vec<f32> = sent_all.iter().zip(&said_all).map(|(s, n)| s - n).collect();
+        Heard { mic: rms(&mic_all), echo: rms(&echo_all), sent: rms(&sent_all), said: rms(&said_all), left: rms(&left) }
     }
 
     #[test]
-    fn the_speakers_echo_is_taken_out_of_the_microphone() {
-        for delay_ms in [20, 120] {
-            let (raw, cleaned, _) = run(delay_ms, 6, false);
-            let erle = db(raw) - db(cleaned);
-            assert!(erle > 25.0, "echo {delay_ms} ms late: {:.1} dBFS in, {:.1} dBFS out, {erle:.1} dB taken out", db(raw), db(cleaned));
+    fn the_canceller_alone_takes_the_speakers_echo_out() {
+        for delay_ms in [20, 80, 150] {
+            let h = run(MicCleaner::canceller_only().expect("libspeexdsp"), delay_ms, 0, 8, false);
+            let taken = db(h.mic) - db(h.sent);
+            assert!(taken > 15.0, "echo {delay_ms} ms late: {:.1} dBFS in, {:.1} dBFS out, {taken:.1} dB taken out", db(h.mic), db(h.sent));
         }
+        // The control: the same, with the reference 300 ms late (past the
+        // filter's tail): nothing to learn from, nothing taken out.
+        let h = run(MicCleaner::canceller_only().expect("libspeexdsp"), 20, 300, 8, false);
+        assert!(db(h.mic) - db(h.sent) < 6.0, "a reference that does not match takes nothing out: {:.1} → {:.1} dBFS", db(h.mic), db(h.sent));
     }
 
     #[test]
-    fn someone_talking_here_still_comes_through_over_the_echo() {
-        let (raw, cleaned, said) = run(60, 6, true);
-        // What is left is mostly the voice: within 6 dB of what was said
-        // (the suppressor takes some of it while the echo is loud).
-        assert!((db(cleaned) - db(said)).abs() < 6.0, "said {:.1} dBFS, sent {:.1} dBFS (microphone {:.1} dBFS)", db(said), db(cleaned), db(raw));
+    fn with_suppression_the_echo_is_gone_and_a_voice_here_is_kept() {
+        let h = run(MicCleaner::new().expect("libspeexdsp"), 60, 0, 8, false);
+        assert!(db(h.mic) - db(h.sent) > 25.0, "echo alone: {:.1} dBFS in, {:.1} dBFS out", db(h.mic), db(h.sent));
+        assert!(h.sent < crate::level::SPEAKING_RMS, "under the speech gate: {}", h.sent);
+        let h = run(MicCleaner::new().expect("libspeexdsp"), 60, 0, 8, true);
+        // Someone here talks over the echo: what goes out is their voice,
+        // at its level within a few dB.
+        assert!((db(h.sent) - db(h.said)).abs() < 4.0, "said {:.1} dBFS, sent {:.1} dBFS (microphone {:.1} dBFS)", db(h.said), db(h.sent), db(h.mic));
+        // And the canceller keeps cancelling while they talk (it does not
+        // take their voice for a changed room): alone, it is linear, so what
+        // it sent less what was said is the echo it left.
+        let h = run(MicCleaner::canceller_only().expect("libspeexdsp"), 60, 0, 8, true);
+        assert!(db(h.echo) - db(h.left) > 6.0, "while someone talks: echo {:.1} dBFS heard, {:.1} dBFS left (the voice {:.1} dBFS)", db(h.echo), db(h.left), db(h.said));
     }
 
     #[test]
     fn steady_noise_alone_is_suppressed() {
         let mut cleaner = MicCleaner::new().expect("libspeexdsp");
-        let mut hum = Noise(7);
+        let mut seed = 7u64;
+        let mut hiss = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            0.01 * (((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+        };
         let silence = vec![0.0; 2 * FRAME_SAMPLES];
         let (mut raw, mut cleaned) = (Vec::new(), Vec::new());
         for f in 0..250 {
-            let mut mic: Vec<f32> = (0..FRAME_SAMPLES).map(|_| 0.01 * hum.next()).collect();
+            let mut mic: Vec<f32> = (0..FRAME_SAMPLES).map(|_| hiss()).collect();
             let before = mic.clone();
             cleaner.clean(&mut mic, &silence);
             if f >= 200 {

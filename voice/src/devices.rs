@@ -326,8 +326,11 @@ where
 struct OutputFeed {
     ring: Ring,
     played: Ring,
-    /// Silence to report as played when the ring ran dry.
+    /// Silence to report as played when the ring ran dry, and what the
+    /// last report left over in 48 kHz frames × the device's rate (so that
+    /// rounding never adds up to drift).
     zeros: Vec<f32>,
+    silence_left: u64,
     resampler: Resampler,
     device_hz: u32,
     channels: usize,
@@ -344,6 +347,7 @@ impl OutputFeed {
             ring,
             played,
             zeros: Vec::new(),
+            silence_left: 0,
             resampler: Resampler::new(SAMPLE_RATE, device_hz, 2),
             device_hz,
             channels: channels.max(1),
@@ -380,7 +384,10 @@ impl OutputFeed {
         // ring in step with the microphone.
         let silent_frames = (data.len() - n) / self.channels;
         if silent_frames > 0 {
-            let samples = 2 * (silent_frames as u64 * u64::from(SAMPLE_RATE) / u64::from(self.device_hz.max(1))) as usize;
+            let hz = u64::from(self.device_hz.max(1));
+            let scaled = self.silence_left + silent_frames as u64 * u64::from(SAMPLE_RATE);
+            self.silence_left = scaled % hz;
+            let samples = 2 * (scaled / hz) as usize;
             if self.zeros.len() < samples {
                 self.zeros.resize(samples, 0.0);
             }
@@ -480,6 +487,16 @@ mod tests {
             assert!((reported.len() as i64 - 2 * 4800).abs() <= 4, "{device_hz} Hz: {} samples reported for 100 ms", reported.len());
             assert!(reported[..2 * 480].iter().all(|s| *s == 0.5) && reported[2 * 480 + 4..].iter().all(|s| *s == 0.0), "{device_hz} Hz: sound, then silence");
         }
+        // Ten seconds of silent 512-frame periods at 44.1 kHz: ten seconds
+        // reported, not a sample lost to rounding.
+        let (ring, played) = (Ring::new(1 << 20), Ring::new(1 << 22));
+        let mut feed = OutputFeed::new(ring, played.clone(), 44_100, 2);
+        let mut data = vec![0.0; 512 * 2];
+        let periods = 441_000 / 512;
+        for _ in 0..periods {
+            feed.fill(&mut data);
+        }
+        assert_eq!(played.len(), 2 * (periods * 512 * 48_000 / 44_100), "every period's silence counted");
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //!   played, and cleaned;
 //! - [`level`] — how loud a frame is, for the speaking indicators;
 //! - [`resample`] — between a device's rate and channels and 48 kHz mono;
-//! - [`devices`] — the microphone and speakers (cpal), or none.
+//! - [`devices`] — the microphone and speakers (cpal), or none;
+//! - [`test_signal`] — speech-like sound for tests and benchmarks.
 
 pub mod cleanup;
 pub mod codec;
@@ -28,6 +29,7 @@ pub mod mic;
 pub mod mix;
 pub mod resample;
 pub mod spatial;
+pub mod test_signal;
 
 /// Opus runs at 48 kHz; so does everything inside this crate.
 pub const SAMPLE_RATE: u32 = 48_000;

@@ -365,8 +365,12 @@ impl Call {
         let MicControl { muted, cleanup } = *self.mic.borrow();
         if let Some(mic) = &self.audio.mic {
             let played = &self.audio.played;
-            if let Err(e) = media.clean.set_on(cleanup) {
-                tracing::warn!(error = %e, "the microphone can't be cleaned of echo and noise");
+            // A failure is said once a call, not every step.
+            if cleanup != media.cleanup_asked {
+                media.cleanup_asked = cleanup;
+                if let Err(e) = media.clean.set_on(cleanup) {
+                    tracing::warn!(error = %e, "the microphone can't be cleaned of echo and noise");
+                }
             }
             media.clean.begin_step(mic, played);
             // A microphone gives a frame every 20 ms on average, in blocks of
@@ -380,7 +384,10 @@ impl Call {
             media.mic_skipped += skipped as u64;
             while media.mic_credit > 0 && media.clean.next_frame(mic, played, &mut media.mic_frame) {
                 media.mic_credit -= 1;
-                media.self_speaking = media.mic_activity.update(if muted { 0.0 } else { rms(&media.mic_frame) });
+                // The speakers' echo, however much of it is left, is no one
+                // talking here.
+                let level = if muted || media.clean.echo_only() { 0.0 } else { rms(&media.mic_frame) };
+                media.self_speaking = media.mic_activity.update(level);
                 media.mic_timestamp = media.mic_timestamp.wrapping_add(FRAME_SAMPLES as u32);
                 // Quiet (past the hold after the last word) or muted: nothing
                 // goes out. That saves the uplink, and the SFU gives the slots
@@ -461,8 +468,10 @@ struct Media {
     mic_frame: Vec<f32>,
     mic_timestamp: u32,
     mic_activity: Activity,
-    /// The microphone paired with the speakers and cleaned.
+    /// The microphone paired with the speakers and cleaned, and whether
+    /// cleaning was last asked for.
     clean: CleanMic,
+    cleanup_asked: bool,
     self_speaking: bool,
     out_frame: Vec<f32>,
     unknown_ssrc: u64,
@@ -492,6 +501,7 @@ impl Media {
             mic_timestamp: rand_timestamp(),
             mic_activity: Activity::default(),
             clean,
+            cleanup_asked: cleanup,
             self_speaking: false,
             out_frame: vec![0.0; STEREO_FRAME],
             unknown_ssrc: 0,
