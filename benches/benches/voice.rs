@@ -60,8 +60,8 @@ fn voice_frame(c: &mut Criterion) {
         })
     });
 
-    // The microphone cleaned: echo cancelled against stereo speakers (a
-    // 250 ms tail) and noise suppressed, one 20 ms frame.
+    // The microphone cleaned: echo cancelled (the speakers taken down to
+    // mono, a 200 ms tail) and noise suppressed, one 20 ms frame.
     let mut cleaner = MicCleaner::new().expect("libspeexdsp");
     let played: Vec<Vec<f32>> = (0..50).map(|f| speech_like(f, 150.0).iter().flat_map(|s| [0.7 * s, 0.4 * s]).collect()).collect();
     let mut mic = vec![0.0; FRAME_SAMPLES];

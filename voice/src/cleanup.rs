@@ -30,7 +30,9 @@ use std::ptr::NonNull;
 pub const STEP_SAMPLES: usize = FRAME_SAMPLES / 2;
 /// How late an echo may come back and still be cancelled: the sound
 /// card's output and input latency, and the room. Longer learns slower
-/// (measured: 250 ms took 20 s to do what 200 ms did in 8).
+/// (measured here, 8 s of speech-like sound: a 100 ms tail took out 31 dB
+/// of an echo 20 ms late, but nothing of one 120 ms late; 200 ms took out
+/// 20–22 dB of echoes 20–150 ms late).
 pub const ECHO_TAIL_MS: u32 = 200;
 /// Noise is taken down by up to this much (dB).
 const NOISE_SUPPRESS_DB: c_int = -30;
