@@ -13,7 +13,7 @@ use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The microphone ring holds at most this (200 ms); older samples go.
 const MIC_RING: usize = 10 * FRAME_SAMPLES;
@@ -38,22 +38,49 @@ pub enum DeviceError {
 /// task. Full, it drops the oldest (audio late is audio lost anyway).
 #[derive(Debug, Clone)]
 pub struct Ring {
-    samples: Arc<Mutex<VecDeque<f32>>>,
+    samples: Arc<Mutex<Queue>>,
     capacity: usize,
     dropped: Arc<AtomicU64>,
 }
 
+#[derive(Debug)]
+struct Queue {
+    samples: VecDeque<f32>,
+    /// When the last samples came: how far a stream that arrives in whole
+    /// device periods has really got between them.
+    last_push: Option<Instant>,
+}
+
+impl std::ops::Deref for Queue {
+    type Target = VecDeque<f32>;
+    fn deref(&self) -> &VecDeque<f32> {
+        &self.samples
+    }
+}
+
+impl std::ops::DerefMut for Queue {
+    fn deref_mut(&mut self) -> &mut VecDeque<f32> {
+        &mut self.samples
+    }
+}
+
 impl Ring {
     pub fn new(capacity: usize) -> Ring {
-        Ring { samples: Arc::new(Mutex::new(VecDeque::with_capacity(capacity))), capacity, dropped: Arc::new(AtomicU64::new(0)) }
+        Ring { samples: Arc::new(Mutex::new(Queue { samples: VecDeque::with_capacity(capacity), last_push: None })), capacity, dropped: Arc::new(AtomicU64::new(0)) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<f32>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.samples.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn push(&self, samples: &[f32]) {
+        self.push_at(samples, Instant::now());
+    }
+
+    /// [`Ring::push`], the samples having come at `at` (a simulated clock).
+    pub fn push_at(&self, samples: &[f32], at: Instant) {
         let mut q = self.lock();
+        q.last_push = Some(at);
         q.extend(samples);
         let over = q.len().saturating_sub(self.capacity);
         if over > 0 {
@@ -96,6 +123,12 @@ impl Ring {
 
     pub fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// How many samples wait, and when the last came.
+    pub fn len_and_last_push(&self) -> (usize, Option<Instant>) {
+        let q = self.lock();
+        (q.len(), q.last_push)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -555,7 +555,7 @@ impl Media {
         if self.clean.is_on() && c.cleaned > 0 {
             tracing::info!(
                 target: "plaza::voice::qos",
-                frames = c.cleaned, late_reference = c.late_reference, starts = c.starts, drifted = c.drifted,
+                frames = c.cleaned, late_reference = c.late_reference, starts = c.starts, drifted = c.drifted, drift_ppm = format!("{:.0}", c.drift_ppm),
                 reduction_db = c.reduction_db().map(|d| format!("{d:.1}")),
                 "microphone cleaned (reduction: how much quieter it was made while the speakers played)"
             );
