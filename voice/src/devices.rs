@@ -125,6 +125,14 @@ impl Ring {
         self.lock().len()
     }
 
+    /// Moves every waiting sample onto `out`; returns when the last came,
+    /// read under the same lock (so the count and the time agree).
+    pub fn drain_into(&self, out: &mut Vec<f32>) -> Option<Instant> {
+        let mut q = self.lock();
+        out.extend(q.samples.drain(..));
+        q.last_push
+    }
+
     /// How many samples wait, and when the last came.
     pub fn len_and_last_push(&self) -> (usize, Option<Instant>) {
         let q = self.lock();

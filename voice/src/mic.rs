@@ -195,20 +195,19 @@ impl CleanMic {
     /// Moves what the speakers played since the last call through the
     /// drift resampler into the aligned ring; returns that ring.
     fn pull(&mut self, played: &Ring) -> Ring {
-        let dropped = played.dropped();
-        if let (_, Some(at)) = played.len_and_last_push() {
+        self.scratch.clear();
+        // The count and the time of the last period, together.
+        if let Some(at) = played.drain_into(&mut self.scratch) {
             self.played_at = Some(at);
         }
         // Played audio lost before it was pulled (this thread stalled past
         // the ring): as much microphone goes with silence.
+        let dropped = played.dropped();
         self.offset -= (dropped - self.played_dropped) as i64;
         self.played_dropped = dropped;
-        let n = played.len();
-        if n > 0 {
-            self.scratch.resize(n, 0.0);
-            let got = played.pop_into(&mut self.scratch);
+        if !self.scratch.is_empty() {
             self.pulled.clear();
-            self.resampler.process(&self.scratch[..got], &mut self.pulled);
+            self.resampler.process(&self.scratch, &mut self.pulled);
             self.aligned.push(&self.pulled);
         }
         self.aligned.clone()
@@ -232,12 +231,14 @@ impl CleanMic {
                 Some(d) => d.as_secs_f64(),
                 None => -p.duration_since(m).as_secs_f64(),
             };
-            // A stream that stopped for a while says nothing about drift.
+            // A stream that stopped for a while says nothing about drift,
+            // and the fit under way would read its jump as one.
             if gap_s.abs() > MAX_PERIOD_GAP_S {
+                self.drift.restart();
                 return self.watch_lead(lead, mic, played);
             }
             let smooth_lead = lead as f64 / 2.0 + gap_s * f64::from(crate::SAMPLE_RATE);
-            if let Some(correction) = self.drift.step(smooth_lead) {
+            if let Some(correction) = self.drift.step(m, smooth_lead) {
                 self.resampler.correct(correction);
                 self.stats.drift_ppm = self.resampler.ppm();
             }
@@ -364,7 +365,8 @@ impl CleanMic {
 struct DriftResampler {
     /// Played frames per microphone frame.
     step: f64,
-    /// Where the next output frame falls, in input frames after `history[2]`.
+    /// Where the next output frame falls, in input frames after
+    /// `history[4]` (the last frame of the previous batch).
     pos: f64,
     /// The last five input frames, oldest first.
     history: [[f32; 2]; 5],
@@ -379,8 +381,9 @@ impl Default for DriftResampler {
 /// Periods further apart than this (in the two streams' last arrivals)
 /// mean a stream stalled: no drift is read from that step.
 const MAX_PERIOD_GAP_S: f64 = 0.1;
-/// The furthest the resampler goes from 1: past this the clocks are not
-/// two cards drifting but something broken, and the pairing starts over.
+/// The furthest the resampler goes from 1, and the most a fit may read:
+/// beyond it the streams jumped (a stall, a device opened again), and
+/// what is not followed is caught by [`MAX_DRIFT`].
 const MAX_DRIFT_PPM: f64 = 1_000.0;
 
 impl DriftResampler {
@@ -451,6 +454,10 @@ struct DriftEstimate {
     sum_l: f64,
     sum_tt: f64,
     sum_tl: f64,
+    /// The fit's first step's time (the microphone's last period then),
+    /// and the last step's lead.
+    start: Option<std::time::Instant>,
+    last: Option<f64>,
 }
 
 /// Steps in one fit: 10 s.
@@ -458,15 +465,26 @@ const DRIFT_FIT_STEPS: f64 = 500.0;
 /// Slopes under this (parts per million) are left alone: one card's two
 /// streams read a few ppm either way, from the callbacks' timing.
 const DRIFT_DEADBAND_PPM: f64 = 10.0;
+/// A lead that moves by more than this (frames, 1 ms) in one step jumped:
+/// drift moves it by a fraction of a frame a step.
+const MAX_LEAD_STEP: f64 = 48.0;
 
 impl DriftEstimate {
     fn restart(&mut self) {
         *self = DriftEstimate::default();
     }
 
-    /// One step's lead (frames); a correction to the ratio after each fit.
-    fn step(&mut self, lead: f64) -> Option<f64> {
-        let t = self.n;
+    /// One step's lead (frames) at `at` (when the microphone's last period
+    /// came); a correction to the ratio after each fit.
+    fn step(&mut self, at: std::time::Instant, lead: f64) -> Option<f64> {
+        if self.last.is_some_and(|last| (lead - last).abs() > MAX_LEAD_STEP) {
+            // A jump, not drift: start the fit again from here.
+            self.restart();
+        }
+        self.last = Some(lead);
+        // Time, not steps: the call's steps are 20 ms apart only on average.
+        let start = *self.start.get_or_insert(at);
+        let t = at.saturating_duration_since(start).as_secs_f64();
         self.n += 1.0;
         self.sum_t += t;
         self.sum_l += lead;
@@ -476,13 +494,17 @@ impl DriftEstimate {
             return None;
         }
         let n = self.n;
-        let slope = (n * self.sum_tl - self.sum_t * self.sum_l) / (n * self.sum_tt - self.sum_t * self.sum_t);
-        (self.n, self.sum_t, self.sum_l, self.sum_tt, self.sum_tl) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        // Frames of lead gained per frame of microphone: what the ratio is
-        // still off by. Where the lead has got to meanwhile is left alone:
-        // a lead that holds is a delay that holds, which the canceller
-        // learns; one past 20 ms starts the pairing over.
-        let correction = slope / FRAME_SAMPLES as f64;
+        let spread = n * self.sum_tt - self.sum_t * self.sum_t;
+        let slope = (n * self.sum_tl - self.sum_t * self.sum_l) / spread;
+        self.restart();
+        if !(spread > 0.0 && slope.is_finite()) {
+            return None;
+        }
+        // Frames of lead gained per second, over the frames a second: what
+        // the ratio is still off by. Where the lead has got to meanwhile is
+        // left alone: a lead that holds is a delay that holds, which the
+        // canceller learns; one past 20 ms starts the pairing over.
+        let correction = slope / f64::from(crate::SAMPLE_RATE);
         // Beyond what two cards drift by, the streams jumped (a stall, a
         // device opened again): not a rate to follow.
         if correction.abs() * 1e6 > MAX_DRIFT_PPM {
@@ -626,6 +648,7 @@ mod tests {
             let (taken, stats) = taken_out_at_the_end(out_period, in_period, 500, 1.0, 100);
             assert!(stats.cleaned > 490, "periods {out_period}/{in_period}: {} frames cleaned of 500", stats.cleaned);
             assert_eq!(stats.starts, 1, "periods {out_period}/{in_period}: the pairing held");
+            assert_eq!(stats.drift_ppm, 0.0, "periods {out_period}/{in_period}: one clock, nothing resampled");
             assert!(taken > 15.0, "periods {out_period}/{in_period}: {taken:.1} dB taken out over the last 2 s, {} late references", stats.late_reference);
         }
         // The control: pairing broken on purpose (a microphone 60 ms ahead
@@ -670,6 +693,36 @@ mod tests {
         assert!(taken > 20.0, "one clock: {taken:.1} dB");
     }
 
+    /// A played stream that jumps (a device opened again: 3 ms more of it at
+    /// once, later 30) is not read as drift; a lead moved past 20 ms starts
+    /// the pairing over.
+    #[test]
+    fn a_jump_in_the_played_stream_is_not_drift() {
+        let mut card = Card::new(48 * 30);
+        let (mut babble, mut frame) = (Babble::new(5), vec![0.0; FRAME_SAMPLES]);
+        let mut mic = canceller_only();
+        for step in 0..1500 {
+            card.speakers.push(&far_voice(&mut babble));
+            card.play(FRAME_SAMPLES);
+            // 3 ms more at once (under the 20 ms that starts over), then 30.
+            let extra = match step {
+                300 => 144,
+                900 => 1440,
+                _ => 0,
+            };
+            if extra > 0 {
+                card.speakers.push(&far_voice(&mut babble));
+                card.play(extra);
+                card.played_frames -= extra; // the clock did not move
+            }
+            card.record(FRAME_SAMPLES);
+            mic.begin_step(&card.mic, &card.played);
+            while mic.next_frame(&card.mic, &card.played, &mut frame) {}
+        }
+        assert_eq!(mic.stats.drift_ppm, 0.0, "a jump, not a rate: {:?}", mic.stats);
+        assert_eq!((mic.stats.starts, mic.stats.drifted), (2, 1), "3 ms kept, 30 ms more lead started over once: {:?}", mic.stats);
+    }
+
     #[test]
     fn the_resampler_passes_samples_through_at_one_and_keeps_the_count_off_it() {
         let ramp: Vec<f32> = (0..2000).flat_map(|i| [i as f32, -(i as f32)]).collect();
@@ -693,7 +746,27 @@ mod tests {
         let frames = out.len() / 2;
         assert!((frames as i64 - 99_900).abs() <= 4, "{frames} frames out of 100,000 at +1,000 ppm");
         let worst = out.chunks_exact(2).enumerate().skip(8).map(|(k, f)| (f[0] - tone(k as f64 * 1.001)).abs().max((f[1] - 0.5).abs())).fold(0.0f32, f32::max);
-        assert!(worst < 2e-3, "the tone read at the new times, off by {worst} at most");    }
+        assert!(worst < 2e-3, "the tone read at the new times, off by {worst} at most");
+
+        // Batches of one frame and up, and the switch from passing through
+        // to resampling in mid-stream: the count holds, and a slow tone has
+        // no step in it (a 50 Hz tone moves 0.0065 a frame at most).
+        let slow = |x: f64| (std::f64::consts::TAU * 50.0 * x / 48_000.0).sin() as f32;
+        let input: Vec<f32> = (0..60_000).flat_map(|i| [slow(i as f64), 0.0]).collect();
+        let mut r = DriftResampler::default();
+        let (mut out, mut at, mut sizes) = (Vec::new(), 0, [1, 2, 3, 5, 333].iter().cycle());
+        while at < 60_000 {
+            if at >= 30_000 && r.step == 1.0 {
+                r.correct(-5e-4);
+            }
+            let n = (*sizes.next().expect("cycles")).min(60_000 - at);
+            r.process(&input[2 * at..2 * (at + n)], &mut out);
+            at += n;
+        }
+        let frames = out.len() / 2;
+        assert!((frames as i64 - 60_015).abs() <= 6, "{frames} frames: 30,000 through and 30,000 at −500 ppm");
+        let jump = out.chunks_exact(2).map(|f| f[0]).collect::<Vec<_>>().windows(2).map(|w| (w[1] - w[0]).abs()).fold(0.0f32, f32::max);
+        assert!(jump < 0.0075, "a step of {jump} in a slow tone");    }
 
     #[test]
     fn echo_alone_is_told_from_a_voice_here() {
@@ -790,14 +863,24 @@ mod tests {
         assert_eq!((mic.offset, mic.aligned.len()), (0, before), "paired with silence, no reference taken");
         assert_eq!(mic.stats.starts, 1, "still the first start");
 
-        // Drift: the microphone keeps coming, the speakers stop reporting.
+        // The card's own played ring overflows before a step (this thread
+        // stalled): as much microphone goes with silence.
+        let stalled = Card::new(0);
+        let mut paired = CleanMic::new(true).expect("libspeexdsp");
+        paired.begin_step(&stalled.mic, &stalled.played);
+        stalled.played.push(&played_frames(11, 0.5));
+        assert_eq!(stalled.played.dropped(), 2 * FRAME_SAMPLES as u64);
+        paired.begin_step(&stalled.mic, &stalled.played);
+        assert_eq!((paired.offset, paired.stats.starts), (-2 * FRAME_SAMPLES as i64, 1), "the frame lost before the pull is lent as silence");
+
+        // The speakers stop reporting, the microphone keeps coming: past
+        // 200 ms owed, the pairing starts again, and again while it lasts.
         for _ in 0..30 {
             card.mic.push(&vec![0.0; FRAME_SAMPLES]);
             mic.begin_step(&card.mic, &card.played);
             while mic.next_frame(&card.mic, &card.played, &mut frame) {}
         }
-        // Once 200 ms adrift, and again each 200 ms it stays so; not more.
-        assert!((2..=4).contains(&mic.stats.starts), "adrift: {} starts over 30 frames", mic.stats.starts);
+        assert!((2..=5).contains(&mic.stats.starts), "owed past 200 ms: {} starts over 30 frames", mic.stats.starts);
         assert!(mic.offset.abs() <= MAX_OFFSET);
 
         mic.set_on(false).expect("off");
