@@ -294,14 +294,19 @@ fn voice_settings(ui: &mut egui::Ui, voice: &mut VoiceInfo, people: &VoicePeople
     let slider = ui.add(egui::Slider::new(&mut percent, 0.0..=MAX_VOICE_VOLUME * 100.0).suffix("%").text("voices' volume"));
     voice.volume = percent / 100.0;
     let volume = (slider.drag_stopped() || (slider.changed() && !slider.dragged())).then_some(voice.volume);
-    let heard: Vec<(String, String)> = voice
-        .status
-        .slots
-        .iter()
-        .flatten()
-        .filter_map(|id| people.remote.by_id.get(id).and_then(|e| people.avatars.get(*e).ok()))
-        .filter_map(|(avatar, user)| user.map(|u| (avatar.name.clone(), u.0.clone())))
-        .collect();
+    // Those in your slots, and those you muted (the SFU keeps them out of
+    // your slots, but they must stay here to be unmuted); each user once.
+    let in_slots = voice.status.slots.iter().flatten().filter_map(|id| people.remote.by_id.get(id));
+    let is_muted = |e: &&Entity| people.avatars.get(**e).ok().and_then(|(_, user)| user).is_some_and(|u| voice.muted_users.contains(&u.0));
+    let muted = people.remote.by_id.values().filter(is_muted);
+    let (mut heard, mut seen) = (Vec::new(), std::collections::HashSet::new());
+    for entity in in_slots.chain(muted) {
+        if let Ok((avatar, Some(user))) = people.avatars.get(*entity)
+            && seen.insert(user.0.clone())
+        {
+            heard.push((avatar.name.clone(), user.0.clone()));
+        }
+    }
     if heard.is_empty() {
         ui.small("Nobody in hearing range has a voice on.");
     }

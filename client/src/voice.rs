@@ -168,10 +168,19 @@ fn share_scene(
     let at = me.single().map_or(eye.translation, |t| t.translation + Vec3::Y * MOUTH_HEIGHT);
     let right = eye.right();
     let heard = || info.status.slots.iter().flatten().filter_map(|id| remote.by_id.get(id).and_then(|e| avatars.get(*e).ok()).map(|a| (*id, a)));
+    // Everyone in the room by a muted user, heard now or not: the SFU
+    // keeps them out of the slots.
+    let mut muted: Vec<u32> = remote
+        .by_id
+        .iter()
+        .filter(|(_, e)| avatars.get(**e).is_ok_and(|(_, user)| user.is_some_and(|u| info.muted_users.contains(&u.0))))
+        .map(|(id, _)| *id)
+        .collect();
+    muted.sort_unstable();
     let scene = VoiceScene {
         listener: Listener { position: at.to_array(), right: right.to_array() },
         avatars: heard().map(|(id, (t, _))| (id, (t.translation + Vec3::Y * MOUTH_HEIGHT).to_array())).collect(),
-        muted: heard().filter(|(_, (_, user))| user.is_some_and(|u| info.muted_users.contains(&u.0))).map(|(id, _)| id).collect(),
+        muted,
         volume: info.volume,
     };
     link.0.scene.send_if_modified(|s| {

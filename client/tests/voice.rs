@@ -174,7 +174,10 @@ async fn a_voice_to_the_right_comes_out_of_the_right_speaker_and_nobody_hears_th
     ann.voice.scene.send_replace(VoiceScene { muted: vec![ben_id], ..placed });
     let muted = listen(&mut clock, &ben.mic, &ann.speakers, 250..300).await;
     assert!(muted.0 == 0.0 && muted.1 == 0.0, "Ben muted: {muted:?}");
+    // The SFU was told: Ben's slot is free for someone else.
+    ann.voice_until(Duration::from_secs(5), |s| !s.slots.contains(&Some(ben_id))).await;
     ann.voice.scene.send_replace(VoiceScene::default());
+    ann.voice_until(Duration::from_secs(5), |s| s.slots.contains(&Some(ben_id))).await;
 
     // Ann speaks up, then mutes: Ben hears her, then nothing.
     let mut ben_heard = Vec::new();

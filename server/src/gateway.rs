@@ -738,8 +738,22 @@ impl Session {
                 }
             }
             VoiceSignal::Leave => self.end_voice(link, None).await,
+            VoiceSignal::Mute { avatars } => {
+                let Some((room, seat)) = self.room.clone() else {
+                    return self.invalid(link, ErrorCode::NotInRoom, "mute is for the voices of a room; join one first".into()).await;
+                };
+                if avatars.len() > plaza_shared::voice::MAX_MUTED {
+                    let message = format!("a mute names at most {} avatars; this one named {}", plaza_shared::voice::MAX_MUTED, avatars.len());
+                    return self.invalid(link, ErrorCode::TooLong, message).await;
+                }
+                // Muting before voice is on, or after it ended, does nothing:
+                // the client says it again with each call.
+                if self.voice.is_some() {
+                    room.voice_mute(seat.you, self.conn, avatars).await;
+                }
+            }
             other => {
-                let message = format!("a client sends a voice offer or leave, not {}", other.kind());
+                let message = format!("a client sends a voice offer, mute or leave, not {}", other.kind());
                 return self.invalid(link, ErrorCode::BadMessage, message).await;
             }
         }

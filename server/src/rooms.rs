@@ -228,6 +228,8 @@ pub enum RoomCommand {
     /// The member's socket opened voice (replacing any it had): route it.
     VoiceJoin { avatar: AvatarId, conn: u64, routing: VoiceRouting },
     VoiceLeave { avatar: AvatarId, conn: u64 },
+    /// The avatars this member muted (all of them): not routed to it.
+    VoiceMute { avatar: AvatarId, conn: u64, muted: Vec<AvatarId> },
 }
 
 /// A cheap handle to a room task.
@@ -290,6 +292,10 @@ impl RoomHandle {
     pub async fn voice_leave(&self, avatar: AvatarId, conn: u64) {
         let _ = self.tx.send(RoomCommand::VoiceLeave { avatar, conn }).await;
     }
+
+    pub async fn voice_mute(&self, avatar: AvatarId, conn: u64, muted: Vec<AvatarId>) {
+        let _ = self.tx.send(RoomCommand::VoiceMute { avatar, conn, muted }).await;
+    }
 }
 
 /// Why the room re-chooses who hears whom.
@@ -301,12 +307,16 @@ enum Reroute {
     Joined(AvatarId),
     /// A member left voice (or the room).
     Left,
+    /// A member muted or unmuted someone.
+    Muted,
 }
 
 /// A member in voice: how to route it, and whom each of its slots carries.
 struct VoiceMember {
     routing: VoiceRouting,
     hears: Vec<Option<AvatarId>>,
+    /// Who it muted: never in its slots.
+    muted: Vec<AvatarId>,
     /// Whether it was talking when the room last routed voice.
     talking: bool,
 }
@@ -560,7 +570,7 @@ impl Room {
             RoomCommand::VoiceJoin { avatar, conn, routing } => {
                 if self.members.get(&avatar).is_some_and(|m| m.conn == conn && m.detached_until.is_none()) {
                     let hears = vec![None; routing.mids.len()];
-                    self.voice.insert(avatar, VoiceMember { routing, hears, talking: false });
+                    self.voice.insert(avatar, VoiceMember { routing, hears, muted: Vec::new(), talking: false });
                     tracing::info!(avatar, "voice on");
                     self.route_voice(Reroute::Joined(avatar));
                 }
@@ -569,6 +579,15 @@ impl Room {
                 if self.members.get(&avatar).is_some_and(|m| m.conn == conn) && self.voice.remove(&avatar).is_some() {
                     tracing::info!(avatar, "voice off");
                     self.route_voice(Reroute::Left);
+                }
+            }
+            RoomCommand::VoiceMute { avatar, conn, muted } => {
+                if self.members.get(&avatar).is_some_and(|m| m.conn == conn)
+                    && let Some(v) = self.voice.get_mut(&avatar)
+                    && v.muted != muted
+                {
+                    v.muted = muted;
+                    self.route_voice(Reroute::Muted);
                 }
             }
             RoomCommand::RecentChat { limit, reply } => {
@@ -638,7 +657,7 @@ impl Room {
     fn route_voice(&mut self, why: Reroute) {
         let newcomer = match why {
             Reroute::Joined(avatar) => Some(avatar),
-            Reroute::Periodic | Reroute::Left => None,
+            Reroute::Periodic | Reroute::Left | Reroute::Muted => None,
         };
         let now_ms = crate::voice::clock_ms();
         for v in self.voice.values_mut() {
@@ -653,7 +672,7 @@ impl Room {
         let mut changed = why != Reroute::Periodic;
         for (&listener, v) in self.voice.iter_mut() {
             let Some(m) = self.members.get(&listener) else { continue };
-            let nearest = choose_speakers(m.pose.p, speakers.iter().copied().filter(|(id, ..)| *id != listener), v.hears.len());
+            let nearest = choose_speakers(m.pose.p, speakers.iter().copied().filter(|(id, ..)| *id != listener && !v.muted.contains(id)), v.hears.len());
             let hears = assign_slots(&v.hears, &nearest);
             if hears == v.hears && newcomer != Some(listener) {
                 continue;

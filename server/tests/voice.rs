@@ -306,3 +306,44 @@ async fn someone_talking_farther_off_takes_the_slot_of_a_quiet_neighbour() {
     assert!(from_fay >= 100, "Lia heard {from_fay} of Fay's 150 frames: {lia_heard:?}");
     until_hears(&mut lia, Vec::new(), fay_joined.you).await;
 }
+
+/// Lia mutes Ned, who stands nearest and talks: her one slot goes to Fay,
+/// farther off, and nothing of Ned's is forwarded to her. A mute past the
+/// limit is refused with what is allowed.
+#[tokio::test]
+async fn a_muted_voice_gives_its_slot_to_another_and_is_not_forwarded() {
+    let _turn = STREAMS.lock().await;
+    let server = TestServer::start().await;
+    let (mut lia, _) = server.member("Lia", Subprotocol::Json, "hush").await;
+    let (mut ned, ned_joined) = server.member("Ned", Subprotocol::Json, "hush").await;
+    let (mut fay, fay_joined) = server.member("Fay", Subprotocol::Json, "hush").await;
+    ned.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(1.0, 0.0) })).await;
+    fay.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(10.0, 0.0) })).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut ned_voice, _) = start_voice(&mut ned).await;
+    let (mut fay_voice, _) = start_voice(&mut fay).await;
+    let mut lia_voice = VoiceClient::new(LOOPBACK, false, 1).await.expect("a voice peer");
+    lia.send(&offer(&lia_voice.offer)).await;
+    let VoiceSignal::Answer { sdp } = voice_signal(&mut lia).await else { panic!("expected an answer first") };
+    lia_voice.answer(sdp).await.expect("the answer applies");
+    let VoiceSignal::Speakers { slots } = voice_signal(&mut lia).await else { panic!("expected speakers after the answer") };
+    until_hears(&mut lia, slots, ned_joined.you).await;
+    for peer in [&mut lia_voice, &mut ned_voice, &mut fay_voice] {
+        peer.connected(Duration::from_secs(10)).await.expect("ICE and DTLS on loopback");
+    }
+
+    lia.send(&ClientMessage::Voice(VoiceSignal::Mute { avatars: vec![ned_joined.you] }.into_message())).await;
+    until_hears(&mut lia, Vec::new(), fay_joined.you).await;
+    // Both talk for 2 s.
+    let listen = Duration::from_secs(2);
+    let (lia_heard, _, _) = tokio::join!(talk(&mut lia_voice, b"", 0, listen), talk(&mut ned_voice, b"ned", 100, listen), talk(&mut fay_voice, b"fay", 100, listen));
+    let (from_ned, from_fay) = (lia_heard.get(b"ned".as_slice()).copied().unwrap_or(0), lia_heard.get(b"fay".as_slice()).copied().unwrap_or(0));
+    assert_eq!(from_ned, 0, "Ned is muted: nothing of his reaches Lia: {lia_heard:?}");
+    assert!(from_fay >= 80, "Fay has the slot: {from_fay} of her 100 frames: {lia_heard:?}");
+
+    let too_many: Vec<AvatarId> = (0..plaza_shared::voice::MAX_MUTED as AvatarId + 1).collect();
+    lia.send(&ClientMessage::Voice(VoiceSignal::Mute { avatars: too_many }.into_message())).await;
+    let e = error(&mut lia).await;
+    assert_eq!(e.code, ErrorCode::TooLong);
+    assert!(e.message.contains("256"), "says the limit: {}", e.message);
+}

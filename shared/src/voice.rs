@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 /// at once. Beyond a handful of voices a crowd is noise, and each slot is a
 /// stream the SFU sends.
 pub const MAX_SLOTS: usize = 8;
+/// Most avatars one `mute` may name (more than a room holds).
+pub const MAX_MUTED: usize = 256;
 /// Speakers farther than this (metres) are not forwarded at all.
 pub const HEARING_RANGE_M: f32 = 30.0;
 /// Ticks between re-choosing who each listener hears (0.5 s at 20 Hz).
@@ -33,6 +35,10 @@ pub enum VoiceSignal {
     Answer { sdp: String },
     /// Client to server: stop voice (the room stays).
     Leave,
+    /// Client to server: the avatars this listener muted, all of them
+    /// (each replaces the last). The SFU gives their slots to others and
+    /// forwards them nothing; at most [`MAX_MUTED`].
+    Mute { avatars: Vec<AvatarId> },
     /// Server to client: who each listening slot carries now.
     Speakers { slots: Vec<SlotSpeaker> },
     /// Server to client: the server ended voice; offer again to restart.
@@ -52,7 +58,7 @@ impl VoiceSignal {
     /// was wrong and what is allowed.
     pub fn from_message(voice: &Voice) -> Result<VoiceSignal, String> {
         serde_json::from_value(voice.signal.clone()).map_err(|e| {
-            format!("voice signal not understood ({e}); a client sends {{\"type\":\"offer\",\"sdp\":\"…\"}} or {{\"type\":\"leave\"}}")
+            format!("voice signal not understood ({e}); a client sends {{\"type\":\"offer\",\"sdp\":\"…\"}}, {{\"type\":\"mute\",\"avatars\":[…]}} or {{\"type\":\"leave\"}}")
         })
     }
 
@@ -66,6 +72,7 @@ impl VoiceSignal {
             VoiceSignal::Offer { .. } => "offer",
             VoiceSignal::Answer { .. } => "answer",
             VoiceSignal::Leave => "leave",
+            VoiceSignal::Mute { .. } => "mute",
             VoiceSignal::Speakers { .. } => "speakers",
             VoiceSignal::Ended { .. } => "ended",
         }
@@ -133,7 +140,10 @@ mod tests {
             r#"{"type":"speakers","slots":[{"mid":"1","avatar":7},{"mid":"2","avatar":null}]}"#
         );
         let bad = VoiceSignal::from_message(&Voice { signal: serde_json::json!({"type": "shout"}) }).unwrap_err();
-        assert!(bad.contains("offer") && bad.contains("leave"), "{bad}");
+        assert!(bad.contains("offer") && bad.contains("leave") && bad.contains("mute"), "{bad}");
+        let mute: VoiceSignal = serde_json::from_str(r#"{"type":"mute","avatars":[3,9]}"#).unwrap();
+        assert_eq!(mute, VoiceSignal::Mute { avatars: vec![3, 9] });
+        assert_eq!(serde_json::to_string(&VoiceSignal::Mute { avatars: vec![] }).unwrap(), r#"{"type":"mute","avatars":[]}"#);
     }
 
     #[test]

@@ -61,7 +61,8 @@ pub struct VoiceScene {
     pub listener: Listener,
     /// Positions of the avatars the slots carry (the ECS sends those only).
     pub avatars: Vec<(u32, [f32; 3])>,
-    /// Avatars the listener muted: not played.
+    /// Avatars in the room the listener muted: the SFU is told (it gives
+    /// their slots to others), and they are not played meanwhile.
     pub muted: Vec<u32>,
     /// Every voice's volume (1: as sent).
     pub volume: f32,
@@ -404,6 +405,20 @@ impl Call {
                 }
             }
         }
+        // Who we muted, to the SFU whenever it changes (a new call starts
+        // from none, as the SFU's side of it does): it gives their slots
+        // to others.
+        {
+            let mut muted = self.scene.borrow().muted.clone();
+            muted.sort_unstable();
+            muted.dedup();
+            if media.mute_sent != muted {
+                if self.outbox.send(VoiceSignal::Mute { avatars: muted.clone() }).await.is_err() {
+                    return Err("the connection is gone".into());
+                }
+                media.mute_sent = muted;
+            }
+        }
         while let Some(heard) = peer.try_recv() {
             let Some(&slot) = media.slot_of_ssrc.get(&heard.packet.header.ssrc) else {
                 media.unknown_ssrc += 1;
@@ -485,6 +500,8 @@ struct Media {
     targets: Vec<usize>,
     quality: Option<VoiceQuality>,
     quality_at: Instant,
+    /// The mute list the SFU was last told this call.
+    mute_sent: Vec<u32>,
 }
 
 impl Media {
@@ -512,6 +529,7 @@ impl Media {
             targets: vec![0; slots.len()],
             quality: None,
             quality_at: Instant::now(),
+            mute_sent: Vec::new(),
         }
     }
 
