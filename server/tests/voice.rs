@@ -121,6 +121,13 @@ async fn members_near_each_other_hear_each_other_and_a_far_one_is_not_forwarded(
         peer.connected(Duration::from_secs(10)).await.expect("ICE and DTLS on loopback");
     }
 
+    // The byte counters are the process's: other tests' voice is in them.
+    let (_, _, before) = server.http("GET", "/metrics", "", &[]).await;
+    // (None yet, before any voice: 0.)
+    let counted = |body: &str, direction: &str| {
+        let series = format!("plaza_voice_bytes_total{{direction=\"{direction}\"}} ");
+        body.lines().find_map(|l| l.strip_prefix(series.as_str()).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
+    };
     let listen = Duration::from_millis(2_500);
     let (_, ben_heard, cat_heard) = tokio::join!(talk(&mut ann_voice, b"ann", 50, listen), talk(&mut ben_voice, b"", 0, listen), talk(&mut cat_voice, b"cat", 50, listen));
     let from_ann = ben_heard.get(b"ann".as_slice()).copied().unwrap_or(0);
@@ -131,8 +138,8 @@ async fn members_near_each_other_hear_each_other_and_a_far_one_is_not_forwarded(
     let (_, _, metrics) = server.http("GET", "/metrics", "", &[]).await;
     // Ann and Ben hear each other; Cat hears no one and no one hears Cat.
     assert_eq!(metric(&metrics, "plaza_voice_streams "), 2.0);
-    let bytes_in = metric(&metrics, "plaza_voice_bytes_total{direction=\"in\"} ");
-    let bytes_out = metric(&metrics, "plaza_voice_bytes_total{direction=\"out\"} ");
+    let bytes_in = counted(&metrics, "in") - counted(&before, "in");
+    let bytes_out = counted(&metrics, "out") - counted(&before, "out");
     assert!(bytes_in >= 100.0 * 19.0, "two speakers' 100 frames of 19 bytes came in: {bytes_in}");
     assert!(bytes_out >= 45.0 * 19.0 && bytes_out < bytes_in, "Ann's frames went out to Ben only: {bytes_out}");
 
@@ -346,4 +353,18 @@ async fn a_muted_voice_gives_its_slot_to_another_and_is_not_forwarded() {
     let e = error(&mut lia).await;
     assert_eq!(e.code, ErrorCode::TooLong);
     assert!(e.message.contains("256"), "says the limit: {}", e.message);
+
+    // Everyone leaves voice, so the next test reads its own streams.
+    for client in [&mut lia, &mut ned, &mut fay] {
+        client.send(&ClientMessage::Voice(VoiceSignal::Leave.into_message())).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, _, metrics) = server.http("GET", "/metrics", "", &[]).await;
+        if metric(&metrics, "plaza_voice_streams ") == 0.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "voice streams still open 5 s after everyone left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
