@@ -287,8 +287,8 @@ fn voice_settings(ui: &mut egui::Ui, voice: &mut VoiceInfo, people: &VoicePeople
     ui.label("Voice");
     ui.checkbox(&mut voice.muted, "Mute my microphone (M)");
     let cleanup = ui
-        .checkbox(&mut voice.mic_cleanup, "Cancel echo and noise")
-        .on_hover_text("Takes what your speakers play, and steady noise, out of your microphone. Switch it off for a headset or a sound system that does this itself.");
+        .checkbox(&mut voice.mic_cleanup, "Cancel echo and noise, even out loudness")
+        .on_hover_text("Takes what your speakers play, and steady noise, out of your microphone, and brings your voice to the loudness everyone else's has. Switch it off for a headset or a sound system that does this itself.");
     let mic_cleanup = cleanup.changed().then_some(voice.mic_cleanup);
     let mut percent = (voice.volume * 100.0).round();
     let slider = ui.add(egui::Slider::new(&mut percent, 0.0..=MAX_VOICE_VOLUME * 100.0).suffix("%").text("voices' volume"));

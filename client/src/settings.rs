@@ -10,7 +10,7 @@
 //! voice = true         # voice chat
 //! mic = true           # false: listen only
 //! voice_volume = 1.0   # 0–2
-//! mic_cleanup = true   # echo cancellation and noise suppression
+//! mic_cleanup = true   # echo cancellation, noise suppression, automatic gain
 //! name = "Ada"
 //! ```
 //!
@@ -46,7 +46,8 @@ pub struct Settings {
     /// Voices' volume, 0–2 (1: as sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voice_volume: Option<f32>,
-    /// Echo cancellation and noise suppression on the microphone.
+    /// Echo cancellation, noise suppression and automatic gain on the
+    /// microphone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mic_cleanup: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -15,6 +15,7 @@
 //!   microphone;
 //! - [`mic`] — the microphone's frames paired with what the speakers
 //!   played, and cleaned;
+//! - [`gain`] — automatic gain: each voice brought to one loudness;
 //! - [`level`] — how loud a frame is, for the speaking indicators;
 //! - [`resample`] — between a device's rate and channels and 48 kHz mono;
 //! - [`devices`] — the microphone and speakers (cpal), or none;
@@ -23,6 +24,7 @@
 pub mod cleanup;
 pub mod codec;
 pub mod devices;
+pub mod gain;
 pub mod jitter;
 pub mod level;
 pub mod mic;

@@ -1,6 +1,7 @@
 //! The microphone's frames as the call takes them: each paired with what
-//! the speakers played over the same 20 ms, and cleaned of that echo and
-//! the room's noise ([`crate::cleanup`]).
+//! the speakers played over the same 20 ms, cleaned of that echo and the
+//! room's noise ([`crate::cleanup`]), and brought to one loudness
+//! ([`crate::gain`]).
 //!
 //! Pairing is by count: from a common start (the played ring cut to the
 //! microphone's backlog) the n-th sample recorded goes with the n-th sample
@@ -29,6 +30,7 @@
 
 use crate::FRAME_SAMPLES;
 use crate::cleanup::{CleanupError, MicCleaner};
+use crate::gain::AutoGain;
 use crate::devices::Ring;
 use crate::level::rms;
 
@@ -50,6 +52,8 @@ const MAX_DRIFT: i64 = 2 * FRAME_SAMPLES as i64;
 const PLAYING_RMS: f32 = 0.01;
 /// The aligned ring holds at most this (200 ms, stereo).
 const ALIGNED_RING: usize = 2 * 10 * FRAME_SAMPLES;
+/// The echo tail in frames: the speakers quiet this long, their echo is gone.
+const ECHO_TAIL_FRAMES: u32 = crate::cleanup::ECHO_TAIL_MS / crate::FRAME_MS;
 /// A frame taken down by this much (dB) while the speakers played was
 /// their echo and nothing else: a voice here would have kept most of its
 /// level.
@@ -71,6 +75,8 @@ pub struct CleanStats {
     /// How far the speakers' clock is taken to run from the microphone's
     /// (parts per million, + faster), and so resampled.
     pub drift_ppm: f64,
+    /// The automatic gain now (dB).
+    pub gain_db: f32,
     /// Energy in and out over the frames taken while the speakers played:
     /// how much of what the microphone heard then was taken out.
     pub energy_in: f64,
@@ -116,6 +122,12 @@ pub struct CleanMic {
     scratch: Vec<f32>,
     pulled: Vec<f32>,
     echo_only: bool,
+    /// Automatic gain after the cleaning (off only to measure the
+    /// canceller alone).
+    auto_gain: bool,
+    gain: AutoGain,
+    /// Frames since the speakers last played.
+    quiet_frames: u32,
     pub stats: CleanStats,
 }
 
@@ -143,6 +155,9 @@ impl CleanMic {
             scratch: Vec::new(),
             pulled: Vec::new(),
             echo_only: false,
+            auto_gain: true,
+            gain: AutoGain::default(),
+            quiet_frames: 0,
             stats: CleanStats::default(),
         })
     }
@@ -348,6 +363,14 @@ impl CleanMic {
             self.stats.energy_in += heard;
             self.stats.energy_out += sent;
             self.echo_only = heard > 0.0 && heard >= sent * 10f64.powf(ECHO_ONLY_DB / 10.0);
+        }
+        // Loudness is learnt from the voice alone: not while the speakers
+        // play, nor while their echo may still be coming back (what is
+        // left of it would teach it too).
+        self.quiet_frames = if playing { 0 } else { self.quiet_frames.saturating_add(1) };
+        if self.auto_gain {
+            self.gain.apply(frame, self.quiet_frames > ECHO_TAIL_FRAMES);
+            self.stats.gain_db = self.gain.gain_db();
         }
         self.stats.cleaned += 1;
         true
@@ -587,6 +610,7 @@ mod tests {
     fn canceller_only() -> CleanMic {
         let mut mic = CleanMic::new(true).expect("libspeexdsp");
         mic.cleaner = Some(MicCleaner::canceller_only().expect("libspeexdsp"));
+        mic.auto_gain = false;
         mic
     }
 
@@ -806,6 +830,34 @@ mod tests {
         let share = |(yes, all): (usize, usize)| yes as f64 / all.max(1) as f64;
         assert!(share(echo_frames) > 0.5, "echo alone, once learnt: {echo_frames:?} frames called echo only");
         assert!(share(voice_frames) < 0.1, "a voice here over it: {voice_frames:?} frames called echo only");
+    }
+
+    /// A quiet voice with the speakers silent is brought up; the same with
+    /// the speakers playing teaches the gain nothing.
+    #[test]
+    fn a_quiet_voice_is_brought_up_but_not_from_the_speakers_echo() {
+        let card = Card::new(0);
+        let (mut voice, mut frame) = (Babble::new(31), vec![0.0; FRAME_SAMPLES]);
+        let mut mic = CleanMic::new(true).expect("libspeexdsp");
+        for _ in 0..400 {
+            card.mic.push(&voice.take(FRAME_SAMPLES).iter().map(|s| 0.03 * s).collect::<Vec<f32>>());
+            card.played.push(&vec![0.0; 2 * FRAME_SAMPLES]);
+            mic.begin_step(&card.mic, &card.played);
+            while mic.next_frame(&card.mic, &card.played, &mut frame) {}
+        }
+        assert!(mic.stats.gain_db > 10.0, "a quiet voice lifted: {:.1} dB", mic.stats.gain_db);
+
+        let mut card = Card::new(48 * 30);
+        let mut far = Babble::new(32);
+        let mut mic = CleanMic::new(true).expect("libspeexdsp");
+        for _ in 0..400 {
+            card.speakers.push(&far_voice(&mut far));
+            card.play(FRAME_SAMPLES);
+            card.record(FRAME_SAMPLES);
+            mic.begin_step(&card.mic, &card.played);
+            while mic.next_frame(&card.mic, &card.played, &mut frame) {}
+        }
+        assert_eq!(mic.stats.gain_db, 0.0, "nothing learnt from the speakers' echo");
     }
 
     #[test]

@@ -79,8 +79,8 @@ impl Default for VoiceScene {
 pub struct MicControl {
     /// Nothing is sent.
     pub muted: bool,
-    /// Echo cancellation and noise suppression (on by default; off for a
-    /// headset, or a sound system that does its own).
+    /// Echo cancellation, noise suppression and automatic gain (on by
+    /// default; off for a headset, or a sound system that does its own).
     pub cleanup: bool,
 }
 
@@ -573,7 +573,7 @@ impl Media {
         if self.clean.is_on() && c.cleaned > 0 {
             tracing::info!(
                 target: "plaza::voice::qos",
-                frames = c.cleaned, late_reference = c.late_reference, starts = c.starts, drifted = c.drifted, drift_ppm = format!("{:.0}", c.drift_ppm),
+                frames = c.cleaned, late_reference = c.late_reference, starts = c.starts, drifted = c.drifted, drift_ppm = format!("{:.0}", c.drift_ppm), gain_db = format!("{:.1}", c.gain_db),
                 reduction_db = c.reduction_db().map(|d| format!("{d:.1}")),
                 "microphone cleaned (reduction: how much quieter it was made while the speakers played)"
             );
