@@ -311,14 +311,25 @@ fn voice_settings(ui: &mut egui::Ui, voice: &mut VoiceInfo, people: &VoicePeople
         ui.small("Nobody in hearing range has a voice on.");
     }
     for (name, user) in heard {
-        let mut muted = voice.muted_users.contains(&user);
-        if ui.checkbox(&mut muted, format!("Mute {name}")).changed() {
-            if muted {
-                voice.muted_users.insert(user);
-            } else {
-                voice.muted_users.remove(&user);
+        ui.horizontal(|ui| {
+            let mut muted = voice.muted_users.contains(&user);
+            if ui.checkbox(&mut muted, format!("Mute {name}")).changed() {
+                if muted {
+                    voice.muted_users.insert(user.clone());
+                } else {
+                    voice.muted_users.remove(&user);
+                }
             }
-        }
+            // Their own volume, on top of everyone's.
+            let mut percent = (voice.user_volumes.get(&user).copied().unwrap_or(1.0) * 100.0).round();
+            if ui.add_enabled(!muted, egui::Slider::new(&mut percent, 0.0..=MAX_VOICE_VOLUME * 100.0).suffix("%")).changed() {
+                if percent == 100.0 {
+                    voice.user_volumes.remove(&user);
+                } else {
+                    voice.user_volumes.insert(user, percent / 100.0);
+                }
+            }
+        });
     }
     VoiceSettingsChange { volume, mic_cleanup }
 }

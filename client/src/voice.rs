@@ -50,6 +50,9 @@ pub struct VoiceInfo {
     /// Users (by user id, so it holds across their reconnects) whose voices
     /// you don't want to hear.
     pub muted_users: std::collections::BTreeSet<String>,
+    /// Users whose voices you turned up or down, 0–[`MAX_VOICE_VOLUME`]
+    /// (by user id, as above; for this run of the client).
+    pub user_volumes: std::collections::BTreeMap<String, f32>,
     /// Voice was asked for and can't run (no sound device): why.
     pub unavailable: Option<String>,
     /// Voice runs (a link to the network thread exists).
@@ -58,7 +61,7 @@ pub struct VoiceInfo {
 
 impl Default for VoiceInfo {
     fn default() -> Self {
-        VoiceInfo { status: VoiceStatus::default(), muted: false, pushing_to_talk: false, volume: 1.0, mic_cleanup: true, muted_users: Default::default(), unavailable: None, enabled: false }
+        VoiceInfo { status: VoiceStatus::default(), muted: false, pushing_to_talk: false, volume: 1.0, mic_cleanup: true, muted_users: Default::default(), user_volumes: Default::default(), unavailable: None, enabled: false }
     }
 }
 
@@ -180,6 +183,7 @@ fn share_scene(
     let scene = VoiceScene {
         listener: Listener { position: at.to_array(), right: right.to_array() },
         avatars: heard().map(|(id, (t, _))| (id, (t.translation + Vec3::Y * MOUTH_HEIGHT).to_array())).collect(),
+        volumes: heard().filter_map(|(id, (_, user))| user.and_then(|u| info.user_volumes.get(&u.0)).map(|v| (id, *v))).collect(),
         muted,
         volume: info.volume,
     };

@@ -171,6 +171,10 @@ async fn a_voice_to_the_right_comes_out_of_the_right_speaker_and_nobody_hears_th
     let half = listen(&mut clock, &ben.mic, &ann.speakers, 200..250).await;
     // Half (0.5) give or take what a busy box conceals in either window.
     assert!((0.3..0.7).contains(&(half.1 / right.max(left))), "half the volume: {half:?} against {}", right.max(left));
+    // Ben's own volume at half, everyone's back at full: the same.
+    ann.voice.scene.send_replace(VoiceScene { volumes: vec![(ben_id, 0.5)], ..placed.clone() });
+    let own_half = listen(&mut clock, &ben.mic, &ann.speakers, 300..350).await;
+    assert!((0.3..0.7).contains(&(own_half.1 / right.max(left))), "Ben at half: {own_half:?} against {}", right.max(left));
     ann.voice.scene.send_replace(VoiceScene { muted: vec![ben_id], ..placed });
     let muted = listen(&mut clock, &ben.mic, &ann.speakers, 250..300).await;
     assert!(muted.0 == 0.0 && muted.1 == 0.0, "Ben muted: {muted:?}");

@@ -23,11 +23,13 @@ pub struct SlotVoice {
     pub undecodable: u64,
     /// Decoded (its timing kept) but not played: the listener muted them.
     silenced: bool,
+    /// This voice's volume, the listener's choice (1: as sent).
+    volume: f32,
 }
 
 impl SlotVoice {
     fn new() -> Result<SlotVoice, CodecError> {
-        Ok(SlotVoice { jitter: JitterBuffer::new(), decoder: Decoder::new()?, avatar: None, activity: Activity::default(), frame: vec![0.0; FRAME_SAMPLES], undecodable: 0, silenced: false })
+        Ok(SlotVoice { jitter: JitterBuffer::new(), decoder: Decoder::new()?, avatar: None, activity: Activity::default(), frame: vec![0.0; FRAME_SAMPLES], undecodable: 0, silenced: false, volume: 1.0 })
     }
 
     /// Decodes this slot's next frame into `self.frame`; false when silent.
@@ -106,6 +108,13 @@ impl Mixer {
         }
     }
 
+    /// Sets slot `slot`'s own volume (1: as sent), on top of [`Mixer::volume`].
+    pub fn set_volume(&mut self, slot: usize, volume: f32) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.volume = volume;
+        }
+    }
+
     /// The avatars speaking now.
     pub fn speaking(&self) -> impl Iterator<Item = u32> + '_ {
         self.slots.iter().filter(|s| s.speaking()).filter_map(|s| s.avatar)
@@ -123,9 +132,10 @@ impl Mixer {
             }
             voices += 1;
             let g = slot.avatar.and_then(&place).map_or(Gains::UNPLACED, |p| gains(listener, p));
+            let volume = self.volume * slot.volume;
             for (lr, s) in out.chunks_exact_mut(2).zip(&slot.frame) {
-                lr[0] += s * g.left * self.volume;
-                lr[1] += s * g.right * self.volume;
+                lr[0] += s * g.left * volume;
+                lr[1] += s * g.right * volume;
             }
         }
         // Several loud voices at once must not wrap round.
@@ -194,6 +204,35 @@ mod tests {
             }
         }
         assert_eq!(mixer.slots()[0].stats().late, 0, "the muted stretch kept time");
+    }
+
+    #[test]
+    fn one_voice_turned_down_leaves_the_other_as_it_was() {
+        let (_, before) = two_voices(30, Listener::default());
+        let mut mixer = Mixer::new(2).unwrap();
+        mixer.set_speaker(0, Some(7));
+        mixer.set_speaker(1, Some(9));
+        mixer.set_volume(0, 0.5);
+        let (mut a, mut b) = (Encoder::new().unwrap(), Encoder::new().unwrap());
+        let (mut out, mut only_9) = (vec![0.0; STEREO_FRAME], vec![0.0; STEREO_FRAME]);
+        let mut alone = Mixer::new(2).unwrap();
+        alone.set_speaker(1, Some(9));
+        let mut c = Encoder::new().unwrap();
+        for f in 0..30 {
+            let ts = (f * FRAME_SAMPLES) as u32;
+            mixer.push(0, f as u16, ts, a.encode(&tone(440.0, f)).unwrap().to_vec(), f as f64 * 20.0);
+            mixer.push(1, f as u16, ts, b.encode(&tone(220.0, f)).unwrap().to_vec(), f as f64 * 20.0);
+            alone.push(1, f as u16, ts, c.encode(&tone(220.0, f)).unwrap().to_vec(), f as f64 * 20.0);
+            let place = |id| match id { 7 => Some([3.0, 0.0, 0.0]), 9 => Some([-20.0, 0.0, 0.0]), _ => None };
+            mixer.mix(&Listener::default(), place, &mut out);
+            alone.mix(&Listener::default(), place, &mut only_9);
+        }
+        // The right channel is mostly voice 7 (3 m to the right): subtract
+        // voice 9's share and what is left is half what it was.
+        let r = |x: &[f32]| x.chunks_exact(2).map(|f| f[1]).collect::<Vec<f32>>();
+        let seven = |mix: &[f32]| rms(&r(mix).iter().zip(r(&only_9)).map(|(m, n)| m - n).collect::<Vec<f32>>());
+        let ratio = seven(&out) / seven(&before);
+        assert!((ratio - 0.5).abs() < 0.02, "voice 7 at half: {ratio}");
     }
 
     #[test]

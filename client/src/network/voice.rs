@@ -66,11 +66,13 @@ pub struct VoiceScene {
     pub muted: Vec<u32>,
     /// Every voice's volume (1: as sent).
     pub volume: f32,
+    /// Some voices' own volume, on top of that (1 for those not named).
+    pub volumes: Vec<(u32, f32)>,
 }
 
 impl Default for VoiceScene {
     fn default() -> Self {
-        VoiceScene { listener: Listener::default(), avatars: Vec::new(), muted: Vec::new(), volume: 1.0 }
+        VoiceScene { listener: Listener::default(), avatars: Vec::new(), muted: Vec::new(), volume: 1.0, volumes: Vec::new() }
     }
 }
 
@@ -436,8 +438,10 @@ impl Call {
             let place = |id: u32| scene.avatars.iter().find(|(a, _)| *a == id).map(|(_, p)| *p);
             mixer.volume = scene.volume;
             for slot in 0..mixer.slots().len() {
-                let muted = mixer.slots()[slot].avatar().is_some_and(|a| scene.muted.contains(&a));
-                mixer.silence(slot, muted);
+                let avatar = mixer.slots()[slot].avatar();
+                mixer.silence(slot, avatar.is_some_and(|a| scene.muted.contains(&a)));
+                let own = avatar.and_then(|a| scene.volumes.iter().find(|(v, _)| *v == a)).map_or(1.0, |(_, v)| *v);
+                mixer.set_volume(slot, own);
             }
             // One frame a tick keeps the jitter buffers at real time. The
             // sound card's clock is not ours: when it has drained the ring, a
