@@ -280,30 +280,49 @@ async fn a_peer_that_goes_away_is_ended_and_its_slot_freed() {
     assert_eq!(metric(&metrics, "plaza_voice_streams "), 0.0);
 }
 
+/// Three in a room, connected: Ned stands 1 m from Lia and Fay 10 m (both
+/// in range), both with a microphone; Lia only listens, with one slot (room
+/// for one voice), which holds Ned, her nearest, while nobody talks.
+struct Crowd {
+    lia: Client,
+    lia_voice: VoiceClient,
+    ned: Joined,
+    ned_client: Client,
+    ned_voice: VoiceClient,
+    fay: Joined,
+    fay_client: Client,
+    fay_voice: VoiceClient,
+}
+
+impl Crowd {
+    async fn gather(server: &TestServer, room: &str) -> Crowd {
+        let (mut lia, _) = server.member("Lia", Subprotocol::Json, room).await;
+        let (mut ned_client, ned) = server.member("Ned", Subprotocol::Json, room).await;
+        let (mut fay_client, fay) = server.member("Fay", Subprotocol::Json, room).await;
+        ned_client.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(1.0, 0.0) })).await;
+        fay_client.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(10.0, 0.0) })).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (mut ned_voice, _) = start_voice(&mut ned_client).await;
+        let (mut fay_voice, _) = start_voice(&mut fay_client).await;
+        let mut lia_voice = VoiceClient::new(LOOPBACK, false, 1).await.expect("a voice peer");
+        lia.send(&offer(&lia_voice.offer)).await;
+        let VoiceSignal::Answer { sdp } = voice_signal(&mut lia).await else { panic!("expected an answer first") };
+        lia_voice.answer(sdp).await.expect("the answer applies");
+        let VoiceSignal::Speakers { slots } = voice_signal(&mut lia).await else { panic!("expected speakers after the answer") };
+        until_hears(&mut lia, slots, ned.you).await;
+        for peer in [&mut lia_voice, &mut ned_voice, &mut fay_voice] {
+            peer.connected(Duration::from_secs(10)).await.expect("ICE and DTLS on loopback");
+        }
+        Crowd { lia, lia_voice, ned, ned_client, ned_voice, fay, fay_client, fay_voice }
+    }
+}
+
 #[tokio::test]
 async fn someone_talking_farther_off_takes_the_slot_of_a_quiet_neighbour() {
     let _turn = STREAMS.lock().await;
     let server = TestServer::start().await;
-    let (mut lia, _) = server.member("Lia", Subprotocol::Json, "crowd").await;
-    let (mut ned, ned_joined) = server.member("Ned", Subprotocol::Json, "crowd").await;
-    let (mut fay, fay_joined) = server.member("Fay", Subprotocol::Json, "crowd").await;
-    // Ned stands 1 m from Lia, Fay 10 m: both in range.
-    ned.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(1.0, 0.0) })).await;
-    fay.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(10.0, 0.0) })).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (mut ned_voice, _) = start_voice(&mut ned).await;
-    let (mut fay_voice, _) = start_voice(&mut fay).await;
-    // Lia only listens, with one slot: room for one voice.
-    let mut lia_voice = VoiceClient::new(LOOPBACK, false, 1).await.expect("a voice peer");
-    lia.send(&offer(&lia_voice.offer)).await;
-    let VoiceSignal::Answer { sdp } = voice_signal(&mut lia).await else { panic!("expected an answer first") };
-    lia_voice.answer(sdp).await.expect("the answer applies");
-    let VoiceSignal::Speakers { slots } = voice_signal(&mut lia).await else { panic!("expected speakers after the answer") };
-    // Nobody talks yet: the slot is her nearest, Ned.
-    until_hears(&mut lia, slots, ned_joined.you).await;
-    for peer in [&mut lia_voice, &mut ned_voice, &mut fay_voice] {
-        peer.connected(Duration::from_secs(10)).await.expect("ICE and DTLS on loopback");
-    }
+    // The members' sockets are held (`_ned`, `_fay`): dropped, they would leave.
+    let Crowd { mut lia, mut lia_voice, ned: _, ned_client: _ned, mut ned_voice, fay: fay_joined, fay_client: _fay, mut fay_voice } = Crowd::gather(&server, "crowd").await;
 
     // Fay talks for 3 s; Ned stays quiet.
     let listen = Duration::from_secs(3);
@@ -321,23 +340,7 @@ async fn someone_talking_farther_off_takes_the_slot_of_a_quiet_neighbour() {
 async fn a_muted_voice_gives_its_slot_to_another_and_is_not_forwarded() {
     let _turn = STREAMS.lock().await;
     let server = TestServer::start().await;
-    let (mut lia, _) = server.member("Lia", Subprotocol::Json, "hush").await;
-    let (mut ned, ned_joined) = server.member("Ned", Subprotocol::Json, "hush").await;
-    let (mut fay, fay_joined) = server.member("Fay", Subprotocol::Json, "hush").await;
-    ned.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(1.0, 0.0) })).await;
-    fay.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(10.0, 0.0) })).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (mut ned_voice, _) = start_voice(&mut ned).await;
-    let (mut fay_voice, _) = start_voice(&mut fay).await;
-    let mut lia_voice = VoiceClient::new(LOOPBACK, false, 1).await.expect("a voice peer");
-    lia.send(&offer(&lia_voice.offer)).await;
-    let VoiceSignal::Answer { sdp } = voice_signal(&mut lia).await else { panic!("expected an answer first") };
-    lia_voice.answer(sdp).await.expect("the answer applies");
-    let VoiceSignal::Speakers { slots } = voice_signal(&mut lia).await else { panic!("expected speakers after the answer") };
-    until_hears(&mut lia, slots, ned_joined.you).await;
-    for peer in [&mut lia_voice, &mut ned_voice, &mut fay_voice] {
-        peer.connected(Duration::from_secs(10)).await.expect("ICE and DTLS on loopback");
-    }
+    let Crowd { mut lia, mut lia_voice, ned: ned_joined, ned_client: mut ned, mut ned_voice, fay: fay_joined, fay_client: mut fay, mut fay_voice } = Crowd::gather(&server, "hush").await;
 
     lia.send(&ClientMessage::Voice(VoiceSignal::Mute { avatars: vec![ned_joined.you] }.into_message())).await;
     until_hears(&mut lia, Vec::new(), fay_joined.you).await;
