@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 const MIC_RING: usize = 10 * FRAME_SAMPLES;
 /// The speaker ring holds at most this (200 ms of stereo).
 const SPEAKER_RING: usize = 2 * 10 * FRAME_SAMPLES;
+/// The most a callback pushes at once without the ring allocating: a period
+/// of 8,192 stereo frames.
+const MAX_PUSH: usize = 2 * 8_192;
 /// After a device goes away, the wait before opening the defaults again.
 const REOPEN_AFTER: Duration = Duration::from_secs(2);
 
@@ -66,7 +69,11 @@ impl std::ops::DerefMut for Queue {
 
 impl Ring {
     pub fn new(capacity: usize) -> Ring {
-        Ring { samples: Arc::new(Mutex::new(Queue { samples: VecDeque::with_capacity(capacity), last_push: None })), capacity, dropped: Arc::new(AtomicU64::new(0)) }
+        // A full ring takes a block before it drops as much: room for the
+        // largest device period on top, so an audio callback never
+        // allocates.
+        let room = capacity + MAX_PUSH;
+        Ring { samples: Arc::new(Mutex::new(Queue { samples: VecDeque::with_capacity(room), last_push: None })), capacity, dropped: Arc::new(AtomicU64::new(0)) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -481,6 +488,17 @@ mod tests {
         r.push(&[7.0, 8.0, 9.0]);
         assert_eq!(r.keep_newest(1), 2);
         assert!(r.take_exact(&mut out[..1]) && out[0] == 9.0);
+    }
+
+    #[test]
+    fn a_full_ring_takes_device_periods_without_growing() {
+        let ring = Ring::new(SPEAKER_RING);
+        let room = ring.lock().capacity();
+        for _ in 0..100 {
+            ring.push(&[0.25; MAX_PUSH]);
+        }
+        assert_eq!(ring.len(), SPEAKER_RING);
+        assert_eq!(ring.lock().capacity(), room, "no allocation once made");
     }
 
     #[test]
