@@ -128,6 +128,14 @@ impl Ring {
         over
     }
 
+    /// Drops the oldest `n` samples (or all there are); returns how many went.
+    pub fn discard_oldest(&self, n: usize) -> usize {
+        let mut q = self.lock();
+        let n = n.min(q.len());
+        q.drain(..n);
+        n
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -488,6 +496,10 @@ mod tests {
         r.push(&[7.0, 8.0, 9.0]);
         assert_eq!(r.keep_newest(1), 2);
         assert!(r.take_exact(&mut out[..1]) && out[0] == 9.0);
+        r.push(&[1.0, 2.0, 3.0]);
+        assert_eq!(r.discard_oldest(2), 2);
+        assert_eq!(r.discard_oldest(5), 1, "only what is there");
+        assert!(r.is_empty());
     }
 
     #[test]

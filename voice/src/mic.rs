@@ -308,12 +308,7 @@ impl CleanMic {
     }
 
     fn pay(&mut self, played: &Ring) {
-        let n = (self.offset.max(0) as usize).min(played.len());
-        if n > 0 {
-            self.scratch.resize(n, 0.0);
-            played.pop_into(&mut self.scratch);
-            self.offset -= n as i64;
-        }
+        self.offset -= played.discard_oldest(self.offset.max(0) as usize) as i64;
     }
 
     /// The next microphone frame, cleaned, into `frame`; false when there
