@@ -409,12 +409,13 @@ impl Call {
         }
         // Who we muted, to the SFU whenever it changes (a new call starts
         // from none, as the SFU's side of it does): it gives their slots
-        // to others.
-        {
+        // to others. Compared in place: copied only when it changed.
+        let changed = self.scene.borrow().muted != media.mute_sent;
+        if changed {
             let mut muted = self.scene.borrow().muted.clone();
             muted.sort_unstable();
             muted.dedup();
-            if media.mute_sent != muted {
+            if muted != media.mute_sent {
                 if self.outbox.send(VoiceSignal::Mute { avatars: muted.clone() }).await.is_err() {
                     return Err("the connection is gone".into());
                 }
