@@ -208,8 +208,8 @@ fn to_sample(f: f32) -> i16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::level::rms;
-    use crate::test_signal::Babble;
+    use crate::level::{dbfs as db, rms};
+    use crate::test_signal::{Babble, Noise};
 
     /// A room: each speaker reaches the microphone late and quieter, by its
     /// own path (a direct sound and two reflections).
@@ -244,9 +244,6 @@ mod tests {
         }
     }
 
-    fn db(x: f32) -> f32 {
-        20.0 * x.max(1e-9).log10()
-    }
 
     /// What the cleaner was given and what it made, over the last two
     /// seconds of a run.
@@ -328,11 +325,8 @@ mod tests {
     #[test]
     fn steady_noise_alone_is_suppressed() {
         let mut cleaner = MicCleaner::new().expect("libspeexdsp");
-        let mut seed = 7u64;
-        let mut hiss = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            0.01 * (((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
-        };
+        let mut noise = Noise::new(7);
+        let mut hiss = || 0.01 * noise.signed();
         let silence = vec![0.0; 2 * FRAME_SAMPLES];
         let (mut raw, mut cleaned) = (Vec::new(), Vec::new());
         for f in 0..250 {

@@ -323,10 +323,15 @@ fn start_output(host: &cpal::Host, ring: Ring, played: Ring, lost: mpsc::Sender<
         cpal::SampleFormat::F32 => output_stream::<f32>(&device, config, feed, error),
         cpal::SampleFormat::I16 => output_stream::<i16>(&device, config, feed, error),
         other => return Err(DeviceError::Format { what: "audio output", format: format!("{other:?}") }),
-    }
-    .map_err(|e| DeviceError::Stream { what: "audio output", cause: e.to_string() })?;
-    stream.play().map_err(|e| DeviceError::Stream { what: "audio output", cause: e.to_string() })?;
-    Ok((stream, format!("{} ({} Hz, {channels} ch)", device_name(&device), config.sample_rate)))
+    };
+    Ok((playing("audio output", stream)?, format!("{} ({} Hz, {channels} ch)", device_name(&device), config.sample_rate)))
+}
+
+/// A stream as built, started; either failing is said for `what`.
+fn playing(what: &'static str, built: Result<cpal::Stream, cpal::Error>) -> Result<cpal::Stream, DeviceError> {
+    let stream = built.map_err(|e| DeviceError::Stream { what, cause: e.to_string() })?;
+    stream.play().map_err(|e| DeviceError::Stream { what, cause: e.to_string() })?;
+    Ok(stream)
 }
 
 /// An output stream in the device's sample type, fed in f32.
@@ -471,10 +476,8 @@ fn start_input(host: &cpal::Host, ring: Ring, lost: mpsc::Sender<String>) -> Res
         cpal::SampleFormat::F32 => input_stream::<f32>(&device, config, take, error),
         cpal::SampleFormat::I16 => input_stream::<i16>(&device, config, take, error),
         other => return Err(DeviceError::Format { what: "microphone", format: format!("{other:?}") }),
-    }
-    .map_err(|e| DeviceError::Stream { what: "microphone", cause: e.to_string() })?;
-    stream.play().map_err(|e| DeviceError::Stream { what: "microphone", cause: e.to_string() })?;
-    Ok((stream, format!("mic {} ({} Hz, {channels} ch)", device_name(&device), config.sample_rate)))
+    };
+    Ok((playing("microphone", stream)?, format!("mic {} ({} Hz, {channels} ch)", device_name(&device), config.sample_rate)))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! while the speakers are quiet: the voice, not the room's noise (taken
 //! out before) or the speakers' echo.
 
-use crate::level::rms;
+use crate::level::{dbfs, rms};
 
 /// Where a 20 ms frame of speech is brought (RMS, dB full scale).
 pub const TARGET_DBFS: f32 = -26.0;
@@ -39,7 +39,7 @@ impl AutoGain {
     pub fn apply(&mut self, frame: &mut [f32], learn: bool) {
         let level = rms(frame);
         if learn && level > LEARN_FROM_RMS {
-            let wanted = (TARGET_DBFS - 20.0 * level.log10()).clamp(MIN_GAIN_DB, MAX_GAIN_DB);
+            let wanted = (TARGET_DBFS - dbfs(level)).clamp(MIN_GAIN_DB, MAX_GAIN_DB);
             let change = wanted - self.gain_db;
             self.gain_db += change.clamp(-FALL_DB_PER_FRAME, RISE_DB_PER_FRAME);
         }
@@ -58,11 +58,8 @@ impl AutoGain {
 mod tests {
     use super::*;
     use crate::FRAME_SAMPLES;
+    use crate::level::dbfs as db;
     use crate::test_signal::Babble;
-
-    fn db(x: f32) -> f32 {
-        20.0 * x.max(1e-9).log10()
-    }
 
     /// `seconds` of babble at `loudness`, through the gain; the RMS of the
     /// speech frames (not the gaps) in the last second, in and out.

@@ -15,6 +15,11 @@ pub fn rms(frame: &[f32]) -> f32 {
     (frame.iter().map(|s| s * s).sum::<f32>() / frame.len() as f32).sqrt()
 }
 
+/// An RMS level in dB full scale (floored at −180 for silence).
+pub fn dbfs(rms: f32) -> f32 {
+    20.0 * rms.max(1e-9).log10()
+}
+
 /// Speaking or not, from frame levels, with a hold.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Activity {
@@ -51,6 +56,9 @@ mod tests {
         assert_eq!(rms(&[1.0, -1.0, 1.0, -1.0]), 1.0);
         assert_eq!(rms(&[0.0; 8]), 0.0);
         assert_eq!(rms(&[]), 0.0);
+        assert_eq!(dbfs(1.0), 0.0);
+        assert!((dbfs(SPEAKING_RMS) + 46.0).abs() < 0.1, "the gate is about −46 dBFS: {}", dbfs(SPEAKING_RMS));
+        assert_eq!(dbfs(0.0), -180.0);
     }
 
     #[test]

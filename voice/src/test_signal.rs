@@ -4,10 +4,33 @@
 //! one. These come in syllables: bursts of 120–300 ms at varying loudness,
 //! with gaps of 40–160 ms.
 
+/// Deterministic white noise (a linear congruential generator).
+#[derive(Debug, Clone)]
+pub struct Noise {
+    seed: u64,
+}
+
+impl Noise {
+    pub fn new(seed: u64) -> Noise {
+        Noise { seed }
+    }
+
+    /// The next value in 0..1.
+    pub fn unit(&mut self) -> f32 {
+        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.seed >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// The next value in −1..1.
+    pub fn signed(&mut self) -> f32 {
+        self.unit() * 2.0 - 1.0
+    }
+}
+
 /// A deterministic generator of speech-like sound.
 #[derive(Debug, Clone)]
 pub struct Babble {
-    seed: u64,
+    noise: Noise,
     /// Samples left in the current burst or gap, and its loudness (0: a gap).
     left: usize,
     loudness: f32,
@@ -18,12 +41,11 @@ pub struct Babble {
 
 impl Babble {
     pub fn new(seed: u64) -> Babble {
-        Babble { seed: seed.wrapping_add(0x9E37_79B9_7F4A_7C15), left: 0, loudness: 0.0, talking: false, phase: 0.0, pitch: 150.0 }
+        Babble { noise: Noise::new(seed.wrapping_add(0x9E37_79B9_7F4A_7C15)), left: 0, loudness: 0.0, talking: false, phase: 0.0, pitch: 150.0 }
     }
 
     fn uniform(&mut self) -> f32 {
-        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.seed >> 40) as f32 / (1u64 << 24) as f32
+        self.noise.unit()
     }
 
     /// The next sample at 48 kHz, about 0.1–0.3 RMS while talking.
