@@ -32,12 +32,27 @@ pub const TICK_DURATION: &str = "plaza_tick_duration_seconds";
 pub const TICK_WAITS: &str = "plaza_tick_waits_total";
 pub const VOICE_BYTES: &str = "plaza_voice_bytes_total";
 pub const VOICE_STREAMS: &str = "plaza_voice_streams";
+/// RTP packets the SFU took from talkers (`in`) and forwarded (`out`).
+pub const VOICE_PACKETS: &str = "plaza_voice_packets_total";
+/// Packets missing from talkers' uplinks: gaps in the RTP sequence
+/// numbers as the SFU receives them (crate::voice::SequenceGaps).
+pub const VOICE_PACKETS_LOST: &str = "plaza_voice_packets_lost_total";
+/// Voice peers by how they went (`outcome`: [`VOICE_CALL_OUTCOMES`]).
+pub const VOICE_CALLS: &str = "plaza_voice_calls_total";
 /// Client telemetry (see [`crate::telemetry`]).
 pub const CLIENT_FRAME: &str = "plaza_client_frame_seconds";
 pub const CLIENT_FPS: &str = "plaza_client_fps";
 pub const CLIENT_OVER_BUDGET: &str = "plaza_client_frames_over_budget_total";
 pub const CLIENT_REPORTS: &str = "plaza_client_reports_total";
 pub const CLIENT_REPORTS_DROPPED: &str = "plaza_client_reports_dropped_total";
+/// Frames of others' voices clients heard, by `outcome`
+/// ([`VOICE_FRAME_OUTCOMES`]).
+pub const CLIENT_VOICE_FRAMES: &str = "plaza_client_voice_frames_total";
+/// Each report's mean playout delay and largest jitter, seconds.
+pub const CLIENT_VOICE_DELAY: &str = "plaza_client_voice_delay_seconds";
+pub const CLIENT_VOICE_JITTER: &str = "plaza_client_voice_jitter_seconds";
+/// Microphone frames sent and skipped (`outcome`: [`MIC_FRAME_OUTCOMES`]).
+pub const CLIENT_VOICE_MIC_FRAMES: &str = "plaza_client_voice_mic_frames_total";
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
 /// Tasks alive on the server's tokio runtime: back to its idle level after
@@ -60,6 +75,8 @@ pub fn init() -> &'static PrometheusHandle {
             .set_buckets(&seconds)
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(ROOM_USERS.into()), &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 60.0, 100.0, 200.0]))
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLIENT_FPS.into()), &crate::telemetry::FPS_BUCKETS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLIENT_VOICE_DELAY.into()), &crate::telemetry::VOICE_DELAY_BUCKETS))
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(CLIENT_VOICE_JITTER.into()), &crate::telemetry::VOICE_JITTER_BUCKETS))
             .expect("bucket lists are not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -104,10 +121,17 @@ fn describe() {
     describe_counter!(TICK_WAITS, "room ticks that waited for a late pose, by whether it came in time");
     describe_counter!(VOICE_BYTES, "voice RTP bytes by direction");
     describe_gauge!(VOICE_STREAMS, "voice streams forwarded by the SFU");
+    describe_counter!(VOICE_PACKETS, "voice RTP packets the SFU took from talkers (in) and forwarded (out)");
+    describe_counter!(VOICE_PACKETS_LOST, "voice packets missing from talkers' uplinks (RTP sequence gaps)");
+    describe_counter!(VOICE_CALLS, "voice peers that connected, and that ended without ever connecting");
     describe_histogram!(CLIENT_FPS, "mean frame rate of each client telemetry report");
     describe_counter!(CLIENT_OVER_BUDGET, "client frames slower than the platform's frame budget");
     describe_counter!(CLIENT_REPORTS, "client telemetry reports accepted");
     describe_counter!(CLIENT_REPORTS_DROPPED, "client telemetry reports the clients say they dropped");
+    describe_counter!(CLIENT_VOICE_FRAMES, "20 ms frames of others' voices clients heard, by outcome");
+    describe_histogram!(CLIENT_VOICE_DELAY, "mean voice playout delay of each client telemetry report, seconds");
+    describe_histogram!(CLIENT_VOICE_JITTER, "largest voice jitter of each client telemetry report, seconds");
+    describe_counter!(CLIENT_VOICE_MIC_FRAMES, "client microphone frames sent, and skipped for a late voice thread");
     describe_gauge!(RUNTIME_TASKS, "tasks alive on the server's tokio runtime");
     describe_counter!(HTTP_REQUESTS, "HTTP answers by route pattern, method and status class");
 }
@@ -115,7 +139,7 @@ fn describe() {
 /// Every metric `/metrics` shows from start-up: the contract's and the
 /// server's own (process CPU and memory are added at each scrape, on Linux;
 /// `plaza_client_frame_seconds` by [`crate::telemetry::render_frames`]).
-pub const ALL: [&str; 27] = [
+pub const ALL: [&str; 34] = [
     ROOMS_ACTIVE,
     ROOM_USERS,
     WS_CONNECTIONS,
@@ -134,11 +158,18 @@ pub const ALL: [&str; 27] = [
     TICK_WAITS,
     VOICE_BYTES,
     VOICE_STREAMS,
+    VOICE_PACKETS,
+    VOICE_PACKETS_LOST,
+    VOICE_CALLS,
     CLIENT_FRAME,
     CLIENT_FPS,
     CLIENT_OVER_BUDGET,
     CLIENT_REPORTS,
     CLIENT_REPORTS_DROPPED,
+    CLIENT_VOICE_FRAMES,
+    CLIENT_VOICE_DELAY,
+    CLIENT_VOICE_JITTER,
+    CLIENT_VOICE_MIC_FRAMES,
     PROCESS_CPU,
     PROCESS_RSS,
     RUNTIME_TASKS,
@@ -192,8 +223,16 @@ pub const REFUSE_REASONS: [&str; 4] = ["max_connections", "open_files", "drainin
 /// `outcome` label values of `plaza_tick_waits_total`: the late pose came
 /// within the grace, or the tick went without it.
 pub const TICK_WAIT_OUTCOMES: [&str; 2] = ["arrived", "gave_up"];
-/// `direction` label values (`plaza_ws_bytes_total`, `plaza_voice_bytes_total`).
+/// `direction` label values (`plaza_ws_bytes_total`, `plaza_voice_bytes_total`,
+/// `plaza_voice_packets_total`).
 pub const DIRECTIONS: [&str; 2] = ["in", "out"];
+/// `outcome` label values of `plaza_voice_calls_total`.
+pub const VOICE_CALL_OUTCOMES: [&str; 2] = ["connected", "never_connected"];
+/// `outcome` label values of `plaza_client_voice_frames_total`, as in
+/// [`plaza_shared::telemetry::VoiceReport`].
+pub const VOICE_FRAME_OUTCOMES: [&str; 4] = ["played", "recovered", "lost", "stalled"];
+/// `outcome` label values of `plaza_client_voice_mic_frames_total`.
+pub const MIC_FRAME_OUTCOMES: [&str; 2] = ["sent", "skipped"];
 
 /// Registers every series the server can emit, at zero, so dashboards and
 /// alerts never query a missing one (once per process, from [`init`]; adding
@@ -210,6 +249,11 @@ fn register_zeros() {
     for direction in DIRECTIONS {
         counter!(WS_BYTES, "direction" => direction).increment(0);
         counter!(VOICE_BYTES, "direction" => direction).increment(0);
+        counter!(VOICE_PACKETS, "direction" => direction).increment(0);
+    }
+    counter!(VOICE_PACKETS_LOST).increment(0);
+    for outcome in VOICE_CALL_OUTCOMES {
+        counter!(VOICE_CALLS, "outcome" => outcome).increment(0);
     }
     for reason in DROP_REASONS {
         counter!(WS_DROPPED, "reason" => reason).increment(0);
@@ -238,6 +282,14 @@ fn register_zeros() {
     for platform in Platform::ALL.map(Platform::as_str) {
         counter!(CLIENT_REPORTS, "platform" => platform).increment(0);
         counter!(CLIENT_REPORTS_DROPPED, "platform" => platform).increment(0);
+        for outcome in VOICE_FRAME_OUTCOMES {
+            counter!(CLIENT_VOICE_FRAMES, "platform" => platform, "outcome" => outcome).increment(0);
+        }
+        for outcome in MIC_FRAME_OUTCOMES {
+            counter!(CLIENT_VOICE_MIC_FRAMES, "platform" => platform, "outcome" => outcome).increment(0);
+        }
+        let _ = histogram!(CLIENT_VOICE_DELAY, "platform" => platform);
+        let _ = histogram!(CLIENT_VOICE_JITTER, "platform" => platform);
         for preset in QualityPreset::ALL.map(QualityPreset::as_str) {
             let _ = histogram!(CLIENT_FPS, "preset" => preset, "platform" => platform);
             counter!(CLIENT_OVER_BUDGET, "preset" => preset, "platform" => platform).increment(0);

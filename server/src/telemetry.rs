@@ -13,6 +13,12 @@
 //!   counts allow (see [`frame_time_s`]).
 //! - `plaza_client_fps{preset,platform}`: one sample per report, its mean
 //!   frame rate.
+//! - `plaza_client_voice_frames_total{platform,outcome}` (played,
+//!   recovered, lost, stalled), `plaza_client_voice_mic_frames_total
+//!   {platform,outcome}` (sent, skipped), and one sample a report that
+//!   heard voice in `plaza_client_voice_delay_seconds{platform}` and
+//!   `plaza_client_voice_jitter_seconds{platform}`: from the report's
+//!   optional `voice` part.
 //! - `plaza_client_frames_over_budget_total{preset,platform}`,
 //!   `plaza_client_reports_total{platform}`,
 //!   `plaza_client_reports_dropped_total{platform}` (what clients say they
@@ -33,7 +39,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
-use plaza_shared::telemetry::{FRAME_BUCKET_COUNT, FRAME_BUCKETS_MS, MAX_REPORT_BYTES, ReportError, TelemetryReport};
+use plaza_shared::telemetry::{FRAME_BUCKET_COUNT, FRAME_BUCKETS_MS, MAX_REPORT_BYTES, ReportError, TelemetryReport, VoiceReport};
 use plaza_shared::quality::{Platform, QualityPreset};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -41,6 +47,12 @@ use std::time::Duration;
 
 /// Reports one user may send: one a second.
 pub const MIN_REPORT_GAP: Duration = Duration::from_secs(1);
+
+/// Buckets of `plaza_client_voice_delay_seconds`: the jitter buffer's
+/// playout delay runs from 40 to 300 ms in 20 ms steps.
+pub const VOICE_DELAY_BUCKETS: [f64; 8] = [0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5];
+/// Buckets of `plaza_client_voice_jitter_seconds`.
+pub const VOICE_JITTER_BUCKETS: [f64; 7] = [0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2];
 
 /// Buckets of `plaza_client_fps` (frames a second).
 pub const FPS_BUCKETS: [f64; 10] = [15.0, 24.0, 30.0, 45.0, 60.0, 72.0, 90.0, 120.0, 144.0, 240.0];
@@ -143,6 +155,25 @@ pub fn record(report: &TelemetryReport) {
     metrics::counter!(m::CLIENT_OVER_BUDGET, "preset" => preset, "platform" => platform).increment(report.over_budget);
     metrics::counter!(m::CLIENT_REPORTS, "platform" => platform).increment(1);
     metrics::counter!(m::CLIENT_REPORTS_DROPPED, "platform" => platform).increment(report.dropped_reports);
+    if let Some(voice) = &report.voice {
+        record_voice(voice, platform);
+    }
+}
+
+/// The `plaza_client_voice_*` part of a report.
+fn record_voice(voice: &VoiceReport, platform: &'static str) {
+    let frames = [voice.played, voice.recovered, voice.lost, voice.stalled];
+    for (outcome, n) in m::VOICE_FRAME_OUTCOMES.into_iter().zip(frames) {
+        metrics::counter!(m::CLIENT_VOICE_FRAMES, "platform" => platform, "outcome" => outcome).increment(n);
+    }
+    for (outcome, n) in m::MIC_FRAME_OUTCOMES.into_iter().zip([voice.mic_sent, voice.mic_skipped]) {
+        metrics::counter!(m::CLIENT_VOICE_MIC_FRAMES, "platform" => platform, "outcome" => outcome).increment(n);
+    }
+    // Delay and jitter say something only of a report that heard voice.
+    if voice.heard() > 0 {
+        metrics::histogram!(m::CLIENT_VOICE_DELAY, "platform" => platform).record(voice.delay_ms / 1000.0);
+        metrics::histogram!(m::CLIENT_VOICE_JITTER, "platform" => platform).record(voice.jitter_ms / 1000.0);
+    }
 }
 
 /// `plaza_client_frame_seconds`, one cell per preset × platform. Kept here

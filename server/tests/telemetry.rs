@@ -10,7 +10,7 @@ mod common;
 
 use common::*;
 use plaza_shared::quality::QualityPreset;
-use plaza_shared::telemetry::{FRAME_BUCKET_COUNT, FRAME_BUCKETS_MS, FrameMs, MAX_REPORT_BYTES, Platform, TelemetryReport};
+use plaza_shared::telemetry::{FRAME_BUCKET_COUNT, FRAME_BUCKETS_MS, FrameMs, MAX_REPORT_BYTES, Platform, TelemetryReport, VoiceReport};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -56,6 +56,7 @@ fn report(platform: Platform, preset: QualityPreset, bucket_counts: [u64; FRAME_
         bucket_counts: bucket_counts.to_vec(),
         visible_avatars: 12,
         dropped_reports: 0,
+        voice: None,
     }
 }
 
@@ -86,6 +87,8 @@ async fn a_reports_numbers_appear_exactly_in_metrics() {
     first.interval_s = 6.0; // what these frames can add up to (5.18 s to 6.96 s)
     first.over_budget = 22; // over mobile's 33.3 ms
     first.dropped_reports = 2;
+    // One heard two voices, ~4% of the frames lost or stalled, and talked.
+    first.voice = Some(VoiceReport { played: 230, recovered: 6, lost: 7, stalled: 3, delay_ms: 70.0, jitter_ms: 12.5, mic_sent: 120, mic_skipped: 2 });
     let second = {
         let mut r = report(Platform::Mobile, QualityPreset::Ultra, [0, 0, 0, 0, 150, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         r.interval_s = 2.5; // 60 fps
@@ -125,6 +128,21 @@ async fn a_reports_numbers_appear_exactly_in_metrics() {
     assert_eq!(get(&after, "plaza_client_frames_over_budget_total", &labels), 22.0);
     assert_eq!(get(&after, "plaza_client_reports_total", &[("platform", "mobile")]), 2.0);
     assert_eq!(get(&after, "plaza_client_reports_dropped_total", &[("platform", "mobile")]), 2.0);
+
+    // Voice: the one report that had it.
+    let mobile = [("platform", "mobile")];
+    for (outcome, frames) in [("played", 230.0), ("recovered", 6.0), ("lost", 7.0), ("stalled", 3.0)] {
+        assert_eq!(get(&before, "plaza_client_voice_frames_total", &[mobile[0], ("outcome", outcome)]), 0.0);
+        assert_eq!(get(&after, "plaza_client_voice_frames_total", &[mobile[0], ("outcome", outcome)]), frames, "{outcome}");
+    }
+    assert_eq!(get(&after, "plaza_client_voice_mic_frames_total", &[mobile[0], ("outcome", "sent")]), 120.0);
+    assert_eq!(get(&after, "plaza_client_voice_mic_frames_total", &[mobile[0], ("outcome", "skipped")]), 2.0);
+    assert_eq!(get(&after, "plaza_client_voice_delay_seconds_count", &mobile), 1.0, "one sample: the report without voice adds none");
+    assert!((get(&after, "plaza_client_voice_delay_seconds_sum", &mobile) - 0.07).abs() < 1e-9);
+    assert_eq!(get(&after, "plaza_client_voice_delay_seconds_bucket", &[mobile[0], ("le", "0.06")]), 0.0);
+    assert_eq!(get(&after, "plaza_client_voice_delay_seconds_bucket", &[mobile[0], ("le", "0.08")]), 1.0);
+    assert_eq!(get(&after, "plaza_client_voice_jitter_seconds_bucket", &[mobile[0], ("le", "0.01")]), 0.0);
+    assert_eq!(get(&after, "plaza_client_voice_jitter_seconds_bucket", &[mobile[0], ("le", "0.02")]), 1.0);
     // Nothing about the adapter (an unbounded name) becomes a label.
     let (_, _, text) = server.http("GET", "/metrics", "", &[]).await;
     assert!(!text.contains("llvmpipe"), "adapter names are never labels");
@@ -169,7 +187,10 @@ async fn each_bad_input_gets_its_status_and_message_and_changes_no_metric() {
 
     // Reports with a bad field: 400 bad_telemetry with the shared validation's text.
     type Edit = fn(&mut TelemetryReport);
-    let cases: [(Edit, &str); 8] = [
+    fn voice(r: &mut TelemetryReport) -> &mut VoiceReport {
+        r.voice.insert(VoiceReport { played: 100, delay_ms: 40.0, ..Default::default() })
+    }
+    let cases: [(Edit, &str); 11] = [
         (|r| r.interval_s = 0.0, "interval_s must be a number in (0, 60]; got 0"),
         (|r| r.interval_s = 61.0, "interval_s must be a number in (0, 60]; got 61"),
         (|r| r.frames = 0, "frames must be 1..=60000; got 0"),
@@ -178,6 +199,9 @@ async fn each_bad_input_gets_its_status_and_message_and_changes_no_metric() {
         (|r| r.fps_1pct_low = -1.0, "fps_1pct_low must be a finite number ≥ 0; got -1"),
         (|r| r.frame_ms.p50 = 99.0, "frame_ms must be ordered p50 ≤ p95 ≤ p99 ≤ max"),
         (|r| r.over_budget = 11, "over_budget (11) can't exceed frames"),
+        (|r| voice(r).stalled = 50_000, "voice frames heard (played + recovered + lost + stalled) must be at most 48000; got 50100"),
+        (|r| voice(r).mic_sent = 7_000, "voice microphone frames (mic_sent + mic_skipped) must be at most 6000; got 7000"),
+        (|r| voice(r).delay_ms = -3.0, "voice.delay_ms must be a number from 0 to 10000 ms; got -3"),
     ];
     for (edit, says) in cases {
         let mut bad = good.clone();

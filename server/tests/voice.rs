@@ -105,6 +105,7 @@ async fn members_near_each_other_hear_each_other_and_a_far_one_is_not_forwarded(
     let (mut ann, ann_joined) = server.member("Ann", Subprotocol::Json, "voice").await;
     let (mut ben, ben_joined) = server.member("Ben", Subprotocol::Binary, "voice").await;
     let (mut cat, cat_joined) = server.member("Cat", Subprotocol::Json, "voice").await;
+    let (_, _, at_start) = server.http("GET", "/metrics", "", &[]).await;
     // Cat stands 100 m away: past the hearing range.
     cat.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(100.0, 0.0) })).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -142,6 +143,14 @@ async fn members_near_each_other_hear_each_other_and_a_far_one_is_not_forwarded(
     let bytes_out = counted(&metrics, "out") - counted(&before, "out");
     assert!(bytes_in >= 100.0 * 19.0, "two speakers' 100 frames of 19 bytes came in: {bytes_in}");
     assert!(bytes_out >= 45.0 * 19.0 && bytes_out < bytes_in, "Ann's frames went out to Ben only: {bytes_out}");
+    let packets = |body: &str, series: &str| metric(body, series) - metric(&before, series);
+    let packets_in = packets(&metrics, "plaza_voice_packets_total{direction=\"in\"} ");
+    let packets_out = packets(&metrics, "plaza_voice_packets_total{direction=\"out\"} ");
+    assert_eq!(packets_in, 100.0, "Ann's 50 and Cat's 50 came in");
+    assert!((45.0..=50.0).contains(&packets_out), "Ann's went out to Ben: {packets_out}");
+    assert_eq!(packets(&metrics, "plaza_voice_packets_lost_total "), 0.0, "nothing is lost on loopback");
+    let connected = metric(&metrics, "plaza_voice_calls_total{outcome=\"connected\"} ") - metric(&at_start, "plaza_voice_calls_total{outcome=\"connected\"} ");
+    assert!(connected >= 3.0, "Ann's, Ben's and Cat's calls connected: {connected}");
 
     // Ann stops: Ben is told its slot is silent, and the stream is gone.
     ann.send(&ClientMessage::Voice(VoiceSignal::Leave.into_message())).await;
@@ -229,6 +238,35 @@ async fn voice_peers_take_their_ports_from_the_range_and_a_full_range_says_so() 
     assert_eq!(e.code, ErrorCode::VoiceUnavailable);
     assert!(e.message.contains(&format!("no free UDP port in {ports}")), "{}", e.message);
     drop(held);
+}
+
+/// A call that is answered and never connects (UDP blocked, a wrong public
+/// address: here the client never applies the answer) is counted as such
+/// when it goes, for the operators' voice alert.
+#[tokio::test]
+async fn a_call_that_never_connects_is_counted_when_it_goes() {
+    let _turn = STREAMS.lock().await;
+    let server = TestServer::start().await;
+    let never = "plaza_voice_calls_total{outcome=\"never_connected\"} ";
+    let (mut dee, _) = server.member("Dee", Subprotocol::Json, "voice").await;
+    let (_, _, before) = server.http("GET", "/metrics", "", &[]).await;
+    let peer = VoiceClient::new(LOOPBACK, true, 1).await.expect("a voice peer");
+    dee.send(&offer(&peer.offer)).await;
+    assert!(matches!(voice_signal(&mut dee).await, VoiceSignal::Answer { .. }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, _, answered) = server.http("GET", "/metrics", "", &[]).await;
+    assert_eq!(metric(&answered, never), metric(&before, never), "not counted while it may still connect");
+    dee.send(&ClientMessage::Voice(VoiceSignal::Leave.into_message())).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, _, now) = server.http("GET", "/metrics", "", &[]).await;
+        if metric(&now, never) > metric(&before, never) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the call that never connected was not counted within 5 s of leaving");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(peer);
 }
 
 #[tokio::test]

@@ -67,6 +67,131 @@ pub struct TelemetryReport {
     /// Reports the client dropped since its last delivered one.
     #[serde(default)]
     pub dropped_reports: u64,
+    /// Voice heard and sent since the last report, when there was any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice: Option<VoiceReport>,
+}
+
+/// Voice as one client heard it and sent it over an interval: the part of
+/// a [`TelemetryReport`] that shows operators what calls sound like.
+///
+/// Frames are Opus's 20 ms. The four outcomes of a frame of someone
+/// else's voice add up to what the client heard; the concealment that
+/// follows the end of a voice is none of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoiceReport {
+    /// Played from a packet that came in time.
+    pub played: u64,
+    /// Lost, and rebuilt from the next packet's forward error correction.
+    pub recovered: u64,
+    /// Lost and concealed.
+    pub lost: u64,
+    /// Concealed while the jitter buffer ran dry, until a late packet came.
+    pub stalled: u64,
+    /// Mean playout (jitter buffer) delay of the frames heard, ms.
+    pub delay_ms: f64,
+    /// The largest interarrival jitter (RFC 3550) of the voices heard, ms.
+    pub jitter_ms: f64,
+    /// Microphone frames sent.
+    pub mic_sent: u64,
+    /// Microphone frames skipped because the client's voice thread was late.
+    pub mic_skipped: u64,
+}
+
+/// Most voice frames heard one report may claim: every slot for two
+/// intervals of the longest length (a report can carry a little more than
+/// its own interval when the one before was not taken in time).
+pub const MAX_VOICE_HEARD: u64 = (crate::voice::MAX_SLOTS as u64) * VOICE_FRAMES_PER_S * 120;
+/// Most microphone frames, sent and skipped, one report may claim.
+pub const MAX_VOICE_MIC: u64 = VOICE_FRAMES_PER_S * 120;
+/// Opus frames a second (20 ms each).
+pub const VOICE_FRAMES_PER_S: u64 = 50;
+/// Playout delay and jitter, ms, beyond any a client could have.
+pub const MAX_VOICE_MS: f64 = 10_000.0;
+
+impl VoiceReport {
+    /// Frames of others' voices heard, whatever became of them.
+    pub fn heard(&self) -> u64 {
+        self.played.saturating_add(self.recovered).saturating_add(self.lost).saturating_add(self.stalled)
+    }
+
+    fn validate(&self) -> Result<(), ReportError> {
+        if self.heard() > MAX_VOICE_HEARD {
+            return Err(ReportError::VoiceHeard(self.heard()));
+        }
+        let mic = self.mic_sent.saturating_add(self.mic_skipped);
+        if mic > MAX_VOICE_MIC {
+            return Err(ReportError::VoiceMic(mic));
+        }
+        for (field, value) in [("voice.delay_ms", self.delay_ms), ("voice.jitter_ms", self.jitter_ms)] {
+            if !(value.is_finite() && (0.0..=MAX_VOICE_MS).contains(&value)) {
+                return Err(ReportError::VoiceMs { field, value });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Adds up a client's voice between two reports: the call adds what each
+/// slot heard and what the microphone did, the telemetry sender takes it.
+#[derive(Debug, Clone, Default)]
+pub struct VoiceTally {
+    report: VoiceReport,
+    /// Playout delay × frames heard, for the mean.
+    delay_frames_ms: f64,
+}
+
+impl VoiceTally {
+    /// One slot's frames since it was last added, heard at `delay_ms` of
+    /// playout delay and `jitter_ms` of jitter.
+    pub fn heard(&mut self, played: u64, recovered: u64, lost: u64, stalled: u64, delay_ms: f64, jitter_ms: f64) {
+        let r = &mut self.report;
+        r.played += played;
+        r.recovered += recovered;
+        r.lost += lost;
+        r.stalled += stalled;
+        let frames = played + recovered + lost + stalled;
+        if frames > 0 {
+            if delay_ms.is_finite() {
+                self.delay_frames_ms += delay_ms.clamp(0.0, MAX_VOICE_MS) * frames as f64;
+            }
+            if jitter_ms.is_finite() {
+                r.jitter_ms = r.jitter_ms.max(jitter_ms.clamp(0.0, MAX_VOICE_MS));
+            }
+        }
+    }
+
+    /// Microphone frames sent and skipped since they were last added.
+    pub fn mic(&mut self, sent: u64, skipped: u64) {
+        self.report.mic_sent += sent;
+        self.report.mic_skipped += skipped;
+    }
+
+    /// What was added since the last take, and a fresh tally; `None` when
+    /// nothing was heard or sent. Held to what one report may claim (only a
+    /// tally left untaken for minutes reaches it).
+    pub fn take(&mut self) -> Option<VoiceReport> {
+        let tally = std::mem::take(self);
+        let mut r = tally.report;
+        let heard = r.heard();
+        if heard == 0 && r.mic_sent == 0 && r.mic_skipped == 0 {
+            return None;
+        }
+        if heard > 0 {
+            r.delay_ms = tally.delay_frames_ms / heard as f64;
+        }
+        if heard > MAX_VOICE_HEARD {
+            let keep = MAX_VOICE_HEARD as f64 / heard as f64;
+            let scale = |n: u64| (n as f64 * keep).floor() as u64;
+            (r.played, r.recovered, r.lost, r.stalled) = (scale(r.played), scale(r.recovered), scale(r.lost), scale(r.stalled));
+        }
+        if r.mic_sent + r.mic_skipped > MAX_VOICE_MIC {
+            let keep = MAX_VOICE_MIC as f64 / (r.mic_sent + r.mic_skipped) as f64;
+            (r.mic_sent, r.mic_skipped) = ((r.mic_sent as f64 * keep).floor() as u64, (r.mic_skipped as f64 * keep).floor() as u64);
+        }
+        Some(r)
+    }
 }
 
 /// What is wrong with a report; the server answers 400 with this text.
@@ -86,6 +211,12 @@ pub enum ReportError {
     Order,
     #[error("over_budget ({0}) can't exceed frames")]
     OverBudget(u64),
+    #[error("voice frames heard (played + recovered + lost + stalled) must be at most {max}; got {0}", max = MAX_VOICE_HEARD)]
+    VoiceHeard(u64),
+    #[error("voice microphone frames (mic_sent + mic_skipped) must be at most {max}; got {0}", max = MAX_VOICE_MIC)]
+    VoiceMic(u64),
+    #[error("{field} must be a number from 0 to {max} ms; got {value}", max = MAX_VOICE_MS)]
+    VoiceMs { field: &'static str, value: f64 },
 }
 
 impl TelemetryReport {
@@ -116,6 +247,9 @@ impl TelemetryReport {
         }
         if self.over_budget > self.frames {
             return Err(ReportError::OverBudget(self.over_budget));
+        }
+        if let Some(voice) = &self.voice {
+            voice.validate()?;
         }
         if self.adapter.chars().count() > MAX_ADAPTER_CHARS {
             self.adapter = self.adapter.chars().take(MAX_ADAPTER_CHARS).collect();
@@ -197,6 +331,7 @@ impl FrameAggregator {
             bucket_counts,
             visible_avatars,
             dropped_reports,
+            voice: None,
         };
         times.clear();
         self.frames_ms = times;
@@ -274,6 +409,64 @@ mod tests {
     }
 
     #[test]
+    fn the_voice_tally_adds_slots_and_takes_a_mean_delay() {
+        let mut tally = VoiceTally::default();
+        assert_eq!(tally.take(), None, "nothing heard or sent: no voice part");
+        // One slot 90 frames at 40 ms, another 10 at 140 ms.
+        tally.heard(80, 5, 3, 2, 40.0, 4.0);
+        tally.heard(10, 0, 0, 0, 140.0, 25.0);
+        tally.heard(0, 0, 0, 0, 300.0, 99.0); // a quiet slot weighs nothing
+        tally.mic(40, 2);
+        let r = tally.take().expect("voice");
+        assert_eq!((r.played, r.recovered, r.lost, r.stalled, r.heard()), (90, 5, 3, 2, 100));
+        assert!((r.delay_ms - 50.0).abs() < 1e-9, "(90 × 40 + 10 × 140) / 100: {}", r.delay_ms);
+        assert_eq!(r.jitter_ms, 25.0);
+        assert_eq!((r.mic_sent, r.mic_skipped), (40, 2));
+        assert_eq!(tally.take(), None, "taking starts afresh");
+        tally.mic(1, 0);
+        assert_eq!(tally.take().map(|r| (r.heard(), r.delay_ms, r.mic_sent)), Some((0, 0.0, 1)), "a talker who heard nobody");
+    }
+
+    #[test]
+    fn a_tally_left_untaken_is_held_to_what_a_report_may_claim() {
+        let mut tally = VoiceTally::default();
+        for _ in 0..10 {
+            tally.heard(MAX_VOICE_HEARD / 4, 0, MAX_VOICE_HEARD / 20, 0, 60.0, f64::NAN);
+            tally.mic(MAX_VOICE_MIC / 2, 0);
+        }
+        let r = tally.take().unwrap();
+        assert!(r.heard() <= MAX_VOICE_HEARD && r.heard() > MAX_VOICE_HEARD * 99 / 100, "{}", r.heard());
+        assert_eq!(r.played / r.lost, 5, "the shares stay");
+        assert!(r.mic_sent <= MAX_VOICE_MIC);
+        assert_eq!(r.jitter_ms, 0.0, "a NaN jitter is not taken");
+        let mut report = report_of(&[10.0; 5]);
+        report.voice = Some(r);
+        assert!(report.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_voice_parts_say_what_is_wrong() {
+        let mut good = report_of(&[10.0; 5]);
+        good.voice = Some(VoiceReport { played: 100, delay_ms: 40.0, jitter_ms: 3.0, mic_sent: 50, ..Default::default() });
+        assert!(good.clone().validate().is_ok());
+        let check = |f: &dyn Fn(&mut VoiceReport)| {
+            let mut r = good.clone();
+            f(r.voice.as_mut().unwrap());
+            r.validate().unwrap_err()
+        };
+        assert_eq!(check(&|v| v.lost = MAX_VOICE_HEARD), ReportError::VoiceHeard(MAX_VOICE_HEARD + 100));
+        assert_eq!(check(&|v| v.played = u64::MAX), ReportError::VoiceHeard(u64::MAX), "no overflow");
+        assert_eq!(check(&|v| v.mic_skipped = MAX_VOICE_MIC), ReportError::VoiceMic(MAX_VOICE_MIC + 50));
+        assert!(matches!(check(&|v| v.delay_ms = -1.0), ReportError::VoiceMs { field: "voice.delay_ms", .. }));
+        assert!(matches!(check(&|v| v.jitter_ms = f64::NAN), ReportError::VoiceMs { field: "voice.jitter_ms", .. }));
+        let msg = check(&|v| v.delay_ms = 1e6).to_string();
+        assert!(msg.contains("voice.delay_ms") && msg.contains("0 to 10000 ms"), "{msg}");
+        let json = serde_json::to_string(&good).unwrap();
+        assert!(json.contains(r#""voice":{"played":100"#), "{json}");
+        assert!(serde_json::from_str::<TelemetryReport>(&json.replace(r#""mic_skipped":0"#, r#""mic_skipped":0,"echo":1"#)).is_err(), "unknown voice fields are refused");
+    }
+
+    #[test]
     fn a_long_adapter_name_is_cut_not_refused() {
         let mut r = report_of(&[10.0; 5]);
         r.adapter = "é".repeat(500);
@@ -291,5 +484,6 @@ mod tests {
         assert!(serde_json::from_str::<TelemetryReport>(unknown).is_err(), "unknown fields are refused");
         assert!(serde_json::from_str::<TelemetryReport>(&unknown.replace(",\"extra\":1", "").replace("high", "auto")).is_err(), "auto is not a preset a frame ran at");
         assert!(serde_json::from_str::<TelemetryReport>(&unknown.replace(",\"extra\":1", "")).is_ok());
+        assert!(!serde_json::to_string(&r).unwrap().contains("voice"), "no voice part without voice: older servers take it");
     }
 }

@@ -46,6 +46,14 @@ pub struct JitterStats {
     pub played: u64,
     pub recovered: u64,
     pub concealed: u64,
+    /// Frames concealed because their packet never came while later ones
+    /// did (the sequence skipped it, and FEC could not rebuild it).
+    pub lost: u64,
+    /// Frames concealed while the buffer ran dry that a later packet ended
+    /// (it came later than the playout delay allowed, or the sender
+    /// paused): an audible hiccup, where the concealment at the end of a
+    /// voice (before [`JitterStats::underruns`]) is not.
+    pub stalled: u64,
     /// Arrived after their frame's turn had passed.
     pub late: u64,
     /// Dropped to bring the delay back down, or past [`HOLD_AT_MOST`].
@@ -60,6 +68,15 @@ pub struct JitterStats {
     pub target_frames: usize,
     /// Frames held now.
     pub depth: usize,
+}
+
+impl JitterStats {
+    /// Frames of voice played or stood in for, each once: from a packet,
+    /// rebuilt, lost or stalled. Leaves out the concealment that ends a
+    /// voice.
+    pub fn heard(&self) -> u64 {
+        self.played + self.recovered + self.lost + self.stalled
+    }
 }
 
 #[derive(Debug)]
@@ -147,7 +164,7 @@ impl JitterBuffer {
         self.next = Some(next);
         if let Some(packet) = self.held.remove(&next) {
             self.next = Some(next + 1);
-            self.concealed_in_a_row = 0;
+            self.end_stall();
             self.stats.played += 1;
             return Playout::Packet(packet);
         }
@@ -169,7 +186,7 @@ impl JitterBuffer {
             return Playout::Conceal;
         }
         self.next = Some(next + 1);
-        self.concealed_in_a_row = 0;
+        self.end_stall();
         match self.held.get(&(next + 1)) {
             Some(following) => {
                 self.stats.recovered += 1;
@@ -177,9 +194,17 @@ impl JitterBuffer {
             }
             None => {
                 self.stats.concealed += 1;
+                self.stats.lost += 1;
                 Playout::Conceal
             }
         }
+    }
+
+    /// Playing goes on after frames concealed while dry: they were a stall,
+    /// not the end of the voice.
+    fn end_stall(&mut self) {
+        self.stats.stalled += u64::from(self.concealed_in_a_row);
+        self.concealed_in_a_row = 0;
     }
 
     /// The 16-bit sequence number placed next to the highest seen.
@@ -244,7 +269,22 @@ mod tests {
         assert_eq!(b.pop(), Playout::Packet(p(1)));
         assert_eq!(b.pop(), Playout::Recover(p(3)), "2 is lost: rebuilt from 3's FEC");
         assert_eq!(b.pop(), Playout::Packet(p(3)));
-        assert_eq!(b.stats().recovered, 1);
+        assert_eq!((b.stats().recovered, b.stats().lost, b.stats().stalled), (1, 0, 0));
+        assert_eq!(b.stats().heard(), 4);
+    }
+
+    #[test]
+    fn two_holes_in_a_row_are_one_lost_and_one_rebuilt() {
+        let mut b = JitterBuffer::new();
+        steady(&mut b, [0, 1, 4]);
+        b.pop();
+        b.pop();
+        assert_eq!(b.pop(), Playout::Conceal, "2 is lost, and 3 is not here to rebuild it from");
+        assert_eq!(b.pop(), Playout::Recover(p(4)), "3 is rebuilt from 4");
+        assert_eq!(b.pop(), Playout::Packet(p(4)));
+        let s = b.stats();
+        assert_eq!((s.lost, s.recovered, s.stalled, s.concealed), (1, 1, 0, 1));
+        assert_eq!(s.heard(), 5);
     }
 
     #[test]
@@ -270,7 +310,11 @@ mod tests {
         }
         b.push(2, 10 * TS, p(2), 200.0);
         assert_eq!(b.stats().late, 0, "the word's first packet is not late");
+        assert_eq!(b.stats().stalled, 0, "not known to be a stall until the packet plays");
         assert_eq!(b.pop(), Playout::Packet(p(2)));
+        let s = b.stats();
+        assert_eq!((s.stalled, s.lost, s.concealed), (3, 0, 3), "the three frames held up the voice");
+        assert_eq!(s.heard(), 6);
     }
 
     #[test]
@@ -286,6 +330,9 @@ mod tests {
         assert_eq!(b.stats().underruns, 1);
         steady(&mut b, [40, 41]);
         assert_eq!(b.pop(), Playout::Packet(p(40)), "plays again from the new packets");
+        let s = b.stats();
+        assert_eq!((s.concealed, s.stalled, s.lost), (CONCEAL_AT_MOST as u64, 0, 0), "the end of a voice is neither a stall nor a loss");
+        assert_eq!(s.heard(), 3);
     }
 
     #[test]

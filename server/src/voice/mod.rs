@@ -21,7 +21,7 @@ use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -257,11 +257,12 @@ impl Sfu {
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
         let gathered = Arc::new(Notify::new());
         let heard_ms = Arc::new(AtomicU64::new(0));
-        let events = PeerEvents { speaker, routes: routes_rx, gathered: gathered.clone(), state: state_tx, heard_ms: heard_ms.clone() };
+        let connected = Arc::new(AtomicBool::new(false));
+        let events = PeerEvents { speaker, routes: routes_rx, gathered: gathered.clone(), state: state_tx, heard_ms: heard_ms.clone(), connected: connected.clone() };
 
         let pc = self.peer_connection(Arc::new(events)).await?;
         // From here on, dropping `peer` closes the connection.
-        let mut peer = VoicePeer { pc, answer: String::new(), state: state.clone(), listener: None, _permit: permit };
+        let mut peer = VoicePeer { pc, answer: String::new(), state: state.clone(), listener: None, answered: None, _permit: permit };
 
         let mut slots = Vec::with_capacity(shape.slots);
         for i in 0..shape.slots {
@@ -285,6 +286,9 @@ impl Sfu {
         }
         let (forward, queue) = mpsc::channel(LISTENER_QUEUE);
         peer.listener = Some(tokio::spawn(forward_to_listener(queue, outs, state)));
+        // Answered: from here, a peer that never connects counts as a call
+        // that failed (one that failed before was a bad offer, said to it).
+        peer.answered = Some(connected);
         Ok((peer, VoiceRouting { routes: routes_tx, forward, mids, mic: shape.mic, heard_ms }))
     }
 }
@@ -298,6 +302,9 @@ pub struct VoicePeer {
     /// The connection's state, as the driver reports it.
     pub state: watch::Receiver<RTCPeerConnectionState>,
     listener: Option<tokio::task::JoinHandle<()>>,
+    /// Once answered: whether the connection ever came up, counted in
+    /// `plaza_voice_calls_total` when the peer goes.
+    answered: Option<Arc<AtomicBool>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -319,6 +326,9 @@ impl Drop for VoicePeer {
     fn drop(&mut self) {
         if let Some(listener) = self.listener.take() {
             listener.abort();
+        }
+        if self.answered.as_ref().is_some_and(|connected| !connected.load(Ordering::Relaxed)) {
+            metrics::counter!(crate::metrics::VOICE_CALLS, "outcome" => "never_connected").increment(1);
         }
         let pc = self.pc.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -418,6 +428,8 @@ struct PeerEvents {
     gathered: Arc<Notify>,
     state: watch::Sender<RTCPeerConnectionState>,
     heard_ms: Arc<AtomicU64>,
+    /// Set the first time the connection is up.
+    connected: Arc<AtomicBool>,
 }
 
 #[async_trait::async_trait]
@@ -430,6 +442,9 @@ impl PeerConnectionEventHandler for PeerEvents {
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         tracing::debug!(avatar = self.speaker, %state, "voice connection");
+        if state == RTCPeerConnectionState::Connected && !self.connected.swap(true, Ordering::Relaxed) {
+            metrics::counter!(crate::metrics::VOICE_CALLS, "outcome" => "connected").increment(1);
+        }
         self.state.send_replace(state);
     }
 
@@ -444,10 +459,15 @@ const RTP_HEADER_BYTES: u64 = 12;
 /// Offers each of a speaker's packets to every listener routed to it.
 async fn forward_from_speaker(track: Arc<dyn TrackRemote>, speaker: AvatarId, routes: watch::Receiver<Arc<[Route]>>, heard_ms: Arc<AtomicU64>) {
     let bytes_in = metrics::counter!(crate::metrics::VOICE_BYTES, "direction" => "in");
+    let packets_in = metrics::counter!(crate::metrics::VOICE_PACKETS, "direction" => "in");
+    let lost = metrics::counter!(crate::metrics::VOICE_PACKETS_LOST);
     let dropped = metrics::counter!(crate::metrics::WS_DROPPED, "reason" => "voice_slow_listener");
+    let mut gaps = SequenceGaps::default();
     while let Some(event) = track.poll().await {
         let TrackRemoteEvent::OnRtpPacket(mut packet) = event else { continue };
         bytes_in.increment(RTP_HEADER_BYTES + packet.payload.len() as u64);
+        packets_in.increment(1);
+        lost.increment(gaps.arrived(packet.header.sequence_number));
         heard_ms.store(clock_ms(), Ordering::Relaxed);
         // Its extension ids were negotiated on the speaker's leg: no
         // listener's. Dropped once here, before the copies.
@@ -462,6 +482,73 @@ async fn forward_from_speaker(track: Arc<dyn TrackRemote>, speaker: AvatarId, ro
                 Err(mpsc::error::TrySendError::Closed(_)) => {} // that listener is leaving; the next routes drop it
             }
         }
+    }
+    lost.increment(gaps.finish());
+}
+
+/// Packets missing from one RTP stream, from its sequence numbers. A
+/// number skipped is counted lost only once it is [`SequenceGaps::WINDOW`]
+/// packets behind the newest, so a packet that comes out of order within
+/// that is not counted.
+#[derive(Debug, Clone)]
+pub struct SequenceGaps {
+    /// The newest sequence number, once one came.
+    newest: Option<u16>,
+    /// Bit `i`: packet `newest − i` arrived.
+    seen: u64,
+}
+
+impl Default for SequenceGaps {
+    fn default() -> Self {
+        SequenceGaps { newest: None, seen: u64::MAX }
+    }
+}
+
+impl SequenceGaps {
+    /// Packets a number may come late and still not count as lost: 64,
+    /// 1.28 s of one voice.
+    pub const WINDOW: u16 = 64;
+    /// A jump further ahead than this (10 s of one voice) is the sender
+    /// starting its numbering over, not loss.
+    pub const RESTART: u16 = 500;
+
+    /// Packet `seq` arrived: how many packets are now known lost.
+    pub fn arrived(&mut self, seq: u16) -> u64 {
+        let Some(newest) = self.newest else {
+            self.newest = Some(seq);
+            return 0;
+        };
+        let ahead = seq.wrapping_sub(newest) as i16;
+        if ahead > 0 {
+            let ahead = ahead as u16;
+            self.newest = Some(seq);
+            if ahead > Self::RESTART {
+                self.seen = u64::MAX;
+                return 0;
+            }
+            // The numbers that leave the window, never seen, are lost; past
+            // a whole window, so are those that never entered it.
+            let lost = if ahead >= Self::WINDOW {
+                u64::from(self.seen.count_zeros()) + u64::from(ahead - Self::WINDOW)
+            } else {
+                u64::from((self.seen >> (Self::WINDOW - ahead)).count_zeros()) - u64::from(Self::WINDOW - ahead)
+            };
+            self.seen = if ahead >= Self::WINDOW { 1 } else { (self.seen << ahead) | 1 };
+            lost
+        } else {
+            let behind = ahead.unsigned_abs();
+            if behind < Self::WINDOW {
+                self.seen |= 1 << behind;
+            }
+            0
+        }
+    }
+
+    /// The stream ended: those still missing in the window are lost.
+    pub fn finish(&mut self) -> u64 {
+        let lost = if self.newest.is_some() { u64::from(self.seen.count_zeros()) } else { 0 };
+        self.seen = u64::MAX;
+        lost
     }
 }
 
@@ -499,6 +586,7 @@ impl SlotOut {
 /// is dropped: SRTP has no keys to send it with yet.
 async fn forward_to_listener(mut queue: mpsc::Receiver<Forward>, mut slots: Vec<SlotOut>, state: watch::Receiver<RTCPeerConnectionState>) {
     let bytes_out = metrics::counter!(crate::metrics::VOICE_BYTES, "direction" => "out");
+    let packets_out = metrics::counter!(crate::metrics::VOICE_PACKETS, "direction" => "out");
     let mut up = false;
     while let Some(Forward { slot, speaker, packet }) = queue.recv().await {
         if !up {
@@ -512,6 +600,7 @@ async fn forward_to_listener(mut queue: mpsc::Receiver<Forward>, mut slots: Vec<
         let bytes = RTP_HEADER_BYTES + packet.payload.len() as u64;
         if out.track.write_rtp(packet).await.is_ok() {
             bytes_out.increment(bytes);
+            packets_out.increment(1);
         }
     }
 }
@@ -550,6 +639,48 @@ mod tests {
             let e = OfferShape::read(&sdp).unwrap_err().to_string();
             assert!(e.contains(says), "{e:?} should say {says:?}");
         }
+    }
+
+    /// What `arrived` and then `finish` count for these sequence numbers.
+    fn lost(seqs: impl IntoIterator<Item = u16>) -> (u64, u64) {
+        let mut gaps = SequenceGaps::default();
+        let arrived = seqs.into_iter().map(|s| gaps.arrived(s)).sum();
+        (arrived, gaps.finish())
+    }
+
+    #[test]
+    fn packets_in_order_lose_nothing_across_the_wrap() {
+        assert_eq!(lost((65_000..=65_535).chain(0..500)), (0, 0));
+    }
+
+    #[test]
+    fn a_skipped_number_is_lost_once_it_leaves_the_window() {
+        let mut gaps = SequenceGaps::default();
+        let mut counted = 0;
+        for seq in (0..10).chain(11..74) {
+            counted += gaps.arrived(seq);
+        }
+        assert_eq!(counted, 0, "10 is 63 behind: it may still come");
+        assert_eq!(gaps.arrived(74), 1, "10 left the window");
+        assert_eq!(gaps.arrived(75), 0, "counted once");
+        assert_eq!(gaps.finish(), 0);
+    }
+
+    #[test]
+    fn a_packet_out_of_order_within_the_window_is_not_lost() {
+        assert_eq!(lost([0, 1, 3, 4, 2, 5]), (0, 0));
+        assert_eq!(lost((0..100).filter(|s| s % 10 != 0).chain([90, 80, 70]).chain(100..300)), (6, 0), "10…60 are lost; 70, 80 and 90 came late");
+        assert_eq!(lost([0, 1, 3]), (0, 1), "the stream ended with 2 missing");
+    }
+
+    #[test]
+    fn a_jump_counts_what_it_skipped_and_a_restart_does_not() {
+        let (now, at_the_end) = lost([0, 1, 101, 102]);
+        assert_eq!((now, now + at_the_end), (37, 99), "a 2 s outage mid-sentence: 99 packets, those still in the window counted at the end");
+        assert_eq!(lost([0, 1, 40, 41]), (0, 38), "skipped within the window, counted at the end");
+        assert_eq!(lost([0, 1, 30_000, 30_001]), (0, 0), "the sender started over");
+        assert_eq!(lost([]), (0, 0));
+        assert_eq!(lost([9]), (0, 0));
     }
 
     fn packet(seq: u16, ts: u32) -> rtp::Packet {
