@@ -149,3 +149,49 @@ async fn reports_made_while_the_server_is_away_are_counted_in_the_next_one() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // the server takes one report a second per user
     assert_eq!(sender.send(report(Platform::Vr, &[12.0; 30], 0)).await, Outcome::Delivered { dropped_reports: 0 });
 }
+
+/// What the voice call adds up rides with the next report: into the
+/// `plaza_client_voice_*` metrics when it arrives, and gone with it when it
+/// does not (the dropped count says so), never told twice.
+#[tokio::test]
+async fn voice_rides_with_the_next_report_and_goes_with_it() {
+    let addr: SocketAddr = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let server = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    let (token_tx, token_rx) = watch::channel(Some("before-the-server".to_owned()));
+    let tally = plaza_client::network::voice::SharedVoiceTally::default();
+    let mut sender = TelemetrySender::new(http.clone(), &server, token_rx).with_voice(tally.clone());
+    // Heard while the server is away: dropped with its report.
+    tally.lock().unwrap().heard(1_000, 0, 0, 0, 40.0, 1.0);
+    assert!(matches!(sender.send(report(Platform::Mobile, &[30.0; 10], 0)).await, Outcome::Dropped(_)));
+    assert!(tally.lock().unwrap().take().is_none(), "taken by the report that was dropped");
+
+    let _stop = serve(TcpListener::bind(addr).await.unwrap());
+    token_tx.send_replace(Some(guest_token(&http, &server, "Listener").await));
+    let before = metrics(&http, &server).await;
+    {
+        let mut t = tally.lock().unwrap();
+        t.heard(180, 4, 6, 10, 60.0, 8.0); // one slot
+        t.heard(20, 0, 0, 0, 160.0, 35.0); // another, far rougher
+        t.mic(75, 3);
+    }
+    assert_eq!(sender.send(report(Platform::Mobile, &[30.0; 10], 0)).await, Outcome::Delivered { dropped_reports: 1 });
+    let after = metrics(&http, &server).await;
+    let delta = |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels) - sample(&before, name, labels);
+    let mobile = ("platform", "mobile");
+    for (outcome, frames) in [("played", 200.0), ("recovered", 4.0), ("lost", 6.0), ("stalled", 10.0)] {
+        assert_eq!(delta("plaza_client_voice_frames_total", &[mobile, ("outcome", outcome)]), frames, "{outcome}");
+    }
+    assert_eq!(delta("plaza_client_voice_mic_frames_total", &[mobile, ("outcome", "sent")]), 75.0);
+    assert_eq!(delta("plaza_client_voice_mic_frames_total", &[mobile, ("outcome", "skipped")]), 3.0);
+    // The delay is the mean over the 220 frames heard: (200 × 60 + 20 × 160) / 220 = 69.1 ms.
+    assert_eq!(delta("plaza_client_voice_delay_seconds_count", &[mobile]), 1.0);
+    let delay = delta("plaza_client_voice_delay_seconds_sum", &[mobile]);
+    assert!((delay - 0.069_09).abs() < 1e-4, "{delay}");
+    let jitter = delta("plaza_client_voice_jitter_seconds_sum", &[mobile]);
+    assert!((jitter - 0.035).abs() < 1e-9, "the roughest voice's jitter: {jitter}");
+    assert!(tally.lock().unwrap().take().is_none(), "told once");
+}

@@ -13,6 +13,8 @@ use plaza_client::network::session::{self, SessionConfig};
 use plaza_client::network::voice::{VoiceControl, VoiceScene, VoiceState, VoiceStatus, voice_link};
 use plaza_client::network::{NetEvent, NetInput};
 use plaza_shared::pose::Pose;
+use plaza_shared::quality::{Platform, QualityPreset};
+use plaza_shared::telemetry::{FrameAggregator, TelemetryReport};
 use plaza_voice::devices::{AudioIo, Ring};
 use plaza_voice::level::rms;
 use plaza_voice::spatial::Listener;
@@ -30,6 +32,8 @@ struct Peer {
     speakers: Ring,
     /// Where a sound card reports what it played (for the echo canceller).
     played: Ring,
+    /// Telemetry reports to post (with what voice sounded like since the last).
+    reports: mpsc::Sender<TelemetryReport>,
 }
 
 impl Peer {
@@ -44,8 +48,9 @@ impl Peer {
         // they say would be taken for noise by the suppressor.
         voice.mic.send_modify(|m| m.cleanup = false);
         let config = SessionConfig { server: server.into(), room: room.into(), name: name.into() };
-        tokio::spawn(session::run(config, NetInput { commands: command_rx, pose: pose_rx, voice: Some(port) }, event_tx));
-        Peer { events, poses, _commands: commands, voice, mic, speakers, played }
+        let (reports, report_rx) = mpsc::channel(4);
+        tokio::spawn(session::run_with_telemetry(config, NetInput { commands: command_rx, pose: pose_rx, voice: Some(port) }, event_tx, Some(report_rx)));
+        Peer { events, poses, _commands: commands, voice, mic, speakers, played, reports }
     }
 
     /// Waits for the room (a reconnect included); returns our avatar id.
@@ -72,6 +77,48 @@ impl Peer {
 
     fn stand_at(&self, x: f32) {
         self.poses.send_replace(Some(Pose { p: [x, 0.0, 0.0], ..Pose::default() }));
+    }
+}
+
+/// The voice telemetry the server has taken, across all desktop reports.
+#[derive(Debug, Default)]
+struct VoiceMetrics {
+    played: f64,
+    recovered: f64,
+    lost: f64,
+    stalled: f64,
+    sent: f64,
+}
+
+impl VoiceMetrics {
+    fn heard(&self) -> f64 {
+        self.played + self.recovered + self.lost + self.stalled
+    }
+
+    fn bad(&self) -> f64 {
+        self.lost + self.stalled
+    }
+}
+
+/// `/metrics`' voice telemetry, once `ready` (within 10 s).
+async fn voice_metrics(base: &str, ready: impl Fn(&VoiceMetrics) -> bool) -> VoiceMetrics {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+        let value = |series: &str| text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0);
+        let frames = |outcome: &str| value(&format!("plaza_client_voice_frames_total{{platform=\"desktop\",outcome=\"{outcome}\"}} "));
+        let m = VoiceMetrics {
+            played: frames("played"),
+            recovered: frames("recovered"),
+            lost: frames("lost"),
+            stalled: frames("stalled"),
+            sent: value("plaza_client_voice_mic_frames_total{platform=\"desktop\",outcome=\"sent\"} "),
+        };
+        if ready(&m) {
+            return m;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "voice telemetry not in /metrics within 10 s: {m:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -151,6 +198,19 @@ async fn a_voice_to_the_right_comes_out_of_the_right_speaker_and_nobody_hears_th
     let (bl, br) = ears(&last_second(&ben_heard));
     assert!(bl < 0.001 && br < 0.001, "Ben does not hear himself (and Ann is silent): {bl} {br}");
     assert!(ben.voice.status.borrow().self_speaking, "Ben's own meter shows him talking");
+
+    // Their next telemetry reports tell the server what the call sounded like.
+    let frames = || {
+        let mut agg = FrameAggregator::new(Platform::Desktop);
+        agg.record(16.0);
+        agg.take(QualityPreset::High, "test", 1, 0).expect("a frame")
+    };
+    ann.reports.send(frames()).await.unwrap();
+    ben.reports.send(frames()).await.unwrap();
+    let voice = voice_metrics(&base, |m| m.sent >= 140.0 && m.heard() >= 100.0).await;
+    assert!(voice.sent <= 151.0, "Ben's 150 frames (one more may be on its way): {voice:?}");
+    assert!(voice.heard() <= 160.0, "Ann heard Ben's, and nobody heard silent Ann: {voice:?}");
+    assert!(voice.bad() / voice.heard() < 0.1, "on loopback little is lost or stalled: {voice:?}");
 
     // Ann turns round: Ben is now on her left.
     ann.voice.scene.send_replace(VoiceScene { listener: Listener { position: [0.0, 1.6, 0.0], right: [-1.0, 0.0, 0.0] }, avatars: vec![(ben_id, [3.0, 1.6, 0.0])], ..VoiceScene::default() });

@@ -422,7 +422,7 @@ async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState,
         tracing::info!(user_id = %claims.sub, wait_ms = left.as_millis() as u64, "hello refused: closed for abuse a moment ago");
         return Err((close::RATE_LIMITED, "closed for abuse a moment ago; wait 10 s before reconnecting"));
     }
-    let mut session = Session { id: random_token(12).into(), conn: next_conn(), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new(), trace: crate::otel::SessionTrace::none(), voice: None, voice_offered: None };
+    let mut session = Session { id: random_token(12).into(), conn: next_conn(), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new(), trace: crate::otel::SessionTrace::none(), voice: None, voice_offered: None, voice_failing: Default::default() };
     if let Some(resume) = hello.resume.as_deref()
         && session.resume(resume, state, link).await
     {
@@ -448,6 +448,8 @@ struct Session {
     voice: Option<crate::voice::VoicePeer>,
     /// When this socket's last voice offer was taken.
     voice_offered: Option<Instant>,
+    /// Whether this socket's calls have been failing to connect.
+    voice_failing: crate::voice::FailingCalls,
 }
 
 impl Session {
@@ -722,7 +724,7 @@ impl Session {
                 }
                 self.voice_offered = Some(now);
                 self.end_voice(link, None).await;
-                match state.voice.open(&sdp, shape, seat.you).await {
+                match state.voice.open(&sdp, shape, seat.you, self.voice_failing.clone()).await {
                     Ok((peer, routing)) => {
                         Self::reply(link, ServerMessage::Voice(VoiceSignal::Answer { sdp: peer.answer.clone() }.into_message())).await;
                         room.voice_join(seat.you, self.conn, routing).await;

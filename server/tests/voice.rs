@@ -257,16 +257,34 @@ async fn a_call_that_never_connects_is_counted_when_it_goes() {
     let (_, _, answered) = server.http("GET", "/metrics", "", &[]).await;
     assert_eq!(metric(&answered, never), metric(&before, never), "not counted while it may still connect");
     dee.send(&ClientMessage::Voice(VoiceSignal::Leave.into_message())).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, _, now) = server.http("GET", "/metrics", "", &[]).await;
-        if metric(&now, never) > metric(&before, never) {
-            break;
+    let counted = async |at_least: f64| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, _, now) = server.http("GET", "/metrics", "", &[]).await;
+            let counted = metric(&now, never) - metric(&before, never);
+            if counted >= at_least {
+                return counted;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{counted} calls that never connected counted within 5 s of leaving; expected {at_least}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the call that never connected was not counted within 5 s of leaving");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    drop(peer);
+    };
+    assert_eq!(counted(1.0).await, 1.0);
+    // Her client offers again, and again it never connects (blocked UDP
+    // looks like this): one person's run of failures counts once.
+    tokio::time::sleep(Duration::from_millis(600)).await; // one offer a second
+    dee.send(&offer(&peer.offer)).await;
+    while !matches!(voice_signal(&mut dee).await, VoiceSignal::Answer { .. }) {} // past the first call's speakers
+    dee.send(&ClientMessage::Voice(VoiceSignal::Leave.into_message())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(counted(1.0).await, 1.0, "the second failure in a row is not counted again");
+    // Someone else's failing call is someone else's.
+    let (mut eve, _) = server.member("Eve", Subprotocol::Json, "voice").await;
+    let eve_peer = VoiceClient::new(LOOPBACK, true, 1).await.expect("a voice peer");
+    eve.send(&offer(&eve_peer.offer)).await;
+    assert!(matches!(voice_signal(&mut eve).await, VoiceSignal::Answer { .. }));
+    eve.send(&ClientMessage::Voice(VoiceSignal::Leave.into_message())).await;
+    assert_eq!(counted(2.0).await, 2.0);
 }
 
 #[tokio::test]

@@ -133,7 +133,10 @@ pub async fn run_with_telemetry(config: SessionConfig, mut input: NetInput, even
     };
     let (token, token_rx) = watch::channel(None);
     if let Some(reports) = telemetry {
-        let sender = super::telemetry::TelemetrySender::new(http.clone(), &config.server, token_rx);
+        let mut sender = super::telemetry::TelemetrySender::new(http.clone(), &config.server, token_rx);
+        if let Some(voice) = &input.voice {
+            sender = sender.with_voice(voice.tally.clone());
+        }
         tokio::spawn(super::telemetry::run(sender, reports));
     }
     let mut task = Task { config, http, conn: Connection::new(seed), started: Instant::now(), events, token, unacked: Default::default() };

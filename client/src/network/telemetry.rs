@@ -3,6 +3,9 @@
 //! finished reports over a bounded channel, and [`run`] posts them one at a
 //! time with the session's HTTP client and its current access token.
 //!
+//! Each report also carries what voice sounded like since the one before
+//! ([`plaza_shared::telemetry::VoiceTally`], added to by the call), when there was voice.
+//!
 //! Telemetry is worth less than the frames and the socket it describes, so
 //! a report gets exactly one try: when the server is away, slow or says no,
 //! the report is dropped and counted, and the count rides along in the next
@@ -10,6 +13,7 @@
 //! queued beyond the channel, so a dead server costs a few failed requests
 //! every few seconds and no memory.
 
+use super::voice::SharedVoiceTally;
 use plaza_shared::telemetry::TelemetryReport;
 use std::time::Duration;
 use thiserror::Error;
@@ -62,13 +66,20 @@ pub struct TelemetrySender {
     token: watch::Receiver<Option<String>>,
     dropped: u64,
     warned_rejected: bool,
+    voice: Option<SharedVoiceTally>,
 }
 
 impl TelemetrySender {
     /// `server` is `http://host:port`; `token` follows the session's
     /// current access token (`None` before the first sign-in).
     pub fn new(http: reqwest::Client, server: &str, token: watch::Receiver<Option<String>>) -> TelemetrySender {
-        TelemetrySender { http, url: format!("{}{PATH}", server.trim_end_matches('/')), token, dropped: 0, warned_rejected: false }
+        TelemetrySender { http, url: format!("{}{PATH}", server.trim_end_matches('/')), token, dropped: 0, warned_rejected: false, voice: None }
+    }
+
+    /// Reports carry what `tally` added up since the report before.
+    pub fn with_voice(mut self, tally: SharedVoiceTally) -> TelemetrySender {
+        self.voice = Some(tally);
+        self
     }
 
     /// Reports dropped since the last delivered one (what the next report
@@ -81,6 +92,11 @@ impl TelemetrySender {
     /// counted) grows by the drops counted here.
     pub async fn send(&mut self, mut report: TelemetryReport) -> Outcome {
         report.dropped_reports = report.dropped_reports.saturating_add(self.dropped);
+        // Voice rides with the report, and is dropped with it: the count of
+        // dropped reports says for both what did not arrive.
+        if let Some(tally) = &self.voice {
+            report.voice = tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take().or(report.voice);
+        }
         let outcome = self.post(&report).await;
         match &outcome {
             Outcome::Delivered { .. } => self.dropped = 0,

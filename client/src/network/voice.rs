@@ -22,7 +22,9 @@
 
 use plaza_server::voice::client::{VoiceClient, bind_ip_for};
 use plaza_shared::voice::{MAX_SLOTS, SlotSpeaker, VoiceSignal};
+use plaza_shared::telemetry::VoiceTally;
 use plaza_voice::FRAME_SAMPLES;
+use plaza_voice::jitter::JitterStats;
 use plaza_voice::codec::Encoder;
 use plaza_voice::devices::AudioIo;
 use plaza_voice::level::{Activity, rms};
@@ -128,7 +130,8 @@ pub struct VoiceQuality {
     pub voices: usize,
     /// The largest playout delay among them, ms.
     pub delay_ms: u32,
-    /// Frames missing (rebuilt or concealed) of all frames played, percent.
+    /// Frames whose packet was missing (rebuilt, lost or stalled) of all
+    /// frames heard, percent.
     pub missing_pct: f32,
 }
 
@@ -141,8 +144,9 @@ impl VoiceQuality {
                 voices += 1;
                 delay_ms = delay_ms.max(s.target_frames as u32 * plaza_voice::FRAME_MS);
             }
-            missing += s.recovered + s.concealed;
-            all += s.played + s.recovered + s.concealed;
+            // The concealment that ends a voice is no packet missing.
+            missing += s.recovered + s.lost + s.stalled;
+            all += s.heard();
         }
         VoiceQuality { voices, delay_ms, missing_pct: if all == 0 { 0.0 } else { (missing as f64 * 100.0 / all as f64) as f32 } }
     }
@@ -157,7 +161,13 @@ pub struct VoicePort {
     pub status: Arc<watch::Sender<VoiceStatus>>,
     /// `--voice-qos-debug`: log the jitter buffers' numbers and decisions.
     pub qos_debug: bool,
+    /// What calls heard and sent, for the telemetry reports.
+    pub tally: SharedVoiceTally,
 }
+
+/// Voice quality between two telemetry reports: calls add to it every
+/// frame, the telemetry sender takes it.
+pub type SharedVoiceTally = Arc<std::sync::Mutex<VoiceTally>>;
 
 /// The app's ends of voice.
 #[derive(Debug)]
@@ -173,7 +183,7 @@ pub fn voice_link(audio: AudioIo, qos_debug: bool) -> (VoiceControl, VoicePort) 
     let (mic_tx, mic_control) = watch::channel(MicControl::default());
     let mic = audio.mic.is_some();
     let (status_tx, status) = watch::channel(VoiceStatus { mic, ..Default::default() });
-    (VoiceControl { scene: scene_tx, mic: mic_tx, status }, VoicePort { audio: Arc::new(audio), scene, mic: mic_control, status: Arc::new(status_tx), qos_debug })
+    (VoiceControl { scene: scene_tx, mic: mic_tx, status }, VoicePort { audio: Arc::new(audio), scene, mic: mic_control, status: Arc::new(status_tx), qos_debug, tally: SharedVoiceTally::default() })
 }
 
 /// The status with no call up: `state`, and nothing heard or sent.
@@ -215,6 +225,7 @@ impl VoiceCall {
             mic: port.mic.clone(),
             status: port.status.clone(),
             qos_debug: port.qos_debug,
+            tally: port.tally.clone(),
             ip: bind_ip_for(server),
             outbox,
             inbox,
@@ -264,6 +275,7 @@ struct Call {
     mic: watch::Receiver<MicControl>,
     status: Arc<watch::Sender<VoiceStatus>>,
     qos_debug: bool,
+    tally: SharedVoiceTally,
     ip: IpAddr,
     outbox: mpsc::Sender<VoiceSignal>,
     inbox: mpsc::Receiver<CallSignal>,
@@ -329,7 +341,7 @@ impl Call {
             return e.to_string();
         }
         tracing::info!(slots = slots.len(), device = %self.audio.description, "voice on");
-        let mut media = Media::new(&slots, self.qos_debug, self.mic.borrow().cleanup);
+        let mut media = Media::new(&slots, self.qos_debug, self.mic.borrow().cleanup, self.tally.clone());
         let Ok(mut mixer) = Mixer::new(slots.len()) else { return "no Opus decoder".into() };
         if let Some(s) = speakers {
             media.speakers(&s, &mut mixer);
@@ -405,6 +417,7 @@ impl Call {
                 if let Err(e) = peer.send(media.mic_timestamp, packet).await {
                     return Err(format!("voice send: {e}"));
                 }
+                media.mic_sent += 1;
             }
         }
         // Who we muted, to the SFU whenever it changes (a new call starts
@@ -462,6 +475,7 @@ impl Call {
             }
         }
         media.qos(mixer);
+        media.tally(mixer);
         let (speaking, slots): (Vec<u32>, Vec<Option<u32>>) = (mixer.speaking().collect(), mixer.slots().iter().map(|s| s.avatar()).collect());
         let mic = self.audio.mic.is_some();
         let self_speaking = media.self_speaking;
@@ -497,6 +511,12 @@ struct Media {
     unknown_ssrc: u64,
     /// Microphone samples skipped because they waited too long.
     mic_skipped: u64,
+    /// Microphone frames sent, and skipped, not yet in the tally.
+    mic_sent: u64,
+    mic_skipped_tallied: u64,
+    /// Each slot's numbers when last added to the tally.
+    tallied: Vec<JitterStats>,
+    tally: SharedVoiceTally,
     /// Microphone frames that may go out now (see [`MIC_BURST_FRAMES`]).
     mic_credit: usize,
     qos_debug: bool,
@@ -510,7 +530,7 @@ struct Media {
 }
 
 impl Media {
-    fn new(slots: &[(String, u32)], qos_debug: bool, cleanup: bool) -> Media {
+    fn new(slots: &[(String, u32)], qos_debug: bool, cleanup: bool, tally: SharedVoiceTally) -> Media {
         let clean = CleanMic::new(cleanup).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "the microphone can't be cleaned of echo and noise");
             CleanMic::new(false).expect("off needs nothing")
@@ -528,6 +548,10 @@ impl Media {
             out_frame: vec![0.0; STEREO_FRAME],
             unknown_ssrc: 0,
             mic_skipped: 0,
+            mic_sent: 0,
+            mic_skipped_tallied: 0,
+            tallied: vec![JitterStats::default(); slots.len()],
+            tally,
             mic_credit: MIC_BURST_FRAMES,
             qos_debug,
             qos_logged: Instant::now(),
@@ -545,6 +569,21 @@ impl Media {
                 None => tracing::debug!(mid = %s.mid, "speakers: a slot this call does not have"),
             }
         }
+    }
+
+    /// Adds this frame's news to the telemetry tally: every frame, so a call
+    /// that ends (its task is aborted with its socket) has nothing untold.
+    fn tally(&mut self, mixer: &Mixer) {
+        let mut tally = self.tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (slot, last) in mixer.slots().iter().zip(&mut self.tallied) {
+            let s = slot.stats();
+            let delay_ms = (s.target_frames * plaza_voice::FRAME_MS as usize) as f64;
+            tally.heard(s.played - last.played, s.recovered - last.recovered, s.lost - last.lost, s.stalled - last.stalled, delay_ms, s.jitter_ms);
+            *last = s;
+        }
+        let skipped = self.mic_skipped / FRAME_SAMPLES as u64;
+        tally.mic(std::mem::take(&mut self.mic_sent), skipped - self.mic_skipped_tallied);
+        self.mic_skipped_tallied = skipped;
     }
 
     /// `--voice-qos-debug`: each change of a slot's playout delay as it
@@ -569,7 +608,7 @@ impl Media {
             tracing::info!(
                 target: "plaza::voice::qos",
                 slot = i, avatar = ?slot.avatar(), received = s.received, played = s.played, recovered = s.recovered,
-                concealed = s.concealed, late = s.late, dropped = s.dropped, underruns = s.underruns,
+                concealed = s.concealed, lost = s.lost, stalled = s.stalled, late = s.late, dropped = s.dropped, underruns = s.underruns,
                 jitter_ms = format!("{:.1}", s.jitter_ms), delay_ms = s.target_frames * 20, depth = s.depth, undecodable = slot.undecodable,
                 "voice slot"
             );

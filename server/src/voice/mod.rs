@@ -247,8 +247,9 @@ impl Sfu {
 
     /// Answers `offer` (of `shape`, from [`OfferShape::read`]) for
     /// `speaker`: a peer connection with one sending track per listening
-    /// slot, its candidates gathered.
-    pub async fn open(&self, offer: &str, shape: OfferShape, speaker: AvatarId) -> Result<(VoicePeer, VoiceRouting), VoiceError> {
+    /// slot, its candidates gathered. `failing` is the socket's, across its
+    /// calls.
+    pub async fn open(&self, offer: &str, shape: OfferShape, speaker: AvatarId, failing: FailingCalls) -> Result<(VoicePeer, VoiceRouting), VoiceError> {
         if self.config.max_peers == 0 {
             return Err(VoiceError::Off);
         }
@@ -288,8 +289,28 @@ impl Sfu {
         peer.listener = Some(tokio::spawn(forward_to_listener(queue, outs, state)));
         // Answered: from here, a peer that never connects counts as a call
         // that failed (one that failed before was a bad offer, said to it).
-        peer.answered = Some(connected);
+        peer.answered = Some((connected, failing));
         Ok((peer, VoiceRouting { routes: routes_tx, forward, mids, mic: shape.mic, heard_ms }))
+    }
+}
+
+/// One socket's calls that never connected, in a row: counted once in
+/// `plaza_voice_calls_total{outcome="never_connected"}`, however often its
+/// client offers again meanwhile (every 10–40 s while UDP is blocked), so
+/// the share of calls failing is a share of people, and one person behind a
+/// firewall does not read as a broken server. A call that connects ends the
+/// run.
+#[derive(Debug, Clone, Default)]
+pub struct FailingCalls(Arc<AtomicBool>);
+
+impl FailingCalls {
+    /// A call of this socket ended, after it connected or without.
+    fn ended(&self, connected: bool) {
+        if connected {
+            self.0.store(false, Ordering::Relaxed);
+        } else if !self.0.swap(true, Ordering::Relaxed) {
+            metrics::counter!(crate::metrics::VOICE_CALLS, "outcome" => "never_connected").increment(1);
+        }
     }
 }
 
@@ -302,9 +323,10 @@ pub struct VoicePeer {
     /// The connection's state, as the driver reports it.
     pub state: watch::Receiver<RTCPeerConnectionState>,
     listener: Option<tokio::task::JoinHandle<()>>,
-    /// Once answered: whether the connection ever came up, counted in
-    /// `plaza_voice_calls_total` when the peer goes.
-    answered: Option<Arc<AtomicBool>>,
+    /// Once answered: whether the connection ever came up, and the
+    /// socket's run of failed calls; told to `plaza_voice_calls_total` when
+    /// the peer goes.
+    answered: Option<(Arc<AtomicBool>, FailingCalls)>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -327,8 +349,8 @@ impl Drop for VoicePeer {
         if let Some(listener) = self.listener.take() {
             listener.abort();
         }
-        if self.answered.as_ref().is_some_and(|connected| !connected.load(Ordering::Relaxed)) {
-            metrics::counter!(crate::metrics::VOICE_CALLS, "outcome" => "never_connected").increment(1);
+        if let Some((connected, failing)) = &self.answered {
+            failing.ended(connected.load(Ordering::Relaxed));
         }
         let pc = self.pc.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
