@@ -19,6 +19,7 @@ use crate::render_scale::OutputCamera;
 use crate::settings::SettingsFile;
 use crate::stats::FrameStats;
 use crate::voice::VoiceInfo;
+use plaza_voice::device_list::AudioDevice;
 use bevy::prelude::*;
 use bevy_egui::input::EguiWantsInput;
 use bevy_egui::{EguiContexts, EguiPrimaryContextPass, egui};
@@ -215,6 +216,10 @@ fn settings_window(
     mut voice: Option<ResMut<VoiceInfo>>,
     people: VoicePeople,
 ) -> Result {
+    // The sound devices are listed while the panel is open.
+    if let Some(voice) = voice.as_deref_mut().filter(|v| v.devices.want_list != hud.settings) {
+        voice.devices.want_list = hud.settings;
+    }
     if !hud.settings {
         return Ok(());
     }
@@ -240,6 +245,12 @@ fn settings_window(
             }
             if let Some(on) = change.mic_cleanup {
                 hud.save(file.as_deref_mut(), |s| s.mic_cleanup = Some(on));
+            }
+            if let Some(output) = change.audio_out {
+                hud.save(file.as_deref_mut(), |s| s.audio_out = output);
+            }
+            if let Some(input) = change.audio_in {
+                hud.save(file.as_deref_mut(), |s| s.audio_in = input);
             }
         }
         match (&file, &hud.save_error) {
@@ -279,6 +290,32 @@ struct VoiceSettingsChange {
     /// The voices' volume, once a change of it is done.
     volume: Option<f32>,
     mic_cleanup: Option<bool>,
+    /// A device chosen (`Some(None)`: back to the system's).
+    audio_out: Option<Option<String>>,
+    audio_in: Option<Option<String>>,
+}
+
+/// A drop-down of the sound devices `listed` (while they are being listed,
+/// only the current one), the system's default first. True when the user
+/// picked another.
+fn device_choice(ui: &mut egui::Ui, label: &str, current: &mut Option<String>, listed: Option<&[AudioDevice]>) -> bool {
+    let name_of = |id: &String| listed.and_then(|l| l.iter().find(|d| &d.id == id)).map_or_else(|| id.clone(), |d| d.name.clone());
+    let shown = current.as_ref().map_or_else(|| "System default".to_owned(), name_of);
+    let mut changed = false;
+    egui::ComboBox::from_label(label).selected_text(shown).width(260.0).show_ui(ui, |ui| {
+        changed |= ui.selectable_value(current, None, "System default").changed();
+        match listed {
+            None => {
+                ui.label("Listing the devices…");
+            }
+            Some(devices) => {
+                for d in devices {
+                    changed |= ui.selectable_value(current, Some(d.id.clone()), &d.name).on_hover_text(&d.id).changed();
+                }
+            }
+        }
+    });
+    changed
 }
 
 /// The voice part of the settings panel: your microphone, the voices'
@@ -290,6 +327,19 @@ fn voice_settings(ui: &mut egui::Ui, voice: &mut VoiceInfo, people: &VoicePeople
         .checkbox(&mut voice.mic_cleanup, "Cancel echo and noise, even out loudness")
         .on_hover_text("Takes what your speakers play, and steady noise, out of your microphone, and brings your voice to the loudness everyone else's has. Switch it off for a headset or a sound system that does this itself.");
     let mic_cleanup = cleanup.changed().then_some(voice.mic_cleanup);
+    let devices = &mut voice.devices;
+    let listed = devices.list.clone();
+    let audio_out = device_choice(ui, "Speakers", &mut devices.choice.output, listed.as_ref().map(|l| l.outputs.as_slice())).then(|| devices.choice.output.clone());
+    let audio_in = device_choice(ui, "Microphone", &mut devices.choice.input, listed.as_ref().map(|l| l.inputs.as_slice())).then(|| devices.choice.input.clone());
+    ui.horizontal(|ui| {
+        ui.small(format!("Playing: {}", devices.state.description));
+        if ui.small_button("Refresh").on_hover_text("List the devices again (after plugging one in)").clicked() {
+            devices.list = None;
+        }
+    });
+    if let Some(problem) = &devices.state.problem {
+        ui.colored_label(egui::Color32::from_rgb(230, 120, 80), problem);
+    }
     let mut percent = (voice.volume * 100.0).round();
     let slider = ui.add(egui::Slider::new(&mut percent, 0.0..=MAX_VOICE_VOLUME * 100.0).suffix("%").text("voices' volume"));
     voice.volume = percent / 100.0;
@@ -331,7 +381,7 @@ fn voice_settings(ui: &mut egui::Ui, voice: &mut VoiceInfo, people: &VoicePeople
             }
         });
     }
-    VoiceSettingsChange { volume, mic_cleanup }
+    VoiceSettingsChange { volume, mic_cleanup, audio_out, audio_in }
 }
 
 fn chat_window(

@@ -44,6 +44,22 @@ pub struct ClientOptions {
     #[arg(long, env = "VOICE_QOS_DEBUG")]
     pub voice_qos_debug: bool,
 
+    /// Speakers or headphones for voice: a device's id as
+    /// --list-audio-devices prints it, its name, or a part of the name only
+    /// it has. Default: the system's. One that is not there plays on the
+    /// default (said in the HUD) until it is plugged in.
+    #[arg(long, env = "PLAZA_AUDIO_OUT", value_name = "DEVICE", value_parser = parse_device)]
+    pub audio_out: Option<String>,
+
+    /// Microphone for voice, named as for --audio-out. Default: the system's.
+    #[arg(long, env = "PLAZA_AUDIO_IN", value_name = "DEVICE", value_parser = parse_device)]
+    pub audio_in: Option<String>,
+
+    /// Print the sound devices (speakers and microphones, with their ids)
+    /// and exit.
+    #[arg(long)]
+    pub list_audio_devices: bool,
+
     /// Server to join, e.g. http://127.0.0.1:7878. Unset: start the embedded
     /// server on 127.0.0.1 (any free port) with bots.
     #[arg(long, env = "PLAZA_SERVER", value_parser = parse_server_url)]
@@ -127,7 +143,11 @@ impl ClientOptions {
     /// (no server) and by default headless.
     pub fn voice(&self) -> Option<crate::network::VoiceOptions> {
         let on = self.voice.map_or(!self.headless, Switch::is_on) && !self.offline;
-        on.then(|| crate::network::VoiceOptions { mic: self.mic.unwrap_or(Switch::ON).is_on(), qos_debug: self.voice_qos_debug })
+        on.then(|| crate::network::VoiceOptions {
+            mic: self.mic.unwrap_or(Switch::ON).is_on(),
+            qos_debug: self.voice_qos_debug,
+            devices: plaza_voice::device_list::DeviceChoice { output: self.audio_out.clone(), input: self.audio_in.clone() },
+        })
     }
 
     /// Bots: the server's with the embedded server (default 24), else local
@@ -153,9 +173,27 @@ impl ClientOptions {
         self.telemetry = self.telemetry.or(file.telemetry.map(Switch));
         self.voice = self.voice.or(file.voice.map(Switch));
         self.mic = self.mic.or(file.mic.map(Switch));
+        self.audio_out = self.audio_out.or_else(|| file.audio_out.clone());
+        self.audio_in = self.audio_in.or_else(|| file.audio_in.clone());
         self.name = self.name.or_else(|| file.name.clone());
         self
     }
+}
+
+/// The most a device name or id may run to.
+pub const MAX_DEVICE_CHARS: usize = 200;
+
+/// A sound device as a flag names it: not blank, at most
+/// [`MAX_DEVICE_CHARS`] characters.
+fn parse_device(s: &str) -> Result<String, String> {
+    let name = s.trim();
+    if name.is_empty() {
+        return Err("give a device's id or name (plaza --list-audio-devices lists them), or leave the flag out for the system's default".into());
+    }
+    if name.chars().count() > MAX_DEVICE_CHARS {
+        return Err(format!("a device's id or name is at most {MAX_DEVICE_CHARS} characters; this one has {}", name.chars().count()));
+    }
+    Ok(name.to_owned())
 }
 
 fn parse_server_url(s: &str) -> Result<String, String> {
@@ -199,6 +237,8 @@ mod tests {
     use super::*;
     use plaza_shared::quality::QualityPreset;
 
+    use plaza_voice::device_list::DeviceChoice;
+
     fn parse(args: &[&str]) -> Result<ClientOptions, clap::Error> {
         ClientOptions::try_parse_from(std::iter::once("plaza").chain(args.iter().copied()))
     }
@@ -228,7 +268,7 @@ mod tests {
 
     #[test]
     fn flags_beat_the_settings_file_which_beats_defaults() {
-        let file = crate::settings::Settings { preset: Some(PresetChoice::Fixed(QualityPreset::Low)), lod: Some(false), culling: None, telemetry: Some(false), voice: Some(false), mic: None, voice_volume: None, mic_cleanup: None, name: Some("Ada".into()) };
+        let file = crate::settings::Settings { preset: Some(PresetChoice::Fixed(QualityPreset::Low)), lod: Some(false), culling: None, telemetry: Some(false), voice: Some(false), mic: None, voice_volume: None, mic_cleanup: None, audio_out: Some("Headset".into()), audio_in: None, name: Some("Ada".into()) };
         let o = parse(&["--lod", "on"]).unwrap().resolve(&file);
         assert_eq!(o.preset_choice(), PresetChoice::Fixed(QualityPreset::Low), "from the file");
         assert!(o.lod_on(), "the flag wins");
@@ -237,12 +277,27 @@ mod tests {
         assert_eq!(o.display_name(), "Ada");
         assert_eq!(o.voice(), None, "voice off from the file");
         let o = parse(&["--voice", "on", "--mic", "off"]).unwrap().resolve(&file);
-        assert_eq!(o.voice(), Some(crate::network::VoiceOptions { mic: false, qos_debug: false }), "the flags win");
+        let voice = o.voice().expect("the flag turns voice on");
+        assert!(!voice.mic, "the flags win");
+        assert_eq!(voice.devices, DeviceChoice { output: Some("Headset".into()), input: None }, "the speakers from the file");
+        let o = parse(&["--voice", "on", "--audio-out", "HDMI", "--audio-in", "alsa:hw:1,0"]).unwrap().resolve(&file);
+        assert_eq!(o.voice().unwrap().devices, DeviceChoice { output: Some("HDMI".into()), input: Some("alsa:hw:1,0".into()) }, "the flags win");
+    }
+
+    #[test]
+    fn a_device_flag_must_name_something_short() {
+        for (args, says) in [(vec!["--audio-out", "  "], "--list-audio-devices lists them"), (vec!["--audio-in", &"x".repeat(201)], "at most 200 characters; this one has 201")] {
+            let err = parse(&args).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            let text = err.to_string();
+            assert!(text.contains(args[0]) && text.contains(says), "{text}");
+        }
+        assert_eq!(parse(&["--audio-out", " USB Headset "]).unwrap().audio_out.as_deref(), Some("USB Headset"), "trimmed");
     }
 
     #[test]
     fn voice_is_on_with_the_microphone_by_default_and_off_headless_or_offline() {
-        assert_eq!(parse(&[]).unwrap().voice(), Some(crate::network::VoiceOptions { mic: true, qos_debug: false }));
+        assert_eq!(parse(&[]).unwrap().voice(), Some(crate::network::VoiceOptions { mic: true, qos_debug: false, devices: DeviceChoice::default() }), "the system's devices");
         assert_eq!(parse(&["--headless"]).unwrap().voice(), None);
         assert!(parse(&["--headless", "--voice", "on"]).unwrap().voice().is_some(), "asked for");
         assert_eq!(parse(&["--offline", "--voice", "on"]).unwrap().voice(), None, "no server, no voice");

@@ -11,6 +11,8 @@
 //! mic = true           # false: listen only
 //! voice_volume = 1.0   # 0–2
 //! mic_cleanup = true   # echo cancellation, noise suppression, automatic gain
+//! audio_out = "alsa:hw:CARD=Headset,DEV=0"   # speakers (id or name); unset: the system's
+//! audio_in = "alsa:hw:CARD=Headset,DEV=0"    # microphone, the same way
 //! name = "Ada"
 //! ```
 //!
@@ -50,6 +52,12 @@ pub struct Settings {
     /// microphone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mic_cleanup: Option<bool>,
+    /// Speakers and microphone for voice: a device's id (what the
+    /// settings panel saves) or name; unset, the system's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_out: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_in: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
@@ -179,7 +187,7 @@ mod tests {
     fn saves_and_loads_back() {
         let path = temp("roundtrip");
         assert_eq!(Settings::load(&path).unwrap(), Settings::default(), "missing is defaults");
-        let s = Settings { preset: Some(PresetChoice::Auto), lod: Some(false), culling: None, telemetry: Some(true), voice: None, mic: Some(false), voice_volume: Some(0.5), mic_cleanup: Some(false), name: Some("Ada".into()) };
+        let s = Settings { preset: Some(PresetChoice::Auto), lod: Some(false), culling: None, telemetry: Some(true), voice: None, mic: Some(false), voice_volume: Some(0.5), mic_cleanup: Some(false), audio_out: Some("alsa:hw:CARD=Headset,DEV=0".into()), audio_in: None, name: Some("Ada".into()) };
         s.save(&path).unwrap();
         assert_eq!(Settings::load(&path).unwrap(), s);
         std::fs::write(&path, "preset = \"med\"\n").unwrap();

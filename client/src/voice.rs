@@ -4,7 +4,10 @@
 //! - [`VoiceSystems::Status`]: the call's status into [`VoiceInfo`] (for the
 //!   HUD: on, connecting, failed and why; who is speaking).
 //! - [`VoiceSystems::Input`]: M mutes and unmutes the microphone (not while
-//!   typing in chat); the microphone's switches go to the call.
+//!   typing in chat); the microphone's switches go to the call; the sound
+//!   devices chosen go to the device thread, what it has open (and a
+//!   chosen device it could not find) comes back, and the devices there
+//!   are are listed while the settings panel is open.
 //! - [`VoiceSystems::Scene`]: where the listener is (your avatar, facing
 //!   the camera's way) and where the avatars in the listening slots are,
 //!   for the spatial mix.
@@ -13,7 +16,12 @@
 //! nothing, and [`VoiceInfo`] says why.
 
 use crate::network::voice::{MicControl, VoiceScene, VoiceState, VoiceStatus};
-use crate::network::{NetworkSystems, VoiceLink, VoiceUnavailable};
+use crate::network::{NetworkSystems, Toast, VoiceLink, VoiceUnavailable};
+use crate::network::connection::Notice;
+use plaza_voice::device_list::{AudioDevices, DeviceChoice};
+use plaza_voice::devices::DeviceState;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use crate::player::{LocalPlayer, PlayerControl};
 use crate::quality::MainCamera;
 use crate::remote::{RemoteAvatars, RemoteSystems, RemoteUser};
@@ -57,11 +65,42 @@ pub struct VoiceInfo {
     pub unavailable: Option<String>,
     /// Voice runs (a link to the network thread exists).
     pub enabled: bool,
+    /// The speakers and microphone.
+    pub devices: SoundDevices,
 }
+
+/// The sound devices, as the settings panel shows and changes them.
+#[derive(Debug, Clone, Default)]
+pub struct SoundDevices {
+    /// What was chosen (`None`: the system's default): the panel changes it
+    /// and [`sound_devices`] has it opened.
+    pub choice: DeviceChoice,
+    /// What is open, and any trouble with the choice.
+    pub state: DeviceState,
+    /// The devices there are, once listed.
+    pub list: Option<AudioDevices>,
+    /// Set while the settings panel is open: list the devices (again once
+    /// `list` is cleared).
+    pub want_list: bool,
+}
+
+/// How often what the device thread has open is read.
+const DEVICE_STATE_EVERY: Duration = Duration::from_millis(500);
 
 impl Default for VoiceInfo {
     fn default() -> Self {
-        VoiceInfo { status: VoiceStatus::default(), muted: false, pushing_to_talk: false, volume: 1.0, mic_cleanup: true, muted_users: Default::default(), user_volumes: Default::default(), unavailable: None, enabled: false }
+        VoiceInfo {
+            status: VoiceStatus::default(),
+            muted: false,
+            pushing_to_talk: false,
+            volume: 1.0,
+            mic_cleanup: true,
+            muted_users: Default::default(),
+            user_volumes: Default::default(),
+            unavailable: None,
+            enabled: false,
+            devices: SoundDevices::default(),
+        }
     }
 }
 
@@ -101,7 +140,7 @@ impl Plugin for VoicePlugin {
         app.init_resource::<VoiceInfo>()
             .add_systems(Startup, from_settings)
             .add_systems(PreUpdate, read_status.in_set(VoiceSystems::Status).after(NetworkSystems::Receive))
-            .add_systems(Update, (mute_key.in_set(VoiceSystems::Input), share_scene.in_set(VoiceSystems::Scene).after(RemoteSystems::Interpolate)));
+            .add_systems(Update, ((mute_key, sound_devices).in_set(VoiceSystems::Input), share_scene.in_set(VoiceSystems::Scene).after(RemoteSystems::Interpolate)));
     }
 }
 
@@ -156,6 +195,105 @@ fn mute_key(keys: Option<Res<ButtonInput<KeyCode>>>, control: Res<PlayerControl>
     }
 }
 
+/// `plaza --list-audio-devices`: each device's name and the id to give
+/// `--audio-out` / `--audio-in` (or a part of the name only it has).
+pub fn device_listing(devices: &AudioDevices) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for (title, list, flag) in [("Speakers", &devices.outputs, "--audio-out"), ("Microphones", &devices.inputs, "--audio-in")] {
+        let _ = writeln!(out, "{title} ({flag}):");
+        if list.is_empty() {
+            let _ = writeln!(out, "  none found");
+        }
+        for d in list {
+            let _ = writeln!(out, "  {}\n      id: {}", d.name, d.id);
+        }
+    }
+    if devices.outputs.is_empty() && devices.inputs.is_empty() {
+        let _ = writeln!(out, "No sound system answered (no sound card, and no PulseAudio, PipeWire or ALSA configuration).");
+    }
+    out
+}
+
+/// Listing the sound devices, off the frame: ALSA takes a good part of a
+/// second to answer.
+#[derive(Debug, Default)]
+pub struct DeviceLister {
+    listed: Arc<Mutex<Option<AudioDevices>>>,
+    in_flight: bool,
+}
+
+impl DeviceLister {
+    fn start(&mut self) {
+        if self.in_flight {
+            return;
+        }
+        self.in_flight = true;
+        let listed = self.listed.clone();
+        let spawned = std::thread::Builder::new().name("plaza-audio-list".into()).spawn(move || {
+            let devices = plaza_voice::devices::list();
+            *listed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(devices);
+        });
+        if let Err(e) = spawned {
+            warn!(cause = %e, "the sound devices can't be listed");
+            *self.listed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(AudioDevices::default());
+        }
+    }
+
+    fn take(&mut self) -> Option<AudioDevices> {
+        let done = self.listed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if done.is_some() {
+            self.in_flight = false;
+        }
+        done
+    }
+}
+
+/// The devices chosen, to the device thread (once each change); what it
+/// has open, back (a toast when a chosen one is missing); the list of
+/// devices while the settings panel wants it.
+fn sound_devices(
+    link: Option<Res<VoiceLink>>,
+    mut info: ResMut<VoiceInfo>,
+    mut applied: Local<Option<DeviceChoice>>,
+    mut read_at: Local<Option<Instant>>,
+    mut lister: Local<DeviceLister>,
+    mut toasts: MessageWriter<Toast>,
+) {
+    let Some(link) = link else { return };
+    let audio = &link.0.audio;
+    // The first time: what the devices were opened with (flags, settings).
+    let applied = applied.get_or_insert_with(|| {
+        info.devices.choice = link.0.devices.clone();
+        link.0.devices.clone()
+    });
+    if info.devices.choice != *applied {
+        *applied = info.devices.choice.clone();
+        info!(speakers = ?applied.output, microphone = ?applied.input, "sound devices chosen");
+        audio.choose(applied.clone());
+    }
+    if read_at.is_none_or(|at| at.elapsed() >= DEVICE_STATE_EVERY) {
+        *read_at = Some(Instant::now());
+        let state = audio.state();
+        if state != info.devices.state {
+            if let Some(problem) = state.problem.as_ref().filter(|p| info.devices.state.problem.as_ref() != Some(*p)) {
+                toasts.write(Toast(Notice::AudioDevice { problem: problem.clone() }));
+            }
+            info.devices.state = state;
+        }
+    }
+    if !info.devices.want_list {
+        info.devices.list = None; // listed afresh the next time the panel opens
+    } else if info.devices.list.is_none() {
+        lister.start();
+    }
+    if let Some(devices) = lister.take()
+        && info.devices.want_list
+    {
+        info.devices.list = Some(devices);
+    }
+}
+
 /// The listener (your avatar, facing the camera's way) and the avatars the
 /// slots carry; sent only when it changed.
 fn share_scene(
@@ -207,7 +345,7 @@ mod tests {
     fn keyed_app() -> (App, tokio::sync::watch::Receiver<MicControl>) {
         let mut app = App::new();
         app.add_plugins(MinimalPlugins).init_resource::<ButtonInput<KeyCode>>().insert_resource(PlayerControl::default());
-        let (control, port) = voice_link(AudioIo::detached(true), false);
+        let (control, port) = voice_link(AudioIo::detached(true), false, Default::default());
         app.insert_resource(VoiceLink(control)).init_resource::<VoiceInfo>().add_systems(Update, mute_key);
         (app, port.mic)
     }
@@ -241,6 +379,45 @@ mod tests {
         app.world_mut().resource_mut::<VoiceInfo>().mic_cleanup = false;
         app.update();
         assert!(!muted.borrow().cleanup, "switched off in the settings: the call hears of it");
+    }
+
+    #[test]
+    fn a_device_chosen_in_the_panel_is_opened_once_and_the_list_comes_while_the_panel_is_open() {
+        let mut app = App::new();
+        app.add_plugins(MinimalPlugins).add_message::<Toast>();
+        let opened_with = DeviceChoice { output: Some("Headset".into()), input: None };
+        let (control, _port) = voice_link(AudioIo::detached(true), false, opened_with.clone());
+        let audio = control.audio.clone();
+        app.insert_resource(VoiceLink(control)).init_resource::<VoiceInfo>().add_systems(Update, sound_devices);
+        app.update();
+        assert_eq!(app.world().resource::<VoiceInfo>().devices.choice, opened_with, "the panel starts from what was opened");
+        assert_eq!(audio.chosen(), DeviceChoice::default(), "nothing asked of the device thread yet");
+        app.world_mut().resource_mut::<VoiceInfo>().devices.choice.output = Some("alsa:null".into());
+        app.update();
+        app.update();
+        assert_eq!(audio.chosen(), DeviceChoice { output: Some("alsa:null".into()), input: None }, "the new choice, asked for");
+        assert_eq!(app.world().resource::<VoiceInfo>().devices.state.description, "no audio device", "what is open comes back");
+
+        assert!(app.world().resource::<VoiceInfo>().devices.list.is_none());
+        app.world_mut().resource_mut::<VoiceInfo>().devices.want_list = true;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while app.world().resource::<VoiceInfo>().devices.list.is_none() {
+            assert!(Instant::now() < deadline, "the devices were not listed within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+            app.update();
+        }
+        app.world_mut().resource_mut::<VoiceInfo>().devices.want_list = false;
+        app.update();
+        assert!(app.world().resource::<VoiceInfo>().devices.list.is_none(), "listed afresh next time");
+    }
+
+    #[test]
+    fn the_device_listing_gives_each_name_and_its_id() {
+        use plaza_voice::device_list::AudioDevice;
+        let headset = AudioDevice { id: "alsa:hw:CARD=Headset,DEV=0".into(), name: "USB Headset".into() };
+        let text = device_listing(&AudioDevices { outputs: vec![headset.clone()], inputs: vec![] });
+        assert_eq!(text, "Speakers (--audio-out):\n  USB Headset\n      id: alsa:hw:CARD=Headset,DEV=0\nMicrophones (--audio-in):\n  none found\n");
+        assert!(device_listing(&AudioDevices::default()).contains("No sound system answered"));
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl Peer {
         let (event_tx, events) = mpsc::channel(256);
         let audio = AudioIo::detached(true);
         let (mic, speakers, played) = (audio.mic.clone().expect("a detached microphone"), audio.speakers.clone(), audio.played.clone());
-        let (voice, port) = voice_link(audio, true);
+        let (voice, port) = voice_link(audio, true, Default::default());
         // Test peers wear headsets: nothing to cancel, and the steady tones
         // they say would be taken for noise by the suppressor.
         voice.mic.send_modify(|m| m.cleanup = false);

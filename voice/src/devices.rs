@@ -7,6 +7,7 @@
 //! card, headless, tests) the rings are all there is and whoever holds them
 //! plays the device's part.
 
+use crate::device_list::{AudioDevice, AudioDevices, DeviceChoice, pick};
 use crate::resample::{Resampler, from_stereo, to_mono};
 use crate::{FRAME_SAMPLES, SAMPLE_RATE};
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
@@ -24,6 +25,9 @@ const SPEAKER_RING: usize = 2 * 10 * FRAME_SAMPLES;
 const MAX_PUSH: usize = 2 * 8_192;
 /// After a device goes away, the wait before opening the defaults again.
 const REOPEN_AFTER: Duration = Duration::from_secs(2);
+/// While a chosen device is missing (and the default plays instead), how
+/// often to look whether it is back (plugged in again).
+const LOOK_FOR_CHOSEN_EVERY: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
@@ -176,22 +180,73 @@ pub struct AudioIo {
     /// microphone to cancel its echo. With detached audio, whoever plays
     /// the speakers' ring puts here what it played (or nothing: silence).
     pub played: Ring,
-    /// What is playing and recording, for the log and the HUD.
-    pub description: String,
+    /// What is playing and recording now, for the log and the HUD.
+    state: Arc<Mutex<DeviceState>>,
+    /// Where a new choice of devices goes (the device thread); none when
+    /// detached.
+    choices: Option<mpsc::Sender<DeviceChoice>>,
+    /// The choice last asked for.
+    chosen: Mutex<DeviceChoice>,
     /// Dropping it stops the device thread and its streams.
     _stop: Option<mpsc::Sender<()>>,
+}
+
+/// What the device thread has open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceState {
+    /// The devices playing and recording, with their rates.
+    pub description: String,
+    /// A chosen device that is not there (or could not start), and what
+    /// plays instead; the default takes its place until it is back.
+    pub problem: Option<String>,
 }
 
 impl AudioIo {
     /// Rings with no device behind them.
     pub fn detached(mic: bool) -> AudioIo {
-        AudioIo { mic: mic.then(|| Ring::new(MIC_RING)), speakers: Ring::new(SPEAKER_RING), played: Ring::new(SPEAKER_RING), description: "no audio device".into(), _stop: None }
+        let state = DeviceState { description: "no audio device".into(), problem: None };
+        AudioIo {
+            mic: mic.then(|| Ring::new(MIC_RING)),
+            speakers: Ring::new(SPEAKER_RING),
+            played: Ring::new(SPEAKER_RING),
+            state: Arc::new(Mutex::new(state)),
+            choices: None,
+            chosen: Mutex::default(),
+            _stop: None,
+        }
     }
 
-    /// The default output device, and the default input when `mic`. No
-    /// output is an error; no microphone only leaves `mic` empty (listening
-    /// still works), with the reason in the description.
-    pub fn open(mic: bool) -> Result<AudioIo, DeviceError> {
+    /// What is open now, and any trouble with the choice.
+    pub fn state(&self) -> DeviceState {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// What is playing and recording now.
+    pub fn description(&self) -> String {
+        self.state().description
+    }
+
+    /// Opens `choice` in place of what is open (the rings stay, so a call
+    /// hears a short gap at most). Detached audio only remembers it.
+    pub fn choose(&self, choice: DeviceChoice) {
+        *self.chosen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = choice.clone();
+        if let Some(choices) = &self.choices {
+            let _ = choices.send(choice);
+        }
+    }
+
+    /// The choice of devices last asked for (at opening, or since).
+    pub fn chosen(&self) -> DeviceChoice {
+        self.chosen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The output device `choice` names, and its input when `mic`; the
+    /// system's defaults where it names none, or names one that is not
+    /// there (then [`DeviceState::problem`] says so, and the chosen one is
+    /// opened once it appears). No output at all is an error; no microphone
+    /// only leaves `mic` empty (listening still works), with the reason in
+    /// the description.
+    pub fn open(mic: bool, choice: DeviceChoice) -> Result<AudioIo, DeviceError> {
         if !sound_system_present() {
             return Err(DeviceError::NoOutput);
         }
@@ -200,7 +255,11 @@ impl AudioIo {
         let mic_ring = Ring::new(MIC_RING);
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let (out_ring, played_ring, in_ring) = (speakers.clone(), played.clone(), mic_ring.clone());
+        let (choice_tx, choices) = mpsc::channel::<DeviceChoice>();
+        let state = Arc::new(Mutex::new(DeviceState::default()));
+        let (out_ring, played_ring, in_ring, thread_state) = (speakers.clone(), played.clone(), mic_ring.clone(), state.clone());
+        let chosen = Mutex::new(choice.clone());
+        let mut choice = choice;
         // cpal's streams are not Send everywhere: they live and die on this
         // thread, which also opens them again when a device goes away.
         let spawned = std::thread::Builder::new().name("plaza-audio".into()).spawn(move || {
@@ -208,7 +267,7 @@ impl AudioIo {
             let (lost_tx, lost) = mpsc::channel::<String>();
             let mut ready = Some(ready_tx);
             loop {
-                let output = match start_output(&host, out_ring.clone(), played_ring.clone(), lost_tx.clone()) {
+                let output = match start_output(&host, choice.output.as_deref(), out_ring.clone(), played_ring.clone(), lost_tx.clone()) {
                     Ok(o) => o,
                     Err(e) => match ready.take() {
                         Some(ready) => {
@@ -224,32 +283,57 @@ impl AudioIo {
                         }
                     },
                 };
-                let input = if mic { Some(start_input(&host, in_ring.clone(), lost_tx.clone())) } else { None };
+                let input = if mic { Some(start_input(&host, choice.input.as_deref(), in_ring.clone(), lost_tx.clone())) } else { None };
                 let description = match &input {
-                    Some(Ok((_, d))) => format!("{} · {}", output.1, d),
-                    Some(Err(e)) => format!("{} · {e}", output.1),
-                    None => format!("{} · microphone off", output.1),
+                    Some(Ok(i)) => format!("{} · {}", output.description, i.description),
+                    Some(Err(e)) => format!("{} · {e}", output.description),
+                    None => format!("{} · microphone off", output.description),
                 };
+                let opened_input = input.as_ref().and_then(|i| i.as_ref().ok());
+                // A chosen device that was not listed is looked for again (not
+                // one that was there and would not start: that would reopen
+                // every few seconds for nothing).
+                let missing = output.missing || opened_input.is_some_and(|i| i.missing);
+                let problems: Vec<&str> = [output.problem.as_deref(), opened_input.and_then(|i| i.problem.as_deref())].into_iter().flatten().collect();
+                let problem = (!problems.is_empty()).then(|| problems.join("; "));
+                if let Some(problem) = &problem {
+                    tracing::warn!(%problem, "a chosen audio device is missing; the default plays instead");
+                }
+                *thread_state.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = DeviceState { description: description.clone(), problem: problem.clone() };
                 match ready.take() {
                     Some(ready) => {
-                        let _ = ready.send(Ok((description, matches!(input, Some(Ok(_))))));
+                        let _ = ready.send(Ok(matches!(input, Some(Ok(_)))));
                     }
-                    None => tracing::info!(devices = %description, "audio devices open again"),
+                    None => tracing::info!(devices = %description, "audio devices open"),
                 }
-                // Until the AudioIo is dropped, or a device goes away.
-                let cause = loop {
+                // Until the AudioIo is dropped, a device goes away, another
+                // is chosen, or a chosen one that was missing is back.
+                let mut looked = Instant::now();
+                let (cause, wait) = loop {
                     if stopped(&stop_rx, Duration::from_millis(250)) {
                         return;
                     }
                     if let Ok(cause) = lost.try_recv() {
-                        break cause;
+                        break (cause, REOPEN_AFTER);
+                    }
+                    if let Some(newest) = choices.try_iter().last()
+                        && newest != choice
+                    {
+                        choice = newest;
+                        break ("another device was chosen".to_owned(), Duration::ZERO);
+                    }
+                    if missing && looked.elapsed() >= LOOK_FOR_CHOSEN_EVERY {
+                        looked = Instant::now();
+                        if chosen_present(&host, &choice, mic) {
+                            break ("a chosen device is back".to_owned(), Duration::ZERO);
+                        }
                     }
                 };
-                tracing::warn!(%cause, retry_in = ?REOPEN_AFTER, "an audio device went away; opening the defaults again");
+                tracing::info!(%cause, retry_in = ?wait, "opening the audio devices again");
                 drop(input);
                 drop(output);
                 while lost.try_recv().is_ok() {}
-                if stopped(&stop_rx, REOPEN_AFTER) {
+                if stopped(&stop_rx, wait) {
                     return;
                 }
             }
@@ -257,9 +341,70 @@ impl AudioIo {
         if let Err(e) = spawned {
             return Err(DeviceError::Stream { what: "audio thread", cause: e.to_string() });
         }
-        let (description, has_mic) = ready_rx.recv().map_err(|_| DeviceError::Stream { what: "audio thread", cause: "it stopped".into() })??;
-        Ok(AudioIo { mic: has_mic.then_some(mic_ring), speakers, played, description, _stop: Some(stop_tx) })
+        let has_mic = ready_rx.recv().map_err(|_| DeviceError::Stream { what: "audio thread", cause: "it stopped".into() })??;
+        Ok(AudioIo { mic: has_mic.then_some(mic_ring), speakers, played, state, choices: Some(choice_tx), chosen, _stop: Some(stop_tx) })
     }
+}
+
+/// The devices there are, outputs and inputs (none where there is no sound
+/// system to ask: see [`sound_system_present`]).
+pub fn list() -> AudioDevices {
+    if !sound_system_present() {
+        return AudioDevices::default();
+    }
+    let host = cpal::default_host();
+    AudioDevices { outputs: listed(host.output_devices()).into_iter().map(|(d, _)| d).collect(), inputs: listed(host.input_devices()).into_iter().map(|(d, _)| d).collect() }
+}
+
+/// Each device with its id and name; one whose id can't be read is left
+/// out (it could not be chosen again), one listed twice is listed once.
+fn listed<I: Iterator<Item = cpal::Device>>(devices: Result<I, cpal::Error>) -> Vec<(AudioDevice, cpal::Device)> {
+    let Ok(devices) = devices else { return Vec::new() };
+    let mut out: Vec<(AudioDevice, cpal::Device)> = Vec::new();
+    for device in devices {
+        let Ok(id) = device.id() else { continue };
+        let id = id.to_string();
+        if out.iter().all(|(d, _)| d.id != id) {
+            out.push((AudioDevice { id, name: device_name(&device) }, device));
+        }
+    }
+    out
+}
+
+/// The device `wanted` names among `devices`, or the default with why.
+fn chosen_or_default<I: Iterator<Item = cpal::Device>>(
+    what: &'static str,
+    wanted: Option<&str>,
+    devices: impl FnOnce() -> Result<I, cpal::Error>,
+    default: impl FnOnce() -> Option<cpal::Device>,
+) -> (Option<cpal::Device>, Option<String>) {
+    let Some(wanted) = wanted else { return (default(), None) };
+    let mut listed = listed(devices());
+    let names: Vec<AudioDevice> = listed.iter().map(|(d, _)| d.clone()).collect();
+    match pick(what, &names, wanted) {
+        Ok(found) => {
+            let at = names.iter().position(|d| d.id == found.id).expect("picked from these");
+            (Some(listed.swap_remove(at).1), None)
+        }
+        Err(e) => (default(), Some(format!("{e}; using the default"))),
+    }
+}
+
+/// Whether the devices `choice` names are all listed now.
+fn chosen_present(host: &cpal::Host, choice: &DeviceChoice, mic: bool) -> bool {
+    let output = choice.output.as_deref().is_none_or(|w| pick("speaker", &listed(host.output_devices()).into_iter().map(|(d, _)| d).collect::<Vec<_>>(), w).is_ok());
+    let input = !mic || choice.input.as_deref().is_none_or(|w| pick("microphone", &listed(host.input_devices()).into_iter().map(|(d, _)| d).collect::<Vec<_>>(), w).is_ok());
+    output && input
+}
+
+/// A started stream, what it is, and trouble with the choice if any.
+struct Opened {
+    _stream: cpal::Stream,
+    description: String,
+    problem: Option<String>,
+    /// The chosen device was not listed (rather than listed and failing to
+    /// start): worth looking for again.
+    missing: bool,
 }
 
 /// Whether any sound system is there to ask. On a box with no sound card
@@ -312,19 +457,34 @@ fn device_name(device: &cpal::Device) -> String {
     device.description().map(|d| d.to_string()).unwrap_or_else(|_| "audio device".into())
 }
 
-fn start_output(host: &cpal::Host, ring: Ring, played: Ring, lost: mpsc::Sender<String>) -> Result<(cpal::Stream, String), DeviceError> {
-    let device = host.default_output_device().ok_or(DeviceError::NoOutput)?;
+fn start_output(host: &cpal::Host, wanted: Option<&str>, ring: Ring, played: Ring, lost: mpsc::Sender<String>) -> Result<Opened, DeviceError> {
+    let (device, problem) = chosen_or_default("speaker", wanted, || host.output_devices(), || host.default_output_device());
+    let device = device.ok_or(DeviceError::NoOutput)?;
+    match output_on(&device, ring.clone(), played.clone(), lost.clone()) {
+        Ok((stream, description)) => Ok(Opened { _stream: stream, description, missing: problem.is_some(), problem }),
+        // The chosen one is there and would not start: the default, and why.
+        Err(e) if wanted.is_some() && problem.is_none() => {
+            let default = host.default_output_device().ok_or(DeviceError::NoOutput)?;
+            let (stream, description) = output_on(&default, ring, played, lost)?;
+            Ok(Opened { _stream: stream, description, problem: Some(format!("the speaker \"{}\" would not start ({e}); using the default", device_name(&device))), missing: false })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Plays the speakers' ring on `device`; the stream and what it is.
+fn output_on(device: &cpal::Device, ring: Ring, played: Ring, lost: mpsc::Sender<String>) -> Result<(cpal::Stream, String), DeviceError> {
     let supported = device.default_output_config().map_err(|e| DeviceError::Stream { what: "audio output", cause: e.to_string() })?;
     let config = supported.config();
     let channels = usize::from(config.channels);
     let feed = OutputFeed::new(ring, played, config.sample_rate, channels);
     let error = on_stream_error("audio output", lost);
     let stream = match supported.sample_format() {
-        cpal::SampleFormat::F32 => output_stream::<f32>(&device, config, feed, error),
-        cpal::SampleFormat::I16 => output_stream::<i16>(&device, config, feed, error),
+        cpal::SampleFormat::F32 => output_stream::<f32>(device, config, feed, error),
+        cpal::SampleFormat::I16 => output_stream::<i16>(device, config, feed, error),
         other => return Err(DeviceError::Format { what: "audio output", format: format!("{other:?}") }),
     };
-    Ok((playing("audio output", stream)?, format!("{} ({} Hz, {channels} ch)", device_name(&device), config.sample_rate)))
+    Ok((playing("audio output", stream)?, format!("{} ({} Hz, {channels} ch)", device_name(device), config.sample_rate)))
 }
 
 /// A stream as built, started; either failing is said for `what`.
@@ -457,8 +617,22 @@ impl OutputFeed {
     }
 }
 
-fn start_input(host: &cpal::Host, ring: Ring, lost: mpsc::Sender<String>) -> Result<(cpal::Stream, String), DeviceError> {
-    let device = host.default_input_device().ok_or(DeviceError::NoInput)?;
+fn start_input(host: &cpal::Host, wanted: Option<&str>, ring: Ring, lost: mpsc::Sender<String>) -> Result<Opened, DeviceError> {
+    let (device, problem) = chosen_or_default("microphone", wanted, || host.input_devices(), || host.default_input_device());
+    let device = device.ok_or(DeviceError::NoInput)?;
+    match input_on(&device, ring.clone(), lost.clone()) {
+        Ok((stream, description)) => Ok(Opened { _stream: stream, description, missing: problem.is_some(), problem }),
+        Err(e) if wanted.is_some() && problem.is_none() => {
+            let default = host.default_input_device().ok_or(DeviceError::NoInput)?;
+            let (stream, description) = input_on(&default, ring, lost)?;
+            Ok(Opened { _stream: stream, description, problem: Some(format!("the microphone \"{}\" would not start ({e}); using the default", device_name(&device))), missing: false })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Fills the microphone's ring from `device`; the stream and what it is.
+fn input_on(device: &cpal::Device, ring: Ring, lost: mpsc::Sender<String>) -> Result<(cpal::Stream, String), DeviceError> {
     let supported = device.default_input_config().map_err(|e| DeviceError::Stream { what: "microphone", cause: e.to_string() })?;
     let config = supported.config();
     let channels = usize::from(config.channels);
@@ -473,11 +647,11 @@ fn start_input(host: &cpal::Host, ring: Ring, lost: mpsc::Sender<String>) -> Res
     };
     let error = on_stream_error("microphone", lost);
     let stream = match supported.sample_format() {
-        cpal::SampleFormat::F32 => input_stream::<f32>(&device, config, take, error),
-        cpal::SampleFormat::I16 => input_stream::<i16>(&device, config, take, error),
+        cpal::SampleFormat::F32 => input_stream::<f32>(device, config, take, error),
+        cpal::SampleFormat::I16 => input_stream::<i16>(device, config, take, error),
         other => return Err(DeviceError::Format { what: "microphone", format: format!("{other:?}") }),
     };
-    Ok((playing("microphone", stream)?, format!("mic {} ({} Hz, {channels} ch)", device_name(&device), config.sample_rate)))
+    Ok((playing("microphone", stream)?, format!("mic {} ({} Hz, {channels} ch)", device_name(device), config.sample_rate)))
 }
 
 #[cfg(test)]
@@ -591,8 +765,42 @@ mod tests {
     fn detached_audio_has_rings_and_says_so() {
         let io = AudioIo::detached(true);
         assert!(io.mic.is_some());
-        assert_eq!(io.description, "no audio device");
+        assert_eq!(io.description(), "no audio device");
         assert!(AudioIo::detached(false).mic.is_none());
+    }
+
+    /// A chosen device that is not there: the default plays, the state
+    /// says why; another choice is opened in place (where there is a sound
+    /// system: here, with no card, ALSA's null device as the default).
+    #[test]
+    fn a_missing_choice_plays_the_default_and_says_so_and_another_is_opened_in_place() {
+        let devices = list();
+        let missing = DeviceChoice { output: Some("No Such Headset".into()), input: None };
+        let io = match AudioIo::open(false, missing) {
+            Ok(io) => io,
+            Err(e) => {
+                assert!(devices.outputs.is_empty(), "a sound system lists devices ({devices:?}) but opens none: {e}");
+                assert!(matches!(e, DeviceError::NoOutput), "{e}");
+                return;
+            }
+        };
+        let state = io.state();
+        let problem = state.problem.expect("the missing device is said");
+        assert!(problem.starts_with("no speaker is called \"No Such Headset\"") && problem.ends_with("using the default"), "{problem}");
+        io.speakers.push(&vec![0.0; 2 * FRAME_SAMPLES * 5]);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(io.speakers.len() < 2 * FRAME_SAMPLES * 5, "the default plays: {}", state.description);
+        // Another choice, by id: opened in place, the trouble gone.
+        let Some(other) = devices.outputs.iter().find(|d| AudioIo::open(false, DeviceChoice { output: Some(d.id.clone()), input: None }).is_ok_and(|o| o.state().problem.is_none())) else {
+            return; // nothing else here opens
+        };
+        io.choose(DeviceChoice { output: Some(other.id.clone()), input: None });
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while io.state().problem.is_some() {
+            assert!(Instant::now() < deadline, "the new choice was not opened within 3 s: {:?}", io.state());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(io.description().contains(&other.name), "{} plays now: {}", other.name, io.description());
     }
 
     /// On a machine with no sound card this is an error that says so; with
@@ -601,13 +809,13 @@ mod tests {
     /// returns (no hang, no panic).
     #[test]
     fn opening_the_devices_plays_or_says_why_not() {
-        match AudioIo::open(true) {
+        match AudioIo::open(true, DeviceChoice::default()) {
             Ok(io) => {
                 io.speakers.push(&vec![0.0; 2 * FRAME_SAMPLES * 5]);
                 std::thread::sleep(std::time::Duration::from_millis(300));
-                assert!(io.speakers.len() < 2 * FRAME_SAMPLES * 5, "the output drains the ring: {}", io.description);
+                assert!(io.speakers.len() < 2 * FRAME_SAMPLES * 5, "the output drains the ring: {}", io.description());
                 if let Some(mic) = &io.mic {
-                    assert!(!mic.is_empty(), "the microphone fills its ring: {}", io.description);
+                    assert!(!mic.is_empty(), "the microphone fills its ring: {}", io.description());
                 }
             }
             Err(e) => assert!(!e.to_string().is_empty()),

@@ -19,10 +19,12 @@
 //! - [`level`] — how loud a frame is, for the speaking indicators;
 //! - [`resample`] — between a device's rate and channels and 48 kHz mono;
 //! - [`devices`] — the microphone and speakers (cpal), or none;
+//! - [`device_list`] — which device a user means, by id or name;
 //! - [`test_signal`] — speech-like sound for tests and benchmarks.
 
 pub mod cleanup;
 pub mod codec;
+pub mod device_list;
 pub mod devices;
 pub mod gain;
 pub mod jitter;

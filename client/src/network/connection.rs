@@ -146,6 +146,8 @@ pub enum Notice {
     ServerBusy { retry_in: Duration },
     ServerRestarting,
     VoiceLost,
+    /// A chosen sound device is missing or failed; the default plays.
+    AudioDevice { problem: String },
 }
 
 impl Notice {
@@ -161,6 +163,7 @@ impl Notice {
             Notice::ServerBusy { retry_in } => format!("The server is full right now. Trying again in {} s…", retry_in.as_secs_f64().ceil() as u64),
             Notice::ServerRestarting => "The server is restarting. Reconnecting shortly…".into(),
             Notice::VoiceLost => "Voice connection lost. Voice resumes when the connection is back.".into(),
+            Notice::AudioDevice { problem } => format!("Sound: {problem}. Plaza switches to it when it is plugged in, or pick another in Settings (F1)."),
         }
     }
 }

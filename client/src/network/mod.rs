@@ -177,12 +177,14 @@ pub struct NetworkPlugin {
 }
 
 /// How voice runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VoiceOptions {
     /// Send the microphone (`--mic`); off: listen only.
     pub mic: bool,
     /// `--voice-qos-debug`.
     pub qos_debug: bool,
+    /// The speakers and microphone (`--audio-out`, `--audio-in`).
+    pub devices: plaza_voice::device_list::DeviceChoice,
 }
 
 /// The app's ends of voice while it runs ([`crate::voice`] reads them).
@@ -225,11 +227,11 @@ impl NetworkPlugin {
     /// thread's ends, with the app's in [`VoiceLink`]. No sound device is one
     /// log line and [`VoiceUnavailable`]; the rest of the client runs on.
     fn open_voice(&self, app: &mut App) -> Option<voice::VoicePort> {
-        let options = self.voice?;
-        match plaza_voice::devices::AudioIo::open(options.mic) {
+        let options = self.voice.clone()?;
+        match plaza_voice::devices::AudioIo::open(options.mic, options.devices.clone()) {
             Ok(audio) => {
-                info!(devices = %audio.description, "voice: audio ready");
-                let (control, port) = voice::voice_link(audio, options.qos_debug);
+                info!(devices = %audio.description(), "voice: audio ready");
+                let (control, port) = voice::voice_link(audio, options.qos_debug, options.devices);
                 app.insert_resource(VoiceLink(control));
                 Some(port)
             }

@@ -26,6 +26,7 @@ use plaza_shared::telemetry::VoiceTally;
 use plaza_voice::FRAME_SAMPLES;
 use plaza_voice::jitter::JitterStats;
 use plaza_voice::codec::Encoder;
+use plaza_voice::device_list::DeviceChoice;
 use plaza_voice::devices::AudioIo;
 use plaza_voice::level::{Activity, rms};
 use plaza_voice::mic::CleanMic;
@@ -175,15 +176,23 @@ pub struct VoiceControl {
     pub scene: watch::Sender<VoiceScene>,
     pub mic: watch::Sender<MicControl>,
     pub status: watch::Receiver<VoiceStatus>,
+    /// The sound devices: what is open, and another choice of them.
+    pub audio: Arc<AudioIo>,
+    /// The devices asked for when they were opened.
+    pub devices: DeviceChoice,
 }
 
-/// The two ends, over `audio`.
-pub fn voice_link(audio: AudioIo, qos_debug: bool) -> (VoiceControl, VoicePort) {
+/// The two ends, over `audio` (opened for `devices`).
+pub fn voice_link(audio: AudioIo, qos_debug: bool, devices: DeviceChoice) -> (VoiceControl, VoicePort) {
     let (scene_tx, scene) = watch::channel(VoiceScene::default());
     let (mic_tx, mic_control) = watch::channel(MicControl::default());
     let mic = audio.mic.is_some();
     let (status_tx, status) = watch::channel(VoiceStatus { mic, ..Default::default() });
-    (VoiceControl { scene: scene_tx, mic: mic_tx, status }, VoicePort { audio: Arc::new(audio), scene, mic: mic_control, status: Arc::new(status_tx), qos_debug, tally: SharedVoiceTally::default() })
+    let audio = Arc::new(audio);
+    (
+        VoiceControl { scene: scene_tx, mic: mic_tx, status, audio: audio.clone(), devices },
+        VoicePort { audio, scene, mic: mic_control, status: Arc::new(status_tx), qos_debug, tally: SharedVoiceTally::default() },
+    )
 }
 
 /// The status with no call up: `state`, and nothing heard or sent.
@@ -340,7 +349,7 @@ impl Call {
         if let Err(e) = peer.connected(CONNECT_WITHIN).await {
             return e.to_string();
         }
-        tracing::info!(slots = slots.len(), device = %self.audio.description, "voice on");
+        tracing::info!(slots = slots.len(), device = %self.audio.description(), "voice on");
         let mut media = Media::new(&slots, self.qos_debug, self.mic.borrow().cleanup, self.tally.clone());
         let Ok(mut mixer) = Mixer::new(slots.len()) else { return "no Opus decoder".into() };
         if let Some(s) = speakers {
