@@ -302,7 +302,7 @@ fn device_choice(ui: &mut egui::Ui, label: &str, current: &mut Option<String>, l
     let name_of = |id: &String| listed.and_then(|l| l.iter().find(|d| &d.id == id)).map_or_else(|| id.clone(), |d| d.name.clone());
     let shown = current.as_ref().map_or_else(|| "System default".to_owned(), name_of);
     let mut changed = false;
-    egui::ComboBox::from_label(label).selected_text(shown).width(260.0).show_ui(ui, |ui| {
+    egui::ComboBox::from_label(label).selected_text(shown).width(260.0).truncate().show_ui(ui, |ui| {
         changed |= ui.selectable_value(current, None, "System default").changed();
         match listed {
             None => {
@@ -332,10 +332,11 @@ fn voice_settings(ui: &mut egui::Ui, voice: &mut VoiceInfo, people: &VoicePeople
     let audio_out = device_choice(ui, "Speakers", &mut devices.choice.output, listed.as_ref().map(|l| l.outputs.as_slice())).then(|| devices.choice.output.clone());
     let audio_in = device_choice(ui, "Microphone", &mut devices.choice.input, listed.as_ref().map(|l| l.inputs.as_slice())).then(|| devices.choice.input.clone());
     ui.horizontal(|ui| {
-        ui.small(format!("Playing: {}", devices.state.description));
+        // The button first: the label is cut to what room is left.
         if ui.small_button("Refresh").on_hover_text("List the devices again (after plugging one in)").clicked() {
             devices.list = None;
         }
+        ui.add(egui::Label::new(egui::RichText::new(format!("Playing: {}", devices.state.description)).small()).truncate()).on_hover_text(&devices.state.description);
     });
     if let Some(problem) = &devices.state.problem {
         ui.colored_label(egui::Color32::from_rgb(230, 120, 80), problem);

@@ -34,7 +34,9 @@ pub struct DeviceChoice {
 /// Why a wanted device is not one of those listed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PickError {
-    #[error("no {what} is called \"{wanted}\"; there {}", known_list(known))]
+    /// `known` is for the log and the command line; the message stays
+    /// short enough for the settings panel.
+    #[error("no {what} called \"{wanted}\" is connected")]
     NotFound { what: &'static str, wanted: String, known: Vec<String> },
     #[error("\"{wanted}\" could be any of {}; give more of the name, or the id", names(matches))]
     Ambiguous { wanted: String, matches: Vec<String> },
@@ -49,11 +51,15 @@ fn names(devices: &[String]) -> String {
     out
 }
 
-fn known_list(known: &[String]) -> String {
-    match known.len() {
-        0 => "are none".to_owned(),
-        1 => format!("is {}", names(known)),
-        _ => format!("are {}", names(known)),
+impl PickError {
+    /// The devices there are, as a sentence: for a log line.
+    pub fn known(&self) -> String {
+        match self {
+            PickError::NotFound { known, .. } if known.is_empty() => "there are none".to_owned(),
+            PickError::NotFound { known, .. } if known.len() == 1 => format!("there is {}", names(known)),
+            PickError::NotFound { known, .. } => format!("there are {}", names(known)),
+            PickError::Ambiguous { matches, .. } => format!("it matches {}", names(matches)),
+        }
     }
 }
 
@@ -112,9 +118,11 @@ mod tests {
         let e = pick("speaker", &d, "intel").unwrap_err();
         assert_eq!(e, PickError::Ambiguous { wanted: "intel".into(), matches: vec!["HDA Intel PCH, ALC897 Analog".into(), "HDA Intel PCH, HDMI 0".into()] });
         assert!(e.to_string().contains("give more of the name, or the id"), "{e}");
-        let e = pick("microphone", &d, "Webcam").unwrap_err().to_string();
-        assert!(e.starts_with("no microphone is called \"Webcam\"; there are \"Default Audio Device\", \"USB Headset\""), "{e}");
-        assert_eq!(pick("microphone", &[], "x").unwrap_err().to_string(), "no microphone is called \"x\"; there are none");
+        let e = pick("microphone", &d, "Webcam").unwrap_err();
+        assert_eq!(e.to_string(), "no microphone called \"Webcam\" is connected");
+        assert!(e.known().starts_with("there are \"Default Audio Device\", \"USB Headset\""), "{}", e.known());
+        assert_eq!(pick("microphone", &[], "x").unwrap_err().known(), "there are none");
+        assert_eq!(pick("microphone", &d[..1], "x").unwrap_err().known(), "there is \"Default Audio Device\"");
         assert!(matches!(pick("speaker", &d, "  "), Err(PickError::NotFound { .. })), "blank names nothing");
     }
 }
