@@ -49,6 +49,8 @@ pub struct Merged {
 #[derive(Debug, Default)]
 pub struct ChatLog {
     lines: VecDeque<ChatLine>,
+    /// Lines at the top that history goes below (a room's heading).
+    heading: usize,
 }
 
 impl ChatLog {
@@ -74,6 +76,15 @@ impl ChatLog {
     /// A note of the client's own (history that could not be read).
     pub fn note(&mut self, text: String) {
         self.push(ChatLine { id: None, from: None, ts: None, name: "Plaza".into(), text, pending: false, failed: None, system: true });
+    }
+
+    /// A fresh log under a heading of the client's own (another room):
+    /// the room's history goes below it.
+    pub fn start_under(text: String) -> ChatLog {
+        let mut log = ChatLog::default();
+        log.note(text);
+        log.heading = 1;
+        log
     }
 
     /// A message from the room; `me` is our user id. Our own echo settles
@@ -117,7 +128,7 @@ impl ChatLog {
             }
             // After the newest line not newer than it; lines without a time
             // (ours not stored yet, notes) keep their place below.
-            let at = self.lines.iter().rposition(|l| l.ts.is_some_and(|ts| ts <= m.ts)).map_or(0, |i| i + 1);
+            let at = self.lines.iter().rposition(|l| l.ts.is_some_and(|ts| ts <= m.ts)).map_or(self.heading, |i| (i + 1).max(self.heading));
             self.lines.insert(at, ChatLine::from_message(m));
             merged.added += 1;
             if since.is_some_and(|since| m.ts >= since) {
@@ -154,6 +165,7 @@ impl ChatLog {
     fn trim(&mut self) {
         while self.lines.len() > CHAT_LINES {
             self.lines.pop_front();
+            self.heading = self.heading.saturating_sub(1);
         }
     }
 }

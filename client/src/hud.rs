@@ -38,15 +38,28 @@ pub struct HudState {
     pub settings: bool,
     pub chat_input: String,
     pub chat: ChatLog,
+    /// The room (id) the chat shown is from.
+    pub chat_room: Option<String>,
     pub toasts: VecDeque<(Duration, String)>,
     next_chat_id: u64,
     /// The settings panel's last save problem, shown until the next save.
     pub save_error: Option<String>,
+    /// The settings panel's "go to a room" field.
+    pub room_input: String,
+    /// The room list was asked for since the panel opened.
+    pub rooms_asked: bool,
 }
 
 impl Default for HudState {
     fn default() -> Self {
-        HudState { stats: true, settings: false, chat_input: String::new(), chat: ChatLog::default(), toasts: VecDeque::new(), next_chat_id: 1, save_error: None }
+        HudState { stats: true, settings: false, chat_input: String::new(), chat: ChatLog::default(),
+            chat_room: None,
+            toasts: VecDeque::new(),
+            next_chat_id: 1,
+            save_error: None,
+            room_input: String::new(),
+            rooms_asked: false,
+        }
     }
 }
 
@@ -141,13 +154,26 @@ fn collect_chat_and_toasts(time: Res<Time<Real>>, mut hud: ResMut<HudState>, mut
     while hud.toasts.front().is_some_and(|t| now.saturating_sub(t.0) > TOAST_FOR) || hud.toasts.len() > 5 {
         hud.toasts.pop_front();
     }
+    // Another room: its chat, not the last one's.
+    if let ConnectionStatus::InRoom { room, room_name } = &info.status
+        && hud.chat_room.as_ref() != Some(room)
+    {
+        if hud.chat_room.is_some() {
+            hud.chat = ChatLog::start_under(format!("You are in {room_name} now."));
+        }
+        hud.chat_room = Some(room.clone());
+    }
     let me = info.user_id.as_deref();
+    let here = hud.chat_room.clone();
+    let of_here = |m: &plaza_shared::messages::ChatMessage| here.as_ref().is_none_or(|r| *r == m.room);
     for update in chat.read() {
         match update {
+            ChatUpdate::Message(m) if !of_here(m) => debug!(room = %m.room, "chat from a room we left; not shown"),
             ChatUpdate::Message(m) => hud.chat.received(m, me),
             ChatUpdate::History(page) => {
+                let page: Vec<_> = page.iter().filter(|m| of_here(m)).cloned().collect();
                 // Inserted above the newest lines, they could go unseen.
-                let missed = hud.chat.history(page, me).missed;
+                let missed = hud.chat.history(&page, me).missed;
                 if missed > 0 {
                     hud.toasts.push_back((now, format!("{missed} chat message{} while you were away", if missed == 1 { "" } else { "s" })));
                 }
@@ -215,13 +241,22 @@ fn settings_window(
     mut file: Option<ResMut<SettingsFile>>,
     mut voice: Option<ResMut<VoiceInfo>>,
     people: VoicePeople,
+    link: Option<Res<NetLink>>,
+    info: Res<ConnectionInfo>,
 ) -> Result {
     // The sound devices are listed while the panel is open.
     if let Some(voice) = voice.as_deref_mut().filter(|v| v.devices.want_list != hud.settings) {
         voice.devices.want_list = hud.settings;
     }
     if !hud.settings {
+        hud.rooms_asked = false;
         return Ok(());
+    }
+    // The rooms, read once each time the panel opens (and on Refresh).
+    if let Some(link) = &link
+        && !hud.rooms_asked
+    {
+        hud.rooms_asked = link.send(NetCommand::ListRooms);
     }
     let ctx = contexts.ctx_mut()?;
     let mut open = true;
@@ -237,6 +272,15 @@ fn settings_window(
         });
         ui.checkbox(&mut lod_on, "Level of detail by distance");
         ui.checkbox(&mut culling_on, "Culling (frustum and distance)");
+        if let Some(link) = &link {
+            ui.separator();
+            if let Some(room) = room_settings(ui, &mut hud, &info) {
+                info!(%room, "going to another room");
+                link.send(NetCommand::JoinRoom { room });
+                // Their counts change with the move: read them again.
+                hud.rooms_asked = link.send(NetCommand::ListRooms);
+            }
+        }
         if let Some(voice) = voice.as_deref_mut().filter(|v| v.enabled) {
             ui.separator();
             let change = voice_settings(ui, voice, &people);
@@ -275,6 +319,74 @@ fn settings_window(
         hud.save(file.as_deref_mut(), |s| s.culling = Some(culling_on));
     }
     Ok(())
+}
+
+/// The room part of the settings panel: where you are, the server's rooms
+/// (with a Join for each that has room), and a field to go to a room by
+/// name (a new name makes it). Returns the room to go to.
+fn room_settings(ui: &mut egui::Ui, hud: &mut HudState, info: &ConnectionInfo) -> Option<String> {
+    let mut go = None;
+    let here = match &info.status {
+        ConnectionStatus::InRoom { room, .. } => Some(room.as_str()),
+        _ => None,
+    };
+    ui.horizontal(|ui| {
+        ui.label(format!("Room: {}", info.status.label()));
+        if ui.small_button("Refresh").on_hover_text("Read the rooms again").clicked() {
+            hud.rooms_asked = false;
+        }
+    });
+    match &info.rooms {
+        None => {
+            ui.small("Reading the rooms…");
+        }
+        Some(Err(e)) => {
+            ui.colored_label(egui::Color32::from_rgb(230, 120, 80), format!("The rooms could not be read: {e}"));
+        }
+        Some(Ok(rooms)) if rooms.is_empty() => {
+            ui.small("No rooms yet: name one below.");
+        }
+        Some(Ok(rooms)) => {
+            egui::ScrollArea::vertical().max_height(110.0).id_salt("rooms").show(ui, |ui| {
+                egui::Grid::new("room_list").striped(true).num_columns(3).show(ui, |ui| {
+                    for room in rooms {
+                        ui.label(&room.name);
+                        ui.label(format!("{} of {}", room.users, room.capacity));
+                        let is_here = here == Some(room.id.as_str());
+                        let label = if is_here {
+                            "you are here"
+                        } else if room.is_full() {
+                            "full"
+                        } else {
+                            "Join"
+                        };
+                        if ui.add_enabled(!is_here && !room.is_full(), egui::Button::new(label).small()).clicked() {
+                            go = Some(room.id.clone());
+                        }
+                        ui.end_row();
+                    }
+                });
+            });
+        }
+    }
+    ui.horizontal(|ui| {
+        let field = ui.add(egui::TextEdit::singleline(&mut hud.room_input).hint_text("a room's name").desired_width(180.0));
+        let wanted = crate::options::parse_room(hud.room_input.trim());
+        let entered = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        let clicked = ui.add_enabled(wanted.is_ok(), egui::Button::new("Go")).on_hover_text("Join the room of that name; a name no room has makes a new room").clicked();
+        if let Ok(room) = wanted
+            && (clicked || entered)
+        {
+            go = Some(room);
+            hud.room_input.clear();
+        }
+    });
+    if !hud.room_input.is_empty()
+        && let Err(why) = crate::options::parse_room(hud.room_input.trim())
+    {
+        ui.small(why);
+    }
+    go
 }
 
 /// Who the voice settings can name: the avatars in your listening slots.
@@ -547,6 +659,26 @@ mod tests {
             let left = screen - TOAST_MARGIN - width - 16.0;
             assert!(left >= screen * 0.5, "{screen}: the toast starts at {left}");
         }
+    }
+
+    #[test]
+    fn another_room_shows_its_own_chat_and_late_lines_of_the_last_one_stay_out() {
+        use plaza_shared::messages::ChatMessage;
+        let mut app = App::new();
+        app.add_plugins(MinimalPlugins).add_message::<ChatUpdate>().add_message::<Toast>().init_resource::<HudState>().init_resource::<ConnectionInfo>().add_systems(Update, collect_chat_and_toasts);
+        let said = |room: &str, id: &str, ts: u64| ChatMessage { id: id.into(), room: room.into(), from: "u2".into(), name: "Bea".into(), text: format!("{id} in {room}"), ts };
+        let enter = |app: &mut App, room: &str, name: &str| app.world_mut().resource_mut::<ConnectionInfo>().status = ConnectionStatus::InRoom { room: room.into(), room_name: name.into() };
+        enter(&mut app, "r_1", "lobby");
+        app.world_mut().write_message(ChatUpdate::Message(said("r_1", "a", 1)));
+        app.update();
+        let texts = |app: &App| app.world().resource::<HudState>().chat.lines().map(|l| l.text.clone()).collect::<Vec<_>>();
+        assert_eq!(texts(&app), ["a in r_1"]);
+        // Off to the garden: a line of the lobby's still on its way, and the garden's history.
+        enter(&mut app, "r_2", "garden");
+        app.world_mut().write_message(ChatUpdate::Message(said("r_1", "late", 2)));
+        app.world_mut().write_message(ChatUpdate::History(vec![said("r_1", "old", 0), said("r_2", "g", 3)]));
+        app.update();
+        assert_eq!(texts(&app), ["You are in garden now.", "g in r_2"]);
     }
 
     #[test]

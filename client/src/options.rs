@@ -205,7 +205,8 @@ fn parse_server_url(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
-fn parse_room(s: &str) -> Result<String, String> {
+/// A room as `--room` and the settings panel take it: an id or a name.
+pub fn parse_room(s: &str) -> Result<String, String> {
     let n = s.chars().count();
     if n == 0 || n > 64 || s.chars().any(char::is_control) {
         return Err(format!("`{s}` is not a room; a room id or name is 1–64 characters without control characters"));

@@ -130,6 +130,9 @@ pub struct RemoteUser(pub String);
 #[derive(Resource, Debug, Default)]
 pub struct RemoteAvatars {
     pub by_id: HashMap<AvatarId, Entity>,
+    /// The room (id) they are in: avatar ids are a room's own, so another
+    /// room's `joined` starts from none.
+    pub room: Option<String>,
 }
 
 /// Maps server tick time to local time.
@@ -231,6 +234,13 @@ fn apply_room_updates(
     for update in updates.read() {
         match update {
             RoomUpdate::Joined(joined) => {
+                if avatars.room.as_deref() != Some(joined.room.as_str()) {
+                    for (id, entity) in avatars.by_id.drain() {
+                        commands.entity(entity).despawn();
+                        fresh.remove(&id);
+                    }
+                    avatars.room = Some(joined.room.clone());
+                }
                 clock.reset();
                 clock.observe(joined.tick, local);
                 let t = TickClock::tick_time(joined.tick);
@@ -376,6 +386,26 @@ mod tests {
         app.update();
         let ids: Vec<AvatarId> = app.world().resource::<RemoteAvatars>().by_id.keys().copied().collect();
         assert_eq!(ids, vec![3]);
+    }
+
+    #[test]
+    fn another_rooms_joined_replaces_every_avatar_even_under_the_same_ids() {
+        let mut app = crate::test_support::app();
+        app.add_plugins((crate::avatars::AvatarsPlugin { walkers: 0 }, RemotePlugin)).add_message::<RoomUpdate>();
+        app.update();
+        app.world_mut().write_message(RoomUpdate::Joined(Joined { room: "r_1".into(), room_name: "lobby".into(), you: 9, tick: 100, avatars: vec![info(1, 0.0), info(2, 5.0)] }));
+        app.update();
+        let before = app.world().resource::<RemoteAvatars>().by_id[&1];
+        // The garden numbers its avatars from 1 too: its 1 is someone else.
+        let stranger = AvatarInfo { id: 1, user: "u77".into(), name: "Zoe".into(), pose: Pose { p: [3.0, 0.0, 0.0], ..Pose::default() } };
+        app.world_mut().write_message(RoomUpdate::Joined(Joined { room: "r_2".into(), room_name: "garden".into(), you: 4, tick: 7, avatars: vec![stranger] }));
+        app.update();
+        let avatars = app.world().resource::<RemoteAvatars>();
+        assert_eq!((avatars.by_id.len(), avatars.room.as_deref()), (1, Some("r_2")));
+        let after = avatars.by_id[&1];
+        assert_ne!(after, before, "a new entity for the garden's avatar 1");
+        assert!(app.world().get_entity(before).is_err(), "the lobby's avatar 1 is gone");
+        assert_eq!(app.world().get::<RemoteUser>(after).map(|u| u.0.as_str()), Some("u77"));
     }
 
     #[test]

@@ -411,3 +411,100 @@ async fn a_server_that_is_not_there_is_named_with_the_plain_cause() {
     assert!(reason.to_lowercase().contains("refused"), "{reason}");
     assert!(!reason.contains("error sending request"), "{reason}");
 }
+
+/// The room list, from the server's `GET /api/v1/rooms`.
+async fn rooms(client: &mut Client) -> Vec<plaza_shared::messages::RoomSummary> {
+    client.commands.send(NetCommand::ListRooms).await.unwrap();
+    let (NetEvent::Rooms(rooms), _) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Rooms(_))).await else { unreachable!() };
+    rooms.expect("the rooms are read")
+}
+
+/// The next `InRoom` status: the room's name.
+async fn in_room(client: &mut Client) -> (String, Vec<NetEvent>) {
+    let (NetEvent::Status(ConnectionStatus::InRoom { room_name, .. }), before) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Status(ConnectionStatus::InRoom { .. }))).await else {
+        unreachable!()
+    };
+    (room_name, before)
+}
+
+/// A room of one, with someone in it: `name` is full.
+async fn full_room(addr: SocketAddr, name: &str) -> Client {
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let token: serde_json::Value = http.post(format!("{base}/api/v1/auth/guest")).json(&serde_json::json!({"name": "Owner"})).send().await.unwrap().json().await.unwrap();
+    let created = http.post(format!("{base}/api/v1/rooms")).bearer_auth(token["access_token"].as_str().unwrap()).json(&serde_json::json!({"name": name, "capacity": 1})).send().await.unwrap();
+    assert_eq!(created.status(), 201, "{:?}", created.text().await);
+    let mut owner = Client::start(base, name);
+    assert_eq!(in_room(&mut owner).await.0, name);
+    owner
+}
+
+/// The settings panel's room list and Join: the client goes to another
+/// room on the same socket (a new one by name), is back where it was when
+/// the one it picked is full, and chats where it is.
+#[tokio::test]
+async fn a_player_moves_between_rooms_and_is_back_where_it_was_when_one_is_full() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let _owner = full_room(addr, "tiny").await;
+    let mut client = Client::start(format!("http://{addr}"), "lobby");
+    assert_eq!(in_room(&mut client).await.0, "lobby");
+    let listed = rooms(&mut client).await;
+    let summary = |rooms: &[plaza_shared::messages::RoomSummary], name: &str| rooms.iter().find(|r| r.name == name).cloned();
+    assert_eq!(summary(&listed, "lobby").map(|r| r.users), Some(1), "{listed:?}");
+    assert!(summary(&listed, "tiny").is_some_and(|r| r.is_full()), "{listed:?}");
+
+    // A new room by name: made, and joined on the same socket.
+    client.commands.send(NetCommand::JoinRoom { room: "garden".into() }).await.unwrap();
+    let (name, before) = in_room(&mut client).await;
+    assert_eq!(name, "garden");
+    assert!(before.iter().any(|e| matches!(e, NetEvent::Status(ConnectionStatus::Joining { room }) if room == "garden")), "{before:?}");
+    assert!(!before.iter().any(|e| matches!(e, NetEvent::Notice(Notice::Reconnecting { .. }))), "no reconnect: {before:?}");
+    let listed = rooms(&mut client).await;
+    assert_eq!((summary(&listed, "garden").map(|r| r.users), summary(&listed, "lobby").map(|r| r.users)), (Some(1), Some(0)), "moved: {listed:?}");
+
+    // A full room: said, and back in the garden.
+    client.commands.send(NetCommand::JoinRoom { room: "tiny".into() }).await.unwrap();
+    let (name, before) = in_room(&mut client).await;
+    assert_eq!(name, "garden", "back where it was");
+    let notice = before.iter().find_map(|e| if let NetEvent::Notice(n @ Notice::RoomFull { .. }) = e { Some(n.clone()) } else { None });
+    let Some(Notice::RoomFull { room, back_in, .. }) = &notice else { panic!("no notice of the full room: {before:?}") };
+    assert_eq!((room.as_str(), back_in.as_deref()), ("tiny", Some("garden")));
+    assert!(notice.unwrap().text().contains("You are back in garden"));
+    client.say("g1", "hello garden").await;
+}
+
+/// A room that is full when the client starts: it stays connected, says
+/// so, and joins the room picked next.
+#[tokio::test]
+async fn a_full_room_at_the_start_leaves_the_player_connected_to_pick_another() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let _owner = full_room(addr, "tiny").await;
+    let mut client = Client::start(format!("http://{addr}"), "tiny");
+    let (NetEvent::Status(ConnectionStatus::NoRoom { reason }), _) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Status(ConnectionStatus::NoRoom { .. }))).await else {
+        unreachable!()
+    };
+    assert!(reason.contains("can't join tiny") && reason.contains("full"), "{reason}");
+    assert!(ConnectionStatus::NoRoom { reason }.label().contains("pick one in Settings (F1)"));
+    client.until(Duration::from_secs(5), |e| matches!(e, NetEvent::Notice(Notice::RoomFull { back_in: None, .. }))).await;
+    // Still connected: it answers pings, and takes the next room.
+    client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Rtt(_))).await;
+    client.commands.send(NetCommand::JoinRoom { room: "plaza".into() }).await.unwrap();
+    assert_eq!(in_room(&mut client).await.0, "plaza");
+}
+
+/// Chat typed while the connection is down is not lost: it goes out once
+/// the client is back in the room, and is acknowledged.
+#[tokio::test]
+async fn chat_typed_while_reconnecting_goes_out_once_back() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let proxy = Proxy::start(addr).await;
+    let mut client = Client::start(format!("http://{}", proxy.addr), "away-chat");
+    in_room(&mut client).await;
+    proxy.down();
+    client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Notice(Notice::Reconnecting { .. }))).await;
+    client.commands.send(NetCommand::Chat { id: "w1".into(), text: "typed while away".into() }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.up();
+    let (_, before) = client.until(Duration::from_secs(30), |e| matches!(e, NetEvent::ChatAck(id) if id == "w1")).await;
+    assert!(!before.iter().any(|e| matches!(e, NetEvent::ChatFailed { .. })), "{before:?}");
+}

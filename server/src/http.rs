@@ -203,7 +203,7 @@ async fn list_rooms(State(state): State<AppState>) -> impl IntoResponse {
         .list()
         .await
         .into_iter()
-        .map(|r| json!({"id": &*r.id, "name": &*r.name, "users": r.members(), "capacity": r.capacity}))
+        .map(|r| plaza_shared::messages::RoomSummary { id: r.id.to_string(), name: r.name.to_string(), users: r.members(), capacity: r.capacity })
         .collect();
     Json(rooms)
 }

@@ -143,6 +143,22 @@ pub struct Delta {
     pub left: Vec<AvatarId>,
 }
 
+/// One room as `GET /api/v1/rooms` lists it (and `POST` answers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomSummary {
+    pub id: String,
+    pub name: String,
+    /// Members now.
+    pub users: u32,
+    pub capacity: u32,
+}
+
+impl RoomSummary {
+    pub fn is_full(&self) -> bool {
+        self.users >= self.capacity
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     /// The sender's own message id.

@@ -15,6 +15,10 @@ pub enum ConnectionStatus {
     /// Signing in and opening the socket (first time).
     Connecting,
     InRoom { room: String, room_name: String },
+    /// Connected, joining this room (a switch, or the first join).
+    Joining { room: String },
+    /// Connected and in no room: the one asked for could not be joined.
+    NoRoom { reason: String },
     /// Lost; trying again after `retry_in`.
     Reconnecting { attempt: u32, retry_in: Duration, reason: String },
     /// Gave up; the reason says what to do.
@@ -32,6 +36,8 @@ impl ConnectionStatus {
             ConnectionStatus::Starting => "starting".into(),
             ConnectionStatus::Connecting => "connecting".into(),
             ConnectionStatus::InRoom { room_name, .. } => format!("in {room_name}"),
+            ConnectionStatus::Joining { room } => format!("joining {room}…"),
+            ConnectionStatus::NoRoom { reason } => format!("in no room: {reason}; pick one in Settings (F1)"),
             // A full server is not a network problem: say so.
             ConnectionStatus::Reconnecting { attempt, retry_in, reason } if reason == SERVER_FULL => {
                 format!("server full: retrying (try {attempt}, in {:.1} s)", retry_in.as_secs_f32())
@@ -120,8 +126,6 @@ pub enum Ended {
     Dropped(String),
     /// We couldn't sign in or open it.
     Unreachable(String),
-    /// The room said `room_full`.
-    RoomFull,
     /// The server answered the upgrade `503 server_full`: it is at its
     /// connection limit and asked us to wait `retry_after`.
     ServerFull { retry_after: Duration },
@@ -141,7 +145,9 @@ pub enum Notice {
     Reconnecting { attempt: u32 },
     Reconnected { resumed: bool },
     TokenExpired,
-    RoomFull,
+    /// A room could not be joined (full, or gone); `back_in` is the room we
+    /// went back to, if we were in one.
+    RoomFull { room: String, detail: String, back_in: Option<String> },
     /// The server is at its connection limit; the next try is this far off.
     ServerBusy { retry_in: Duration },
     ServerRestarting,
@@ -159,7 +165,8 @@ impl Notice {
             Notice::Reconnected { resumed: true } => "Reconnected. Your place in the room was kept.".into(),
             Notice::Reconnected { resumed: false } => "Reconnected and rejoined the room.".into(),
             Notice::TokenExpired => "Your session expired; signing in again.".into(),
-            Notice::RoomFull => "The room is full. Pick another room in Settings (or start with --room NAME).".into(),
+            Notice::RoomFull { room, detail, back_in: Some(back) } => format!("Can't join {room}: {detail}. You are back in {back}."),
+            Notice::RoomFull { room, detail, back_in: None } => format!("Can't join {room}: {detail}. Pick another in Settings (F1)."),
             Notice::ServerBusy { retry_in } => format!("The server is full right now. Trying again in {} s…", retry_in.as_secs_f64().ceil() as u64),
             Notice::ServerRestarting => "The server is restarting. Reconnecting shortly…".into(),
             Notice::VoiceLost => "Voice connection lost. Voice resumes when the connection is back.".into(),
@@ -235,10 +242,6 @@ impl Connection {
     /// The socket ended: when to retry, and whether resuming makes sense.
     pub fn ended(&mut self, how: &Ended) -> Next {
         match how {
-            Ended::RoomFull => {
-                self.session = None;
-                Next::GiveUp { reason: "the room is full".into(), notice: Notice::RoomFull }
-            }
             Ended::ServerFull { retry_after } => {
                 // Spread over one to two times what was asked, plus the
                 // growing backoff: clients refused together must not all
@@ -359,7 +362,7 @@ mod tests {
     }
 
     #[test]
-    fn server_closes_join_afresh_and_a_full_room_gives_up_with_a_next_step() {
+    fn server_closes_join_afresh_and_a_full_room_says_what_to_do() {
         let mut c = Connection::new(1);
         c.welcomed("s1");
         let Next::Retry { resume, notice, .. } = c.ended(&Ended::Closed(close::SERVER_DRAINING, "restart".into())) else { panic!() };
@@ -367,8 +370,7 @@ mod tests {
         assert_eq!(notice, Notice::ServerRestarting);
         let Next::Retry { after, .. } = c.ended(&Ended::Closed(close::RATE_LIMITED, "flood".into())) else { panic!() };
         assert!(after >= Duration::from_secs(5), "misbehaviour retries slowly");
-        let Next::GiveUp { notice, .. } = c.ended(&Ended::RoomFull) else { panic!("give up") };
-        assert!(notice.text().contains("another room"));
+        assert!(Notice::RoomFull { room: "plaza".into(), detail: "the room is full (40 members)".into(), back_in: None }.text().contains("pick another in Settings (F1)"));
     }
 
     #[test]

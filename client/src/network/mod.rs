@@ -33,6 +33,11 @@ const EVENTS_PER_FRAME: usize = 128;
 #[derive(Debug)]
 pub enum NetCommand {
     Chat { id: String, text: String },
+    /// Go to this room (an id or a name; a new name creates it), leaving
+    /// the one we are in; it is also where a reconnect goes from then on.
+    JoinRoom { room: String },
+    /// Read the server's rooms: [`NetEvent::Rooms`] answers.
+    ListRooms,
 }
 
 /// The network task's ends of what the app sends: commands in order, and
@@ -63,6 +68,8 @@ pub enum NetEvent {
     /// The access token was refreshed in band.
     TokenRefreshed,
     ServerError(ErrorMessage),
+    /// The server's rooms, or why they could not be read.
+    Rooms(Result<Vec<plaza_shared::messages::RoomSummary>, String>),
 }
 
 /// The app's ends of the channels.
@@ -123,6 +130,9 @@ pub struct ConnectionInfo {
     pub rtt: Option<Duration>,
     /// The server we talk to, `http://host:port`.
     pub server: Option<String>,
+    /// The server's rooms as last read ([`NetCommand::ListRooms`]), or why
+    /// they could not be.
+    pub rooms: Option<Result<Vec<plaza_shared::messages::RoomSummary>, String>>,
 }
 
 /// Room state from the server, for the avatars plugin.
@@ -326,6 +336,7 @@ fn receive(
                 toasts.write(Toast(notice));
             }
             NetEvent::Welcome { user_id } => info.user_id = Some(user_id),
+            NetEvent::Rooms(rooms) => info.rooms = Some(rooms),
             NetEvent::Joined(j) => {
                 info.you = Some(j.you);
                 room.write(RoomUpdate::Joined(j));

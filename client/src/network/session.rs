@@ -65,6 +65,8 @@ struct Task {
 
 /// Chats kept for sending again; a chat past this fails at once.
 const UNACKED_MAX: usize = 32;
+/// The room list's request, whole.
+const ROOMS_TIMEOUT: Duration = Duration::from_secs(5);
 /// A chat with no `chat_ack` this long after it was sent is sent again on
 /// the same socket: the server could not store it (its `error` names no
 /// chat), the rate limit dropped it, or the link lost it.
@@ -156,24 +158,30 @@ pub async fn run_with_telemetry(config: SessionConfig, mut input: NetInput, even
                 let reason = match &ended {
                     Ended::Closed(code, reason) => format!("closed {code}: {reason}"),
                     Ended::Dropped(r) | Ended::Unreachable(r) => r.clone(),
-                    Ended::RoomFull => "room full".into(),
                     Ended::ServerFull { .. } => super::connection::SERVER_FULL.into(),
                 };
                 task.status(super::ConnectionStatus::Reconnecting { attempt: task.conn.backoff.attempt(), retry_in: after, reason });
-                // Wait, but leave at once if the app closes meanwhile.
+                // Wait, but leave at once if the app closes meanwhile; what
+                // the app asks meanwhile waits for the next socket.
                 let deadline = Instant::now() + after;
                 loop {
                     tokio::select! {
                         _ = tokio::time::sleep_until(deadline) => break,
-                        command = input.commands.recv() => if command.is_none() { return },
+                        command = input.commands.recv() => match command {
+                            Some(command) => task.while_away(command, true),
+                            None => return,
+                        },
                     }
                 }
             }
             Next::GiveUp { reason, notice } => {
                 task.notice(notice);
                 task.status(super::ConnectionStatus::Failed { reason });
-                // Nothing more to do until the app closes.
-                while input.commands.recv().await.is_some() {}
+                // Nothing more to do until the app closes; chat typed now
+                // fails and says why.
+                while let Some(command) = input.commands.recv().await {
+                    task.while_away(command, false);
+                }
                 return;
             }
         }
@@ -181,6 +189,32 @@ pub async fn run_with_telemetry(config: SessionConfig, mut input: NetInput, even
 }
 
 impl Task {
+    /// A command while there is no socket: chat waits for the next one (the
+    /// join sends what is unacknowledged) when one will come, else fails; a
+    /// room is where the next join goes; the room list is read anyway.
+    fn while_away(&mut self, command: NetCommand, coming_back: bool) {
+        match command {
+            NetCommand::Chat { id, .. } if !coming_back => self.send(NetEvent::ChatFailed { id, reason: "not connected, and Plaza gave up reconnecting".into() }),
+            NetCommand::Chat { id, .. } if self.unacked.len() >= UNACKED_MAX => {
+                self.send(NetEvent::ChatFailed { id, reason: format!("{UNACKED_MAX} messages are already waiting for the connection; try again once it is back") })
+            }
+            NetCommand::Chat { id, text } => self.unacked.push_back(Unacked { chat: ChatSend { id, text }, sent_at: Instant::now(), tries: 0 }),
+            NetCommand::JoinRoom { room } => self.config.room = room,
+            NetCommand::ListRooms => self.list_rooms(),
+        }
+    }
+
+    /// Reads the server's rooms beside whatever else runs; the answer comes
+    /// as [`NetEvent::Rooms`].
+    fn list_rooms(&self) {
+        let (http, server, events) = (self.http.clone(), self.config.server.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let url = format!("{server}/api/v1/rooms");
+            let rooms = json_answer::<Vec<RoomSummary>>(&server, &url, http.get(&url).timeout(ROOMS_TIMEOUT).send().await).await.map_err(|e| e.message);
+            let _ = events.send(NetEvent::Rooms(rooms)).await;
+        });
+    }
+
     fn now(&self) -> Duration {
         self.started.elapsed()
     }
@@ -277,6 +311,10 @@ impl Task {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut in_room = false;
         let mut resumed = false;
+        // The room we are in (id, name), and while switching, the one we
+        // left: where to go back to if the new one can't be joined.
+        let mut current_room: Option<(String, String)> = None;
+        let mut switching_from: Option<(String, String)> = None;
         // The newest pose waits here for its slot just before the room's
         // tick: one a tick, at most a frame old when the room takes it.
         let mut pacer = PosePacer::new(plaza_shared::limits::TICK_HZ);
@@ -331,6 +369,8 @@ impl Task {
                                 self.notice(notice);
                             }
                             in_room = true;
+                            current_room = Some((j.room.clone(), j.room_name.clone()));
+                            switching_from = None;
                             self.status(super::ConnectionStatus::InRoom { room: j.room.clone(), room_name: j.room_name.clone() });
                             // What the last socket may not have delivered.
                             let now = Instant::now();
@@ -383,9 +423,26 @@ impl Task {
                                 t.expires_at = Duration::ZERO;
                             }
                         }
-                        ServerMessage::Error(e) if e.code == ErrorCode::RoomFull => {
-                            let _ = ws.close(None).await;
-                            return Stop::Ended(Ended::RoomFull);
+                        // A join that failed: back to the room we left, or
+                        // (the first join) in no room until another is picked.
+                        ServerMessage::Error(e) if !in_room && matches!(e.code, ErrorCode::RoomFull | ErrorCode::RoomNotFound) => {
+                            let wanted = std::mem::take(&mut self.config.room);
+                            tracing::info!(room = %wanted, code = e.code.as_str(), message = %e.message, "room not joined");
+                            match switching_from.take() {
+                                Some((id, name)) => {
+                                    self.notice(Notice::RoomFull { room: wanted, detail: e.message.clone(), back_in: Some(name.clone()) });
+                                    self.config.room = id.clone();
+                                    self.status(super::ConnectionStatus::Joining { room: name });
+                                    if let Err(e) = send(&mut ws, &ClientMessage::Join(Join { room: id })).await {
+                                        return Stop::Ended(Ended::Dropped(e));
+                                    }
+                                }
+                                None => {
+                                    self.status(super::ConnectionStatus::NoRoom { reason: format!("can't join {wanted}: {}", e.message) });
+                                    self.notice(Notice::RoomFull { room: wanted.clone(), detail: e.message.clone(), back_in: None });
+                                    self.config.room = wanted;
+                                }
+                            }
                         }
                         ServerMessage::Error(e) if e.code == ErrorCode::VoiceUnavailable => {
                             // The call is waiting for an answer that won't come.
@@ -438,6 +495,26 @@ impl Task {
                             let chat = ChatSend { id, text };
                             self.unacked.push_back(Unacked { chat: chat.clone(), sent_at: Instant::now(), tries: 1 });
                             ClientMessage::Chat(chat)
+                        }
+                        NetCommand::ListRooms => {
+                            self.list_rooms();
+                            continue;
+                        }
+                        NetCommand::JoinRoom { room } if in_room && current_room.as_ref().is_some_and(|(id, name)| *id == room || *name == room) => {
+                            tracing::debug!(%room, "already in that room");
+                            continue;
+                        }
+                        NetCommand::JoinRoom { room } => {
+                            // Poses wait for the new room (the server leaves
+                            // the old one first; a pose in none is an error).
+                            if in_room {
+                                switching_from = current_room.take();
+                            }
+                            in_room = false;
+                            pose_due_us = None;
+                            self.config.room = room.clone();
+                            self.status(super::ConnectionStatus::Joining { room: room.clone() });
+                            ClientMessage::Join(Join { room })
                         }
                     };
                     if let Err(e) = send(&mut ws, &message).await {
