@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 struct Peer {
     events: mpsc::Receiver<NetEvent>,
     poses: watch::Sender<Option<Pose>>,
-    _commands: mpsc::Sender<plaza_client::network::NetCommand>,
+    commands: mpsc::Sender<plaza_client::network::NetCommand>,
     voice: VoiceControl,
     mic: Ring,
     speakers: Ring,
@@ -50,7 +50,7 @@ impl Peer {
         let config = SessionConfig { server: server.into(), room: room.into(), name: name.into() };
         let (reports, report_rx) = mpsc::channel(4);
         tokio::spawn(session::run_with_telemetry(config, NetInput { commands: command_rx, pose: pose_rx, voice: Some(port) }, event_tx, Some(report_rx)));
-        Peer { events, poses, _commands: commands, voice, mic, speakers, played, reports }
+        Peer { events, poses, commands, voice, mic, speakers, played, reports }
     }
 
     /// Waits for the room (a reconnect included); returns our avatar id.
@@ -273,7 +273,7 @@ async fn a_server_with_voice_off_is_said_at_once_and_the_room_goes_on() {
     let VoiceState::Failed(why) = status.state else { unreachable!() };
     assert!(why.contains("voice"), "the reason names voice: {why}");
     // The session itself is untouched: chat still goes through.
-    ann._commands.send(plaza_client::network::NetCommand::Chat { id: "c1".into(), text: "anyone?".into() }).await.unwrap();
+    ann.commands.send(plaza_client::network::NetCommand::Chat { id: "c1".into(), text: "anyone?".into() }).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         match tokio::time::timeout_at(deadline, ann.events.recv()).await.expect("chat acknowledged within 10 s") {
@@ -307,6 +307,32 @@ async fn a_quiet_member_keeps_its_voice_past_the_sfus_silence_limit() {
             assert_eq!(s.state, VoiceState::On, "voice dropped while quiet: {s:?}");
         }
     }
+}
+
+/// Voice is per room: going to another room ends the call and starts one
+/// there at once, never through "lost; retrying".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_room_starts_another_call_at_once() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let mut ann = Peer::start(&format!("http://{addr}"), "room-one", "Ann");
+    ann.joined().await;
+    ann.voice_until(Duration::from_secs(20), |s| s.state == VoiceState::On).await;
+    let mut status = ann.voice.status.clone();
+    status.mark_unchanged();
+    let started = tokio::time::Instant::now();
+    ann.commands.send(plaza_client::network::NetCommand::JoinRoom { room: "room-two".into() }).await.unwrap();
+    ann.joined().await;
+    let mut seen = Vec::new();
+    loop {
+        tokio::time::timeout(Duration::from_secs(20), status.changed()).await.expect("voice on in the new room within 20 s").unwrap();
+        let state = status.borrow_and_update().state.clone();
+        seen.push(state.clone());
+        if state == VoiceState::On {
+            break;
+        }
+    }
+    assert!(!seen.iter().any(|s| matches!(s, VoiceState::Failed(_))), "never lost on the way: {seen:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
 }
 
 /// A server restart ends the socket and the SFU with it; the next socket's

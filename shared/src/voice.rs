@@ -12,6 +12,9 @@
 use crate::messages::{AvatarId, Voice};
 use serde::{Deserialize, Serialize};
 
+/// A socket's voice offers are at least this far apart; one sooner is
+/// dropped (`rate_limited`): each builds a peer connection on the server.
+pub const OFFER_EVERY_MS: u64 = 1_000;
 /// Most listening slots one peer may offer: the nearest speakers it hears
 /// at once. Beyond a handful of voices a crowd is noise, and each slot is a
 /// stream the SFU sends.

@@ -512,6 +512,10 @@ impl Task {
                             }
                             in_room = false;
                             pose_due_us = None;
+                            // Voice is per room: the server ends this call, and
+                            // the next `joined` starts one at once (rather than
+                            // after a failed call's 2 s backoff).
+                            voice_call = None;
                             self.config.room = room.clone();
                             self.status(super::ConnectionStatus::Joining { room: room.clone() });
                             ClientMessage::Join(Join { room })

@@ -21,7 +21,7 @@
 //! frame waits on voice.
 
 use plaza_server::voice::client::{VoiceClient, bind_ip_for};
-use plaza_shared::voice::{MAX_SLOTS, SlotSpeaker, VoiceSignal};
+use plaza_shared::voice::{MAX_SLOTS, OFFER_EVERY_MS, SlotSpeaker, VoiceSignal};
 use plaza_shared::telemetry::VoiceTally;
 use plaza_voice::FRAME_SAMPLES;
 use plaza_voice::jitter::JitterStats;
@@ -164,6 +164,9 @@ pub struct VoicePort {
     pub qos_debug: bool,
     /// What calls heard and sent, for the telemetry reports.
     pub tally: SharedVoiceTally,
+    /// When the last offer went out, by any call: the server drops an
+    /// offer sooner than [`OFFER_EVERY_MS`] after the one before.
+    pub last_offer: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 /// Voice quality between two telemetry reports: calls add to it every
@@ -191,7 +194,7 @@ pub fn voice_link(audio: AudioIo, qos_debug: bool, devices: DeviceChoice) -> (Vo
     let audio = Arc::new(audio);
     (
         VoiceControl { scene: scene_tx, mic: mic_tx, status, audio: audio.clone(), devices },
-        VoicePort { audio, scene, mic: mic_control, status: Arc::new(status_tx), qos_debug, tally: SharedVoiceTally::default() },
+        VoicePort { audio, scene, mic: mic_control, status: Arc::new(status_tx), qos_debug, tally: SharedVoiceTally::default(), last_offer: Arc::default() },
     )
 }
 
@@ -235,6 +238,7 @@ impl VoiceCall {
             status: port.status.clone(),
             qos_debug: port.qos_debug,
             tally: port.tally.clone(),
+            last_offer: port.last_offer.clone(),
             ip: bind_ip_for(server),
             outbox,
             inbox,
@@ -285,6 +289,7 @@ struct Call {
     status: Arc<watch::Sender<VoiceStatus>>,
     qos_debug: bool,
     tally: SharedVoiceTally,
+    last_offer: Arc<std::sync::Mutex<Option<Instant>>>,
     ip: IpAddr,
     outbox: mpsc::Sender<VoiceSignal>,
     inbox: mpsc::Receiver<CallSignal>,
@@ -314,9 +319,16 @@ impl Call {
             Ok(peer) => peer,
             Err(e) => return format!("no voice peer: {e}"),
         };
+        // Not sooner after the last offer (a call just ended: another room)
+        // than the server takes one.
+        let last = *self.last_offer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(at) = last {
+            tokio::time::sleep_until(at + Duration::from_millis(OFFER_EVERY_MS + 50)).await;
+        }
         // What is still queued belongs to an earlier call (an `ended` for a
         // peer already given up, a late answer): not to this offer.
         while self.inbox.try_recv().is_ok() {}
+        *self.last_offer.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
         if self.outbox.send(VoiceSignal::Offer { sdp: peer.offer.clone() }).await.is_err() {
             return "the connection is gone".into();
         }
