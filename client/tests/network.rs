@@ -508,3 +508,29 @@ async fn chat_typed_while_reconnecting_goes_out_once_back() {
     let (_, before) = client.until(Duration::from_secs(30), |e| matches!(e, NetEvent::ChatAck(id) if id == "w1")).await;
     assert!(!before.iter().any(|e| matches!(e, NetEvent::ChatFailed { .. })), "{before:?}");
 }
+
+/// Picks made faster than the server takes room changes: they wait their
+/// turn, the newest replacing those not made yet, and none is refused.
+#[tokio::test]
+async fn quick_picks_go_at_the_servers_pace_and_the_last_one_wins() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let mut client = Client::start(format!("http://{addr}"), "pick-0");
+    assert_eq!(in_room(&mut client).await.0, "pick-0");
+    for room in ["pick-1", "pick-2", "pick-3", "pick-4", "pick-5"] {
+        client.commands.send(NetCommand::JoinRoom { room: room.into() }).await.unwrap();
+    }
+    let mut rooms_joined = Vec::new();
+    let mut seen = Vec::new();
+    while rooms_joined.last().map(String::as_str) != Some("pick-5") {
+        let (NetEvent::Joined(j), before) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await else { unreachable!() };
+        rooms_joined.push(j.room_name);
+        seen.extend(before);
+    }
+    assert!(rooms_joined.len() <= 2, "the picks in between were never made: {rooms_joined:?}");
+    assert!(!seen.iter().any(|e| matches!(e, NetEvent::ServerError(_))), "nothing refused: {seen:?}");
+    // Back to a room right away, and once more: paced, not refused.
+    client.commands.send(NetCommand::JoinRoom { room: "pick-0".into() }).await.unwrap();
+    let (name, before) = in_room(&mut client).await;
+    assert_eq!(name, "pick-0");
+    assert!(!before.iter().any(|e| matches!(e, NetEvent::ServerError(_))), "{before:?}");
+}

@@ -422,7 +422,7 @@ async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState,
         tracing::info!(user_id = %claims.sub, wait_ms = left.as_millis() as u64, "hello refused: closed for abuse a moment ago");
         return Err((close::RATE_LIMITED, "closed for abuse a moment ago; wait 10 s before reconnecting"));
     }
-    let mut session = Session { id: random_token(12).into(), conn: next_conn(), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new(), trace: crate::otel::SessionTrace::none(), voice: None, voice_offered: None, voice_failing: Default::default() };
+    let mut session = Session { id: random_token(12).into(), conn: next_conn(), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new(), trace: crate::otel::SessionTrace::none(), voice: None, voice_offered: None, voice_failing: Default::default(), joins: crate::limiter::join_bucket() };
     if let Some(resume) = hello.resume.as_deref()
         && session.resume(resume, state, link).await
     {
@@ -450,6 +450,8 @@ struct Session {
     voice_offered: Option<Instant>,
     /// Whether this socket's calls have been failing to connect.
     voice_failing: crate::voice::FailingCalls,
+    /// Room changes left to this socket (crate::limiter::join_bucket).
+    joins: crate::limiter::Bucket,
 }
 
 impl Session {
@@ -630,6 +632,19 @@ impl Session {
             ClientMessage::Hello(_) => return self.invalid(link, ErrorCode::BadMessage, "already said hello".into()).await,
             ClientMessage::Ping(p) => Self::reply(link, ServerMessage::Pong(Pong { t: p.t, server_time: now_unix_ms() })).await,
             ClientMessage::Join(j) => {
+                // Checked before anything moves: a join too soon leaves the
+                // socket where it is.
+                if !self.joins.take(Instant::now()) {
+                    metrics::counter!(m::RATE_LIMITED).increment(1);
+                    let message = format!(
+                        "at most {} room changes at once, then one every {} ms; this join was dropped{}",
+                        plaza_shared::limits::JOIN_BURST,
+                        plaza_shared::limits::JOIN_EVERY_MS,
+                        if self.room.is_some() { " and you are still in your room" } else { "" }
+                    );
+                    Self::error(link, ErrorCode::RateLimited, message).await;
+                    return None;
+                }
                 let traced = self.trace.join(&j.room);
                 self.end_voice(link, Some("voice is per room and you joined another; offer again")).await;
                 if let Some((room, seat)) = self.room.take() {

@@ -1,13 +1,15 @@
 //! Per-socket rate limit: a token bucket (60 messages a second, bursts to
 //! 120) drops the excess and reports it at most once a second; more than
 //! 240 messages within any 2 s is a flood and closes the socket (4008).
+//! Room changes have a bucket of their own ([`join_bucket`]: 3 at once,
+//! then one a second).
 //!
 //! [`Interval`]: at most one event per key (a user) within a gap, for HTTP
 //! routes such as telemetry (one report a second per user); and, with
 //! [`Interval::mark`] and [`Interval::wait_left`], a cooldown: a user the
 //! server closed for abuse waits the gap before its next hello is taken.
 
-use plaza_shared::limits::{FLOOD_MESSAGES, FLOOD_WINDOW_MS, RATE_BURST, RATE_PER_SECOND};
+use plaza_shared::limits::{FLOOD_MESSAGES, FLOOD_WINDOW_MS, JOIN_BURST, JOIN_EVERY_MS, RATE_BURST, RATE_PER_SECOND};
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::Duration;
@@ -22,10 +24,43 @@ pub enum Admission {
     Flood,
 }
 
+/// A token bucket: `burst` at once, refilled at `per_second`.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    tokens: f64,
+    burst: f64,
+    per_second: f64,
+    refilled: Option<Instant>,
+}
+
+impl Bucket {
+    pub fn new(burst: u32, per_second: f64) -> Bucket {
+        Bucket { tokens: f64::from(burst), burst: f64::from(burst), per_second, refilled: None }
+    }
+
+    /// Takes a token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if let Some(then) = self.refilled {
+            self.tokens = (self.tokens + now.duration_since(then).as_secs_f64() * self.per_second).min(self.burst);
+        }
+        self.refilled = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return true;
+        }
+        false
+    }
+}
+
+/// A socket's room changes: [`JOIN_BURST`] at once, then one every
+/// [`JOIN_EVERY_MS`].
+pub fn join_bucket() -> Bucket {
+    Bucket::new(JOIN_BURST, 1000.0 / JOIN_EVERY_MS as f64)
+}
+
 #[derive(Debug)]
 pub struct Limiter {
-    tokens: f64,
-    refilled: Option<Instant>,
+    bucket: Bucket,
     last_report: Option<Instant>,
     /// Arrival times within the flood window (at most FLOOD_MESSAGES + 1).
     recent: VecDeque<Instant>,
@@ -39,7 +74,7 @@ impl Default for Limiter {
 
 impl Limiter {
     pub fn new() -> Self {
-        Limiter { tokens: f64::from(RATE_BURST), refilled: None, last_report: None, recent: VecDeque::new() }
+        Limiter { bucket: Bucket::new(RATE_BURST, f64::from(RATE_PER_SECOND)), last_report: None, recent: VecDeque::new() }
     }
 
     pub fn admit(&mut self, now: Instant) -> Admission {
@@ -51,13 +86,7 @@ impl Limiter {
         if self.recent.len() as u32 > FLOOD_MESSAGES {
             return Admission::Flood;
         }
-        if let Some(then) = self.refilled {
-            let gained = now.duration_since(then).as_secs_f64() * f64::from(RATE_PER_SECOND);
-            self.tokens = (self.tokens + gained).min(f64::from(RATE_BURST));
-        }
-        self.refilled = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.bucket.take(now) {
             return Admission::Allowed;
         }
         let report = self.last_report.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
@@ -135,6 +164,20 @@ impl<K: Eq + Hash + Clone> Interval<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn room_changes_come_three_at_once_then_one_a_second() {
+        let mut joins = join_bucket();
+        let t0 = Instant::now();
+        assert!((0..3).all(|_| joins.take(t0)), "three at once");
+        assert!(!joins.take(t0), "the fourth waits");
+        assert!(!joins.take(t0 + Duration::from_millis(900)), "not before a second");
+        assert!(joins.take(t0 + Duration::from_millis(1_000)));
+        assert!(!joins.take(t0 + Duration::from_millis(1_010)));
+        // Long quiet fills it back to three, no more.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..5).filter(|_| joins.take(later)).count(), 3);
+    }
 
     #[test]
     fn one_event_per_key_per_gap_and_old_keys_are_forgotten() {

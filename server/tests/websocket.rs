@@ -507,3 +507,54 @@ async fn a_slow_reader_that_keeps_sending_is_cut_off_once_the_room_closes_it() {
     assert!(cut - let_go < Duration::from_secs(15), "cut {cut:?} after the start, the room let it go at {let_go:?}");
     assert!(server.server_closes("too_slow").await > before, "the close is counted");
 }
+
+/// A client hopping between rooms: three changes at once, then one a
+/// second; a join sooner is dropped with `rate_limited`, and the socket
+/// stays where it was.
+#[tokio::test]
+async fn room_changes_are_limited_and_a_join_too_soon_leaves_the_socket_where_it_is() {
+    let server = TestServer::start().await;
+    let (mut hopper, _) = server.member("Hop", Subprotocol::Json, "hop-a").await;
+    // The first join was one: two more go through at once.
+    for room in ["hop-b", "hop-c"] {
+        hopper.send(&ClientMessage::Join(Join { room: room.into() })).await;
+        loop {
+            if let ServerMessage::Joined(j) = hopper.recv().await {
+                assert_eq!(j.room_name, room);
+                break;
+            }
+        }
+    }
+    hopper.send(&ClientMessage::Join(Join { room: "hop-d".into() })).await;
+    let error = loop {
+        match hopper.recv().await {
+            ServerMessage::Error(e) => break e,
+            ServerMessage::Joined(j) => panic!("a fourth room change at once went through: {j:?}"),
+            _ => {}
+        }
+    };
+    assert_eq!(error.code, ErrorCode::RateLimited);
+    assert!(error.message.contains("at most 3 room changes at once, then one every 1000 ms") && error.message.contains("still in your room"), "{}", error.message);
+    // Still in hop-c: someone joining there is seen arriving.
+    let (_watcher, _) = server.member("Wat", Subprotocol::Json, "hop-c").await;
+    let arrived = loop {
+        match hopper.try_recv(Duration::from_secs(5)).await.expect("a delta from hop-c within 5 s") {
+            ServerMessage::Delta(d) if !d.joined.is_empty() => break d.joined[0].name.clone(),
+            _ => {}
+        }
+    };
+    assert_eq!(arrived, "Wat");
+    // A second later the next change is taken.
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
+    hopper.send(&ClientMessage::Join(Join { room: "hop-d".into() })).await;
+    loop {
+        match hopper.recv().await {
+            ServerMessage::Joined(j) => {
+                assert_eq!(j.room_name, "hop-d");
+                break;
+            }
+            ServerMessage::Error(e) => panic!("{e:?}"),
+            _ => {}
+        }
+    }
+}

@@ -41,6 +41,11 @@ pub const MAX_POSE_HZ: u32 = 30;
 /// Per-socket token bucket: sustained rate and burst.
 pub const RATE_PER_SECOND: u32 = 60;
 pub const RATE_BURST: u32 = 120;
+/// Room changes (`join`) a socket may make: this many at once, then one
+/// every [`JOIN_EVERY_MS`]. Each tells two rooms of the move; a client
+/// hopping between rooms as fast as it may send would flood both.
+pub const JOIN_BURST: u32 = 3;
+pub const JOIN_EVERY_MS: u64 = 1_000;
 /// More than this many messages within [`FLOOD_WINDOW_MS`] closes with 4008.
 pub const FLOOD_MESSAGES: u32 = 240;
 pub const FLOOD_WINDOW_MS: u64 = 2_000;

@@ -370,7 +370,7 @@ mod tests {
         assert_eq!(notice, Notice::ServerRestarting);
         let Next::Retry { after, .. } = c.ended(&Ended::Closed(close::RATE_LIMITED, "flood".into())) else { panic!() };
         assert!(after >= Duration::from_secs(5), "misbehaviour retries slowly");
-        assert!(Notice::RoomFull { room: "plaza".into(), detail: "the room is full (40 members)".into(), back_in: None }.text().contains("pick another in Settings (F1)"));
+        assert!(Notice::RoomFull { room: "plaza".into(), detail: "the room is full (40 members)".into(), back_in: None }.text().contains("Pick another in Settings (F1)."));
     }
 
     #[test]

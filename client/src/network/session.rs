@@ -315,6 +315,11 @@ impl Task {
         // left: where to go back to if the new one can't be joined.
         let mut current_room: Option<(String, String)> = None;
         let mut switching_from: Option<(String, String)> = None;
+        // Room changes go one a second at most (the server's pace for a
+        // socket): the newest pick waits here for its turn.
+        let mut last_join: Option<Instant> = None;
+        let mut pending_join: Option<String> = None;
+        let join_gap = Duration::from_millis(plaza_shared::limits::JOIN_EVERY_MS);
         // The newest pose waits here for its slot just before the room's
         // tick: one a tick, at most a frame old when the room takes it.
         let mut pacer = PosePacer::new(plaza_shared::limits::TICK_HZ);
@@ -357,8 +362,11 @@ impl Task {
                             resumed = self.conn.welcomed(&w.session);
                             tracing::info!(session = %w.session, resumed, "welcome");
                             self.send(NetEvent::Welcome { user_id: w.user_id.clone() });
-                            if !resumed && let Err(e) = send(&mut ws, &ClientMessage::Join(Join { room: self.config.room.clone() })).await {
-                                return Stop::Ended(Ended::Dropped(e));
+                            if !resumed {
+                                last_join = Some(Instant::now());
+                                if let Err(e) = send(&mut ws, &ClientMessage::Join(Join { room: self.config.room.clone() })).await {
+                                    return Stop::Ended(Ended::Dropped(e));
+                                }
                             }
                         }
                         ServerMessage::Joined(j) => {
@@ -432,6 +440,7 @@ impl Task {
                                 Some((id, name)) => {
                                     self.notice(Notice::RoomFull { room: wanted, detail: e.message.clone(), back_in: Some(name.clone()) });
                                     self.config.room = id.clone();
+                                    last_join = Some(Instant::now());
                                     self.status(super::ConnectionStatus::Joining { room: name });
                                     if let Err(e) = send(&mut ws, &ClientMessage::Join(Join { room: id })).await {
                                         return Stop::Ended(Ended::Dropped(e));
@@ -501,27 +510,40 @@ impl Task {
                             continue;
                         }
                         NetCommand::JoinRoom { room } if in_room && current_room.as_ref().is_some_and(|(id, name)| *id == room || *name == room) => {
-                            tracing::debug!(%room, "already in that room");
+                            // Already here: a pick still waiting is called off.
+                            if pending_join.take().is_some()
+                                && let Some((id, name)) = &current_room
+                            {
+                                self.status(super::ConnectionStatus::InRoom { room: id.clone(), room_name: name.clone() });
+                            }
                             continue;
                         }
                         NetCommand::JoinRoom { room } => {
-                            // Poses wait for the new room (the server leaves
-                            // the old one first; a pose in none is an error).
-                            if in_room {
-                                switching_from = current_room.take();
-                            }
-                            in_room = false;
-                            pose_due_us = None;
-                            // Voice is per room: the server ends this call, and
-                            // the next `joined` starts one at once (rather than
-                            // after a failed call's 2 s backoff).
-                            voice_call = None;
-                            self.config.room = room.clone();
                             self.status(super::ConnectionStatus::Joining { room: room.clone() });
-                            ClientMessage::Join(Join { room })
+                            pending_join = Some(room);
+                            continue;
                         }
                     };
                     if let Err(e) = send(&mut ws, &message).await {
+                        return Stop::Ended(Ended::Dropped(e));
+                    }
+                }
+                _ = tokio::time::sleep_until(last_join.map_or_else(Instant::now, |at| at + join_gap)), if pending_join.is_some() => {
+                    let room = pending_join.take().unwrap_or_default();
+                    // Poses wait for the new room (the server leaves the old
+                    // one first; a pose in none is an error).
+                    if in_room {
+                        switching_from = current_room.take();
+                    }
+                    in_room = false;
+                    pose_due_us = None;
+                    // Voice is per room: the server ends this call, and the
+                    // next `joined` starts one at once (rather than after a
+                    // failed call's 2 s backoff).
+                    voice_call = None;
+                    self.config.room = room.clone();
+                    last_join = Some(Instant::now());
+                    if let Err(e) = send(&mut ws, &ClientMessage::Join(Join { room })).await {
                         return Stop::Ended(Ended::Dropped(e));
                     }
                 }
