@@ -514,12 +514,15 @@ impl Task {
                             if pending_join.take().is_some()
                                 && let Some((id, name)) = &current_room
                             {
+                                self.config.room = id.clone();
                                 self.status(super::ConnectionStatus::InRoom { room: id.clone(), room_name: name.clone() });
                             }
                             continue;
                         }
                         NetCommand::JoinRoom { room } => {
                             self.status(super::ConnectionStatus::Joining { room: room.clone() });
+                            // A reconnect before its turn goes there too.
+                            self.config.room = room.clone();
                             pending_join = Some(room);
                             continue;
                         }
