@@ -48,6 +48,8 @@ pub struct HudState {
     pub room_input: String,
     /// The room list was asked for since the panel opened.
     pub rooms_asked: bool,
+    /// The settings panel's name field (filled with the name when it opens).
+    pub name_input: String,
 }
 
 impl Default for HudState {
@@ -59,6 +61,7 @@ impl Default for HudState {
             save_error: None,
             room_input: String::new(),
             rooms_asked: false,
+            name_input: String::new(),
         }
     }
 }
@@ -242,7 +245,7 @@ fn settings_window(
     mut voice: Option<ResMut<VoiceInfo>>,
     people: VoicePeople,
     link: Option<Res<NetLink>>,
-    info: Res<ConnectionInfo>,
+    mut info: ResMut<ConnectionInfo>,
 ) -> Result {
     // The sound devices are listed while the panel is open.
     if let Some(voice) = voice.as_deref_mut().filter(|v| v.devices.want_list != hud.settings) {
@@ -250,7 +253,11 @@ fn settings_window(
     }
     if !hud.settings {
         hud.rooms_asked = false;
+        hud.name_input.clear();
         return Ok(());
+    }
+    if hud.name_input.is_empty() {
+        hud.name_input = info.name.clone();
     }
     // The rooms, read once each time the panel opens (and on Refresh).
     if let Some(link) = &link
@@ -274,6 +281,14 @@ fn settings_window(
         ui.checkbox(&mut culling_on, "Culling (frustum and distance)");
         if let Some(link) = &link {
             ui.separator();
+            if let Some(name) = name_setting(ui, &mut hud, &info) {
+                info!(%name, "going by another name");
+                if link.send(NetCommand::Rename { name: name.clone() }) {
+                    hud.save(file.as_deref_mut(), |s| s.name = Some(name.clone()));
+                    hud.toasts.push_back((Duration::ZERO, format!("You are {name} now: rejoining the room under it.")));
+                    info.name = name;
+                }
+            }
             if let Some(room) = room_settings(ui, &mut hud, &info) {
                 info!(%room, "going to another room");
                 link.send(NetCommand::JoinRoom { room });
@@ -319,6 +334,26 @@ fn settings_window(
         hud.save(file.as_deref_mut(), |s| s.culling = Some(culling_on));
     }
     Ok(())
+}
+
+/// Your name: a field and Change. Returns the new name, once changed.
+fn name_setting(ui: &mut egui::Ui, hud: &mut HudState, info: &ConnectionInfo) -> Option<String> {
+    let wanted = crate::options::parse_name(&hud.name_input);
+    let new = wanted.as_ref().ok().filter(|n| **n != info.name).cloned();
+    let mut changed = None;
+    ui.horizontal(|ui| {
+        ui.label("Your name");
+        let field = ui.add(egui::TextEdit::singleline(&mut hud.name_input).desired_width(160.0));
+        let entered = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        let clicked = ui.add_enabled(new.is_some(), egui::Button::new("Change")).on_hover_text("Others see you leave and come back under the new name; it is saved for next time").clicked();
+        if clicked || entered {
+            changed = new.clone();
+        }
+    });
+    if let Err(why) = wanted {
+        ui.small(why);
+    }
+    changed
 }
 
 /// The room part of the settings panel: where you are, the server's rooms

@@ -214,7 +214,8 @@ pub fn parse_room(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
-fn parse_name(s: &str) -> Result<String, String> {
+/// A display name as `--name` and the settings panel take it.
+pub fn parse_name(s: &str) -> Result<String, String> {
     let n = s.trim().chars().count();
     if n == 0 || n > 32 || s.chars().any(char::is_control) {
         return Err(format!("`{s}` is not a display name; names are 1–32 characters without control characters"));

@@ -534,3 +534,28 @@ async fn quick_picks_go_at_the_servers_pace_and_the_last_one_wins() {
     assert_eq!(name, "pick-0");
     assert!(!before.iter().any(|e| matches!(e, NetEvent::ServerError(_))), "{before:?}");
 }
+
+/// Another name: the client signs in again under it and rejoins the same
+/// room; the others see the old name leave and the new one arrive.
+#[tokio::test]
+async fn a_new_name_signs_in_again_and_rejoins_the_room_under_it() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let mut other = Client::start(format!("http://{addr}"), "names");
+    in_room(&mut other).await;
+    let mut client = Client::start(format!("http://{addr}"), "names");
+    let (NetEvent::Welcome { user_id: first }, _) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Welcome { .. })).await else { unreachable!() };
+    in_room(&mut client).await;
+    let (NetEvent::Delta(d), _) = other.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Delta(d) if !d.joined.is_empty())).await else { unreachable!() };
+    let old_avatar = d.joined[0].id;
+    assert_eq!(d.joined[0].name, "Tester");
+
+    client.commands.send(NetCommand::Rename { name: "Ada Lovelace".into() }).await.unwrap();
+    let (NetEvent::Welcome { user_id: second }, _) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Welcome { .. })).await else { unreachable!() };
+    assert_ne!(second, first, "a new sign-in");
+    let (name, before) = in_room(&mut client).await;
+    assert_eq!(name, "names", "the same room");
+    assert!(!before.iter().any(|e| matches!(e, NetEvent::Notice(_))), "no reconnect to tell of: {before:?}");
+    let (NetEvent::Delta(d), seen) = other.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Delta(d) if d.joined.iter().any(|a| a.name == "Ada Lovelace"))).await else { unreachable!() };
+    let left = seen.iter().chain(std::iter::once(&NetEvent::Delta(d))).any(|e| matches!(e, NetEvent::Delta(d) if d.left.contains(&old_avatar)));
+    assert!(left, "the old name left");
+}

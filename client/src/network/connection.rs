@@ -216,6 +216,16 @@ impl Connection {
         self.session = None;
     }
 
+    /// Another name: a guest's name is its sign-in's, so the next socket
+    /// signs in afresh and joins anew (nothing to resume).
+    pub fn renamed(&mut self) {
+        self.tokens = None;
+        self.session = None;
+        self.backoff.reset();
+        // Not a reconnect to tell of: the app says the name changed.
+        self.was_in_room = false;
+    }
+
     /// The server did not answer a refresh (down, restarting, a 5xx): keep
     /// the tokens, which may still work, and try again in [`REFRESH_RETRY`].
     /// Signing in afresh here would make the player someone new.

@@ -38,6 +38,9 @@ pub enum NetCommand {
     JoinRoom { room: String },
     /// Read the server's rooms: [`NetEvent::Rooms`] answers.
     ListRooms,
+    /// Go by another display name: signs in again under it and rejoins
+    /// the room (others see you leave and come back with the new name).
+    Rename { name: String },
 }
 
 /// The network task's ends of what the app sends: commands in order, and
@@ -130,6 +133,8 @@ pub struct ConnectionInfo {
     pub rtt: Option<Duration>,
     /// The server we talk to, `http://host:port`.
     pub server: Option<String>,
+    /// The name we go by.
+    pub name: String,
     /// The server's rooms as last read ([`NetCommand::ListRooms`]), or why
     /// they could not be.
     pub rooms: Option<Result<Vec<plaza_shared::messages::RoomSummary>, String>>,
@@ -218,7 +223,7 @@ impl Plugin for NetworkPlugin {
             }
             mode => match start(mode.clone(), self.room.clone(), self.name.clone(), self.telemetry, self.open_voice(app)) {
                 Ok((link, outbox, server)) => {
-                    app.insert_resource(link).insert_resource(ConnectionInfo { server: Some(server), ..default() });
+                    app.insert_resource(link).insert_resource(ConnectionInfo { server: Some(server), name: self.name.clone(), ..default() });
                     if let Some(outbox) = outbox {
                         app.insert_resource(outbox);
                     }

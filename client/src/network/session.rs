@@ -44,6 +44,8 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 /// Why the relay loop stopped.
 enum Stop {
     Ended(Ended),
+    /// Closed to sign in again under another name.
+    Renamed,
     /// The ECS is gone (the app is closing).
     Quit,
 }
@@ -149,6 +151,12 @@ pub async fn run_with_telemetry(config: SessionConfig, mut input: NetInput, even
         let ended = match stop {
             Stop::Quit => return,
             Stop::Ended(ended) => ended,
+            Stop::Renamed => {
+                task.conn.renamed();
+                resume = false;
+                task.status(super::ConnectionStatus::Connecting);
+                continue;
+            }
         };
         tracing::info!(?ended, "connection ended");
         match task.conn.ended(&ended) {
@@ -201,6 +209,10 @@ impl Task {
             NetCommand::Chat { id, text } => self.unacked.push_back(Unacked { chat: ChatSend { id, text }, sent_at: Instant::now(), tries: 0 }),
             NetCommand::JoinRoom { room } => self.config.room = room,
             NetCommand::ListRooms => self.list_rooms(),
+            NetCommand::Rename { name } => {
+                self.config.name = name;
+                self.conn.renamed();
+            }
         }
     }
 
@@ -508,6 +520,13 @@ impl Task {
                         NetCommand::ListRooms => {
                             self.list_rooms();
                             continue;
+                        }
+                        NetCommand::Rename { name } if name == self.config.name => continue,
+                        NetCommand::Rename { name } => {
+                            tracing::info!(%name, "signing in again under another name");
+                            self.config.name = name;
+                            let _ = ws.close(None).await;
+                            return Stop::Renamed;
                         }
                         NetCommand::JoinRoom { room } if in_room && current_room.as_ref().is_some_and(|(id, name)| *id == room || *name == room) => {
                             // Already here: a pick still waiting is called off.
