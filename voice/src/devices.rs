@@ -353,7 +353,12 @@ pub fn list() -> AudioDevices {
         return AudioDevices::default();
     }
     let host = cpal::default_host();
-    AudioDevices { outputs: listed(host.output_devices()).into_iter().map(|(d, _)| d).collect(), inputs: listed(host.input_devices()).into_iter().map(|(d, _)| d).collect() }
+    AudioDevices { outputs: names(host.output_devices()), inputs: names(host.input_devices()) }
+}
+
+/// The ids and names of `devices`, as [`listed`] finds them.
+fn names<I: Iterator<Item = cpal::Device>>(devices: Result<I, cpal::Error>) -> Vec<AudioDevice> {
+    listed(devices).into_iter().map(|(d, _)| d).collect()
 }
 
 /// Each device with its id and name; one whose id can't be read is left
@@ -395,8 +400,8 @@ fn chosen_or_default<I: Iterator<Item = cpal::Device>>(
 
 /// Whether the devices `choice` names are all listed now.
 fn chosen_present(host: &cpal::Host, choice: &DeviceChoice, mic: bool) -> bool {
-    let output = choice.output.as_deref().is_none_or(|w| pick("speaker", &listed(host.output_devices()).into_iter().map(|(d, _)| d).collect::<Vec<_>>(), w).is_ok());
-    let input = !mic || choice.input.as_deref().is_none_or(|w| pick("microphone", &listed(host.input_devices()).into_iter().map(|(d, _)| d).collect::<Vec<_>>(), w).is_ok());
+    let output = choice.output.as_deref().is_none_or(|w| pick("speaker", &names(host.output_devices()), w).is_ok());
+    let input = !mic || choice.input.as_deref().is_none_or(|w| pick("microphone", &names(host.input_devices()), w).is_ok());
     output && input
 }
 
@@ -462,14 +467,28 @@ fn device_name(device: &cpal::Device) -> String {
 
 fn start_output(host: &cpal::Host, wanted: Option<&str>, ring: Ring, played: Ring, lost: mpsc::Sender<String>) -> Result<Opened, DeviceError> {
     let (device, problem) = chosen_or_default("speaker", wanted, || host.output_devices(), || host.default_output_device());
-    let device = device.ok_or(DeviceError::NoOutput)?;
-    match output_on(&device, ring.clone(), played.clone(), lost.clone()) {
+    start_or_default("speaker", device, problem, wanted.is_some(), || host.default_output_device(), DeviceError::NoOutput, |d| output_on(d, ring.clone(), played.clone(), lost.clone()))
+}
+
+/// Starts `device` (the chosen one, or the default with `problem` saying
+/// why); a chosen one that is there and would not start gives way to the
+/// default, and the problem says that.
+fn start_or_default(
+    what: &'static str,
+    device: Option<cpal::Device>,
+    problem: Option<String>,
+    chosen: bool,
+    default: impl FnOnce() -> Option<cpal::Device>,
+    none: DeviceError,
+    start: impl Fn(&cpal::Device) -> Result<(cpal::Stream, String), DeviceError>,
+) -> Result<Opened, DeviceError> {
+    let Some(device) = device else { return Err(none) };
+    match start(&device) {
         Ok((stream, description)) => Ok(Opened { _stream: stream, description, missing: problem.is_some(), problem }),
-        // The chosen one is there and would not start: the default, and why.
-        Err(e) if wanted.is_some() && problem.is_none() => {
-            let default = host.default_output_device().ok_or(DeviceError::NoOutput)?;
-            let (stream, description) = output_on(&default, ring, played, lost)?;
-            Ok(Opened { _stream: stream, description, problem: Some(format!("the speaker \"{}\" would not start ({e}); using the default", device_name(&device))), missing: false })
+        Err(e) if chosen && problem.is_none() => {
+            let default = default().ok_or(none)?;
+            let (stream, description) = start(&default)?;
+            Ok(Opened { _stream: stream, description, problem: Some(format!("the {what} \"{}\" would not start ({e}); using the default", device_name(&device))), missing: false })
         }
         Err(e) => Err(e),
     }
@@ -622,16 +641,7 @@ impl OutputFeed {
 
 fn start_input(host: &cpal::Host, wanted: Option<&str>, ring: Ring, lost: mpsc::Sender<String>) -> Result<Opened, DeviceError> {
     let (device, problem) = chosen_or_default("microphone", wanted, || host.input_devices(), || host.default_input_device());
-    let device = device.ok_or(DeviceError::NoInput)?;
-    match input_on(&device, ring.clone(), lost.clone()) {
-        Ok((stream, description)) => Ok(Opened { _stream: stream, description, missing: problem.is_some(), problem }),
-        Err(e) if wanted.is_some() && problem.is_none() => {
-            let default = host.default_input_device().ok_or(DeviceError::NoInput)?;
-            let (stream, description) = input_on(&default, ring, lost)?;
-            Ok(Opened { _stream: stream, description, problem: Some(format!("the microphone \"{}\" would not start ({e}); using the default", device_name(&device))), missing: false })
-        }
-        Err(e) => Err(e),
-    }
+    start_or_default("microphone", device, problem, wanted.is_some(), || host.default_input_device(), DeviceError::NoInput, |d| input_on(d, ring.clone(), lost.clone()))
 }
 
 /// Fills the microphone's ring from `device`; the stream and what it is.
