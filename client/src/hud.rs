@@ -305,6 +305,9 @@ fn settings_window(
             if let Some(on) = change.mic_cleanup {
                 hud.save(file.as_deref_mut(), |s| s.mic_cleanup = Some(on));
             }
+            if let Some(db) = change.mic_gate_db {
+                hud.save(file.as_deref_mut(), |s| s.mic_gate_db = Some(db));
+            }
             if let Some(output) = change.audio_out {
                 hud.save(file.as_deref_mut(), |s| s.audio_out = output);
             }
@@ -437,9 +440,34 @@ struct VoiceSettingsChange {
     /// The voices' volume, once a change of it is done.
     volume: Option<f32>,
     mic_cleanup: Option<bool>,
+    /// The microphone's gate, once a change of it is done.
+    mic_gate_db: Option<f32>,
     /// A device chosen (`Some(None)`: back to the system's).
     audio_out: Option<Option<String>>,
     audio_in: Option<Option<String>>,
+}
+
+/// The microphone's meter (its level now, green over the gate) and the
+/// gate: how loud you must be for your voice to go out. Returns the gate
+/// once a change of it is done.
+fn mic_meter(ui: &mut egui::Ui, voice: &mut VoiceInfo) -> Option<f32> {
+    let (low, high) = (*plaza_voice::level::GATE_DB_RANGE.start(), *plaza_voice::level::GATE_DB_RANGE.end());
+    // The meter spans 20 dB below the lowest gate to full scale.
+    let floor = low - 20.0;
+    let share = |db: f32| ((db - floor) / -floor).clamp(0.0, 1.0);
+    if let Some(db) = voice.status.mic_db {
+        let over = db >= voice.mic_gate_db;
+        let color = if over { egui::Color32::from_rgb(90, 190, 110) } else { egui::Color32::from_gray(110) };
+        let bar = egui::ProgressBar::new(share(db)).desired_width(260.0).fill(color).text(format!("microphone {db:.0} dBFS"));
+        let response = ui.add(bar);
+        // The gate, as a mark on the bar.
+        let x = response.rect.left() + response.rect.width() * share(voice.mic_gate_db);
+        ui.painter().vline(x, response.rect.y_range(), egui::Stroke::new(2.0, egui::Color32::from_rgb(240, 200, 80)));
+    }
+    let slider = ui
+        .add(egui::Slider::new(&mut voice.mic_gate_db, low..=high).step_by(1.0).suffix(" dBFS").text("send my voice above"))
+        .on_hover_text("Lower: a quiet voice still goes out. Higher: the room's noise stays in. The yellow mark on the meter is this.");
+    (slider.drag_stopped() || (slider.changed() && !slider.dragged())).then_some(voice.mic_gate_db)
 }
 
 /// A drop-down of the sound devices `listed` (while they are being listed,
@@ -474,6 +502,7 @@ fn voice_settings(ui: &mut egui::Ui, voice: &mut VoiceInfo, people: &VoicePeople
         .checkbox(&mut voice.mic_cleanup, "Cancel echo and noise, even out loudness")
         .on_hover_text("Takes what your speakers play, and steady noise, out of your microphone, and brings your voice to the loudness everyone else's has. Switch it off for a headset or a sound system that does this itself.");
     let mic_cleanup = cleanup.changed().then_some(voice.mic_cleanup);
+    let mic_gate_db = mic_meter(ui, voice);
     let devices = &mut voice.devices;
     let listed = devices.list.clone();
     let audio_out = device_choice(ui, "Speakers", &mut devices.choice.output, listed.as_ref().map(|l| l.outputs.as_slice())).then(|| devices.choice.output.clone());
@@ -529,7 +558,7 @@ fn voice_settings(ui: &mut egui::Ui, voice: &mut VoiceInfo, people: &VoicePeople
             }
         });
     }
-    VoiceSettingsChange { volume, mic_cleanup, audio_out, audio_in }
+    VoiceSettingsChange { volume, mic_cleanup, mic_gate_db, audio_out, audio_in }
 }
 
 fn chat_window(

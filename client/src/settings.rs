@@ -11,6 +11,7 @@
 //! mic = true           # false: listen only
 //! voice_volume = 1.0   # 0–2
 //! mic_cleanup = true   # echo cancellation, noise suppression, automatic gain
+//! mic_gate_db = -46.0  # your voice goes out while at least this loud (−60 to −20 dBFS)
 //! audio_out = "alsa:hw:CARD=Headset,DEV=0"   # speakers (id or name); unset: the system's
 //! audio_in = "alsa:hw:CARD=Headset,DEV=0"    # microphone, the same way
 //! name = "Ada"
@@ -52,6 +53,9 @@ pub struct Settings {
     /// microphone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mic_cleanup: Option<bool>,
+    /// The microphone's gate, dBFS (−60 to −20; outside is held to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mic_gate_db: Option<f32>,
     /// Speakers and microphone for voice: a device's id (what the
     /// settings panel saves) or name; unset, the system's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -187,7 +191,7 @@ mod tests {
     fn saves_and_loads_back() {
         let path = temp("roundtrip");
         assert_eq!(Settings::load(&path).unwrap(), Settings::default(), "missing is defaults");
-        let s = Settings { preset: Some(PresetChoice::Auto), lod: Some(false), culling: None, telemetry: Some(true), voice: None, mic: Some(false), voice_volume: Some(0.5), mic_cleanup: Some(false), audio_out: Some("alsa:hw:CARD=Headset,DEV=0".into()), audio_in: None, name: Some("Ada".into()) };
+        let s = Settings { preset: Some(PresetChoice::Auto), lod: Some(false), culling: None, telemetry: Some(true), voice: None, mic: Some(false), voice_volume: Some(0.5), mic_cleanup: Some(false), mic_gate_db: Some(-40.0), audio_out: Some("alsa:hw:CARD=Headset,DEV=0".into()), audio_in: None, name: Some("Ada".into()) };
         s.save(&path).unwrap();
         assert_eq!(Settings::load(&path).unwrap(), s);
         std::fs::write(&path, "preset = \"med\"\n").unwrap();

@@ -55,6 +55,8 @@ pub struct VoiceInfo {
     pub volume: f32,
     /// Echo cancellation and noise suppression on the microphone.
     pub mic_cleanup: bool,
+    /// Your microphone goes out while at least this loud (dBFS).
+    pub mic_gate_db: f32,
     /// Users (by user id, so it holds across their reconnects) whose voices
     /// you don't want to hear.
     pub muted_users: std::collections::BTreeSet<String>,
@@ -95,6 +97,7 @@ impl Default for VoiceInfo {
             pushing_to_talk: false,
             volume: 1.0,
             mic_cleanup: true,
+            mic_gate_db: crate::network::voice::default_gate_db(),
             muted_users: Default::default(),
             user_volumes: Default::default(),
             unavailable: None,
@@ -152,6 +155,9 @@ fn from_settings(file: Option<Res<SettingsFile>>, mut info: ResMut<VoiceInfo>) {
     if let Some(on) = settings.mic_cleanup {
         info.mic_cleanup = on;
     }
+    if let Some(db) = settings.mic_gate_db {
+        info.mic_gate_db = db.clamp(*plaza_voice::level::GATE_DB_RANGE.start(), *plaza_voice::level::GATE_DB_RANGE.end());
+    }
 }
 
 /// The status, copied only when the call changed it (the receiver is kept:
@@ -189,9 +195,9 @@ fn mute_key(keys: Option<Res<ButtonInput<KeyCode>>>, control: Res<PlayerControl>
         info.muted = !info.muted;
     }
     info.pushing_to_talk = info.muted && keys.is_some_and(|k| k.pressed(TALK_KEY));
-    let control = MicControl { muted: info.muted && !info.pushing_to_talk, cleanup: info.mic_cleanup };
+    let control = MicControl { muted: info.muted && !info.pushing_to_talk, cleanup: info.mic_cleanup, gate_db: info.mic_gate_db };
     if link.0.mic.send_if_modified(|m| std::mem::replace(m, control) != control) {
-        debug!(muted = control.muted, cleanup = control.cleanup, "microphone");
+        debug!(muted = control.muted, cleanup = control.cleanup, gate_db = control.gate_db, "microphone");
     }
 }
 

@@ -309,6 +309,48 @@ async fn a_quiet_member_keeps_its_voice_past_the_sfus_silence_limit() {
     }
 }
 
+/// The microphone's gate, as the listener set it: a quiet voice under it
+/// stays home, over it goes out; the meter shows its level either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gate_keeps_a_voice_under_it_home_and_the_meter_shows_its_level() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let base = format!("http://{addr}");
+    let mut ann = Peer::start(&base, "gate-room", "Ann");
+    ann.joined().await;
+    let mut ben = Peer::start(&base, "gate-room", "Ben");
+    let ben_id = ben.joined().await;
+    let on = |s: &VoiceStatus| s.state == VoiceState::On;
+    ann.voice_until(Duration::from_secs(20), on).await;
+    ben.voice_until(Duration::from_secs(20), on).await;
+    ann.voice_until(Duration::from_secs(10), |s| s.slots.contains(&Some(ben_id))).await;
+    // Ben's quiet voice: a tone at 0.02 RMS, about −34 dBFS.
+    let quiet = |f: usize| tone(440.0, f).iter().map(|s| s * 0.02 / 0.4 * std::f32::consts::SQRT_2).collect::<Vec<f32>>();
+    let mut clock = tokio::time::interval(Duration::from_millis(20));
+    let mut frame = vec![0.0; 2 * FRAME_SAMPLES];
+    let mut say = async |ben: &Peer, ann: &Peer, frames: std::ops::Range<usize>| {
+        let mut heard = Vec::new();
+        let mut meter = Vec::new();
+        for f in frames {
+            clock.tick().await;
+            ben.mic.push(&quiet(f));
+            if ann.speakers.take_exact(&mut frame) {
+                heard.extend_from_slice(&frame);
+            }
+            meter.extend(ben.voice.status.borrow().mic_db);
+        }
+        (ears(&heard[heard.len() / 2..]), meter)
+    };
+    ben.voice.mic.send_modify(|m| m.gate_db = -30.0);
+    let ((left, right), meter) = say(&ben, &ann, 0..100).await;
+    assert!(left < 1e-4 && right < 1e-4, "under a −30 dBFS gate nothing goes out: {left} {right}");
+    assert!(!ben.voice.status.borrow().self_speaking);
+    let last = *meter.last().expect("the meter reads");
+    assert!((-37.0..=-31.0).contains(&last), "the meter shows about −34 dBFS: {last}");
+    ben.voice.mic.send_modify(|m| m.gate_db = -46.0);
+    let ((left, right), _) = say(&ben, &ann, 100..200).await;
+    assert!(left.max(right) > 0.005, "over a −46 dBFS gate it does: {left} {right}");
+}
+
 /// Voice is per room: going to another room ends the call and starts one
 /// there at once, never through "lost; retrying".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,14 @@
 
 /// Louder than this (RMS, full scale 1.0; about −46 dBFS) is speech, not room noise.
 pub const SPEAKING_RMS: f32 = 0.005;
+/// The microphone's gate, in dBFS, as a listener may set it: from a
+/// whisper in a quiet room to a voice over a loud one.
+pub const GATE_DB_RANGE: std::ops::RangeInclusive<f32> = -60.0..=-20.0;
+
+/// The RMS level of `db` dBFS.
+pub fn rms_of_db(db: f32) -> f32 {
+    10f32.powf(db / 20.0)
+}
 /// Frames a voice counts as speaking after its last loud one (300 ms), so
 /// the indicator does not flicker between words.
 pub const HOLD_FRAMES: u32 = 15;
@@ -29,7 +37,12 @@ pub struct Activity {
 impl Activity {
     /// Takes one frame's level; true while speaking.
     pub fn update(&mut self, level: f32) -> bool {
-        if level >= SPEAKING_RMS {
+        self.update_over(level, SPEAKING_RMS)
+    }
+
+    /// As [`Activity::update`], with speech anything at or over `threshold` (RMS).
+    pub fn update_over(&mut self, level: f32, threshold: f32) -> bool {
+        if level >= threshold {
             self.hold = HOLD_FRAMES;
         } else {
             self.hold = self.hold.saturating_sub(1);
@@ -59,6 +72,17 @@ mod tests {
         assert_eq!(dbfs(1.0), 0.0);
         assert!((dbfs(SPEAKING_RMS) + 46.0).abs() < 0.1, "the gate is about −46 dBFS: {}", dbfs(SPEAKING_RMS));
         assert_eq!(dbfs(0.0), -180.0);
+    }
+
+    #[test]
+    fn a_gate_set_higher_lets_a_quiet_voice_pass_no_more() {
+        let quiet = rms_of_db(-40.0);
+        assert!((dbfs(quiet) + 40.0).abs() < 1e-3);
+        let mut default = Activity::default();
+        assert!(default.update(quiet), "−40 dBFS is over the default −46");
+        let mut strict = Activity::default();
+        assert!(!strict.update_over(quiet, rms_of_db(-30.0)), "not over a −30 dBFS gate");
+        assert!(strict.update_over(rms_of_db(-25.0), rms_of_db(-30.0)));
     }
 
     #[test]

@@ -52,6 +52,8 @@ const SPEAKER_LEAD_FRAMES: (usize, usize) = (2, 4);
 /// Microphone frames that may go out in one 20 ms step: a device period
 /// of up to 160 ms arrives as one block.
 const MIC_BURST_FRAMES: usize = 8;
+/// How often the microphone's meter is read into the status.
+const METER_EVERY: Duration = Duration::from_millis(100);
 /// How often `--voice-qos-debug` logs each slot's numbers.
 const QOS_LOG_EVERY: Duration = Duration::from_secs(5);
 /// Signals queued between the relay and the call.
@@ -80,18 +82,26 @@ impl Default for VoiceScene {
 }
 
 /// The microphone's switches, from the ECS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MicControl {
     /// Nothing is sent.
     pub muted: bool,
     /// Echo cancellation, noise suppression and automatic gain (on by
     /// default; off for a headset, or a sound system that does its own).
     pub cleanup: bool,
+    /// Frames at least this loud (dBFS, after cleaning) are speech and go
+    /// out; within [`plaza_voice::level::GATE_DB_RANGE`].
+    pub gate_db: f32,
+}
+
+/// The gate a microphone starts with: about −46 dBFS.
+pub fn default_gate_db() -> f32 {
+    plaza_voice::level::dbfs(plaza_voice::level::SPEAKING_RMS).round()
 }
 
 impl Default for MicControl {
     fn default() -> Self {
-        MicControl { muted: false, cleanup: true }
+        MicControl { muted: false, cleanup: true, gate_db: default_gate_db() }
     }
 }
 
@@ -120,6 +130,9 @@ pub struct VoiceStatus {
     pub speaking: Vec<u32>,
     /// Whether we are speaking now (the microphone is loud).
     pub self_speaking: bool,
+    /// The microphone's level, dBFS, the loudest of the last tenth of a
+    /// second, in whole dB (for the settings panel's meter).
+    pub mic_db: Option<f32>,
     /// How the voices come through, this call so far (each second).
     pub quality: Option<VoiceQuality>,
 }
@@ -398,7 +411,8 @@ impl Call {
         if peer.ended() {
             return Err("the voice connection failed".into());
         }
-        let MicControl { muted, cleanup } = *self.mic.borrow();
+        let MicControl { muted, cleanup, gate_db } = *self.mic.borrow();
+        let gate = plaza_voice::level::rms_of_db(gate_db.clamp(*plaza_voice::level::GATE_DB_RANGE.start(), *plaza_voice::level::GATE_DB_RANGE.end()));
         if let Some(mic) = &self.audio.mic {
             let played = &self.audio.played;
             // A failure is said once a call, not every step.
@@ -422,8 +436,10 @@ impl Call {
                 media.mic_credit -= 1;
                 // The speakers' echo, however much of it is left, is no one
                 // talking here.
-                let level = if muted || media.clean.echo_only() { 0.0 } else { rms(&media.mic_frame) };
-                media.self_speaking = media.mic_activity.update(level);
+                let heard = if media.clean.echo_only() { 0.0 } else { rms(&media.mic_frame) };
+                media.meter_peak = media.meter_peak.max(heard);
+                let level = if muted { 0.0 } else { heard };
+                media.self_speaking = media.mic_activity.update_over(level, gate);
                 media.mic_timestamp = media.mic_timestamp.wrapping_add(FRAME_SAMPLES as u32);
                 // Quiet (past the hold after the last word) or muted: nothing
                 // goes out. That saves the uplink, and the SFU gives the slots
@@ -500,13 +516,18 @@ impl Call {
         let (speaking, slots): (Vec<u32>, Vec<Option<u32>>) = (mixer.speaking().collect(), mixer.slots().iter().map(|s| s.avatar()).collect());
         let mic = self.audio.mic.is_some();
         let self_speaking = media.self_speaking;
+        if media.meter_at.elapsed() >= METER_EVERY {
+            media.meter_at = Instant::now();
+            media.mic_db = mic.then(|| plaza_voice::level::dbfs(std::mem::take(&mut media.meter_peak)).max(-90.0).round());
+        }
+        let mic_db = media.mic_db;
         if media.quality_at.elapsed() >= Duration::from_secs(1) {
             media.quality_at = Instant::now();
             media.quality = Some(VoiceQuality::of(mixer));
         }
         let quality = media.quality;
         self.status.send_if_modified(|s| {
-            let next = VoiceStatus { state: VoiceState::On, sending: mic && !muted, mic, slots, speaking, self_speaking, quality };
+            let next = VoiceStatus { state: VoiceState::On, sending: mic && !muted, mic, slots, speaking, self_speaking, mic_db, quality };
             let changed = *s != next;
             *s = next;
             changed
@@ -523,6 +544,11 @@ struct Media {
     mic_frame: Vec<f32>,
     mic_timestamp: u32,
     mic_activity: Activity,
+    /// The loudest microphone frame since the meter was last read, and the
+    /// meter's reading.
+    meter_peak: f32,
+    meter_at: Instant,
+    mic_db: Option<f32>,
     /// The microphone paired with the speakers and cleaned, and whether
     /// cleaning was last asked for.
     clean: CleanMic,
@@ -563,6 +589,9 @@ impl Media {
             mic_frame: vec![0.0; FRAME_SAMPLES],
             mic_timestamp: rand_timestamp(),
             mic_activity: Activity::default(),
+            meter_peak: 0.0,
+            meter_at: Instant::now(),
+            mic_db: None,
             clean,
             cleanup_asked: cleanup,
             self_speaking: false,
