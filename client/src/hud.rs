@@ -289,7 +289,8 @@ fn settings_window(
                     info.name = name;
                 }
             }
-            if let Some(room) = room_settings(ui, &mut hud, &info) {
+            let here: Vec<String> = people.remote.by_id.values().filter_map(|e| people.avatars.get(*e).ok()).map(|(a, _)| a.name.clone()).collect();
+            if let Some(room) = room_settings(ui, &mut hud, &info, &here) {
                 info!(%room, "going to another room");
                 link.send(NetCommand::JoinRoom { room });
                 // Their counts change with the move: read them again.
@@ -362,7 +363,7 @@ fn name_setting(ui: &mut egui::Ui, hud: &mut HudState, info: &ConnectionInfo) ->
 /// The room part of the settings panel: where you are, the server's rooms
 /// (with a Join for each that has room), and a field to go to a room by
 /// name (a new name makes it). Returns the room to go to.
-fn room_settings(ui: &mut egui::Ui, hud: &mut HudState, info: &ConnectionInfo) -> Option<String> {
+fn room_settings(ui: &mut egui::Ui, hud: &mut HudState, info: &ConnectionInfo, others: &[String]) -> Option<String> {
     let mut go = None;
     let here = match &info.status {
         ConnectionStatus::InRoom { room, .. } => Some(room.as_str()),
@@ -424,7 +425,44 @@ fn room_settings(ui: &mut egui::Ui, hud: &mut HudState, info: &ConnectionInfo) -
     {
         ui.small(why);
     }
+    if matches!(info.status, ConnectionStatus::InRoom { .. }) {
+        egui::CollapsingHeader::new(format!("Here now: you and {}", others.len())).id_salt("here_now").show(ui, |ui| {
+            ui.label(here_now(&info.name, others));
+        });
+    }
     go
+}
+
+/// A name's sort key: case aside, and runs of digits by their number, so
+/// "Bot 2" comes before "Bot 10".
+fn natural_key(name: &str) -> Vec<(u8, u64, String)> {
+    let mut key = Vec::new();
+    let mut chars = name.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_ascii_digit() {
+            let mut n: u64 = 0;
+            while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+                n = n.saturating_mul(10).saturating_add(u64::from(d));
+                chars.next();
+            }
+            key.push((0, n, String::new()));
+        } else {
+            let mut text = String::new();
+            while let Some(&c) = chars.peek().filter(|c| !c.is_ascii_digit()) {
+                text.extend(c.to_lowercase());
+                chars.next();
+            }
+            key.push((1, 0, text));
+        }
+    }
+    key
+}
+
+/// Who is in the room, for the panel: you first, then the others by name.
+fn here_now(you: &str, others: &[String]) -> String {
+    let mut names: Vec<&str> = others.iter().map(String::as_str).collect();
+    names.sort_by_cached_key(|n| natural_key(n));
+    std::iter::once(format!("{you} (you)")).chain(names.into_iter().map(str::to_owned)).collect::<Vec<_>>().join(", ")
 }
 
 /// Who the voice settings can name: the avatars in your listening slots.
@@ -743,6 +781,13 @@ mod tests {
         app.world_mut().write_message(ChatUpdate::History(vec![said("r_1", "old", 0), said("r_2", "g", 3)]));
         app.update();
         assert_eq!(texts(&app), ["You are in garden now.", "g in r_2"]);
+    }
+
+    #[test]
+    fn who_is_here_lists_you_first_then_the_others_by_name() {
+        let others = ["bot 2", "Ada", "Bot 10", "zed"].map(String::from);
+        assert_eq!(here_now("Me", &others), "Me (you), Ada, bot 2, Bot 10, zed", "case aside, numbers as numbers");
+        assert_eq!(here_now("Me", &[]), "Me (you)");
     }
 
     #[test]
