@@ -269,7 +269,9 @@ fn settings_window(
     let mut open = true;
     let mut choice = quality.choice;
     let (mut lod_on, mut culling_on) = (lod.enabled, culling.enabled);
-    egui::Window::new("Settings").open(&mut open).anchor(egui::Align2::CENTER_TOP, [0.0, 40.0]).resizable(false).show(ctx, |ui| {
+    // Taller than the screen (many rooms, many voices) scrolls.
+    let room_below = (ctx.content_rect().height() - 100.0).max(200.0);
+    egui::Window::new("Settings").open(&mut open).anchor(egui::Align2::CENTER_TOP, [0.0, 40.0]).resizable(false).vscroll(true).max_height(room_below).show(ctx, |ui| {
         ui.label("Quality preset");
         ui.horizontal(|ui| {
             for p in QualityPreset::ALL {
@@ -496,11 +498,13 @@ fn mic_meter(ui: &mut egui::Ui, voice: &mut VoiceInfo) -> Option<f32> {
     if let Some(db) = voice.status.mic_db {
         let over = db >= voice.mic_gate_db;
         let color = if over { egui::Color32::from_rgb(90, 190, 110) } else { egui::Color32::from_gray(110) };
-        let bar = egui::ProgressBar::new(share(db)).desired_width(260.0).fill(color).text(format!("microphone {db:.0} dBFS"));
-        let response = ui.add(bar);
-        // The gate, as a mark on the bar.
-        let x = response.rect.left() + response.rect.width() * share(voice.mic_gate_db);
-        ui.painter().vline(x, response.rect.y_range(), egui::Stroke::new(2.0, egui::Color32::from_rgb(240, 200, 80)));
+        ui.horizontal(|ui| {
+            let response = ui.add(egui::ProgressBar::new(share(db)).desired_width(260.0).fill(color));
+            // The gate, as a mark on the bar.
+            let x = response.rect.left() + response.rect.width() * share(voice.mic_gate_db);
+            ui.painter().vline(x, response.rect.y_range(), egui::Stroke::new(3.0, egui::Color32::from_rgb(240, 200, 80)));
+            ui.label(format!("microphone {db:.0} dBFS"));
+        });
     }
     let slider = ui
         .add(egui::Slider::new(&mut voice.mic_gate_db, low..=high).step_by(1.0).suffix(" dBFS").text("send my voice above"))
