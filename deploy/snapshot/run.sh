@@ -25,44 +25,10 @@ server_port="${SNAPSHOT_SERVER_PORT:-7941}"
 prom_port="${SNAPSHOT_PROM_PORT:-9491}"
 load_args="${SNAPSHOT_LOAD_ARGS:---rooms 10 --users-per-room 20 --rate 20 --duration 60 --ramp 10}"
 
-for tool in prometheus rsvg-convert python3 curl; do
-  command -v "$tool" >/dev/null || { echo "snapshot: needs $tool (prometheus: tools/setup.sh; rsvg-convert: librsvg2-bin)" >&2; exit 1; }
-done
-
+. deploy/snapshot/stack.sh
+snapshot_needs prometheus rsvg-convert python3 curl
 mkdir -p "$out" "$images"
-tmp="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-"$bin/plaza-server" --dev --data-dir "$tmp/server" --bind "127.0.0.1:$server_port" --log-format json >"$out/server.log" 2>&1 &
-pids+=($!)
-
-cat >"$tmp/prometheus.yml" <<EOF
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-rule_files:
-  - $PWD/deploy/prometheus/rules/*.rules.yml
-scrape_configs:
-  - job_name: plaza
-    static_configs:
-      - targets: ["127.0.0.1:$server_port"]
-EOF
-prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/tsdb" \
-  --web.listen-address="127.0.0.1:$prom_port" --log.level=warn >"$out/prometheus.log" 2>&1 &
-pids+=($!)
-
-prom="http://127.0.0.1:$prom_port"
-for _ in $(seq 100); do
-  curl -sf "$prom/-/ready" >/dev/null && curl -sf "http://127.0.0.1:$server_port/health" >/dev/null && break
-  sleep 0.2
-done
-curl -sf "$prom/-/ready" >/dev/null || { echo "snapshot: Prometheus did not come up; see $out/prometheus.log" >&2; exit 1; }
+snapshot_stack "$bin/plaza-server" "$server_port" "$prom_port" "$out"
 
 start=$(date +%s)
 sleep 10 # idle before the load, so the picture shows the step up

@@ -27,19 +27,10 @@ clients="${SNAPSHOT_CLIENTS:-3}"
 seconds="${SNAPSHOT_SECONDS:-120}"
 server_port="${SNAPSHOT_SERVER_PORT:-7942}"
 prom_port="${SNAPSHOT_PROM_PORT:-9492}"
-for tool in prometheus rsvg-convert python3 curl; do
-  command -v "$tool" >/dev/null || { echo "snapshot: needs $tool" >&2; exit 1; }
-done
-
+. deploy/snapshot/stack.sh
+snapshot_needs prometheus rsvg-convert python3 curl
 mkdir -p "$out" "$images"
-tmp="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+snapshot_stack "$server_bin" "$server_port" "$prom_port" "$out"
 
 # The microphones' sound: 220 Hz, its loudness wobbling 3 times a second,
 # about −28 dBFS, 48 kHz stereo s16, a second repeated for the whole run.
@@ -60,20 +51,6 @@ printf '%s\n' \
   'pcm.!default { type asym; playback.pcm "null"; capture.pcm "tone" }' \
   "pcm.tone { type file; slave.pcm \"null\"; file \"/dev/null\"; infile \"$tmp/tone.raw\"; format \"raw\" }" \
   'ctl.!default { type hw; card 0 }' >"$tmp/home/.asoundrc"
-
-"$server_bin" --dev --data-dir "$tmp/server" --bind "127.0.0.1:$server_port" --log-format json >"$out/server.log" 2>&1 &
-pids+=($!)
-printf '%s\n' 'global:' '  scrape_interval: 1s' '  evaluation_interval: 1s' 'rule_files:' "  - $PWD/deploy/prometheus/rules/*.rules.yml" \
-  'scrape_configs:' '  - job_name: plaza' '    static_configs:' "      - targets: [\"127.0.0.1:$server_port\"]" >"$tmp/prometheus.yml"
-prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/tsdb" \
-  --web.listen-address="127.0.0.1:$prom_port" --log.level=warn >"$out/prometheus.log" 2>&1 &
-pids+=($!)
-prom="http://127.0.0.1:$prom_port"
-for _ in $(seq 100); do
-  curl -sf "$prom/-/ready" >/dev/null && curl -sf "http://127.0.0.1:$server_port/health" >/dev/null && break
-  sleep 0.2
-done
-curl -sf "$prom/-/ready" >/dev/null || { echo "snapshot: Prometheus did not come up; see $out/prometheus.log" >&2; exit 1; }
 
 start=$(date +%s)
 sleep 10 # idle first, so the picture shows the call start
