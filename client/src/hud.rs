@@ -46,8 +46,9 @@ pub struct HudState {
     pub save_error: Option<String>,
     /// The settings panel's "go to a room" field.
     pub room_input: String,
-    /// The room list was asked for since the panel opened.
-    pub rooms_asked: bool,
+    /// When the room list was last asked for (real time), while the panel
+    /// is open.
+    pub rooms_asked: Option<Duration>,
     /// The settings panel's name field (filled with the name when it opens).
     pub name_input: String,
 }
@@ -60,11 +61,14 @@ impl Default for HudState {
             next_chat_id: 1,
             save_error: None,
             room_input: String::new(),
-            rooms_asked: false,
+            rooms_asked: None,
             name_input: String::new(),
         }
     }
 }
+
+/// How often the settings panel reads the rooms again while it is open.
+const ROOMS_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HudSystems {
@@ -246,24 +250,28 @@ fn settings_window(
     people: VoicePeople,
     link: Option<Res<NetLink>>,
     mut info: ResMut<ConnectionInfo>,
+    time: Res<Time<Real>>,
 ) -> Result {
     // The sound devices are listed while the panel is open.
     if let Some(voice) = voice.as_deref_mut().filter(|v| v.devices.want_list != hud.settings) {
         voice.devices.want_list = hud.settings;
     }
     if !hud.settings {
-        hud.rooms_asked = false;
+        hud.rooms_asked = None;
         hud.name_input.clear();
         return Ok(());
     }
     if hud.name_input.is_empty() {
         hud.name_input = info.name.clone();
     }
-    // The rooms, read once each time the panel opens (and on Refresh).
+    // The rooms, read when the panel opens, every few seconds while it is
+    // open (people come and go), and on Refresh.
+    let now = time.elapsed();
     if let Some(link) = &link
-        && !hud.rooms_asked
+        && hud.rooms_asked.is_none_or(|at| now.saturating_sub(at) >= ROOMS_EVERY)
+        && link.send(NetCommand::ListRooms)
     {
-        hud.rooms_asked = link.send(NetCommand::ListRooms);
+        hud.rooms_asked = Some(now);
     }
     let ctx = contexts.ctx_mut()?;
     let mut open = true;
@@ -295,8 +303,8 @@ fn settings_window(
             if let Some(room) = room_settings(ui, &mut hud, &info, &here) {
                 info!(%room, "going to another room");
                 link.send(NetCommand::JoinRoom { room });
-                // Their counts change with the move: read them again.
-                hud.rooms_asked = link.send(NetCommand::ListRooms);
+                // Their counts change with the move: read them again soon.
+                hud.rooms_asked = None;
             }
         }
         if let Some(voice) = voice.as_deref_mut().filter(|v| v.enabled) {
@@ -374,7 +382,7 @@ fn room_settings(ui: &mut egui::Ui, hud: &mut HudState, info: &ConnectionInfo, o
     ui.horizontal(|ui| {
         ui.label(format!("Room: {}", info.status.label()));
         if ui.small_button("Refresh").on_hover_text("Read the rooms again").clicked() {
-            hud.rooms_asked = false;
+            hud.rooms_asked = None;
         }
     });
     match &info.rooms {
