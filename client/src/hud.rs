@@ -279,58 +279,60 @@ fn settings_window(
     let (mut lod_on, mut culling_on) = (lod.enabled, culling.enabled);
     // Taller than the screen (many rooms, many voices) scrolls.
     let room_below = (ctx.content_rect().height() - 100.0).max(200.0);
-    egui::Window::new("Settings").open(&mut open).anchor(egui::Align2::CENTER_TOP, [0.0, 40.0]).resizable(false).vscroll(true).max_height(room_below).show(ctx, |ui| {
-        ui.label("Quality preset");
-        ui.horizontal(|ui| {
-            for p in QualityPreset::ALL {
-                ui.radio_value(&mut choice, PresetChoice::Fixed(p), p.as_str());
-            }
-            ui.radio_value(&mut choice, PresetChoice::Auto, "auto");
-        });
-        ui.checkbox(&mut lod_on, "Level of detail by distance");
-        ui.checkbox(&mut culling_on, "Culling (frustum and distance)");
-        if let Some(link) = &link {
-            ui.separator();
-            if let Some(name) = name_setting(ui, &mut hud, &info) {
-                info!(%name, "going by another name");
-                if link.send(NetCommand::Rename { name: name.clone() }) {
-                    hud.save(file.as_deref_mut(), |s| s.name = Some(name.clone()));
-                    hud.toasts.push_back((Duration::ZERO, format!("You are {name} now: rejoining the room under it.")));
-                    info.name = name;
+    egui::Window::new("Settings").open(&mut open).anchor(egui::Align2::CENTER_TOP, [0.0, 40.0]).resizable(false).show(ctx, |ui| {
+        egui::ScrollArea::vertical().max_height(room_below).show(ui, |ui| {
+            ui.label("Quality preset");
+            ui.horizontal(|ui| {
+                for p in QualityPreset::ALL {
+                    ui.radio_value(&mut choice, PresetChoice::Fixed(p), p.as_str());
+                }
+                ui.radio_value(&mut choice, PresetChoice::Auto, "auto");
+            });
+            ui.checkbox(&mut lod_on, "Level of detail by distance");
+            ui.checkbox(&mut culling_on, "Culling (frustum and distance)");
+            if let Some(link) = &link {
+                ui.separator();
+                if let Some(name) = name_setting(ui, &mut hud, &info) {
+                    info!(%name, "going by another name");
+                    if link.send(NetCommand::Rename { name: name.clone() }) {
+                        hud.save(file.as_deref_mut(), |s| s.name = Some(name.clone()));
+                        hud.toasts.push_back((Duration::ZERO, format!("You are {name} now: rejoining the room under it.")));
+                        info.name = name;
+                    }
+                }
+                let here: Vec<String> = people.remote.by_id.values().filter_map(|e| people.avatars.get(*e).ok()).map(|(a, _)| a.name.clone()).collect();
+                if let Some(room) = room_settings(ui, &mut hud, &info, &here) {
+                    info!(%room, "going to another room");
+                    link.send(NetCommand::JoinRoom { room });
+                    // Their counts change with the move: read them again soon.
+                    hud.rooms_asked = None;
                 }
             }
-            let here: Vec<String> = people.remote.by_id.values().filter_map(|e| people.avatars.get(*e).ok()).map(|(a, _)| a.name.clone()).collect();
-            if let Some(room) = room_settings(ui, &mut hud, &info, &here) {
-                info!(%room, "going to another room");
-                link.send(NetCommand::JoinRoom { room });
-                // Their counts change with the move: read them again soon.
-                hud.rooms_asked = None;
+            if let Some(voice) = voice.as_deref_mut().filter(|v| v.enabled) {
+                ui.separator();
+                let change = voice_settings(ui, voice, &people);
+                if let Some(volume) = change.volume {
+                    hud.save(file.as_deref_mut(), |s| s.voice_volume = Some(volume));
+                }
+                if let Some(on) = change.mic_cleanup {
+                    hud.save(file.as_deref_mut(), |s| s.mic_cleanup = Some(on));
+                }
+                if let Some(db) = change.mic_gate_db {
+                    hud.save(file.as_deref_mut(), |s| s.mic_gate_db = Some(db));
+                }
+                if let Some(output) = change.audio_out {
+                    hud.save(file.as_deref_mut(), |s| s.audio_out = output);
+                }
+                if let Some(input) = change.audio_in {
+                    hud.save(file.as_deref_mut(), |s| s.audio_in = input);
+                }
             }
-        }
-        if let Some(voice) = voice.as_deref_mut().filter(|v| v.enabled) {
-            ui.separator();
-            let change = voice_settings(ui, voice, &people);
-            if let Some(volume) = change.volume {
-                hud.save(file.as_deref_mut(), |s| s.voice_volume = Some(volume));
-            }
-            if let Some(on) = change.mic_cleanup {
-                hud.save(file.as_deref_mut(), |s| s.mic_cleanup = Some(on));
-            }
-            if let Some(db) = change.mic_gate_db {
-                hud.save(file.as_deref_mut(), |s| s.mic_gate_db = Some(db));
-            }
-            if let Some(output) = change.audio_out {
-                hud.save(file.as_deref_mut(), |s| s.audio_out = output);
-            }
-            if let Some(input) = change.audio_in {
-                hud.save(file.as_deref_mut(), |s| s.audio_in = input);
-            }
-        }
-        match (&file, &hud.save_error) {
-            (_, Some(e)) => ui.colored_label(egui::Color32::from_rgb(230, 120, 80), format!("Not saved: {e}")),
-            (Some(f), None) => ui.small(format!("Saved to {}", f.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "nowhere (no config folder)".into()))),
-            (None, None) => ui.small("Not saved (no settings file)"),
-        };
+            match (&file, &hud.save_error) {
+                (_, Some(e)) => ui.colored_label(egui::Color32::from_rgb(230, 120, 80), format!("Not saved: {e}")),
+                (Some(f), None) => ui.small(format!("Saved to {}", f.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "nowhere (no config folder)".into()))),
+                (None, None) => ui.small("Not saved (no settings file)"),
+            };
+        });
     });
     if !open {
         hud.settings = false;
