@@ -20,6 +20,8 @@ PACKAGES=(
   # promtool (`make check-deploy`: alert rules and their unit tests) and the
   # Prometheus server that deploy/snapshot/run.sh scrapes a load run with
   prometheus
+  # the dashboard pictures' SVG to PNG (deploy/snapshot/run.sh, voice.sh)
+  librsvg2-bin
 )
 
 missing=()
