@@ -559,6 +559,9 @@ fn voice_settings(ui: &mut egui::Ui, voice: &mut VoiceInfo, people: &VoicePeople
     let listed = devices.list.clone();
     let audio_out = device_choice(ui, "Speakers", &mut devices.choice.output, listed.as_ref().map(|l| l.outputs.as_slice())).then(|| devices.choice.output.clone());
     let audio_in = device_choice(ui, "Microphone", &mut devices.choice.input, listed.as_ref().map(|l| l.inputs.as_slice())).then(|| devices.choice.input.clone());
+    if let Some(pace) = voice.status.speaker_pace {
+        ui.colored_label(egui::Color32::from_rgb(230, 120, 80), format!("These speakers take sound at {pace:.1}× real time, so voices break up. Pick another device."));
+    }
     ui.horizontal(|ui| {
         // The button first: the label is cut to what room is left.
         if ui.small_button("Refresh").on_hover_text("List the devices again (after plugging one in)").clicked() {

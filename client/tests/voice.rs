@@ -351,6 +351,35 @@ async fn the_gate_keeps_a_voice_under_it_home_and_the_meter_shows_its_level() {
     assert!(left.max(right) > 0.005, "over a −46 dBFS gate it does: {left} {right}");
 }
 
+/// A sound card that takes sound twice as fast as real time (no working
+/// clock) is noticed and said; one at real time is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speakers_without_a_working_clock_are_noticed() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let mut ann = Peer::start(&format!("http://{addr}"), "pace-room", "Ann");
+    ann.joined().await;
+    ann.voice_until(Duration::from_secs(20), |s| s.state == VoiceState::On).await;
+    let mut clock = tokio::time::interval(Duration::from_millis(20));
+    let mut frame = vec![0.0; 2 * FRAME_SAMPLES];
+    let mut play = async |ann: &Peer, per_tick: usize, ticks: usize| {
+        for _ in 0..ticks {
+            clock.tick().await;
+            for _ in 0..per_tick {
+                ann.speakers.take_exact(&mut frame);
+            }
+        }
+        ann.voice.status.borrow().speaker_pace
+    };
+    // Real time for 6 s, more than a 5 s window; then 11 s of each pace, so
+    // the last window read lies wholly within it.
+    assert_eq!(play(&ann, 1, 300).await, None, "a card at real time is fine");
+    let pace = play(&ann, 2, 550).await.expect("a card at twice real time is noticed");
+    // The mixer makes at most two frames a step, and the queue between
+    // them is not always low: it gives such a card 1.5–2 times real time.
+    assert!((1.4..=2.2).contains(&pace), "{pace}");
+    assert_eq!(play(&ann, 1, 550).await, None, "and forgotten once it keeps time again");
+}
+
 /// Voice is per room: going to another room ends the call and starts one
 /// there at once, never through "lost; retrying".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

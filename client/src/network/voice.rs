@@ -52,6 +52,45 @@ const SPEAKER_LEAD_FRAMES: (usize, usize) = (2, 4);
 /// Microphone frames that may go out in one 20 ms step: a device period
 /// of up to 160 ms arrives as one block.
 const MIC_BURST_FRAMES: usize = 8;
+/// How fast the speakers take what is mixed for them, against real time,
+/// over windows of [`SpeakerPace::WINDOW`].
+#[derive(Debug)]
+struct SpeakerPace {
+    since: Instant,
+    frames: u32,
+    /// The last window's pace, when it was off.
+    off: Option<f32>,
+    warned: bool,
+}
+
+impl SpeakerPace {
+    const WINDOW: Duration = Duration::from_secs(5);
+    /// Within this of real time a card's clock and this thread's timing
+    /// keep up with each other (the queue's 40–80 ms absorbs the rest).
+    const FINE: std::ops::RangeInclusive<f32> = 0.8..=1.25;
+
+    fn new(now: Instant) -> SpeakerPace {
+        SpeakerPace { since: now, frames: 0, off: None, warned: false }
+    }
+
+    /// `frames` were mixed for the speakers this step.
+    fn frames(&mut self, frames: u32) {
+        self.frames += frames;
+        let elapsed = self.since.elapsed();
+        if elapsed < Self::WINDOW {
+            return;
+        }
+        let pace = self.frames as f32 * plaza_voice::FRAME_MS as f32 / (elapsed.as_secs_f32() * 1000.0);
+        self.off = (!Self::FINE.contains(&pace)).then_some(pace);
+        if self.off.is_some() && !self.warned {
+            self.warned = true;
+            tracing::warn!(pace = format!("{pace:.2}"), "the speakers take sound at {pace:.2}× real time: their clock is off (a virtual or null device?); voices will break up");
+        }
+        self.since = Instant::now();
+        self.frames = 0;
+    }
+}
+
 /// How often the microphone's meter is read into the status.
 const METER_EVERY: Duration = Duration::from_millis(100);
 /// How often `--voice-qos-debug` logs each slot's numbers.
@@ -133,6 +172,10 @@ pub struct VoiceStatus {
     /// The microphone's level, dBFS, the loudest of the last tenth of a
     /// second, in whole dB (for the settings panel's meter).
     pub mic_db: Option<f32>,
+    /// The speakers take sound this many times faster (or slower) than
+    /// real time, when that is far off: a device without a working clock.
+    /// Voices break up on it whatever the network does.
+    pub speaker_pace: Option<f32>,
     /// How the voices come through, this call so far (each second).
     pub quality: Option<VoiceQuality>,
 }
@@ -510,6 +553,7 @@ impl Call {
                 mixer.mix(&scene.listener, place, &mut media.out_frame);
                 speakers.push(&media.out_frame);
             }
+            media.speaker_pace.frames(frames);
         }
         media.qos(mixer);
         media.tally(mixer);
@@ -527,7 +571,7 @@ impl Call {
         }
         let quality = media.quality;
         self.status.send_if_modified(|s| {
-            let next = VoiceStatus { state: VoiceState::On, sending: mic && !muted, mic, slots, speaking, self_speaking, mic_db, quality };
+            let next = VoiceStatus { state: VoiceState::On, sending: mic && !muted, mic, slots, speaking, self_speaking, mic_db, speaker_pace: media.speaker_pace.off, quality };
             let changed = *s != next;
             *s = next;
             changed
@@ -544,6 +588,7 @@ struct Media {
     mic_frame: Vec<f32>,
     mic_timestamp: u32,
     mic_activity: Activity,
+    speaker_pace: SpeakerPace,
     /// The loudest microphone frame since the meter was last read, and the
     /// meter's reading.
     meter_peak: f32,
@@ -589,6 +634,7 @@ impl Media {
             mic_frame: vec![0.0; FRAME_SAMPLES],
             mic_timestamp: rand_timestamp(),
             mic_activity: Activity::default(),
+            speaker_pace: SpeakerPace::new(Instant::now()),
             meter_peak: 0.0,
             meter_at: Instant::now(),
             mic_db: None,
