@@ -28,7 +28,6 @@ pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 /// `token_expiring` goes out this long before the access token expires.
 pub const TOKEN_WARNING_SECS: u64 = 60;
 /// The least time between two voice offers from one socket.
-const VOICE_OFFER_EVERY: Duration = Duration::from_millis(plaza_shared::voice::OFFER_EVERY_MS);
 /// Heartbeat timeouts close normally: the peer is most likely gone anyway.
 const NORMAL_CLOSE: u16 = 1000;
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -422,7 +421,7 @@ async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState,
         tracing::info!(user_id = %claims.sub, wait_ms = left.as_millis() as u64, "hello refused: closed for abuse a moment ago");
         return Err((close::RATE_LIMITED, "closed for abuse a moment ago; wait 10 s before reconnecting"));
     }
-    let mut session = Session { id: random_token(12).into(), conn: next_conn(), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new(), trace: crate::otel::SessionTrace::none(), voice: None, voice_offered: None, voice_failing: Default::default(), joins: crate::limiter::join_bucket() };
+    let mut session = Session { id: random_token(12).into(), conn: next_conn(), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new(), trace: crate::otel::SessionTrace::none(), voice: None, voice_offers: crate::limiter::voice_offer_bucket(), voice_failing: Default::default(), joins: crate::limiter::join_bucket() };
     if let Some(resume) = hello.resume.as_deref()
         && session.resume(resume, state, link).await
     {
@@ -446,8 +445,8 @@ struct Session {
     trace: crate::otel::SessionTrace,
     /// This socket's voice peer, while voice is on (in `room`).
     voice: Option<crate::voice::VoicePeer>,
-    /// When this socket's last voice offer was taken.
-    voice_offered: Option<Instant>,
+    /// Voice offers left to this socket (crate::limiter::voice_offer_bucket).
+    voice_offers: crate::limiter::Bucket,
     /// Whether this socket's calls have been failing to connect.
     voice_failing: crate::voice::FailingCalls,
     /// Room changes left to this socket (crate::limiter::join_bucket).
@@ -731,13 +730,11 @@ impl Session {
                 };
                 // Each offer builds a peer connection (keys, a socket): a
                 // client offering in a loop would burn the server's CPU.
-                let now = Instant::now();
-                if self.voice_offered.is_some_and(|at| now.duration_since(at) < VOICE_OFFER_EVERY) {
+                if !self.voice_offers.take(Instant::now()) {
                     metrics::counter!(m::RATE_LIMITED).increment(1);
                     Self::error(link, ErrorCode::RateLimited, "one voice offer a second at most; this one was dropped").await;
                     return None;
                 }
-                self.voice_offered = Some(now);
                 self.end_voice(link, None).await;
                 match state.voice.open(&sdp, shape, seat.you, self.voice_failing.clone()).await {
                     Ok((peer, routing)) => {

@@ -1,8 +1,8 @@
 //! Per-socket rate limit: a token bucket (60 messages a second, bursts to
 //! 120) drops the excess and reports it at most once a second; more than
 //! 240 messages within any 2 s is a flood and closes the socket (4008).
-//! Room changes have a bucket of their own ([`join_bucket`]: 3 at once,
-//! then one a second).
+//! Room changes and voice offers have buckets of their own ([`join_bucket`]:
+//! 3 at once, then one a second; [`voice_offer_bucket`]: one a second).
 //!
 //! [`Interval`]: at most one event per key (a user) within a gap, for HTTP
 //! routes such as telemetry (one report a second per user); and, with
@@ -10,6 +10,7 @@
 //! server closed for abuse waits the gap before its next hello is taken.
 
 use plaza_shared::limits::{FLOOD_MESSAGES, FLOOD_WINDOW_MS, JOIN_BURST, JOIN_EVERY_MS, RATE_BURST, RATE_PER_SECOND};
+use plaza_shared::voice::OFFER_EVERY_MS;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::Duration;
@@ -56,6 +57,12 @@ impl Bucket {
 /// [`JOIN_EVERY_MS`].
 pub fn join_bucket() -> Bucket {
     Bucket::new(JOIN_BURST, 1000.0 / JOIN_EVERY_MS as f64)
+}
+
+/// A socket's voice offers: one every [`OFFER_EVERY_MS`] (each builds a
+/// peer connection).
+pub fn voice_offer_bucket() -> Bucket {
+    Bucket::new(1, 1000.0 / OFFER_EVERY_MS as f64)
 }
 
 #[derive(Debug)]
