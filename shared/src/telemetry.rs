@@ -181,16 +181,22 @@ impl VoiceTally {
         if heard > 0 {
             r.delay_ms = tally.delay_frames_ms / heard as f64;
         }
-        if heard > MAX_VOICE_HEARD {
-            let keep = MAX_VOICE_HEARD as f64 / heard as f64;
-            let scale = |n: u64| (n as f64 * keep).floor() as u64;
-            (r.played, r.recovered, r.lost, r.stalled) = (scale(r.played), scale(r.recovered), scale(r.lost), scale(r.stalled));
-        }
-        if r.mic_sent + r.mic_skipped > MAX_VOICE_MIC {
-            let keep = MAX_VOICE_MIC as f64 / (r.mic_sent + r.mic_skipped) as f64;
-            (r.mic_sent, r.mic_skipped) = ((r.mic_sent as f64 * keep).floor() as u64, (r.mic_skipped as f64 * keep).floor() as u64);
-        }
+        hold_to(MAX_VOICE_HEARD, [&mut r.played, &mut r.recovered, &mut r.lost, &mut r.stalled]);
+        hold_to(MAX_VOICE_MIC, [&mut r.mic_sent, &mut r.mic_skipped]);
         Some(r)
+    }
+}
+
+/// Scales `counts` down together, their shares kept, so they add up to at
+/// most `max`.
+fn hold_to<const N: usize>(max: u64, counts: [&mut u64; N]) {
+    let total = counts.iter().fold(0u64, |a, c| a.saturating_add(**c));
+    if total <= max {
+        return;
+    }
+    let keep = max as f64 / total as f64;
+    for c in counts {
+        *c = (*c as f64 * keep).floor() as u64;
     }
 }
 
