@@ -381,7 +381,7 @@ fn chosen_or_default<I: Iterator<Item = cpal::Device>>(
     what: &'static str,
     wanted: Option<&str>,
     devices: impl FnOnce() -> Result<I, cpal::Error>,
-    default: impl FnOnce() -> Option<cpal::Device>,
+    default: impl Fn() -> Option<cpal::Device>,
 ) -> (Option<cpal::Device>, Option<String>) {
     let Some(wanted) = wanted else { return (default(), None) };
     let mut listed = listed(devices());
@@ -466,26 +466,26 @@ fn device_name(device: &cpal::Device) -> String {
 }
 
 fn start_output(host: &cpal::Host, wanted: Option<&str>, ring: Ring, played: Ring, lost: mpsc::Sender<String>) -> Result<Opened, DeviceError> {
-    let (device, problem) = chosen_or_default("speaker", wanted, || host.output_devices(), || host.default_output_device());
-    start_or_default("speaker", device, problem, wanted.is_some(), || host.default_output_device(), DeviceError::NoOutput, |d| output_on(d, ring.clone(), played.clone(), lost.clone()))
+    start_chosen("speaker", wanted, || host.output_devices(), || host.default_output_device(), DeviceError::NoOutput, |d| output_on(d, ring.clone(), played.clone(), lost.clone()))
 }
 
-/// Starts `device` (the chosen one, or the default with `problem` saying
-/// why); a chosen one that is there and would not start gives way to the
-/// default, and the problem says that.
-fn start_or_default(
+/// Starts the device `wanted` names among `devices`, or the default (with
+/// the problem saying why) when none is wanted, none is there by that
+/// name, or the one there would not start.
+fn start_chosen<I: Iterator<Item = cpal::Device>>(
     what: &'static str,
-    device: Option<cpal::Device>,
-    problem: Option<String>,
-    chosen: bool,
-    default: impl FnOnce() -> Option<cpal::Device>,
+    wanted: Option<&str>,
+    devices: impl FnOnce() -> Result<I, cpal::Error>,
+    default: impl Fn() -> Option<cpal::Device>,
     none: DeviceError,
     start: impl Fn(&cpal::Device) -> Result<(cpal::Stream, String), DeviceError>,
 ) -> Result<Opened, DeviceError> {
+    let (device, problem) = chosen_or_default(what, wanted, devices, &default);
     let Some(device) = device else { return Err(none) };
     match start(&device) {
         Ok((stream, description)) => Ok(Opened { _stream: stream, description, missing: problem.is_some(), problem }),
-        Err(e) if chosen && problem.is_none() => {
+        // The chosen one is there and would not start.
+        Err(e) if wanted.is_some() && problem.is_none() => {
             let default = default().ok_or(none)?;
             let (stream, description) = start(&default)?;
             Ok(Opened { _stream: stream, description, problem: Some(format!("the {what} \"{}\" would not start ({e}); using the default", device_name(&device))), missing: false })
@@ -640,8 +640,7 @@ impl OutputFeed {
 }
 
 fn start_input(host: &cpal::Host, wanted: Option<&str>, ring: Ring, lost: mpsc::Sender<String>) -> Result<Opened, DeviceError> {
-    let (device, problem) = chosen_or_default("microphone", wanted, || host.input_devices(), || host.default_input_device());
-    start_or_default("microphone", device, problem, wanted.is_some(), || host.default_input_device(), DeviceError::NoInput, |d| input_on(d, ring.clone(), lost.clone()))
+    start_chosen("microphone", wanted, || host.input_devices(), || host.default_input_device(), DeviceError::NoInput, |d| input_on(d, ring.clone(), lost.clone()))
 }
 
 /// Fills the microphone's ring from `device`; the stream and what it is.
