@@ -67,6 +67,9 @@ impl Default for HudState {
     }
 }
 
+/// The colour of what went wrong (not saved, not sent, not found).
+const WARNING: egui::Color32 = egui::Color32::from_rgb(230, 120, 80);
+
 /// How often the settings panel reads the rooms again while it is open.
 const ROOMS_EVERY: Duration = Duration::from_secs(5);
 
@@ -328,7 +331,7 @@ fn settings_window(
                 }
             }
             match (&file, &hud.save_error) {
-                (_, Some(e)) => ui.colored_label(egui::Color32::from_rgb(230, 120, 80), format!("Not saved: {e}")),
+                (_, Some(e)) => ui.colored_label(WARNING, format!("Not saved: {e}")),
                 (Some(f), None) => ui.small(format!("Saved to {}", f.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "nowhere (no config folder)".into()))),
                 (None, None) => ui.small("Not saved (no settings file)"),
             };
@@ -392,7 +395,7 @@ fn room_settings(ui: &mut egui::Ui, hud: &mut HudState, info: &ConnectionInfo, o
             ui.small("Reading the rooms…");
         }
         Some(Err(e)) => {
-            ui.colored_label(egui::Color32::from_rgb(230, 120, 80), format!("The rooms could not be read: {e}"));
+            ui.colored_label(WARNING, format!("The rooms could not be read: {e}"));
         }
         Some(Ok(rooms)) if rooms.is_empty() => {
             ui.small("No rooms yet: name one below.");
@@ -420,21 +423,22 @@ fn room_settings(ui: &mut egui::Ui, hud: &mut HudState, info: &ConnectionInfo, o
             });
         }
     }
+    let mut why_not = None;
     ui.horizontal(|ui| {
         let field = ui.add(egui::TextEdit::singleline(&mut hud.room_input).hint_text("a room's name").desired_width(180.0));
         let wanted = crate::options::parse_room(hud.room_input.trim());
         let entered = field.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
         let clicked = ui.add_enabled(wanted.is_ok(), egui::Button::new("Go")).on_hover_text("Join the room of that name; a name no room has makes a new room").clicked();
-        if let Ok(room) = wanted
-            && (clicked || entered)
-        {
-            go = Some(room);
-            hud.room_input.clear();
+        match wanted {
+            Ok(room) if clicked || entered => {
+                go = Some(room);
+                hud.room_input.clear();
+            }
+            Err(why) if !hud.room_input.is_empty() => why_not = Some(why),
+            _ => {}
         }
     });
-    if !hud.room_input.is_empty()
-        && let Err(why) = crate::options::parse_room(hud.room_input.trim())
-    {
+    if let Some(why) = why_not {
         ui.small(why);
     }
     if matches!(info.status, ConnectionStatus::InRoom { .. }) {
@@ -555,22 +559,22 @@ fn voice_settings(ui: &mut egui::Ui, voice: &mut VoiceInfo, people: &VoicePeople
         .on_hover_text("Takes what your speakers play, and steady noise, out of your microphone, and brings your voice to the loudness everyone else's has. Switch it off for a headset or a sound system that does this itself.");
     let mic_cleanup = cleanup.changed().then_some(voice.mic_cleanup);
     let mic_gate_db = mic_meter(ui, voice);
-    let devices = &mut voice.devices;
-    let listed = devices.list.clone();
-    let audio_out = device_choice(ui, "Speakers", &mut devices.choice.output, listed.as_ref().map(|l| l.outputs.as_slice())).then(|| devices.choice.output.clone());
-    let audio_in = device_choice(ui, "Microphone", &mut devices.choice.input, listed.as_ref().map(|l| l.inputs.as_slice())).then(|| devices.choice.input.clone());
+    // Borrowed apart: the list is read while the choices change, not copied.
+    let crate::voice::SoundDevices { choice, state, list, .. } = &mut voice.devices;
+    let audio_out = device_choice(ui, "Speakers", &mut choice.output, list.as_ref().map(|l| l.outputs.as_slice())).then(|| choice.output.clone());
+    let audio_in = device_choice(ui, "Microphone", &mut choice.input, list.as_ref().map(|l| l.inputs.as_slice())).then(|| choice.input.clone());
     if let Some(pace) = voice.status.speaker_pace {
-        ui.colored_label(egui::Color32::from_rgb(230, 120, 80), format!("These speakers take sound at {pace:.1}× real time, so voices break up. Pick another device."));
+        ui.colored_label(WARNING, format!("These speakers take sound at {pace:.1}× real time, so voices break up. Pick another device."));
     }
     ui.horizontal(|ui| {
         // The button first: the label is cut to what room is left.
         if ui.small_button("Refresh").on_hover_text("List the devices again (after plugging one in)").clicked() {
-            devices.list = None;
+            *list = None;
         }
-        ui.add(egui::Label::new(egui::RichText::new(format!("Playing: {}", devices.state.description)).small()).truncate()).on_hover_text(&devices.state.description);
+        ui.add(egui::Label::new(egui::RichText::new(format!("Playing: {}", state.description)).small()).truncate()).on_hover_text(&state.description);
     });
-    if let Some(problem) = &devices.state.problem {
-        ui.colored_label(egui::Color32::from_rgb(230, 120, 80), problem);
+    if let Some(problem) = &state.problem {
+        ui.colored_label(WARNING, problem);
     }
     let mut percent = (voice.volume * 100.0).round();
     let slider = ui.add(egui::Slider::new(&mut percent, 0.0..=MAX_VOICE_VOLUME * 100.0).suffix("%").text("voices' volume"));
@@ -632,7 +636,7 @@ fn chat_window(
             for line in hud.chat.lines() {
                 let text = format!("{}: {}", line.name, line.text);
                 match (&line.failed, line.pending) {
-                    (Some(reason), _) => ui.colored_label(egui::Color32::from_rgb(230, 120, 80), format!("{text}  (not sent: {reason})")),
+                    (Some(reason), _) => ui.colored_label(WARNING, format!("{text}  (not sent: {reason})")),
                     (None, _) if line.system => ui.colored_label(egui::Color32::from_rgb(200, 180, 110), text),
                     (None, true) => ui.weak(text),
                     (None, false) => ui.label(text),

@@ -156,7 +156,7 @@ fn from_settings(file: Option<Res<SettingsFile>>, mut info: ResMut<VoiceInfo>) {
         info.mic_cleanup = on;
     }
     if let Some(db) = settings.mic_gate_db {
-        info.mic_gate_db = db.clamp(*plaza_voice::level::GATE_DB_RANGE.start(), *plaza_voice::level::GATE_DB_RANGE.end());
+        info.mic_gate_db = plaza_voice::level::clamp_gate_db(db);
     }
 }
 
@@ -289,7 +289,11 @@ fn sound_devices(
         }
     }
     if !info.devices.want_list {
-        info.devices.list = None; // listed afresh the next time the panel opens
+        // Listed afresh the next time the panel opens; written only when there
+        // is something to clear, so the resource is not marked changed every frame.
+        if info.devices.list.is_some() {
+            info.devices.list = None;
+        }
     } else if info.devices.list.is_none() {
         lister.start();
     }

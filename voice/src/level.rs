@@ -7,6 +7,11 @@ pub const SPEAKING_RMS: f32 = 0.005;
 /// whisper in a quiet room to a voice over a loud one.
 pub const GATE_DB_RANGE: std::ops::RangeInclusive<f32> = -60.0..=-20.0;
 
+/// `db` held within [`GATE_DB_RANGE`].
+pub fn clamp_gate_db(db: f32) -> f32 {
+    db.clamp(*GATE_DB_RANGE.start(), *GATE_DB_RANGE.end())
+}
+
 /// The RMS level of `db` dBFS.
 pub fn rms_of_db(db: f32) -> f32 {
     10f32.powf(db / 20.0)

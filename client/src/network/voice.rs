@@ -461,7 +461,7 @@ impl Call {
             return Err("the voice connection failed".into());
         }
         let MicControl { muted, cleanup, gate_db } = *self.mic.borrow();
-        let gate = plaza_voice::level::rms_of_db(gate_db.clamp(*plaza_voice::level::GATE_DB_RANGE.start(), *plaza_voice::level::GATE_DB_RANGE.end()));
+        let gate = plaza_voice::level::rms_of_db(plaza_voice::level::clamp_gate_db(gate_db));
         if let Some(mic) = &self.audio.mic {
             let played = &self.audio.played;
             // A failure is said once a call, not every step.
@@ -676,6 +676,12 @@ impl Media {
     /// Adds this frame's news to the telemetry tally: every frame, so a call
     /// that ends (its task is aborted with its socket) has nothing untold.
     fn tally(&mut self, mixer: &Mixer) {
+        let skipped = self.mic_skipped / FRAME_SAMPLES as u64;
+        let news = self.mic_sent > 0 || skipped > self.mic_skipped_tallied || mixer.slots().iter().zip(&self.tallied).any(|(slot, last)| slot.stats().heard() != last.heard());
+        // Most steps of a quiet call have none: no lock for them.
+        if !news {
+            return;
+        }
         let mut tally = self.tally.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for (slot, last) in mixer.slots().iter().zip(&mut self.tallied) {
             let s = slot.stats();
@@ -683,7 +689,6 @@ impl Media {
             tally.heard(s.played - last.played, s.recovered - last.recovered, s.lost - last.lost, s.stalled - last.stalled, delay_ms, s.jitter_ms);
             *last = s;
         }
-        let skipped = self.mic_skipped / FRAME_SAMPLES as u64;
         tally.mic(std::mem::take(&mut self.mic_sent), skipped - self.mic_skipped_tallied);
         self.mic_skipped_tallied = skipped;
     }
