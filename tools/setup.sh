@@ -13,6 +13,9 @@ PACKAGES=(
   mesa-vulkan-drivers libvulkan1 vulkan-tools xvfb xauth
   # voice
   libopus-dev libspeexdsp-dev
+  # VR: the OpenXR loader the client opens at run time for --xr (-dev has
+  # the libopenxr_loader.so link it opens); the runtime is the headset's
+  libopenxr-loader1 libopenxr-dev
   # chat store tests on PostgreSQL (the tests start their own cluster)
   postgresql
   # the socket.io baseline peers for load comparisons (tools/peers)

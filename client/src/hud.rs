@@ -207,6 +207,7 @@ fn lod_line(counts: &[u32; 5]) -> String {
     LodLevel::ALL.iter().zip(counts).map(|(l, n)| format!("{} {n}", l.as_str())).collect::<Vec<_>>().join(" · ")
 }
 
+#[allow(clippy::too_many_arguments)]
 fn stats_window(
     mut contexts: EguiContexts,
     hud: Res<HudState>,
@@ -215,6 +216,7 @@ fn stats_window(
     auto: Option<Res<AutoQuality>>,
     info: Res<ConnectionInfo>,
     voice: Option<Res<VoiceInfo>>,
+    headset: Option<Res<crate::xr::Headset>>,
 ) -> Result {
     if !hud.stats {
         return Ok(());
@@ -235,6 +237,9 @@ fn stats_window(
         ui.label(format!("{} · ping {ping}", info.status.label()));
         if let Some(q) = voice.as_ref().and_then(|v| v.status.quality) {
             ui.label(format!("voice: {} playing · delay {} ms · {:.1}% missing", q.voices, q.delay_ms, q.missing_pct));
+        }
+        if let Some(line) = headset.as_deref().and_then(crate::xr::Headset::line) {
+            ui.label(line);
         }
         ui.small("F1 settings · F2 preset · F3 stats");
     });

@@ -21,6 +21,8 @@
 //! - [`telemetry`]: frame-time reports to the server every 5 s.
 //! - [`scenario`]: scripted crowds and camera paths for benchmarks.
 //! - [`capture`]: screenshot and JSON frame report for `--frames`.
+//! - [`xr`]: VR through OpenXR (`--xr`): the headset, the controllers, the
+//!   rig that carries your avatar.
 
 /// Enters a span called `$name` until the end of the enclosing block, for
 /// Tracy (docs/profiling.md). Compiled in only with the `tracy` feature:
@@ -56,6 +58,7 @@ pub mod settings;
 pub mod stats;
 pub mod telemetry;
 pub mod voice;
+pub mod xr;
 
 use bevy::app::{PluginGroupBuilder, ScheduleRunnerPlugin};
 use bevy::prelude::*;
@@ -144,13 +147,31 @@ pub fn build_app(options: ClientOptions, scenario: Option<Scenario>, settings: s
     let asset_dir = models::asset_dir();
     let assets = AssetPlugin { file_path: asset_dir.to_string_lossy().into_owned(), ..default() };
     let defaults = DefaultPlugins.set(window).set(log).set(assets);
+    // Asked before the renderer starts: with a headset the renderer is the
+    // OpenXR runtime's, without one it is the desktop's.
+    let headset = (options.xr && !options.headless).then(xr::probe);
     if options.headless {
         app.add_plugins((defaults.disable::<WinitPlugin>(), ScheduleRunnerPlugin::run_loop(Duration::ZERO)));
+    } else if let Some(Ok(_)) = &headset {
+        let init = bevy_mod_openxr::init::OxrInitPlugin {
+            app_info: bevy_mod_openxr::types::AppInfo { name: "Plaza".into(), version: bevy_mod_openxr::types::Version(0, 1, 0) },
+            ..default()
+        };
+        app.add_plugins(bevy_mod_openxr::add_xr_plugins(defaults).set(init));
     } else {
         app.add_plugins(defaults);
     }
-    if options.xr {
-        warn!("OpenXR is not available in this build; starting the desktop view (VR presets and the 72 fps target still apply)");
+    match headset {
+        Some(Ok(runtime)) => {
+            info!(runtime = %runtime.runtime, headset = %runtime.headset, "starting in VR");
+            app.add_plugins(xr::XrPlugin { runtime });
+        }
+        Some(Err(why)) => {
+            warn!("VR is off: {why}; starting the desktop view (VR presets and the 72 fps target still apply)");
+            app.add_plugins(xr::NoHeadsetPlugin { reason: why.to_string() });
+        }
+        None if options.xr => info!("--xr has no headset to show in a --headless run; rendering the desktop view offscreen"),
+        None => {}
     }
     app.insert_resource(settings);
     app.add_plugins(PlazaClientPlugins { options, scenario, hud: true, asset_dir: Some(asset_dir) });

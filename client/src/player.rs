@@ -30,6 +30,14 @@ pub struct LocalPlayer {
     pub yaw: f32,
 }
 
+/// In VR: your head and hands in world space, sent with the pose
+/// ([`crate::xr`] keeps them; none on the desktop).
+#[derive(Component, Debug, Clone, Copy, Default, PartialEq)]
+pub struct LocalLimbs {
+    pub head: Option<plaza_shared::pose::Transform>,
+    pub hands: Option<[plaza_shared::pose::Transform; 2]>,
+}
+
 /// Whether the player's input drives the avatar (off while typing, and in
 /// scenarios and headless runs where a script drives the camera).
 #[derive(Resource, Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,14 +155,15 @@ fn follow(control: Res<PlayerControl>, player: Query<(&LocalPlayer, &Transform),
 /// thread keeps the newest and sends it at most [`POSE_HZ`] a second, just
 /// before the room's tick (`plaza_shared::pacing`), so what goes out is at
 /// most a frame old when the room takes it.
-fn send_pose(link: Option<Res<NetLink>>, player: Query<&Transform, With<LocalPlayer>>, mut last: Local<Option<Transform>>) {
-    let (Some(link), Ok(transform)) = (link, player.single()) else { return };
-    if *last == Some(*transform) {
+fn send_pose(link: Option<Res<NetLink>>, player: Query<(&Transform, Option<&LocalLimbs>), With<LocalPlayer>>, mut last: Local<Option<(Transform, LocalLimbs)>>) {
+    let (Some(link), Ok((transform, limbs))) = (link, player.single()) else { return };
+    let now = (*transform, limbs.copied().unwrap_or_default());
+    if *last == Some(now) {
         return;
     }
-    let pose = Pose { p: transform.translation.to_array(), r: transform.rotation.to_array(), head: None, hands: None };
+    let pose = Pose { p: transform.translation.to_array(), r: transform.rotation.to_array(), head: now.1.head, hands: now.1.hands };
     if link.send_pose(pose) {
-        *last = Some(*transform);
+        *last = Some(now);
     }
 }
 

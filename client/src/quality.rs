@@ -53,6 +53,11 @@ impl ActiveQuality {
 #[derive(Component, Debug, Default)]
 pub struct MainCamera;
 
+/// A headset eye's camera (0 left, 1 right): presets apply to it as to the
+/// main camera. The OpenXR runtime sets its projection.
+#[derive(Component, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EyeCamera(pub u32);
+
 /// Lamps and other optional point lights: presets switch off the ones past
 /// `max_lights`, counting in [`OptionalLight::rank`] order.
 #[derive(Component, Debug)]
@@ -78,9 +83,11 @@ impl Plugin for QualityPlugin {
 }
 
 type PresetCamera<'a> = (&'a mut Msaa, &'a mut Projection);
+/// The cameras presets apply to: the main one and a headset's eyes.
+type PresetCameras = Or<(With<MainCamera>, With<EyeCamera>)>;
 type LampParts<'a> = (&'a OptionalLight, &'a mut PointLight, &'a mut Visibility);
 /// Cameras and lamps spawned since the last run.
-type Newcomers = Or<(Added<MainCamera>, Added<OptionalLight>)>;
+type Newcomers = Or<(Added<MainCamera>, Added<EyeCamera>, Added<OptionalLight>)>;
 
 /// The sample count to use for `requested`: the highest the adapter
 /// supports at or below it for the colour and depth formats the main pass
@@ -97,7 +104,7 @@ fn apply_quality(
     quality: Res<ActiveQuality>,
     adapter: Option<Res<RenderAdapter>>,
     mut shadow_map: Option<ResMut<DirectionalLightShadowMap>>,
-    mut cameras: Query<PresetCamera, With<MainCamera>>,
+    mut cameras: Query<PresetCamera, PresetCameras>,
     mut suns: Query<(&mut DirectionalLight, &mut CascadeShadowConfig)>,
     mut lamps: Query<LampParts>,
     newcomers: Query<(), Newcomers>,

@@ -7,16 +7,24 @@
 //! two snapshots around that moment. Network jitter up to that delay is
 //! invisible; a longer gap holds the last pose (no guessing ahead).
 //!
+//! A VR user's pose also carries their head and hands (world space). Those
+//! avatars get [`TrackedLimbs`]: the limbs relative to the avatar's root,
+//! buffered and interpolated the same way, placed on the avatar's head and
+//! hand parts after LOD has picked their meshes. Desktop avatars carry no
+//! limbs and pay nothing for them.
+//!
 //! The tick clock: tick `n` happened at `n / 20` s server time. The offset
 //! to local time is the smallest `local arrival − tick time` seen (the
 //! least-delayed delta), creeping up slowly so it follows clock drift and a
 //! path that got slower for good.
 
-use crate::avatars::{AvatarAssets, spawn_avatar};
+use crate::avatars::{AvatarAssets, AvatarParts, spawn_avatar};
+use crate::lod::{Lod, LodSystems};
 use crate::network::RoomUpdate;
 use bevy::platform::collections::HashMap;
 use bevy::prelude::*;
 use plaza_shared::limits::TICK_HZ;
+use plaza_shared::lod::LodLevel;
 use plaza_shared::messages::{AvatarId, AvatarInfo};
 use plaza_shared::pose::Pose;
 
@@ -126,6 +134,50 @@ pub struct RemoteAvatar {
 #[derive(Component, Debug, Clone)]
 pub struct RemoteUser(pub String);
 
+/// A VR avatar's head, left hand and right hand, each relative to the
+/// avatar's root (so the root's own interpolation carries them), buffered
+/// like the root. A limb the poses stopped carrying goes back to where the
+/// avatar's look puts it.
+#[derive(Component, Debug, Clone, Default)]
+pub struct TrackedLimbs {
+    pub limbs: [SnapshotBuffer; 3],
+}
+
+impl TrackedLimbs {
+    /// The limbs of a pose at server time `t`, relative to its root; `None`
+    /// when the pose has none (a desktop user).
+    pub fn snapshots(t: f64, pose: &Pose) -> Option<[Option<Snapshot>; 3]> {
+        if pose.head.is_none() && pose.hands.is_none() {
+            return None;
+        }
+        let root = Snapshot::from_pose(t, pose);
+        let inverse = root.rotation.inverse();
+        let relative = |limb: &plaza_shared::pose::Transform| {
+            let world = Snapshot::from_pose(t, &Pose { p: limb.p, r: limb.r, head: None, hands: None });
+            Snapshot { t, position: inverse * (world.position - root.position), rotation: (inverse * world.rotation).normalize() }
+        };
+        let hands = pose.hands.as_ref();
+        Some([pose.head.as_ref().map(relative), hands.map(|h| relative(&h[0])), hands.map(|h| relative(&h[1]))])
+    }
+
+    /// Adds a pose's limbs; true when one the poses carried is gone from
+    /// this one (its part goes back to the look's place).
+    fn push(&mut self, snapshots: [Option<Snapshot>; 3]) -> bool {
+        let mut dropped = false;
+        for (buffer, snapshot) in self.limbs.iter_mut().zip(snapshots) {
+            match snapshot {
+                Some(s) => buffer.push(s),
+                None if !buffer.is_empty() => {
+                    *buffer = SnapshotBuffer::default();
+                    dropped = true;
+                }
+                None => {}
+            }
+        }
+        dropped
+    }
+}
+
 /// Avatar id → entity, for the avatars the server told us about.
 #[derive(Resource, Debug, Default)]
 pub struct RemoteAvatars {
@@ -173,6 +225,8 @@ pub enum RemoteSystems {
     Apply,
     /// Moves every remote avatar to its interpolated pose.
     Interpolate,
+    /// Places VR avatars' heads and hands (after LOD has set their parts).
+    Limbs,
 }
 
 pub struct RemotePlugin;
@@ -181,7 +235,8 @@ impl Plugin for RemotePlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<RemoteAvatars>()
             .init_resource::<TickClock>()
-            .add_systems(Update, (apply_room_updates.in_set(RemoteSystems::Apply), interpolate.in_set(RemoteSystems::Interpolate)).chain());
+            .add_systems(Update, (apply_room_updates.in_set(RemoteSystems::Apply), interpolate.in_set(RemoteSystems::Interpolate)).chain())
+            .add_systems(PostUpdate, place_limbs.in_set(RemoteSystems::Limbs).after(LodSystems::Apply).before(TransformSystems::Propagate));
     }
 }
 
@@ -189,33 +244,83 @@ impl Plugin for RemotePlugin {
 /// `RemoteAvatar` is inserted at the end, since a spawned entity is not in
 /// the queries until the commands apply. Several updates can arrive in one
 /// frame (a slow frame, a resume) and name the same avatar twice.
-type Fresh = HashMap<AvatarId, SnapshotBuffer>;
+/// The same for limbs: avatars whose poses started carrying them.
+#[derive(Default)]
+struct Fresh {
+    roots: HashMap<AvatarId, SnapshotBuffer>,
+    limbs: HashMap<AvatarId, TrackedLimbs>,
+}
 
-fn upsert(commands: &mut Commands, assets: &AvatarAssets, avatars: &mut RemoteAvatars, remote: &mut Query<&mut RemoteAvatar>, fresh: &mut Fresh, info: &AvatarInfo, t: f64) {
-    let snapshot = Snapshot::from_pose(t, &info.pose);
-    if push(avatars, remote, fresh, info.id, snapshot) {
+impl Fresh {
+    fn remove(&mut self, id: &AvatarId) {
+        self.roots.remove(id);
+        self.limbs.remove(id);
+    }
+}
+
+type RemoteQuery<'w, 's> = Query<'w, 's, (&'static mut RemoteAvatar, Option<&'static mut TrackedLimbs>)>;
+
+fn upsert(commands: &mut Commands, assets: &AvatarAssets, avatars: &mut RemoteAvatars, remote: &mut RemoteQuery, fresh: &mut Fresh, info: &AvatarInfo, t: f64) {
+    if push(commands, avatars, remote, fresh, info.id, t, &info.pose) {
         return;
     }
+    let snapshot = Snapshot::from_pose(t, &info.pose);
     let transform = Transform::from_translation(snapshot.position).with_rotation(snapshot.rotation);
     let entity = spawn_avatar(commands, assets, info.id, &info.name, transform);
     commands.entity(entity).insert(RemoteUser(info.user.clone()));
-    fresh.insert(info.id, SnapshotBuffer::with(snapshot));
+    fresh.roots.insert(info.id, SnapshotBuffer::with(snapshot));
+    if let Some(limbs) = TrackedLimbs::snapshots(t, &info.pose) {
+        fresh.limbs.entry(info.id).or_default().push(limbs);
+    }
     avatars.by_id.insert(info.id, entity);
 }
 
-/// Adds a snapshot to a known avatar's buffer; false if it isn't known.
-fn push(avatars: &RemoteAvatars, remote: &mut Query<&mut RemoteAvatar>, fresh: &mut Fresh, id: AvatarId, snapshot: Snapshot) -> bool {
-    if let Some(buffer) = fresh.get_mut(&id) {
+/// Adds a pose to a known avatar's buffers; false if it isn't known.
+fn push(commands: &mut Commands, avatars: &RemoteAvatars, remote: &mut RemoteQuery, fresh: &mut Fresh, id: AvatarId, t: f64, pose: &Pose) -> bool {
+    let snapshot = Snapshot::from_pose(t, pose);
+    let limbs = TrackedLimbs::snapshots(t, pose);
+    if let Some(buffer) = fresh.roots.get_mut(&id) {
         buffer.push(snapshot);
+        // Not drawn yet, so nothing to put back.
+        match (limbs, fresh.limbs.get_mut(&id)) {
+            (Some(limbs), _) => {
+                fresh.limbs.entry(id).or_default().push(limbs);
+            }
+            (None, Some(tracked)) => {
+                tracked.push([None; 3]);
+            }
+            (None, None) => {}
+        }
         return true;
     }
-    if let Some(entity) = avatars.by_id.get(&id)
-        && let Ok(mut avatar) = remote.get_mut(*entity)
-    {
-        avatar.buffer.push(snapshot);
-        return true;
+    let Some(&entity) = avatars.by_id.get(&id) else { return false };
+    let Ok((mut avatar, tracked)) = remote.get_mut(entity) else { return false };
+    avatar.buffer.push(snapshot);
+    let dropped = match (tracked, limbs) {
+        (Some(mut tracked), Some(limbs)) => tracked.push(limbs),
+        (None, Some(limbs)) => fresh.limbs.entry(id).or_default().push(limbs),
+        (Some(_), None) => {
+            // A VR user who went back to the desktop.
+            commands.entity(entity).remove::<TrackedLimbs>();
+            fresh.limbs.remove(&id);
+            true
+        }
+        (None, None) => fresh.limbs.get_mut(&id).is_some_and(|tracked| tracked.push([None; 3])),
+    };
+    if dropped {
+        reset_parts(commands, entity);
     }
-    false
+    true
+}
+
+/// Puts an avatar's parts back in its look's places: LOD does that when it
+/// applies the avatar's level, so this marks the level changed.
+fn reset_parts(commands: &mut Commands, entity: Entity) {
+    commands.entity(entity).queue(|mut e: EntityWorldMut| {
+        if let Some(mut lod) = e.get_mut::<Lod>() {
+            lod.set_changed();
+        }
+    });
 }
 
 fn apply_room_updates(
@@ -225,7 +330,7 @@ fn apply_room_updates(
     time: Res<Time<Real>>,
     mut clock: ResMut<TickClock>,
     mut avatars: ResMut<RemoteAvatars>,
-    mut remote: Query<&mut RemoteAvatar>,
+    mut remote: RemoteQuery,
 ) {
     let Some(assets) = assets else { return };
     profile_span!("remote_apply");
@@ -271,14 +376,19 @@ fn apply_room_updates(
                     upsert(&mut commands, &assets, &mut avatars, &mut remote, &mut fresh, info, t);
                 }
                 for pose in &delta.avatars {
-                    push(&avatars, &mut remote, &mut fresh, pose.id, Snapshot::from_pose(t, &pose.pose));
+                    push(&mut commands, &avatars, &mut remote, &mut fresh, pose.id, t, &pose.pose);
                 }
             }
         }
     }
-    for (id, buffer) in fresh {
+    for (id, buffer) in fresh.roots {
         if let Some(entity) = avatars.by_id.get(&id) {
             commands.entity(*entity).insert(RemoteAvatar { id, buffer });
+        }
+    }
+    for (id, limbs) in fresh.limbs {
+        if let Some(entity) = avatars.by_id.get(&id) {
+            commands.entity(*entity).insert(limbs);
         }
     }
 }
@@ -296,6 +406,33 @@ fn interpolate(time: Res<Time<Real>>, clock: Res<TickClock>, mut avatars: Query<
             transform.rotation = rotation;
         }
     });
+}
+
+/// Puts VR avatars' heads and hands where their users hold them. Runs
+/// after LOD (which puts parts back in the look's places when it switches
+/// meshes) and writes only what moved. Impostor cards and hidden avatars
+/// have no limbs to place.
+fn place_limbs(
+    time: Res<Time<Real>>,
+    clock: Res<TickClock>,
+    avatars: Query<(&TrackedLimbs, &AvatarParts, &Lod)>,
+    mut parts: Query<&mut Transform, Without<AvatarParts>>,
+) {
+    let Some(t) = clock.render_time(time.elapsed_secs_f64()) else { return };
+    for (tracked, avatar_parts, lod) in &avatars {
+        if matches!(lod.level, LodLevel::Impostor | LodLevel::Hidden) {
+            continue;
+        }
+        let entities = [avatar_parts.head, avatar_parts.hands[0], avatar_parts.hands[1]];
+        for (buffer, entity) in tracked.limbs.iter().zip(entities) {
+            if let (Some((position, rotation)), Ok(mut transform)) = (buffer.sample(t), parts.get_mut(entity))
+                && (transform.translation != position || transform.rotation != rotation)
+            {
+                transform.translation = position;
+                transform.rotation = rotation;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -406,6 +543,65 @@ mod tests {
         assert_ne!(after, before, "a new entity for the garden's avatar 1");
         assert!(app.world().get_entity(before).is_err(), "the lobby's avatar 1 is gone");
         assert_eq!(app.world().get::<RemoteUser>(after).map(|u| u.0.as_str()), Some("u77"));
+    }
+
+    fn vr_pose(x: f32, yaw: f32, head_y: f32, hand_x: f32) -> Pose {
+        let t = |p: [f32; 3]| plaza_shared::pose::Transform { p, r: Quat::from_rotation_x(0.3).to_array() };
+        Pose {
+            p: [x, 0.0, 0.0],
+            r: Quat::from_rotation_y(yaw).to_array(),
+            head: Some(t([x, head_y, 0.1])),
+            hands: Some([t([x - hand_x, 1.1, 0.3]), t([x + hand_x, 1.1, 0.3])]),
+        }
+    }
+
+    #[test]
+    fn a_vr_avatars_head_and_hands_go_where_its_user_holds_them_and_back_when_they_stop() {
+        use crate::quality::{ActiveQuality, MainCamera};
+        let mut app = crate::test_support::app();
+        app.insert_resource(ActiveQuality::new(plaza_shared::quality::PresetChoice::Fixed(plaza_shared::quality::QualityPreset::High)))
+            .add_plugins((crate::avatars::AvatarsPlugin { walkers: 0 }, crate::lod::LodPlugin { enabled: true, distance_culling: true }, RemotePlugin))
+            .add_message::<RoomUpdate>();
+        app.world_mut().spawn((MainCamera, Transform::from_xyz(0.0, 1.6, 4.0)));
+        app.update();
+        let vr = AvatarInfo { id: 1, user: "u1".into(), name: "Grace".into(), pose: vr_pose(0.0, 0.0, 1.7, 0.3) };
+        app.world_mut().write_message(RoomUpdate::Joined(Joined { room: "r".into(), room_name: "plaza".into(), you: 9, tick: 100, avatars: vec![vr, info(2, 3.0)] }));
+        app.update();
+        let ids = app.world().resource::<RemoteAvatars>().by_id.clone();
+        let (grace, desk) = (ids[&1], ids[&2]);
+        assert!(app.world().get::<TrackedLimbs>(grace).is_some(), "a pose with a head makes a tracked avatar");
+        assert!(app.world().get::<TrackedLimbs>(desk).is_none(), "a desktop avatar carries no limbs");
+        // Grace turns a quarter to her left, walks to x = 1 and raises her
+        // head and spreads her hands; the parts follow, relative to her root.
+        for k in 1..=8u64 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let pose = vr_pose(1.0, std::f32::consts::FRAC_PI_2, 1.8, 0.5);
+            app.world_mut().write_message(RoomUpdate::Delta(Delta { tick: 100 + k, avatars: vec![AvatarPose { id: 1, t: None, pose }], joined: vec![], left: vec![] }));
+            app.update();
+        }
+        app.update();
+        let parts = *app.world().get::<AvatarParts>(grace).unwrap();
+        let world = |app: &mut App, e: Entity| {
+            let root = *app.world().get::<Transform>(grace).unwrap();
+            root * *app.world().get::<Transform>(e).unwrap()
+        };
+        let head = world(&mut app, parts.head);
+        assert!(head.translation.distance(Vec3::new(1.0, 1.8, 0.1)) < 0.01, "head where the pose puts it: {}", head.translation);
+        assert!(head.rotation.angle_between(Quat::from_rotation_x(0.3)) < 0.01, "and tilted as it is");
+        let right = world(&mut app, parts.hands[1]);
+        assert!(right.translation.distance(Vec3::new(1.5, 1.1, 0.3)) < 0.01, "right hand: {}", right.translation);
+        // Back at a desk: the parts return to the look's places.
+        let look = app.world().resource::<AvatarAssets>().look(1).clone();
+        for k in 9..=12u64 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let pose = Pose { p: [1.0, 0.0, 0.0], ..Pose::default() };
+            app.world_mut().write_message(RoomUpdate::Delta(Delta { tick: 100 + k, avatars: vec![AvatarPose { id: 1, t: None, pose }], joined: vec![], left: vec![] }));
+            app.update();
+        }
+        app.update();
+        assert!(app.world().get::<TrackedLimbs>(grace).is_none());
+        assert_eq!(app.world().get::<Transform>(parts.head), Some(&look.head_at), "head back on the shoulders");
+        assert_eq!(app.world().get::<Transform>(parts.hands[1]), Some(&look.hands_at[1]));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Server-side bots (`--bots N`): members without a socket that wander the
 //! plaza and chat now and then, so a lone player sees life. They join and
 //! move through the same room commands as people, and their chat is stored
-//! like anyone's.
+//! like anyone's. Every fourth bot is "in VR": its pose carries a head
+//! that looks around and hands that swing as it walks, as a headset
+//! user's does, so clients show (and the load on the room includes) both
+//! kinds of avatar.
 
 use crate::AppState;
 use crate::auth::now_unix_ms;
@@ -32,7 +35,32 @@ pub fn bot_pose(i: u32, t: f64) -> Pose {
     // Face along the loop: yaw of the tangent.
     let (tx, tz) = (-angle.sin() * direction, angle.cos() * direction);
     let yaw = (-tx).atan2(-tz);
-    Pose { p: [x as f32, 0.0, z as f32], r: [0.0, (yaw / 2.0).sin() as f32, 0.0, (yaw / 2.0).cos() as f32], head: None, hands: None }
+    let mut pose = Pose { p: [x as f32, 0.0, z as f32], r: [0.0, (yaw / 2.0).sin() as f32, 0.0, (yaw / 2.0).cos() as f32], head: None, hands: None };
+    if i % 4 == 3 {
+        add_vr_limbs(&mut pose, yaw, phase + t);
+    }
+    pose
+}
+
+/// A headset user's head and hands, in world space like the protocol's:
+/// the head 1.65 m up, turning to look about and nodding a little; the
+/// hands at the sides, swinging against each other as it walks.
+fn add_vr_limbs(pose: &mut Pose, yaw: f64, t: f64) {
+    let (sin, cos) = yaw.sin_cos();
+    // Body-relative (x right, y up, z back) to world.
+    let world = |x: f64, y: f64, z: f64| [pose.p[0] + (x * cos + z * sin) as f32, pose.p[1] + y as f32, pose.p[2] + (-x * sin + z * cos) as f32];
+    let look = yaw + 0.6 * (t * 1.9).sin();
+    let nod = 0.15 * (t * 1.3).sin();
+    // yaw about y, then pitch about x.
+    let (sy, cy, sp, cp) = ((look / 2.0).sin(), (look / 2.0).cos(), (nod / 2.0).sin(), (nod / 2.0).cos());
+    let head_r = [(cy * sp) as f32, (sy * cp) as f32, (-sy * sp) as f32, (cy * cp) as f32];
+    let swing = 0.25 * (t * 4.0).sin();
+    let body_r = pose.r;
+    pose.head = Some(plaza_shared::pose::Transform { p: world(0.0, 1.65, -0.05), r: head_r });
+    pose.hands = Some([
+        plaza_shared::pose::Transform { p: world(-0.25, 1.0, -swing), r: body_r },
+        plaza_shared::pose::Transform { p: world(0.25, 1.0, swing), r: body_r },
+    ]);
 }
 
 /// Starts `count` bots in `room` (created if needed); they stop when the
@@ -108,6 +136,26 @@ mod tests {
             let dot = dx * -yaw.sin() + dz * -yaw.cos();
             assert!(dot > 0.0, "bot {i} walks backwards");
             assert!(a.p[0].hypot(a.p[2]) < 30.0);
+        }
+    }
+
+    #[test]
+    fn every_fourth_bot_wears_a_headset_its_head_above_and_hands_beside_it() {
+        for i in 0..24 {
+            let a = bot_pose(i, 7.3);
+            if i % 4 != 3 {
+                assert!(a.head.is_none() && a.hands.is_none(), "bot {i} is on a desktop");
+                continue;
+            }
+            let (head, hands) = (a.head.expect("a head"), a.hands.expect("hands"));
+            assert!((head.p[1] - 1.65).abs() < 1e-4 && (head.p[0] - a.p[0]).hypot(head.p[2] - a.p[2]) < 0.1, "bot {i}: head over the root");
+            let norm: f32 = head.r.iter().map(|c| c * c).sum();
+            assert!((norm - 1.0).abs() < 1e-4, "a unit rotation");
+            let apart = (hands[0].p[0] - hands[1].p[0]).hypot(hands[0].p[2] - hands[1].p[2]);
+            assert!((0.5..0.9).contains(&apart), "bot {i}: hands {apart} m apart");
+            // And they move: a tenth of a second later the head has turned.
+            let b = bot_pose(i, 7.4);
+            assert_ne!(b.head.unwrap().r, head.r);
         }
     }
 }

@@ -154,6 +154,10 @@ pub enum Notice {
     VoiceLost,
     /// A chosen sound device is missing or failed; the default plays.
     AudioDevice { problem: String },
+    /// `--xr` found no headset (why): the desktop view instead.
+    NoHeadset { reason: String },
+    /// The headset session ended (taken off, runtime quit).
+    HeadsetOff,
 }
 
 impl Notice {
@@ -171,6 +175,8 @@ impl Notice {
             Notice::ServerRestarting => "The server is restarting. Reconnecting shortly…".into(),
             Notice::VoiceLost => "Voice connection lost. Voice resumes when the connection is back.".into(),
             Notice::AudioDevice { problem } => format!("Sound: {problem}. Plaza switches to it when it is plugged in, or pick another in Settings (F1)."),
+            Notice::NoHeadset { reason } => format!("VR is off: {reason}. This is the desktop view."),
+            Notice::HeadsetOff => "The headset session ended; the keyboard and this window drive you until it starts again.".into(),
         }
     }
 }
