@@ -2,7 +2,8 @@
 //! frame times, and after `--frames N` writes the screenshot and the JSON
 //! frame report (the contract's keys), then exits.
 //!
-//! Counts are exact for what the main camera saw in the measured frames
+//! Counts are exact for what the main camera (in VR, the left eye) saw in
+//! the measured frames
 //! (see [`crate::stats`]), averaged: `visible` is the meshes in the camera's
 //! `VisibleEntities` (after frustum and distance culling), `culled` the
 //! other meshes; `triangles` sums the index (or vertex) counts of visible

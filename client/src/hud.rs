@@ -217,6 +217,7 @@ fn stats_window(
     info: Res<ConnectionInfo>,
     voice: Option<Res<VoiceInfo>>,
     headset: Option<Res<crate::xr::Headset>>,
+    mirror: Option<Res<crate::xr::MirrorWindow>>,
 ) -> Result {
     if !hud.stats {
         return Ok(());
@@ -238,7 +239,7 @@ fn stats_window(
         if let Some(q) = voice.as_ref().and_then(|v| v.status.quality) {
             ui.label(format!("voice: {} playing · delay {} ms · {:.1}% missing", q.voices, q.delay_ms, q.missing_pct));
         }
-        if let Some(line) = headset.as_deref().and_then(crate::xr::Headset::line) {
+        if let Some(line) = headset.as_deref().and_then(|h| h.line(mirror.as_deref().is_none_or(|m| m.0))) {
             ui.label(line);
         }
         ui.small("F1 settings · F2 preset · F3 stats");
@@ -259,6 +260,7 @@ fn settings_window(
     link: Option<Res<NetLink>>,
     mut info: ResMut<ConnectionInfo>,
     time: Res<Time<Real>>,
+    mirror: Option<ResMut<crate::xr::MirrorWindow>>,
 ) -> Result {
     // The sound devices are listed while the panel is open.
     if let Some(voice) = voice.as_deref_mut().filter(|v| v.devices.want_list != hud.settings) {
@@ -298,6 +300,13 @@ fn settings_window(
             });
             ui.checkbox(&mut lod_on, "Level of detail by distance");
             ui.checkbox(&mut culling_on, "Culling (frustum and distance)");
+            if let Some(mut mirror) = mirror {
+                let mut on = mirror.0;
+                if ui.checkbox(&mut on, "Show the headset's view in this window").on_hover_text("Off saves drawing the plaza a third time; the HUD and chat stay").changed() {
+                    mirror.0 = on;
+                    hud.save(file.as_deref_mut(), |s| s.vr_mirror = Some(on));
+                }
+            }
             if let Some(link) = &link {
                 ui.separator();
                 if let Some(name) = name_setting(ui, &mut hud, &info) {

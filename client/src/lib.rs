@@ -164,7 +164,7 @@ pub fn build_app(options: ClientOptions, scenario: Option<Scenario>, settings: s
     match headset {
         Some(Ok(runtime)) => {
             info!(runtime = %runtime.runtime, headset = %runtime.headset, "starting in VR");
-            app.add_plugins(xr::XrPlugin { runtime });
+            app.add_plugins(xr::XrPlugin { runtime, mirror: settings.settings.vr_mirror.unwrap_or(true) });
         }
         Some(Err(why)) => {
             warn!("VR is off: {why}; starting the desktop view (VR presets and the 72 fps target still apply)");

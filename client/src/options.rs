@@ -84,8 +84,9 @@ pub struct ClientOptions {
     #[arg(long)]
     pub scenario: Option<PathBuf>,
 
-    /// Start in OpenXR; falls back to the desktop view with a notice when no
-    /// runtime is found.
+    /// Start in an OpenXR headset (SteamVR, Monado, WiVRn); falls back to
+    /// the desktop view with a notice saying what is missing (the loader,
+    /// an active runtime, or a headset).
     #[arg(long)]
     pub xr: bool,
 
@@ -270,7 +271,7 @@ mod tests {
 
     #[test]
     fn flags_beat_the_settings_file_which_beats_defaults() {
-        let file = crate::settings::Settings { preset: Some(PresetChoice::Fixed(QualityPreset::Low)), lod: Some(false), culling: None, telemetry: Some(false), voice: Some(false), mic: None, voice_volume: None, mic_cleanup: None, mic_gate_db: None, audio_out: Some("Headset".into()), audio_in: None, name: Some("Ada".into()) };
+        let file = crate::settings::Settings { preset: Some(PresetChoice::Fixed(QualityPreset::Low)), lod: Some(false), culling: None, telemetry: Some(false), voice: Some(false), mic: None, voice_volume: None, mic_cleanup: None, mic_gate_db: None, audio_out: Some("Headset".into()), audio_in: None, name: Some("Ada".into()), vr_mirror: None };
         let o = parse(&["--lod", "on"]).unwrap().resolve(&file);
         assert_eq!(o.preset_choice(), PresetChoice::Fixed(QualityPreset::Low), "from the file");
         assert!(o.lod_on(), "the flag wins");

@@ -83,8 +83,9 @@ impl Plugin for QualityPlugin {
 }
 
 type PresetCamera<'a> = (&'a mut Msaa, &'a mut Projection);
-/// The cameras presets apply to: the main one and a headset's eyes.
-type PresetCameras = Or<(With<MainCamera>, With<EyeCamera>)>;
+/// The cameras presets apply to (and stats count): the main one and a
+/// headset's eyes.
+pub type PresetCameras = Or<(With<MainCamera>, With<EyeCamera>)>;
 type LampParts<'a> = (&'a OptionalLight, &'a mut PointLight, &'a mut Visibility);
 /// Cameras and lamps spawned since the last run.
 type Newcomers = Or<(Added<MainCamera>, Added<EyeCamera>, Added<OptionalLight>)>;

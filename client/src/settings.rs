@@ -15,6 +15,7 @@
 //! audio_out = "alsa:hw:CARD=Headset,DEV=0"   # speakers (id or name); unset: the system's
 //! audio_in = "alsa:hw:CARD=Headset,DEV=0"    # microphone, the same way
 //! name = "Ada"
+//! vr_mirror = true     # in VR, the window shows the headset's view too
 //! ```
 //!
 //! A file that can't be read or parsed is reported in one line and ignored;
@@ -64,6 +65,10 @@ pub struct Settings {
     pub audio_in: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// In VR, show the headset's view in the desktop window too (a third
+    /// view to draw); off, the window keeps the HUD and chat only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vr_mirror: Option<bool>,
 }
 
 /// Presets as the flags spell them (`"med"` and `"auto"` included).
@@ -191,7 +196,7 @@ mod tests {
     fn saves_and_loads_back() {
         let path = temp("roundtrip");
         assert_eq!(Settings::load(&path).unwrap(), Settings::default(), "missing is defaults");
-        let s = Settings { preset: Some(PresetChoice::Auto), lod: Some(false), culling: None, telemetry: Some(true), voice: None, mic: Some(false), voice_volume: Some(0.5), mic_cleanup: Some(false), mic_gate_db: Some(-40.0), audio_out: Some("alsa:hw:CARD=Headset,DEV=0".into()), audio_in: None, name: Some("Ada".into()) };
+        let s = Settings { preset: Some(PresetChoice::Auto), lod: Some(false), culling: None, telemetry: Some(true), voice: None, mic: Some(false), voice_volume: Some(0.5), mic_cleanup: Some(false), mic_gate_db: Some(-40.0), audio_out: Some("alsa:hw:CARD=Headset,DEV=0".into()), audio_in: None, name: Some("Ada".into()), vr_mirror: Some(false) };
         s.save(&path).unwrap();
         assert_eq!(Settings::load(&path).unwrap(), s);
         std::fs::write(&path, "preset = \"med\"\n").unwrap();

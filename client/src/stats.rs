@@ -4,7 +4,7 @@
 //! frame report.
 
 use crate::lod::{LodCounts, PropLevel};
-use crate::quality::MainCamera;
+use crate::quality::{EyeCamera, PresetCameras};
 use bevy::camera::visibility::VisibleEntities;
 use bevy::mesh::{Indices, PrimitiveTopology};
 use bevy::prelude::*;
@@ -61,14 +61,18 @@ fn count(
     mut last: Local<Option<std::time::Instant>>,
     meshes: Res<Assets<Mesh>>,
     all_meshes: Query<&Mesh3d, Without<crate::render_scale::ScaledSceneQuad>>,
-    camera: Query<&VisibleEntities, With<MainCamera>>,
+    cameras: Query<(&VisibleEntities, Option<&EyeCamera>), PresetCameras>,
     prop_levels: Query<&PropLevel>,
     lod: Option<Res<LodCounts>>,
     mut stats: ResMut<FrameStats>,
 ) {
     profile_span!("frame_stats");
     let mut s = FrameStats::default();
-    for visible in &camera {
+    // In VR, what the left eye drew (the right sees about the same; the
+    // window's mirror may be off); otherwise the main camera's.
+    let left_eye = cameras.iter().find(|(_, eye)| *eye == Some(&EyeCamera(0))).map(|(v, _)| v);
+    let main = cameras.iter().find(|(_, eye)| eye.is_none()).map(|(v, _)| v);
+    if let Some(visible) = left_eye.or(main) {
         for entity in visible.iter(TypeId::of::<Mesh3d>()) {
             if let Ok(mesh) = all_meshes.get(*entity) {
                 s.visible += 1;

@@ -27,6 +27,7 @@ use crate::lod::Lod;
 use crate::network::{Notice, Toast};
 use crate::player::{LocalLimbs, LocalPlayer, PlayerControl, PlayerSystems, START};
 use crate::quality::{EyeCamera, MainCamera};
+use bevy::camera::visibility::RenderLayers;
 use bevy::prelude::*;
 use bevy_mod_openxr::action_binding::{OxrSendActionBindings, OxrSuggestActionBinding};
 use bevy_mod_openxr::action_set_attaching::OxrAttachActionSet;
@@ -119,12 +120,12 @@ impl Headset {
     }
 
     /// The HUD's line; none on the desktop.
-    pub fn line(&self) -> Option<String> {
+    pub fn line(&self, mirror: bool) -> Option<String> {
         match self {
             Headset::Off => None,
             Headset::Unavailable(_) => Some("VR: no headset (desktop view)".into()),
             Headset::Waiting { runtime } => Some(format!("VR: waiting for the headset ({runtime})")),
-            Headset::Worn { runtime } => Some(format!("VR: in the headset ({runtime}) · this window mirrors it")),
+            Headset::Worn { runtime } => Some(format!("VR: in the headset ({runtime}) · counts are the left eye's{}", if mirror { " · this window mirrors it" } else { "" })),
         }
     }
 }
@@ -237,14 +238,26 @@ pub enum XrSystems {
     Follow,
 }
 
+/// Whether the desktop window shows the headset's view while it is worn.
+/// Off, the window's camera looks at an empty layer (a clear, no scene
+/// drawn a third time) and the HUD and chat stay.
+#[derive(Resource, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MirrorWindow(pub bool);
+
+/// The layer nothing is on: the window's camera while the mirror is off.
+const NOTHING_LAYER: usize = 31;
+
 /// The rig, for runs where the probe found a headset (see the module docs).
 pub struct XrPlugin {
     pub runtime: XrRuntime,
+    /// The settings file's `vr_mirror` (default on).
+    pub mirror: bool,
 }
 
 impl Plugin for XrPlugin {
     fn build(&self, app: &mut App) {
         app.insert_resource(Headset::Waiting { runtime: self.runtime.runtime.clone() })
+            .insert_resource(MirrorWindow(self.mirror))
             .init_resource::<XrSticks>()
             .init_resource::<SnapTurn>()
             .add_systems(Startup, (place_play_area, create_actions.run_if(resource_exists::<OxrInstance>)))
@@ -254,7 +267,7 @@ impl Plugin for XrPlugin {
             .add_systems(Update, (track_session, steer.in_set(XrSystems::Steer).in_set(PlayerSystems::Move)).chain())
             .add_systems(
                 PostUpdate,
-                (mark_eyes, follow_head.in_set(XrSystems::Follow))
+                (mark_eyes, follow_head.in_set(XrSystems::Follow), apply_mirror)
                     .chain()
                     .after(bevy_mod_openxr::render::update_views)
                     .before(crate::lod::LodSystems::Select)
@@ -491,6 +504,23 @@ fn follow_head(
     commands.entity(entity).insert(limbs_for(&under, &head, hands));
 }
 
+/// The window's camera sees the plaza unless the headset is worn with the
+/// mirror off.
+fn apply_mirror(headset: Res<Headset>, mirror: Res<MirrorWindow>, mut commands: Commands, camera: Query<(Entity, Has<RenderLayers>), With<MainCamera>>) {
+    let blank = headset.worn() && !mirror.0;
+    for (entity, layered) in &camera {
+        match (blank, layered) {
+            (true, false) => {
+                commands.entity(entity).insert(RenderLayers::layer(NOTHING_LAYER));
+            }
+            (false, true) => {
+                commands.entity(entity).remove::<RenderLayers>();
+            }
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -562,7 +592,7 @@ mod tests {
         let mut app = crate::test_support::app();
         app.add_message::<Toast>()
             .insert_resource(TimeUpdateStrategy::ManualDuration(std::time::Duration::from_millis(200)))
-            .add_plugins((XrPlugin { runtime: XrRuntime { runtime: "Monado".into(), headset: "Simulated HMD".into() } }, PlayerPlugin { spawn: false }));
+            .add_plugins((XrPlugin { runtime: XrRuntime { runtime: "Monado".into(), headset: "Simulated HMD".into() }, mirror: true }, PlayerPlugin { spawn: false }));
         let root = app.world_mut().spawn(XrTrackingRoot).id();
         let player = app.world_mut().spawn((LocalPlayer { yaw: 0.0 }, Transform::from_translation(START), Visibility::default(), Lod::new(LodLevel::Full))).id();
         let mirror = app.world_mut().spawn((MainCamera, Transform::default())).id();
@@ -589,6 +619,13 @@ mod tests {
         let limbs = *app.world().get::<LocalLimbs>(player).expect("limbs");
         assert!(Vec3::from_array(limbs.head.expect("a head").p).distance(head) < 1e-4);
         assert!(limbs.hands.is_none(), "no controllers located: no hands");
+        assert!(app.world().get::<RenderLayers>(mirror).is_none(), "the mirror is on by default");
+        app.insert_resource(MirrorWindow(false));
+        app.update();
+        assert_eq!(app.world().get::<RenderLayers>(mirror), Some(&RenderLayers::layer(NOTHING_LAYER)), "mirror off: the window draws no scene");
+        app.insert_resource(MirrorWindow(true));
+        app.update();
+        assert!(app.world().get::<RenderLayers>(mirror).is_none());
 
         // The left stick forward for one 0.2 s frame: the play area walks 0.32 m along the gaze.
         app.insert_resource(XrSticks { walk: Vec2::Y, turn: Vec2::ZERO });
