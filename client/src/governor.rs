@@ -217,9 +217,11 @@ fn govern(time: Res<Time<Real>>, stats: Option<Res<crate::stats::FrameStats>>, a
     profile_span!("governor");
     // The last frame's wall-clock time (a scenario's fixed step replaces `Time`).
     let frame = stats.map(|s| std::time::Duration::from_secs_f32(s.frame_ms / 1000.0)).filter(|d| !d.is_zero()).unwrap_or(time.delta());
+    // Read before the frame: a step clears the window it was decided on.
+    let p90_ms = auto.0.p90_ms();
     let decision = auto.0.frame(frame);
     if let Decision::Down(step) | Decision::Up(step) = decision {
-        info!(?decision, p90_ms = auto.0.p90_ms(), target_ms = auto.0.target_ms(), "auto quality");
+        info!(?decision, p90_ms, target_ms = auto.0.target_ms(), "auto quality");
         quality.settings = step.preset.settings();
         quality.bias_scale = step.bias_scale;
     }

@@ -68,7 +68,7 @@ impl Default for HudState {
 }
 
 /// The colour of what went wrong (not saved, not sent, not found).
-const WARNING: egui::Color32 = egui::Color32::from_rgb(230, 120, 80);
+pub const WARNING: egui::Color32 = egui::Color32::from_rgb(230, 120, 80);
 
 /// How often the settings panel reads the rooms again while it is open.
 const ROOMS_EVERY: Duration = Duration::from_secs(5);

@@ -19,6 +19,9 @@
 //! - A session that ends (headset off, runtime quit) hands the keyboard
 //!   and the third-person camera back until it starts again.
 //!
+//! - [`wrist`]: a panel on your left wrist with what the HUD says (the
+//!   HUD is on the desktop window, which you can't see in the headset).
+//!
 //! Quality presets reach the eye cameras as they reach the main one
 //! ([`crate::quality::EyeCamera`]); `--preset auto` (the default in VR)
 //! steers by the 72 fps target.
@@ -40,6 +43,8 @@ use bevy_mod_xr::session::{XrSessionCreated, XrState, XrTrackingRoot};
 use plaza_shared::lod::LodLevel;
 use plaza_shared::pose::Pose;
 use std::borrow::Cow;
+
+pub mod wrist;
 
 /// Walking speed with the stick pushed all the way (m/s), as on the
 /// desktop.
@@ -260,6 +265,7 @@ impl Plugin for XrPlugin {
             .insert_resource(MirrorWindow(self.mirror))
             .init_resource::<XrSticks>()
             .init_resource::<SnapTurn>()
+            .add_plugins(wrist::WristPanelPlugin)
             .add_systems(Startup, (place_play_area, create_actions.run_if(resource_exists::<OxrInstance>)))
             .add_systems(OxrSendActionBindings, suggest_bindings)
             .add_systems(XrSessionCreated, (attach_actions, spawn_grips))
@@ -591,6 +597,7 @@ mod tests {
         use bevy::time::TimeUpdateStrategy;
         let mut app = crate::test_support::app();
         app.add_message::<Toast>()
+            .init_asset::<Image>()
             .insert_resource(TimeUpdateStrategy::ManualDuration(std::time::Duration::from_millis(200)))
             .add_plugins((XrPlugin { runtime: XrRuntime { runtime: "Monado".into(), headset: "Simulated HMD".into() }, mirror: true }, PlayerPlugin { spawn: false }));
         let root = app.world_mut().spawn(XrTrackingRoot).id();
