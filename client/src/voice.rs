@@ -69,6 +69,8 @@ pub struct VoiceInfo {
     pub enabled: bool,
     /// The speakers and microphone.
     pub devices: SoundDevices,
+    /// The headset is on: the mute is a controller button, not a key.
+    pub in_headset: bool,
 }
 
 /// The sound devices, as the settings panel shows and changes them.
@@ -103,6 +105,7 @@ impl Default for VoiceInfo {
             unavailable: None,
             enabled: false,
             devices: SoundDevices::default(),
+            in_headset: false,
         }
     }
 }
@@ -116,12 +119,15 @@ impl VoiceInfo {
         if !self.enabled {
             return None;
         }
-        let mic = match (self.status.mic, self.muted) {
-            (false, _) => "no microphone (listening)",
-            (true, true) if self.pushing_to_talk => "talking (T held)",
-            (true, true) => "muted (M unmutes, hold T to talk)",
-            (true, false) if self.status.self_speaking => "talking (M mutes)",
-            (true, false) => "mic on (M mutes)",
+        let mic = match (self.status.mic, self.muted, self.in_headset) {
+            (false, _, _) => "no microphone (listening)",
+            (true, true, _) if self.pushing_to_talk => "talking (T held)",
+            (true, true, false) => "muted (M unmutes, hold T to talk)",
+            (true, true, true) => "muted (the left menu button unmutes)",
+            (true, false, false) if self.status.self_speaking => "talking (M mutes)",
+            (true, false, true) if self.status.self_speaking => "talking (the left menu button mutes)",
+            (true, false, false) => "mic on (M mutes)",
+            (true, false, true) => "mic on (the left menu button mutes)",
         };
         Some(match &self.status.state {
             VoiceState::Off => "Voice: joins with the room".into(),

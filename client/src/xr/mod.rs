@@ -30,6 +30,7 @@ use crate::lod::Lod;
 use crate::network::{Notice, Toast};
 use crate::player::{LocalLimbs, LocalPlayer, PlayerControl, PlayerSystems, START};
 use crate::quality::{EyeCamera, MainCamera};
+use crate::voice::VoiceInfo;
 use bevy::camera::visibility::RenderLayers;
 use bevy::prelude::*;
 use bevy_mod_openxr::action_binding::{OxrSendActionBindings, OxrSuggestActionBinding};
@@ -135,11 +136,13 @@ impl Headset {
     }
 }
 
-/// The controllers' sticks this frame: x right, y forward, each −1..1.
+/// The controllers' sticks this frame: x right, y forward, each −1..1;
+/// and whether the mute button went down this frame.
 #[derive(Resource, Debug, Clone, Copy, Default, PartialEq)]
 pub struct XrSticks {
     pub walk: Vec2,
     pub turn: Vec2,
+    pub mute_pressed: bool,
 }
 
 /// A controller grip, located by the runtime (a child of the tracking root).
@@ -230,6 +233,7 @@ struct ControllerActions {
     grips: [openxr::Action<openxr::Posef>; 2],
     walk: openxr::Action<openxr::Vector2f>,
     turn: openxr::Action<openxr::Vector2f>,
+    mute: openxr::Action<bool>,
 }
 
 #[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
@@ -270,7 +274,7 @@ impl Plugin for XrPlugin {
             .add_systems(OxrSendActionBindings, suggest_bindings)
             .add_systems(XrSessionCreated, (attach_actions, spawn_grips))
             .add_systems(PreUpdate, (sync_actions.before(OxrActionSetSyncSet), read_sticks.after(OxrActionSetSyncSet).in_set(XrSystems::Input)).run_if(openxr_session_running))
-            .add_systems(Update, (track_session, steer.in_set(XrSystems::Steer).in_set(PlayerSystems::Move)).chain())
+            .add_systems(Update, (track_session, steer.in_set(XrSystems::Steer).in_set(PlayerSystems::Move), mute_button.before(crate::voice::VoiceSystems::Input)).chain())
             .add_systems(
                 PostUpdate,
                 (mark_eyes, follow_head.in_set(XrSystems::Follow), apply_mirror)
@@ -309,6 +313,7 @@ fn create_actions(instance: Res<OxrInstance>, mut commands: Commands) {
             grips: [set.create_action("left_grip", "Left hand", &[])?, set.create_action("right_grip", "Right hand", &[])?],
             walk: set.create_action("walk", "Walk", &[])?,
             turn: set.create_action("turn", "Turn", &[])?,
+            mute: set.create_action("mute", "Mute the microphone", &[])?,
             set,
         })
     })();
@@ -322,14 +327,17 @@ fn create_actions(instance: Res<OxrInstance>, mut commands: Commands) {
 /// are the hands. (Vive wands have trackpads, which report as sticks.)
 fn suggest_bindings(actions: Option<Res<ControllerActions>>, mut bindings: MessageWriter<OxrSuggestActionBinding>) {
     let Some(actions) = actions else { return };
-    const PROFILES: [(&str, Option<&str>); 5] = [
-        ("/interaction_profiles/oculus/touch_controller", Some("thumbstick")),
-        ("/interaction_profiles/valve/index_controller", Some("thumbstick")),
-        ("/interaction_profiles/microsoft/motion_controller", Some("thumbstick")),
-        ("/interaction_profiles/htc/vive_controller", Some("trackpad")),
-        ("/interaction_profiles/khr/simple_controller", None),
+    // Profile, the stick, the left hand's button that mutes (Index
+    // controllers have no menu button: B, the upper one).
+    const PROFILES: [(&str, Option<&str>, &str); 5] = [
+        ("/interaction_profiles/oculus/touch_controller", Some("thumbstick"), "menu"),
+        ("/interaction_profiles/valve/index_controller", Some("thumbstick"), "b"),
+        ("/interaction_profiles/microsoft/motion_controller", Some("thumbstick"), "menu"),
+        ("/interaction_profiles/htc/vive_controller", Some("trackpad"), "menu"),
+        ("/interaction_profiles/khr/simple_controller", None, "menu"),
     ];
-    for (profile, stick) in PROFILES {
+    for (profile, stick, mute) in PROFILES {
+        bindings.write(OxrSuggestActionBinding { action: actions.mute.as_raw(), interaction_profile: Cow::Borrowed(profile), bindings: vec![format!("/user/hand/left/input/{mute}/click").into()] });
         for (side, hand) in ["left", "right"].into_iter().enumerate() {
             bindings.write(OxrSuggestActionBinding { action: actions.grips[side].as_raw(), interaction_profile: Cow::Borrowed(profile), bindings: vec![format!("/user/hand/{hand}/input/grip/pose").into()] });
         }
@@ -374,7 +382,22 @@ fn read_sticks(actions: Option<Res<ControllerActions>>, session: Res<OxrSession>
         Ok(s) if s.is_active => Vec2::new(s.current_state.x, s.current_state.y),
         _ => Vec2::ZERO,
     };
-    sticks.set_if_neq(XrSticks { walk: read(&actions.walk), turn: read(&actions.turn) });
+    // A press, once: down now, and changed since the last sync.
+    let mute_pressed = actions.mute.state(&session, openxr::Path::NULL).is_ok_and(|s| s.is_active && s.current_state && s.changed_since_last_sync);
+    sticks.set_if_neq(XrSticks { walk: read(&actions.walk), turn: read(&actions.turn), mute_pressed });
+}
+
+/// The mute button flips the microphone, as M does on the desktop (the
+/// voice plugin passes it on to the call).
+fn mute_button(sticks: Res<XrSticks>, headset: Res<Headset>, voice: Option<ResMut<VoiceInfo>>) {
+    let Some(mut voice) = voice else { return };
+    if voice.in_headset != headset.worn() {
+        voice.in_headset = headset.worn();
+    }
+    if sticks.mute_pressed && headset.worn() {
+        voice.muted = !voice.muted;
+        info!(muted = voice.muted, "the mute button");
+    }
 }
 
 /// Follows the session: in the headset, the rig drives the avatar and the
@@ -635,11 +658,22 @@ mod tests {
         assert!(app.world().get::<RenderLayers>(mirror).is_none());
 
         // The left stick forward for one 0.2 s frame: the play area walks 0.32 m along the gaze.
-        app.insert_resource(XrSticks { walk: Vec2::Y, turn: Vec2::ZERO });
+        app.insert_resource(XrSticks { walk: Vec2::Y, ..default() });
         app.update();
         let walked = app.world().get::<Transform>(root).unwrap().translation;
         assert!(walked.distance(START + Vec3::new(0.0, 0.0, -WALK_SPEED * 0.2)) < 1e-3, "{walked}");
         app.insert_resource(XrSticks::default());
+
+        // The left menu button mutes, once per press, and the voice line says which button.
+        app.init_resource::<VoiceInfo>();
+        app.insert_resource(XrSticks { mute_pressed: true, ..default() });
+        app.update();
+        app.insert_resource(XrSticks::default());
+        app.update();
+        let mut voice = app.world().resource::<VoiceInfo>().clone();
+        assert!(voice.muted && voice.in_headset, "muted by the button");
+        (voice.enabled, voice.status.mic, voice.status.state) = (true, true, crate::network::voice::VoiceState::On);
+        assert!(voice.line().is_some_and(|l| l.contains("the left menu button unmutes")), "{:?}", voice.line());
 
         // The session ends: the keyboard, the camera and the body come back.
         app.insert_resource(XrState::Stopping);
