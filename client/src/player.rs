@@ -15,7 +15,8 @@ use plaza_shared::pose::Pose;
 
 /// Where the player starts: south of the fountain, facing it.
 pub const START: Vec3 = Vec3::new(0.0, 0.0, 18.0);
-const WALK_SPEED: f32 = 1.6;
+/// Walking speed (m/s), on the keyboard and with a VR stick pushed all the way.
+pub const WALK_SPEED: f32 = 1.6;
 const RUN_SPEED: f32 = 4.0;
 const TURN_SPEED: f32 = 1.8;
 const MOUSE_TURN: f32 = 0.004;

@@ -28,7 +28,7 @@
 
 use crate::lod::Lod;
 use crate::network::{Notice, Toast};
-use crate::player::{LocalLimbs, LocalPlayer, PlayerControl, PlayerSystems, START};
+use crate::player::{LocalLimbs, LocalPlayer, PlayerControl, PlayerSystems, START, WALK_SPEED};
 use crate::quality::{EyeCamera, MainCamera};
 use crate::voice::VoiceInfo;
 use bevy::camera::visibility::RenderLayers;
@@ -45,11 +45,11 @@ use plaza_shared::lod::LodLevel;
 use plaza_shared::pose::Pose;
 use std::borrow::Cow;
 
+pub mod probe;
 pub mod wrist;
 
-/// Walking speed with the stick pushed all the way (m/s), as on the
-/// desktop.
-const WALK_SPEED: f32 = 1.6;
+pub use probe::{XrRuntime, XrUnavailable, probe};
+
 /// A stick inside this is at rest (worn sticks drift).
 const DEAD_ZONE: f32 = 0.2;
 /// One snap turn.
@@ -58,52 +58,6 @@ pub const SNAP_TURN: f32 = std::f32::consts::PI / 6.0;
 /// one flick is one turn however long it is held.
 const SNAP_AT: f32 = 0.7;
 const SNAP_REARM: f32 = 0.3;
-
-/// Why VR could not start.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum XrUnavailable {
-    #[error("no OpenXR loader (libopenxr_loader.so) on this machine: {0}. Install your headset's runtime (SteamVR, Monado, WiVRn) and the OpenXR loader (Debian/Ubuntu: libopenxr-loader1 and libopenxr-dev)")]
-    NoLoader(String),
-    #[error("no OpenXR runtime is active ({0}). Start SteamVR, Monado or WiVRn and make it the active OpenXR runtime")]
-    NoRuntime(String),
-    #[error("the OpenXR runtime {runtime} can't render with Vulkan (no XR_KHR_vulkan_enable2), which Plaza needs")]
-    NoVulkan { runtime: String },
-    #[error("the OpenXR runtime {runtime} sees no headset ({detail}). Connect and switch on the headset, then start Plaza again")]
-    NoHeadset { runtime: String, detail: String },
-}
-
-/// The runtime and headset the probe found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct XrRuntime {
-    pub runtime: String,
-    pub headset: String,
-}
-
-/// Asks the system's OpenXR loader for the active runtime and a headset,
-/// the same way the renderer will (`libopenxr_loader.so`), and lets go of
-/// them again.
-pub fn probe() -> Result<XrRuntime, XrUnavailable> {
-    // SAFETY: the library is the OpenXR loader the renderer loads too; its
-    // entry points are used only through the openxr crate's checked API.
-    #[allow(unsafe_code)]
-    let entry = unsafe { openxr::Entry::load() }.map_err(|e| XrUnavailable::NoLoader(e.to_string()))?;
-    probe_entry(&entry)
-}
-
-fn probe_entry(entry: &openxr::Entry) -> Result<XrRuntime, XrUnavailable> {
-    let extensions = entry.enumerate_extensions().map_err(|e| XrUnavailable::NoRuntime(e.to_string()))?;
-    let mut wanted = openxr::ExtensionSet::default();
-    wanted.khr_vulkan_enable2 = extensions.khr_vulkan_enable2;
-    let app = openxr::ApplicationInfo { application_name: "Plaza", engine_name: "Bevy", ..Default::default() };
-    let instance = entry.create_instance(&app, &wanted, &[]).map_err(|e| XrUnavailable::NoRuntime(e.to_string()))?;
-    let runtime = instance.properties().map(|p| format!("{} {}", p.runtime_name, p.runtime_version)).unwrap_or_else(|_| "(unnamed)".into());
-    if !extensions.khr_vulkan_enable2 {
-        return Err(XrUnavailable::NoVulkan { runtime });
-    }
-    let system = instance.system(openxr::FormFactor::HEAD_MOUNTED_DISPLAY).map_err(|e| XrUnavailable::NoHeadset { runtime: runtime.clone(), detail: e.to_string() })?;
-    let headset = instance.system_properties(system).map(|p| p.system_name).unwrap_or_default();
-    Ok(XrRuntime { runtime, headset: if headset.is_empty() { "(unnamed headset)".into() } else { headset } })
-}
 
 /// Where VR stands, for the HUD and the systems here.
 #[derive(Resource, Debug, Clone, PartialEq, Eq, Default)]
@@ -506,7 +460,7 @@ fn follow_head(
     root: Query<&Transform, With<XrTrackingRoot>>,
     eyes: Query<(&Transform, &EyeCamera), Without<XrTrackingRoot>>,
     grips: Query<(&Transform, &Grip, &bevy_mod_xr::spaces::XrSpaceLocationFlags)>,
-    mut player: Query<(Entity, &mut Transform), (With<LocalPlayer>, Without<XrTrackingRoot>, Without<EyeCamera>, Without<Grip>, Without<MainCamera>)>,
+    mut player: Query<(Entity, &mut Transform, Option<&mut LocalLimbs>), (With<LocalPlayer>, Without<XrTrackingRoot>, Without<EyeCamera>, Without<Grip>, Without<MainCamera>)>,
     mut mirror: Query<&mut Transform, (With<MainCamera>, Without<XrTrackingRoot>, Without<EyeCamera>, Without<Grip>)>,
 ) {
     if !headset.worn() {
@@ -517,7 +471,7 @@ fn follow_head(
     if let Ok(mut camera) = mirror.single_mut() {
         camera.set_if_neq(head);
     }
-    let Ok((entity, mut body)) = player.single_mut() else { return };
+    let Ok((entity, mut body, limbs)) = player.single_mut() else { return };
     let under = body_under(&head, root.translation.y);
     body.set_if_neq(under);
     let mut hands = [None, None];
@@ -530,7 +484,15 @@ fn follow_head(
         [Some(l), Some(r)] => Some([l, r]),
         _ => None,
     };
-    commands.entity(entity).insert(limbs_for(&under, &head, hands));
+    let now = limbs_for(&under, &head, hands);
+    match limbs {
+        Some(mut limbs) => {
+            limbs.set_if_neq(now);
+        }
+        None => {
+            commands.entity(entity).insert(now);
+        }
+    }
 }
 
 /// The window's camera sees the plaza unless the headset is worn with the
@@ -687,13 +649,4 @@ mod tests {
         assert!(toasts.iter().any(|t| t.contains("headset session ended")), "{toasts:?}");
     }
 
-    #[test]
-    fn without_a_loader_the_probe_says_what_to_install() {
-        // SAFETY: the path names no library, so nothing is loaded.
-        #[allow(unsafe_code)]
-        let missing = unsafe { openxr::Entry::load_from(std::path::Path::new("/nonexistent/libopenxr_loader.so")) };
-        let err = missing.map(|_| ()).map_err(|e| XrUnavailable::NoLoader(e.to_string())).unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("libopenxr_loader.so") && text.contains("libopenxr-loader1"), "{text}");
-    }
 }
