@@ -37,15 +37,17 @@ pub fn bot_pose(i: u32, t: f64) -> Pose {
     let yaw = (-tx).atan2(-tz);
     let mut pose = Pose { p: [x as f32, 0.0, z as f32], r: [0.0, (yaw / 2.0).sin() as f32, 0.0, (yaw / 2.0).cos() as f32], head: None, hands: None };
     if i % 4 == 3 {
-        add_vr_limbs(&mut pose, yaw, phase + t);
+        headset_limbs(&mut pose, yaw, phase + t);
     }
     pose
 }
 
-/// A headset user's head and hands, in world space like the protocol's:
-/// the head 1.65 m up, turning to look about and nodding a little; the
-/// hands at the sides, swinging against each other as it walks.
-fn add_vr_limbs(pose: &mut Pose, yaw: f64, t: f64) {
+/// Gives a walking pose (root at `pose.p`, facing `yaw`) a simulated
+/// headset user's head and hands, in world space like the protocol's: the
+/// head 1.65 m up, turning to look about and nodding a little; the hands
+/// at the sides, swinging against each other. `t` (s) drives the motion.
+/// The bots and the load tool's VR users (`--vr-share`) both use it.
+pub fn headset_limbs(pose: &mut Pose, yaw: f64, t: f64) {
     let (sin, cos) = yaw.sin_cos();
     // Body-relative (x right, y up, z back) to world.
     let world = |x: f64, y: f64, z: f64| [pose.p[0] + (x * cos + z * sin) as f32, pose.p[1] + y as f32, pose.p[2] + (-x * sin + z * cos) as f32];

@@ -237,6 +237,7 @@ fn step_config(cfg: &LadderConfig, target: Target, users: u64, server: Option<St
         soak: None,
         voice: false,
         voice_talk: 1.0,
+        vr_share: 0.0,
         hostile: 0,
         restart_every: None,
         access_ttl: None,

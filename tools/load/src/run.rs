@@ -195,6 +195,7 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         // A segment in flight when a socket is cut may have waited the
         // proxy's delay, its jitter and a loss stall.
         voice: cfg.voice.then(|| Arc::new(crate::voice::VoiceLoad::new(base.trim_start_matches("http://"), epoch, cfg.voice_talk))),
+        vr_share: cfg.vr_share,
         grace_ms: user::GRACE_MS + cfg.faults.as_ref().map_or(0, |f| (f.latency + f.jitter + if f.loss > 0.0 { f.rto() } else { Duration::ZERO }).as_millis() as u64),
     });
     let (phase_tx, phase_rx) = watch::channel(Phase::Run);

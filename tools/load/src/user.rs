@@ -197,6 +197,8 @@ pub struct Env {
     pub grace_ms: u64,
     /// `--voice`: every user is also a voice peer.
     pub voice: Option<Arc<crate::voice::VoiceLoad>>,
+    /// `--vr-share`: the share of users whose poses carry a head and hands.
+    pub vr_share: f64,
 }
 
 /// One user's part in the run.
@@ -292,6 +294,8 @@ struct Walk {
     /// Radians per second, signed (direction).
     omega: f32,
     start: f32,
+    /// A VR user (`--vr-share`): poses carry a head and hands.
+    headset: bool,
 }
 
 impl Walk {
@@ -301,7 +305,7 @@ impl Walk {
         let radius = rng.range(1.5, 5.0) as f32;
         let speed = rng.range(1.0, 1.8) as f32;
         let direction = if rng.unit() < 0.5 { -1.0 } else { 1.0 };
-        Walk { center, radius, omega: direction * speed / radius, start: rng.range(0.0, std::f64::consts::TAU) as f32 }
+        Walk { center, radius, omega: direction * speed / radius, start: rng.range(0.0, std::f64::consts::TAU) as f32, headset: false }
     }
 
     fn pose(&self, seconds: f64) -> Pose {
@@ -312,7 +316,11 @@ impl Walk {
         let (vx, vz) = (-sin * self.omega.signum(), cos * self.omega.signum());
         let yaw = vx.atan2(vz);
         let (s, c) = (yaw / 2.0).sin_cos();
-        Pose { p, r: [0.0, s, 0.0, c], head: None, hands: None }
+        let mut pose = Pose { p, r: [0.0, s, 0.0, c], head: None, hands: None };
+        if self.headset {
+            plaza_server::bots::headset_limbs(&mut pose, f64::from(yaw), seconds);
+        }
+        pose
     }
 }
 
@@ -436,7 +444,9 @@ impl Due {
 /// Runs one user to the end of the run and returns what it measured.
 pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, samples: mpsc::Sender<Batch>) -> UserReport {
     let mut rng = SplitMix::new(plan.seed);
-    let walk = Walk::new(plan.key, &mut rng);
+    let mut walk = Walk::new(plan.key, &mut rng);
+    // Drawn after the walk, so a run's walks are the same at any share.
+    walk.headset = rng.unit() < env.vr_share;
     let gap_ms = env.gap_ms;
     let paced = env.send_at == SendAt::Tick && env.rate_hz <= f64::from(TICK_HZ);
     let pacer = new_pacer(env.wire);
@@ -1421,6 +1431,20 @@ mod tests {
         // Keys outside the run are ignored.
         sent.sent(UserKey { room: 3, user: 1 }, 5);
         sent.sent(UserKey { room: 1, user: 4 }, 5);
+    }
+
+    #[test]
+    fn headset_walkers_send_a_head_and_hands_that_move() {
+        let mut rng = SplitMix::new(3);
+        let mut walk = Walk::new(UserKey { room: 1, user: 9 }, &mut rng);
+        assert!(walk.pose(10.0).head.is_none(), "a desktop walker by default");
+        walk.headset = true;
+        let (a, b) = (walk.pose(10.0), walk.pose(10.05));
+        assert!(a.validate().is_ok() && b.validate().is_ok(), "within the protocol's reach");
+        let (head, hands) = (a.head.expect("a head"), a.hands.expect("hands"));
+        assert!((head.p[1] - 1.65).abs() < 1e-3, "{head:?}");
+        assert_ne!(b.hands.unwrap()[0].p, hands[0].p, "the hands swing");
+        assert_ne!(b.head.unwrap().r, head.r, "the head looks about");
     }
 
     #[test]
