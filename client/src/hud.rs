@@ -69,6 +69,33 @@ impl Default for HudState {
 
 /// The colour of what went wrong (not saved, not sent, not found).
 pub const WARNING: egui::Color32 = egui::Color32::from_rgb(230, 120, 80);
+/// The colour of the client's own notes in the chat (and of toasts on the
+/// VR wrist panel).
+pub const NOTICE: egui::Color32 = egui::Color32::from_rgb(200, 180, 110);
+
+/// How a line is drawn: the chat window and the VR wrist panel each draw
+/// the tones their own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tone {
+    Normal,
+    /// The client's own notes (and toasts).
+    Notice,
+    /// Voice, and chat not yet acknowledged.
+    Faint,
+    /// Chat that could not be sent.
+    Warning,
+}
+
+/// A chat line's text and tone.
+pub fn chat_line(line: &crate::chat_log::ChatLine) -> (Tone, String) {
+    let text = format!("{}: {}", line.name, line.text);
+    match (&line.failed, line.pending) {
+        (Some(reason), _) => (Tone::Warning, format!("{text}  (not sent: {reason})")),
+        (None, _) if line.system => (Tone::Notice, text),
+        (None, true) => (Tone::Faint, text),
+        (None, false) => (Tone::Normal, text),
+    }
+}
 
 /// How often the settings panel reads the rooms again while it is open.
 const ROOMS_EVERY: Duration = Duration::from_secs(5);
@@ -648,12 +675,11 @@ fn chat_window(
     egui::Window::new("Chat").anchor(egui::Align2::LEFT_BOTTOM, [8.0, -8.0]).default_width(340.0).resizable(false).collapsible(true).show(ctx, |ui| {
         egui::ScrollArea::vertical().max_height(140.0).stick_to_bottom(true).show(ui, |ui| {
             for line in hud.chat.lines() {
-                let text = format!("{}: {}", line.name, line.text);
-                match (&line.failed, line.pending) {
-                    (Some(reason), _) => ui.colored_label(WARNING, format!("{text}  (not sent: {reason})")),
-                    (None, _) if line.system => ui.colored_label(egui::Color32::from_rgb(200, 180, 110), text),
-                    (None, true) => ui.weak(text),
-                    (None, false) => ui.label(text),
+                match chat_line(line) {
+                    (Tone::Warning, text) => ui.colored_label(WARNING, text),
+                    (Tone::Notice, text) => ui.colored_label(NOTICE, text),
+                    (Tone::Faint, text) => ui.weak(text),
+                    (Tone::Normal, text) => ui.label(text),
                 };
             }
         });

@@ -53,6 +53,14 @@ impl Peer {
         Peer { events, poses, commands, voice, mic, speakers, played, reports }
     }
 
+    /// A peer in `room` whose call is on (within 20 s).
+    async fn in_call(server: &str, room: &str, name: &str) -> Peer {
+        let mut peer = Peer::start(server, room, name);
+        peer.joined().await;
+        peer.voice_until(Duration::from_secs(20), |s| s.state == VoiceState::On).await;
+        peer
+    }
+
     /// Waits for the room (a reconnect included); returns our avatar id.
     async fn joined(&mut self) -> u32 {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -290,9 +298,7 @@ async fn a_server_with_voice_off_is_said_at_once_and_the_room_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_member_keeps_its_voice_past_the_sfus_silence_limit() {
     let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
-    let mut ann = Peer::start(&format!("http://{addr}"), "hush-room", "Ann");
-    ann.joined().await;
-    ann.voice_until(Duration::from_secs(20), |s| s.state == VoiceState::On).await;
+    let ann = Peer::in_call(&format!("http://{addr}"), "hush-room", "Ann").await;
     let mut status = ann.voice.status.clone();
     status.mark_unchanged();
     let mut clock = tokio::time::interval(Duration::from_millis(20));
@@ -357,9 +363,7 @@ async fn the_gate_keeps_a_voice_under_it_home_and_the_meter_shows_its_level() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speakers_without_a_working_clock_are_noticed() {
     let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
-    let mut ann = Peer::start(&format!("http://{addr}"), "pace-room", "Ann");
-    ann.joined().await;
-    ann.voice_until(Duration::from_secs(20), |s| s.state == VoiceState::On).await;
+    let ann = Peer::in_call(&format!("http://{addr}"), "pace-room", "Ann").await;
     let mut frame = vec![0.0; 2 * FRAME_SAMPLES];
     // A card at real time takes a frame every 20 ms; one with no clock
     // drains the queue every 2 ms.
@@ -385,9 +389,7 @@ async fn speakers_without_a_working_clock_are_noticed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_room_starts_another_call_at_once() {
     let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
-    let mut ann = Peer::start(&format!("http://{addr}"), "room-one", "Ann");
-    ann.joined().await;
-    ann.voice_until(Duration::from_secs(20), |s| s.state == VoiceState::On).await;
+    let mut ann = Peer::in_call(&format!("http://{addr}"), "room-one", "Ann").await;
     let mut status = ann.voice.status.clone();
     status.mark_unchanged();
     let started = tokio::time::Instant::now();

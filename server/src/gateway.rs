@@ -27,7 +27,6 @@ pub const OUTBOUND_QUEUE: usize = 64;
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 /// `token_expiring` goes out this long before the access token expires.
 pub const TOKEN_WARNING_SECS: u64 = 60;
-/// The least time between two voice offers from one socket.
 /// Heartbeat timeouts close normally: the peer is most likely gone anyway.
 const NORMAL_CLOSE: u16 = 1000;
 const CLOSE_SEND_TIMEOUT: Duration = Duration::from_secs(1);

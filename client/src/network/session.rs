@@ -374,11 +374,8 @@ impl Task {
                             resumed = self.conn.welcomed(&w.session);
                             tracing::info!(session = %w.session, resumed, "welcome");
                             self.send(NetEvent::Welcome { user_id: w.user_id.clone() });
-                            if !resumed {
-                                last_join = Some(Instant::now());
-                                if let Err(e) = send(&mut ws, &ClientMessage::Join(Join { room: self.config.room.clone() })).await {
-                                    return Stop::Ended(Ended::Dropped(e));
-                                }
+                            if !resumed && let Err(e) = send_join(&mut ws, self.config.room.clone(), &mut last_join).await {
+                                return Stop::Ended(Ended::Dropped(e));
                             }
                         }
                         ServerMessage::Joined(j) => {
@@ -452,9 +449,8 @@ impl Task {
                                 Some((id, name)) => {
                                     self.notice(Notice::RoomFull { room: wanted, detail: e.message.clone(), back_in: Some(name.clone()) });
                                     self.config.room = id.clone();
-                                    last_join = Some(Instant::now());
                                     self.status(super::ConnectionStatus::Joining { room: name });
-                                    if let Err(e) = send(&mut ws, &ClientMessage::Join(Join { room: id })).await {
+                                    if let Err(e) = send_join(&mut ws, id, &mut last_join).await {
                                         return Stop::Ended(Ended::Dropped(e));
                                     }
                                 }
@@ -564,8 +560,7 @@ impl Task {
                     // failed call's 2 s backoff).
                     voice_call = None;
                     self.config.room = room.clone();
-                    last_join = Some(Instant::now());
-                    if let Err(e) = send(&mut ws, &ClientMessage::Join(Join { room })).await {
+                    if let Err(e) = send_join(&mut ws, room, &mut last_join).await {
                         return Stop::Ended(Ended::Dropped(e));
                     }
                 }
@@ -705,6 +700,12 @@ fn unreachable_reason(server: &str, error: &reqwest::Error) -> String {
 /// Trades a refresh token for a new pair (the old one stops working).
 async fn refresh_pair(http: &reqwest::Client, server: &str, refresh: String) -> Result<TokenPair, RequestFailure> {
     post(http, server, "/api/v1/auth/refresh", serde_json::json!({ "refresh_token": refresh })).await
+}
+
+/// Sends a `join`, noting when: room changes are paced from the last one.
+async fn send_join(ws: &mut Ws, room: String, last_join: &mut Option<Instant>) -> Result<(), String> {
+    *last_join = Some(Instant::now());
+    send(ws, &ClientMessage::Join(Join { room })).await
 }
 
 async fn send(ws: &mut Ws, message: &ClientMessage) -> Result<(), String> {

@@ -10,7 +10,7 @@
 //! draw while the headset is worn.
 
 use super::{Grip, Headset};
-use crate::hud::HudState;
+use crate::hud::{HudState, NOTICE, Tone, WARNING, chat_line};
 use crate::network::ConnectionInfo;
 use crate::voice::VoiceInfo;
 use bevy::asset::RenderAssetUsages;
@@ -42,18 +42,6 @@ pub struct WristPanel;
 #[derive(Component, Debug)]
 pub struct WristCamera;
 
-/// How a panel line is drawn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tone {
-    Normal,
-    /// Toasts and the room's own notes.
-    Notice,
-    /// Voice, and chat not yet acknowledged.
-    Faint,
-    /// Chat that could not be sent.
-    Warning,
-}
-
 /// What the panel says, top to bottom: where you are, voice, the toasts,
 /// then the newest chat.
 pub fn wrist_lines(hud: &HudState, status: String, voice: Option<String>) -> Vec<(Tone, String)> {
@@ -61,15 +49,7 @@ pub fn wrist_lines(hud: &HudState, status: String, voice: Option<String>) -> Vec
     lines.extend(voice.map(|v| (Tone::Faint, v)));
     lines.extend(hud.toasts.iter().map(|(_, text)| (Tone::Notice, text.clone())));
     let chat: Vec<_> = hud.chat.lines().collect();
-    for line in &chat[chat.len().saturating_sub(CHAT_LINES)..] {
-        let text = format!("{}: {}", line.name, line.text);
-        lines.push(match (&line.failed, line.pending) {
-            (Some(reason), _) => (Tone::Warning, format!("{text}  (not sent: {reason})")),
-            (None, _) if line.system => (Tone::Notice, text),
-            (None, true) => (Tone::Faint, text),
-            (None, false) => (Tone::Normal, text),
-        });
-    }
+    lines.extend(chat[chat.len().saturating_sub(CHAT_LINES)..].iter().map(|line| chat_line(line)));
     lines
 }
 
@@ -161,9 +141,9 @@ fn draw_panel(mut contexts: Query<&mut EguiContext, With<WristCamera>>, hud: Res
                 ui.label(match tone {
                     // Brighter than egui's grey: it is read on a small, far screen.
                     Tone::Normal => text.color(egui::Color32::from_gray(240)),
-                    Tone::Notice => text.color(egui::Color32::from_rgb(200, 180, 110)),
+                    Tone::Notice => text.color(NOTICE),
                     Tone::Faint => text.color(egui::Color32::from_gray(170)),
-                    Tone::Warning => text.color(crate::hud::WARNING),
+                    Tone::Warning => text.color(WARNING),
                 });
                 }
             });
