@@ -11,7 +11,7 @@ use plaza_client::network::session::{self, SessionConfig};
 use plaza_client::network::{ConnectionStatus, NetCommand, NetEvent, NetInput, Notice};
 use plaza_shared::pose::Pose;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,6 +28,28 @@ struct Proxy {
     down: Arc<AtomicBool>,
     /// While set, what the client sends is swallowed (a link dying one way).
     swallow: Arc<AtomicBool>,
+    /// Connections opened before this count stop carrying anything either
+    /// way and stay open (a link gone silent: Wi-Fi lost, a cable pulled).
+    frozen_before: Arc<AtomicU64>,
+    opened: Arc<AtomicU64>,
+}
+
+/// Forwards `from` to `to` until either ends, or for good once `frozen`
+/// (holding both open, carrying nothing).
+async fn forward(mut from: impl AsyncReadExt + Unpin, mut to: impl AsyncWriteExt + Unpin, drop_it: impl Fn() -> bool, frozen: impl Fn() -> bool) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if frozen() {
+            return std::future::pending().await;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        if !drop_it() {
+            to.write_all(&buf[..n]).await?;
+        }
+    }
 }
 
 impl Proxy {
@@ -36,37 +58,34 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let open: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let (down, swallow): (Arc<AtomicBool>, Arc<AtomicBool>) = Default::default();
-        let (tasks, is_down, swallowing) = (open.clone(), down.clone(), swallow.clone());
+        let (frozen_before, opened): (Arc<AtomicU64>, Arc<AtomicU64>) = Default::default();
+        let (tasks, is_down, swallowing, freezes, count) = (open.clone(), down.clone(), swallow.clone(), frozen_before.clone(), opened.clone());
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 if is_down.load(Ordering::SeqCst) {
                     continue; // dropped: closed at once
                 }
-                let swallowing = swallowing.clone();
+                let number = count.fetch_add(1, Ordering::SeqCst) + 1;
+                let (swallowing, freezes) = (swallowing.clone(), freezes.clone());
                 let task = tokio::spawn(async move {
                     let Ok(outbound) = TcpStream::connect(server).await else { return };
-                    let ((mut from_client, mut to_client), (mut from_server, mut to_server)) = (inbound.into_split(), outbound.into_split());
-                    let upstream = async {
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            let n = from_client.read(&mut buf).await?;
-                            if n == 0 {
-                                return Ok::<(), std::io::Error>(());
-                            }
-                            if !swallowing.load(Ordering::SeqCst) {
-                                to_server.write_all(&buf[..n]).await?;
-                            }
-                        }
-                    };
+                    let ((from_client, to_client), (from_server, to_server)) = (inbound.into_split(), outbound.into_split());
+                    let frozen = || freezes.load(Ordering::SeqCst) >= number;
                     tokio::select! {
-                        _ = upstream => {}
-                        _ = tokio::io::copy(&mut from_server, &mut to_client) => {}
+                        _ = forward(from_client, to_server, || swallowing.load(Ordering::SeqCst), frozen) => {}
+                        _ = forward(from_server, to_client, || false, frozen) => {}
                     }
                 });
                 tasks.lock().unwrap().push(task);
             }
         });
-        Proxy { addr, open, down, swallow }
+        Proxy { addr, open, down, swallow, frozen_before, opened }
+    }
+
+    /// Every open connection goes silent both ways (at its next read);
+    /// new ones carry on.
+    fn freeze(&self) {
+        self.frozen_before.store(self.opened.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 
     fn swallow(&self, on: bool) {
@@ -98,10 +117,13 @@ struct Client {
 
 impl Client {
     fn start(server: String, room: &str) -> Client {
+        Client::start_with(SessionConfig::new(server, room, "Tester"))
+    }
+
+    fn start_with(config: SessionConfig) -> Client {
         let (commands, command_rx) = mpsc::channel(64);
         let (poses, pose_rx) = tokio::sync::watch::channel(None);
         let (event_tx, events) = mpsc::channel(256);
-        let config = SessionConfig { server, room: room.into(), name: "Tester".into() };
         tokio::spawn(session::run(config, NetInput { commands: command_rx, pose: pose_rx, voice: None }, event_tx));
         Client { poses, events, commands }
     }
@@ -116,6 +138,16 @@ impl Client {
     async fn history(&mut self, wait: Duration) -> (Vec<String>, Vec<NetEvent>) {
         let (NetEvent::ChatHistory(page), before) = self.until(wait, |e| matches!(e, NetEvent::ChatHistory(_))).await else { unreachable!() };
         (page.into_iter().map(|m| m.text).collect(), before)
+    }
+
+    /// Every event for `wait`.
+    async fn for_a_while(&mut self, wait: Duration) -> Vec<NetEvent> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(event) = tokio::time::timeout_at(deadline, self.events.recv()).await {
+            seen.push(event.expect("the network task stopped"));
+        }
+        seen
     }
 
     /// Events until `want` matches one (within `wait`); returns it and what came before.
@@ -243,7 +275,11 @@ async fn a_chat_with_no_ack_is_sent_again_on_the_same_socket() {
 async fn a_chat_never_acknowledged_fails_after_three_tries() {
     let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
     let proxy = Proxy::start(addr).await;
-    let mut client = Client::start(format!("http://{}", proxy.addr), "lost-room");
+    // Swallowing what the client sends also swallows its pings: a silence
+    // limit past the test's end keeps this socket, so the chat's tries all
+    // go on it (as with a server that answers pings but stores nothing).
+    let config = SessionConfig { silence_limit: Duration::from_secs(60), ..SessionConfig::new(format!("http://{}", proxy.addr), "lost-room", "Tester") };
+    let mut client = Client::start_with(config);
     client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
 
     proxy.swallow(true);
@@ -266,6 +302,32 @@ async fn the_resumed_joined_keeps_the_avatar_id() {
     let (NetEvent::Joined(second), _) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await else { unreachable!() };
     assert_eq!(second.you, first.you, "the same seat");
     assert_eq!(second.room, first.room);
+}
+
+/// A link gone silent both ways without a reset (Wi-Fi lost, a cable
+/// pulled): TCP would keep the socket for many minutes. The client takes
+/// it for dead after its silence limit, opens a new one and resumes its
+/// seat.
+#[tokio::test]
+async fn a_link_gone_silent_is_noticed_and_the_seat_resumed_on_a_new_socket() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let proxy = Proxy::start(addr).await;
+    let config = SessionConfig { silence_limit: Duration::from_secs(2), ..SessionConfig::new(format!("http://{}", proxy.addr), "silent-room", "Tester") };
+    let mut client = Client::start_with(config);
+    let (NetEvent::Joined(first), _) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await else { unreachable!() };
+    client.poses.send(Some(Pose { p: [1.0, 0.0, 2.0], ..Pose::default() })).unwrap();
+    // Alone in the room no deltas come, only answers to the pings the
+    // silence sends: a quiet link that is alive stays up.
+    let quiet = client.for_a_while(Duration::from_secs(3)).await;
+    assert!(quiet.iter().filter(|e| matches!(e, NetEvent::Rtt(_))).count() >= 2, "probes answered: {quiet:?}");
+    assert!(!quiet.iter().any(|e| matches!(e, NetEvent::Status(ConnectionStatus::Reconnecting { .. }))), "{quiet:?}");
+
+    proxy.freeze();
+    let (NetEvent::Joined(second), before) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await else { unreachable!() };
+    assert_eq!(second.you, first.you, "the same seat, resumed");
+    let reason = before.iter().find_map(|e| if let NetEvent::Status(ConnectionStatus::Reconnecting { reason, .. }) = e { Some(reason.clone()) } else { None });
+    assert_eq!(reason.as_deref(), Some("nothing from the server for 2 s"), "{before:?}");
+    assert!(before.iter().any(|e| matches!(e, NetEvent::Notice(Notice::Reconnected { resumed: true }))), "{before:?}");
 }
 
 #[tokio::test]

@@ -47,7 +47,7 @@ impl Peer {
         // Test peers wear headsets: nothing to cancel, and the steady tones
         // they say would be taken for noise by the suppressor.
         voice.mic.send_modify(|m| m.cleanup = false);
-        let config = SessionConfig { server: server.into(), room: room.into(), name: name.into() };
+        let config = SessionConfig::new(server, room, name);
         let (reports, report_rx) = mpsc::channel(4);
         tokio::spawn(session::run_with_telemetry(config, NetInput { commands: command_rx, pose: pose_rx, voice: Some(port) }, event_tx, Some(report_rx)));
         Peer { events, poses, commands, voice, mic, speakers, played, reports }

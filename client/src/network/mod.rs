@@ -281,7 +281,7 @@ fn start(mode: NetworkMode, room: String, name: String, telemetry: bool, voice: 
     } else {
         (None, None)
     };
-    let config = session::SessionConfig { server: server.clone(), room, name };
+    let config = session::SessionConfig::new(server.clone(), room, name);
     std::thread::Builder::new()
         .name("plaza-network".into())
         .spawn(move || runtime.block_on(session::run_with_telemetry(config, input, events, reports)))

@@ -3,7 +3,7 @@
 //! tokio runtime; every decision about *what* to do comes from
 //! [`Connection`].
 
-use super::connection::{Connection, Credentials, Ended, Next, Notice, Tokens};
+use super::connection::{Connection, Credentials, Ended, Liveness, Next, Notice, SILENCE_LIMIT, Tokens, Verdict};
 use super::{NetCommand, NetEvent, NetInput};
 use plaza_shared::telemetry::TelemetryReport;
 use futures_util::{SinkExt, StreamExt};
@@ -37,6 +37,15 @@ pub struct SessionConfig {
     pub server: String,
     pub room: String,
     pub name: String,
+    /// Silence from the server this long ends the socket as dropped
+    /// ([`Liveness`]); [`SILENCE_LIMIT`] unless a test needs it shorter.
+    pub silence_limit: Duration,
+}
+
+impl SessionConfig {
+    pub fn new(server: impl Into<String>, room: impl Into<String>, name: impl Into<String>) -> Self {
+        SessionConfig { server: server.into(), room: room.into(), name: name.into(), silence_limit: SILENCE_LIMIT }
+    }
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -168,7 +177,8 @@ pub async fn run_with_telemetry(config: SessionConfig, mut input: NetInput, even
                     Ended::Dropped(r) | Ended::Unreachable(r) => r.clone(),
                     Ended::ServerFull { .. } => super::connection::SERVER_FULL.into(),
                 };
-                task.status(super::ConnectionStatus::Reconnecting { attempt: task.conn.backoff.attempt(), retry_in: after, reason });
+                let attempt = task.conn.backoff.attempt();
+                task.status(super::ConnectionStatus::Reconnecting { attempt, retry_in: after, reason: reason.clone() });
                 // Wait, but leave at once if the app closes meanwhile; what
                 // the app asks meanwhile waits for the next socket.
                 let deadline = Instant::now() + after;
@@ -181,6 +191,9 @@ pub async fn run_with_telemetry(config: SessionConfig, mut input: NetInput, even
                         },
                     }
                 }
+                // The try itself can take a while on a bad link (up to the
+                // connect timeout): say it is under way.
+                task.status(super::ConnectionStatus::Reconnecting { attempt, retry_in: Duration::ZERO, reason });
             }
             Next::GiveUp { reason, notice } => {
                 task.notice(notice);
@@ -346,12 +359,14 @@ impl Task {
         // out of `voice_outbox`; dropping the call (the socket ends) ends it.
         let (voice_out, mut voice_outbox) = mpsc::channel::<plaza_shared::voice::VoiceSignal>(8);
         let mut voice_call: Option<super::voice::VoiceCall> = None;
+        let mut liveness = Liveness::new(self.config.silence_limit, Instant::now());
         loop {
             let refresh_at = self.conn.refresh_at().map(|at| self.started + at).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let chat_resend_at = self.next_chat_resend();
             tokio::select! {
                 frame = ws.next() => {
                     let arrival_us = unix_us();
+                    liveness.heard(Instant::now());
                     let message = match frame {
                         Some(Ok(Message::Binary(bytes))) => match plaza_shared::codec::binary::decode_server(&bytes) {
                             Ok(message) => message,
@@ -374,11 +389,12 @@ impl Task {
                             resumed = self.conn.welcomed(&w.session);
                             tracing::info!(session = %w.session, resumed, "welcome");
                             self.send(NetEvent::Welcome { user_id: w.user_id.clone() });
-                            if !resumed && let Err(e) = send_join(&mut ws, self.config.room.clone(), &mut last_join).await {
+                            if !resumed && let Err(e) = send_join(&mut ws, self.config.room.clone(), &mut last_join, &mut liveness).await {
                                 return Stop::Ended(Ended::Dropped(e));
                             }
                         }
                         ServerMessage::Joined(j) => {
+                            liveness.join_answered();
                             let reconnected = self.conn.joined();
                             if resumed {
                                 self.notice(Notice::Reconnected { resumed: true });
@@ -443,6 +459,7 @@ impl Task {
                         // A join that failed: back to the room we left, or
                         // (the first join) in no room until another is picked.
                         ServerMessage::Error(e) if !in_room && matches!(e.code, ErrorCode::RoomFull | ErrorCode::RoomNotFound) => {
+                            liveness.join_answered();
                             let wanted = std::mem::take(&mut self.config.room);
                             tracing::info!(room = %wanted, code = e.code.as_str(), message = %e.message, "room not joined");
                             match switching_from.take() {
@@ -450,7 +467,7 @@ impl Task {
                                     self.notice(Notice::RoomFull { room: wanted, detail: e.message.clone(), back_in: Some(name.clone()) });
                                     self.config.room = id.clone();
                                     self.status(super::ConnectionStatus::Joining { room: name });
-                                    if let Err(e) = send_join(&mut ws, id, &mut last_join).await {
+                                    if let Err(e) = send_join(&mut ws, id, &mut last_join, &mut liveness).await {
                                         return Stop::Ended(Ended::Dropped(e));
                                     }
                                 }
@@ -560,7 +577,7 @@ impl Task {
                     // failed call's 2 s backoff).
                     voice_call = None;
                     self.config.room = room.clone();
-                    if let Err(e) = send_join(&mut ws, room, &mut last_join).await {
+                    if let Err(e) = send_join(&mut ws, room, &mut last_join, &mut liveness).await {
                         return Stop::Ended(Ended::Dropped(e));
                     }
                 }
@@ -581,6 +598,18 @@ impl Task {
                         }
                     }
                 }
+                _ = tokio::time::sleep_until(liveness.next_check()) => match liveness.check(Instant::now()) {
+                    Verdict::Fine => {}
+                    Verdict::Probe => {
+                        if let Err(e) = send(&mut ws, &ClientMessage::Ping(Ping { t: unix_ms() })).await {
+                            return Stop::Ended(Ended::Dropped(e));
+                        }
+                    }
+                    Verdict::Dead(reason) => {
+                        tracing::warn!(%reason, "the link is dead; reconnecting");
+                        return Stop::Ended(Ended::Dropped(reason));
+                    }
+                },
                 _ = ping.tick() => {
                     if let Err(e) = send(&mut ws, &ClientMessage::Ping(Ping { t: unix_ms() })).await {
                         return Stop::Ended(Ended::Dropped(e));
@@ -703,8 +732,12 @@ async fn refresh_pair(http: &reqwest::Client, server: &str, refresh: String) -> 
 }
 
 /// Sends a `join`, noting when: room changes are paced from the last one.
-async fn send_join(ws: &mut Ws, room: String, last_join: &mut Option<Instant>) -> Result<(), String> {
-    *last_join = Some(Instant::now());
+/// Sends a join, noting when (for the pace of room changes, and for the
+/// answer it waits for).
+async fn send_join(ws: &mut Ws, room: String, last_join: &mut Option<Instant>, liveness: &mut Liveness<Instant>) -> Result<(), String> {
+    let now = Instant::now();
+    *last_join = Some(now);
+    liveness.join_sent(now);
     send(ws, &ClientMessage::Join(Join { room })).await
 }
 
