@@ -9,6 +9,7 @@
 //! - [`limits`]: sizes and rates both sides enforce.
 //! - [`quality`]: the quality presets (low / medium / high / ultra).
 //! - [`lod`]: the level-of-detail policy: distances, bias, hysteresis, budget.
+//! - [`liveness`]: when a silent socket is probed, and when it is taken for dead.
 //! - [`flags`]: parsing of the on/off switches used by flags and env vars.
 //! - [`rng`]: a small seeded generator for the tools (SplitMix64).
 //! - [`telemetry`]: the client's frame-timing reports and their aggregation.
@@ -17,6 +18,7 @@
 pub mod codec;
 pub mod flags;
 pub mod limits;
+pub mod liveness;
 pub mod lod;
 pub mod messages;
 pub mod pacing;

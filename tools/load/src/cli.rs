@@ -109,6 +109,11 @@ pub struct RunArgs {
     /// Each user pings this often, in seconds.
     #[arg(long, default_value = "5", value_parser = parse_ping)]
     pub ping_every: f64,
+    /// A user whose socket has heard nothing this long (seconds, 1–25)
+    /// takes it for dead and resumes on a new one, as the desktop client
+    /// does after 8 s; after a quarter of it in silence it pings to ask.
+    #[arg(long, default_value = "8", value_parser = parse_silence_limit)]
+    pub silence_limit: f64,
     /// When users send their poses: `tick`, just before the room's next tick
     /// (as the client does; the phase is learnt from the deltas' arrivals),
     /// or `random`, at a random phase of their own (clients that don't align).
@@ -189,6 +194,11 @@ fn parse_ping(s: &str) -> Result<f64, String> {
     if v.is_finite() && (0.5..=25.0).contains(&v) { Ok(v) } else { Err(format!("{v} is out of range; use 0.5–25 seconds (the server drops a socket silent for 30 s)")) }
 }
 
+fn parse_silence_limit(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if v.is_finite() && (1.0..=25.0).contains(&v) { Ok(v) } else { Err(format!("{v} is out of range; use 1–25 seconds (the server drops a socket silent for 30 s)")) }
+}
+
 fn parse_server(s: &str) -> Result<String, String> {
     let rest = s.strip_prefix("http://").ok_or_else(|| format!("`{s}` must start with http:// (https is not supported)"))?;
     let host = rest.trim_end_matches('/');
@@ -212,6 +222,8 @@ pub struct RunConfig {
     /// `None`: no chat.
     pub chat_every: Option<Duration>,
     pub ping_every: Duration,
+    /// `--silence-limit`.
+    pub silence_limit: Duration,
     pub send_at: SendAt,
     /// How long to keep reading after the users stop sending.
     pub drain: Duration,
@@ -283,6 +295,12 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
     if args.access_ttl.is_some() && args.server.is_some() {
         return Err("--access-ttl sets the embedded server's token lifetime; a server given with --server keeps its own".into());
     }
+    if args.faults.silence_every.is_some() && args.drain <= args.silence_limit {
+        return Err(format!(
+            "--silence-every needs --drain longer than --silence-limit ({} s): a link that goes silent near the end is noticed only that long after, and what died in it would count as lost",
+            args.silence_limit
+        ));
+    }
     if args.chat_every > 0.0 && args.chat_every < 1.0 {
         return Err(format!("--chat-every {} is too often; use 0 (never) or at least 1 second", args.chat_every));
     }
@@ -297,6 +315,7 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
         out: args.out,
         chat_every: (args.chat_every > 0.0).then(|| Duration::from_secs_f64(args.chat_every)),
         ping_every: Duration::from_secs_f64(args.ping_every),
+        silence_limit: Duration::from_secs_f64(args.silence_limit),
         send_at: args.send_at,
         drain: Duration::from_secs_f64(args.drain),
         progress: !args.quiet,
@@ -350,6 +369,11 @@ pub struct FaultArgs {
     /// time in [D/2, 3D/2]: 300ms, 60s, 5m; 100ms–24h.
     #[arg(long, value_parser = parse_reset_every)]
     pub reset_every: Option<Duration>,
+    /// Make each connection go silent after a random time in [D/2, 3D/2]
+    /// (1s–24h): nothing more either way and no reset, as when Wi-Fi is
+    /// lost or a cable pulled; the client must notice by itself.
+    #[arg(long, value_parser = parse_silence_every)]
+    pub silence_every: Option<Duration>,
     /// Seed for every random choice [default: from the clock; printed at the start].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -394,6 +418,11 @@ fn parse_access_ttl(s: &str) -> Result<Duration, String> {
 fn parse_reset_every(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if (Duration::from_millis(100)..=Duration::from_secs(86_400)).contains(&d) { Ok(d) } else { Err(format!("`{s}` is out of range; use 100ms–24h")) }
+}
+
+fn parse_silence_every(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&d) { Ok(d) } else { Err(format!("`{s}` is out of range; use 1s–24h")) }
 }
 
 /// A loss rate, `5%` or `0.05`, as a fraction 0–1.
@@ -456,6 +485,7 @@ fn validate_faults(args: &FaultArgs) -> Result<ProxyConfig, String> {
             LossModeArg::Message => LossMode::Message,
         },
         reset_every: args.reset_every,
+        silence_every: args.silence_every,
         seed,
         ..ProxyConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), "")
     })
@@ -463,7 +493,7 @@ fn validate_faults(args: &FaultArgs) -> Result<ProxyConfig, String> {
 
 impl FaultArgs {
     fn any(&self) -> bool {
-        !self.latency.is_zero() || self.loss > 0.0 || self.reset_every.is_some()
+        !self.latency.is_zero() || self.loss > 0.0 || self.reset_every.is_some() || self.silence_every.is_some()
     }
 }
 
@@ -488,6 +518,10 @@ mod tests {
         assert!(parse_restart_every("10").is_err(), "a unit is needed");
         assert_eq!(parse_restart_every("20s"), Ok(Duration::from_secs(20)));
         assert_eq!(parse_reset_every("60s"), Ok(Duration::from_secs(60)));
+        assert!(parse_silence_every("500ms").is_err());
+        assert_eq!(parse_silence_every("30s"), Ok(Duration::from_secs(30)));
+        assert!(parse_silence_limit("0.5").is_err() && parse_silence_limit("26").is_err());
+        assert_eq!(parse_silence_limit("8"), Ok(8.0));
     }
 
     #[test]

@@ -45,6 +45,13 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.e2e_us.is_empty() && self.net_us.is_empty()
     }
+
+    /// An empty batch with room for `n` samples (a user's next batch is
+    /// about as big as its last: growing three vectors from nothing for
+    /// each one was 2% of the tool's CPU at 2,000 users).
+    pub fn with_capacity(n: usize) -> Self {
+        Batch { second: 0, e2e_us: Vec::with_capacity(n), net_us: Vec::with_capacity(n), at_socket_us: Vec::with_capacity(n) }
+    }
 }
 
 /// Live numbers for the progress line, shared by every user.

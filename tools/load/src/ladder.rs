@@ -230,6 +230,7 @@ fn step_config(cfg: &LadderConfig, target: Target, users: u64, server: Option<St
         out: cfg.out.join(target.name()).join(users.to_string()),
         chat_every: Some(Duration::from_secs(30)),
         ping_every: Duration::from_secs(5),
+        silence_limit: plaza_shared::liveness::SILENCE_LIMIT,
         send_at: cfg.send_at,
         drain: Duration::from_secs(1),
         progress: cfg.progress,

@@ -85,6 +85,9 @@ pub struct FaultStats {
     /// Sockets that ended without a close because the proxy cut them: not
     /// counted as errors.
     pub drops_from_resets: u64,
+    /// Sockets users gave up on after hearing nothing for their silence
+    /// limit, on links the proxy made silent: not counted as errors.
+    pub silent_links: u64,
 }
 
 /// Server restarts in a run: the embedded server's (`--restart-every`),
@@ -430,6 +433,9 @@ pub fn html(r: &RunResult) -> String {
         row(&mut h, "fault proxy", &f.describe);
         row(&mut h, "proxy counters", f.proxy);
         row(&mut h, "sockets cut by the proxy (not errors)", f.drops_from_resets);
+        if f.proxy.silenced > 0 {
+            row(&mut h, "sockets given up after the proxy made them silent (not errors)", f.silent_links);
+        }
         h.push_str("</table>");
     }
     if let Some(x) = &r.restarts {

@@ -185,6 +185,7 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         rate_hz: cfg.rate_hz,
         chat_every: cfg.chat_every,
         ping_every: cfg.ping_every,
+        silence_limit: cfg.silence_limit,
         tag: tag.clone(),
         epoch,
         counters: counters.clone(),
@@ -463,18 +464,24 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         }
     }
     let fault_stats = faults.map(|(describe, proxy)| {
-        // A cut shows as a socket that drops, or as a send that fails.
-        let mut left = proxy.resets;
-        for kind in ["dropped", "send"] {
-            let Some(n) = errors.get_mut(kind) else { continue };
-            let excused = (*n).min(left);
-            *n -= excused;
-            left -= excused;
-            if *n == 0 {
-                errors.remove(kind);
+        // A cut shows as a socket that drops, or as a send that fails; a
+        // link gone silent, as a user that heard nothing for its limit.
+        let mut excuse = |kinds: &[&str], faults: u64| {
+            let mut left = faults;
+            for kind in kinds {
+                let Some(n) = errors.get_mut(*kind) else { continue };
+                let excused = (*n).min(left);
+                *n -= excused;
+                left -= excused;
+                if *n == 0 {
+                    errors.remove(*kind);
+                }
             }
-        }
-        FaultStats { describe, proxy, drops_from_resets: proxy.resets - left }
+            faults - left
+        };
+        let drops_from_resets = excuse(&["dropped", "send"], proxy.resets);
+        let silent_links = excuse(&["silent"], proxy.silenced);
+        FaultStats { describe, proxy, drops_from_resets, silent_links }
     });
     let error_total: u64 = errors.values().sum();
     // The rate users achieved: a starved load tool sends fewer poses than asked.

@@ -15,6 +15,7 @@ use crate::collect::{BATCH_EVERY, BATCH_MAX, Batch, Counters};
 use crate::delivery::{Away, ReceiverLog, SenderLog, SentChat};
 use crate::cli::SendAt;
 use crate::names::UserKey;
+use plaza_shared::liveness::{Liveness, Verdict};
 use plaza_shared::rng::SplitMix;
 use crate::tickphase::{TickPhase, split};
 use plaza_shared::pacing::PosePacer;
@@ -185,6 +186,9 @@ pub struct Env {
     /// `None`: never chat.
     pub chat_every: Option<Duration>,
     pub ping_every: Duration,
+    /// Nothing heard this long: the socket is taken for dead (Plaza's
+    /// wire only; the socket.io peers answer no pings).
+    pub silence_limit: Duration,
     pub tag: String,
     pub epoch: Instant,
     pub counters: Arc<Counters>,
@@ -353,6 +357,11 @@ struct User {
     stopped_sending_ms: Option<u64>,
     /// When the last connection ended (or we started closing it), ms.
     conn_end_ms: u64,
+    /// When the last socket last heard anything (unix ms).
+    heard_ms: u64,
+    /// Set when the last socket was given up for silence: it heard nothing
+    /// after `heard_ms`, though it ended only later.
+    went_silent: bool,
     in_room_since: Option<Instant>,
     /// Smoothed ping round trip, µs (`t` has ms resolution, so it is
     /// about 0.5 ms high).
@@ -473,6 +482,8 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         period_us: 1_000_000 / u64::from(TICK_HZ),
         stopped_sending_ms: None,
         conn_end_ms: 0,
+        heard_ms: 0,
+        went_silent: false,
         in_room_since: None,
         rtt_ewma_us: 1_000,
         failures_in_a_row: 0,
@@ -789,6 +800,10 @@ impl User {
         };
         let timer = tokio::time::sleep_until(start + first);
         tokio::pin!(timer);
+        // A link gone silent is noticed as the desktop client notices it.
+        let watch_silence = matches!(self.env.wire, Wire::Plaza(_));
+        let mut liveness = Liveness::new(self.env.silence_limit, start);
+        self.went_silent = false;
         let mut phase = *self.phase.borrow_and_update();
         loop {
             // The run's phase is checked here (an atomic load; the value is
@@ -811,14 +826,21 @@ impl User {
                 self.stop_sending();
             }
             let in_room = self.in_room_since.is_some();
-            let next = due.next(sending, in_room);
+            let mut next = due.next(sending, in_room);
+            // Through the drain too: a link gone silent just before the
+            // end must end as lost, or what died in it would count as lost.
+            if watch_silence {
+                next = next.min(liveness.next_check());
+            }
             if timer.deadline() != next {
                 timer.as_mut().reset(next);
             }
             tokio::select! {
                 biased;
                 frame = ws.next() => {
+                    liveness.heard(Instant::now());
                     let now_us = unix_us();
+                    self.heard_ms = now_us / 1000;
                     // When the frame reached the socket; never after now.
                     let arrived_us = ws.get_ref().arrived_us().map_or(now_us, |at| at.min(now_us));
                     let msg = match self.read(frame) {
@@ -917,6 +939,23 @@ impl User {
                         self.error("join_timeout");
                         let _ = self.close(ws).await;
                         return End::Lost { resume: None, relogin: false };
+                    }
+                    if watch_silence {
+                        match liveness.check(now) {
+                            Verdict::Fine => {}
+                            Verdict::Probe => {
+                                let ping = ClientMessage::Ping(Ping { t: unix_us() / 1000 });
+                                if self.send(&mut ws, &ping).await.is_err() {
+                                    return self.send_failed();
+                                }
+                            }
+                            Verdict::Dead(reason) => {
+                                tracing::info!(user = %self.plan.name, %reason, "the link went silent");
+                                self.error("silent");
+                                self.went_silent = true;
+                                return End::Lost { resume: self.session.clone(), relogin: false };
+                            }
+                        }
                     }
                     if sending && in_room && now >= due.pose {
                         self.pacer.sent(self.pose_due_us, unix_us());
@@ -1201,7 +1240,8 @@ impl User {
         if self.batch.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.batch);
+        let next = Batch::with_capacity(self.batch.len().max(self.batch.net_us.len()).min(BATCH_MAX));
+        let batch = std::mem::replace(&mut self.batch, next);
         // Bounded: a collector that stopped (it never does before us) drops it.
         let _ = tokio::time::timeout(SEND_TIMEOUT, self.samples.send(batch)).await;
     }
@@ -1238,7 +1278,9 @@ impl User {
         let sent_until = if self.lost_at.is_some() { self.server_has_until_ms } else { end.saturating_sub(self.grace_ms()) };
         report.sender.until_ms = self.stopped_sending_ms.unwrap_or(u64::MAX).min(sent_until);
         report.receiver.key = Some(self.plan.key);
-        report.receiver.until_ms = end.saturating_sub(self.grace_ms());
+        // A socket given up for silence received nothing after it last heard.
+        let heard_until = if self.lost_at.is_some() && self.went_silent { end.min(self.heard_ms) } else { end };
+        report.receiver.until_ms = heard_until.saturating_sub(self.grace_ms());
         if self.lost_at.is_some() {
             // Lost and never back: what was on its way died with the socket.
             report.receiver.away.push(Away { after: std::mem::take(&mut self.away_after), to: u64::MAX });

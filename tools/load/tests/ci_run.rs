@@ -241,6 +241,9 @@ fn bad_flags_exit_2_with_one_line() {
         vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--hostile", "41"],
         vec!["run", "--rooms", "1", "--users-per-room", "180", "--rate", "10", "--duration", "30", "--hostile", "21"],
         vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--hostile", "4", "--protocol", "socketio", "--server", "http://127.0.0.1:1"],
+        vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--silence-every", "20s"],
+        vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--silence-every", "500ms", "--drain", "10"],
+        vec!["run", "--rooms", "1", "--users-per-room", "5", "--rate", "10", "--duration", "30", "--silence-limit", "0.5"],
     ] {
         let output = load().args(&args).output().expect("plaza-load runs");
         assert_eq!(output.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));

@@ -224,6 +224,27 @@ async fn a_reset_cuts_the_connection_within_its_window() {
     assert_eq!((stats.resets, stats.total, stats.open), (3, 3, 0), "{stats:?}");
 }
 
+/// A link gone silent carries nothing more either way and resets
+/// nothing: the client's socket stays open, as with Wi-Fi lost.
+#[tokio::test]
+async fn a_silent_link_carries_nothing_and_resets_nothing() {
+    let mut c = config(echo_server().await);
+    c.silence_every = Some(300 * MS);
+    let proxy = Proxy::start(c).await.unwrap();
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    round_trip(&mut stream, b"alive").await;
+    // Past the window, [150, 450] ms from the accept.
+    tokio::time::sleep(600 * MS).await;
+    assert_eq!(proxy.stats().silenced, 1);
+    stream.write_all(b"anyone?").await.expect("the socket still takes bytes");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_millis(700), stream.read(&mut buf)).await;
+    assert!(read.is_err(), "neither an echo nor an end may come: {read:?}");
+    drop(stream);
+    let stats = proxy.stop().await;
+    assert_eq!((stats.silenced, stats.resets, stats.open), (1, 0, 0), "{stats:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_upstream_resets_the_client() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -261,17 +282,23 @@ async fn server_behind_proxy(shape: impl FnOnce(&mut ProxyConfig)) -> (Proxy, to
 
 /// A small binary run of one room through `proxy`.
 fn run_through(proxy: &Proxy, name: &str, users_per_room: u32, duration: Duration) -> plaza_load::cli::RunConfig {
+    plaza_load::cli::RunConfig { server: Some(format!("http://{}", proxy.addr())), ..run_through_proxy_of_its_own(name, users_per_room, duration) }
+}
+
+/// The same against an embedded server (set `faults` for its proxy).
+fn run_through_proxy_of_its_own(name: &str, users_per_room: u32, duration: Duration) -> plaza_load::cli::RunConfig {
     plaza_load::cli::RunConfig {
         rooms: 1,
         users_per_room,
         rate_hz: 10.0,
         duration,
         ramp: Duration::from_millis(500),
-        server: Some(format!("http://{}", proxy.addr())),
+        server: None,
         wire: plaza_load::wire::Wire::Plaza(plaza_shared::codec::Subprotocol::Binary),
         out: std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("plaza-load-{name}-{}", std::process::id())),
         chat_every: None,
         ping_every: Duration::from_secs(1),
+        silence_limit: plaza_shared::liveness::SILENCE_LIMIT,
         send_at: Default::default(),
         drain: plaza_load::run::DRAIN,
         progress: false,
@@ -449,6 +476,7 @@ async fn a_run_with_resets_resumes_every_user_and_loses_nothing() {
         out: std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("plaza-load-resets-{}", std::process::id())),
         chat_every: Some(Duration::from_secs(1)),
         ping_every: Duration::from_secs(1),
+        silence_limit: plaza_shared::liveness::SILENCE_LIMIT,
         send_at: Default::default(),
         drain: Duration::from_secs(1),
         progress: false,
@@ -472,5 +500,30 @@ async fn a_run_with_resets_resumes_every_user_and_loses_nothing() {
     assert!(r.outage_ms.min >= r.restore_ms.min, "an outage includes its restore");
     assert_eq!((r.lost, r.misrouted, r.chat.lost), (0, 0, 0));
     assert!(r.chat.received > 0);
+    assert_eq!(r.users_joined, 4);
+}
+
+/// Links that go silent (no reset) are noticed by the users after their
+/// silence limit; each resumes its seat on a new socket and nothing is
+/// lost. The sockets given up are not errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_silent_links_resumes_every_user_and_loses_nothing() {
+    let mut faults = ProxyConfig::new("127.0.0.1:0".parse().unwrap(), "");
+    faults.silence_every = Some(Duration::from_secs(2));
+    faults.seed = 11;
+    let run = plaza_load::cli::RunConfig {
+        silence_limit: Duration::from_secs(1),
+        chat_every: Some(Duration::from_secs(1)),
+        faults: Some(faults),
+        server: None,
+        ..run_through_proxy_of_its_own("silent", 4, Duration::from_secs(8))
+    };
+    let r = plaza_load::run::run(&run).await.expect("the run is done");
+    assert!(r.passed, "{}", r.failure);
+    let f = r.faults.as_ref().expect("fault counters in the result");
+    assert!(f.proxy.silenced >= 4, "links went silent: {}", f.proxy);
+    assert_eq!(f.proxy.resets, 0);
+    assert!(f.silent_links > 0 && r.resumed > 0, "{} given up, {} resumed", f.silent_links, r.resumed);
+    assert_eq!((r.lost, r.misrouted, r.chat.lost, r.errors), (0, 0, 0, 0), "{:?}", r.errors_by_kind);
     assert_eq!(r.users_joined, 4);
 }

@@ -1,14 +1,16 @@
 //! `plaza-load proxy`: a TCP proxy between WebSocket clients and a Plaza
 //! server that does what bad networks do: latency and jitter, loss (as TCP
-//! feels it, or as messages that vanish) and connections cut without a
-//! close. See docs/load.md, "Fault proxy".
+//! feels it, or as messages that vanish), connections cut without a
+//! close, and links that go silent with no reset. See docs/load.md,
+//! "Fault proxy".
 //!
 //! - [`shaper`] — when each segment is delivered (latency, jitter, stalls).
 //! - [`wsframes`] — WebSocket framing, to drop whole messages.
 //!
 //! Each accepted connection is one task: it connects upstream, then moves
 //! bytes both ways until both directions are done, an error cuts it, its
-//! reset time comes, or the proxy stops. In each direction a reader cuts
+//! reset time comes (or its silent time: see [`hold_silent`]), or the
+//! proxy stops. In each direction a reader cuts
 //! what it reads into segments, schedules each and queues it (at most
 //! [`SEGMENTS_IN_FLIGHT`]: a full queue stops the reading, as a full TCP
 //! window would), and a writer delivers each segment at its time, in order.
@@ -75,12 +77,15 @@ pub struct ProxyConfig {
     pub loss_mode: LossMode,
     /// Each connection is cut after a random time in [D/2, 3D/2].
     pub reset_every: Option<Duration>,
+    /// Each connection goes silent after a random time in [D/2, 3D/2]:
+    /// nothing more either way, and no reset (Wi-Fi lost, a cable pulled).
+    pub silence_every: Option<Duration>,
     pub seed: u64,
 }
 
 impl ProxyConfig {
     pub fn new(listen: SocketAddr, upstream: impl Into<String>) -> Self {
-        ProxyConfig { listen, upstream: upstream.into(), latency: Duration::ZERO, jitter: Duration::ZERO, loss: 0.0, loss_mode: LossMode::Tcp, reset_every: None, seed: 0 }
+        ProxyConfig { listen, upstream: upstream.into(), latency: Duration::ZERO, jitter: Duration::ZERO, loss: 0.0, loss_mode: LossMode::Tcp, reset_every: None, silence_every: None, seed: 0 }
     }
 
     /// How long a segment "lost" in tcp mode waits: [`shaper::rto`].
@@ -98,6 +103,9 @@ impl ProxyConfig {
         });
         if let Some(d) = self.reset_every {
             parts.push(format!("reset every {} ({}–{})", fmt_duration(d), fmt_duration(d / 2), fmt_duration(d * 3 / 2)));
+        }
+        if let Some(d) = self.silence_every {
+            parts.push(format!("silent every {} ({}–{})", fmt_duration(d), fmt_duration(d / 2), fmt_duration(d * 3 / 2)));
         }
         parts.push(format!("seed {}", self.seed));
         parts.join(" · ")
@@ -135,6 +143,8 @@ pub struct ProxyStats {
     pub dropped: AtomicU64,
     /// Connections cut by `--reset-every`.
     pub resets: AtomicU64,
+    /// Connections gone silent by `--silence-every`.
+    pub silenced: AtomicU64,
     /// Connections whose upstream could not be reached (the client's is reset).
     pub upstream_failures: AtomicU64,
 }
@@ -155,6 +165,7 @@ impl ProxyStats {
             messages: get(&self.messages),
             dropped: get(&self.dropped),
             resets: get(&self.resets),
+            silenced: get(&self.silenced),
             upstream_failures: get(&self.upstream_failures),
         }
     }
@@ -171,6 +182,8 @@ pub struct StatsSnapshot {
     pub messages: u64,
     pub dropped: u64,
     pub resets: u64,
+    #[serde(default)]
+    pub silenced: u64,
     pub upstream_failures: u64,
 }
 
@@ -196,6 +209,9 @@ impl fmt::Display for StatsSnapshot {
             self.messages,
             self.resets
         )?;
+        if self.silenced > 0 {
+            write!(f, " · silenced {}", self.silenced)?;
+        }
         if self.upstream_failures > 0 {
             write!(f, " · upstream failures {}", self.upstream_failures)?;
         }
@@ -309,6 +325,8 @@ enum End {
     Failed,
     /// `--reset-every`: both are reset.
     Reset,
+    /// `--silence-every`: nothing more is carried; see [`hold_silent`].
+    Silent,
     /// The proxy stopped: both are closed.
     Stopped,
 }
@@ -322,6 +340,7 @@ async fn connection(mut client: TcpStream, config: Arc<ProxyConfig>, stats: Arc<
     let _open = OpenGuard(stats.clone());
     let mut rng = SplitMix::new(config.seed ^ n.wrapping_mul(GOLDEN));
     let reset_at = config.reset_every.map(|d| Instant::now() + d.mul_f64(rng.range(0.5, 1.5)));
+    let silent_at = config.silence_every.map(|d| Instant::now() + d.mul_f64(rng.range(0.5, 1.5)));
     let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(config.upstream.as_str()));
     let mut upstream = tokio::select! {
         connected = connect => match connected {
@@ -346,24 +365,51 @@ async fn connection(mut client: TcpStream, config: Arc<ProxyConfig>, stats: Arc<
         let (upstream_read, upstream_write) = upstream.split();
         let up = pump(client_read, upstream_write, Side::Client, &config, &stats, rng.next_u64());
         let down = pump(upstream_read, client_write, Side::Server, &config, &stats, rng.next_u64());
-        let reset = async {
-            match reset_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             done = async { tokio::try_join!(up, down) } => if done.is_ok() { End::Closed } else { End::Failed },
-            () = reset => End::Reset,
+            () = sleep_until_some(reset_at) => End::Reset,
+            () = sleep_until_some(silent_at) => End::Silent,
             () = stopped(&mut stop) => End::Stopped,
         }
     };
+    if end == End::Silent {
+        add(&stats.silenced, 1);
+        hold_silent(&mut client, &mut upstream, &mut stop).await;
+        return;
+    }
     if matches!(end, End::Reset | End::Failed) {
         reset_on_drop(&client);
         reset_on_drop(&upstream);
     }
     if end == End::Reset {
         add(&stats.resets, 1);
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A link gone silent, as neither end is told: what was on its way is
+/// gone (the pumps' queues are dropped), and nothing more is carried.
+/// The client's bytes are read and thrown away (its kernel would keep
+/// retransmitting them into the void) until it gives the socket up. The
+/// server's are not read at all, so its send buffer fills as with a peer
+/// that acknowledges nothing; once the client has given up, the server's
+/// side is drained until the server closes it too (its heartbeat or its
+/// slow-reader rule), or the proxy stops. Neither side gets a reset.
+async fn hold_silent(client: &mut TcpStream, upstream: &mut TcpStream, stop: &mut watch::Receiver<bool>) {
+    let mut sink = vec![0u8; 16 * 1024];
+    for side in [client, upstream] {
+        loop {
+            tokio::select! {
+                read = side.read(&mut sink) => if !matches!(read, Ok(n) if n > 0) { break },
+                () = stopped(stop) => return,
+            }
+        }
     }
 }
 
@@ -485,12 +531,15 @@ mod tests {
         c.loss = 0.125;
         c.reset_every = None;
         assert!(c.describe().contains("loss 12.5% (message"), "{}", c.describe());
+        c.silence_every = Some(Duration::from_secs(30));
+        assert!(c.describe().contains(" · silent every 30s (15s–45s) · seed 42"), "{}", c.describe());
     }
 
     #[test]
     fn counters_read_in_one_line() {
-        let s = StatsSnapshot { open: 2, total: 5, bytes_up: 1234, bytes_down: 12_345_678, stalled: 3, messages: 80, dropped: 4, resets: 1, upstream_failures: 0 };
+        let s = StatsSnapshot { open: 2, total: 5, bytes_up: 1234, bytes_down: 12_345_678, stalled: 3, messages: 80, dropped: 4, resets: 1, silenced: 0, upstream_failures: 0 };
         assert_eq!(s.to_string(), "connections 2 open / 5 total · up 1234 B · down 12.3 MB · stalled 3 segments · dropped 4 of 80 messages · resets 1");
         assert!(StatsSnapshot { upstream_failures: 2, ..s }.to_string().ends_with("· upstream failures 2"));
+        assert!(StatsSnapshot { silenced: 7, ..s }.to_string().ends_with("· resets 1 · silenced 7"));
     }
 }
