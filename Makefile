@@ -11,7 +11,7 @@ RUN_FRAMES ?= 30
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := decode_client_bin decode_server_bin decode_client_json decode_server_json
 
-.PHONY: setup build run test check-deps check-deploy check-tracy stack peers bench bench-frames load load-voice load-restart load-hostile ladder soak fuzz clippy clean-run assets
+.PHONY: setup build run test check-deps check-deploy check-tracy stack peers bench bench-frames load load-voice load-restart load-hostile load-bad-network ladder soak fuzz clippy clean-run assets
 
 setup:
 	@bash tools/setup.sh
@@ -66,6 +66,14 @@ RESTART_LOAD_ARGS ?= --rooms 50 --users-per-room 40 --rate 20 --duration 60 --ra
 load-restart: setup
 	$(CARGO) build --profile bench -p plaza-load
 	"$(CARGO_TARGET_DIR)/release/plaza-load" run $(RESTART_LOAD_ARGS) --out target/plaza-load/restart
+
+# The load issue's bad network: one 40-user room for 5 minutes at 500 ms
+# each way ± 50 ms, 5% loss as TCP feels it, every connection cut after
+# 30-90 s (docs/load.md, "Faults in a run").
+BAD_NETWORK_LOAD_ARGS ?= --rooms 1 --users-per-room 40 --rate 20 --duration 300 --ramp 10 --latency 500ms --jitter 50ms --loss 5% --reset-every 60s --ping-every 1 --drain 10
+load-bad-network: setup
+	$(CARGO) build --profile bench -p plaza-load
+	"$(CARGO_TARGET_DIR)/release/plaza-load" run $(BAD_NETWORK_LOAD_ARGS) --out target/plaza-load/bad-network
 
 # Misbehaving clients beside the users: 5 in each room, one that stops
 # reading, one that floods, one that sends junk, one that sends an

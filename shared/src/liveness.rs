@@ -44,6 +44,11 @@ impl<T: Copy + Ord + std::ops::Add<Duration, Output = T>> Liveness<T> {
         self.heard = now;
     }
 
+    /// When a frame last arrived (or the socket opened).
+    pub fn last_heard(&self) -> T {
+        self.heard
+    }
+
     /// A join went out; it is answered by `joined` or a join error.
     pub fn join_sent(&mut self, now: T) {
         self.join_asked = Some(now);

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 /// A command whose flags checked out.
 enum Job {
-    Run(plaza_load::cli::RunConfig),
+    Run(Box<plaza_load::cli::RunConfig>),
     Proxy(plaza_load::proxy::ProxyConfig),
     Ladder(plaza_load::ladder::LadderConfig),
 }
@@ -23,8 +23,8 @@ enum Job {
 fn main() -> ExitCode {
     use plaza_load::cli;
     let validated = match Cli::parse().command {
-        Command::Run(args) => cli::validate(args).map(Job::Run),
-        Command::Soak(args) => cli::validate_soak(args).map(Job::Run),
+        Command::Run(args) => cli::validate(args).map(|c| Job::Run(Box::new(c))),
+        Command::Soak(args) => cli::validate_soak(args).map(|c| Job::Run(Box::new(c))),
         Command::Proxy(args) => cli::validate_proxy(args).map(Job::Proxy),
         Command::Ladder(args) => cli::validate_ladder(args).map(Job::Ladder),
     };

@@ -362,6 +362,8 @@ struct User {
     /// Set when the last socket was given up for silence: it heard nothing
     /// after `heard_ms`, though it ended only later.
     went_silent: bool,
+    /// Then: when it last heard anything, where its outage began.
+    silent_since: Option<Instant>,
     in_room_since: Option<Instant>,
     /// Smoothed ping round trip, µs (`t` has ms resolution, so it is
     /// about 0.5 ms high).
@@ -484,6 +486,7 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         conn_end_ms: 0,
         heard_ms: 0,
         went_silent: false,
+        silent_since: None,
         in_room_since: None,
         rtt_ewma_us: 1_000,
         failures_in_a_row: 0,
@@ -545,7 +548,8 @@ impl User {
                     self.sending_since_cut = false;
                 }
                 if self.lost_at.is_none() {
-                    self.lost_at = Some(Instant::now());
+                    // A silent link was out from the last thing it heard.
+                    self.lost_at = Some(self.silent_since.take().unwrap_or_else(Instant::now));
                     self.away_after = self.tracker.pairs().map(|(sender, stats)| (sender, stats.max_t)).collect();
                 }
             }
@@ -804,6 +808,7 @@ impl User {
         let watch_silence = matches!(self.env.wire, Wire::Plaza(_));
         let mut liveness = Liveness::new(self.env.silence_limit, start);
         self.went_silent = false;
+        self.silent_since = None;
         let mut phase = *self.phase.borrow_and_update();
         loop {
             // The run's phase is checked here (an atomic load; the value is
@@ -953,6 +958,7 @@ impl User {
                                 tracing::info!(user = %self.plan.name, %reason, "the link went silent");
                                 self.error("silent");
                                 self.went_silent = true;
+                                self.silent_since = Some(liveness.last_heard());
                                 return End::Lost { resume: self.session.clone(), relogin: false };
                             }
                         }
