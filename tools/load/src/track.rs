@@ -21,6 +21,53 @@ enum Who {
 
 const NOT_OURS: u32 = u32::MAX;
 
+/// Ids below this are kept in a vector indexed by id.
+const DENSE_IDS: AvatarId = 4096;
+
+/// Avatar id → who. A server numbers each room's avatars from 1, so ids are
+/// small: a vector indexed by id answers each pose with one load, where a
+/// hash map took a hash and a probe (the tracker was the load tool's
+/// largest function at 2,000 users). Ids from [`DENSE_IDS`] on (a long
+/// run's churn, another server's numbering) go to a map.
+#[derive(Debug, Clone, Default)]
+struct AvatarTable {
+    dense: Vec<Option<Who>>,
+    sparse: FastMap<AvatarId, Who>,
+}
+
+impl AvatarTable {
+    fn get(&self, id: AvatarId) -> Option<&Who> {
+        if id < DENSE_IDS { self.dense.get(id as usize).and_then(Option::as_ref) } else { self.sparse.get(&id) }
+    }
+
+    fn insert(&mut self, id: AvatarId, who: Who) {
+        if id < DENSE_IDS {
+            let i = id as usize;
+            if self.dense.len() <= i {
+                self.dense.resize(i + 1, None);
+            }
+            self.dense[i] = Some(who);
+        } else {
+            self.sparse.insert(id, who);
+        }
+    }
+
+    fn remove(&mut self, id: AvatarId) {
+        if id < DENSE_IDS {
+            if let Some(slot) = self.dense.get_mut(id as usize) {
+                *slot = None;
+            }
+        } else {
+            self.sparse.remove(&id);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.dense.clear();
+        self.sparse.clear();
+    }
+}
+
 /// What a receiver saw from one sender.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PairStats {
@@ -54,7 +101,7 @@ pub struct Tracker {
     me: UserKey,
     room_id: Option<String>,
     you: Option<AvatarId>,
-    avatars: FastMap<AvatarId, Who>,
+    avatars: AvatarTable,
     gap_ms: u64,
     /// What we saw from each sender of our room, in order of first sight.
     pairs: Vec<(UserKey, PairStats)>,
@@ -71,7 +118,7 @@ impl Tracker {
             me,
             room_id: None,
             you: None,
-            avatars: FastMap::default(),
+            avatars: AvatarTable::default(),
             gap_ms,
             pairs: Vec::new(),
             pair_of: FastMap::default(),
@@ -149,7 +196,7 @@ impl Tracker {
     /// [`Tracker::on_delta`] from a delta's parts: each moved avatar's id and `t`.
     pub fn on_entries(&mut self, moved: impl IntoIterator<Item = (AvatarId, Option<u64>)>, joined: &[AvatarInfo], left: &[AvatarId], poses: &mut Vec<(UserKey, u64, u64)>) {
         for id in left {
-            self.avatars.remove(id);
+            self.avatars.remove(*id);
         }
         for info in joined {
             let who = self.classify(info);
@@ -160,7 +207,7 @@ impl Tracker {
                 self.anomalies.own_avatar += 1;
                 continue;
             }
-            let (key, pair) = match self.avatars.get(&id) {
+            let (key, pair) = match self.avatars.get(id) {
                 None => {
                     self.anomalies.unknown_avatar += 1;
                     continue;
@@ -198,5 +245,34 @@ impl Tracker {
                 self.chats.insert(chat.id.clone());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_avatar_table_answers_as_a_map_would_for_small_and_large_ids() {
+        let ours = |user| Who::Ours(UserKey { room: 1, user }, user);
+        let mut table = AvatarTable::default();
+        let mut map = FastMap::default();
+        for (id, who) in [(3, ours(1)), (DENSE_IDS + 7, ours(2)), (1, Who::Foreign), (DENSE_IDS - 1, ours(3)), (u32::MAX, ours(4))] {
+            table.insert(id, who);
+            map.insert(id, who);
+        }
+        table.insert(3, ours(5));
+        map.insert(3, ours(5));
+        for id in [3, DENSE_IDS + 7] {
+            table.remove(id);
+            map.remove(&id);
+        }
+        table.remove(DENSE_IDS + 100); // never there
+        table.remove(2_000); // past the vector's end
+        for id in [0, 1, 2, 3, 4, 2_000, DENSE_IDS - 1, DENSE_IDS, DENSE_IDS + 7, u32::MAX] {
+            assert_eq!(table.get(id), map.get(&id), "id {id}");
+        }
+        table.clear();
+        assert!(table.get(1).is_none() && table.get(u32::MAX).is_none());
     }
 }
