@@ -741,9 +741,17 @@ async fn send_join(ws: &mut Ws, room: String, last_join: &mut Option<Instant>, l
     send(ws, &ClientMessage::Join(Join { room })).await
 }
 
+/// A send the socket takes nothing of for this long ends it: on a dead
+/// link the kernel's buffer fills, and a send waiting for room would hold
+/// up the whole relay, the silence check included.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn send(ws: &mut Ws, message: &ClientMessage) -> Result<(), String> {
     let bytes = plaza_shared::codec::binary::encode_client(message);
-    ws.send(Message::Binary(bytes.into())).await.map_err(|e| e.to_string())
+    match tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::Binary(bytes.into()))).await {
+        Ok(sent) => sent.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("the connection took nothing for {} s", SEND_TIMEOUT.as_secs())),
+    }
 }
 
 fn unix_us() -> u64 {
