@@ -120,6 +120,11 @@ impl Client {
         Client::start_with(SessionConfig::new(server, room, "Tester"))
     }
 
+    /// Through `proxy` into `room`, taking `silence_limit` of silence for a dead link.
+    fn through(proxy: &Proxy, room: &str, silence_limit: Duration) -> Client {
+        Client::start_with(SessionConfig { silence_limit, ..SessionConfig::new(format!("http://{}", proxy.addr), room, "Tester") })
+    }
+
     fn start_with(config: SessionConfig) -> Client {
         let (commands, command_rx) = mpsc::channel(64);
         let (poses, pose_rx) = tokio::sync::watch::channel(None);
@@ -278,8 +283,7 @@ async fn a_chat_never_acknowledged_fails_after_three_tries() {
     // Swallowing what the client sends also swallows its pings: a silence
     // limit past the test's end keeps this socket, so the chat's tries all
     // go on it (as with a server that answers pings but stores nothing).
-    let config = SessionConfig { silence_limit: Duration::from_secs(60), ..SessionConfig::new(format!("http://{}", proxy.addr), "lost-room", "Tester") };
-    let mut client = Client::start_with(config);
+    let mut client = Client::through(&proxy, "lost-room", Duration::from_secs(60));
     client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
 
     proxy.swallow(true);
@@ -312,8 +316,7 @@ async fn the_resumed_joined_keeps_the_avatar_id() {
 async fn a_link_gone_silent_is_noticed_and_the_seat_resumed_on_a_new_socket() {
     let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
     let proxy = Proxy::start(addr).await;
-    let config = SessionConfig { silence_limit: Duration::from_secs(2), ..SessionConfig::new(format!("http://{}", proxy.addr), "silent-room", "Tester") };
-    let mut client = Client::start_with(config);
+    let mut client = Client::through(&proxy, "silent-room", Duration::from_secs(2));
     let (NetEvent::Joined(first), _) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await else { unreachable!() };
     client.poses.send(Some(Pose { p: [1.0, 0.0, 2.0], ..Pose::default() })).unwrap();
     // Alone in the room no deltas come, only answers to the pings the

@@ -600,11 +600,8 @@ impl Task {
                 }
                 _ = tokio::time::sleep_until(liveness.next_check()) => match liveness.check(Instant::now()) {
                     Verdict::Fine => {}
-                    Verdict::Probe => {
-                        if let Err(e) = send(&mut ws, &ClientMessage::Ping(Ping { t: unix_ms() })).await {
-                            return Stop::Ended(Ended::Dropped(e));
-                        }
-                    }
+                    // The ping below goes at once (and the next a period on).
+                    Verdict::Probe => ping.reset_immediately(),
                     Verdict::Dead(reason) => {
                         tracing::warn!(%reason, "the link is dead; reconnecting");
                         return Stop::Ended(Ended::Dropped(reason));

@@ -179,24 +179,26 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     if (0.1..=30.0).contains(&v) { Ok(v) } else { Err(format!("{v} is out of range; use 0.1–30 (poses per second, the server's limit is 30)")) }
 }
 
-fn parse_seconds(s: &str) -> Result<f64, String> {
+/// A plain number of seconds within `range`; `allowed` says what is.
+fn seconds_within(s: &str, range: std::ops::RangeInclusive<f64>, allowed: &str) -> Result<f64, String> {
     let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if v.is_finite() && (0.0..=86_400.0).contains(&v) { Ok(v) } else { Err(format!("{v} is out of range; use 0–86400 seconds")) }
+    if v.is_finite() && range.contains(&v) { Ok(v) } else { Err(format!("{v} is out of range; use {allowed}")) }
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    seconds_within(s, 0.0..=86_400.0, "0–86400 seconds")
 }
 
 fn parse_drain(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if v.is_finite() && (0.2..=120.0).contains(&v) { Ok(v) } else { Err(format!("{v} is out of range; use 0.2–120 seconds")) }
+    seconds_within(s, 0.2..=120.0, "0.2–120 seconds")
 }
 
 fn parse_ping(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if v.is_finite() && (0.5..=25.0).contains(&v) { Ok(v) } else { Err(format!("{v} is out of range; use 0.5–25 seconds (the server drops a socket silent for 30 s)")) }
+    seconds_within(s, 0.5..=25.0, "0.5–25 seconds (the server drops a socket silent for 30 s)")
 }
 
 fn parse_silence_limit(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    if v.is_finite() && (1.0..=25.0).contains(&v) { Ok(v) } else { Err(format!("{v} is out of range; use 1–25 seconds (the server drops a socket silent for 30 s)")) }
+    seconds_within(s, 1.0..=25.0, "1–25 seconds (the server drops a socket silent for 30 s)")
 }
 
 fn parse_server(s: &str) -> Result<String, String> {
@@ -403,26 +405,30 @@ fn parse_delay(s: &str) -> Result<Duration, String> {
     if d <= Duration::from_secs(60) { Ok(d) } else { Err(format!("`{s}` is too long; use 0ms–60s")) }
 }
 
-fn parse_restart_every(s: &str) -> Result<Duration, String> {
+/// A duration with its unit within `range`; `allowed` says what is.
+fn duration_within(s: &str, range: std::ops::RangeInclusive<Duration>, allowed: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
-    if (Duration::from_secs(5)..=Duration::from_secs(86_400)).contains(&d) { Ok(d) } else { Err(format!("`{s}` is out of range; use 5s–24h (a restart takes a second or two)")) }
+    if range.contains(&d) { Ok(d) } else { Err(format!("`{s}` is out of range; use {allowed}")) }
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn parse_restart_every(s: &str) -> Result<Duration, String> {
+    duration_within(s, Duration::from_secs(5)..=DAY, "5s–24h (a restart takes a second or two)")
 }
 
 fn parse_access_ttl(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
     // The warning comes a minute before expiry: any shorter and every
     // refreshed token would be warned about at once, in a loop.
-    if (Duration::from_secs(65)..=Duration::from_secs(86_400)).contains(&d) { Ok(d) } else { Err(format!("`{s}` is out of range; use 65s–24h (the server warns a minute before a token runs out)")) }
+    duration_within(s, Duration::from_secs(65)..=DAY, "65s–24h (the server warns a minute before a token runs out)")
 }
 
 fn parse_reset_every(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if (Duration::from_millis(100)..=Duration::from_secs(86_400)).contains(&d) { Ok(d) } else { Err(format!("`{s}` is out of range; use 100ms–24h")) }
+    duration_within(s, Duration::from_millis(100)..=DAY, "100ms–24h")
 }
 
 fn parse_silence_every(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&d) { Ok(d) } else { Err(format!("`{s}` is out of range; use 1s–24h")) }
+    duration_within(s, Duration::from_secs(1)..=DAY, "1s–24h")
 }
 
 /// A loss rate, `5%` or `0.05`, as a fraction 0–1.

@@ -357,13 +357,10 @@ struct User {
     stopped_sending_ms: Option<u64>,
     /// When the last connection ended (or we started closing it), ms.
     conn_end_ms: u64,
-    /// When the last socket last heard anything (unix ms).
-    heard_ms: u64,
-    /// Set when the last socket was given up for silence: it heard nothing
-    /// after `heard_ms`, though it ended only later.
-    went_silent: bool,
-    /// Then: when it last heard anything, where its outage began.
-    silent_since: Option<Instant>,
+    /// Set when the last socket was given up for silence: when it last
+    /// heard anything (and that in unix ms). Its outage began then, and it
+    /// received nothing after, though it ended only later.
+    silent_since: Option<(Instant, u64)>,
     in_room_since: Option<Instant>,
     /// Smoothed ping round trip, µs (`t` has ms resolution, so it is
     /// about 0.5 ms high).
@@ -484,8 +481,6 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         period_us: 1_000_000 / u64::from(TICK_HZ),
         stopped_sending_ms: None,
         conn_end_ms: 0,
-        heard_ms: 0,
-        went_silent: false,
         silent_since: None,
         in_room_since: None,
         rtt_ewma_us: 1_000,
@@ -549,7 +544,7 @@ impl User {
                 }
                 if self.lost_at.is_none() {
                     // A silent link was out from the last thing it heard.
-                    self.lost_at = Some(self.silent_since.take().unwrap_or_else(Instant::now));
+                    self.lost_at = Some(self.silent_since.map_or_else(Instant::now, |(heard, _)| heard));
                     self.away_after = self.tracker.pairs().map(|(sender, stats)| (sender, stats.max_t)).collect();
                 }
             }
@@ -807,7 +802,6 @@ impl User {
         // A link gone silent is noticed as the desktop client notices it.
         let watch_silence = matches!(self.env.wire, Wire::Plaza(_));
         let mut liveness = Liveness::new(self.env.silence_limit, start);
-        self.went_silent = false;
         self.silent_since = None;
         let mut phase = *self.phase.borrow_and_update();
         loop {
@@ -845,7 +839,6 @@ impl User {
                 frame = ws.next() => {
                     liveness.heard(Instant::now());
                     let now_us = unix_us();
-                    self.heard_ms = now_us / 1000;
                     // When the frame reached the socket; never after now.
                     let arrived_us = ws.get_ref().arrived_us().map_or(now_us, |at| at.min(now_us));
                     let msg = match self.read(frame) {
@@ -945,20 +938,18 @@ impl User {
                         let _ = self.close(ws).await;
                         return End::Lost { resume: None, relogin: false };
                     }
+                    // A probe is the ping job's ping, sent now (in the drain too).
+                    let mut probe = false;
                     if watch_silence {
                         match liveness.check(now) {
                             Verdict::Fine => {}
-                            Verdict::Probe => {
-                                let ping = ClientMessage::Ping(Ping { t: unix_us() / 1000 });
-                                if self.send(&mut ws, &ping).await.is_err() {
-                                    return self.send_failed();
-                                }
-                            }
+                            Verdict::Probe => probe = true,
                             Verdict::Dead(reason) => {
                                 tracing::info!(user = %self.plan.name, %reason, "the link went silent");
                                 self.error("silent");
-                                self.went_silent = true;
-                                self.silent_since = Some(liveness.last_heard());
+                                let heard = liveness.last_heard();
+                                let heard_ms = (unix_us() / 1000).saturating_sub(now.duration_since(heard).as_millis() as u64);
+                                self.silent_since = Some((heard, heard_ms));
                                 return End::Lost { resume: self.session.clone(), relogin: false };
                             }
                         }
@@ -970,7 +961,7 @@ impl User {
                         }
                         due.pose = self.next_pose_at(pose_every);
                     }
-                    if sending && now >= due.ping {
+                    if (sending && now >= due.ping) || probe {
                         // Missed pings are not made up: the next is a period on.
                         due.ping = now + ping_every;
                         let ping = ClientMessage::Ping(Ping { t: unix_us() / 1000 });
@@ -1285,7 +1276,10 @@ impl User {
         report.sender.until_ms = self.stopped_sending_ms.unwrap_or(u64::MAX).min(sent_until);
         report.receiver.key = Some(self.plan.key);
         // A socket given up for silence received nothing after it last heard.
-        let heard_until = if self.lost_at.is_some() && self.went_silent { end.min(self.heard_ms) } else { end };
+        let heard_until = match self.silent_since {
+            Some((_, heard_ms)) if self.lost_at.is_some() => end.min(heard_ms),
+            _ => end,
+        };
         report.receiver.until_ms = heard_until.saturating_sub(self.grace_ms());
         if self.lost_at.is_some() {
             // Lost and never back: what was on its way died with the socket.
