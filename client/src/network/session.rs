@@ -402,6 +402,7 @@ impl Task {
                                 self.notice(notice);
                             }
                             in_room = true;
+                            pacer.joined(&j.room);
                             current_room = Some((j.room.clone(), j.room_name.clone()));
                             switching_from = None;
                             self.status(super::ConnectionStatus::InRoom { room: j.room.clone(), room_name: j.room_name.clone() });

@@ -35,6 +35,17 @@ pub struct Batch {
     /// The same poses as `e2e_us`, timed to their frame's arrival at this
     /// tool's socket (crate::stamped) instead of to when it was read.
     pub at_socket_us: Vec<u32>,
+    /// Paced users' poses sent in this second ([`PacingSample`]).
+    pub pacing: Vec<PacingSample>,
+}
+
+/// How a paced user timed one pose: the lead it sent it by, and how far
+/// its grid was from the room's (learnt from all the room's deltas).
+#[derive(Debug, Clone, Copy)]
+pub struct PacingSample {
+    pub lead_us: u32,
+    /// Positive: the user's grid is later than the room's.
+    pub grid_offset_us: i32,
 }
 
 impl Batch {
@@ -43,14 +54,14 @@ impl Batch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.e2e_us.is_empty() && self.net_us.is_empty()
+        self.e2e_us.is_empty() && self.net_us.is_empty() && self.pacing.is_empty()
     }
 
     /// An empty batch with room for `n` samples (a user's next batch is
     /// about as big as its last: growing three vectors from nothing for
     /// each one was 2% of the tool's CPU at 2,000 users).
     pub fn with_capacity(n: usize) -> Self {
-        Batch { second: 0, e2e_us: Vec::with_capacity(n), net_us: Vec::with_capacity(n), at_socket_us: Vec::with_capacity(n) }
+        Batch { second: 0, e2e_us: Vec::with_capacity(n), net_us: Vec::with_capacity(n), at_socket_us: Vec::with_capacity(n), pacing: Vec::new() }
     }
 }
 
@@ -86,6 +97,40 @@ pub struct SecondPoint {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Paced users' send lead (see [`PacingSample`]); 0 when none.
+    pub lead_p50_ms: f64,
+    pub lead_p99_ms: f64,
+    /// The 99th percentile of how far paced users' grids were from their
+    /// room's, either way; and the share of sends by a grid over 2 ms late.
+    pub grid_offset_p99_ms: f64,
+    pub grid_late_pct: f64,
+}
+
+/// The lead and grid offsets of a run's paced sends.
+#[derive(Debug, Default)]
+pub struct PacingHistograms {
+    pub lead: Histogram,
+    /// Absolute offsets.
+    pub grid_offset: Histogram,
+    /// Sends by a grid more than [`GRID_LATE_US`] later than the room's.
+    pub grid_late: u64,
+}
+
+/// A grid this much later than the room's lands poses after the tick
+/// unless the lead covers it.
+pub const GRID_LATE_US: i32 = 2_000;
+
+impl PacingHistograms {
+    fn record(&mut self, sample: PacingSample) {
+        self.lead.record(u64::from(sample.lead_us));
+        self.grid_offset.record(u64::from(sample.grid_offset_us.unsigned_abs()));
+        self.grid_late += u64::from(sample.grid_offset_us > GRID_LATE_US);
+    }
+
+    pub fn late_pct(&self) -> f64 {
+        let n = self.grid_offset.count();
+        if n == 0 { 0.0 } else { round3(100.0 * self.grid_late as f64 / n as f64) }
+    }
 }
 
 /// Server resources at one moment.
@@ -108,6 +153,7 @@ pub struct Collected {
     pub e2e: Histogram,
     pub net: Histogram,
     pub at_socket: Histogram,
+    pub pacing: PacingHistograms,
     pub seconds: Vec<SecondPoint>,
     pub resources: Vec<ResourcePoint>,
     /// Server CPU time (s) and wall time (s) between the first and the last sample.
@@ -138,6 +184,13 @@ fn busy_pct(a: ResourceSample, b: ResourceSample) -> f64 {
     if total == 0 { 0.0 } else { round3(100.0 * busy as f64 / total as f64) }
 }
 
+/// A second still taking samples.
+#[derive(Debug, Default)]
+struct OpenSecond {
+    e2e: Histogram,
+    pacing: PacingHistograms,
+}
+
 pub struct Collector {
     epoch: Instant,
     counters: Arc<Counters>,
@@ -147,7 +200,7 @@ pub struct Collector {
     planned_s: u64,
     users: u64,
     out: Collected,
-    open: BTreeMap<u32, Histogram>,
+    open: BTreeMap<u32, OpenSecond>,
     first: Option<ResourceSample>,
     last: Option<ResourceSample>,
     last_msgs: u64,
@@ -160,8 +213,12 @@ impl Collector {
 
     fn add(&mut self, batch: Batch) {
         let second = self.open.entry(batch.second).or_default();
+        for &sample in &batch.pacing {
+            second.pacing.record(sample);
+            self.out.pacing.record(sample);
+        }
         for &v in &batch.e2e_us {
-            second.record(u64::from(v));
+            second.e2e.record(u64::from(v));
             self.out.e2e.record(u64::from(v));
         }
         for &v in &batch.net_us {
@@ -178,9 +235,20 @@ impl Collector {
             if *entry.key() >= before {
                 break;
             }
-            let (s, h) = entry.remove_entry();
-            let summary = h.summary_ms();
-            self.out.seconds.push(SecondPoint { s, poses: h.count(), p50_ms: summary.p50, p99_ms: summary.p99, max_ms: summary.max });
+            let (s, open) = entry.remove_entry();
+            let summary = open.e2e.summary_ms();
+            let lead = open.pacing.lead.summary_ms();
+            self.out.seconds.push(SecondPoint {
+                s,
+                poses: open.e2e.count(),
+                p50_ms: summary.p50,
+                p99_ms: summary.p99,
+                max_ms: summary.max,
+                lead_p50_ms: lead.p50,
+                lead_p99_ms: lead.p99,
+                grid_offset_p99_ms: open.pacing.grid_offset.summary_ms().p99,
+                grid_late_pct: open.pacing.late_pct(),
+            });
         }
     }
 

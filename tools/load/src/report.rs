@@ -60,6 +60,20 @@ pub struct LoadToolStats {
     pub saturated: bool,
 }
 
+/// How paced users (`--send-at tick`) timed their poses: the lead before
+/// the tick they sent by, and how far their learnt tick grid was from the
+/// room's (learnt from every member's deltas). A grid later than the
+/// room's by more than the lead lands poses just after the tick, and they
+/// wait a whole period more.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PacingStats {
+    pub lead_ms: Percentiles,
+    /// Either way.
+    pub grid_offset_ms: Percentiles,
+    /// Sends by a grid over 2 ms later than the room's, percent.
+    pub grid_late_pct: f64,
+}
+
 /// Things that must not happen, beyond `misrouted` and `errors`.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct AnomalyCounts {
@@ -147,6 +161,9 @@ pub struct RunResult {
     /// when the load tool's own lateness is taken out.
     #[serde(default)]
     pub latency_at_socket_ms: Percentiles,
+    /// With `--send-at tick`: how the users paced their poses.
+    #[serde(default)]
+    pub pacing: Option<PacingStats>,
     pub join_ms: Percentiles,
     pub auth_ms: Percentiles,
     pub rtt_ms: Percentiles,
@@ -383,6 +400,19 @@ pub fn html(r: &RunResult) -> String {
     let seconds = |f: fn(&SecondPoint) -> f64| r.timeline.iter().map(|p| (f64::from(p.s), f(p))).collect::<Vec<_>>();
     h.push_str("<h2>Pose latency over time</h2>");
     h.push_str(&line_chart("end-to-end pose latency per second", "ms", &[("p50", "#1f77b4", seconds(|p| p.p50_ms)), ("p99", "#d62728", seconds(|p| p.p99_ms))]));
+    if let Some(pacing) = &r.pacing {
+        h.push_str("<h2>Pacing</h2>");
+        h.push_str(&line_chart(
+            "paced users' send lead and grid error per second",
+            "ms",
+            &[("lead p50", "#1f77b4", seconds(|p| p.lead_p50_ms)), ("lead p99", "#9467bd", seconds(|p| p.lead_p99_ms)), ("grid offset p99", "#d62728", seconds(|p| p.grid_offset_p99_ms))],
+        ));
+        let _ = write!(
+            h,
+            "<p class=\"note\">Lead: how long before the tick each user sent its pose (half its round trip plus a margin for how late deltas come). Grid offset: how far the user's learnt tick grid was from its room's, learnt from all members' deltas; {}% of sends went by a grid more than 2 ms late, whose poses land after the tick unless the lead covers it.</p>",
+            pacing.grid_late_pct
+        );
+    }
 
     h.push_str("<h2>Percentiles (ms)</h2><table><tr><th></th><th>count</th><th>p50</th><th>p95</th><th>p99</th><th>p99.9</th><th>max</th><th>mean</th></tr>");
     percentile_row(&mut h, "pose latency, end to end", &r.latency_ms);

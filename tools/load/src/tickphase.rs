@@ -12,13 +12,14 @@
 //! process, well under a millisecond), so net latency is slightly low.
 //!
 //! The tick that carried a delta came after the newest pose in it reached
-//! the room. `t` is whole milliseconds and the pose still has to travel to
-//! the server, so the tick is taken as the first grid point at or after
-//! `t + margin` (margin: 1 ms plus half the ping round trip); when that
-//! lands after the delta's arrival, which no tick can, the grid point before
-//! it is taken instead. The wait of each pose in the delta is `tick − t`,
-//! and its net latency is `arrival − tick`, the same for every pose of the
-//! delta.
+//! the room. The grid is learnt from arrivals, so it lies a trip down after
+//! the ticks; `t` is whole milliseconds and the pose still has to travel up
+//! to the server. So the tick's grid point is taken as the first at or
+//! after `t + margin` (the caller's margin: 1 ms plus the ping round trip);
+//! when that lands after the delta's arrival, which no tick can, the grid
+//! point before it is taken instead. [`Split::net_us`] is `arrival − grid
+//! point`: the caller adds the round trip back for what the server and the
+//! network add.
 
 pub use plaza_shared::pacing::{TickPhase, tick_at_or_after};
 

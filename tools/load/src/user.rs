@@ -11,14 +11,14 @@
 //! Every wait is bounded: HTTP and connects time out, sends time out, and
 //! the main loop ends on the run's phase.
 
-use crate::collect::{BATCH_EVERY, BATCH_MAX, Batch, Counters};
+use crate::collect::{BATCH_EVERY, BATCH_MAX, Batch, Counters, PacingSample};
 use crate::delivery::{Away, ReceiverLog, SenderLog, SentChat};
 use crate::cli::SendAt;
 use crate::names::UserKey;
 use plaza_shared::liveness::{Liveness, Verdict};
 use plaza_shared::rng::SplitMix;
 use crate::tickphase::{TickPhase, split};
-use plaza_shared::pacing::PosePacer;
+use plaza_shared::pacing::{PosePacer, phase_offset_us};
 use crate::track::{Anomalies, Tracker};
 use crate::wire::{Decoded, Wire};
 use futures_util::{SinkExt, StreamExt};
@@ -82,6 +82,12 @@ pub struct RoomClocks {
 impl RoomClocks {
     pub fn new(rooms: u32) -> Self {
         RoomClocks { rooms: (0..rooms).map(|_| Mutex::new(None)).collect() }
+    }
+
+    /// The room's tick phase, once known.
+    fn phase(&self, room: u32) -> Option<u64> {
+        let slot = self.rooms.get(room.checked_sub(1)? as usize)?;
+        slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut()?.phase_us()
     }
 
     /// Notes a tick's delta of `room` arriving at `arrival_us` (`None`: a
@@ -777,6 +783,10 @@ impl User {
         // would fade only after a minute or two (a pose sent just after the
         // tick waits a whole one: p99 +40 ms after a restart).
         self.pacer = new_pacer(self.env.wire);
+        // The path is the same: the new pacer starts from the last round trip.
+        if let Some(&rtt) = self.report.rtt_us.last() {
+            self.pacer.round_trip(rtt);
+        }
         let pose_every = Duration::from_secs_f64(1.0 / self.env.rate_hz);
         // Until the room's tick is known (and with `--send-at random`), a
         // random phase: not in step with the ramp or the room's tick.
@@ -868,6 +878,7 @@ impl User {
                         }
                         ServerMessage::Joined(j) => {
                             self.tracker.on_joined(&j);
+                            self.pacer.joined(&j.room);
                             self.joined_ms = now_us / 1000;
                             if let Some(sent) = join_sent.take() {
                                 self.report.join_us.push(sent.elapsed().as_micros() as u64);
@@ -892,8 +903,9 @@ impl User {
                             let rtt = now_us.saturating_sub(p.t.saturating_mul(1000));
                             self.server_has_until_ms = self.server_has_until_ms.max(p.t);
                             self.report.rtt_us.push(rtt);
-                            self.rtt_ewma_us = (self.rtt_ewma_us * 4 + rtt) / 5;
-                            self.pacer.round_trip(self.rtt_ewma_us);
+                            // The first round trip is the estimate; later ones move it.
+                            self.rtt_ewma_us = if self.report.rtt_us.len() == 1 { rtt } else { (self.rtt_ewma_us * 4 + rtt) / 5 };
+                            self.pacer.round_trip(rtt);
                         }
                         // The refresh is a timed job: due now, and again if the
                         // server can't answer it.
@@ -956,6 +968,7 @@ impl User {
                     }
                     if sending && in_room && now >= due.pose {
                         self.pacer.sent(self.pose_due_us, unix_us());
+                        self.note_pacing();
                         if self.send_pose(&mut ws).await.is_err() {
                             return self.send_failed();
                         }
@@ -1027,6 +1040,21 @@ impl User {
         };
         self.pose_due_us = due_us;
         Instant::now() + Duration::from_micros(due_us.saturating_sub(now_us))
+    }
+
+    /// With `--send-at tick`: the lead this pose left by, and how far our
+    /// grid is from the room's (for the report's pacing chart).
+    fn note_pacing(&mut self) {
+        if !self.paced {
+            return;
+        }
+        let (Some(ours), Some(room)) = (self.pacer.grid_phase_us(), self.env.clocks.phase(self.plan.key.room)) else { return };
+        let period = self.pacer.period_us();
+        let grid_offset_us = phase_offset_us(ours, room, period).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+        if self.batch.is_empty() {
+            self.batch.second = self.env.epoch.elapsed().as_secs() as u32;
+        }
+        self.batch.pacing.push(PacingSample { lead_us: clamp_u32(self.pacer.lead_us()), grid_offset_us });
     }
 
     async fn send_pose(&mut self, ws: &mut Ws) -> Result<(), ()> {
@@ -1221,9 +1249,11 @@ impl User {
                 }
             }
             if let (Some(phase), Some(newest)) = (phase, poses.iter().map(|&(_, t, _)| t).max()) {
-                // A pose reaches the room in about half a round trip.
-                let margin_us = 1_000 + self.rtt_ewma_us / 2;
-                let net = clamp_u32(split(now_us, newest, phase, self.period_us, margin_us).net_us);
+                // The grid lies a trip down after the ticks, and a pose takes
+                // a trip up (crate::tickphase): the margin is the round trip,
+                // and what the path adds both ways goes back into net.
+                let margin_us = 1_000 + self.rtt_ewma_us;
+                let net = clamp_u32(split(now_us, newest, phase, self.period_us, margin_us).net_us + self.rtt_ewma_us);
                 self.batch.net_us.extend(std::iter::repeat_n(net, timed));
             }
             if self.batch.len() >= BATCH_MAX {

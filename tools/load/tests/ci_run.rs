@@ -96,12 +96,20 @@ fn check(name: &str, protocol: &str) {
         assert!(at_socket[key].as_f64().unwrap() <= r["latency_ms"][key].as_f64().unwrap(), "latency_at_socket_ms.{key}: {r:#}");
     }
     assert!(r["join_ms"]["count"].as_u64().unwrap() == 10);
+    // Paced users (the default) report the lead they sent by: at least
+    // the least margin, at most the round trip and half a period.
+    assert_eq!(r["send_at"], "tick");
+    let lead = &r["pacing"]["lead_ms"];
+    assert!(lead["count"].as_u64().unwrap() > 0, "paced sends: {r:#}");
+    assert!(lead["min"].as_f64().unwrap() >= 3.0 && lead["max"].as_f64().unwrap() <= 25.0 + r["rtt_ms"]["max"].as_f64().unwrap() + 1.0, "lead: {r:#}");
+    assert_eq!(r["pacing"]["grid_offset_ms"]["count"], lead["count"]);
     assert!(r["chat"]["acked"].as_u64().unwrap() > 0, "chats every second for 3 s: {r:#}");
     assert!(r["down_bytes_per_user_s"].as_f64().unwrap() > 0.0);
     assert_eq!(r["server"]["in_process"], true);
     assert_eq!(r["passed"], true);
     let html = std::fs::read_to_string(out.join("report.html")).expect("report.html");
     assert!(html.contains("<svg"), "the report has charts");
+    assert!(html.contains("send lead and grid error"), "the report shows the pacing");
     assert!(!html.contains("<script") && !html.contains("http-equiv"), "self-contained, no scripts");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("lost 0 misrouted 0"), "{stdout}");
