@@ -410,12 +410,12 @@ async fn a_pose_handed_over_every_frame_goes_out_once_a_tick_just_before_it() {
     });
     // What the watcher sees of the sender: (its t, our arrival) per delta.
     let mut seen: Vec<(u64, u64)> = Vec::new();
-    let mut grid = plaza_shared::pacing::TickPhase::new(50_000);
+    let mut grid = plaza_shared::pacing::TickGrid::new(50_000, plaza_shared::pacing::GRID_WINDOW);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
     while let Ok(Some(event)) = tokio::time::timeout_at(deadline, watcher.events.recv()).await {
         if let NetEvent::Delta(delta) = event {
             let arrival = unix_us();
-            grid.observe(arrival);
+            grid.observe(arrival, delta.tick);
             if let Some(t) = delta.avatars.iter().find(|a| a.id == joined.you).and_then(|a| a.t) {
                 seen.push((t, arrival));
             }

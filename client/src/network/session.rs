@@ -430,7 +430,7 @@ impl Task {
                             }
                         }
                         ServerMessage::Delta(d) => {
-                            pacer.delta_arrived(arrival_us);
+                            pacer.delta_arrived(arrival_us, d.tick);
                             // Deltas may not be dropped either: the avatar set would drift.
                             if self.events.send(NetEvent::Delta(d)).await.is_err() {
                                 return Stop::Quit;

@@ -189,7 +189,7 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         tag: tag.clone(),
         epoch,
         counters: counters.clone(),
-        clocks: RoomClocks::new(cfg.rooms),
+        clocks: RoomClocks::new(cfg.rooms, cfg.users_per_room),
         sent: SentPoses::new(cfg.rooms, cfg.users_per_room),
         send_at: cfg.send_at,
         gap_ms,

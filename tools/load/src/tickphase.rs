@@ -5,11 +5,11 @@
 //!
 //! A room ticks on a fixed grid: tick instants are `phase + n · period` (a
 //! late tick delays only itself). Every delta arrives a little after its
-//! tick, so the arrival times modulo the period cluster just after the
-//! phase, and no delta arrives just before it. The estimate is the start of
-//! the cluster: the end of the longest run of (nearly) empty bins in a
-//! histogram of `arrival mod period`. It includes the fastest delivery (in
-//! process, well under a millisecond), so net latency is slightly low.
+//! tick and carries its number, so the least `arrival − tick · period`
+//! over the room's recent deltas, modulo the period, is the grid
+//! ([`TickGrid`], the pacer's estimator, fed by every member of the room).
+//! It includes the fastest delivery (in process, well under a
+//! millisecond), so net latency is slightly low.
 //!
 //! The tick that carried a delta came after the newest pose in it reached
 //! the room. The grid is learnt from arrivals, so it lies a trip down after
@@ -21,7 +21,7 @@
 //! point`: the caller adds the round trip back for what the server and the
 //! network add.
 
-pub use plaza_shared::pacing::{TickPhase, tick_at_or_after};
+pub use plaza_shared::pacing::{GRID_WINDOW, TickGrid, tick_at_or_after};
 
 /// The wait and net split of one delta's latency.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use crate::cli::SendAt;
 use crate::names::UserKey;
 use plaza_shared::liveness::{Liveness, Verdict};
 use plaza_shared::rng::SplitMix;
-use crate::tickphase::{TickPhase, split};
+use crate::tickphase::{GRID_WINDOW, TickGrid, split};
 use plaza_shared::pacing::{PosePacer, phase_offset_us};
 use crate::track::{Anomalies, Tracker};
 use crate::wire::{Decoded, Wire};
@@ -76,28 +76,30 @@ pub enum Phase {
 /// Each room's tick grid, learnt from every member's arrivals.
 #[derive(Debug)]
 pub struct RoomClocks {
-    rooms: Vec<Mutex<Option<TickPhase>>>,
+    rooms: Vec<Mutex<Option<TickGrid>>>,
+    /// Deltas in a room's window: [`GRID_WINDOW`] ticks of every member's.
+    window: u64,
 }
 
 impl RoomClocks {
-    pub fn new(rooms: u32) -> Self {
-        RoomClocks { rooms: (0..rooms).map(|_| Mutex::new(None)).collect() }
+    pub fn new(rooms: u32, users_per_room: u32) -> Self {
+        RoomClocks { rooms: (0..rooms).map(|_| Mutex::new(None)).collect(), window: GRID_WINDOW * u64::from(users_per_room.max(1)) }
     }
 
     /// The room's tick phase, once known.
     fn phase(&self, room: u32) -> Option<u64> {
         let slot = self.rooms.get(room.checked_sub(1)? as usize)?;
-        slot.lock().unwrap_or_else(|e| e.into_inner()).as_mut()?.phase_us()
+        slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref()?.phase_us()
     }
 
-    /// Notes a tick's delta of `room` arriving at `arrival_us` (`None`: a
-    /// delta off the grid) and returns the room's tick phase, once known.
-    fn observe(&self, room: u32, arrival_us: Option<u64>, period_us: u64) -> Option<u64> {
+    /// Notes tick `tick`'s delta of `room` arriving at `arrival_us` (`None`:
+    /// a delta off the grid) and returns the room's tick phase, once known.
+    fn observe(&self, room: u32, arrival: Option<(u64, u64)>, period_us: u64) -> Option<u64> {
         let slot = self.rooms.get(room.checked_sub(1)? as usize)?;
         let mut clock = slot.lock().unwrap_or_else(|e| e.into_inner());
-        let clock = clock.get_or_insert_with(|| TickPhase::new(period_us));
-        if let Some(arrival_us) = arrival_us {
-            clock.observe(arrival_us);
+        let clock = clock.get_or_insert_with(|| TickGrid::new(period_us, self.window));
+        if let Some((arrival_us, tick)) = arrival {
+            clock.observe(arrival_us, tick);
         }
         clock.phase_us()
     }
@@ -658,6 +660,10 @@ impl User {
         };
         if welcome.tick_hz > 0 {
             self.period_us = 1_000_000 / u64::from(welcome.tick_hz);
+        } else {
+            // No tick (socket.io relaying each pose at once): no grid to
+            // pace to, and the numbers its deltas carry mark nothing.
+            self.paced = false;
         }
         let resumed = resume.as_deref() == Some(welcome.session.as_str());
         self.report.resumed += u64::from(resumed);
@@ -1215,9 +1221,10 @@ impl User {
         // Two grids on purpose: the room's (all its members' arrivals, for
         // the net split) and our own, learnt as the client learns it.
         let on_grid = marks_a_tick(delta, &self.stamps);
-        let phase = self.env.clocks.observe(self.plan.key.room, on_grid.then_some(now_us), self.period_us);
+        let tick = delta.map_or(self.stamps.tick, |d| d.tick);
+        let phase = self.env.clocks.observe(self.plan.key.room, on_grid.then_some((now_us, tick)), self.period_us);
         if self.paced && on_grid {
-            self.pacer.delta_arrived(now_us);
+            self.pacer.delta_arrived(now_us, tick);
         }
         if !poses.is_empty() {
             let second = self.env.epoch.elapsed().as_secs() as u32;
