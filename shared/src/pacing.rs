@@ -98,12 +98,18 @@ pub fn tick_at_or_after(t_us: u64, phase_us: u64, period_us: u64) -> u64 {
 /// trip, plus room for the server to read it in time, plus how late our
 /// own timer fires. How irregularly deltas arrive after the grid (the path,
 /// the server's scheduling, our own) is the best guide to how late our
-/// pose may be read: one deviation of it ([`LEAD_DEVIATIONS`]), at least
+/// pose may be read: its spread over the last few seconds
+/// ([`robust_spread`], [`LEAD_DEVIATIONS`] of it), at least
 /// [`MIN_MARGIN_US`]. The timer's part is its smoothed mean plus as many
 /// deviations.
 #[derive(Debug, Clone)]
 pub struct SendLead {
     arrival: Spread,
+    /// The latest deltas' lateness (µs), oldest first ([`LATENESS_WINDOW`]).
+    recent_lateness: std::collections::VecDeque<f64>,
+    /// Their spread, recomputed every few deltas ([`robust_spread`]).
+    robust_spread_us: f64,
+    since_spread: u32,
     timer: Spread,
     deviations: f64,
     /// Whether the margin also covers the mean lateness ([`SendLead::without_server_grace`]).
@@ -145,6 +151,14 @@ pub const LEAD_DEVIATIONS_WITHOUT_GRACE: f64 = 3.0;
 
 /// Weight of the newest arrival in the smoothed lateness.
 const LEAD_ALPHA: f64 = 1.0 / 32.0;
+/// Deltas whose lateness gives the spread against a server with a grace
+/// (about 3 s at 20 Hz): a busy spell leaves the lead that much after it.
+/// A smoothed variance (the mean's, [`LEAD_ALPHA`]) took 10 s and more to
+/// forget one: in a 1,800-user ladder step the lead's p50 sat at 15–26 ms
+/// for 8 s after a 2 s spike (session 20).
+const LATENESS_WINDOW: usize = 64;
+/// Recompute the windowed spread after this many deltas.
+const SPREAD_EVERY: u32 = 4;
 /// The least margin kept for the server to read a pose.
 pub const MIN_MARGIN_US: u64 = 3_000;
 
@@ -157,7 +171,15 @@ impl Default for SendLead {
 impl SendLead {
     /// Allowing `deviations` deviations of lateness.
     pub fn with_deviations(deviations: f64) -> Self {
-        SendLead { arrival: Spread { mean_us: 2_000.0, var_us2: 1_000.0 * 1_000.0 }, timer: Spread { mean_us: 500.0, var_us2: 500.0 * 500.0 }, deviations, mean_lateness: false }
+        SendLead {
+            arrival: Spread { mean_us: 2_000.0, var_us2: 1_000.0 * 1_000.0 },
+            recent_lateness: std::collections::VecDeque::with_capacity(LATENESS_WINDOW),
+            robust_spread_us: 1_000.0,
+            since_spread: 0,
+            timer: Spread { mean_us: 500.0, var_us2: 500.0 * 500.0 },
+            deviations,
+            mean_lateness: false,
+        }
     }
 
     /// For a server whose ticks never wait for a late pose (the socket.io
@@ -180,6 +202,17 @@ impl SendLead {
         // Arrivals just before the grid are early ones of the next tick, not very late ones.
         let late = if late > period_us as f64 * 0.75 { 0.0 } else { late };
         self.arrival.add(late);
+        if self.recent_lateness.len() == LATENESS_WINDOW {
+            self.recent_lateness.pop_front();
+        }
+        self.recent_lateness.push_back(late);
+        self.since_spread += 1;
+        if self.since_spread >= SPREAD_EVERY {
+            self.since_spread = 0;
+            if let Some(spread) = robust_spread(&self.recent_lateness) {
+                self.robust_spread_us = spread;
+            }
+        }
     }
 
     /// Our send timer fired `late_us` after the instant it was set for.
@@ -207,10 +240,23 @@ impl SendLead {
     /// the mean lateness had pushed the lead to 15–30 ms, all of it added
     /// to what everyone saw.
     pub fn lead_us(&self, rtt_us: u64, period_us: u64) -> u64 {
-        let arrival = if self.mean_lateness { self.arrival.high(self.deviations) } else { self.deviations * self.arrival.var_us2.sqrt() };
+        let arrival = if self.mean_lateness { self.arrival.high(self.deviations) } else { self.deviations * self.robust_spread_us };
         let margin = arrival.max(MIN_MARGIN_US as f64) + self.timer.high(self.deviations).max(0.0);
         rtt_us + (margin as u64).min(period_us / 2)
     }
+}
+
+/// How widely `lateness` spreads: half the distance from its 16th to its
+/// 84th percentile (one deviation, for a normal spread), which a rare
+/// straggler moves little. `None` below 8 values.
+fn robust_spread(lateness: &std::collections::VecDeque<f64>) -> Option<f64> {
+    if lateness.len() < 8 {
+        return None;
+    }
+    let mut sorted: Vec<f64> = lateness.iter().copied().collect();
+    sorted.sort_by(f64::total_cmp);
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+    Some((at(0.84) - at(0.16)) / 2.0)
 }
 
 /// The first send instant at or after `after_us` that lands a pose
@@ -233,8 +279,8 @@ pub struct PosePacer {
     period_us: u64,
     grid: TickGrid,
     lead: SendLead,
-    /// The ping round trip (µs), smoothed; `None` before the first pong.
-    round_trip_us: Option<f64>,
+    /// The latest ping round trips (µs), oldest first.
+    round_trips: std::collections::VecDeque<u64>,
     last_sent_us: Option<u64>,
     /// Deltas on the grid not yet taught to the lead ([`LEAD_WARMUP_DELTAS`]).
     warmup_left: u32,
@@ -253,11 +299,14 @@ pub const LEAD_WARMUP_DELTAS: u32 = 60;
 
 /// The round trip assumed before the first pong.
 const FIRST_ROUND_TRIP_US: u64 = 1_000;
-/// Weight of the newest ping in the smoothed round trip. A mean, not the
-/// least: with jitter on the path the lead must cover a pose's slower
-/// trips up, and the least round trip sent poses late (through the load
-/// tool's proxy at 20 ± 10 ms each way: 1.2% superseded against 0.3%).
-const ROUND_TRIP_ALPHA: f64 = 1.0 / 4.0;
+/// Round trips whose median the lead takes (25 s of the client's pings).
+/// A median: one slow pong (a busy moment on either side, a lost segment
+/// on the path) leaves it be, where a mean moved every pose that much
+/// earlier for half a minute. Not the least: with jitter on the path the
+/// lead must cover a pose's slower trips up, and the least sent poses late
+/// (through the load tool's proxy at 20 ± 10 ms each way: 1.2% superseded
+/// against 0.3%).
+const ROUND_TRIPS_KEPT: usize = 5;
 
 impl PosePacer {
     pub fn new(tick_hz: u32) -> Self {
@@ -272,7 +321,7 @@ impl PosePacer {
 
     fn with_lead(tick_hz: u32, lead: SendLead) -> Self {
         let period_us = 1_000_000 / u64::from(tick_hz.max(1));
-        PosePacer { period_us, grid: TickGrid::new(period_us, GRID_WINDOW), lead, round_trip_us: None, last_sent_us: None, warmup_left: LEAD_WARMUP_DELTAS, room: None }
+        PosePacer { period_us, grid: TickGrid::new(period_us, GRID_WINDOW), lead, round_trips: std::collections::VecDeque::with_capacity(ROUND_TRIPS_KEPT), last_sent_us: None, warmup_left: LEAD_WARMUP_DELTAS, room: None }
     }
 
     /// We are in room `room` now (its id). Each room ticks on a grid of its
@@ -307,14 +356,19 @@ impl PosePacer {
         self.grid.phase_us()
     }
 
-    /// A ping's round trip (the first one is taken as it is).
+    /// A ping's round trip.
     pub fn round_trip(&mut self, rtt_us: u64) {
-        let rtt = rtt_us as f64;
-        self.round_trip_us = Some(self.round_trip_us.map_or(rtt, |mean| mean + ROUND_TRIP_ALPHA * (rtt - mean)));
+        if self.round_trips.len() == ROUND_TRIPS_KEPT {
+            self.round_trips.pop_front();
+        }
+        self.round_trips.push_back(rtt_us);
     }
 
+    /// The median of the latest round trips (of two, the lower).
     fn rtt_us(&self) -> u64 {
-        self.round_trip_us.map_or(FIRST_ROUND_TRIP_US, |mean| mean as u64)
+        let mut sorted: Vec<u64> = self.round_trips.iter().copied().collect();
+        sorted.sort_unstable();
+        sorted.get(sorted.len().saturating_sub(1) / 2).copied().unwrap_or(FIRST_ROUND_TRIP_US)
     }
 
     /// When (Unix µs) a pose handed over at `now_us` should go out.
@@ -562,7 +616,34 @@ mod tests {
     }
 
     #[test]
-    fn the_lead_takes_the_whole_round_trip_smoothed() {
+    fn a_busy_spell_leaves_the_lead_within_a_window_of_deltas() {
+        let period = 50_000;
+        let mut lead = SendLead::default();
+        let calm = |n: u64| n * period + 12_000 + 300 + (n % 5) * 200;
+        for n in 0..200u64 {
+            lead.observe(calm(n), 12_000, period);
+        }
+        let before = lead.lead_us(1_000, period);
+        // 2 s of deltas 0–30 ms late: the lead widens…
+        for n in 200..240u64 {
+            lead.observe(n * period + 12_000 + (n * 7_919 % 30_000), 12_000, period);
+        }
+        assert!(lead.lead_us(1_000, period) > before + 5_000);
+        // …and is back once the window holds calm deltas only.
+        for n in 240..(240 + LATENESS_WINDOW as u64) {
+            lead.observe(calm(n), 12_000, period);
+        }
+        assert_eq!(lead.lead_us(1_000, period), before);
+        // A rare straggler moves it little.
+        lead.observe(400 * period + 12_000 + 35_000, 12_000, period);
+        for n in 401..404u64 {
+            lead.observe(calm(n), 12_000, period);
+        }
+        assert_eq!(lead.lead_us(1_000, period), before);
+    }
+
+    #[test]
+    fn the_lead_takes_the_whole_round_trip_its_median() {
         let period = 50_000;
         let t0 = 1_000_000_000;
         let mut pacer = PosePacer::new(20);
@@ -577,9 +658,15 @@ mod tests {
         // lands at the room the margin before the tick.
         let at = pacer.next_send_us(t0 + 100 * period);
         assert_eq!((at + 40_000 + margin) % period, 12_000);
-        // Later ones move it by a quarter.
-        pacer.round_trip(80_000);
-        assert_eq!(pacer.lead_us(), 50_000 + margin);
+        // One slow pong moves nothing; a path that got slower does.
+        pacer.round_trip(400_000);
+        assert_eq!(pacer.lead_us(), 40_000 + margin);
+        pacer.round_trip(42_000);
+        assert_eq!(pacer.lead_us(), 42_000 + margin);
+        for _ in 0..3 {
+            pacer.round_trip(80_000);
+        }
+        assert_eq!(pacer.lead_us(), 80_000 + margin);
     }
 
     #[test]
