@@ -61,10 +61,6 @@ impl TickGrid {
         TickGrid { period_us: period_us.max(1), window: window.max(1), seen: 0, least: std::collections::VecDeque::new() }
     }
 
-    pub fn period_us(&self) -> u64 {
-        self.period_us
-    }
-
     /// Tick `tick`'s delta arrived at `arrival_us` (Unix µs).
     pub fn observe(&mut self, arrival_us: u64, tick: u64) {
         let value = i128::from(arrival_us) - i128::from(tick) * i128::from(self.period_us);
@@ -88,10 +84,14 @@ impl TickGrid {
     }
 }
 
+/// How far `a_us` comes after `b_us` modulo `period_us`, in `[0, period)`.
+fn after_modulo(a_us: u64, b_us: u64, period_us: u64) -> u64 {
+    (a_us % period_us + period_us - b_us % period_us) % period_us
+}
+
 /// The first grid point (`phase + n · period`) at or after `t_us`.
 pub fn tick_at_or_after(t_us: u64, phase_us: u64, period_us: u64) -> u64 {
-    let offset = (phase_us % period_us + period_us - t_us % period_us) % period_us;
-    t_us + offset
+    t_us + after_modulo(phase_us, t_us, period_us)
 }
 
 /// How early before the (arrival) grid a pose should leave: the round
@@ -104,8 +104,10 @@ pub fn tick_at_or_after(t_us: u64, phase_us: u64, period_us: u64) -> u64 {
 /// deviations.
 #[derive(Debug, Clone)]
 pub struct SendLead {
+    /// Lateness, smoothed: the margin without a grace ([`SendLead::without_server_grace`]).
     arrival: Spread,
-    /// The latest deltas' lateness (µs), oldest first ([`LATENESS_WINDOW`]).
+    /// The latest deltas' lateness (µs), oldest first ([`LATENESS_WINDOW`]):
+    /// the margin with a grace.
     recent_lateness: std::collections::VecDeque<f64>,
     /// Their spread, recomputed every few deltas ([`robust_spread`]).
     robust_spread_us: f64,
@@ -198,10 +200,14 @@ impl SendLead {
         if period_us == 0 {
             return;
         }
-        let late = ((arrival_us % period_us + period_us - phase_us % period_us) % period_us) as f64;
+        let late = after_modulo(arrival_us, phase_us, period_us) as f64;
         // Arrivals just before the grid are early ones of the next tick, not very late ones.
         let late = if late > period_us as f64 * 0.75 { 0.0 } else { late };
-        self.arrival.add(late);
+        // Each margin keeps only what it uses.
+        if self.mean_lateness {
+            self.arrival.add(late);
+            return;
+        }
         if self.recent_lateness.len() == LATENESS_WINDOW {
             self.recent_lateness.pop_front();
         }
@@ -253,10 +259,17 @@ fn robust_spread(lateness: &std::collections::VecDeque<f64>) -> Option<f64> {
     if lateness.len() < 8 {
         return None;
     }
-    let mut sorted: Vec<f64> = lateness.iter().copied().collect();
-    sorted.sort_by(f64::total_cmp);
-    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
-    Some((at(0.84) - at(0.16)) / 2.0)
+    // On the stack: it runs every few deltas for every user.
+    let mut values = [0.0; LATENESS_WINDOW];
+    let n = lateness.len().min(LATENESS_WINDOW);
+    for (slot, &late) in values.iter_mut().zip(lateness.iter().skip(lateness.len() - n)) {
+        *slot = late;
+    }
+    let values = &mut values[..n];
+    let rank = |q: f64| ((n - 1) as f64 * q).round() as usize;
+    let high = *values.select_nth_unstable_by(rank(0.84), f64::total_cmp).1;
+    let low = *values.select_nth_unstable_by(rank(0.16), f64::total_cmp).1;
+    Some((high - low) / 2.0)
 }
 
 /// The first send instant at or after `after_us` that lands a pose
@@ -266,7 +279,7 @@ pub fn slot_at_or_after(after_us: u64, phase_us: u64, period_us: u64, lead_us: u
         return after_us;
     }
     // Slots are the grid shifted back by the lead.
-    let slot_phase = (phase_us % period_us + period_us - lead_us % period_us) % period_us;
+    let slot_phase = after_modulo(phase_us, lead_us, period_us);
     tick_at_or_after(after_us, slot_phase, period_us)
 }
 
@@ -281,6 +294,8 @@ pub struct PosePacer {
     lead: SendLead,
     /// The latest ping round trips (µs), oldest first.
     round_trips: std::collections::VecDeque<u64>,
+    /// Their median, kept as they come (it is read for every pose sent).
+    rtt_us: u64,
     last_sent_us: Option<u64>,
     /// Deltas on the grid not yet taught to the lead ([`LEAD_WARMUP_DELTAS`]).
     warmup_left: u32,
@@ -321,7 +336,7 @@ impl PosePacer {
 
     fn with_lead(tick_hz: u32, lead: SendLead) -> Self {
         let period_us = 1_000_000 / u64::from(tick_hz.max(1));
-        PosePacer { period_us, grid: TickGrid::new(period_us, GRID_WINDOW), lead, round_trips: std::collections::VecDeque::with_capacity(ROUND_TRIPS_KEPT), last_sent_us: None, warmup_left: LEAD_WARMUP_DELTAS, room: None }
+        PosePacer { period_us, grid: TickGrid::new(period_us, GRID_WINDOW), lead, round_trips: std::collections::VecDeque::with_capacity(ROUND_TRIPS_KEPT), rtt_us: FIRST_ROUND_TRIP_US, last_sent_us: None, warmup_left: LEAD_WARMUP_DELTAS, room: None }
     }
 
     /// We are in room `room` now (its id). Each room ticks on a grid of its
@@ -362,13 +377,14 @@ impl PosePacer {
             self.round_trips.pop_front();
         }
         self.round_trips.push_back(rtt_us);
-    }
-
-    /// The median of the latest round trips (of two, the lower).
-    fn rtt_us(&self) -> u64 {
-        let mut sorted: Vec<u64> = self.round_trips.iter().copied().collect();
-        sorted.sort_unstable();
-        sorted.get(sorted.len().saturating_sub(1) / 2).copied().unwrap_or(FIRST_ROUND_TRIP_US)
+        // The median (of two, the lower).
+        let mut sorted = [0; ROUND_TRIPS_KEPT];
+        let n = self.round_trips.len();
+        for (slot, &rtt) in sorted.iter_mut().zip(&self.round_trips) {
+            *slot = rtt;
+        }
+        sorted[..n].sort_unstable();
+        self.rtt_us = sorted[(n - 1) / 2];
     }
 
     /// When (Unix µs) a pose handed over at `now_us` should go out.
@@ -378,7 +394,7 @@ impl PosePacer {
             // One slot a tick: never two in the same period.
             (Some(phase), last) => {
                 let after = last.map_or(now_us, |l| now_us.max(l + period / 2));
-                slot_at_or_after(after, phase, period, self.lead.lead_us(self.rtt_us(), period))
+                slot_at_or_after(after, phase, period, self.lead.lead_us(self.rtt_us, period))
             }
             (None, Some(last)) => now_us.max(last + period),
             (None, None) => now_us,
@@ -402,7 +418,7 @@ impl PosePacer {
 
     /// How long before a tick a pose leaves now.
     pub fn lead_us(&self) -> u64 {
-        self.lead.lead_us(self.rtt_us(), self.period_us)
+        self.lead.lead_us(self.rtt_us, self.period_us)
     }
 }
 
@@ -412,7 +428,7 @@ pub fn phase_offset_us(phase_us: u64, reference_us: u64, period_us: u64) -> i64 
     if period_us == 0 {
         return 0;
     }
-    let ahead = (phase_us % period_us + period_us - reference_us % period_us) % period_us;
+    let ahead = after_modulo(phase_us, reference_us, period_us);
     if ahead > period_us / 2 { ahead as i64 - period_us as i64 } else { ahead as i64 }
 }
 
@@ -493,15 +509,15 @@ mod tests {
         }
         let now = t0 + 100 * period + 20_000;
         let at = pacer.next_send_us(now);
-        let lead = pacer.lead.lead_us(pacer.rtt_us(), period);
+        let lead = pacer.lead.lead_us(pacer.rtt_us, period);
         assert!((3_000..10_000).contains(&lead), "{lead}");
         assert_eq!((at + lead) % period, 12_000, "a lead before the grid");
         assert!(at >= now && at < now + period, "{at}");
         pacer.sent(at, at);
         // A send held back for seconds is not the timer's lateness.
-        let before = pacer.lead.lead_us(pacer.rtt_us(), period);
+        let before = pacer.lead.lead_us(pacer.rtt_us, period);
         pacer.sent(0, at);
-        assert_eq!(pacer.lead.lead_us(pacer.rtt_us(), period), before);
+        assert_eq!(pacer.lead.lead_us(pacer.rtt_us, period), before);
         // A pose handed over right after: the next tick's slot, not this one.
         // (The lead moved a little: the timer was on time.)
         let next = pacer.next_send_us(at + 1_000);
@@ -559,6 +575,14 @@ mod tests {
             rejoined.delta_arrived(tick(n) + 3_000 + (n * 7_919 % 27_000), n);
         }
         assert!(rejoined.lead.lead_us(1_000, period) > calm_lead + 3_000);
+    }
+
+    #[test]
+    fn a_grid_offset_is_signed_and_wraps_at_half_a_period() {
+        assert_eq!(phase_offset_us(14_000, 12_000, 50_000), 2_000);
+        assert_eq!(phase_offset_us(1_000, 49_000, 50_000), 2_000, "across the period's end");
+        assert_eq!(phase_offset_us(49_000, 1_000, 50_000), -2_000);
+        assert_eq!(phase_offset_us(40_000, 10_000, 50_000), -20_000, "nearer the other way round");
     }
 
     #[test]

@@ -131,6 +131,11 @@ impl PacingHistograms {
         let n = self.grid_offset.count();
         if n == 0 { 0.0 } else { round3(100.0 * self.grid_late as f64 / n as f64) }
     }
+
+    /// The run's summary; `None` without paced sends.
+    pub fn stats(&self) -> Option<crate::report::PacingStats> {
+        (!self.lead.is_empty()).then(|| crate::report::PacingStats { lead_ms: self.lead.summary_ms(), grid_offset_ms: self.grid_offset.summary_ms(), grid_late_pct: self.late_pct() })
+    }
 }
 
 /// Server resources at one moment.

@@ -409,8 +409,9 @@ pub fn html(r: &RunResult) -> String {
         ));
         let _ = write!(
             h,
-            "<p class=\"note\">Lead: how long before the tick each user sent its pose (half its round trip plus a margin for how late deltas come). Grid offset: how far the user's learnt tick grid was from its room's, learnt from all members' deltas; {}% of sends went by a grid more than 2 ms late, whose poses land after the tick unless the lead covers it.</p>",
-            pacing.grid_late_pct
+            "<p class=\"note\">Lead: how long before the tick each user sent its pose (its round trip plus a margin for how irregularly deltas come). Grid offset: how far the user's learnt tick grid was from its room's, learnt from all members' deltas; {}% of sends went by a grid more than {} ms late, whose poses land after the tick unless the lead covers it.</p>",
+            pacing.grid_late_pct,
+            crate::collect::GRID_LATE_US / 1000
         );
     }
 

@@ -8,7 +8,7 @@ use crate::delivery::{ReceiverLog, SenderLog, account_chats, account_poses};
 use crate::histogram::{Histogram, round3};
 use crate::names::{UserKey, room_name, run_tag, user_name};
 use crate::proxy::{Proxy, StatsSnapshot};
-use crate::report::{AnomalyCounts, FaultStats, LoadToolStats, PacingStats, RestartRecord, RestartStats, RunResult, ServerStats};
+use crate::report::{AnomalyCounts, FaultStats, LoadToolStats, RestartRecord, RestartStats, RunResult, ServerStats};
 use crate::server::{EmbeddedServer, Sampler, ServerError};
 use crate::user::{self, Env, Phase, Plan, RoomClocks, SentPoses, UserReport};
 use plaza_shared::limits::DEFAULT_ROOM_CAPACITY;
@@ -571,11 +571,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         latency_ms: collected.e2e.summary_ms(),
         latency_net_ms: collected.net.summary_ms(),
         latency_at_socket_ms: collected.at_socket.summary_ms(),
-        pacing: (!collected.pacing.lead.is_empty()).then(|| PacingStats {
-            lead_ms: collected.pacing.lead.summary_ms(),
-            grid_offset_ms: collected.pacing.grid_offset.summary_ms(),
-            grid_late_pct: collected.pacing.late_pct(),
-        }),
+        pacing: collected.pacing.stats(),
         join_ms: join.summary_ms(),
         auth_ms: auth.summary_ms(),
         rtt_ms: rtt.summary_ms(),

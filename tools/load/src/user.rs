@@ -86,12 +86,6 @@ impl RoomClocks {
         RoomClocks { rooms: (0..rooms).map(|_| Mutex::new(None)).collect(), window: GRID_WINDOW * u64::from(users_per_room.max(1)) }
     }
 
-    /// The room's tick phase, once known.
-    fn phase(&self, room: u32) -> Option<u64> {
-        let slot = self.rooms.get(room.checked_sub(1)? as usize)?;
-        slot.lock().unwrap_or_else(|e| e.into_inner()).as_ref()?.phase_us()
-    }
-
     /// Notes tick `tick`'s delta of `room` arriving at `arrival_us` (`None`:
     /// a delta off the grid) and returns the room's tick phase, once known.
     fn observe(&self, room: u32, arrival: Option<(u64, u64)>, period_us: u64) -> Option<u64> {
@@ -1066,7 +1060,7 @@ impl User {
             return;
         }
         self.sends_to_pacing_sample = PACING_SAMPLE_EVERY - 1;
-        let (Some(ours), Some(room)) = (self.pacer.grid_phase_us(), self.env.clocks.phase(self.plan.key.room)) else { return };
+        let (Some(ours), Some(room)) = (self.pacer.grid_phase_us(), self.env.clocks.observe(self.plan.key.room, None, self.period_us)) else { return };
         let period = self.pacer.period_us();
         let grid_offset_us = phase_offset_us(ours, room, period).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
         if self.batch.is_empty() {
