@@ -808,7 +808,12 @@ impl User {
         // about 8% more CPU at 2,000 users (docs/benchmarks.md, session 7).
         let mut due = Due {
             pose: start + first,
-            ping: start + ping_every.mul_f64(self.rng.unit()),
+            // A user with no round trip yet asks at once, as the desktop
+            // client does: until its first pong it would pace its poses by
+            // none (the pacer needs the whole round trip, docs/load.md).
+            // After a reconnect it has one, and a random phase keeps a
+            // crowd coming back at once from pinging in one burst.
+            ping: if self.report.rtt_us.is_empty() { start } else { start + ping_every.mul_f64(self.rng.unit()) },
             chat: chat_every.map(|every| start + every.mul_f64(self.rng.unit())),
             flush: start + BATCH_EVERY,
             join: start + JOIN_TIMEOUT,

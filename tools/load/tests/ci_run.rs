@@ -96,6 +96,10 @@ fn check(name: &str, protocol: &str) {
         assert!(at_socket[key].as_f64().unwrap() <= r["latency_ms"][key].as_f64().unwrap(), "latency_at_socket_ms.{key}: {r:#}");
     }
     assert!(r["join_ms"]["count"].as_u64().unwrap() == 10);
+    // Every user pings as it joins, so it paces by a real round trip from
+    // the start: with the default --ping-every 5, longer than this run,
+    // a first ping at a random moment would leave some users without one.
+    assert!(r["rtt_ms"]["count"].as_u64().unwrap() >= 10, "a pong for every user: {r:#}");
     // Paced users (the default) report the lead they sent by: at least
     // the least margin, at most the round trip and half a period.
     assert_eq!(r["send_at"], "tick");
