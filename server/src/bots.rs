@@ -89,7 +89,7 @@ async fn run_bot(state: AppState, room_name: &str, i: u32) -> Result<(), crate::
     let name = format!("Bot {}", i + 1);
     // Bots have no socket: connection 0 and a session nobody can resume.
     let occupant = Occupant { user_id: user_id.clone(), name: name.clone(), session: format!("bot-{i}").into(), conn: 0 };
-    let seat = room.join(occupant, bot_pose(i, 0.0), MemberLink { outbound, kick }).await?;
+    let seat = room.join(occupant, bot_pose(i, 0.0), MemberLink { outbound, kick, peer: None }).await?;
     let started = tokio::time::Instant::now();
     // Staggered over the pose period: bots that all moved at the same
     // instant made every other room tick carry all of them and the next

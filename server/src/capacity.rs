@@ -307,6 +307,11 @@ impl Counted {
         metrics::gauge!(crate::metrics::TCP_CONNECTIONS).increment(1.0);
         Counted { stream, open: Arc::clone(open) }
     }
+
+    /// The socket, for asking the kernel about its peer later.
+    pub fn peer_socket(&self) -> crate::peer_link::PeerSocket {
+        crate::peer_link::PeerSocket::of(&self.stream)
+    }
 }
 
 impl Drop for Counted {

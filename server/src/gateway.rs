@@ -8,7 +8,8 @@ use crate::AppState;
 use crate::metrics as m;
 use crate::auth::{Claims, now_unix, now_unix_ms, random_token};
 use crate::limiter::{Admission, Limiter};
-use crate::rooms::{JoinError, MemberLink, Occupant, Outbound, RoomHandle, Seat};
+use crate::peer_link::PeerSocket;
+use crate::rooms::{JoinError, Kick, MemberLink, Occupant, Outbound, RoomHandle, Seat};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use plaza_shared::codec::{DecodeError, Subprotocol};
@@ -84,14 +85,15 @@ fn rate_limit_debug() -> bool {
 
 /// Serves one upgraded socket until it closes.
 /// `trace` holds the socket's trace spans (crate::otel).
-pub async fn serve(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace) {
+/// `peer`: the TCP socket under it, when the connection loop knows it.
+pub async fn serve(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace, peer: Option<PeerSocket>) {
     let _open = Arc::clone(&state.sockets);
     metrics::gauge!(m::WS_CONNECTIONS).increment(1.0);
-    serve_inner(socket, protocol, state, trace).await;
+    serve_inner(socket, protocol, state, trace, peer).await;
     metrics::gauge!(m::WS_CONNECTIONS).decrement(1.0);
 }
 
-async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace) {
+async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace, peer: Option<PeerSocket>) {
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (kick_tx, kick_rx) = mpsc::channel(1);
@@ -100,7 +102,7 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
     let writer = tokio::spawn(async move {
         let _ = writer_end_tx.send(write_loop(sink, out_rx, kick_rx, protocol, first_delta).await);
     });
-    let link = MemberLink { outbound: out_tx, kick: kick_tx };
+    let link = MemberLink { outbound: out_tx, kick: kick_tx, peer };
 
     let hello = trace.hello();
     let handshake = tracing::Instrument::instrument(handshake(&mut stream, protocol, &state, &link), hello.clone()).await;
@@ -112,7 +114,7 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
         }
         Err((code, reason)) => {
             trace.refused(&hello, code);
-            let _ = link.kick.try_send((code, reason));
+            let _ = link.kick.try_send(Kick::Close(code, reason));
             drop(link);
             let _ = writer.await;
             linger(&mut stream).await;
@@ -151,7 +153,7 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
         // for when the queue doesn't drain (a client that stopped reading).
         let queued = timeout(CLOSE_SEND_TIMEOUT, link.outbound.send(Outbound::Close(code, reason))).await;
         if !matches!(queued, Ok(Ok(()))) {
-            let _ = link.kick.try_send((code, reason));
+            let _ = link.kick.try_send(Kick::Close(code, reason));
         }
     }
     drop(link);
@@ -211,10 +213,25 @@ fn encode(protocol: Subprotocol, msg: &ServerMessage, own: AvatarId) -> Option<M
     })
 }
 
+/// Does what the room asked: a close frame (given `wait` to get out), or
+/// nothing at all for a link gone silent, whose socket is just let go.
+async fn obey(sink: &mut Sink, kick: Kick, wait: Duration) -> WriterEnd {
+    match kick {
+        Kick::Close(code, reason) => {
+            send_close(sink, code, reason, wait).await;
+            WriterEnd::Closed
+        }
+        Kick::Drop => {
+            metrics::counter!(m::WS_SERVER_CLOSES, "reason" => m::SILENT_LINK).increment(1);
+            WriterEnd::Failed
+        }
+    }
+}
+
 /// Counts one frame and puts it in the socket's write buffer; it goes out
 /// with the next [`flush`]. A kick while it waits for room wins. Err when
 /// the writer should stop (kicked, or the socket is gone).
-async fn feed_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<(u16, &'static str)>, frame: Message, type_name: &'static str) -> Result<(), WriterEnd> {
+async fn feed_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<Kick>, frame: Message, type_name: &'static str) -> Result<(), WriterEnd> {
     match type_name {
         "delta" => m::hot::DELTAS_OUT.add(1),
         _ => metrics::counter!(m::WS_MESSAGES, "direction" => "out", "type" => type_name).increment(1),
@@ -227,22 +244,16 @@ async fn feed_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<(u16, &'static
     m::hot::BYTES_OUT.add(bytes as u64);
     tokio::select! {
         biased;
-        Some((code, reason)) = kick_rx.recv() => {
-            send_close(sink, code, reason, KICK_SEND_TIMEOUT).await;
-            Err(WriterEnd::Closed)
-        }
+        Some(kick) = kick_rx.recv() => Err(obey(sink, kick, KICK_SEND_TIMEOUT).await),
         fed = sink.feed(frame) => fed.map_err(|_| WriterEnd::Failed),
     }
 }
 
 /// Writes what [`feed_frame`] buffered; a kick while it waits wins.
-async fn flush(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<(u16, &'static str)>) -> Result<(), WriterEnd> {
+async fn flush(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<Kick>) -> Result<(), WriterEnd> {
     tokio::select! {
         biased;
-        Some((code, reason)) = kick_rx.recv() => {
-            send_close(sink, code, reason, KICK_SEND_TIMEOUT).await;
-            Err(WriterEnd::Closed)
-        }
+        Some(kick) = kick_rx.recv() => Err(obey(sink, kick, KICK_SEND_TIMEOUT).await),
         flushed = sink.flush() => flushed.map_err(|_| WriterEnd::Failed),
     }
 }
@@ -254,7 +265,7 @@ const MAX_FRAMES_PER_WRITE: u32 = 16;
 async fn write_loop(
     mut sink: Sink,
     mut out_rx: mpsc::Receiver<Outbound>,
-    mut kick_rx: mpsc::Receiver<(u16, &'static str)>,
+    mut kick_rx: mpsc::Receiver<Kick>,
     protocol: Subprotocol,
     first_delta: crate::otel::FirstDelta,
 ) -> WriterEnd {
@@ -270,10 +281,7 @@ async fn write_loop(
     loop {
         let next = tokio::select! {
             biased;
-            Some((code, reason)) = kick_rx.recv() => {
-                send_close(&mut sink, code, reason, KICK_SEND_TIMEOUT).await;
-                return WriterEnd::Closed;
-            }
+            Some(kick) = kick_rx.recv() => return obey(&mut sink, kick, KICK_SEND_TIMEOUT).await,
             next = out_rx.recv() => next,
         };
         let (frame, type_name, is_delta) = match next {
@@ -324,9 +332,8 @@ async fn write_loop(
                 {
                     return end;
                 }
-                if let Ok((code, reason)) = kick_rx.try_recv() {
-                    send_close(&mut sink, code, reason, KICK_SEND_TIMEOUT).await;
-                    return WriterEnd::Closed;
+                if let Ok(kick) = kick_rx.try_recv() {
+                    return obey(&mut sink, kick, KICK_SEND_TIMEOUT).await;
                 }
                 let _ = timeout(CLOSE_SEND_TIMEOUT, sink.close()).await;
                 return WriterEnd::Failed;

@@ -246,7 +246,7 @@ async fn create_room(State(state): State<AppState>, headers: HeaderMap, body: ax
     Ok((StatusCode::CREATED, Json(json!({"id": &*room.id, "name": &*room.name, "users": 0, "capacity": room.capacity}))))
 }
 
-async fn websocket(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+async fn websocket(State(state): State<AppState>, peer: Option<axum::Extension<crate::peer_link::PeerSocket>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
     if *state.draining.borrow() {
         metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "draining").increment(1);
         return ApiError(StatusCode::SERVICE_UNAVAILABLE, "draining", "the server is shutting down; try another instance".into()).into_response();
@@ -277,7 +277,7 @@ async fn websocket(State(state): State<AppState>, headers: HeaderMap, ws: WebSoc
             tracing::Instrument::instrument(
                 async move {
                     let _admitted = admitted;
-                    crate::gateway::serve(socket, protocol, state, trace).await
+                    crate::gateway::serve(socket, protocol, state, trace, peer.map(|p| p.0)).await
                 },
                 span,
             )

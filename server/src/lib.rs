@@ -9,6 +9,7 @@
 //! - [`limiter`]: per-socket rate limits.
 //! - [`capacity`]: the connection budgets and the open-file limit.
 //! - [`serve`]: the connection loop, with a deadline on request heads.
+//! - [`peer_link`]: whether a socket's peer still answers (TCP state).
 //!
 //! - [`store`]: chat storage (sqlx: SQLite or Postgres).
 //! - [`telemetry`]: client frame-timing reports into `plaza_client_*`.
@@ -26,6 +27,7 @@ pub mod limiter;
 pub mod logging;
 pub mod metrics;
 pub mod otel;
+pub mod peer_link;
 pub mod recent_chat;
 pub mod rooms;
 pub mod serve;

@@ -197,7 +197,11 @@ pub const WS_TYPES_OUT: [&str; 9] = plaza_shared::messages::ServerMessage::TYPE_
 pub const DROP_REASONS: [&str; 4] = ["rate_limited", "room_queue_full", "slow_consumer", "voice_slow_listener"];
 /// `reason` label values of `plaza_ws_server_closes_total`, one per close
 /// code the server sends ([`close_reason`]).
-pub const CLOSE_REASONS: [&str; 9] = ["idle", "draining", "invalid_messages", "too_large", "bad_hello", "bad_token", "rate_limited", "too_slow", "other"];
+pub const CLOSE_REASONS: [&str; 10] = ["idle", "draining", "invalid_messages", "too_large", "bad_hello", "bad_token", "rate_limited", "too_slow", SILENT_LINK, "other"];
+/// The `reason` of a socket let go without a close frame: its queue
+/// stayed full and its link had gone silent (crate::peer_link); its seat is
+/// held for a resume.
+pub const SILENT_LINK: &str = "silent_link";
 
 /// The `reason` label of a close code the server sent.
 pub fn close_reason(code: u16) -> &'static str {

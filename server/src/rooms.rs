@@ -8,7 +8,9 @@
 //! misses that delta; its next delivered one is a resync (every other
 //! avatar's full state in `joined`, plus every `left` it missed), so nothing
 //! but time is lost. A member that misses [`SLOW_TICKS_BEFORE_CLOSE`] ticks
-//! in a row is closed with 4009.
+//! in a row is closed with 4009, unless its link went silent (its TCP has had
+//! nothing acknowledged for seconds, [`crate::peer_link`]): then its socket
+//! is let go without a close frame and its seat held, as for a drop (below).
 //!
 //! A tick whose grid instant comes before the pose of a member that has sent
 //! one every tick lately waits for it, at most [`STRAGGLER_GRACE`]: clients
@@ -25,6 +27,7 @@
 //! from a replaced socket never touches the resumed seat.
 
 use crate::auth::random_token;
+use crate::peer_link::{PeerSocket, Reach};
 use crate::store::{Store, StoreError};
 use crate::voice::{Route, VoiceRouting};
 use plaza_shared::limits::{DEFAULT_ROOM_CAPACITY, TICK_HZ, close};
@@ -108,12 +111,26 @@ impl RoomDelta {
     }
 }
 
-/// A member's way back to its socket: the bounded outbound queue and a
-/// separate one-slot channel to close it even when that queue is full.
+/// A member's way back to its socket: the bounded outbound queue, a
+/// separate one-slot channel to close it even when that queue is full, and
+/// the socket itself, to ask whether its peer still answers (none for bots
+/// and tests).
 #[derive(Debug, Clone)]
 pub struct MemberLink {
     pub outbound: mpsc::Sender<Outbound>,
-    pub kick: mpsc::Sender<(u16, &'static str)>,
+    pub kick: mpsc::Sender<Kick>,
+    pub peer: Option<PeerSocket>,
+}
+
+/// How the room ends a member's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// A close frame with this code and reason, then the socket closes.
+    Close(u16, &'static str),
+    /// The socket goes without a close frame: its link went silent, so
+    /// none could arrive, and the seat waits for a resume as a dropped
+    /// socket's does.
+    Drop,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -530,7 +547,7 @@ impl Room {
                 if m.detached_until.is_none() {
                     // The old socket hasn't noticed it is dead yet (or two
                     // clients share a session): the newest one wins.
-                    let _ = m.link.kick.try_send((1000, "this session resumed on another connection"));
+                    let _ = m.link.kick.try_send(Kick::Close(1000, "this session resumed on another connection"));
                 }
                 let state = self.full_state(avatar);
                 if link.outbound.try_send(Outbound::Resumed { welcome, state }).is_err() {
@@ -551,15 +568,9 @@ impl Room {
                 m.missed_left.clear();
             }
             RoomCommand::Detach { avatar, conn } => {
-                if let Some(m) = self.members.get_mut(&avatar).filter(|m| m.conn == conn) {
-                    // The last pose the socket got in still counts.
-                    m.take_offered_pose();
+                if self.members.get(&avatar).is_some_and(|m| m.conn == conn) {
                     tracing::info!(avatar, "socket dropped; seat held for a resume");
-                    m.detached_until = Some(Instant::now() + RESUME_WINDOW);
-                    // Voice went with the socket; a resumed one offers again.
-                    if self.voice.remove(&avatar).is_some() {
-                        self.route_voice(Reroute::Left);
-                    }
+                    self.detach(avatar);
                 }
             }
             RoomCommand::Leave { avatar, conn } => {
@@ -629,6 +640,19 @@ impl Room {
         Arc::new(ServerMessage::Joined(Joined { room: self.id.to_string(), room_name: self.name.to_string(), you, tick: self.tick, avatars }))
     }
 
+    /// Holds a member's seat for a resume ([`RESUME_WINDOW`]): its avatar
+    /// stays where it was, and nobody is told it left.
+    fn detach(&mut self, avatar: AvatarId) {
+        let Some(m) = self.members.get_mut(&avatar) else { return };
+        // The last pose the socket got in still counts.
+        m.take_offered_pose();
+        m.detached_until = Some(Instant::now() + RESUME_WINDOW);
+        // Voice went with the socket; a resumed one offers again.
+        if self.voice.remove(&avatar).is_some() {
+            self.route_voice(Reroute::Left);
+        }
+    }
+
     fn remove(&mut self, avatar: AvatarId) {
         if self.members.remove(&avatar).is_some() {
             tracing::info!(avatar, "left");
@@ -641,6 +665,32 @@ impl Room {
                 self.route_voice(Reroute::Left);
             }
         }
+    }
+
+    /// A member whose queue stayed full (or closed) for
+    /// [`SLOW_TICKS_BEFORE_CLOSE`] ticks. A slow reader is closed with 4009
+    /// and lets its seat go. A member whose link went silent (its TCP has
+    /// had nothing acknowledged for seconds, crate::peer_link) is detached
+    /// instead, as a dropped socket is: its client will notice the silence
+    /// and resume, and a close frame could not reach it anyway.
+    fn end_slow_member(&mut self, id: AvatarId) {
+        let Some(m) = self.members.get(&id) else { return };
+        if m.link.outbound.is_closed() {
+            // The socket went and its gateway never said how.
+            self.remove(id);
+            return;
+        }
+        // The queue is open, so its writer holds the socket: the descriptor
+        // is still this member's (crate::peer_link::PeerSocket).
+        if let Some(Reach::Silent(silent)) = m.link.peer.map(|p| p.reach()) {
+            tracing::warn!(avatar = id, ticks = m.missed, silent_ms = silent.as_millis() as u64, "a member's link went silent: letting its socket go, seat held for a resume");
+            let _ = m.link.kick.try_send(Kick::Drop);
+            self.detach(id);
+            return;
+        }
+        tracing::warn!(avatar = id, ticks = m.missed, "closing a member too slow to keep up");
+        let _ = m.link.kick.try_send(Kick::Close(close::TOO_SLOW, "too slow to keep up"));
+        self.remove(id);
     }
 
     /// Whether a voice member quiet at the last routing is talking now.
@@ -779,8 +829,18 @@ impl Room {
             let m = self.members.get_mut(&id).expect("member");
             match m.link.outbound.try_send(message) {
                 Ok(()) => m.missed = 0,
-                Err(mpsc::error::TrySendError::Full(unsent)) => {
-                    metrics::counter!(crate::metrics::WS_DROPPED, "reason" => "slow_consumer").increment(1);
+                // A closed queue: the socket is gone, and its gateway is
+                // about to say whether it left or dropped (then the seat
+                // waits for a resume). Missed like a full one meanwhile;
+                // removed here only if the gateway never says.
+                Err(e) => {
+                    let unsent = match e {
+                        mpsc::error::TrySendError::Full(unsent) => {
+                            metrics::counter!(crate::metrics::WS_DROPPED, "reason" => "slow_consumer").increment(1);
+                            unsent
+                        }
+                        mpsc::error::TrySendError::Closed(unsent) => unsent,
+                    };
                     m.missed += 1;
                     // Departures in the lost delta go into the next resync.
                     match &unsent {
@@ -796,15 +856,10 @@ impl Room {
                         too_slow.push(id);
                     }
                 }
-                Err(_) => too_slow.push(id), // socket gone; its gateway will also tell us
             }
         }
         for id in too_slow {
-            if let Some(m) = self.members.get(&id).filter(|m| m.missed >= SLOW_TICKS_BEFORE_CLOSE) {
-                tracing::warn!(avatar = id, ticks = m.missed, "closing a member too slow to keep up");
-                let _ = m.link.kick.try_send((close::TOO_SLOW, "too slow to keep up"));
-            }
-            self.remove(id);
+            self.end_slow_member(id);
         }
     }
 }
@@ -980,7 +1035,7 @@ mod tests {
 
     struct Probe {
         rx: mpsc::Receiver<Outbound>,
-        kick: mpsc::Receiver<(u16, &'static str)>,
+        kick: mpsc::Receiver<Kick>,
         joined: Joined,
         seat: Seat,
     }
@@ -989,10 +1044,10 @@ mod tests {
         Occupant { user_id: format!("u_{name}"), name: name.into(), session: format!("s_{name}").into(), conn }
     }
 
-    fn link(queue: usize) -> (MemberLink, mpsc::Receiver<Outbound>, mpsc::Receiver<(u16, &'static str)>) {
+    fn link(queue: usize) -> (MemberLink, mpsc::Receiver<Outbound>, mpsc::Receiver<Kick>) {
         let (tx, rx) = mpsc::channel(queue);
         let (kick_tx, kick) = mpsc::channel(1);
-        (MemberLink { outbound: tx, kick: kick_tx }, rx, kick)
+        (MemberLink { outbound: tx, kick: kick_tx, peer: None }, rx, kick)
     }
 
     fn first_joined(rx: &mut mpsc::Receiver<Outbound>) -> Joined {
@@ -1118,7 +1173,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(25)).await;
             fast_deltas.extend(deltas(&mut fast));
         }
-        assert_eq!(slow.kick.try_recv().map(|k| k.0), Ok(close::TOO_SLOW));
+        assert_eq!(slow.kick.try_recv(), Ok(Kick::Close(close::TOO_SLOW, "too slow to keep up")));
         let with_moves = fast_deltas.iter().filter(|d| d.avatars.iter().any(|a| a.id == mover.joined.you)).count() as u32;
         assert!(with_moves >= ticks - 2, "the others kept their tick: {with_moves} of {ticks}");
         assert_eq!(room.members(), 2, "the slow member is gone");
@@ -1283,6 +1338,40 @@ mod tests {
         assert_eq!(room.members(), 2);
     }
 
+    /// A socket that dies closes its queue before its gateway tells the room
+    /// it dropped. A tick in between used to take the closed queue for a
+    /// leave and let the seat go, so the resume that followed found none.
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_queue_waits_for_its_gateway_to_say_how_the_socket_ended() {
+        let room = spawn_room("t", 40);
+        let mut watcher = join(&room, "watcher", 64).await;
+        let mover = join(&room, "mover", 64).await;
+        let Probe { rx, joined, .. } = join(&room, "roamer", 64).await;
+        let you = joined.you;
+        drop(rx); // the writer is gone
+        for i in 0..10 {
+            mover.seat.poses.offer(1, i, moved(i as f32));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(room.members(), 3, "ticks with its queue closed keep the seat");
+        room.detach(you, 1).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (new_link, _rx, _kick) = link(64);
+        let seat = room.resume(you, occupant("roamer", 2), new_link, welcome()).await.expect("the seat was held");
+        assert_eq!(seat.you, you);
+        assert!(deltas(&mut watcher).iter().all(|d| !d.left.contains(&you)), "nobody was told it left");
+
+        // A closed queue whose gateway never says is let go in the end.
+        let Probe { rx, joined: lost, .. } = join(&room, "lost", 64).await;
+        drop(rx);
+        for i in 0..SLOW_TICKS_BEFORE_CLOSE + 5 {
+            mover.seat.poses.offer(1, u64::from(100 + i), moved(i as f32));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(deltas(&mut watcher).iter().any(|d| d.left.contains(&lost.you)), "let go after {SLOW_TICKS_BEFORE_CLOSE} ticks");
+        assert_eq!(room.members(), 3);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_seat_not_resumed_within_the_window_is_let_go() {
         let room = spawn_room("t", 40);
@@ -1315,7 +1404,7 @@ mod tests {
         // Not detached yet (the server hasn't noticed the drop): the new socket wins.
         let (l, _rx, _k) = link(64);
         room.resume(you, occupant("roamer", 2), l, welcome()).await.expect("resumed");
-        assert_eq!(roamer.kick.try_recv().map(|k| k.0), Ok(1000));
+        assert_eq!(roamer.kick.try_recv().map(|k| matches!(k, Kick::Close(1000, _))), Ok(true));
     }
 
     #[tokio::test]

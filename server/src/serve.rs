@@ -15,6 +15,7 @@ use hyper::server::conn::http1::Builder;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
+use tower::Layer;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -53,7 +54,10 @@ where
         // size of what is open.
         while connections.try_join_next().is_some() {}
         let builder = builder.clone();
-        let service = TowerToHyperService::new(app.clone());
+        // Every request on this connection carries its socket: a WebSocket
+        // hands it to the room, which asks whether its peer still answers
+        // (crate::peer_link).
+        let service = TowerToHyperService::new(axum::Extension(io.peer_socket()).layer(app.clone()));
         let mut closing = closing.clone();
         connections.spawn(async move {
             let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();

@@ -35,19 +35,7 @@ impl TestServer {
 
     /// `(status, headers, body)` of a plain HTTP/1.1 request.
     pub async fn http(&self, method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
-        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let mut req = format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", body.len());
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-        let status = head[9..12].parse().unwrap();
-        (status, head.to_ascii_lowercase(), body.to_owned())
+        http_over(tokio::net::TcpStream::connect(self.addr).await.unwrap(), method, path, body, headers).await
     }
 
     pub async fn guest(&self, name: &str) -> serde_json::Value {
@@ -149,6 +137,22 @@ impl RemoteServer {
     }
 }
 
+/// `(status, headers, body)` of a plain HTTP/1.1 request on `s`.
+pub async fn http_over(mut s: tokio::net::TcpStream, method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head[9..12].parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub struct Client {
@@ -177,7 +181,12 @@ impl Client {
     pub async fn connect_small_buffer(addr: SocketAddr, protocol: Subprotocol) -> Client {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
-        let stream = socket.connect(addr).await.unwrap();
+        Client::over(socket.connect(addr).await.unwrap(), protocol).await
+    }
+
+    /// A client on a connection made elsewhere (another network namespace).
+    pub async fn over(stream: tokio::net::TcpStream, protocol: Subprotocol) -> Client {
+        let addr = stream.peer_addr().unwrap();
         let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
         req.headers_mut().insert("sec-websocket-protocol", protocol.name().parse().unwrap());
         let (ws, _) = tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.expect("upgrade");
