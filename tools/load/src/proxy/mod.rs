@@ -397,8 +397,10 @@ async fn sleep_until_some(at: Option<Instant>) {
 /// gone (the pumps' queues are dropped), and nothing more is carried.
 /// The client's bytes are read and thrown away (its kernel would keep
 /// retransmitting them into the void) until it gives the socket up. The
-/// server's are not read at all, so its send buffer fills as with a peer
-/// that acknowledges nothing; once the client has given up, the server's
+/// server's are not read at all, so its send buffer fills (our kernel
+/// still acknowledges until our receive buffer is full: to the server this
+/// is a reader whose window shut, not a black hole; docs/load.md); once
+/// the client has given up, the server's
 /// side is drained until the server closes it too (its heartbeat or its
 /// slow-reader rule), or the proxy stops. Neither side gets a reset.
 async fn hold_silent(client: &mut TcpStream, upstream: &mut TcpStream, stop: &mut watch::Receiver<bool>) {
