@@ -25,6 +25,8 @@ PACKAGES=(
   prometheus
   # the dashboard pictures' SVG to PNG (deploy/snapshot/run.sh, voice.sh)
   librsvg2-bin
+  # `ip`: the network namespaces of the silent-link test (server/tests)
+  iproute2
 )
 
 missing=()
