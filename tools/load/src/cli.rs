@@ -604,6 +604,9 @@ pub struct LadderArgs {
     /// A target stops climbing after a step with p99 above this [default: 3 × the limit].
     #[arg(long, value_parser = parse_limit)]
     pub stop_above_ms: Option<f64>,
+    /// Runs of each step (1–9), each target's in turn, rung by rung. A step's latencies are the median of its runs', and it is within the limit only when every run lost nothing and got everyone in: one unlucky run (this VM's speed moves by the minute) no longer decides a capacity.
+    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub repeat: u32,
     /// When users send their poses (see `plaza-load run --help`).
     #[arg(long, value_enum, default_value = "tick")]
     pub send_at: SendAt,
@@ -659,6 +662,7 @@ pub fn validate_ladder(args: LadderArgs) -> Result<LadderConfig, String> {
         ramp: Duration::from_secs_f64(ramp),
         p99_limit_ms: args.p99_limit_ms,
         stop_above_ms,
+        repeat: args.repeat,
         peer_dir: args.peer_dir,
         out: args.out,
         progress: !args.quiet,

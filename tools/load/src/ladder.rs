@@ -60,17 +60,22 @@ pub struct LadderConfig {
     pub p99_limit_ms: f64,
     /// A target stops climbing after a step whose p99 is above this.
     pub stop_above_ms: f64,
+    /// Runs of each step; a step reads the median of its runs.
+    pub repeat: u32,
     pub peer_dir: PathBuf,
     pub out: PathBuf,
     pub progress: bool,
 }
 
-/// One step of one target.
+/// One step of one target: with `--repeat`, the median of its runs (the
+/// sums of what they lost, and every run must have served).
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
     pub target: Target,
     pub users: u64,
     pub rooms: u32,
+    /// Each run's p99, in the order they ran.
+    pub runs_p99_ms: Vec<f64>,
     pub p50_ms: f64,
     pub p99_ms: f64,
     /// None for the relay, which has no tick to wait for.
@@ -98,34 +103,67 @@ pub struct Step {
     pub within_limit: bool,
 }
 
+/// The middle value (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
 impl Step {
-    fn new(target: Target, limit_ms: f64, r: &RunResult) -> Step {
-        let served = r.passed && r.users_joined == r.users;
+    /// A step from its runs (at least one).
+    fn from_runs(target: Target, limit_ms: f64, runs: &[RunResult]) -> Step {
+        let of = |f: fn(&RunResult) -> f64| median(runs.iter().map(f).collect());
+        let first = &runs[0];
+        let served = runs.iter().all(|r| r.passed && r.users_joined == r.users);
+        let p99_ms = of(|r| r.latency_ms.p99);
         Step {
             target,
-            users: r.users,
-            rooms: r.rooms,
-            p50_ms: r.latency_ms.p50,
-            p99_ms: r.latency_ms.p99,
-            net_p99_ms: (target != Target::SocketioRelay).then_some(r.latency_net_ms.p99),
-            at_socket_p99_ms: r.latency_at_socket_ms.p99,
-            max_ms: r.latency_ms.max,
-            join_p99_ms: r.join_ms.p99,
-            lost: r.lost,
-            misrouted: r.misrouted,
-            errors: r.errors,
-            passed: r.passed,
-            failure: r.failure.clone(),
-            pose_rate_hz: r.pose_rate_hz,
-            server_cpu_pct: r.server.cpu_pct,
-            server_rss_mb: r.server.rss_mb,
-            load_cpu_pct: r.load_tool.cpu_pct,
-            machine_busy_pct: r.load_tool.machine_busy_pct,
-            saturated: r.load_tool.saturated,
-            down_bytes_per_user_s: r.down_bytes_per_user_s,
+            users: first.users,
+            rooms: first.rooms,
+            runs_p99_ms: runs.iter().map(|r| r.latency_ms.p99).collect(),
+            p50_ms: of(|r| r.latency_ms.p50),
+            p99_ms,
+            net_p99_ms: (target != Target::SocketioRelay).then(|| of(|r| r.latency_net_ms.p99)),
+            at_socket_p99_ms: of(|r| r.latency_at_socket_ms.p99),
+            max_ms: runs.iter().map(|r| r.latency_ms.max).fold(0.0, f64::max),
+            join_p99_ms: of(|r| r.join_ms.p99),
+            lost: runs.iter().map(|r| r.lost).sum(),
+            misrouted: runs.iter().map(|r| r.misrouted).sum(),
+            errors: runs.iter().map(|r| r.errors).sum(),
+            passed: runs.iter().all(|r| r.passed),
+            failure: runs.iter().find(|r| !r.passed).map_or_else(String::new, |r| r.failure.clone()),
+            pose_rate_hz: of(|r| r.pose_rate_hz),
+            server_cpu_pct: of(|r| r.server.cpu_pct),
+            server_rss_mb: runs.iter().map(|r| r.server.rss_mb).fold(0.0, f64::max),
+            load_cpu_pct: of(|r| r.load_tool.cpu_pct),
+            machine_busy_pct: of(|r| r.load_tool.machine_busy_pct),
+            saturated: runs.iter().filter(|r| r.load_tool.saturated).count() * 2 > runs.len(),
+            down_bytes_per_user_s: of(|r| r.down_bytes_per_user_s),
             served,
-            within_limit: served && r.latency_ms.p99 <= limit_ms,
+            within_limit: served && p99_ms <= limit_ms,
         }
+    }
+
+    /// The step in one line, as the ladder prints it.
+    fn line(&self) -> String {
+        format!(
+            "{:<15} {:>6} users  p99 {:>8.1} ms (net {:>7}, at socket {:>7.1})  lost {} errors {}  server {:>4.0}%  load tool {:>4.0}%  machine {:>3.0}%  {}",
+            self.target.name(),
+            self.users,
+            self.p99_ms,
+            self.net_p99_ms.map_or_else(|| "-".to_owned(), |n| format!("{n:.1}")),
+            self.at_socket_p99_ms,
+            self.lost,
+            self.errors,
+            self.server_cpu_pct,
+            self.load_cpu_pct,
+            self.machine_busy_pct,
+            if self.within_limit { "ok" } else { "over" }
+        )
     }
 
     /// What ran out first at this step, in words.
@@ -167,6 +205,8 @@ pub struct LadderResult {
     pub rate_hz: f64,
     pub step_duration_s: f64,
     pub p99_limit_ms: f64,
+    /// Runs of each step (`--repeat`).
+    pub repeat: u32,
     pub cores: u32,
     pub steps: Vec<Step>,
     pub capacity: Vec<Capacity>,
@@ -217,7 +257,10 @@ pub enum LadderError {
     Report(#[from] crate::report::ReportError),
 }
 
-fn step_config(cfg: &LadderConfig, target: Target, users: u64, server: Option<String>) -> RunConfig {
+/// `run`: which of the step's runs (0-based); with `--repeat` above 1 each
+/// run's reports go in a folder of its own, `run-1`, `run-2`, ….
+fn step_config(cfg: &LadderConfig, target: Target, users: u64, run: u32, server: Option<String>) -> RunConfig {
+    let step_dir = cfg.out.join(target.name()).join(users.to_string());
     let rooms = users.div_ceil(u64::from(cfg.users_per_room)).max(1) as u32;
     RunConfig {
         rooms,
@@ -227,7 +270,7 @@ fn step_config(cfg: &LadderConfig, target: Target, users: u64, server: Option<St
         ramp: cfg.ramp,
         server,
         wire: if target == Target::Plaza { Wire::Plaza(Subprotocol::Binary) } else { Wire::SocketIo },
-        out: cfg.out.join(target.name()).join(users.to_string()),
+        out: if cfg.repeat > 1 { step_dir.join(format!("run-{}", run + 1)) } else { step_dir },
         chat_every: Some(Duration::from_secs(30)),
         ping_every: Duration::from_secs(5),
         silence_limit: plaza_shared::liveness::SILENCE_LIMIT,
@@ -254,45 +297,50 @@ pub async fn ladder(cfg: &LadderConfig) -> Result<LadderResult, LadderError> {
     let mut steps = Vec::new();
     let mut interrupted = false;
     let mut climbing = cfg.targets.clone();
-    'steps: for &users in &cfg.steps {
-        for target in climbing.clone() {
-            let peer = match target {
-                Target::Plaza => None,
-                Target::SocketioRelay => Some(Peer::start(&cfg.peer_dir, PeerMode::Relay)?),
-                Target::SocketioBatch => Some(Peer::start(&cfg.peer_dir, PeerMode::Batch)?),
-            };
-            let run_cfg = step_config(cfg, target, users, peer.as_ref().map(|p| p.base.clone()));
-            tracing::info!(target = target.name(), users, rooms = run_cfg.rooms, "ladder step");
-            let result = crate::run::run(&run_cfg).await.map_err(|e| LadderError::Step { target: target.name(), users, cause: e.to_string() })?;
-            drop(peer);
-            crate::report::write(&run_cfg.out, &result)?;
-            let step = Step::new(target, cfg.p99_limit_ms, &result);
-            println!(
-                "plaza-load ladder: {:<15} {:>6} users  p99 {:>8.1} ms (net {:>7}, at socket {:>7.1})  lost {} errors {}  server {:>4.0}%  load tool {:>4.0}%  machine {:>3.0}%  {}",
-                target.name(),
-                users,
-                step.p99_ms,
-                step.net_p99_ms.map_or_else(|| "-".to_owned(), |n| format!("{n:.1}")),
-                step.at_socket_p99_ms,
-                step.lost,
-                step.errors,
-                step.server_cpu_pct,
-                step.load_cpu_pct,
-                step.machine_busy_pct,
-                if step.within_limit { "ok" } else { "over" }
-            );
-            let stop = !step.passed || step.p99_ms > cfg.stop_above_ms;
-            steps.push(step);
-            if result.interrupted {
-                interrupted = true;
-                break 'steps;
+    for &users in &cfg.steps {
+        let mut runs: Vec<(Target, Vec<RunResult>)> = climbing.iter().map(|&t| (t, Vec::new())).collect();
+        for run in 0..cfg.repeat {
+            for (target, done) in &mut runs {
+                let target = *target;
+                let peer = match target {
+                    Target::Plaza => None,
+                    Target::SocketioRelay => Some(Peer::start(&cfg.peer_dir, PeerMode::Relay)?),
+                    Target::SocketioBatch => Some(Peer::start(&cfg.peer_dir, PeerMode::Batch)?),
+                };
+                let run_cfg = step_config(cfg, target, users, run, peer.as_ref().map(|p| p.base.clone()));
+                tracing::info!(target = target.name(), users, run = run + 1, rooms = run_cfg.rooms, "ladder step");
+                let result = crate::run::run(&run_cfg).await.map_err(|e| LadderError::Step { target: target.name(), users, cause: e.to_string() })?;
+                drop(peer);
+                crate::report::write(&run_cfg.out, &result)?;
+                let this_run = Step::from_runs(target, cfg.p99_limit_ms, std::slice::from_ref(&result));
+                let which = if cfg.repeat > 1 { format!("  (run {} of {})", run + 1, cfg.repeat) } else { String::new() };
+                println!("plaza-load ladder: {}{which}", this_run.line());
+                let stop_now = result.interrupted;
+                done.push(result);
+                if stop_now {
+                    interrupted = true;
+                    break;
+                }
+                tokio::time::sleep(SETTLE).await;
             }
-            tokio::time::sleep(SETTLE).await;
-            if stop {
-                climbing.retain(|&t| t != target);
+            if interrupted {
+                break;
             }
         }
-        if climbing.is_empty() {
+        for (target, done) in runs {
+            if done.is_empty() {
+                continue;
+            }
+            let step = Step::from_runs(target, cfg.p99_limit_ms, &done);
+            if done.len() > 1 {
+                println!("plaza-load ladder: {}  (median of {} runs)", step.line(), done.len());
+            }
+            if !step.passed || step.p99_ms > cfg.stop_above_ms {
+                climbing.retain(|&t| t != target);
+            }
+            steps.push(step);
+        }
+        if interrupted || climbing.is_empty() {
             break;
         }
     }
@@ -368,6 +416,7 @@ pub fn summarize(cfg: &LadderConfig, cores: u32, steps: Vec<Step>, interrupted: 
         rate_hz: cfg.rate_hz,
         step_duration_s: cfg.step_duration.as_secs_f64(),
         p99_limit_ms: cfg.p99_limit_ms,
+        repeat: cfg.repeat,
         cores,
         steps,
         capacity,
@@ -387,8 +436,13 @@ pub fn html(r: &LadderResult) -> String {
     let mut h = crate::report::page_head("plaza-load ladder");
     let _ = write!(
         h,
-        r#"<p>{} users per room at {} Hz, {} s a step, on {} cores; limit: p99 end-to-end pose latency ≤ {} ms with nothing lost.</p>"#,
-        r.users_per_room, r.rate_hz, r.step_duration_s, r.cores, r.p99_limit_ms
+        r#"<p>{} users per room at {} Hz, {} s a step, on {} cores; limit: p99 end-to-end pose latency ≤ {} ms with nothing lost.{}</p>"#,
+        r.users_per_room,
+        r.rate_hz,
+        r.step_duration_s,
+        r.cores,
+        r.p99_limit_ms,
+        if r.repeat > 1 { format!(" Each step ran {} times: its latencies are the median of its runs', and it is within the limit only if every run lost nothing.", r.repeat) } else { String::new() }
     );
     h.push_str("<h2>Capacity</h2><table><tr><th>target</th><th>users within the limit</th><th>first step over</th><th>what ran out there</th></tr>");
     for c in &r.capacity {
@@ -434,11 +488,15 @@ pub fn html(r: &LadderResult) -> String {
     h.push_str(&line_chart_over(&format!("p99 end-to-end pose latency (clipped at {cap:.0} ms)"), "users", "ms", &clipped));
     h.push_str("<h2>Server CPU by users</h2>");
     h.push_str(&line_chart_over("server CPU (socket.io: one thread)", "users", "% of one core", &series(|s| s.server_cpu_pct)));
-    h.push_str("<h2>Steps</h2><table><tr><th>target</th><th>users</th><th>p50</th><th>p99</th><th>p99 net of tick</th><th>p99 at the load tool's socket</th><th>max</th><th>join p99</th><th>lost</th><th>errors</th><th>poses/s per user</th><th>server CPU %</th><th>server RSS MB</th><th>load tool CPU %</th><th>machine busy %</th><th>within</th></tr>");
+    h.push_str("<h2>Steps</h2><table><tr><th>target</th><th>users</th><th>p50</th><th>p99</th><th>p99 net of tick</th><th>p99 at the load tool's socket</th><th>max</th><th>join p99</th><th>lost</th><th>errors</th><th>poses/s per user</th><th>server CPU %</th><th>server RSS MB</th><th>load tool CPU %</th><th>machine busy %</th><th>within</th>");
+    if r.repeat > 1 {
+        h.push_str("<th>p99 of each run</th>");
+    }
+    h.push_str("</tr>");
     for s in &r.steps {
         let _ = write!(
             h,
-            "<tr><th>{}</th><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{:.1}</td><td>{:.0}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{}</td></tr>",
+            "<tr><th>{}</th><td>{}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{:.1}</td><td>{:.0}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{:.0}</td><td>{}</td>",
             s.target.name(),
             s.users,
             s.p50_ms,
@@ -456,6 +514,11 @@ pub fn html(r: &LadderResult) -> String {
             s.machine_busy_pct,
             if s.within_limit { "yes" } else { "no" }
         );
+        if r.repeat > 1 {
+            let runs: Vec<String> = s.runs_p99_ms.iter().map(|p| format!("{p:.1}")).collect();
+            let _ = write!(h, "<td>{}</td>", runs.join(", "));
+        }
+        h.push_str("</tr>");
     }
     h.push_str("</table><p class=\"note\">Every step is its own run (fresh server), with its full report under the target's folder. Plaza runs in this process (its RSS includes the load tool); the socket.io peers are Node processes read through their /metrics. Latency net of tick is shown only for targets with a tick (Plaza, socketio-batch). At the socket: p99 to when the delta reached the load tool's socket (the kernel's receive time), so the gap to p99 is the load tool reading late. The ratio is shown only when the best socket.io variant crossed the limit within the ladder.</p></body></html>\n");
     h
@@ -470,6 +533,7 @@ mod tests {
             target,
             users,
             rooms: 1,
+            runs_p99_ms: vec![p99],
             p50_ms: p99 / 2.0,
             p99_ms: p99,
             net_p99_ms: Some(p99),
@@ -504,10 +568,38 @@ mod tests {
             ramp: Duration::from_secs(2),
             p99_limit_ms: 60.0,
             stop_above_ms: 180.0,
+            repeat: 1,
             peer_dir: PathBuf::from("tools/peers/socketio"),
             out: PathBuf::from("target/x"),
             progress: false,
         }
+    }
+
+    fn run_result(users: u64, p99: f64, lost: u64) -> RunResult {
+        let mut r = RunResult { users, users_joined: users, rooms: 1, lost, passed: lost == 0, ..RunResult::default() };
+        r.latency_ms.p99 = p99;
+        r.latency_ms.max = p99 * 2.0;
+        r
+    }
+
+    #[test]
+    fn a_repeated_step_reads_the_median_and_must_serve_in_every_run() {
+        // One slow run of three does not put the step over.
+        let step = Step::from_runs(Target::Plaza, 60.0, &[run_result(400, 20.0, 0), run_result(400, 95.0, 0), run_result(400, 30.0, 0)]);
+        assert_eq!(step.p99_ms, 30.0);
+        assert_eq!(step.runs_p99_ms, vec![20.0, 95.0, 30.0], "each run's, in the order they ran");
+        assert_eq!(step.max_ms, 190.0, "the worst run's max");
+        assert!(step.within_limit);
+        // Two of three over: over.
+        let step = Step::from_runs(Target::Plaza, 60.0, &[run_result(400, 70.0, 0), run_result(400, 20.0, 0), run_result(400, 65.0, 0)]);
+        assert_eq!(step.p99_ms, 65.0);
+        assert!(!step.within_limit);
+        // A run that lost anything puts the step out, whatever its latency.
+        let step = Step::from_runs(Target::Plaza, 60.0, &[run_result(400, 20.0, 0), run_result(400, 20.0, 3), run_result(400, 20.0, 0)]);
+        assert_eq!(step.lost, 3);
+        assert!(!step.served && !step.within_limit);
+        // An even count takes the mean of the middle two.
+        assert_eq!(Step::from_runs(Target::Plaza, 60.0, &[run_result(400, 20.0, 0), run_result(400, 40.0, 0)]).p99_ms, 30.0);
     }
 
     #[test]

@@ -66,3 +66,35 @@ fn a_tiny_ladder_climbs_every_target_and_loses_nothing() {
     let html = std::fs::read_to_string(out.join("ladder.html")).expect("ladder.html");
     assert!(html.contains("<svg") && html.contains("socketio-batch"));
 }
+
+/// `--repeat 2`: each step runs twice, each run's reports in a folder of
+/// its own, and the step reads the median of its runs.
+#[test]
+fn a_repeated_ladder_runs_each_step_twice_and_reads_the_median() {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("plaza-load-ladder-repeat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let output = Command::new(env!("CARGO_BIN_EXE_plaza-load"))
+        .args(["ladder", "--targets", "plaza", "--steps", "4", "--users-per-room", "4", "--rate", "10", "--step-duration", "2", "--ramp", "0.5", "--repeat", "2", "--quiet"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("plaza-load runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}", output.status.code(), String::from_utf8_lossy(&output.stderr));
+    let ladder: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("ladder.json")).expect("ladder.json")).expect("JSON");
+    assert_eq!(ladder["repeat"], 2);
+    let steps = ladder["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 1, "one step, from two runs: {steps:?}");
+    let runs: Vec<f64> = steps[0]["runs_p99_ms"].as_array().expect("runs_p99_ms").iter().filter_map(|v| v.as_f64()).collect();
+    assert_eq!(runs.len(), 2);
+    let median = (runs[0] + runs[1]) / 2.0;
+    assert!((steps[0]["p99_ms"].as_f64().unwrap() - median).abs() < 1e-9, "p99 is the median of {runs:?}: {}", steps[0]);
+    assert_eq!(steps[0]["lost"], 0);
+    for run in ["run-1", "run-2"] {
+        let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("plaza/4").join(run).join("result.json")).expect("each run's result.json")).expect("JSON");
+        assert_eq!(r["users_joined"], 4);
+    }
+    assert!(stdout.contains("(run 1 of 2)") && stdout.contains("(run 2 of 2)") && stdout.contains("(median of 2 runs)"), "{stdout}");
+    let html = std::fs::read_to_string(out.join("ladder.html")).expect("ladder.html");
+    assert!(html.contains("p99 of each run"), "the report shows every run");
+}
