@@ -11,7 +11,7 @@ RUN_FRAMES ?= 30
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := decode_client_bin decode_server_bin decode_client_json decode_server_json
 
-.PHONY: setup build run test check-deps check-deploy check-tracy stack peers bench bench-frames load load-voice load-restart load-hostile load-bad-network ladder soak fuzz clippy clean-run assets
+.PHONY: setup build run test check-deps check-deploy check-tracy stack peers bench bench-frames load load-voice load-restart load-hostile load-bad-network load-blackhole ladder soak fuzz clippy clean-run assets
 
 setup:
 	@bash tools/setup.sh
@@ -74,6 +74,13 @@ BAD_NETWORK_LOAD_ARGS ?= --rooms 1 --users-per-room 40 --rate 20 --duration 300 
 load-bad-network: setup
 	$(CARGO) build --profile bench -p plaza-load
 	"$(CARGO_TARGET_DIR)/release/plaza-load" run $(BAD_NETWORK_LOAD_ARGS) --out target/plaza-load/bad-network
+
+# A link that goes silent for real: users in network namespaces of their
+# own, 10 of them cut off for 9 s in a busy room; they must resume their
+# own seats (needs root; docs/benchmarks.md, session 21).
+load-blackhole: setup
+	$(CARGO) build --profile bench -p plaza-server -p plaza-load
+	CARGO_TARGET_DIR=$(CARGO_TARGET_DIR) tools/netns-blackhole.sh target/plaza-load/blackhole
 
 # Misbehaving clients beside the users: 5 in each room, one that stops
 # reading, one that floods, one that sends junk, one that sends an
