@@ -213,12 +213,13 @@ fn encode(protocol: Subprotocol, msg: &ServerMessage, own: AvatarId) -> Option<M
     })
 }
 
-/// Does what the room asked: a close frame (given `wait` to get out), or
-/// nothing at all for a link gone silent, whose socket is just let go.
-async fn obey(sink: &mut Sink, kick: Kick, wait: Duration) -> WriterEnd {
+/// Does what the room asked: a close frame (given [`KICK_SEND_TIMEOUT`] to
+/// get out), or nothing at all for a link gone silent, whose socket is just
+/// let go.
+async fn obey(sink: &mut Sink, kick: Kick) -> WriterEnd {
     match kick {
         Kick::Close(code, reason) => {
-            send_close(sink, code, reason, wait).await;
+            send_close(sink, code, reason, KICK_SEND_TIMEOUT).await;
             WriterEnd::Closed
         }
         Kick::Drop => {
@@ -244,7 +245,7 @@ async fn feed_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<Kick>, frame: 
     m::hot::BYTES_OUT.add(bytes as u64);
     tokio::select! {
         biased;
-        Some(kick) = kick_rx.recv() => Err(obey(sink, kick, KICK_SEND_TIMEOUT).await),
+        Some(kick) = kick_rx.recv() => Err(obey(sink, kick).await),
         fed = sink.feed(frame) => fed.map_err(|_| WriterEnd::Failed),
     }
 }
@@ -253,7 +254,7 @@ async fn feed_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<Kick>, frame: 
 async fn flush(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<Kick>) -> Result<(), WriterEnd> {
     tokio::select! {
         biased;
-        Some(kick) = kick_rx.recv() => Err(obey(sink, kick, KICK_SEND_TIMEOUT).await),
+        Some(kick) = kick_rx.recv() => Err(obey(sink, kick).await),
         flushed = sink.flush() => flushed.map_err(|_| WriterEnd::Failed),
     }
 }
@@ -281,7 +282,7 @@ async fn write_loop(
     loop {
         let next = tokio::select! {
             biased;
-            Some(kick) = kick_rx.recv() => return obey(&mut sink, kick, KICK_SEND_TIMEOUT).await,
+            Some(kick) = kick_rx.recv() => return obey(&mut sink, kick).await,
             next = out_rx.recv() => next,
         };
         let (frame, type_name, is_delta) = match next {
@@ -333,7 +334,7 @@ async fn write_loop(
                     return end;
                 }
                 if let Ok(kick) = kick_rx.try_recv() {
-                    return obey(&mut sink, kick, KICK_SEND_TIMEOUT).await;
+                    return obey(&mut sink, kick).await;
                 }
                 let _ = timeout(CLOSE_SEND_TIMEOUT, sink.close()).await;
                 return WriterEnd::Failed;

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{Client, http_over};
+use common::{Client, http_over, room_users_in, server_closes_in};
 use plaza_shared::codec::Subprotocol;
 use plaza_shared::messages::*;
 use std::net::SocketAddr;
@@ -72,7 +72,10 @@ impl Link {
     }
 
     async fn member_connect(&self, addr: SocketAddr) -> tokio::net::TcpStream {
-        let stream = Link::inside(&self.member_ns, move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect from the member's namespace"));
+        let ns = self.member_ns.clone();
+        // The thread that enters the namespace blocks: off the runtime.
+        let connect = move || Link::inside(&ns, move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect from the member's namespace"));
+        let stream = tokio::task::spawn_blocking(connect).await.unwrap();
         stream.set_nonblocking(true).unwrap();
         tokio::net::TcpStream::from_std(stream).unwrap()
     }
@@ -89,12 +92,6 @@ impl Drop for Link {
         let _ = ip(&["netns", "del", &self.server_ns]);
         let _ = ip(&["netns", "del", &self.member_ns]);
     }
-}
-
-/// `plaza_ws_server_closes_total{reason}` from the metrics text.
-fn closes(metrics: &str, reason: &str) -> f64 {
-    let key = format!("plaza_ws_server_closes_total{{reason=\"{reason}\"}} ");
-    metrics.lines().find_map(|l| l.strip_prefix(&key)).map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +116,7 @@ async fn a_member_whose_link_goes_silent_keeps_its_seat_for_its_resume() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, rooms) = link.http(addr, "GET", "/api/v1/rooms", "").await;
-        if rooms.contains(r#""users":24"#) {
+        if room_users_in(&rooms, "busy") == Some(24) {
             break;
         }
         assert!(Instant::now() < deadline, "the bots never filled the room: {rooms}");
@@ -144,8 +141,8 @@ async fn a_member_whose_link_goes_silent_keeps_its_seat_for_its_resume() {
     // The old socket is left as it is: a client that gave up on it.
 
     let (_, metrics) = link.http(addr, "GET", "/metrics", "").await;
-    assert_eq!(closes(&metrics, "silent_link"), 1.0, "the room let the silent socket go as silent:\n{metrics}");
-    assert_eq!(closes(&metrics, "too_slow"), 0.0, "and did not close it as a slow reader");
+    assert_eq!(server_closes_in(&metrics, "silent_link"), 1.0, "the room let the silent socket go as silent:\n{metrics}");
+    assert_eq!(server_closes_in(&metrics, "too_slow"), 0.0, "and did not close it as a slow reader");
 
     let mut back = Client::over(link.member_connect(addr).await, Subprotocol::Json).await;
     let again = back.hello(&token, Some(&welcome.session)).await;

@@ -66,14 +66,12 @@ impl TestServer {
     /// before, as at least.
     pub async fn server_closes(&self, reason: &str) -> f64 {
         let (_, _, text) = self.http("GET", "/metrics", "", &[]).await;
-        let series = format!("plaza_ws_server_closes_total{{reason=\"{reason}\"}} ");
-        text.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("no {series}in /metrics"))
+        server_closes_in(&text, reason)
     }
 
     pub async fn room_users(&self, name: &str) -> Option<u64> {
         let (_, _, body) = self.http("GET", "/api/v1/rooms", "", &[]).await;
-        let rooms: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-        rooms.iter().find(|r| r["name"] == name).and_then(|r| r["users"].as_u64())
+        room_users_in(&body, name)
     }
 
     pub async fn member(&self, name: &str, protocol: Subprotocol, room: &str) -> (Client, Joined) {
@@ -137,6 +135,19 @@ impl RemoteServer {
     }
 }
 
+/// `plaza_ws_server_closes_total{reason}` in a `/metrics` text (every
+/// reason is there from the start, at 0).
+pub fn server_closes_in(metrics: &str, reason: &str) -> f64 {
+    let series = format!("plaza_ws_server_closes_total{{reason=\"{reason}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("no {series}in /metrics"))
+}
+
+/// Users in the room called `name`, from a `GET /api/v1/rooms` body.
+pub fn room_users_in(rooms: &str, name: &str) -> Option<u64> {
+    let rooms: Vec<serde_json::Value> = serde_json::from_str(rooms).unwrap();
+    rooms.iter().find(|r| r["name"] == name).and_then(|r| r["users"].as_u64())
+}
+
 /// `(status, headers, body)` of a plain HTTP/1.1 request on `s`.
 pub async fn http_over(mut s: tokio::net::TcpStream, method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
     let mut req = format!("{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n", body.len());
@@ -169,11 +180,7 @@ pub enum Ended {
 
 impl Client {
     pub async fn connect(addr: SocketAddr, protocol: Subprotocol) -> Client {
-        let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
-        req.headers_mut().insert("sec-websocket-protocol", protocol.name().parse().unwrap());
-        let (ws, response) = tokio_tungstenite::connect_async(req).await.expect("upgrade");
-        assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), protocol.name());
-        Client { ws, protocol }
+        Client::over(tokio::net::TcpStream::connect(addr).await.unwrap(), protocol).await
     }
 
     /// A client whose socket takes in only a few KiB before it stops the
@@ -189,7 +196,8 @@ impl Client {
         let addr = stream.peer_addr().unwrap();
         let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
         req.headers_mut().insert("sec-websocket-protocol", protocol.name().parse().unwrap());
-        let (ws, _) = tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.expect("upgrade");
+        let (ws, response) = tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.expect("upgrade");
+        assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), protocol.name());
         Client { ws, protocol }
     }
 
