@@ -16,6 +16,9 @@ set -euo pipefail
 OUT=${1:-target/netns-blackhole}
 CUT_AT=${2:-15}
 OUTAGE=${3:-9}
+for v in "$CUT_AT" "$OUTAGE"; do
+  [[ "$v" =~ ^[0-9]+$ && "$v" -ge 1 && "$v" -le 600 ]] || { echo "netns-blackhole: CUT_AT_S and OUTAGE_S are whole seconds, 1-600; got '$v'" >&2; exit 2; }
+done
 BIN=${CARGO_TARGET_DIR:-target}/release
 for b in plaza-server plaza-load; do
   [ -x "$BIN/$b" ] || { echo "netns-blackhole: $BIN/$b not found; cargo build --profile bench -p plaza-server -p plaza-load" >&2; exit 2; }
