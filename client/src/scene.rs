@@ -65,10 +65,16 @@ impl Plugin for ScenePlugin {
 
 /// The scene camera. Where it draws (the scaled scene image) is the render
 /// scale plugin's business.
+///
+/// It is also where lights' shadow levels of detail are measured from.
+/// Without the marker Bevy takes the camera that draws to the window,
+/// which is the render scale's output camera (a quad at the origin), or,
+/// headless, any camera with a warning.
 fn spawn_camera(mut commands: Commands) {
     commands.spawn((
         Camera3d::default(),
         MainCamera,
+        bevy::camera::ShadowLodOrigin,
         Projection::Perspective(PerspectiveProjection { fov: 60f32.to_radians(), ..default() }),
         crate::player::camera_for(crate::player::START, 0.0),
     ));

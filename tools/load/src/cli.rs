@@ -122,7 +122,7 @@ pub struct RunArgs {
     pub send_at: SendAt,
     /// After --duration, keep reading this many seconds for poses still in
     /// flight (0.2–120). Raise it behind a slow link or the fault proxy:
-    /// poses that arrive later count as lost. [default: 1]
+    /// poses that arrive later count as lost.
     #[arg(long, default_value = "1", value_parser = parse_drain)]
     pub drain: f64,
     /// No progress line.
