@@ -86,14 +86,16 @@ fn rate_limit_debug() -> bool {
 /// Serves one upgraded socket until it closes.
 /// `trace` holds the socket's trace spans (crate::otel).
 /// `peer`: the TCP socket under it, when the connection loop knows it.
-pub async fn serve(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace, peer: Option<PeerSocket>) {
+/// `header_hello`: the hello the upgrade request carried in its headers
+/// (plaza_shared::upgrade_hello); without one, the first frame must be it.
+pub async fn serve(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace, peer: Option<PeerSocket>, header_hello: Option<Hello>) {
     let _open = Arc::clone(&state.sockets);
     metrics::gauge!(m::WS_CONNECTIONS).increment(1.0);
-    serve_inner(socket, protocol, state, trace, peer).await;
+    serve_inner(socket, protocol, state, trace, peer, header_hello).await;
     metrics::gauge!(m::WS_CONNECTIONS).decrement(1.0);
 }
 
-async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace, peer: Option<PeerSocket>) {
+async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace, peer: Option<PeerSocket>, header_hello: Option<Hello>) {
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (kick_tx, kick_rx) = mpsc::channel(1);
@@ -105,7 +107,7 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
     let link = MemberLink { outbound: out_tx, kick: kick_tx, peer };
 
     let hello = trace.hello();
-    let handshake = tracing::Instrument::instrument(handshake(&mut stream, protocol, &state, &link), hello.clone()).await;
+    let handshake = tracing::Instrument::instrument(handshake(&mut stream, protocol, &state, &link, header_hello), hello.clone()).await;
     let mut session = match handshake {
         Ok(mut session) => {
             trace.welcomed(&hello, &session.claims.sub, &session.id);
@@ -408,13 +410,10 @@ fn read(protocol: Subprotocol, frame: Option<Result<Message, axum::Error>>) -> I
     }
 }
 
-async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState, link: &MemberLink) -> Result<Session, (u16, &'static str)> {
-    let first = timeout(Duration::from_millis(HELLO_TIMEOUT_MS), stream.next()).await.map_err(|_| (close::BAD_HELLO, "no hello within 5 s"))?;
-    let hello = match read(protocol, first) {
-        Incoming::Message(ClientMessage::Hello(h)) => h,
-        Incoming::TooLarge => return Err((close::TOO_LARGE, "message too large")),
-        Incoming::Closed | Incoming::Dropped => return Err((close::BAD_HELLO, "closed before hello")),
-        _ => return Err((close::BAD_HELLO, "the first message must be a hello")),
+async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState, link: &MemberLink, header_hello: Option<Hello>) -> Result<Session, (u16, &'static str)> {
+    let hello = match header_hello {
+        Some(hello) => hello,
+        None => hello_frame(stream, protocol).await?,
     };
     // The version is checked before the token.
     if hello.protocol != PROTOCOL_VERSION {
@@ -436,6 +435,17 @@ async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState,
     }
     let _ = link.outbound.try_send(Outbound::Message(Arc::new(session.welcome())));
     Ok(session)
+}
+
+/// The first frame, which must be a hello.
+async fn hello_frame(stream: &mut Stream, protocol: Subprotocol) -> Result<Hello, (u16, &'static str)> {
+    let first = timeout(Duration::from_millis(HELLO_TIMEOUT_MS), stream.next()).await.map_err(|_| (close::BAD_HELLO, "no hello within 5 s"))?;
+    match read(protocol, first) {
+        Incoming::Message(ClientMessage::Hello(h)) => Ok(h),
+        Incoming::TooLarge => Err((close::TOO_LARGE, "message too large")),
+        Incoming::Closed | Incoming::Dropped => Err((close::BAD_HELLO, "closed before hello")),
+        _ => Err((close::BAD_HELLO, "the first message must be a hello")),
+    }
 }
 
 struct Session {

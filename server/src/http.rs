@@ -14,6 +14,7 @@ use axum::{Json, Router};
 use plaza_shared::codec::Subprotocol;
 use plaza_shared::limits::{DEFAULT_ROOM_CAPACITY, MAX_MESSAGE_BYTES, MAX_ROOM_CAPACITY, ROOM_NAME_MAX_CHARS};
 use plaza_shared::messages::validate_display_name;
+use plaza_shared::upgrade_hello;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -257,6 +258,14 @@ async fn websocket(State(state): State<AppState>, peer: Option<axum::Extension<c
     let Some(protocol) = protocol else {
         return bad_request("ask for subprotocol plaza.v1.bin or plaza.v1.json (Sec-WebSocket-Protocol)").into_response();
     };
+    // A hello in the upgrade's headers (plaza_shared::upgrade_hello): the
+    // welcome goes out right behind the 101, a round trip sooner.
+    let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
+    let header_hello = match upgrade_hello::from_headers(header(upgrade_hello::AUTHORIZATION), header(upgrade_hello::RESUME)) {
+        Ok(hello) => hello,
+        Err(message) => return bad_request(message).into_response(),
+    };
+    let hello_taken = header_hello.is_some();
     // Held by the socket's task for its whole life.
     let Some(admitted) = state.connections.admit() else {
         return crate::capacity::websocket_refusal(state.connections.limit());
@@ -265,7 +274,8 @@ async fn websocket(State(state): State<AppState>, peer: Option<axum::Extension<c
     // `traceparent`); it lives until the socket closes.
     let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
     let trace = crate::otel::SessionTrace::new(request_id);
-    ws.max_message_size(MAX_MESSAGE_BYTES)
+    let mut response = ws
+        .max_message_size(MAX_MESSAGE_BYTES)
         .max_frame_size(MAX_MESSAGE_BYTES)
         // Small read buffer: tungstenite allocates it per socket and
         // zero-fills up to this much on every read, and a pose is ~40
@@ -277,11 +287,15 @@ async fn websocket(State(state): State<AppState>, peer: Option<axum::Extension<c
             tracing::Instrument::instrument(
                 async move {
                     let _admitted = admitted;
-                    crate::gateway::serve(socket, protocol, state, trace, peer.map(|p| p.0)).await
+                    crate::gateway::serve(socket, protocol, state, trace, peer.map(|p| p.0), header_hello).await
                 },
                 span,
             )
-        })
+        });
+    if hello_taken {
+        response.headers_mut().insert(upgrade_hello::TAKEN, HeaderValue::from_static(upgrade_hello::TAKEN_VALUE));
+    }
+    response
 }
 
 async fn chat_history(

@@ -14,6 +14,7 @@
 //! - [`rng`]: a small seeded generator for the tools (SplitMix64).
 //! - [`telemetry`]: the client's frame-timing reports and their aggregation.
 //! - [`voice`]: voice signaling and the SFU's choice of who hears whom.
+//! - [`upgrade_hello`]: the hello carried in the WebSocket upgrade request.
 
 pub mod codec;
 pub mod flags;
@@ -26,6 +27,7 @@ pub mod pose;
 pub mod quality;
 pub mod rng;
 pub mod telemetry;
+pub mod upgrade_hello;
 pub mod voice;
 
 pub use codec::{DecodeError, Subprotocol};

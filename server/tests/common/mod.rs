@@ -193,12 +193,29 @@ impl Client {
 
     /// A client on a connection made elsewhere (another network namespace).
     pub async fn over(stream: tokio::net::TcpStream, protocol: Subprotocol) -> Client {
+        Client::upgrade(stream, protocol, &[]).await.expect("upgrade").0
+    }
+
+    /// The upgrade with extra request headers; the client and the 101's
+    /// headers, or the refusal's status and body.
+    pub async fn upgrade(stream: tokio::net::TcpStream, protocol: Subprotocol, headers: &[(&str, &str)]) -> Result<(Client, axum::http::HeaderMap), (u16, String)> {
         let addr = stream.peer_addr().unwrap();
         let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
         req.headers_mut().insert("sec-websocket-protocol", protocol.name().parse().unwrap());
-        let (ws, response) = tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.expect("upgrade");
-        assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), protocol.name());
-        Client { ws, protocol }
+        for (name, value) in headers {
+            req.headers_mut().insert(axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(), value.parse().unwrap());
+        }
+        match tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await {
+            Ok((ws, response)) => {
+                assert_eq!(response.headers().get("sec-websocket-protocol").unwrap(), protocol.name());
+                Ok((Client { ws, protocol }, response.headers().clone()))
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let body = response.body().as_deref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+                Err((response.status().as_u16(), body))
+            }
+            Err(e) => panic!("upgrade: {e}"),
+        }
     }
 
     /// Says hello (resuming `resume` if given) and returns the welcome.

@@ -1,0 +1,102 @@
+//! A hello carried in the WebSocket upgrade request: a connect or a resume
+//! takes one round trip less.
+//!
+//! With the hello in a frame, a socket costs the upgrade's round trip and
+//! then the hello's: the server can't say `welcome` (or, for a resume, send
+//! the room's state back) before the frame arrives. With it in the upgrade
+//! request, the server sends `welcome` (and the state) right behind its
+//! `101`. At a 1 s round trip a resume's state is back a second sooner.
+//!
+//! Optional on both sides. A client asks with `Authorization: Bearer
+//! <access token>`, and `Plaza-Resume: <session>` to resume, on the upgrade
+//! request. A server that took them as the hello says so with
+//! `Plaza-Hello: taken` on its `101`; the client then sends no hello frame.
+//! Without that answer (an older server) the client sends its hello frame
+//! as before. Browsers can't set headers on a WebSocket; they send the
+//! frame. The rest is the same either way: a bad token closes with 4001,
+//! a resume that finds no seat gets a new `session`.
+
+use crate::limits::PROTOCOL_VERSION;
+use crate::messages::{ClientMessage, Hello};
+
+/// The request header with the access token: `Bearer <token>`.
+pub const AUTHORIZATION: &str = "authorization";
+/// The request header with the `session` to resume.
+pub const RESUME: &str = "plaza-resume";
+/// The response header that says the server took the hello from the
+/// request's headers, and its value.
+pub const TAKEN: &str = "plaza-hello";
+pub const TAKEN_VALUE: &str = "taken";
+
+/// Longest `Plaza-Resume` taken (sessions are 16 characters).
+pub const RESUME_MAX_CHARS: usize = 128;
+
+/// The `Authorization` value for `token`.
+pub fn authorization(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// The hello in an upgrade request's headers. `None` without an
+/// `Authorization` header (the hello comes as a frame); an error that says
+/// what is wrong and what is allowed when either header is malformed.
+pub fn from_headers(authorization: Option<&[u8]>, resume: Option<&[u8]>) -> Result<Option<Hello>, String> {
+    let Some(authorization) = authorization else {
+        return match resume {
+            Some(_) => Err("Plaza-Resume needs Authorization: Bearer <access token> beside it (or send both in the hello frame)".into()),
+            None => Ok(None),
+        };
+    };
+    let token = std::str::from_utf8(authorization)
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or("Authorization must be `Bearer <access token>`")?
+        .trim();
+    let resume = match resume {
+        None => None,
+        Some(raw) => {
+            let session = std::str::from_utf8(raw).ok().map(str::trim).filter(|s| !s.is_empty() && s.len() <= RESUME_MAX_CHARS && s.bytes().all(|b| b.is_ascii_graphic()));
+            Some(session.ok_or_else(|| format!("Plaza-Resume must be the session of an earlier welcome: 1–{RESUME_MAX_CHARS} visible ASCII characters"))?.to_owned())
+        }
+    };
+    let hello = Hello { token: token.to_owned(), protocol: PROTOCOL_VERSION, resume };
+    ClientMessage::Hello(hello.clone()).validate().map_err(|e| format!("Authorization: {}", e.message))?;
+    Ok(Some(hello))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_authorization_is_no_hello_and_a_resume_alone_is_an_error() {
+        assert_eq!(from_headers(None, None), Ok(None));
+        let e = from_headers(None, Some(b"abc")).unwrap_err();
+        assert!(e.contains("Plaza-Resume needs Authorization"), "{e}");
+    }
+
+    #[test]
+    fn a_bearer_token_and_a_session_make_the_hello() {
+        let hello = from_headers(Some(b"Bearer t0k.en"), Some(b"s3ss10n")).unwrap().unwrap();
+        assert_eq!(hello, Hello { token: "t0k.en".into(), protocol: PROTOCOL_VERSION, resume: Some("s3ss10n".into()) });
+        let fresh = from_headers(Some(authorization("abc").as_bytes()), None).unwrap().unwrap();
+        assert_eq!(fresh.resume, None);
+        assert_eq!(fresh.token, "abc");
+    }
+
+    #[test]
+    fn malformed_headers_say_what_is_allowed() {
+        for bad in [&b"Basic abc"[..], b"Bearer", b"bearer abc", b"\xff\xfe"] {
+            let e = from_headers(Some(bad), None).unwrap_err();
+            assert!(e.contains("Bearer <access token>"), "{bad:?}: {e}");
+        }
+        let e = from_headers(Some(b"Bearer "), None).unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+        let long = format!("Bearer {}", "x".repeat(4097));
+        let e = from_headers(Some(long.as_bytes()), None).unwrap_err();
+        assert!(e.contains("at most 4096"), "{e}");
+        for bad in [&b""[..], b"a b", &[b'x'; RESUME_MAX_CHARS + 1]] {
+            let e = from_headers(Some(b"Bearer abc"), Some(bad)).unwrap_err();
+            assert!(e.contains("1–128 visible ASCII"), "{bad:?}: {e}");
+        }
+    }
+}
