@@ -32,6 +32,40 @@ struct Proxy {
     /// way and stay open (a link gone silent: Wi-Fi lost, a cable pulled).
     frozen_before: Arc<AtomicU64>,
     opened: Arc<AtomicU64>,
+    /// While set, the hello headers of upgrade requests are taken out (a
+    /// server from before they existed never sees them); counts the lines.
+    strip_hello: Arc<AtomicBool>,
+    hello_lines_stripped: Arc<AtomicU64>,
+}
+
+/// Passes the request head from `from` to `to` without its hello headers
+/// (plaza_shared::upgrade_hello), counting the lines taken out.
+async fn strip_hello_headers(from: &mut TcpStream, to: &mut TcpStream, stripped: &AtomicU64) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(at) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let (request, rest) = head.split_at(end);
+    let request = String::from_utf8_lossy(request);
+    let mut kept = String::new();
+    for line in request.split_inclusive("\r\n") {
+        let name = line.split(':').next().unwrap_or("").to_ascii_lowercase();
+        if name == plaza_shared::upgrade_hello::AUTHORIZATION || name == plaza_shared::upgrade_hello::RESUME {
+            stripped.fetch_add(1, Ordering::SeqCst);
+        } else {
+            kept.push_str(line);
+        }
+    }
+    to.write_all(kept.as_bytes()).await?;
+    to.write_all(rest).await
 }
 
 /// Forwards `from` to `to` until either ends, or for good once `frozen`
@@ -59,16 +93,23 @@ impl Proxy {
         let open: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let (down, swallow): (Arc<AtomicBool>, Arc<AtomicBool>) = Default::default();
         let (frozen_before, opened): (Arc<AtomicU64>, Arc<AtomicU64>) = Default::default();
+        let (strip_hello, hello_lines_stripped): (Arc<AtomicBool>, Arc<AtomicU64>) = Default::default();
         let (tasks, is_down, swallowing, freezes, count) = (open.clone(), down.clone(), swallow.clone(), frozen_before.clone(), opened.clone());
+        let (stripping, stripped) = (strip_hello.clone(), hello_lines_stripped.clone());
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 if is_down.load(Ordering::SeqCst) {
                     continue; // dropped: closed at once
                 }
                 let number = count.fetch_add(1, Ordering::SeqCst) + 1;
-                let (swallowing, freezes) = (swallowing.clone(), freezes.clone());
+                let (swallowing, freezes, stripped) = (swallowing.clone(), freezes.clone(), stripped.clone());
+                let strip = stripping.load(Ordering::SeqCst);
                 let task = tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(server).await else { return };
+                    let Ok(mut outbound) = TcpStream::connect(server).await else { return };
+                    let mut inbound = inbound;
+                    if strip && strip_hello_headers(&mut inbound, &mut outbound, &stripped).await.is_err() {
+                        return;
+                    }
                     let ((from_client, to_client), (from_server, to_server)) = (inbound.into_split(), outbound.into_split());
                     let frozen = || freezes.load(Ordering::SeqCst) >= number;
                     tokio::select! {
@@ -79,7 +120,13 @@ impl Proxy {
                 tasks.lock().unwrap().push(task);
             }
         });
-        Proxy { addr, open, down, swallow, frozen_before, opened }
+        Proxy { addr, open, down, swallow, frozen_before, opened, strip_hello, hello_lines_stripped }
+    }
+
+    /// From now on the proxy plays a server that takes no hello from the
+    /// upgrade's headers.
+    fn strip_hello_headers(&self) {
+        self.strip_hello.store(true, Ordering::SeqCst);
     }
 
     /// Every open connection goes silent both ways (at its next read);
@@ -193,6 +240,24 @@ async fn a_dropped_connection_resumes_the_same_seat_and_the_token_is_refreshed_i
     assert!(before.iter().any(|e| matches!(e, NetEvent::Status(ConnectionStatus::Reconnecting { .. }))));
     let status = before.iter().rev().find_map(|e| if let NetEvent::Status(s) = e { Some(s.clone()) } else { None });
     assert!(matches!(status, Some(ConnectionStatus::InRoom { .. })), "{status:?}");
+}
+
+/// A server from before the hello could ride in the upgrade request (the
+/// proxy takes the headers out): the client sends its hello frame, gets in,
+/// and a dropped socket still resumes its seat.
+#[tokio::test]
+async fn a_server_that_takes_no_hello_from_the_upgrade_gets_the_hello_frame_and_resumes_work() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let proxy = Proxy::start(addr).await;
+    proxy.strip_hello_headers();
+    let mut client = Client::start(format!("http://{}", proxy.addr), "older-room");
+    client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+    proxy.cut();
+    let (_, before) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+    assert!(before.iter().any(|e| matches!(e, NetEvent::Notice(Notice::Reconnected { resumed: true }))), "the seat resumed: {before:?}");
+    // Authorization on both sockets, Plaza-Resume on the second: the client
+    // offered them, and got in without them.
+    assert_eq!(proxy.hello_lines_stripped.load(Ordering::SeqCst), 3);
 }
 
 /// The room's history comes after every join: what was said before we

@@ -11,6 +11,7 @@ use plaza_shared::codec::Subprotocol;
 use plaza_shared::limits::{PROTOCOL_VERSION, RequestFailure};
 use plaza_shared::messages::*;
 use plaza_shared::pacing::PosePacer;
+use plaza_shared::upgrade_hello;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -296,22 +297,38 @@ impl Task {
         }
     }
 
-    async fn open(&self) -> Result<Ws, Ended> {
+    /// Opens the socket with `hello` in the upgrade request
+    /// (plaza_shared::upgrade_hello); says whether the server took it from
+    /// there, or needs the hello frame (an older server).
+    async fn open(&self, hello: &Hello) -> Result<(Ws, bool), Ended> {
         let url = format!("{}/ws", self.config.server.replacen("http://", "ws://", 1));
         let mut request = url.as_str().into_client_request().map_err(|e| Ended::Unreachable(format!("{url}: {e}")))?;
-        request.headers_mut().insert("sec-websocket-protocol", Subprotocol::Binary.name().parse().expect("header value"));
+        let headers = request.headers_mut();
+        headers.insert("sec-websocket-protocol", Subprotocol::Binary.name().parse().expect("header value"));
+        // Both or neither: a token or session that can't be a header value
+        // goes in the hello frame instead.
+        use tokio_tungstenite::tungstenite::http::HeaderValue;
+        let authorization = upgrade_hello::authorization(&hello.token).parse::<HeaderValue>();
+        let resume = hello.resume.as_deref().map(str::parse::<HeaderValue>).transpose();
+        if let (Ok(authorization), Ok(resume)) = (authorization, resume) {
+            headers.insert(upgrade_hello::AUTHORIZATION, authorization);
+            if let Some(resume) = resume {
+                headers.insert(upgrade_hello::RESUME, resume);
+            }
+        }
         // No Nagle: a pose must not wait for the server's ACK of the one
         // before (up to a delayed-ACK timeout, 40 ms on Linux). A 4 KiB read
         // buffer: tungstenite's default 128 KiB is zero-filled on every read.
         let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
-        let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_with_config(request, Some(config), true))
+        let (ws, response) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async_with_config(request, Some(config), true))
             .await
             .map_err(|_| Ended::Unreachable(format!("{url}: no answer within {CONNECT_TIMEOUT:?}")))?
             .map_err(|e| match e {
                 tokio_tungstenite::tungstenite::Error::Http(response) => refused(&url, &response),
                 e => Ended::Unreachable(format!("{url}: {e}")),
             })?;
-        Ok(ws)
+        let taken = response.headers().get(upgrade_hello::TAKEN).is_some_and(|v| v == upgrade_hello::TAKEN_VALUE);
+        Ok((ws, taken))
     }
 
     /// One socket's life: hello, join (or resume), relay.
@@ -320,12 +337,12 @@ impl Task {
             Ok(token) => token,
             Err(e) => return Stop::Ended(Ended::Unreachable(e)),
         };
-        let mut ws = match self.open().await {
-            Ok(ws) => ws,
+        let hello = Hello { token, protocol: PROTOCOL_VERSION, resume: if resume { self.conn.session.clone() } else { None } };
+        let (mut ws, hello_taken) = match self.open(&hello).await {
+            Ok(opened) => opened,
             Err(ended) => return Stop::Ended(ended),
         };
-        let hello = Hello { token, protocol: PROTOCOL_VERSION, resume: if resume { self.conn.session.clone() } else { None } };
-        if let Err(e) = send(&mut ws, &ClientMessage::Hello(hello)).await {
+        if !hello_taken && let Err(e) = send(&mut ws, &ClientMessage::Hello(hello)).await {
             return Stop::Ended(Ended::Dropped(e));
         }
         self.relay(ws, input).await

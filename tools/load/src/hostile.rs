@@ -476,7 +476,9 @@ impl Hostile {
     /// without it, the stall; when the misbehaviour began, and how it ended.
     async fn in_room(&mut self, token: &str, sending: Option<Sending>) -> Result<(Instant, Seen), String> {
         let recv_buffer = sending.is_none().then_some(STALL_RECV_BUFFER);
-        let mut ws = open_socket(&self.env, recv_buffer).await.map_err(|e| if e.retry_after.is_some() { "server_full" } else { "connect" }.to_owned())?;
+        // The hello as a frame, as a plain bot sends it: that path stays
+        // under load too.
+        let (mut ws, _) = open_socket(&self.env, recv_buffer, None).await.map_err(|e| if e.retry_after.is_some() { "server_full" } else { "connect" }.to_owned())?;
         let wire = self.env.wire;
         let hello = wire.encode(&ClientMessage::Hello(Hello { token: token.to_owned(), protocol: PROTOCOL_VERSION, resume: None }));
         Self::send(&mut ws, hello).await.map_err(|()| "send".to_owned())?;

@@ -25,6 +25,7 @@ use futures_util::{SinkExt, StreamExt};
 use plaza_shared::limits::{PROTOCOL_VERSION, RequestFailure, TICK_HZ};
 use plaza_shared::messages::*;
 use plaza_shared::pose::Pose;
+use plaza_shared::upgrade_hello;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -631,11 +632,15 @@ impl User {
     async fn connection(&mut self, resume: Option<String>) -> End {
         let lost = |resume: Option<String>| End::Lost { resume, relogin: false };
         let mut phase = self.phase.clone();
+        let token = self.tokens.as_ref().map(|t| t.access_token.clone()).unwrap_or_default();
+        // The hello rides in the upgrade request, as the client's does; a
+        // server that doesn't take it gets the frame below.
+        self.hello_at = Some(Instant::now());
         let opened = tokio::select! {
-            r = open_socket(&self.env, None) => r,
+            r = open_socket(&self.env, None, Some(UpgradeHello { token: &token, resume: resume.as_deref() })) => r,
             _ = phase.wait_for(|p| *p == Phase::Close) => return End::Done,
         };
-        let mut ws = match opened {
+        let (mut ws, hello_taken) = match opened {
             Ok(ws) => ws,
             Err(e) => {
                 tracing::warn!(user = %self.plan.name, cause = %e.cause, "WebSocket connect failed");
@@ -644,12 +649,13 @@ impl User {
                 return lost(resume);
             }
         };
-        let token = self.tokens.as_ref().map(|t| t.access_token.clone()).unwrap_or_default();
-        let hello = ClientMessage::Hello(Hello { token, protocol: PROTOCOL_VERSION, resume: resume.clone() });
-        self.hello_at = Some(Instant::now());
-        if self.send(&mut ws, &hello).await.is_err() {
-            self.error("send");
-            return lost(resume);
+        if !hello_taken {
+            let hello = ClientMessage::Hello(Hello { token, protocol: PROTOCOL_VERSION, resume: resume.clone() });
+            self.hello_at = Some(Instant::now());
+            if self.send(&mut ws, &hello).await.is_err() {
+                self.error("send");
+                return lost(resume);
+            }
         }
         let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, self.welcome(&mut ws)).await {
             Ok(Ok(welcome)) => welcome,
@@ -1354,12 +1360,29 @@ enum Read {
 /// A socket to the run's server, or why not (with the wait a full server
 /// asked for). `recv_buffer`: a small kernel receive buffer (`SO_RCVBUF`,
 /// set before the connect), as on a client that stops reading.
-pub(crate) async fn open_socket(env: &Env, recv_buffer: Option<u32>) -> Result<Ws, OpenError> {
+/// A hello for the upgrade request's headers (plaza_shared::upgrade_hello).
+pub(crate) struct UpgradeHello<'a> {
+    pub token: &'a str,
+    pub resume: Option<&'a str>,
+}
+
+/// Opens a WebSocket to the server. With `hello`, a Plaza socket asks the
+/// server to take it from the upgrade request; the flag says whether it did
+/// (then no hello frame is sent).
+pub(crate) async fn open_socket(env: &Env, recv_buffer: Option<u32>, hello: Option<UpgradeHello<'_>>) -> Result<(Ws, bool), OpenError> {
     let url = &env.ws_url;
     let mut request = url.as_str().into_client_request().map_err(|e| format!("{url}: {e}"))?;
     let protocol = env.wire.subprotocol();
     if let Some(protocol) = protocol {
         request.headers_mut().insert("sec-websocket-protocol", protocol.parse().map_err(|_| "bad subprotocol header".to_owned())?);
+        if let Some(hello) = &hello {
+            let bad = |what: &str| format!("{what} can't be a header value");
+            let headers = request.headers_mut();
+            headers.insert(upgrade_hello::AUTHORIZATION, upgrade_hello::authorization(hello.token).parse().map_err(|_| bad("the access token"))?);
+            if let Some(resume) = hello.resume {
+                headers.insert(upgrade_hello::RESUME, resume.parse().map_err(|_| bad("the session"))?);
+            }
+        }
     }
     // A small read buffer, as the server has: tungstenite's default
     // 128 KiB is zero-filled on every read, which perf showed as a fifth
@@ -1390,11 +1413,12 @@ pub(crate) async fn open_socket(env: &Env, recv_buffer: Option<u32>) -> Result<W
     if chosen != protocol {
         return Err(format!("{url}: the server chose subprotocol {chosen:?}, not {protocol:?}").into());
     }
+    let hello_taken = protocol.is_some() && hello.is_some() && response.headers().get(upgrade_hello::TAKEN).is_some_and(|v| v == upgrade_hello::TAKEN_VALUE);
     tokio::time::timeout(CONNECT_TIMEOUT, crate::wire::handshake(env.wire, &mut ws))
         .await
         .map_err(|_| format!("{url}: no socket.io handshake within {CONNECT_TIMEOUT:?}"))?
         .map_err(|e| format!("{url}: {e}"))?;
-    Ok(ws)
+    Ok((ws, hello_taken))
 }
 
 /// The host and port of a `ws://` URL.
