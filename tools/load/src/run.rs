@@ -464,8 +464,10 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         }
     }
     let fault_stats = faults.map(|(describe, proxy)| {
-        // A cut shows as a socket that drops, or as a send that fails; a
-        // link gone silent, as a user that heard nothing for its limit.
+        // A cut shows as a socket that drops, as a send that fails, or,
+        // during the upgrade (a connect takes a round trip through the
+        // proxy, two when its SYN is lost), as a connect that fails; a link
+        // gone silent, as a user that heard nothing for its limit.
         let mut excuse = |kinds: &[&str], faults: u64| {
             let mut left = faults;
             for kind in kinds {
@@ -479,7 +481,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
             }
             faults - left
         };
-        let drops_from_resets = excuse(&["dropped", "send"], proxy.resets);
+        let drops_from_resets = excuse(&["dropped", "send", "connect"], proxy.resets);
         let silent_links = excuse(&["silent"], proxy.silenced);
         FaultStats { describe, proxy, drops_from_resets, silent_links }
     });

@@ -434,6 +434,10 @@ where
 async fn read_side<R: AsyncRead + Unpin>(mut from: R, queue: mpsc::Sender<(Instant, Vec<u8>)>, side: Side, config: &ProxyConfig, stats: &ProxyStats, seed: u64) -> io::Result<()> {
     let message_mode = config.loss_mode == LossMode::Message;
     let mut shaper = Shaper::new(Shaping::new(config.latency, config.jitter, if message_mode { 0.0 } else { config.loss }), seed);
+    if side == Side::Client {
+        let handshake = shaper.open(Instant::now());
+        add(&stats.stalled, u64::from(handshake.lost));
+    }
     let mut filter = message_mode.then(|| FrameFilter::new(side));
     let mut lose = SplitMix::new(seed ^ GOLDEN);
     let mut buf = vec![0u8; READ_BUF];

@@ -12,6 +12,9 @@ use tokio::time::Instant;
 pub const SEGMENT: usize = 1448;
 /// Linux's smallest retransmission timeout (`TCP_RTO_MIN`).
 pub const MIN_RTO: Duration = Duration::from_millis(200);
+/// Linux's first retransmission timeout on a new connection
+/// (`TCP_TIMEOUT_INIT`): a lost SYN or SYN-ACK is sent again after it.
+pub const INITIAL_RTO: Duration = Duration::from_secs(1);
 
 /// The stall a lost segment causes: Linux's RTO is the smoothed round trip
 /// plus four times its variation, at least 200 ms. Through the proxy the
@@ -51,11 +54,48 @@ pub struct Shaper {
     shaping: Shaping,
     rng: SplitMix,
     last: Option<Instant>,
+    /// Nothing is sent before the connection is open (see [`Shaper::open`]).
+    opens_at: Option<Instant>,
+}
+
+/// TCP's handshake through the proxy: when the client's connection is
+/// open, and how many of its two segments were "lost".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handshake {
+    pub open_at: Instant,
+    pub lost: u32,
 }
 
 impl Shaper {
     pub fn new(shaping: Shaping, seed: u64) -> Self {
-        Shaper { shaping, rng: SplitMix::new(seed), last: None }
+        Shaper { shaping, rng: SplitMix::new(seed), last: None, opens_at: None }
+    }
+
+    /// The client side of a connection that the client began at `began`.
+    /// The proxy's kernel accepted it at once, but on the link it models a
+    /// connect takes a round trip (the SYN there, the SYN-ACK back, each
+    /// latency ± jitter, each lost with the loss chance and sent again
+    /// after [`INITIAL_RTO`]), and the client's first bytes leave only
+    /// then: a WebSocket costs the connect's round trip and the upgrade's,
+    /// as on a real link.
+    pub fn open(&mut self, began: Instant) -> Handshake {
+        let s = self.shaping;
+        let mut open_at = began;
+        let mut lost = 0;
+        for _ in 0..2 {
+            let mut delay = s.latency.as_secs_f64();
+            if !s.jitter.is_zero() {
+                let j = s.jitter.as_secs_f64();
+                delay = (delay + self.rng.range(-j, j)).max(0.0);
+            }
+            open_at += Duration::from_secs_f64(delay);
+            if s.loss > 0.0 && self.rng.unit() < s.loss {
+                open_at += INITIAL_RTO;
+                lost += 1;
+            }
+        }
+        self.opens_at = Some(open_at);
+        Handshake { open_at, lost }
     }
 
     pub fn shaping(&self) -> Shaping {
@@ -68,6 +108,7 @@ impl Shaper {
     /// kept, so a stalled segment holds back everything behind it).
     pub fn schedule(&mut self, read_at: Instant) -> Due {
         let s = self.shaping;
+        let read_at = self.opens_at.map_or(read_at, |open| read_at.max(open));
         let mut delay = s.latency.as_secs_f64();
         if !s.jitter.is_zero() {
             let j = s.jitter.as_secs_f64();
@@ -161,6 +202,34 @@ mod tests {
         }
         assert!((120..=280).contains(&stalls), "{stalls} of 1000 at 20 %");
         assert!(held_back > 0);
+    }
+
+    #[test]
+    fn the_first_bytes_leave_a_round_trip_after_the_connect_and_a_lost_syn_costs_a_second() {
+        let t0 = Instant::now();
+        let mut s = Shaper::new(Shaping::new(100 * MS, Duration::ZERO, 0.0), 5);
+        assert_eq!(s.open(t0), Handshake { open_at: t0 + 200 * MS, lost: 0 });
+        // Sent at once, it leaves when the connection is open.
+        assert_eq!(s.schedule(t0 + MS).at, t0 + 300 * MS);
+        // Sent after that, only the latency.
+        assert_eq!(s.schedule(t0 + 500 * MS).at, t0 + 600 * MS);
+
+        let mut s = Shaper::new(Shaping::new(100 * MS, Duration::ZERO, 1.0), 5);
+        assert_eq!(s.open(t0), Handshake { open_at: t0 + 200 * MS + 2 * INITIAL_RTO, lost: 2 });
+
+        // At 5 %, about one handshake in ten loses a segment.
+        let mut lost = 0;
+        for seed in 0..2000 {
+            let mut s = Shaper::new(Shaping::new(100 * MS, 10 * MS, 0.05), seed);
+            let h = s.open(t0);
+            assert!(h.open_at >= t0 + 180 * MS && h.open_at <= t0 + 220 * MS + u32::from(h.lost > 0) * 2 * INITIAL_RTO);
+            lost += u32::from(h.lost > 0);
+        }
+        assert!((120..=280).contains(&lost), "{lost} of 2000 handshakes lost a segment at 5 %");
+
+        // No latency and no loss: open at once.
+        let mut s = Shaper::new(Shaping::new(Duration::ZERO, Duration::ZERO, 0.0), 1);
+        assert_eq!(s.open(t0).open_at, t0);
     }
 
     #[test]
