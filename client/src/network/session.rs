@@ -342,13 +342,18 @@ impl Task {
             Ok(opened) => opened,
             Err(ended) => return Stop::Ended(ended),
         };
+        let fresh = hello.resume.is_none();
         if !hello_taken && let Err(e) = send(&mut ws, &ClientMessage::Hello(hello)).await {
             return Stop::Ended(Ended::Dropped(e));
         }
-        self.relay(ws, input).await
+        self.relay(ws, input, fresh).await
     }
 
-    async fn relay(&mut self, mut ws: Ws, input: &mut NetInput) -> Stop {
+    /// `fresh`: no seat to resume, so the join goes right behind the hello
+    /// (the server reads them in order) instead of a round trip later,
+    /// after the welcome. A resume waits for the welcome, which says
+    /// whether the seat is back or a join is needed.
+    async fn relay(&mut self, mut ws: Ws, input: &mut NetInput, fresh: bool) -> Stop {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut in_room = false;
@@ -377,6 +382,9 @@ impl Task {
         let (voice_out, mut voice_outbox) = mpsc::channel::<plaza_shared::voice::VoiceSignal>(8);
         let mut voice_call: Option<super::voice::VoiceCall> = None;
         let mut liveness = Liveness::new(self.config.silence_limit, Instant::now());
+        if fresh && let Err(e) = send_join(&mut ws, self.config.room.clone(), &mut last_join, &mut liveness).await {
+            return Stop::Ended(Ended::Dropped(e));
+        }
         loop {
             let refresh_at = self.conn.refresh_at().map(|at| self.started + at).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             let chat_resend_at = self.next_chat_resend();
@@ -406,7 +414,7 @@ impl Task {
                             resumed = self.conn.welcomed(&w.session);
                             tracing::info!(session = %w.session, resumed, "welcome");
                             self.send(NetEvent::Welcome { user_id: w.user_id.clone() });
-                            if !resumed && let Err(e) = send_join(&mut ws, self.config.room.clone(), &mut last_join, &mut liveness).await {
+                            if !resumed && !fresh && let Err(e) = send_join(&mut ws, self.config.room.clone(), &mut last_join, &mut liveness).await {
                                 return Stop::Ended(Ended::Dropped(e));
                             }
                         }

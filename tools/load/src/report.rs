@@ -167,7 +167,7 @@ pub struct RunResult {
     pub join_ms: Percentiles,
     pub auth_ms: Percentiles,
     pub rtt_ms: Percentiles,
-    /// Per reconnect: the new socket's hello → `joined` (the room's state back).
+    /// Per reconnect: the new socket's connect → `joined` (the room's state back): the connect's and upgrade's round trips, and the hello's when it went as a frame.
     pub restore_ms: Percentiles,
     /// Per reconnect: the old socket lost → `joined` on the new one.
     pub outage_ms: Percentiles,
@@ -423,7 +423,7 @@ pub fn html(r: &RunResult) -> String {
     percentile_row(&mut h, "auth (guest login over HTTP)", &r.auth_ms);
     percentile_row(&mut h, "ping round trip", &r.rtt_ms);
     if r.restore_ms.count > 0 {
-        percentile_row(&mut h, "reconnect: hello → state back", &r.restore_ms);
+        percentile_row(&mut h, "reconnect: new socket's connect → state back", &r.restore_ms);
         percentile_row(&mut h, "reconnect: socket lost → state back", &r.outage_ms);
     }
     h.push_str("</table><p class=\"note\">End to end: the receiver's clock when a delta arrives minus the pose's <code>t</code> (the sender's clock when it sent it; same machine); a pose superseded at the server by a newer one is timed by the newer one's arrival. Net: less the wait from sending to the room's next tick, estimated from the room's tick grid (see docs/load.md). To arrival at the socket: end to end, but to the kernel's receive time of the delta instead of when this tool read it; the gap between the two is the load tool being late, not the server.</p>");

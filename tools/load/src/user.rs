@@ -394,8 +394,8 @@ struct User {
     server_has_until_ms: u64,
     /// Poses went out since the last cut window was noted.
     sending_since_cut: bool,
-    /// When this connection's hello went out.
-    hello_at: Option<Instant>,
+    /// When this connection's connect began (its restore is timed from it).
+    connect_at: Option<Instant>,
     /// The wait a full server asked for before the next try.
     retry_after: Option<Duration>,
     /// Chats sent and not yet acknowledged, to resend after a reconnect.
@@ -502,7 +502,7 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         away_after: std::collections::HashMap::new(),
         server_has_until_ms: 0,
         sending_since_cut: false,
-        hello_at: None,
+        connect_at: None,
         retry_after: None,
         unacked: Vec::new(),
         latency_peak_ms: [0; 2],
@@ -634,8 +634,10 @@ impl User {
         let mut phase = self.phase.clone();
         let token = self.tokens.as_ref().map(|t| t.access_token.clone()).unwrap_or_default();
         // The hello rides in the upgrade request, as the client's does; a
-        // server that doesn't take it gets the frame below.
-        self.hello_at = Some(Instant::now());
+        // server that doesn't take it gets the frame below. A restore is
+        // timed from here: the connect's round trip, the upgrade's, and the
+        // hello's when it goes as a frame.
+        self.connect_at = Some(Instant::now());
         let opened = tokio::select! {
             r = open_socket(&self.env, None, Some(UpgradeHello { token: &token, resume: resume.as_deref() })) => r,
             _ = phase.wait_for(|p| *p == Phase::Close) => return End::Done,
@@ -651,8 +653,19 @@ impl User {
         };
         if !hello_taken {
             let hello = ClientMessage::Hello(Hello { token, protocol: PROTOCOL_VERSION, resume: resume.clone() });
-            self.hello_at = Some(Instant::now());
             if self.send(&mut ws, &hello).await.is_err() {
+                self.error("send");
+                return lost(resume);
+            }
+        }
+        // No seat to resume: the join goes right behind the hello (the
+        // server reads them in order), a round trip sooner, as the
+        // client's does. A resume waits for the welcome to say.
+        let join = ClientMessage::Join(Join { room: self.plan.room.clone() });
+        let mut join_sent = None;
+        if resume.is_none() {
+            join_sent = Some(Instant::now());
+            if self.send(&mut ws, &join).await.is_err() {
                 self.error("send");
                 return lost(resume);
             }
@@ -675,9 +688,7 @@ impl User {
         let resumed = resume.as_deref() == Some(welcome.session.as_str());
         self.report.resumed += u64::from(resumed);
         self.session = Some(welcome.session);
-        let mut join_sent = None;
-        if !resumed {
-            let join = ClientMessage::Join(Join { room: self.plan.room.clone() });
+        if !resumed && join_sent.is_none() {
             join_sent = Some(Instant::now());
             if self.send(&mut ws, &join).await.is_err() {
                 return self.send_failed();
@@ -1102,8 +1113,8 @@ impl User {
         }
         self.report.outage_us.push(lost.elapsed().as_micros() as u64);
         self.report.receiver.away.push(Away { after: std::mem::take(&mut self.away_after), to: unix_us() / 1000 });
-        if let Some(hello) = self.hello_at {
-            self.report.restore_us.push(hello.elapsed().as_micros() as u64);
+        if let Some(connect) = self.connect_at {
+            self.report.restore_us.push(connect.elapsed().as_micros() as u64);
         }
         for chat in self.unacked.clone() {
             if self.send(ws, &ClientMessage::Chat(chat)).await.is_err() {
