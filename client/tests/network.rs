@@ -1,8 +1,9 @@
 //! The network task against a real server, through a TCP proxy the test can
 //! cut: sign in, join, a dropped connection resumed with the same seat, an
 //! in-band token refresh, a draining server rejoined afresh, chat said
-//! while away read back after the reconnect, and poses paced to the room's
-//! tick.
+//! while away read back after the reconnect, poses paced to the room's
+//! tick (and to the new room's after a move), and a server that takes no
+//! hello from the upgrade's headers.
 
 mod common;
 
@@ -504,6 +505,119 @@ async fn a_pose_handed_over_every_frame_goes_out_once_a_tick_just_before_it() {
     let before_tick = settled.iter().filter(|&&t| (phase + 50_000 - t % 50_000) % 50_000 <= 25_000).count();
     eprintln!("paced: {} poses seen, {before_tick} of {} settled ones sent within 25 ms before the tick", seen.len(), settled.len());
     assert!(before_tick * 10 >= settled.len() * 8, "{before_tick} of {} sent within 25 ms before the tick", settled.len());
+}
+
+/// A client that walks about (a pose every 16 ms) and whose events nobody
+/// reads, until the task is aborted: it gives the others in its room deltas
+/// to learn the tick grid from.
+fn walking(client: Client) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // The whole client moves in: its command sender too, without which
+        // the network task stops.
+        let mut client = client;
+        for i in 0u32.. {
+            if client.poses.send(Some(Pose { p: [0.0, 0.0, (i % 500) as f32 * 0.01], ..Pose::default() })).is_err() {
+                return;
+            }
+            let step = tokio::time::sleep(Duration::from_millis(16));
+            tokio::pin!(step);
+            loop {
+                tokio::select! {
+                    _ = &mut step => break,
+                    event = client.events.recv() => if event.is_none() { return },
+                }
+            }
+        }
+    })
+}
+
+/// Where the ticks of `client`'s room fall (µs past the epoch, modulo the
+/// 50 ms period), from the deltas it gets for `wait`.
+async fn tick_phase(client: &mut Client, wait: Duration) -> Option<u64> {
+    let mut grid = plaza_shared::pacing::TickGrid::new(50_000, plaza_shared::pacing::GRID_WINDOW);
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, client.events.recv()).await {
+        if let NetEvent::Delta(delta) = event {
+            grid.observe(unix_us(), delta.tick);
+        }
+    }
+    grid.phase_us()
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+/// Each room ticks on a grid of its own. A client that moves to another
+/// room learns that room's grid and sends its poses just before its ticks.
+/// The rooms are picked so that the old room's grid would put them 28–42
+/// ms before the new room's ticks, where the check below fails (until
+/// session 20 the client kept the old grid for a minute or two).
+#[tokio::test]
+async fn after_moving_rooms_poses_go_just_before_the_new_rooms_ticks() {
+    let (addr, _stop) = server(plaza_server::ServerConfig::ephemeral()).await;
+    let base = format!("http://{addr}");
+    let mut sender = Client::start(base.clone(), "relearn-from");
+    sender.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+    let mut first_walker = Client::start(base.clone(), "relearn-from");
+    first_walker.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+    let _first_walker = walking(first_walker);
+    let poses = sender.poses.clone();
+    // A new pose every 5 ms until the end (a fast frame rate).
+    let feeder = tokio::spawn(async move {
+        for i in 0u32.. {
+            if poses.send(Some(Pose { p: [(i % 500) as f32 * 0.01, 0.0, 0.0], ..Pose::default() })).is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    // Two seconds in the first room: its grid is learnt (by the client, and
+    // by the test from the same deltas).
+    let from_phase = tick_phase(&mut sender, Duration::from_secs(2)).await.expect("the first room's grid");
+
+    let mut tries = 0;
+    let (to_room, mut watcher, _second_walker, apart) = loop {
+        tries += 1;
+        assert!(tries <= 20, "no room ticking 28–42 ms after the first in 20 tries");
+        let name = format!("relearn-to-{tries}");
+        let mut watcher = Client::start(base.clone(), &name);
+        watcher.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+        let mut walker = Client::start(base.clone(), &name);
+        walker.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
+        let walker = walking(walker);
+        let phase = tick_phase(&mut watcher, Duration::from_millis(1_200)).await.expect("the second room's grid");
+        let apart = (phase + 50_000 - from_phase) % 50_000;
+        if (28_000..=42_000).contains(&apart) {
+            break (name, watcher, walker, apart);
+        }
+        walker.abort();
+    };
+    while sender.events.try_recv().is_ok() {}
+
+    sender.commands.send(NetCommand::JoinRoom { room: to_room.clone() }).await.unwrap();
+    let (NetEvent::Joined(joined), _) = sender.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(j) if j.room_name == to_room)).await else { unreachable!() };
+    // What the watcher sees of the sender in the new room: (its t, arrival).
+    let mut seen: Vec<(u64, u64)> = Vec::new();
+    let mut grid = plaza_shared::pacing::TickGrid::new(50_000, plaza_shared::pacing::GRID_WINDOW);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, watcher.events.recv()).await {
+        if let NetEvent::Delta(delta) = event {
+            let arrival = unix_us();
+            grid.observe(arrival, delta.tick);
+            if let Some(t) = delta.avatars.iter().find(|a| a.id == joined.you).and_then(|a| a.t) {
+                seen.push((t, arrival));
+            }
+        }
+    }
+    feeder.abort();
+    let phase = grid.phase_us().expect("the new room's grid");
+    // The first second learns the grid (8 deltas) and the lead.
+    let settled: Vec<u64> = seen.iter().filter(|(_, arrival)| *arrival > seen[0].1 + 1_000_000).map(|(t, _)| *t * 1000).collect();
+    let before_tick = settled.iter().filter(|&&t| (phase + 50_000 - t % 50_000) % 50_000 <= 25_000).count();
+    eprintln!("rooms' ticks {} ms apart ({tries} tries): {before_tick} of {} settled poses sent within 25 ms before the new room's tick", apart / 1000, settled.len());
+    assert!(settled.len() >= 20, "the sender's poses reached the new room: {} settled", settled.len());
+    assert!(before_tick * 10 >= settled.len() * 8, "{before_tick} of {} sent within 25 ms before the new room's tick", settled.len());
 }
 
 #[tokio::test]

@@ -1368,18 +1368,17 @@ enum Read {
     End(End),
 }
 
-/// A socket to the run's server, or why not (with the wait a full server
-/// asked for). `recv_buffer`: a small kernel receive buffer (`SO_RCVBUF`,
-/// set before the connect), as on a client that stops reading.
 /// A hello for the upgrade request's headers (plaza_shared::upgrade_hello).
 pub(crate) struct UpgradeHello<'a> {
     pub token: &'a str,
     pub resume: Option<&'a str>,
 }
 
-/// Opens a WebSocket to the server. With `hello`, a Plaza socket asks the
-/// server to take it from the upgrade request; the flag says whether it did
-/// (then no hello frame is sent).
+/// A socket to the run's server, or why not (with the wait a full server
+/// asked for). `recv_buffer`: a small kernel receive buffer (`SO_RCVBUF`,
+/// set before the connect), as on a client that stops reading. With
+/// `hello`, a Plaza socket asks the server to take it from the upgrade
+/// request; the flag says whether it did (then no hello frame is sent).
 pub(crate) async fn open_socket(env: &Env, recv_buffer: Option<u32>, hello: Option<UpgradeHello<'_>>) -> Result<(Ws, bool), OpenError> {
     let url = &env.ws_url;
     let mut request = url.as_str().into_client_request().map_err(|e| format!("{url}: {e}"))?;
