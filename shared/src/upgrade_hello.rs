@@ -36,21 +36,18 @@ pub fn authorization(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-/// The hello in an upgrade request's headers. `None` without an
-/// `Authorization` header (the hello comes as a frame); an error that says
-/// what is wrong and what is allowed when either header is malformed.
+/// The hello in an upgrade request's headers. `None` without a `Bearer`
+/// `Authorization` header (the hello comes as a frame): another scheme is
+/// not ours (a proxy in front may use Basic for itself) and is left alone.
+/// An error that says what is wrong and what is allowed when a `Bearer`
+/// token or `Plaza-Resume` is malformed.
 pub fn from_headers(authorization: Option<&[u8]>, resume: Option<&[u8]>) -> Result<Option<Hello>, String> {
-    let Some(authorization) = authorization else {
+    let Some(token) = authorization.and_then(|v| std::str::from_utf8(v).ok()).and_then(bearer) else {
         return match resume {
             Some(_) => Err("Plaza-Resume needs Authorization: Bearer <access token> beside it (or send both in the hello frame)".into()),
             None => Ok(None),
         };
     };
-    let token = std::str::from_utf8(authorization)
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or("Authorization must be `Bearer <access token>`")?
-        .trim();
     let resume = match resume {
         None => None,
         Some(raw) => {
@@ -61,6 +58,12 @@ pub fn from_headers(authorization: Option<&[u8]>, resume: Option<&[u8]>) -> Resu
     let hello = Hello { token: token.to_owned(), protocol: PROTOCOL_VERSION, resume };
     ClientMessage::Hello(hello.clone()).validate().map_err(|e| format!("Authorization: {}", e.message))?;
     Ok(Some(hello))
+}
+
+/// The token of a `Bearer` credential (the scheme's case aside), if it is one.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 #[cfg(test)]
@@ -84,13 +87,21 @@ mod tests {
     }
 
     #[test]
-    fn malformed_headers_say_what_is_allowed() {
-        for bad in [&b"Basic abc"[..], b"Bearer", b"bearer abc", b"\xff\xfe"] {
-            let e = from_headers(Some(bad), None).unwrap_err();
-            assert!(e.contains("Bearer <access token>"), "{bad:?}: {e}");
+    fn another_scheme_is_not_ours_but_a_resume_beside_it_is_an_error() {
+        for other in [&b"Basic dXNlcjpwYXNz"[..], b"\xff\xfe", b"Bearerabc"] {
+            assert_eq!(from_headers(Some(other), None), Ok(None), "{other:?}");
+            let e = from_headers(Some(other), Some(b"s3ss10n")).unwrap_err();
+            assert!(e.contains("Plaza-Resume needs Authorization: Bearer"), "{e}");
         }
-        let e = from_headers(Some(b"Bearer "), None).unwrap_err();
-        assert!(e.contains("empty"), "{e}");
+        assert_eq!(from_headers(Some(b"bearer abc"), None).unwrap().unwrap().token, "abc", "the scheme's case doesn't matter");
+    }
+
+    #[test]
+    fn malformed_headers_say_what_is_allowed() {
+        for empty in [&b"Bearer"[..], b"Bearer ", b"bearer   "] {
+            let e = from_headers(Some(empty), None).unwrap_err();
+            assert!(e.contains("empty"), "{empty:?}: {e}");
+        }
         let long = format!("Bearer {}", "x".repeat(4097));
         let e = from_headers(Some(long.as_bytes()), None).unwrap_err();
         assert!(e.contains("at most 4096"), "{e}");
