@@ -450,7 +450,6 @@ async fn a_pose_handed_over_every_frame_goes_out_once_a_tick_just_before_it() {
     let (NetEvent::Joined(joined), _) = sender.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await else { unreachable!() };
     let mut watcher = Client::start(base, "pace-room");
     watcher.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
-    let unix_us = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
 
     // The watcher walks too: the sender learns the tick grid from the
     // deltas it gets, and with nobody else moving it gets none.
@@ -474,19 +473,7 @@ async fn a_pose_handed_over_every_frame_goes_out_once_a_tick_just_before_it() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    // What the watcher sees of the sender: (its t, our arrival) per delta.
-    let mut seen: Vec<(u64, u64)> = Vec::new();
-    let mut grid = plaza_shared::pacing::TickGrid::new(50_000, plaza_shared::pacing::GRID_WINDOW);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
-    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, watcher.events.recv()).await {
-        if let NetEvent::Delta(delta) = event {
-            let arrival = unix_us();
-            grid.observe(arrival, delta.tick);
-            if let Some(t) = delta.avatars.iter().find(|a| a.id == joined.you).and_then(|a| a.t) {
-                seen.push((t, arrival));
-            }
-        }
-    }
+    let (seen, phase) = watch_poses(&mut watcher, joined.you, Duration::from_secs(4)).await;
     feeder.abort();
     walker.abort();
     while let Ok(event) = sender.events.try_recv() {
@@ -500,11 +487,9 @@ async fn a_pose_handed_over_every_frame_goes_out_once_a_tick_just_before_it() {
     assert!((50..=85).contains(&seen.len()), "{} poses in 4 s at 20 ticks a second", seen.len());
     // Sent in the half period before the tick that carried them (a random
     // phase would put half of them there); the first second learns the grid.
-    let phase = grid.phase_us().expect("the watcher's deltas show the tick grid");
-    let settled: Vec<u64> = seen.iter().filter(|(_, arrival)| *arrival > seen[0].1 + 1_000_000).map(|(t, _)| *t * 1000).collect();
-    let before_tick = settled.iter().filter(|&&t| (phase + 50_000 - t % 50_000) % 50_000 <= 25_000).count();
-    eprintln!("paced: {} poses seen, {before_tick} of {} settled ones sent within 25 ms before the tick", seen.len(), settled.len());
-    assert!(before_tick * 10 >= settled.len() * 8, "{before_tick} of {} sent within 25 ms before the tick", settled.len());
+    let (before_tick, settled) = sent_just_before_tick(&seen, phase.expect("the watcher's deltas show the tick grid"));
+    eprintln!("paced: {} poses seen, {before_tick} of {settled} settled ones sent within 25 ms before the tick", seen.len());
+    assert!(before_tick * 10 >= settled * 8, "{before_tick} of {settled} sent within 25 ms before the tick");
 }
 
 /// A client that walks about (a pose every 16 ms) and whose events nobody
@@ -542,6 +527,35 @@ async fn tick_phase(client: &mut Client, wait: Duration) -> Option<u64> {
         }
     }
     grid.phase_us()
+}
+
+/// What `watcher` sees of avatar `sender` for `wait`: (its `t` in ms, our
+/// arrival in µs) per delta that carries it, and where the ticks of the
+/// watcher's room fall.
+async fn watch_poses(watcher: &mut Client, sender: plaza_shared::messages::AvatarId, wait: Duration) -> (Vec<(u64, u64)>, Option<u64>) {
+    let mut seen = Vec::new();
+    let mut grid = plaza_shared::pacing::TickGrid::new(50_000, plaza_shared::pacing::GRID_WINDOW);
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, watcher.events.recv()).await {
+        if let NetEvent::Delta(delta) = event {
+            let arrival = unix_us();
+            grid.observe(arrival, delta.tick);
+            if let Some(t) = delta.avatars.iter().find(|a| a.id == sender).and_then(|a| a.t) {
+                seen.push((t, arrival));
+            }
+        }
+    }
+    (seen, grid.phase_us())
+}
+
+/// Of the poses `seen` after the first second (when the grid and the lead
+/// are learnt), how many were sent in the 25 ms before a tick of the grid
+/// at `phase` (a random phase would put half there), and of how many.
+fn sent_just_before_tick(seen: &[(u64, u64)], phase: u64) -> (usize, usize) {
+    let Some(&(_, first)) = seen.first() else { return (0, 0) };
+    let settled: Vec<u64> = seen.iter().filter(|(_, arrival)| *arrival > first + 1_000_000).map(|(t, _)| *t * 1000).collect();
+    let before_tick = settled.iter().filter(|&&t| (phase + 50_000 - t % 50_000) % 50_000 <= 25_000).count();
+    (before_tick, settled.len())
 }
 
 fn unix_us() -> u64 {
@@ -597,27 +611,12 @@ async fn after_moving_rooms_poses_go_just_before_the_new_rooms_ticks() {
 
     sender.commands.send(NetCommand::JoinRoom { room: to_room.clone() }).await.unwrap();
     let (NetEvent::Joined(joined), _) = sender.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(j) if j.room_name == to_room)).await else { unreachable!() };
-    // What the watcher sees of the sender in the new room: (its t, arrival).
-    let mut seen: Vec<(u64, u64)> = Vec::new();
-    let mut grid = plaza_shared::pacing::TickGrid::new(50_000, plaza_shared::pacing::GRID_WINDOW);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, watcher.events.recv()).await {
-        if let NetEvent::Delta(delta) = event {
-            let arrival = unix_us();
-            grid.observe(arrival, delta.tick);
-            if let Some(t) = delta.avatars.iter().find(|a| a.id == joined.you).and_then(|a| a.t) {
-                seen.push((t, arrival));
-            }
-        }
-    }
+    let (seen, phase) = watch_poses(&mut watcher, joined.you, Duration::from_secs(3)).await;
     feeder.abort();
-    let phase = grid.phase_us().expect("the new room's grid");
-    // The first second learns the grid (8 deltas) and the lead.
-    let settled: Vec<u64> = seen.iter().filter(|(_, arrival)| *arrival > seen[0].1 + 1_000_000).map(|(t, _)| *t * 1000).collect();
-    let before_tick = settled.iter().filter(|&&t| (phase + 50_000 - t % 50_000) % 50_000 <= 25_000).count();
-    eprintln!("rooms' ticks {} ms apart ({tries} tries): {before_tick} of {} settled poses sent within 25 ms before the new room's tick", apart / 1000, settled.len());
-    assert!(settled.len() >= 20, "the sender's poses reached the new room: {} settled", settled.len());
-    assert!(before_tick * 10 >= settled.len() * 8, "{before_tick} of {} sent within 25 ms before the new room's tick", settled.len());
+    let (before_tick, settled) = sent_just_before_tick(&seen, phase.expect("the new room's grid"));
+    eprintln!("rooms' ticks {} ms apart ({tries} tries): {before_tick} of {settled} settled poses sent within 25 ms before the new room's tick", apart / 1000);
+    assert!(settled >= 20, "the sender's poses reached the new room: {settled} settled");
+    assert!(before_tick * 10 >= settled * 8, "{before_tick} of {settled} sent within 25 ms before the new room's tick");
 }
 
 #[tokio::test]
