@@ -165,6 +165,12 @@ pub struct RunResult {
     #[serde(default)]
     pub pacing: Option<PacingStats>,
     pub join_ms: Percentiles,
+    /// Per socket that joined (not resumed): its connect → `joined`, what
+    /// a player waits from connecting to being in the room (with the
+    /// hello in the upgrade and the join right behind it: two round trips
+    /// after the connect's).
+    #[serde(default)]
+    pub connect_join_ms: Percentiles,
     pub auth_ms: Percentiles,
     pub rtt_ms: Percentiles,
     /// Per reconnect: the new socket's connect → `joined` (the room's state back): the connect's and upgrade's round trips, and the hello's when it went as a frame.
@@ -420,6 +426,7 @@ pub fn html(r: &RunResult) -> String {
     percentile_row(&mut h, "pose latency, net of tick wait", &r.latency_net_ms);
     percentile_row(&mut h, "pose latency, to arrival at the load tool's socket", &r.latency_at_socket_ms);
     percentile_row(&mut h, "join (join → joined)", &r.join_ms);
+    percentile_row(&mut h, "join from the connect (connect → joined)", &r.connect_join_ms);
     percentile_row(&mut h, "auth (guest login over HTTP)", &r.auth_ms);
     percentile_row(&mut h, "ping round trip", &r.rtt_ms);
     if r.restore_ms.count > 0 {

@@ -416,6 +416,7 @@ async fn settle(http: &reqwest::Client, base: &str, idle: &crate::server::Server
 #[allow(clippy::too_many_arguments)]
 pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected: Collected, mut server: ServerStats, gap_ms: u64, interrupted: bool, faults: Option<(String, StatsSnapshot)>) -> RunResult {
     let mut join = Histogram::new();
+    let mut connect_join = Histogram::new();
     let mut auth = Histogram::new();
     let mut rtt = Histogram::new();
     let mut restore = Histogram::new();
@@ -430,6 +431,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
     let (mut misrouted, mut reconnects, mut bytes_in, mut bytes_out, mut in_room_us, mut joined, mut poses_sent, mut superseded) = (0, 0, 0, 0, 0, 0, 0, 0);
     for r in reports {
         r.join_us.iter().for_each(|&v| join.record(v));
+        r.connect_join_us.iter().for_each(|&v| connect_join.record(v));
         r.auth_us.iter().for_each(|&v| auth.record(v));
         r.rtt_us.iter().for_each(|&v| rtt.record(v));
         r.restore_us.iter().for_each(|&v| restore.record(v));
@@ -575,6 +577,7 @@ pub fn summarize(cfg: &RunConfig, reports: &[UserReport], stuck: u64, collected:
         latency_at_socket_ms: collected.at_socket.summary_ms(),
         pacing: collected.pacing.stats(),
         join_ms: join.summary_ms(),
+        connect_join_ms: connect_join.summary_ms(),
         auth_ms: auth.summary_ms(),
         rtt_ms: rtt.summary_ms(),
         restore_ms: restore.summary_ms(),

@@ -229,8 +229,10 @@ pub struct UserReport {
     pub key: Option<UserKey>,
     pub auth_us: Vec<u64>,
     pub join_us: Vec<u64>,
+    /// Per socket that joined (not resumed): its connect → `joined`.
+    pub connect_join_us: Vec<u64>,
     pub rtt_us: Vec<u64>,
-    /// Per reconnect: the new socket's hello → `joined` (the state back).
+    /// Per reconnect: the new socket's connect → `joined` (the state back).
     pub restore_us: Vec<u64>,
     /// Per reconnect: the old socket's loss → `joined` on the new one.
     pub outage_us: Vec<u64>,
@@ -911,6 +913,9 @@ impl User {
                             self.joined_ms = now_us / 1000;
                             if let Some(sent) = join_sent.take() {
                                 self.report.join_us.push(sent.elapsed().as_micros() as u64);
+                                if let Some(connect) = self.connect_at {
+                                    self.report.connect_join_us.push(connect.elapsed().as_micros() as u64);
+                                }
                             }
                             self.report.receiver.from_ms.get_or_insert(now_us / 1000);
                             self.entered_room();

@@ -96,6 +96,10 @@ fn check(name: &str, protocol: &str) {
         assert!(at_socket[key].as_f64().unwrap() <= r["latency_ms"][key].as_f64().unwrap(), "latency_at_socket_ms.{key}: {r:#}");
     }
     assert!(r["join_ms"]["count"].as_u64().unwrap() == 10);
+    // From the connect, every user's join is timed too, and it holds the
+    // join's own wait.
+    assert_eq!(r["connect_join_ms"]["count"], 10, "{r:#}");
+    assert!(r["connect_join_ms"]["min"].as_f64().unwrap() >= r["join_ms"]["min"].as_f64().unwrap(), "{r:#}");
     // Every user pings as it joins, so it paces by a real round trip from
     // the start: with the default --ping-every 5, longer than this run,
     // a first ping at a random moment would leave some users without one.
