@@ -59,7 +59,7 @@ async fn strip_hello_headers(from: &mut TcpStream, to: &mut TcpStream, stripped:
     let mut kept = String::new();
     for line in request.split_inclusive("\r\n") {
         let name = line.split(':').next().unwrap_or("").to_ascii_lowercase();
-        if name == plaza_shared::upgrade_hello::AUTHORIZATION || name == plaza_shared::upgrade_hello::RESUME {
+        if [plaza_shared::upgrade_hello::AUTHORIZATION, plaza_shared::upgrade_hello::RESUME, plaza_shared::upgrade_hello::JOIN].contains(&name.as_str()) {
             stripped.fetch_add(1, Ordering::SeqCst);
         } else {
             kept.push_str(line);
@@ -256,9 +256,9 @@ async fn a_server_that_takes_no_hello_from_the_upgrade_gets_the_hello_frame_and_
     proxy.cut();
     let (_, before) = client.until(Duration::from_secs(10), |e| matches!(e, NetEvent::Joined(_))).await;
     assert!(before.iter().any(|e| matches!(e, NetEvent::Notice(Notice::Reconnected { resumed: true }))), "the seat resumed: {before:?}");
-    // Authorization on both sockets, Plaza-Resume on the second: the client
-    // offered them, and got in without them.
-    assert_eq!(proxy.hello_lines_stripped.load(Ordering::SeqCst), 3);
+    // Authorization and Plaza-Join on both sockets, Plaza-Resume on the
+    // second: the client offered them, and got in without them.
+    assert_eq!(proxy.hello_lines_stripped.load(Ordering::SeqCst), 5);
 }
 
 /// The room's history comes after every join: what was said before we

@@ -15,6 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use plaza_shared::codec::{DecodeError, Subprotocol};
 use plaza_shared::limits::{HELLO_TIMEOUT_MS, PROTOCOL_VERSION, TICK_HZ, close};
 use plaza_shared::messages::*;
+use plaza_shared::upgrade_hello::HeaderHello;
 use plaza_shared::voice::VoiceSignal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,16 +87,17 @@ fn rate_limit_debug() -> bool {
 /// Serves one upgraded socket until it closes.
 /// `trace` holds the socket's trace spans (crate::otel).
 /// `peer`: the TCP socket under it, when the connection loop knows it.
-/// `header_hello`: the hello the upgrade request carried in its headers
-/// (plaza_shared::upgrade_hello); without one, the first frame must be it.
-pub async fn serve(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace, peer: Option<PeerSocket>, header_hello: Option<Hello>) {
+/// `header_hello`: the hello (and the room to join) the upgrade request
+/// carried in its headers (plaza_shared::upgrade_hello); without one, the
+/// first frame must be the hello.
+pub async fn serve(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace, peer: Option<PeerSocket>, header_hello: Option<HeaderHello>) {
     let _open = Arc::clone(&state.sockets);
     metrics::gauge!(m::WS_CONNECTIONS).increment(1.0);
     serve_inner(socket, protocol, state, trace, peer, header_hello).await;
     metrics::gauge!(m::WS_CONNECTIONS).decrement(1.0);
 }
 
-async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace, peer: Option<PeerSocket>, header_hello: Option<Hello>) {
+async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace, peer: Option<PeerSocket>, header_hello: Option<HeaderHello>) {
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (kick_tx, kick_rx) = mpsc::channel(1);
@@ -107,6 +109,7 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
     let link = MemberLink { outbound: out_tx, kick: kick_tx, peer };
 
     let hello = trace.hello();
+    let (header_hello, header_join) = header_hello.map_or((None, None), |h| (Some(h.hello), h.join));
     let handshake = tracing::Instrument::instrument(handshake(&mut stream, protocol, &state, &link, header_hello), hello.clone()).await;
     let mut session = match handshake {
         Ok(mut session) => {
@@ -127,7 +130,16 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
     let outcome = tracing::Instrument::instrument(
         async {
             tracing::info!("welcomed");
-            let end = session.run(&mut stream, &state, &link, &mut writer_end).await;
+            // The join the upgrade carried, when no seat was resumed: as if
+            // it were the first message after the hello.
+            let joined_at_once = match header_join.filter(|_| session.room.is_none()) {
+                Some(room) => session.handle(ClientMessage::Join(Join { room }), &state, &link).await,
+                None => None,
+            };
+            let end = match joined_at_once {
+                Some(end) => end,
+                None => session.run(&mut stream, &state, &link, &mut writer_end).await,
+            };
             if let Some((room, seat)) = session.room.take() {
                 if end == End::Dropped {
                     room.detach(seat.you, session.conn).await;

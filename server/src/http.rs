@@ -261,11 +261,11 @@ async fn websocket(State(state): State<AppState>, peer: Option<axum::Extension<c
     // A hello in the upgrade's headers (plaza_shared::upgrade_hello): the
     // welcome goes out right behind the 101, a round trip sooner.
     let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
-    let header_hello = match upgrade_hello::from_headers(header(upgrade_hello::AUTHORIZATION), header(upgrade_hello::RESUME)) {
+    let header_hello = match upgrade_hello::from_headers(header(upgrade_hello::AUTHORIZATION), header(upgrade_hello::RESUME), header(upgrade_hello::JOIN)) {
         Ok(hello) => hello,
         Err(message) => return bad_request(message).into_response(),
     };
-    let hello_taken = header_hello.is_some();
+    let (hello_taken, join_taken) = (header_hello.is_some(), header_hello.as_ref().is_some_and(|h| h.join.is_some()));
     // Held by the socket's task for its whole life.
     let Some(admitted) = state.connections.admit() else {
         return crate::capacity::websocket_refusal(state.connections.limit());
@@ -294,6 +294,9 @@ async fn websocket(State(state): State<AppState>, peer: Option<axum::Extension<c
         });
     if hello_taken {
         response.headers_mut().insert(upgrade_hello::TAKEN, HeaderValue::from_static(upgrade_hello::TAKEN_VALUE));
+    }
+    if join_taken {
+        response.headers_mut().insert(upgrade_hello::JOIN_TAKEN, HeaderValue::from_static(upgrade_hello::TAKEN_VALUE));
     }
     response
 }

@@ -37,19 +37,46 @@ async fn a_hello_in_the_headers_is_answered_without_a_hello_frame_and_a_resume_g
         let reply = roamer.recv().await;
         assert!(matches!(&reply, ServerMessage::Error(e) if e.code == ErrorCode::BadMessage && e.message.contains("already said hello")), "{reply:?}");
 
-        // Dropped without a close frame; back with the session in a header.
+        // Dropped without a close frame; back with the session in a header
+        // (and a room to join should the seat be gone: it isn't).
         drop(roamer);
-        let (mut back, headers) = upgrade(&server, protocol, &[(upgrade_hello::AUTHORIZATION, &bearer), (upgrade_hello::RESUME, &welcome.session)]).await.expect("upgraded");
+        let (mut back, headers) = upgrade(&server, protocol, &[(upgrade_hello::AUTHORIZATION, &bearer), (upgrade_hello::RESUME, &welcome.session), (upgrade_hello::JOIN, "elsewhere")]).await.expect("upgraded");
         assert_eq!(headers.get(TAKEN).map(|v| v.to_str().unwrap()), Some(TAKEN_VALUE));
         let ServerMessage::Welcome(again) = back.recv().await else { panic!("welcome expected first") };
         assert_eq!(again.session, welcome.session, "the seat was held: the same session");
         let ServerMessage::Joined(state) = back.recv().await else { panic!("the room's state follows the welcome of a resume") };
         assert_eq!(state.you, first.you, "the same avatar");
+        assert_eq!(state.room_name, room, "the resumed room, not the one to join without a seat");
+        assert_eq!(back.try_recv(Duration::from_millis(300)).await.map(|m| m.type_name()).filter(|t| *t == "joined"), None, "one joined only");
         while let Some(msg) = watcher.try_recv(Duration::from_millis(300)).await {
             if let ServerMessage::Delta(d) = msg {
                 assert!(!d.left.contains(&first.you), "a resumed member is never reported gone");
             }
         }
+    }
+}
+
+/// The room to join rides too: a fresh socket is in it with nothing sent,
+/// and a resume whose seat is gone lands there instead of waiting a round
+/// trip for a join frame.
+#[tokio::test]
+async fn a_join_in_the_headers_puts_a_fresh_socket_in_the_room_at_once() {
+    let server = TestServer::start().await;
+    for protocol in BOTH {
+        let room = format!("at-once-{}", protocol.name());
+        let bearer = upgrade_hello::authorization(&server.token("Hurried").await);
+        let (mut fresh, headers) = upgrade(&server, protocol, &[(upgrade_hello::AUTHORIZATION, &bearer), (upgrade_hello::JOIN, &room)]).await.expect("upgraded");
+        assert_eq!(headers.get(upgrade_hello::JOIN_TAKEN).map(|v| v.to_str().unwrap()), Some(TAKEN_VALUE), "the 101 says the join was taken");
+        let ServerMessage::Welcome(_) = fresh.recv().await else { panic!("welcome expected first") };
+        let ServerMessage::Joined(joined) = fresh.recv().await else { panic!("joined next, with nothing sent") };
+        assert_eq!(joined.room_name, room);
+
+        let (mut late, _) = upgrade(&server, protocol, &[(upgrade_hello::AUTHORIZATION, &bearer), (upgrade_hello::RESUME, "no-such-session"), (upgrade_hello::JOIN, &room)]).await.expect("upgraded");
+        let ServerMessage::Welcome(w) = late.recv().await else { panic!("welcome expected first") };
+        assert_ne!(w.session, "no-such-session", "no seat held: a new session");
+        let ServerMessage::Joined(again) = late.recv().await else { panic!("joined in the header's room") };
+        assert_eq!(again.room_name, room);
+        assert_ne!(again.you, joined.you, "a seat of its own");
     }
 }
 
@@ -86,8 +113,10 @@ async fn malformed_hello_headers_are_refused_before_the_upgrade_with_what_is_all
     let server = TestServer::start().await;
     let token = server.token("Careless").await;
     let bearer = upgrade_hello::authorization(&token);
-    let cases: [(&[(&str, &str)], &str); 3] = [
+    let cases: [(&[(&str, &str)], &str); 5] = [
         (&[(upgrade_hello::AUTHORIZATION, "Bearer ")], "token is empty"),
+        (&[(upgrade_hello::JOIN, "lobby")], "Plaza-Join needs Authorization"),
+        (&[(upgrade_hello::AUTHORIZATION, &bearer), (upgrade_hello::JOIN, " ")], "Plaza-Join: room is empty"),
         (&[(upgrade_hello::RESUME, "s3ss10n")], "Plaza-Resume needs Authorization"),
         (&[(upgrade_hello::AUTHORIZATION, &bearer), (upgrade_hello::RESUME, "a b")], "visible ASCII"),
     ];

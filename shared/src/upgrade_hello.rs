@@ -11,21 +11,28 @@
 //! <access token>`, and `Plaza-Resume: <session>` to resume, on the upgrade
 //! request. A server that took them as the hello says so with
 //! `Plaza-Hello: taken` on its `101`; the client then sends no hello frame.
-//! Without that answer (an older server) the client sends its hello frame
-//! as before. Browsers can't set headers on a WebSocket; they send the
+//! `Plaza-Join: <room>` rides the same way (`Plaza-Join: taken`): the room
+//! to join when no seat is resumed, so a first join is in its room with the
+//! 101 too, where a join frame could only go after the 101 (a client sends
+//! no frame before it). Without those answers (an older server) the client
+//! sends its hello and join frames as before. Browsers can't set headers on a WebSocket; they send the
 //! frame. The rest is the same either way: a bad token closes with 4001,
 //! a resume that finds no seat gets a new `session`.
 
 use crate::limits::PROTOCOL_VERSION;
-use crate::messages::{ClientMessage, Hello};
+use crate::messages::{ClientMessage, Hello, Join};
 
 /// The request header with the access token: `Bearer <token>`.
 pub const AUTHORIZATION: &str = "authorization";
 /// The request header with the `session` to resume.
 pub const RESUME: &str = "plaza-resume";
-/// The response header that says the server took the hello from the
-/// request's headers, and its value.
+/// The request header with the room to join when there is no seat to
+/// resume (a fresh socket, or a resume that found none).
+pub const JOIN: &str = "plaza-join";
+/// The response headers that say the server took the hello, and the join,
+/// from the request's headers; their value.
 pub const TAKEN: &str = "plaza-hello";
+pub const JOIN_TAKEN: &str = "plaza-join";
 pub const TAKEN_VALUE: &str = "taken";
 
 /// Longest `Plaza-Resume` taken (sessions are 16 characters).
@@ -36,16 +43,25 @@ pub fn authorization(token: &str) -> String {
     format!("Bearer {token}")
 }
 
-/// The hello in an upgrade request's headers. `None` without a `Bearer`
-/// `Authorization` header (the hello comes as a frame): another scheme is
-/// not ours (a proxy in front may use Basic for itself) and is left alone.
-/// An error that says what is wrong and what is allowed when a `Bearer`
-/// token or `Plaza-Resume` is malformed.
-pub fn from_headers(authorization: Option<&[u8]>, resume: Option<&[u8]>) -> Result<Option<Hello>, String> {
+/// What an upgrade request's headers carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderHello {
+    pub hello: Hello,
+    /// The room to join when no seat is resumed.
+    pub join: Option<String>,
+}
+
+/// The hello (and join) in an upgrade request's headers. `None` without a
+/// `Bearer` `Authorization` header (the hello comes as a frame): another
+/// scheme is not ours (a proxy in front may use Basic for itself) and is
+/// left alone. An error that says what is wrong and what is allowed when a
+/// `Bearer` token, `Plaza-Resume` or `Plaza-Join` is malformed.
+pub fn from_headers(authorization: Option<&[u8]>, resume: Option<&[u8]>, join: Option<&[u8]>) -> Result<Option<HeaderHello>, String> {
     let Some(token) = authorization.and_then(|v| std::str::from_utf8(v).ok()).and_then(bearer) else {
-        return match resume {
-            Some(_) => Err("Plaza-Resume needs Authorization: Bearer <access token> beside it (or send both in the hello frame)".into()),
-            None => Ok(None),
+        return match (resume, join) {
+            (Some(_), _) => Err("Plaza-Resume needs Authorization: Bearer <access token> beside it (or send both in the hello frame)".into()),
+            (_, Some(_)) => Err("Plaza-Join needs Authorization: Bearer <access token> beside it (or send the join as a frame after the hello)".into()),
+            (None, None) => Ok(None),
         };
     };
     let resume = match resume {
@@ -57,7 +73,21 @@ pub fn from_headers(authorization: Option<&[u8]>, resume: Option<&[u8]>) -> Resu
     };
     let hello = Hello { token: token.to_owned(), protocol: PROTOCOL_VERSION, resume };
     ClientMessage::Hello(hello.clone()).validate().map_err(|e| format!("Authorization: {}", e.message))?;
-    Ok(Some(hello))
+    let join = match join {
+        None => None,
+        Some(raw) => {
+            let room = std::str::from_utf8(raw).map_err(|_| "Plaza-Join must be a room id or name in UTF-8".to_owned())?.trim().to_owned();
+            ClientMessage::Join(Join { room: room.clone() }).validate().map_err(|e| format!("Plaza-Join: {}", e.message))?;
+            Some(room)
+        }
+    };
+    Ok(Some(HeaderHello { hello, join }))
+}
+
+/// `room` as a `Plaza-Join` value, when it can be one as it is: visible
+/// ASCII and spaces. Other names go in a join frame.
+pub fn join_header_value(room: &str) -> Option<&str> {
+    (!room.is_empty() && room.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) && room.trim() == room).then_some(room)
 }
 
 /// The token of a `Bearer` credential (the scheme's case aside), if it is one.
@@ -72,42 +102,62 @@ mod tests {
 
     #[test]
     fn no_authorization_is_no_hello_and_a_resume_alone_is_an_error() {
-        assert_eq!(from_headers(None, None), Ok(None));
-        let e = from_headers(None, Some(b"abc")).unwrap_err();
+        assert_eq!(from_headers(None, None, None), Ok(None));
+        let e = from_headers(None, Some(b"abc"), None).unwrap_err();
         assert!(e.contains("Plaza-Resume needs Authorization"), "{e}");
     }
 
     #[test]
     fn a_bearer_token_and_a_session_make_the_hello() {
-        let hello = from_headers(Some(b"Bearer t0k.en"), Some(b"s3ss10n")).unwrap().unwrap();
-        assert_eq!(hello, Hello { token: "t0k.en".into(), protocol: PROTOCOL_VERSION, resume: Some("s3ss10n".into()) });
-        let fresh = from_headers(Some(authorization("abc").as_bytes()), None).unwrap().unwrap();
-        assert_eq!(fresh.resume, None);
-        assert_eq!(fresh.token, "abc");
+        let got = from_headers(Some(b"Bearer t0k.en"), Some(b"s3ss10n"), Some("Café plaza".as_bytes())).unwrap().unwrap();
+        assert_eq!(got.hello, Hello { token: "t0k.en".into(), protocol: PROTOCOL_VERSION, resume: Some("s3ss10n".into()) });
+        assert_eq!(got.join.as_deref(), Some("Café plaza"));
+        let fresh = from_headers(Some(authorization("abc").as_bytes()), None, None).unwrap().unwrap();
+        assert_eq!(fresh.hello.resume, None);
+        assert_eq!(fresh.hello.token, "abc");
+        assert_eq!(fresh.join, None);
     }
 
     #[test]
     fn another_scheme_is_not_ours_but_a_resume_beside_it_is_an_error() {
         for other in [&b"Basic dXNlcjpwYXNz"[..], b"\xff\xfe", b"Bearerabc"] {
-            assert_eq!(from_headers(Some(other), None), Ok(None), "{other:?}");
-            let e = from_headers(Some(other), Some(b"s3ss10n")).unwrap_err();
+            assert_eq!(from_headers(Some(other), None, None), Ok(None), "{other:?}");
+            let e = from_headers(Some(other), Some(b"s3ss10n"), None).unwrap_err();
             assert!(e.contains("Plaza-Resume needs Authorization: Bearer"), "{e}");
+            let e = from_headers(Some(other), None, Some(b"lobby")).unwrap_err();
+            assert!(e.contains("Plaza-Join needs Authorization: Bearer"), "{e}");
         }
-        assert_eq!(from_headers(Some(b"bearer abc"), None).unwrap().unwrap().token, "abc", "the scheme's case doesn't matter");
+        assert_eq!(from_headers(Some(b"bearer abc"), None, None).unwrap().unwrap().hello.token, "abc", "the scheme's case doesn't matter");
     }
 
     #[test]
     fn malformed_headers_say_what_is_allowed() {
         for empty in [&b"Bearer"[..], b"Bearer ", b"bearer   "] {
-            let e = from_headers(Some(empty), None).unwrap_err();
+            let e = from_headers(Some(empty), None, None).unwrap_err();
             assert!(e.contains("empty"), "{empty:?}: {e}");
         }
         let long = format!("Bearer {}", "x".repeat(4097));
-        let e = from_headers(Some(long.as_bytes()), None).unwrap_err();
+        let e = from_headers(Some(long.as_bytes()), None, None).unwrap_err();
         assert!(e.contains("at most 4096"), "{e}");
         for bad in [&b""[..], b"a b", &[b'x'; RESUME_MAX_CHARS + 1]] {
-            let e = from_headers(Some(b"Bearer abc"), Some(bad)).unwrap_err();
+            let e = from_headers(Some(b"Bearer abc"), Some(bad), None).unwrap_err();
             assert!(e.contains("1–128 visible ASCII"), "{bad:?}: {e}");
         }
+        let e = from_headers(Some(b"Bearer abc"), None, Some(b"  ")).unwrap_err();
+        assert!(e.contains("Plaza-Join: room is empty"), "{e}");
+        let long_room = "r".repeat(crate::limits::ROOM_NAME_MAX_CHARS + 1);
+        let e = from_headers(Some(b"Bearer abc"), None, Some(long_room.as_bytes())).unwrap_err();
+        assert!(e.contains("Plaza-Join: room has"), "{e}");
+        let e = from_headers(Some(b"Bearer abc"), None, Some(b"\xff")).unwrap_err();
+        assert!(e.contains("UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn only_plain_names_go_in_the_join_header() {
+        assert_eq!(join_header_value("load-1"), Some("load-1"));
+        assert_eq!(join_header_value("the garden"), Some("the garden"));
+        assert_eq!(join_header_value("Café"), None);
+        assert_eq!(join_header_value(" padded"), None);
+        assert_eq!(join_header_value(""), None);
     }
 }

@@ -297,10 +297,11 @@ impl Task {
         }
     }
 
-    /// Opens the socket with `hello` in the upgrade request
-    /// (plaza_shared::upgrade_hello); says whether the server took it from
-    /// there, or needs the hello frame (an older server).
-    async fn open(&self, hello: &Hello) -> Result<(Ws, bool), Ended> {
+    /// Opens the socket with `hello`, and `join` (the room, should no seat
+    /// be resumed), in the upgrade request (plaza_shared::upgrade_hello);
+    /// says which of them the server took from there (an older server takes
+    /// neither: the hello and the join then go as frames).
+    async fn open(&self, hello: &Hello, join: Option<&str>) -> Result<(Ws, Taken), Ended> {
         let url = format!("{}/ws", self.config.server.replacen("http://", "ws://", 1));
         let mut request = url.as_str().into_client_request().map_err(|e| Ended::Unreachable(format!("{url}: {e}")))?;
         let headers = request.headers_mut();
@@ -315,6 +316,9 @@ impl Task {
             if let Some(resume) = resume {
                 headers.insert(upgrade_hello::RESUME, resume);
             }
+            if let Some(room) = join.and_then(upgrade_hello::join_header_value).and_then(|room| room.parse::<HeaderValue>().ok()) {
+                headers.insert(upgrade_hello::JOIN, room);
+            }
         }
         // No Nagle: a pose must not wait for the server's ACK of the one
         // before (up to a delayed-ACK timeout, 40 ms on Linux). A 4 KiB read
@@ -327,8 +331,8 @@ impl Task {
                 tokio_tungstenite::tungstenite::Error::Http(response) => refused(&url, &response),
                 e => Ended::Unreachable(format!("{url}: {e}")),
             })?;
-        let taken = response.headers().get(upgrade_hello::TAKEN).is_some_and(|v| v == upgrade_hello::TAKEN_VALUE);
-        Ok((ws, taken))
+        let said = |name: &str| response.headers().get(name).is_some_and(|v| v == upgrade_hello::TAKEN_VALUE);
+        Ok((ws, Taken { hello: said(upgrade_hello::TAKEN), join: said(upgrade_hello::JOIN_TAKEN) }))
     }
 
     /// One socket's life: hello, join (or resume), relay.
@@ -338,22 +342,27 @@ impl Task {
             Err(e) => return Stop::Ended(Ended::Unreachable(e)),
         };
         let hello = Hello { token, protocol: PROTOCOL_VERSION, resume: if resume { self.conn.session.clone() } else { None } };
-        let (mut ws, hello_taken) = match self.open(&hello).await {
+        let room = self.config.room.clone();
+        let (mut ws, taken) = match self.open(&hello, Some(&room)).await {
             Ok(opened) => opened,
             Err(ended) => return Stop::Ended(ended),
         };
         let fresh = hello.resume.is_none();
-        if !hello_taken && let Err(e) = send(&mut ws, &ClientMessage::Hello(hello)).await {
+        if !taken.hello && let Err(e) = send(&mut ws, &ClientMessage::Hello(hello)).await {
             return Stop::Ended(Ended::Dropped(e));
         }
-        self.relay(ws, input, fresh).await
+        let join = if taken.join {
+            JoinAsked::InUpgrade
+        } else if fresh {
+            JoinAsked::BehindHello
+        } else {
+            JoinAsked::AfterWelcome
+        };
+        self.relay(ws, input, join).await
     }
 
-    /// `fresh`: no seat to resume, so the join goes right behind the hello
-    /// (the server reads them in order) instead of a round trip later,
-    /// after the welcome. A resume waits for the welcome, which says
-    /// whether the seat is back or a join is needed.
-    async fn relay(&mut self, mut ws: Ws, input: &mut NetInput, fresh: bool) -> Stop {
+    /// `join`: how this socket asks for its room (see [`JoinAsked`]).
+    async fn relay(&mut self, mut ws: Ws, input: &mut NetInput, join: JoinAsked) -> Stop {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut in_room = false;
@@ -382,8 +391,17 @@ impl Task {
         let (voice_out, mut voice_outbox) = mpsc::channel::<plaza_shared::voice::VoiceSignal>(8);
         let mut voice_call: Option<super::voice::VoiceCall> = None;
         let mut liveness = Liveness::new(self.config.silence_limit, Instant::now());
-        if fresh && let Err(e) = send_join(&mut ws, self.config.room.clone(), &mut last_join, &mut liveness).await {
-            return Stop::Ended(Ended::Dropped(e));
+        match join {
+            JoinAsked::InUpgrade => {
+                last_join = Some(Instant::now());
+                liveness.join_sent(Instant::now());
+            }
+            JoinAsked::BehindHello => {
+                if let Err(e) = send_join(&mut ws, self.config.room.clone(), &mut last_join, &mut liveness).await {
+                    return Stop::Ended(Ended::Dropped(e));
+                }
+            }
+            JoinAsked::AfterWelcome => {}
         }
         loop {
             let refresh_at = self.conn.refresh_at().map(|at| self.started + at).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -414,7 +432,7 @@ impl Task {
                             resumed = self.conn.welcomed(&w.session);
                             tracing::info!(session = %w.session, resumed, "welcome");
                             self.send(NetEvent::Welcome { user_id: w.user_id.clone() });
-                            if !resumed && !fresh && let Err(e) = send_join(&mut ws, self.config.room.clone(), &mut last_join, &mut liveness).await {
+                            if !resumed && join == JoinAsked::AfterWelcome && let Err(e) = send_join(&mut ws, self.config.room.clone(), &mut last_join, &mut liveness).await {
                                 return Stop::Ended(Ended::Dropped(e));
                             }
                         }
@@ -757,6 +775,27 @@ async fn refresh_pair(http: &reqwest::Client, server: &str, refresh: String) -> 
 /// Sends a `join`, noting when: room changes are paced from the last one.
 /// Sends a join, noting when (for the pace of room changes, and for the
 /// answer it waits for).
+/// What the server took from the upgrade request's headers.
+#[derive(Debug, Clone, Copy)]
+struct Taken {
+    hello: bool,
+    join: bool,
+}
+
+/// How a socket asks for its room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JoinAsked {
+    /// In the upgrade request, and the server took it: it joins by itself
+    /// when no seat is resumed.
+    InUpgrade,
+    /// Nothing to resume: a join frame right behind the hello (the server
+    /// reads them in order), not a round trip later after the welcome.
+    BehindHello,
+    /// A resume, to an older server: the welcome says whether the seat is
+    /// back or a join is needed.
+    AfterWelcome,
+}
+
 async fn send_join(ws: &mut Ws, room: String, last_join: &mut Option<Instant>, liveness: &mut Liveness<Instant>) -> Result<(), String> {
     let now = Instant::now();
     *last_join = Some(now);

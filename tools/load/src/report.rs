@@ -166,9 +166,8 @@ pub struct RunResult {
     pub pacing: Option<PacingStats>,
     pub join_ms: Percentiles,
     /// Per socket that joined (not resumed): its connect → `joined`, what
-    /// a player waits from connecting to being in the room (with the
-    /// hello in the upgrade and the join right behind it: two round trips
-    /// after the connect's).
+    /// a player waits from connecting to being in the room (with the hello
+    /// and the room in the upgrade: one round trip after the connect's).
     #[serde(default)]
     pub connect_join_ms: Percentiles,
     pub auth_ms: Percentiles,

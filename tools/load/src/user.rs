@@ -641,10 +641,10 @@ impl User {
         // hello's when it goes as a frame.
         self.connect_at = Some(Instant::now());
         let opened = tokio::select! {
-            r = open_socket(&self.env, None, Some(UpgradeHello { token: &token, resume: resume.as_deref() })) => r,
+            r = open_socket(&self.env, None, Some(UpgradeHello { token: &token, resume: resume.as_deref(), join: Some(&self.plan.room) })) => r,
             _ = phase.wait_for(|p| *p == Phase::Close) => return End::Done,
         };
-        let (mut ws, hello_taken) = match opened {
+        let (mut ws, taken) = match opened {
             Ok(ws) => ws,
             Err(e) => {
                 tracing::warn!(user = %self.plan.name, cause = %e.cause, "WebSocket connect failed");
@@ -653,19 +653,23 @@ impl User {
                 return lost(resume);
             }
         };
-        if !hello_taken {
+        if !taken.hello {
             let hello = ClientMessage::Hello(Hello { token, protocol: PROTOCOL_VERSION, resume: resume.clone() });
             if self.send(&mut ws, &hello).await.is_err() {
                 self.error("send");
                 return lost(resume);
             }
         }
-        // No seat to resume: the join goes right behind the hello (the
-        // server reads them in order), a round trip sooner, as the
-        // client's does. A resume waits for the welcome to say.
+        // The join rode in the upgrade when the server took it (it joins
+        // by itself when no seat is resumed). Else with no seat to resume
+        // it goes right behind the hello (the server reads them in order),
+        // a round trip sooner, as the client's does; a resume waits for the
+        // welcome to say.
         let join = ClientMessage::Join(Join { room: self.plan.room.clone() });
         let mut join_sent = None;
-        if resume.is_none() {
+        if taken.join {
+            join_sent = self.connect_at;
+        } else if resume.is_none() {
             join_sent = Some(Instant::now());
             if self.send(&mut ws, &join).await.is_err() {
                 self.error("send");
@@ -688,6 +692,10 @@ impl User {
             self.paced = false;
         }
         let resumed = resume.as_deref() == Some(welcome.session.as_str());
+        if resumed {
+            // The seat is back: a join in the upgrade was not needed.
+            join_sent = None;
+        }
         self.report.resumed += u64::from(resumed);
         self.session = Some(welcome.session);
         if !resumed && join_sent.is_none() {
@@ -1377,14 +1385,23 @@ enum Read {
 pub(crate) struct UpgradeHello<'a> {
     pub token: &'a str,
     pub resume: Option<&'a str>,
+    /// The room to join should no seat be resumed.
+    pub join: Option<&'a str>,
+}
+
+/// What the server took from the upgrade request's headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Taken {
+    pub hello: bool,
+    pub join: bool,
 }
 
 /// A socket to the run's server, or why not (with the wait a full server
 /// asked for). `recv_buffer`: a small kernel receive buffer (`SO_RCVBUF`,
 /// set before the connect), as on a client that stops reading. With
-/// `hello`, a Plaza socket asks the server to take it from the upgrade
-/// request; the flag says whether it did (then no hello frame is sent).
-pub(crate) async fn open_socket(env: &Env, recv_buffer: Option<u32>, hello: Option<UpgradeHello<'_>>) -> Result<(Ws, bool), OpenError> {
+/// `hello`, a Plaza socket asks the server to take it (and the join) from
+/// the upgrade request, and says which it did: those go as no frame.
+pub(crate) async fn open_socket(env: &Env, recv_buffer: Option<u32>, hello: Option<UpgradeHello<'_>>) -> Result<(Ws, Taken), OpenError> {
     let url = &env.ws_url;
     let mut request = url.as_str().into_client_request().map_err(|e| format!("{url}: {e}"))?;
     let protocol = env.wire.subprotocol();
@@ -1396,6 +1413,9 @@ pub(crate) async fn open_socket(env: &Env, recv_buffer: Option<u32>, hello: Opti
             headers.insert(upgrade_hello::AUTHORIZATION, upgrade_hello::authorization(hello.token).parse().map_err(|_| bad("the access token"))?);
             if let Some(resume) = hello.resume {
                 headers.insert(upgrade_hello::RESUME, resume.parse().map_err(|_| bad("the session"))?);
+            }
+            if let Some(room) = hello.join.and_then(upgrade_hello::join_header_value) {
+                headers.insert(upgrade_hello::JOIN, room.parse().map_err(|_| bad("the room"))?);
             }
         }
     }
@@ -1428,12 +1448,13 @@ pub(crate) async fn open_socket(env: &Env, recv_buffer: Option<u32>, hello: Opti
     if chosen != protocol {
         return Err(format!("{url}: the server chose subprotocol {chosen:?}, not {protocol:?}").into());
     }
-    let hello_taken = protocol.is_some() && hello.is_some() && response.headers().get(upgrade_hello::TAKEN).is_some_and(|v| v == upgrade_hello::TAKEN_VALUE);
+    let said = |name: &str| protocol.is_some() && hello.is_some() && response.headers().get(name).is_some_and(|v| v == upgrade_hello::TAKEN_VALUE);
+    let taken = Taken { hello: said(upgrade_hello::TAKEN), join: said(upgrade_hello::JOIN_TAKEN) };
     tokio::time::timeout(CONNECT_TIMEOUT, crate::wire::handshake(env.wire, &mut ws))
         .await
         .map_err(|_| format!("{url}: no socket.io handshake within {CONNECT_TIMEOUT:?}"))?
         .map_err(|e| format!("{url}: {e}"))?;
-    Ok((ws, hello_taken))
+    Ok((ws, taken))
 }
 
 /// The host and port of a `ws://` URL.
