@@ -772,9 +772,6 @@ async fn refresh_pair(http: &reqwest::Client, server: &str, refresh: String) -> 
     post(http, server, "/api/v1/auth/refresh", serde_json::json!({ "refresh_token": refresh })).await
 }
 
-/// Sends a `join`, noting when: room changes are paced from the last one.
-/// Sends a join, noting when (for the pace of room changes, and for the
-/// answer it waits for).
 /// What the server took from the upgrade request's headers.
 #[derive(Debug, Clone, Copy)]
 struct Taken {
@@ -791,11 +788,14 @@ enum JoinAsked {
     /// Nothing to resume: a join frame right behind the hello (the server
     /// reads them in order), not a round trip later after the welcome.
     BehindHello,
-    /// A resume, to an older server: the welcome says whether the seat is
-    /// back or a join is needed.
+    /// A resume without the room in the upgrade (an older server, or a
+    /// room name that can't be a header): the welcome says whether the seat
+    /// is back or a join is needed.
     AfterWelcome,
 }
 
+/// Sends a join, noting when (room changes are paced from the last one,
+/// and the answer is waited for).
 async fn send_join(ws: &mut Ws, room: String, last_join: &mut Option<Instant>, liveness: &mut Liveness<Instant>) -> Result<(), String> {
     let now = Instant::now();
     *last_join = Some(now);
