@@ -83,12 +83,7 @@ impl Shaper {
         let mut open_at = began;
         let mut lost = 0;
         for _ in 0..2 {
-            let mut delay = s.latency.as_secs_f64();
-            if !s.jitter.is_zero() {
-                let j = s.jitter.as_secs_f64();
-                delay = (delay + self.rng.range(-j, j)).max(0.0);
-            }
-            open_at += Duration::from_secs_f64(delay);
+            open_at += self.one_way();
             if s.loss > 0.0 && self.rng.unit() < s.loss {
                 open_at += INITIAL_RTO;
                 lost += 1;
@@ -96,6 +91,17 @@ impl Shaper {
         }
         self.opens_at = Some(open_at);
         Handshake { open_at, lost }
+    }
+
+    /// One trip across: latency ± jitter (uniform), never below zero.
+    fn one_way(&mut self) -> Duration {
+        let s = self.shaping;
+        let mut delay = s.latency.as_secs_f64();
+        if !s.jitter.is_zero() {
+            let j = s.jitter.as_secs_f64();
+            delay = (delay + self.rng.range(-j, j)).max(0.0);
+        }
+        Duration::from_secs_f64(delay)
     }
 
     pub fn shaping(&self) -> Shaping {
@@ -109,13 +115,9 @@ impl Shaper {
     pub fn schedule(&mut self, read_at: Instant) -> Due {
         let s = self.shaping;
         let read_at = self.opens_at.map_or(read_at, |open| read_at.max(open));
-        let mut delay = s.latency.as_secs_f64();
-        if !s.jitter.is_zero() {
-            let j = s.jitter.as_secs_f64();
-            delay = (delay + self.rng.range(-j, j)).max(0.0);
-        }
+        let delay = self.one_way();
         let stalled = s.loss > 0.0 && self.rng.unit() < s.loss;
-        let mut at = read_at + Duration::from_secs_f64(delay);
+        let mut at = read_at + delay;
         if stalled {
             at += s.rto;
         }
