@@ -87,7 +87,46 @@ pub fn from_headers(authorization: Option<&[u8]>, resume: Option<&[u8]>, join: O
 /// `room` as a `Plaza-Join` value, when it can be one as it is: visible
 /// ASCII and spaces. Other names go in a join frame.
 pub fn join_header_value(room: &str) -> Option<&str> {
-    (!room.is_empty() && room.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) && room.trim() == room).then_some(room)
+    (!room.is_empty() && header_safe(room) && room.trim() == room).then_some(room)
+}
+
+/// Whether `value` goes in a header as it is (visible ASCII and spaces).
+fn header_safe(value: &str) -> bool {
+    value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+}
+
+/// The headers a client adds to its upgrade request: the hello (`token`,
+/// and `resume` to take a seat back) and the room to `join` when no seat
+/// is resumed. Both of the hello or neither: a token or session that
+/// can't be a header value goes in the hello frame instead. The room only
+/// when it can be one as it is ([`join_header_value`]).
+pub fn request_headers(token: &str, resume: Option<&str>, join: Option<&str>) -> Vec<(&'static str, String)> {
+    if !header_safe(token) || !resume.is_none_or(header_safe) {
+        return Vec::new();
+    }
+    let mut headers = vec![(AUTHORIZATION, authorization(token))];
+    headers.extend(resume.map(|session| (RESUME, session.to_owned())));
+    headers.extend(join.and_then(join_header_value).map(|room| (JOIN, room.to_owned())));
+    headers
+}
+
+/// What the server took from the upgrade request's headers, as its 101
+/// says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Taken {
+    /// The hello: send no hello frame.
+    pub hello: bool,
+    /// The join: send no join frame; the server joins when no seat is
+    /// resumed.
+    pub join: bool,
+}
+
+impl Taken {
+    /// Read from the 101's headers (`header` gives a header's value by name).
+    pub fn from_response<'a>(header: impl Fn(&str) -> Option<&'a [u8]>) -> Taken {
+        let said = |name: &str| header(name) == Some(TAKEN_VALUE.as_bytes());
+        Taken { hello: said(TAKEN), join: said(JOIN_TAKEN) }
+    }
 }
 
 /// The token of a `Bearer` credential (the scheme's case aside), if it is one.
@@ -150,6 +189,29 @@ mod tests {
         assert!(e.contains("Plaza-Join: room has"), "{e}");
         let e = from_headers(Some(b"Bearer abc"), None, Some(b"\xff")).unwrap_err();
         assert!(e.contains("UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn a_client_sends_the_hello_headers_both_or_neither_and_a_plain_room() {
+        let names = |h: Vec<(&'static str, String)>| h.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert_eq!(request_headers("t0k", Some("s3ss"), Some("lobby")), vec![(AUTHORIZATION, "Bearer t0k".to_owned()), (RESUME, "s3ss".to_owned()), (JOIN, "lobby".to_owned())]);
+        assert_eq!(names(request_headers("t0k", None, Some("Café"))), vec![AUTHORIZATION], "the room goes as a frame");
+        assert_eq!(request_headers("t0k", Some("séance"), Some("lobby")), vec![], "a session that can't be a header: all as frames");
+        assert_eq!(request_headers("t\u{1}k", None, None), vec![]);
+        // What the client sends, the server reads back.
+        let sent = request_headers("t0k", Some("s3ss"), Some("the garden"));
+        let get = |name: &str| sent.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_bytes());
+        let read = from_headers(get(AUTHORIZATION), get(RESUME), get(JOIN)).unwrap().unwrap();
+        assert_eq!((read.hello.token.as_str(), read.hello.resume.as_deref(), read.join.as_deref()), ("t0k", Some("s3ss"), Some("the garden")));
+    }
+
+    #[test]
+    fn the_101_says_what_was_taken() {
+        let taken = |headers: &[(&str, &'static str)]| Taken::from_response(|name| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_bytes()));
+        assert_eq!(taken(&[]), Taken::default());
+        assert_eq!(taken(&[(TAKEN, TAKEN_VALUE)]), Taken { hello: true, join: false });
+        assert_eq!(taken(&[(TAKEN, TAKEN_VALUE), (JOIN_TAKEN, TAKEN_VALUE)]), Taken { hello: true, join: true });
+        assert_eq!(taken(&[(TAKEN, "no")]), Taken::default());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use plaza_shared::codec::Subprotocol;
 use plaza_shared::limits::{PROTOCOL_VERSION, RequestFailure};
 use plaza_shared::messages::*;
 use plaza_shared::pacing::PosePacer;
-use plaza_shared::upgrade_hello;
+use plaza_shared::upgrade_hello::{self, Taken};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -301,23 +301,14 @@ impl Task {
     /// be resumed), in the upgrade request (plaza_shared::upgrade_hello);
     /// says which of them the server took from there (an older server takes
     /// neither: the hello and the join then go as frames).
-    async fn open(&self, hello: &Hello, join: Option<&str>) -> Result<(Ws, Taken), Ended> {
+    async fn open(&self, hello: &Hello, join: &str) -> Result<(Ws, Taken), Ended> {
         let url = format!("{}/ws", self.config.server.replacen("http://", "ws://", 1));
         let mut request = url.as_str().into_client_request().map_err(|e| Ended::Unreachable(format!("{url}: {e}")))?;
         let headers = request.headers_mut();
         headers.insert("sec-websocket-protocol", Subprotocol::Binary.name().parse().expect("header value"));
-        // Both or neither: a token or session that can't be a header value
-        // goes in the hello frame instead.
-        use tokio_tungstenite::tungstenite::http::HeaderValue;
-        let authorization = upgrade_hello::authorization(&hello.token).parse::<HeaderValue>();
-        let resume = hello.resume.as_deref().map(str::parse::<HeaderValue>).transpose();
-        if let (Ok(authorization), Ok(resume)) = (authorization, resume) {
-            headers.insert(upgrade_hello::AUTHORIZATION, authorization);
-            if let Some(resume) = resume {
-                headers.insert(upgrade_hello::RESUME, resume);
-            }
-            if let Some(room) = join.and_then(upgrade_hello::join_header_value).and_then(|room| room.parse::<HeaderValue>().ok()) {
-                headers.insert(upgrade_hello::JOIN, room);
+        for (name, value) in upgrade_hello::request_headers(&hello.token, hello.resume.as_deref(), Some(join)) {
+            if let Ok(value) = value.parse() {
+                headers.insert(name, value);
             }
         }
         // No Nagle: a pose must not wait for the server's ACK of the one
@@ -331,8 +322,7 @@ impl Task {
                 tokio_tungstenite::tungstenite::Error::Http(response) => refused(&url, &response),
                 e => Ended::Unreachable(format!("{url}: {e}")),
             })?;
-        let said = |name: &str| response.headers().get(name).is_some_and(|v| v == upgrade_hello::TAKEN_VALUE);
-        Ok((ws, Taken { hello: said(upgrade_hello::TAKEN), join: said(upgrade_hello::JOIN_TAKEN) }))
+        Ok((ws, Taken::from_response(|name| response.headers().get(name).map(|v| v.as_bytes()))))
     }
 
     /// One socket's life: hello, join (or resume), relay.
@@ -342,8 +332,7 @@ impl Task {
             Err(e) => return Stop::Ended(Ended::Unreachable(e)),
         };
         let hello = Hello { token, protocol: PROTOCOL_VERSION, resume: if resume { self.conn.session.clone() } else { None } };
-        let room = self.config.room.clone();
-        let (mut ws, taken) = match self.open(&hello, Some(&room)).await {
+        let (mut ws, taken) = match self.open(&hello, &self.config.room).await {
             Ok(opened) => opened,
             Err(ended) => return Stop::Ended(ended),
         };
@@ -770,13 +759,6 @@ fn unreachable_reason(server: &str, error: &reqwest::Error) -> String {
 /// Trades a refresh token for a new pair (the old one stops working).
 async fn refresh_pair(http: &reqwest::Client, server: &str, refresh: String) -> Result<TokenPair, RequestFailure> {
     post(http, server, "/api/v1/auth/refresh", serde_json::json!({ "refresh_token": refresh })).await
-}
-
-/// What the server took from the upgrade request's headers.
-#[derive(Debug, Clone, Copy)]
-struct Taken {
-    hello: bool,
-    join: bool,
 }
 
 /// How a socket asks for its room.

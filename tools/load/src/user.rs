@@ -25,7 +25,7 @@ use futures_util::{SinkExt, StreamExt};
 use plaza_shared::limits::{PROTOCOL_VERSION, RequestFailure, TICK_HZ};
 use plaza_shared::messages::*;
 use plaza_shared::pose::Pose;
-use plaza_shared::upgrade_hello;
+use plaza_shared::upgrade_hello::{self, Taken};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1389,12 +1389,6 @@ pub(crate) struct UpgradeHello<'a> {
     pub join: Option<&'a str>,
 }
 
-/// What the server took from the upgrade request's headers.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Taken {
-    pub hello: bool,
-    pub join: bool,
-}
 
 /// A socket to the run's server, or why not (with the wait a full server
 /// asked for). `recv_buffer`: a small kernel receive buffer (`SO_RCVBUF`,
@@ -1407,15 +1401,9 @@ pub(crate) async fn open_socket(env: &Env, recv_buffer: Option<u32>, hello: Opti
     let protocol = env.wire.subprotocol();
     if let Some(protocol) = protocol {
         request.headers_mut().insert("sec-websocket-protocol", protocol.parse().map_err(|_| "bad subprotocol header".to_owned())?);
-        if let Some(hello) = &hello {
-            let bad = |what: &str| format!("{what} can't be a header value");
-            let headers = request.headers_mut();
-            headers.insert(upgrade_hello::AUTHORIZATION, upgrade_hello::authorization(hello.token).parse().map_err(|_| bad("the access token"))?);
-            if let Some(resume) = hello.resume {
-                headers.insert(upgrade_hello::RESUME, resume.parse().map_err(|_| bad("the session"))?);
-            }
-            if let Some(room) = hello.join.and_then(upgrade_hello::join_header_value) {
-                headers.insert(upgrade_hello::JOIN, room.parse().map_err(|_| bad("the room"))?);
+        for (name, value) in hello.as_ref().map(|h| upgrade_hello::request_headers(h.token, h.resume, h.join)).unwrap_or_default() {
+            if let Ok(value) = value.parse() {
+                request.headers_mut().insert(name, value);
             }
         }
     }
@@ -1448,8 +1436,8 @@ pub(crate) async fn open_socket(env: &Env, recv_buffer: Option<u32>, hello: Opti
     if chosen != protocol {
         return Err(format!("{url}: the server chose subprotocol {chosen:?}, not {protocol:?}").into());
     }
-    let said = |name: &str| protocol.is_some() && hello.is_some() && response.headers().get(name).is_some_and(|v| v == upgrade_hello::TAKEN_VALUE);
-    let taken = Taken { hello: said(upgrade_hello::TAKEN), join: said(upgrade_hello::JOIN_TAKEN) };
+    // (Nothing was asked of a socket.io peer.)
+    let taken = if protocol.is_some() && hello.is_some() { Taken::from_response(|name| response.headers().get(name).map(|v| v.as_bytes())) } else { Taken::default() };
     tokio::time::timeout(CONNECT_TIMEOUT, crate::wire::handshake(env.wire, &mut ws))
         .await
         .map_err(|_| format!("{url}: no socket.io handshake within {CONNECT_TIMEOUT:?}"))?
