@@ -10,12 +10,14 @@
 //! - [`quality`]: the quality presets (low / medium / high / ultra).
 //! - [`lod`]: the level-of-detail policy: distances, bias, hysteresis, budget.
 //! - [`liveness`]: when a silent socket is probed, and when it is taken for dead.
+//! - [`backoff`]: when a client tries again after its socket ended.
 //! - [`flags`]: parsing of the on/off switches used by flags and env vars.
 //! - [`rng`]: a small seeded generator for the tools (SplitMix64).
 //! - [`telemetry`]: the client's frame-timing reports and their aggregation.
 //! - [`voice`]: voice signaling and the SFU's choice of who hears whom.
 //! - [`upgrade_hello`]: the hello carried in the WebSocket upgrade request.
 
+pub mod backoff;
 pub mod codec;
 pub mod flags;
 pub mod limits;

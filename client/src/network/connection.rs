@@ -5,6 +5,7 @@
 //! whole policy without sockets.
 
 use plaza_shared::limits::close;
+pub use plaza_shared::backoff::Backoff;
 pub use plaza_shared::liveness::{Liveness, SILENCE_LIMIT, Verdict};
 use std::time::Duration;
 
@@ -52,47 +53,6 @@ impl ConnectionStatus {
             ConnectionStatus::Failed { .. } => "disconnected".into(),
             ConnectionStatus::Offline => "offline".into(),
         }
-    }
-}
-
-/// Exponential backoff with jitter: attempt n waits a random time in
-/// [d/2, d] where d = base × 2ⁿ, capped. The jitter spreads a crowd of
-/// clients that lost the same server so they don't all return at once.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    pub base: Duration,
-    pub max: Duration,
-    attempt: u32,
-    rng: u64,
-}
-
-impl Backoff {
-    pub fn new(seed: u64) -> Backoff {
-        Backoff { base: Duration::from_millis(500), max: Duration::from_secs(15), attempt: 0, rng: seed | 1 }
-    }
-
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// The wait before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
-        let cap = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(self.max);
-        self.attempt += 1;
-        cap.mul_f64(0.5 + 0.5 * self.unit())
-    }
-
-    /// A jitter draw in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        // xorshift64*: good enough for jitter, no dependency.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
     }
 }
 
@@ -294,9 +254,10 @@ impl Connection {
                 Next::Retry { after: self.backoff.next_delay(), resume: false, notice }
             }
             Ended::Dropped(_) => {
-                // The seat waits 30 s for us: come back quickly and resume.
+                // The seat waits 30 s for us: come back at once and resume.
                 let notice = Notice::Reconnecting { attempt: self.backoff.attempt() + 1 };
-                Next::Retry { after: self.backoff.next_delay(), resume: self.session.is_some(), notice }
+                let after = if self.session.is_some() { self.backoff.next_resume_delay() } else { self.backoff.next_delay() };
+                Next::Retry { after, resume: self.session.is_some(), notice }
             }
             Ended::Unreachable(reason) => {
                 let notice = if self.was_in_room { Notice::Reconnecting { attempt: self.backoff.attempt() + 1 } } else { Notice::Disconnected { reason: reason.clone() } };
@@ -315,30 +276,13 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_with_jitter_up_to_a_cap_and_resets() {
-        let mut b = Backoff::new(42);
-        let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
-        for (n, d) in delays.iter().enumerate() {
-            let cap = (Duration::from_millis(500) * (1 << n)).min(Duration::from_secs(15));
-            assert!(*d >= cap / 2 && *d <= cap, "attempt {n}: {d:?} not in [{:?}, {cap:?}]", cap / 2);
-        }
-        assert!(delays[9] >= Duration::from_millis(7500), "capped at 15 s, never below half of it");
-        // Two clients with different seeds don't retry in lockstep.
-        let mut other = Backoff::new(7);
-        let theirs: Vec<Duration> = (0..10).map(|_| other.next_delay()).collect();
-        assert_ne!(delays, theirs);
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(500));
-    }
-
-    #[test]
     fn a_drop_retries_soon_and_resumes_the_session() {
         let mut c = Connection::new(1);
         c.tokens = Some(tokens(900));
         assert!(!c.welcomed("s1"), "a first welcome is not a resume");
         assert_eq!(c.joined(), None, "the first join is no reconnect");
         let Next::Retry { after, resume, notice } = c.ended(&Ended::Dropped("reset".into())) else { panic!("retry") };
-        assert!(resume && after <= Duration::from_millis(500));
+        assert!(resume && after < Duration::from_millis(250), "a dropped seat is resumed within a quarter second, not {after:?}");
         assert_eq!(notice, Notice::Reconnecting { attempt: 1 });
         assert!(c.welcomed("s1"), "the same session back means resumed");
         // Failing again backs off further.

@@ -16,6 +16,7 @@ use crate::delivery::{Away, ReceiverLog, SenderLog, SentChat};
 use crate::cli::SendAt;
 use crate::names::UserKey;
 use plaza_shared::liveness::{Liveness, Verdict};
+use plaza_shared::backoff::Backoff;
 use plaza_shared::rng::SplitMix;
 use crate::tickphase::{GRID_WINDOW, TickGrid, split};
 use plaza_shared::pacing::{PosePacer, phase_offset_us};
@@ -378,6 +379,10 @@ struct User {
     rtt_ewma_us: u64,
     /// Reconnects since the last time we were back in the room.
     failures_in_a_row: u64,
+    /// When to try again: the desktop client's policy.
+    backoff: Backoff,
+    /// The last socket ended with the server's close, not a drop.
+    server_closed: bool,
     /// When the last connection was lost, until the state is back.
     lost_at: Option<Instant>,
     /// The chat history asked for after a reconnect, while it is on its
@@ -463,6 +468,7 @@ impl Due {
 /// Runs one user to the end of the run and returns what it measured.
 pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, samples: mpsc::Sender<Batch>) -> UserReport {
     let mut rng = SplitMix::new(plan.seed);
+    let plan_seed = plan.seed;
     let mut walk = Walk::new(plan.key, &mut rng);
     // Drawn after the walk, so a run's walks are the same at any share.
     walk.headset = rng.unit() < env.vr_share;
@@ -497,6 +503,9 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         in_room_since: None,
         rtt_ewma_us: 1_000,
         failures_in_a_row: 0,
+        // Its own stream, so the other draws of a seeded run stay as they were.
+        backoff: Backoff::new(plan_seed ^ 0xB0FF).with_max(MAX_BACKOFF),
+        server_closed: false,
         lost_at: None,
         history: None,
         refreshing: None,
@@ -573,13 +582,12 @@ impl User {
                     self.failures_in_a_row += 1;
                     self.report.reconnects += 1;
                     Counters::add(&self.env.counters.reconnects, 1);
-                    let mut backoff = Duration::from_millis(250 * self.failures_in_a_row);
-                    if self.drained_at.is_some() {
-                        // A restart sends everyone back at once: spread
-                        // them, as the client's backoff does ([d/2, d]).
-                        backoff = backoff.mul_f64(1.0 + self.rng.unit());
-                    }
-                    let backoff = backoff.min(MAX_BACKOFF).max(self.retry_after.take().unwrap_or_default());
+                    // As the client: a dropped seat is resumed at once; any
+                    // other try backs off (a restart's close sends everyone
+                    // back together, and the jitter spreads them).
+                    let dropped = session.is_some() && !self.server_closed;
+                    let backoff = if dropped { self.backoff.next_resume_delay() } else { self.backoff.next_delay() };
+                    let backoff = backoff.max(self.retry_after.take().unwrap_or_default());
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = phase.wait_for(|p| *p != Phase::Run) => return,
@@ -633,6 +641,7 @@ impl User {
     /// One socket: hello (resuming when it can), join, then the relay.
     async fn connection(&mut self, resume: Option<String>) -> End {
         let lost = |resume: Option<String>| End::Lost { resume, relogin: false };
+        self.server_closed = false;
         let mut phase = self.phase.clone();
         let token = self.tokens.as_ref().map(|t| t.access_token.clone()).unwrap_or_default();
         // The hello rides in the upgrade request, as the client's does; a
@@ -733,6 +742,7 @@ impl User {
             Some(Ok(Message::Close(close))) => {
                 let code = close.as_ref().map_or(1005, |c| u16::from(c.code));
                 tracing::info!(user = %self.plan.name, code, "the server closed the socket");
+                self.server_closed = true;
                 if code == plaza_shared::limits::close::SERVER_DRAINING {
                     // The server is restarting: come back, as the client does.
                     self.report.drained += 1;
@@ -1121,6 +1131,7 @@ impl User {
     /// resend the chats the old socket never got acknowledged.
     async fn back_in_room(&mut self, lost: Instant, ws: &mut Ws) {
         self.failures_in_a_row = 0;
+        self.backoff.reset();
         if let Some(drained) = self.drained_at.take() {
             self.report.back_after_drain_us.push(drained.elapsed().as_micros() as u64);
         }
