@@ -11,7 +11,7 @@ use crate::limiter::{Admission, Limiter};
 use crate::peer_link::PeerSocket;
 use crate::rooms::{JoinError, Kick, MemberLink, Occupant, Outbound, RoomHandle, Seat};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use plaza_shared::codec::{DecodeError, Subprotocol};
 use plaza_shared::limits::{HELLO_TIMEOUT_MS, PROTOCOL_VERSION, TICK_HZ, close};
 use plaza_shared::messages::*;
@@ -257,6 +257,12 @@ async fn feed_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<Kick>, frame: 
         _ => 0,
     };
     m::hot::BYTES_OUT.add(bytes as u64);
+    // Almost always there is room at once: then no kick can be waiting on
+    // us, and watching for one (a waker registered on its channel, twice
+    // per delta with the flush) was a share of the server's CPU for nothing.
+    if let Some(ready) = std::future::poll_fn(|cx| sink.poll_ready_unpin(cx)).now_or_never() {
+        return ready.and_then(|()| sink.start_send_unpin(frame)).map_err(|_| WriterEnd::Failed);
+    }
     tokio::select! {
         biased;
         Some(kick) = kick_rx.recv() => Err(obey(sink, kick).await),
@@ -266,6 +272,11 @@ async fn feed_frame(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<Kick>, frame: 
 
 /// Writes what [`feed_frame`] buffered; a kick while it waits wins.
 async fn flush(sink: &mut Sink, kick_rx: &mut mpsc::Receiver<Kick>) -> Result<(), WriterEnd> {
+    // A socket with room takes it all at once (see `feed_frame`). A flush
+    // that can't finish now keeps what it wrote, and goes on below.
+    if let Some(flushed) = sink.flush().now_or_never() {
+        return flushed.map_err(|_| WriterEnd::Failed);
+    }
     tokio::select! {
         biased;
         Some(kick) = kick_rx.recv() => Err(obey(sink, kick).await),
