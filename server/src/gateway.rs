@@ -507,8 +507,10 @@ impl Session {
     /// has queued `welcome` (with that id) and `joined`; on failure nothing
     /// was sent and the session keeps its new id.
     async fn resume(&mut self, resume: &str, state: &AppState, link: &MemberLink) -> bool {
+        let outcome = |resumed: bool| metrics::counter!(m::SEAT_RESUMES, "outcome" => if resumed { "resumed" } else { "seat_gone" }).increment(1);
         let Some((room, avatar)) = state.directory.find_seat(resume).await else {
             tracing::info!("resume: no seat held for that session");
+            outcome(false);
             return false;
         };
         let previous = std::mem::replace(&mut self.id, resume.into());
@@ -516,11 +518,13 @@ impl Session {
             Ok(seat) => {
                 tracing::info!(room_id = %room.id, avatar = seat.you, session_id = %self.id, "resumed");
                 self.room = Some((room, seat));
+                outcome(true);
                 true
             }
             Err(e) => {
                 tracing::info!(cause = %e, "resume refused");
                 self.id = previous;
+                outcome(false);
                 false
             }
         }

@@ -24,6 +24,14 @@ pub const WS_DROPPED: &str = "plaza_ws_dropped_total";
 /// close code): who gets kicked for being slow, flooding or sending junk.
 pub const WS_SERVER_CLOSES: &str = "plaza_ws_server_closes_total";
 pub const RATE_LIMITED: &str = "plaza_rate_limited_total";
+/// Seats a room held for a resume: the socket dropped without a close, or
+/// its link went silent (crate::rooms::RESUME_WINDOW).
+pub const SEATS_HELD: &str = "plaza_seats_held_total";
+/// Hellos that asked to resume a session, by `outcome`
+/// ([`RESUME_OUTCOMES`]): the seat taken back, or gone (a new session).
+pub const SEAT_RESUMES: &str = "plaza_seat_resumes_total";
+/// Held seats let go because no socket came back for them in time.
+pub const SEATS_EXPIRED: &str = "plaza_seats_expired_total";
 pub const AUTH_DURATION: &str = "plaza_auth_duration_seconds";
 pub const JOIN_DURATION: &str = "plaza_join_duration_seconds";
 pub const TICK_DURATION: &str = "plaza_tick_duration_seconds";
@@ -115,6 +123,9 @@ fn describe() {
     describe_counter!(WS_DROPPED, "messages not delivered, by reason");
     describe_counter!(WS_SERVER_CLOSES, "sockets the server closed, by reason (from the close code)");
     describe_counter!(RATE_LIMITED, "client messages dropped by the rate limit");
+    describe_counter!(SEATS_HELD, "seats held for a resume: the socket dropped, or its link went silent");
+    describe_counter!(SEAT_RESUMES, "hellos that asked to resume a session, by whether its seat was still held");
+    describe_counter!(SEATS_EXPIRED, "held seats let go: no socket came back for them within the resume window");
     describe_histogram!(AUTH_DURATION, "time to issue or check a token, seconds");
     describe_histogram!(JOIN_DURATION, "time from join to joined, seconds");
     describe_histogram!(TICK_DURATION, "time one room tick takes, seconds");
@@ -139,7 +150,7 @@ fn describe() {
 /// Every metric `/metrics` shows from start-up: the contract's and the
 /// server's own (process CPU and memory are added at each scrape, on Linux;
 /// `plaza_client_frame_seconds` by [`crate::telemetry::render_frames`]).
-pub const ALL: [&str; 34] = [
+pub const ALL: [&str; 37] = [
     ROOMS_ACTIVE,
     ROOM_USERS,
     WS_CONNECTIONS,
@@ -152,6 +163,9 @@ pub const ALL: [&str; 34] = [
     WS_DROPPED,
     WS_SERVER_CLOSES,
     RATE_LIMITED,
+    SEATS_HELD,
+    SEAT_RESUMES,
+    SEATS_EXPIRED,
     AUTH_DURATION,
     JOIN_DURATION,
     TICK_DURATION,
@@ -227,6 +241,10 @@ pub const REFUSE_REASONS: [&str; 4] = ["max_connections", "open_files", "drainin
 /// `outcome` label values of `plaza_tick_waits_total`: the late pose came
 /// within the grace, or the tick went without it.
 pub const TICK_WAIT_OUTCOMES: [&str; 2] = ["arrived", "gave_up"];
+/// `outcome` label values of `plaza_seat_resumes_total`: the session's
+/// seat was still held and taken back, or it was gone (let go, expired, or
+/// never this user's) and the socket got a new session.
+pub const RESUME_OUTCOMES: [&str; 2] = ["resumed", "seat_gone"];
 /// `direction` label values (`plaza_ws_bytes_total`, `plaza_voice_bytes_total`,
 /// `plaza_voice_packets_total`).
 pub const DIRECTIONS: [&str; 2] = ["in", "out"];
@@ -263,6 +281,11 @@ fn register_zeros() {
         counter!(WS_DROPPED, "reason" => reason).increment(0);
     }
     counter!(RATE_LIMITED).increment(0);
+    counter!(SEATS_HELD).increment(0);
+    counter!(SEATS_EXPIRED).increment(0);
+    for outcome in RESUME_OUTCOMES {
+        counter!(SEAT_RESUMES, "outcome" => outcome).increment(0);
+    }
     for outcome in TICK_WAIT_OUTCOMES {
         counter!(TICK_WAITS, "outcome" => outcome).increment(0);
     }

@@ -646,6 +646,9 @@ impl Room {
         let Some(m) = self.members.get_mut(&avatar) else { return };
         // The last pose the socket got in still counts.
         m.take_offered_pose();
+        if m.detached_until.is_none() {
+            metrics::counter!(crate::metrics::SEATS_HELD).increment(1);
+        }
         m.detached_until = Some(Instant::now() + RESUME_WINDOW);
         // Voice went with the socket; a resumed one offers again.
         if self.voice.remove(&avatar).is_some() {
@@ -787,6 +790,7 @@ impl Room {
         let expired: Vec<AvatarId> = self.members.iter().filter(|(_, m)| m.detached_until.is_some_and(|until| until <= now)).map(|(&id, _)| id).collect();
         for id in expired {
             tracing::info!(avatar = id, "no resume within the window; seat let go");
+            metrics::counter!(crate::metrics::SEATS_EXPIRED).increment(1);
             self.remove(id);
         }
         for m in self.members.values_mut() {

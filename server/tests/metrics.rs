@@ -76,6 +76,11 @@ async fn a_fresh_server_lists_every_metric_and_series_at_zero() {
     for o in ["arrived", "gave_up"] {
         series.push(format!("plaza_tick_waits_total{{outcome=\"{o}\"}}"));
     }
+    for o in ["resumed", "seat_gone"] {
+        series.push(format!("plaza_seat_resumes_total{{outcome=\"{o}\"}}"));
+    }
+    series.push("plaza_seats_held_total".into());
+    series.push("plaza_seats_expired_total".into());
     for r in ["max_connections", "open_files", "draining", "accept_failed"] {
         series.push(format!("plaza_connections_refused_total{{reason=\"{r}\"}}"));
     }

@@ -103,6 +103,12 @@ fn run(config: &plaza_load::cli::RunConfig) -> anyhow::Result<bool> {
         result.server.cpu_pct,
         result.server.rss_mb
     );
+    if let Some(s) = result.server_seats.filter(|s| result.reconnects > 0 || s.held > 0.0) {
+        println!(
+            "plaza-load seats: {} reconnects, {} resumed their seat; the server held {} seats, resumed {}, found {} gone, let {} expire",
+            result.reconnects, result.resumed, s.held, s.resumed, s.seat_gone, s.expired
+        );
+    }
     if let Some(x) = &result.restarts {
         let restarts = if x.done.is_empty() {
             "the server restarted under the run".to_owned()

@@ -178,6 +178,12 @@ pub struct RunResult {
     pub outage_ms: Percentiles,
     /// Reconnects that got their old seat back (`hello.resume`).
     pub resumed: u64,
+    /// The server's own count of what became of dropped sockets' seats
+    /// over the run (a Plaza server that exports it). Its `resumed` is at
+    /// least ours: a resume the server took whose answer a cut lost is
+    /// counted there and tried again here.
+    #[serde(default)]
+    pub server_seats: Option<crate::server::SeatCounts>,
     /// Reconnects whose state took more than 2 s to come back (hello → joined).
     pub restores_over_2s: u64,
     /// Present when the run had the fault proxy in between.
@@ -447,6 +453,9 @@ pub fn html(r: &RunResult) -> String {
     row(&mut h, "chat deliveries expected / received / lost", format!("{} / {} / {}", r.chat.expected, r.chat.received, r.chat.lost));
     row(&mut h, "errors", r.errors);
     row(&mut h, "reconnects (seat resumed; state back in over 2 s)", format!("{} ({}; {})", r.reconnects, r.resumed, r.restores_over_2s));
+    if let Some(s) = &r.server_seats {
+        row(&mut h, "the server's seats: held / resumed / gone / expired", format!("{} / {} / {} / {}", s.held, s.resumed, s.seat_gone, s.expired));
+    }
     row(&mut h, "access tokens refreshed", r.token_refreshes);
     row(&mut h, "users joined", format!("{} of {}", r.users_joined, r.users));
     row(&mut h, "down bytes per user per second", format!("{:.0}", r.down_bytes_per_user_s));

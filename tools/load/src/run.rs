@@ -9,7 +9,7 @@ use crate::histogram::{Histogram, round3};
 use crate::names::{UserKey, room_name, run_tag, user_name};
 use crate::proxy::{Proxy, StatsSnapshot};
 use crate::report::{AnomalyCounts, FaultStats, LoadToolStats, RestartRecord, RestartStats, RunResult, ServerStats};
-use crate::server::{EmbeddedServer, Sampler, ServerError};
+use crate::server::{EmbeddedServer, Sampler, SeatCounts, ServerError};
 use crate::user::{self, Env, Phase, Plan, RoomClocks, SentPoses, UserReport};
 use plaza_shared::limits::DEFAULT_ROOM_CAPACITY;
 use std::collections::BTreeMap;
@@ -150,6 +150,7 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         Sampler::Remote { .. } => crate::server::scrape_gauges(&probe, &base).await,
         Sampler::InProcess => None,
     };
+    let seats_before = SeatCounts::scrape(&probe, &base).await;
     // The users (HTTP and WebSocket) go through the fault proxy when there
     // is one; the server's numbers are still read directly.
     let proxy = match &cfg.faults {
@@ -267,6 +268,12 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         Some(h) => Some(h.finish().await),
         None => None,
     };
+    // Read before the embedded server stops (its counters live in this
+    // process, so its restarts keep them).
+    let seats = match (seats_before, SeatCounts::scrape(&probe, &base).await) {
+        (Some(before), Some(after)) => after.since(&before),
+        _ => None,
+    };
     let voice = env.voice.clone();
     let collected = tokio::time::timeout(Duration::from_secs(10), collector)
         .await
@@ -325,6 +332,15 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
             result.fail(&format!("voice connected {} of {} offered, {} failed", voice.connected, voice.offered, voice.failed));
         }
         result.voice = Some(voice);
+    }
+    if let Some(seats) = seats {
+        if seats.resumed < result.resumed as f64 {
+            result.fail(&format!(
+                "the server counted {} resumed seats (plaza_seat_resumes_total), fewer than the {} this run's users got back",
+                seats.resumed, result.resumed
+            ));
+        }
+        result.server_seats = Some(seats);
     }
     if let Some(hostile) = hostile {
         for failure in hostile.failures() {

@@ -303,6 +303,53 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// The value of one series, labels and all (`name{label="value"}`), from
+/// Prometheus text.
+pub fn series_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name.trim() == series).then(|| value.trim().parse::<f64>().ok()).flatten()
+    })
+}
+
+/// What the server says became of seats whose sockets dropped (its
+/// `plaza_seats_held_total`, `plaza_seat_resumes_total{outcome}` and
+/// `plaza_seats_expired_total`), over a run: read before and after, so a
+/// shared server's other traffic counts too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SeatCounts {
+    pub held: f64,
+    pub resumed: f64,
+    pub seat_gone: f64,
+    pub expired: f64,
+}
+
+impl SeatCounts {
+    /// From Prometheus text; `None` from a server without them (an older
+    /// Plaza, the socket.io peers).
+    pub fn parse(text: &str) -> Option<SeatCounts> {
+        use plaza_server::metrics as m;
+        Some(SeatCounts {
+            held: series_value(text, m::SEATS_HELD)?,
+            resumed: series_value(text, &format!("{}{{outcome=\"resumed\"}}", m::SEAT_RESUMES))?,
+            seat_gone: series_value(text, &format!("{}{{outcome=\"seat_gone\"}}", m::SEAT_RESUMES))?,
+            expired: series_value(text, m::SEATS_EXPIRED)?,
+        })
+    }
+
+    /// `GET {base}/metrics`, parsed.
+    pub async fn scrape(http: &reqwest::Client, base: &str) -> Option<SeatCounts> {
+        SeatCounts::parse(&metrics_text(http, base).await?)
+    }
+
+    /// What was counted since `before`; `None` when a count went back (the
+    /// server restarted between the two reads).
+    pub fn since(&self, before: &SeatCounts) -> Option<SeatCounts> {
+        let d = SeatCounts { held: self.held - before.held, resumed: self.resumed - before.resumed, seat_gone: self.seat_gone - before.seat_gone, expired: self.expired - before.expired };
+        [d.held, d.resumed, d.seat_gone, d.expired].iter().all(|v| *v >= 0.0).then_some(d)
+    }
+}
+
 /// (`process_cpu_seconds_total`, `process_resident_memory_bytes`) from
 /// Prometheus text.
 pub fn parse_process_metrics(text: &str) -> Option<(f64, u64)> {
@@ -392,6 +439,21 @@ mod tests {
         let idle = ServerGauges { rooms: Some(3.0), ..idle };
         assert!(ServerGauges { tasks: Some(11.0), rooms: Some(5.0), ..idle }.back_to(&idle));
         assert!(!ServerGauges { tasks: Some(12.0), rooms: Some(5.0), ..idle }.back_to(&idle));
+    }
+
+    #[test]
+    fn seat_counts_are_read_by_their_labels_and_taken_over_a_run() {
+        let text = |held: u32, resumed: u32, gone: u32, expired: u32| {
+            format!(
+                "# TYPE plaza_seats_held_total counter\nplaza_seats_held_total {held}\nplaza_seat_resumes_total{{outcome=\"seat_gone\"}} {gone}\nplaza_seat_resumes_total{{outcome=\"resumed\"}} {resumed}\nplaza_seats_expired_total {expired}\n"
+            )
+        };
+        let before = SeatCounts::parse(&text(3, 2, 1, 0)).expect("all four");
+        assert_eq!(before, SeatCounts { held: 3.0, resumed: 2.0, seat_gone: 1.0, expired: 0.0 }, "each outcome by its own label");
+        let after = SeatCounts::parse(&text(10, 8, 1, 1)).unwrap();
+        assert_eq!(after.since(&before), Some(SeatCounts { held: 7.0, resumed: 6.0, seat_gone: 0.0, expired: 1.0 }));
+        assert_eq!(before.since(&after), None, "a count that went back: the server restarted");
+        assert_eq!(SeatCounts::parse("plaza_seats_held_total 1\n"), None, "an older server without them");
     }
 
     #[test]

@@ -496,6 +496,10 @@ async fn a_run_with_resets_resumes_every_user_and_loses_nothing() {
     // (Cuts near the end, after sending stopped, are not reconnected.)
     assert!(f.drops_from_resets > 0 && r.reconnects > 0, "{} reconnects, {} cut", r.reconnects, f.drops_from_resets);
     assert!(r.resumed > 0, "seats were resumed");
+    // The server's own count agrees (at least: other tests in this process
+    // share its recorder): an operator sees the same resumes.
+    let seats = r.server_seats.expect("the server's seat counts in the result");
+    assert!(seats.resumed >= r.resumed as f64 && seats.held >= 1.0, "{seats:?} against {} resumed", r.resumed);
     assert!(r.restore_ms.count > 0 && r.restore_ms.max > 0.0, "restore times measured: {:?}", r.restore_ms);
     assert!(r.outage_ms.min >= r.restore_ms.min, "an outage includes its restore");
     assert_eq!((r.lost, r.misrouted, r.chat.lost), (0, 0, 0));
