@@ -377,9 +377,8 @@ struct User {
     /// Smoothed ping round trip, µs (`t` has ms resolution, so it is
     /// about 0.5 ms high).
     rtt_ewma_us: u64,
-    /// Reconnects since the last time we were back in the room.
-    failures_in_a_row: u64,
-    /// When to try again: the desktop client's policy.
+    /// When to try again: the desktop client's policy. Its tries count
+    /// the reconnects since the last time we were back in the room.
     backoff: Backoff,
     /// The last socket ended with the server's close, not a drop.
     server_closed: bool,
@@ -502,7 +501,6 @@ pub async fn run(plan: Plan, env: Arc<Env>, phase: watch::Receiver<Phase>, sampl
         silent_since: None,
         in_room_since: None,
         rtt_ewma_us: 1_000,
-        failures_in_a_row: 0,
         // Its own stream, so the other draws of a seeded run stay as they were.
         backoff: Backoff::new(plan_seed ^ 0xB0FF).with_max(MAX_BACKOFF),
         server_closed: false,
@@ -573,13 +571,12 @@ impl User {
                 End::Done | End::Fatal => return,
                 End::Lost { resume: session, relogin: again } => {
                     let restarting = self.drained_at.is_some_and(|at| at.elapsed() < RESTART_PATIENCE);
-                    if self.phase_now() != Phase::Run || (self.failures_in_a_row >= MAX_RECONNECTS && !restarting) {
+                    if self.phase_now() != Phase::Run || (u64::from(self.backoff.attempt()) >= MAX_RECONNECTS && !restarting) {
                         if self.drained_at.is_some() && self.phase_now() == Phase::Run {
                             self.error("not_back_after_restart");
                         }
                         return;
                     }
-                    self.failures_in_a_row += 1;
                     self.report.reconnects += 1;
                     Counters::add(&self.env.counters.reconnects, 1);
                     // As the client: a dropped seat is resumed at once; any
@@ -1130,7 +1127,6 @@ impl User {
     /// The state is back after a reconnect: note how long it took, and
     /// resend the chats the old socket never got acknowledged.
     async fn back_in_room(&mut self, lost: Instant, ws: &mut Ws) {
-        self.failures_in_a_row = 0;
         self.backoff.reset();
         if let Some(drained) = self.drained_at.take() {
             self.report.back_after_drain_us.push(drained.elapsed().as_micros() as u64);
