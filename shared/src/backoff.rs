@@ -12,7 +12,8 @@
 //!   down or refusing is not hammered, and clients that failed together
 //!   drift apart.
 //!
-//! A successful join resets it.
+//! Its user resets it once back in the room (the client on `joined`, the
+//! load tool when the state is back).
 
 use crate::rng::SplitMix;
 use std::time::Duration;
