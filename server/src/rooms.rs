@@ -52,7 +52,7 @@ pub const STRAGGLER_GRACE: Duration = Duration::from_millis(5);
 /// Ticks in a row with a pose after which a member's pose is waited for.
 const STREAK_BEFORE_WAIT: u8 = 2;
 /// How long a dropped member's seat waits for it to resume.
-pub const RESUME_WINDOW: Duration = Duration::from_secs(30);
+pub const RESUME_WINDOW: Duration = Duration::from_millis(plaza_shared::limits::RESUME_WINDOW_MS);
 /// Commands queued to one room.
 const ROOM_COMMAND_QUEUE: usize = 1024;
 const TICK_PERIOD: Duration = Duration::from_millis(1000 / TICK_HZ as u64);

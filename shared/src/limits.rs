@@ -33,6 +33,9 @@ pub const HELLO_TIMEOUT_MS: u64 = 5_000;
 pub const REQUEST_HEAD_TIMEOUT_MS: u64 = 10_000;
 /// How long clients keep an idle pooled HTTP connection.
 pub const HTTP_POOL_IDLE_MS: u64 = REQUEST_HEAD_TIMEOUT_MS / 2;
+/// How long a room holds the seat of a socket that dropped without a
+/// close, for a new socket to resume (`hello.resume`).
+pub const RESUME_WINDOW_MS: u64 = 30_000;
 /// Room tick rate.
 pub const TICK_HZ: u32 = 20;
 /// Clients send poses at most this often.

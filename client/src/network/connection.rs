@@ -221,6 +221,12 @@ impl Connection {
         reconnect.then_some(Notice::Reconnected { resumed: false })
     }
 
+    /// The wait before the next try: quick while there is a seat to resume
+    /// (plaza_shared::backoff), the doubling backoff otherwise.
+    fn resume_delay(&mut self) -> Duration {
+        if self.session.is_some() { self.backoff.next_resume_delay() } else { self.backoff.next_delay() }
+    }
+
     /// The socket ended: when to retry, and whether resuming makes sense.
     pub fn ended(&mut self, how: &Ended) -> Next {
         match how {
@@ -256,12 +262,13 @@ impl Connection {
             Ended::Dropped(_) => {
                 // The seat waits 30 s for us: come back at once and resume.
                 let notice = Notice::Reconnecting { attempt: self.backoff.attempt() + 1 };
-                let after = if self.session.is_some() { self.backoff.next_resume_delay() } else { self.backoff.next_delay() };
-                Next::Retry { after, resume: self.session.is_some(), notice }
+                Next::Retry { after: self.resume_delay(), resume: self.session.is_some(), notice }
             }
             Ended::Unreachable(reason) => {
+                // While resuming, keep trying often enough to be back
+                // within the seat's 30 s.
                 let notice = if self.was_in_room { Notice::Reconnecting { attempt: self.backoff.attempt() + 1 } } else { Notice::Disconnected { reason: reason.clone() } };
-                Next::Retry { after: self.backoff.next_delay(), resume: self.session.is_some(), notice }
+                Next::Retry { after: self.resume_delay(), resume: self.session.is_some(), notice }
             }
         }
     }
@@ -289,6 +296,11 @@ mod tests {
         let Next::Retry { after: second, .. } = c.ended(&Ended::Unreachable("refused".into())) else { panic!() };
         let Next::Retry { after: third, .. } = c.ended(&Ended::Unreachable("refused".into())) else { panic!() };
         assert!(second >= Duration::from_millis(500) && third >= Duration::from_millis(1000));
+        // While the seat may still be held, the tries stay close together.
+        for _ in 0..5 {
+            let Next::Retry { after, resume, .. } = c.ended(&Ended::Unreachable("refused".into())) else { panic!() };
+            assert!(resume && after <= Duration::from_secs(2), "{after:?}");
+        }
         assert_eq!(c.joined(), Some(Notice::Reconnected { resumed: false }));
         assert_eq!(c.backoff.attempt(), 0, "a successful join resets the backoff");
     }
