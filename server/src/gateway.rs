@@ -507,7 +507,7 @@ impl Session {
     /// has queued `welcome` (with that id) and `joined`; on failure nothing
     /// was sent and the session keeps its new id.
     async fn resume(&mut self, resume: &str, state: &AppState, link: &MemberLink) -> bool {
-        let outcome = |resumed: bool| metrics::counter!(m::SEAT_RESUMES, "outcome" => if resumed { "resumed" } else { "seat_gone" }).increment(1);
+        let outcome = |resumed: bool| metrics::counter!(m::SEAT_RESUMES, "outcome" => if resumed { m::RESUMED } else { m::SEAT_GONE }).increment(1);
         let Some((room, avatar)) = state.directory.find_seat(resume).await else {
             tracing::info!("resume: no seat held for that session");
             outcome(false);

@@ -244,7 +244,9 @@ pub const TICK_WAIT_OUTCOMES: [&str; 2] = ["arrived", "gave_up"];
 /// `outcome` label values of `plaza_seat_resumes_total`: the session's
 /// seat was still held and taken back, or it was gone (let go, expired, or
 /// never this user's) and the socket got a new session.
-pub const RESUME_OUTCOMES: [&str; 2] = ["resumed", "seat_gone"];
+pub const RESUME_OUTCOMES: [&str; 2] = [RESUMED, SEAT_GONE];
+pub const RESUMED: &str = "resumed";
+pub const SEAT_GONE: &str = "seat_gone";
 /// `direction` label values (`plaza_ws_bytes_total`, `plaza_voice_bytes_total`,
 /// `plaza_voice_packets_total`).
 pub const DIRECTIONS: [&str; 2] = ["in", "out"];

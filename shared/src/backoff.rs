@@ -88,6 +88,13 @@ impl Backoff {
         wait
     }
 
+    /// The wait before the next try after a socket was lost: as
+    /// [`Backoff::next_resume_delay`] when there is a seat to resume,
+    /// [`Backoff::next_delay`] when not.
+    pub fn next_wait(&mut self, resuming: bool) -> Duration {
+        if resuming { self.next_resume_delay() } else { self.next_delay() }
+    }
+
     /// A wait in [d/2, d], d = base × 2ⁿ capped at `max`; counts the try.
     fn draw(&mut self, max: Duration) -> Duration {
         let cap = self.base.saturating_mul(1u32 << self.attempt.min(16)).min(max);

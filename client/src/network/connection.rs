@@ -221,12 +221,6 @@ impl Connection {
         reconnect.then_some(Notice::Reconnected { resumed: false })
     }
 
-    /// The wait before the next try: quick while there is a seat to resume
-    /// (plaza_shared::backoff), the doubling backoff otherwise.
-    fn resume_delay(&mut self) -> Duration {
-        if self.session.is_some() { self.backoff.next_resume_delay() } else { self.backoff.next_delay() }
-    }
-
     /// The socket ended: when to retry, and whether resuming makes sense.
     pub fn ended(&mut self, how: &Ended) -> Next {
         match how {
@@ -262,13 +256,13 @@ impl Connection {
             Ended::Dropped(_) => {
                 // The seat waits 30 s for us: come back at once and resume.
                 let notice = Notice::Reconnecting { attempt: self.backoff.attempt() + 1 };
-                Next::Retry { after: self.resume_delay(), resume: self.session.is_some(), notice }
+                Next::Retry { after: self.backoff.next_wait(self.session.is_some()), resume: self.session.is_some(), notice }
             }
             Ended::Unreachable(reason) => {
                 // While resuming, keep trying often enough to be back
                 // within the seat's 30 s.
                 let notice = if self.was_in_room { Notice::Reconnecting { attempt: self.backoff.attempt() + 1 } } else { Notice::Disconnected { reason: reason.clone() } };
-                Next::Retry { after: self.resume_delay(), resume: self.session.is_some(), notice }
+                Next::Retry { after: self.backoff.next_wait(self.session.is_some()), resume: self.session.is_some(), notice }
             }
         }
     }

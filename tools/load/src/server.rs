@@ -331,8 +331,8 @@ impl SeatCounts {
         use plaza_server::metrics as m;
         Some(SeatCounts {
             held: series_value(text, m::SEATS_HELD)?,
-            resumed: series_value(text, &format!("{}{{outcome=\"resumed\"}}", m::SEAT_RESUMES))?,
-            seat_gone: series_value(text, &format!("{}{{outcome=\"seat_gone\"}}", m::SEAT_RESUMES))?,
+            resumed: series_value(text, &format!("{}{{outcome=\"{}\"}}", m::SEAT_RESUMES, m::RESUMED))?,
+            seat_gone: series_value(text, &format!("{}{{outcome=\"{}\"}}", m::SEAT_RESUMES, m::SEAT_GONE))?,
             expired: series_value(text, m::SEATS_EXPIRED)?,
         })
     }

@@ -582,8 +582,7 @@ impl User {
                     // As the client: a dropped seat is resumed at once; any
                     // other try backs off (a restart's close sends everyone
                     // back together, and the jitter spreads them).
-                    let dropped = session.is_some() && !self.server_closed;
-                    let backoff = if dropped { self.backoff.next_resume_delay() } else { self.backoff.next_delay() };
+                    let backoff = self.backoff.next_wait(session.is_some() && !self.server_closed);
                     let backoff = backoff.max(self.retry_after.take().unwrap_or_default());
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -1395,7 +1394,6 @@ pub(crate) struct UpgradeHello<'a> {
     /// The room to join should no seat be resumed.
     pub join: Option<&'a str>,
 }
-
 
 /// A socket to the run's server, or why not (with the wait a full server
 /// asked for). `recv_buffer`: a small kernel receive buffer (`SO_RCVBUF`,
