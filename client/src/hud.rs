@@ -99,6 +99,24 @@ pub fn chat_line(line: &crate::chat_log::ChatLine) -> (Tone, String) {
 
 /// How often the settings panel reads the rooms again while it is open.
 const ROOMS_EVERY: Duration = Duration::from_secs(5);
+/// The chat's lines are at most this tall; less in a short window, where
+/// they would otherwise run over the stats panel above them.
+const CHAT_LINES_MAX: f32 = 140.0;
+/// ... but never less than this (two lines), however short the window.
+const CHAT_LINES_MIN: f32 = 36.0;
+/// The gap the chat keeps from the stats panel and from the window's edge.
+const HUD_GAP: f32 = 8.0;
+
+/// Where the HUD's windows were this frame (stats) and the last (chat), so
+/// the chat can fit under the stats panel.
+#[derive(Resource, Debug, Default)]
+struct HudLayout {
+    /// The stats panel's bottom edge, when it is shown.
+    stats_bottom: Option<f32>,
+    /// The chat window's height less its lines: title, voice line, input,
+    /// margins (measured, as fonts and the voice line vary).
+    chat_chrome: Option<f32>,
+}
 
 #[derive(SystemSet, Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HudSystems {
@@ -118,6 +136,7 @@ impl Plugin for HudPlugin {
         app.world_mut().resource_mut::<bevy_egui::EguiGlobalSettings>().auto_create_primary_context = false;
         app.add_systems(PostStartup, attach_to_output_camera)
             .init_resource::<HudState>()
+            .init_resource::<HudLayout>()
             .add_systems(Update, (hotkeys, collect_chat_and_toasts, follow_focus).in_set(HudSystems::Input))
             .add_systems(EguiPrimaryContextPass, (nameplates, stats_window, settings_window, chat_window, toasts_window).chain().in_set(HudSystems::Draw));
     }
@@ -245,12 +264,14 @@ fn stats_window(
     voice: Option<Res<VoiceInfo>>,
     headset: Option<Res<crate::xr::Headset>>,
     mirror: Option<Res<crate::xr::MirrorWindow>>,
+    mut layout: ResMut<HudLayout>,
 ) -> Result {
+    layout.stats_bottom = None;
     if !hud.stats {
         return Ok(());
     }
     let ctx = contexts.ctx_mut()?;
-    egui::Window::new("Plaza").anchor(egui::Align2::LEFT_TOP, [8.0, 8.0]).resizable(false).collapsible(true).show(ctx, |ui| {
+    let shown = egui::Window::new("Plaza").anchor(egui::Align2::LEFT_TOP, [HUD_GAP, HUD_GAP]).resizable(false).collapsible(true).show(ctx, |ui| {
         let ms = stats.smoothed_ms.max(0.001);
         ui.label(format!("{:.0} fps · {:.1} ms", 1000.0 / ms, ms));
         let preset = match (quality.choice, &auto) {
@@ -271,6 +292,7 @@ fn stats_window(
         }
         ui.small("F1 settings · F2 preset · F3 stats");
     });
+    layout.stats_bottom = shown.map(|s| s.response.rect.bottom());
     Ok(())
 }
 
@@ -668,12 +690,15 @@ fn chat_window(
     info: Res<ConnectionInfo>,
     voice: Option<Res<VoiceInfo>>,
     keys: Option<Res<ButtonInput<KeyCode>>>,
+    mut layout: ResMut<HudLayout>,
 ) -> Result {
     let Some(link) = link else { return Ok(()) };
     let ctx = contexts.ctx_mut()?;
     let hud = hud.as_mut();
-    egui::Window::new("Chat").anchor(egui::Align2::LEFT_BOTTOM, [8.0, -8.0]).default_width(340.0).resizable(false).collapsible(true).show(ctx, |ui| {
-        egui::ScrollArea::vertical().max_height(140.0).stick_to_bottom(true).show(ui, |ui| {
+    let lines_max = chat_lines_height(ctx.content_rect().bottom(), layout.stats_bottom, layout.chat_chrome);
+    let mut lines_height = None;
+    let shown = egui::Window::new("Chat").anchor(egui::Align2::LEFT_BOTTOM, [HUD_GAP, -HUD_GAP]).default_width(340.0).resizable(false).collapsible(true).show(ctx, |ui| {
+        let lines = egui::ScrollArea::vertical().max_height(lines_max).stick_to_bottom(true).show(ui, |ui| {
             for line in hud.chat.lines() {
                 match chat_line(line) {
                     (Tone::Warning, text) => ui.colored_label(WARNING, text),
@@ -683,6 +708,7 @@ fn chat_window(
                 };
             }
         });
+        lines_height = Some(lines.inner_rect.height());
         if let Some(v) = voice.as_ref()
             && let Some(line) = v.line()
         {
@@ -706,7 +732,20 @@ fn chat_window(
             input.request_focus();
         }
     });
+    if let (Some(window), Some(lines)) = (shown, lines_height) {
+        layout.chat_chrome = Some(window.response.rect.height() - lines);
+    }
     Ok(())
+}
+
+/// How tall the chat's lines may be: [`CHAT_LINES_MAX`], less what it takes
+/// to keep the chat window (anchored at the bottom) clear of the stats panel
+/// (anchored at the top), down to [`CHAT_LINES_MIN`]. `chrome` is the rest
+/// of the chat window, unknown until it has been drawn once.
+fn chat_lines_height(screen_bottom: f32, stats_bottom: Option<f32>, chrome: Option<f32>) -> f32 {
+    let (Some(stats_bottom), Some(chrome)) = (stats_bottom, chrome) else { return CHAT_LINES_MAX };
+    let room = screen_bottom - HUD_GAP - (stats_bottom + HUD_GAP) - chrome;
+    room.clamp(CHAT_LINES_MIN, CHAT_LINES_MAX)
 }
 
 fn toasts_window(mut contexts: EguiContexts, hud: Res<HudState>) -> Result {
@@ -842,6 +881,19 @@ mod tests {
         app.world_mut().write_message(ChatUpdate::History(vec![said("r_1", "old", 0), said("r_2", "g", 3)]));
         app.update();
         assert_eq!(texts(&app), ["You are in garden now.", "g in r_2"]);
+    }
+
+    #[test]
+    fn the_chat_shrinks_to_stay_clear_of_the_stats_panel_in_a_short_window() {
+        // A tall window, or no stats panel: the full height.
+        assert_eq!(chat_lines_height(720.0, Some(200.0), Some(90.0)), CHAT_LINES_MAX);
+        assert_eq!(chat_lines_height(360.0, None, Some(90.0)), CHAT_LINES_MAX);
+        // 640x360 with the stats panel to 200: what is left between them.
+        let lines = chat_lines_height(360.0, Some(200.0), Some(90.0));
+        assert_eq!(lines, 360.0 - HUD_GAP - (200.0 + HUD_GAP) - 90.0);
+        assert!(360.0 - HUD_GAP - 90.0 - lines >= 200.0 + HUD_GAP, "the chat's top is below the panel");
+        // Shorter still: two lines rather than none.
+        assert_eq!(chat_lines_height(240.0, Some(200.0), Some(90.0)), CHAT_LINES_MIN);
     }
 
     #[test]
