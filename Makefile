@@ -134,7 +134,7 @@ check-tracy: setup
 # (http://localhost:16686) and Postgres, for people with Docker.
 stack:
 	@docker compose version >/dev/null 2>&1 || { echo "make stack: needs Docker with the compose plugin ('docker compose'); not found"; exit 1; }
-	docker compose -f deploy/compose.yaml up --build
+	PLAZA_BUILD_COMMIT=$$(git rev-parse --short=12 HEAD 2>/dev/null) docker compose -f deploy/compose.yaml up --build
 
 # Only plaza-client may pull in Bevy.
 check-deps:

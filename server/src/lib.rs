@@ -20,6 +20,7 @@
 
 pub mod auth;
 pub mod bots;
+pub mod build;
 pub mod capacity;
 pub mod gateway;
 pub mod http;
@@ -211,7 +212,7 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
     let (state, switches) = AppState::new(&config).await?;
     let sockets = state.sockets.clone();
     bots::spawn(state.clone(), config.bots_room.clone(), config.bots);
-    tracing::info!(addr = %listener.local_addr()?, "plaza-server listening");
+    tracing::info!(addr = %listener.local_addr()?, version = build::VERSION, commit = build::COMMIT, "plaza-server listening");
     let grace = config.drain_grace;
     let stop = async move {
         shutdown.await;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 /// Plaza's server.
 #[derive(Debug, Parser)]
-#[command(name = "plaza-server", version)]
+#[command(name = "plaza-server", version = plaza_server::build::long_version())]
 struct Config {
     /// Address to listen on.
     #[arg(long, env = "PLAZA_BIND", default_value = "127.0.0.1:7878")]

@@ -63,6 +63,16 @@ pub const CLIENT_VOICE_JITTER: &str = "plaza_client_voice_jitter_seconds";
 pub const CLIENT_VOICE_MIC_FRAMES: &str = "plaza_client_voice_mic_frames_total";
 pub const PROCESS_CPU: &str = "process_cpu_seconds_total";
 pub const PROCESS_RSS: &str = "process_resident_memory_bytes";
+/// When the process started (Unix seconds): a restart shows as a change,
+/// a crash loop as many (the `PlazaRestarting` alert).
+pub const PROCESS_START: &str = "process_start_time_seconds";
+/// Open file descriptors and the soft limit on them: sockets, voice's UDP
+/// sockets and the database share the one budget (crate::capacity).
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+/// Always 1, labelled with the build's `version` and `commit`
+/// ([`crate::build`]): which build each instance runs, through a deploy.
+pub const BUILD_INFO: &str = "plaza_build_info";
 /// Tasks alive on the server's tokio runtime: back to its idle level after
 /// the users leave, or something leaks (the soak checks it).
 pub const RUNTIME_TASKS: &str = "plaza_runtime_alive_tasks";
@@ -144,13 +154,14 @@ fn describe() {
     describe_histogram!(CLIENT_VOICE_JITTER, "largest voice jitter of each client telemetry report, seconds");
     describe_counter!(CLIENT_VOICE_MIC_FRAMES, "client microphone frames sent, and skipped for a late voice thread");
     describe_gauge!(RUNTIME_TASKS, "tasks alive on the server's tokio runtime");
+    describe_gauge!(BUILD_INFO, "always 1; the labels say which build this process runs");
     describe_counter!(HTTP_REQUESTS, "HTTP answers by route pattern, method and status class");
 }
 
 /// Every metric `/metrics` shows from start-up: the contract's and the
-/// server's own (process CPU and memory are added at each scrape, on Linux;
+/// server's own (the `process_*` series are added at each scrape, on Linux;
 /// `plaza_client_frame_seconds` by [`crate::telemetry::render_frames`]).
-pub const ALL: [&str; 37] = [
+pub const ALL: [&str; 41] = [
     ROOMS_ACTIVE,
     ROOM_USERS,
     WS_CONNECTIONS,
@@ -186,6 +197,10 @@ pub const ALL: [&str; 37] = [
     CLIENT_VOICE_MIC_FRAMES,
     PROCESS_CPU,
     PROCESS_RSS,
+    PROCESS_START,
+    PROCESS_OPEN_FDS,
+    PROCESS_MAX_FDS,
+    BUILD_INFO,
     RUNTIME_TASKS,
     HTTP_REQUESTS,
 ];
@@ -282,6 +297,7 @@ fn register_zeros() {
     for reason in DROP_REASONS {
         counter!(WS_DROPPED, "reason" => reason).increment(0);
     }
+    gauge!(BUILD_INFO, "version" => crate::build::VERSION, "commit" => crate::build::COMMIT).set(1.0);
     counter!(RATE_LIMITED).increment(0);
     counter!(SEATS_HELD).increment(0);
     counter!(SEATS_EXPIRED).increment(0);
@@ -398,32 +414,65 @@ pub fn render() -> String {
     handle.run_upkeep();
     let mut text = handle.render();
     crate::telemetry::render_frames(&mut text);
-    if let Some((cpu, rss)) = process_stats() {
+    if let Some(p) = ProcessStats::read() {
         // Written here rather than through the recorder: `metrics` counters
         // are integers, and the standard names want the standard types.
-        use std::fmt::Write;
-        let _ = write!(
-            text,
-            "# HELP {PROCESS_CPU} Total user and system CPU time spent in seconds.\n# TYPE {PROCESS_CPU} counter\n{PROCESS_CPU} {cpu}\n\n\
-             # HELP {PROCESS_RSS} Resident memory size in bytes.\n# TYPE {PROCESS_RSS} gauge\n{PROCESS_RSS} {rss}\n\n"
-        );
+        p.write(&mut text);
     }
     text
 }
 
-/// (CPU seconds, resident bytes) from /proc on Linux.
-fn process_stats() -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces) in parentheses.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks_per_s = 100.0; // USER_HZ on Linux
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    // VmRSS is in kB whatever the page size.
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let rss_kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(((utime + stime) / ticks_per_s, rss_kb * 1024))
+/// The standard process metrics (the names Prometheus's own client
+/// libraries use), read from /proc on Linux.
+#[derive(Debug, Clone, PartialEq)]
+struct ProcessStats {
+    cpu_s: f64,
+    rss_bytes: u64,
+    start_unix_s: f64,
+    open_fds: u64,
+    max_fds: Option<u64>,
+}
+
+/// Clock ticks a second in /proc's times (USER_HZ, 100 on Linux).
+const TICKS_PER_S: f64 = 100.0;
+
+impl ProcessStats {
+    fn read() -> Option<ProcessStats> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let boot = std::fs::read_to_string("/proc/stat").ok()?;
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+        Self::parse(&stat, &status, &boot, &limits, open_fds)
+    }
+
+    fn parse(stat: &str, status: &str, boot: &str, limits: &str, open_fds: u64) -> Option<ProcessStats> {
+        // Fields after the command name (which may hold spaces and
+        // parentheses), from the third (state) on.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks = |field: usize| fields.get(field - 3)?.parse::<f64>().ok();
+        let (utime, stime, start) = (ticks(14)?, ticks(15)?, ticks(22)?);
+        // VmRSS is in kB whatever the page size.
+        let rss_kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+        let boot_s: f64 = boot.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
+        // "Max open files  <soft>  <hard>  files"; "unlimited" has no number.
+        let max_fds = limits.lines().find_map(|l| l.strip_prefix("Max open files")).and_then(|l| l.split_whitespace().next()?.parse().ok());
+        Some(ProcessStats { cpu_s: (utime + stime) / TICKS_PER_S, rss_bytes: rss_kb * 1024, start_unix_s: boot_s + start / TICKS_PER_S, open_fds, max_fds })
+    }
+
+    fn write(&self, text: &mut String) {
+        use std::fmt::Write;
+        let mut metric = |name: &str, kind: &str, help: &str, value: &dyn std::fmt::Display| {
+            let _ = write!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n\n");
+        };
+        metric(PROCESS_CPU, "counter", "Total user and system CPU time spent in seconds.", &self.cpu_s);
+        metric(PROCESS_RSS, "gauge", "Resident memory size in bytes.", &self.rss_bytes);
+        metric(PROCESS_START, "gauge", "Start time of the process since unix epoch in seconds.", &self.start_unix_s);
+        metric(PROCESS_OPEN_FDS, "gauge", "Number of open file descriptors.", &self.open_fds);
+        if let Some(max) = self.max_fds {
+            metric(PROCESS_MAX_FDS, "gauge", "Maximum number of open file descriptors.", &max);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -442,8 +491,31 @@ mod tests {
 
     #[test]
     fn process_stats_are_read_from_proc() {
-        let (cpu, rss) = super::process_stats().expect("Linux /proc");
-        assert!(cpu >= 0.0);
-        assert!(rss > 1_000_000, "{rss}");
+        let p = super::ProcessStats::read().expect("Linux /proc");
+        assert!(p.cpu_s >= 0.0);
+        assert!(p.rss_bytes > 1_000_000, "{p:?}");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!(p.start_unix_s <= now + 1.0 && p.start_unix_s > now - 3_600.0, "this test started in the last hour: {p:?}");
+        assert!(p.open_fds >= 3, "{p:?}");
+        assert!(p.max_fds.is_some_and(|max| max >= p.open_fds), "{p:?}");
+    }
+
+    #[test]
+    fn process_stats_parse_a_command_name_with_spaces_and_an_unlimited_fd_limit() {
+        // `(plaza ) x)`: the name is what lies between the first '(' and the last ')'.
+        let stat = "42 (plaza ) x) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 8 0 12345 1000000 500 18446744073709551615";
+        let status = "Name:\tplaza\nVmRSS:\t   2048 kB\n";
+        let boot = "cpu  1 2 3\nbtime 1700000000\nprocesses 9\n";
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            unlimited            unlimited            files\n";
+        let p = super::ProcessStats::parse(stat, status, boot, limits, 7).expect("parses");
+        assert_eq!((p.cpu_s, p.rss_bytes, p.open_fds, p.max_fds), (3.0, 2048 * 1024, 7, None));
+        assert!((p.start_unix_s - 1_700_000_123.45).abs() < 1e-3, "boot time plus 12,345 ticks: {p:?}");
+        let limited = limits.replace("unlimited            unlimited", "1024                 4096     ");
+        assert_eq!(super::ProcessStats::parse(stat, status, boot, &limited, 7).unwrap().max_fds, Some(1024));
+        assert!(super::ProcessStats::parse(stat, status, boot, "", 7).is_some_and(|p| p.max_fds.is_none()), "no limits file, the rest still");
+        let mut text = String::new();
+        p.write(&mut text);
+        assert!(text.contains("\nprocess_start_time_seconds 1700000123.45"), "{text}");
+        assert!(!text.contains("process_max_fds"), "no limit, no series: {text}");
     }
 }

@@ -120,10 +120,21 @@ async fn a_fresh_server_lists_every_metric_and_series_at_zero() {
     assert_eq!(value(m::WS_CONNECTION_LIMIT), Some(config.max_connections as f64));
     assert_eq!(value(m::TCP_CONNECTION_LIMIT), Some(config.max_tcp_connections as f64));
     assert_eq!(value(m::TCP_CONNECTIONS), Some(1.0));
+    // Which build: one series, 1, with the crate's version.
+    let builds: Vec<_> = samples.iter().filter(|(s, _)| s.starts_with("plaza_build_info{")).collect();
+    let build = format!("plaza_build_info{{version=\"{}\",commit=\"{}\"}}", plaza_server::build::VERSION, plaza_server::build::COMMIT);
+    assert_eq!(builds, [&(build.as_str(), 1.0)]);
+    assert_eq!(plaza_server::build::VERSION, env!("CARGO_PKG_VERSION"));
+    // The process: started in the last hour, some files open, a limit above them.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let started = value(m::PROCESS_START).expect("start time");
+    assert!(started <= now + 1.0 && started > now - 3_600.0, "started at {started}, now {now}");
+    let (open, max) = (value(m::PROCESS_OPEN_FDS).expect("open fds"), value(m::PROCESS_MAX_FDS).expect("fd limit"));
+    assert!(open >= 4.0 && max > open, "{open} of {max} files open");
     let moved: Vec<_> = samples
         .iter()
         .filter(|(s, v)| s.starts_with("plaza_") && *v != 0.0)
-        .filter(|(s, _)| ![m::RUNTIME_TASKS, m::WS_CONNECTION_LIMIT, m::TCP_CONNECTION_LIMIT, m::TCP_CONNECTIONS].iter().any(|name| s.starts_with(name)))
+        .filter(|(s, _)| ![m::RUNTIME_TASKS, m::WS_CONNECTION_LIMIT, m::TCP_CONNECTION_LIMIT, m::TCP_CONNECTIONS, m::BUILD_INFO].iter().any(|name| s.starts_with(name)))
         .collect();
     assert!(moved.is_empty(), "non-zero on a fresh server: {moved:?}");
 }
