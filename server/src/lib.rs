@@ -174,12 +174,26 @@ impl AppState {
     }
 }
 
+/// The messages carry their cause and the variants don't mark it as a
+/// `source`, so a printed chain (`{:#}`) says each thing once.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("can't open the store: {0}")]
-    Store(#[from] store::StoreError),
+    Store(store::StoreError),
     #[error("serving failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<store::StoreError> for RunError {
+    fn from(e: store::StoreError) -> Self {
+        RunError::Store(e)
+    }
+}
+
+impl From<std::io::Error> for RunError {
+    fn from(e: std::io::Error) -> Self {
+        RunError::Io(e)
+    }
 }
 
 /// How long sockets get to close after the 1001 before `run` returns.

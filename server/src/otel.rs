@@ -46,8 +46,15 @@ pub fn enabled() -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OtelError {
+    /// Not a `source`: the message has it (a printed chain says it once).
     #[error("can't set up the OTLP trace exporter ({ENDPOINT_ENV}): {0}")]
-    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    Exporter(opentelemetry_otlp::ExporterBuildError),
+}
+
+impl From<opentelemetry_otlp::ExporterBuildError> for OtelError {
+    fn from(e: opentelemetry_otlp::ExporterBuildError) -> Self {
+        OtelError::Exporter(e)
+    }
 }
 
 /// The trace pipeline; [`Otel::shutdown`] (or dropping it) flushes what is

@@ -29,10 +29,18 @@ const CHAT_QUEUE: usize = 1024;
 pub enum StoreError {
     #[error("database URL `{0}` is not sqlite://… or postgres://…")]
     UnsupportedUrl(String),
+    /// Not a `source`: the message has it, and a printed chain (`{:#}`)
+    /// would say it twice.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("the store's writer has stopped")]
     WriterGone,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +150,13 @@ impl Store {
             _ => url.to_owned(),
         };
         let sqlite = backend == Backend::Sqlite;
+        // One connection first, for its error: the pool retries a refused or
+        // failed connect until its timeout and then says only "pool timed
+        // out", where this says "connection refused" or "password
+        // authentication failed" at once.
+        if !memory {
+            sqlx::Connection::close(<sqlx::AnyConnection as sqlx::Connection>::connect(&url).await?).await?;
+        }
         let pool = AnyPoolOptions::new()
             // Each in-memory SQLite connection would be its own database;
             // a file has one writer at a time anyway.
@@ -430,6 +445,20 @@ async fn insert_batch(pool: &AnyPool, batch: &[PendingChat]) -> Result<HashMap<C
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn a_database_that_refuses_says_so_at_once_and_once() {
+        // A port nobody listens on: the pool alone would retry for its
+        // acquire timeout and then say only "pool timed out".
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let err = Store::connect(&format!("postgres://u:p@127.0.0.1:{port}/db")).await.unwrap_err();
+        assert!(err.to_string().contains("Connection refused"), "{err}");
+        // Printed as a chain (the binary's `{:#}`), the cause comes once.
+        let chain = format!("{:#}", anyhow::Error::new(crate::RunError::from(err)));
+        assert_eq!(chain.matches("Connection refused").count(), 1, "{chain}");
+        assert!(chain.starts_with("can't open the store: database error: "), "{chain}");
+    }
+
     use super::*;
 
     #[tokio::test]

@@ -13,10 +13,17 @@ const MAX_PACKET: usize = 1275;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
+    /// Not a `source`: the message has it (a printed chain says it once).
     #[error("Opus: {0}")]
-    Opus(#[from] opus::Error),
+    Opus(opus::Error),
     #[error("a frame is {FRAME_SAMPLES} samples (20 ms at 48 kHz), not {0}")]
     FrameSize(usize),
+}
+
+impl From<opus::Error> for CodecError {
+    fn from(e: opus::Error) -> Self {
+        CodecError::Opus(e)
+    }
 }
 
 /// Encodes the microphone, one 20 ms frame at a time.
