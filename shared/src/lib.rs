@@ -11,6 +11,7 @@
 //! - [`lod`]: the level-of-detail policy: distances, bias, hysteresis, budget.
 //! - [`liveness`]: when a silent socket is probed, and when it is taken for dead.
 //! - [`backoff`]: when a client tries again after its socket ended.
+//! - [`errors`]: error text with its innermost cause.
 //! - [`flags`]: parsing of the on/off switches used by flags and env vars.
 //! - [`rng`]: a small seeded generator for the tools (SplitMix64).
 //! - [`telemetry`]: the client's frame-timing reports and their aggregation.
@@ -19,6 +20,7 @@
 
 pub mod backoff;
 pub mod codec;
+pub mod errors;
 pub mod flags;
 pub mod limits;
 pub mod liveness;

@@ -743,10 +743,7 @@ async fn json_answer<T: serde::de::DeserializeOwned>(server: &str, url: &str, se
 /// and the innermost cause ("Connection refused"), not reqwest's "error
 /// sending request for url (…)".
 fn unreachable_reason(server: &str, error: &reqwest::Error) -> String {
-    let mut cause: &dyn std::error::Error = error;
-    while let Some(inner) = cause.source() {
-        cause = inner;
-    }
+    let cause = plaza_shared::errors::root_cause(error);
     if error.is_timeout() {
         format!("{server} did not answer in time")
     } else if error.is_connect() {

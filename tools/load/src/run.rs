@@ -49,6 +49,8 @@ pub enum RunError {
     Store(String, String),
 }
 
+use plaza_shared::errors::with_root_cause;
+
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -59,7 +61,7 @@ async fn wait_healthy(http: &reqwest::Client, base: &str) -> Result<(), RunError
         let last = match http.get(format!("{base}/health")).send().await {
             Ok(r) if r.status().is_success() => return Ok(()),
             Ok(r) => format!("status {}", r.status()),
-            Err(e) => e.to_string(),
+            Err(e) => with_root_cause(&e),
         };
         if Instant::now() >= deadline {
             return Err(RunError::Unreachable(base.to_owned(), last));
@@ -81,7 +83,7 @@ async fn create_rooms(http: &reqwest::Client, base: &str, tag: &str, rooms: u32,
     let err = |room: &str, e: String| RunError::CreateRoom(room.to_owned(), e);
     let login: Login = async { http.post(format!("{base}/api/v1/auth/guest")).json(&serde_json::json!({ "name": format!("{tag}-admin") })).send().await?.error_for_status()?.json().await }
         .await
-        .map_err(|e: reqwest::Error| err("(login)", e.to_string()))?;
+        .map_err(|e: reqwest::Error| err("(login)", with_root_cause(&e)))?;
     let mut ids = Vec::new();
     for n in 1..=rooms {
         let name = room_name(n);
@@ -96,7 +98,7 @@ async fn create_rooms(http: &reqwest::Client, base: &str, tag: &str, rooms: u32,
                 .await
         }
         .await
-        .map_err(|e: reqwest::Error| err(&name, e.to_string()))?;
+        .map_err(|e: reqwest::Error| err(&name, with_root_cause(&e)))?;
         ids.push(room.id);
     }
     Ok(ids)

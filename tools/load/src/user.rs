@@ -1475,7 +1475,7 @@ pub(crate) async fn post(http: &reqwest::Client, base: &str, path: &str, body: s
 
 /// Reads a JSON answer from `url`; an error says which URL and what went wrong.
 async fn json_answer<T: serde::de::DeserializeOwned>(url: &str, sent: Result<reqwest::Response, reqwest::Error>) -> Result<T, RequestFailure> {
-    let response = sent.map_err(|e| RequestFailure::unanswered(format!("{url}: {e}")))?;
+    let response = sent.map_err(|e| RequestFailure::unanswered(format!("{url}: {}", plaza_shared::errors::with_root_cause(&e))))?;
     let status = response.status();
     if !status.is_success() {
         return Err(RequestFailure::answered(status.as_u16(), format!("{url} answered {status}")));
