@@ -18,8 +18,9 @@ pub fn root_cause<'a>(error: &'a (dyn Error + 'static)) -> &'a (dyn Error + 'sta
 /// error: "error sending request for url (…): Connection refused (os error
 /// 111)".
 pub fn with_root_cause(error: &(dyn Error + 'static)) -> String {
-    let root = root_cause(error);
-    if std::ptr::addr_eq(root, error) { error.to_string() } else { format!("{error}: {root}") }
+    // Not by address: an error's source may sit at the error's own address
+    // (its first field).
+    if error.source().is_none() { error.to_string() } else { format!("{error}: {}", root_cause(error)) }
 }
 
 #[cfg(test)]
