@@ -110,7 +110,11 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
 
     let hello = trace.hello();
     let (header_hello, header_join) = header_hello.map_or((None, None), |h| (Some(h.hello), h.join));
-    let handshake = tracing::Instrument::instrument(handshake(&mut stream, protocol, &state, &link, header_hello), hello.clone()).await;
+    // Boxed here and below: a future awaited inside this one is part of
+    // every socket's task for the socket's whole life (rustc lays the two
+    // out side by side, and a wrapper such as `instrument` doubles them);
+    // boxed, it is a pointer, and the handshake's is freed once it is done.
+    let handshake = Box::pin(tracing::Instrument::instrument(handshake(&mut stream, protocol, &state, &link, header_hello), hello.clone())).await;
     let mut session = match handshake {
         Ok(mut session) => {
             trace.welcomed(&hello, &session.claims.sub, &session.id);
@@ -127,7 +131,7 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
         }
     };
     let span = tracing::info_span!("socket", user_id = %session.claims.sub, session_id = %session.id, protocol = protocol.name());
-    let outcome = tracing::Instrument::instrument(
+    let outcome = Box::pin(tracing::Instrument::instrument(
         async {
             tracing::info!("welcomed");
             // The join the upgrade carried, when no seat was resumed: as if
@@ -160,7 +164,7 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
             }
         },
         span,
-    )
+    ))
     .await;
     if let Some((code, reason)) = outcome {
         // In order, after the replies already queued; the kick channel is
@@ -674,47 +678,11 @@ impl Session {
         match msg {
             ClientMessage::Hello(_) => return self.invalid(link, ErrorCode::BadMessage, "already said hello".into()).await,
             ClientMessage::Ping(p) => Self::reply(link, ServerMessage::Pong(Pong { t: p.t, server_time: now_unix_ms() })).await,
-            ClientMessage::Join(j) => {
-                // Checked before anything moves: a join too soon leaves the
-                // socket where it is.
-                if !self.joins.take(Instant::now()) {
-                    metrics::counter!(m::RATE_LIMITED).increment(1);
-                    let message = format!(
-                        "at most {} room changes at once, then one every {} ms; this join was dropped{}",
-                        plaza_shared::limits::JOIN_BURST,
-                        plaza_shared::limits::JOIN_EVERY_MS,
-                        if self.room.is_some() { " and you are still in your room" } else { "" }
-                    );
-                    Self::error(link, ErrorCode::RateLimited, message).await;
-                    return None;
-                }
-                let traced = self.trace.join(&j.room);
-                self.end_voice(link, Some("voice is per room and you joined another; offer again")).await;
-                if let Some((room, seat)) = self.room.take() {
-                    room.leave(seat.you, self.conn).await;
-                }
-                let started = Instant::now();
-                let room = match state.directory.resolve(&j.room, true).await {
-                    Ok(room) => room,
-                    Err(e) => {
-                        Self::error(link, ErrorCode::RoomNotFound, e.to_string()).await;
-                        return None;
-                    }
-                };
-                match tracing::Instrument::instrument(room.join(self.occupant(), Default::default(), link.clone()), traced.span().clone()).await {
-                    Ok(seat) => {
-                        // The room already queued `joined` to this socket.
-                        metrics::histogram!(m::JOIN_DURATION).record(started.elapsed().as_secs_f64());
-                        self.trace.joined(traced, &room.id);
-                        tracing::info!(room_id = %room.id, avatar = seat.you, "joined room");
-                        self.room = Some((room.clone(), seat.clone()));
-                        state.directory.remember(self.id.clone(), room, seat).await;
-                    }
-                    Err(JoinError::Full { capacity }) => Self::error(link, ErrorCode::RoomFull, format!("the room is full ({capacity} members)")).await,
-                    Err(e @ JoinError::Busy) => Self::error(link, ErrorCode::Internal, e.to_string()).await,
-                    Err(e) => Self::error(link, ErrorCode::RoomNotFound, e.to_string()).await,
-                }
-            }
+            // Boxed, as chat and voice below: their futures (the room's,
+            // the store's, the SFU's) run to kilobytes, and an arm's future
+            // is part of every socket's task for its whole life unless it is
+            // boxed, which holds it on the heap only while it runs.
+            ClientMessage::Join(j) => return Box::pin(self.join(j, state, link)).await,
             ClientMessage::Leave => {
                 self.end_voice(link, Some("voice is per room and you left it")).await;
                 match self.room.take() {
@@ -731,26 +699,74 @@ impl Session {
                 Ok(claims) if claims.sub == self.claims.sub => self.claims = claims,
                 _ => return Some(End::Close(close::BAD_TOKEN, "refresh token is bad or for another user")),
             },
-            ClientMessage::Chat(c) => {
-                let Some((room, _)) = &self.room else {
-                    return self.invalid(link, ErrorCode::NotInRoom, "chat needs a room; join one first".into()).await;
-                };
-                // Stored before acknowledged; then broadcast.
-                match state.store.insert_chat(&room.id, &self.claims.sub, &self.claims.name, &c.id, &c.text, now_unix_ms()).await {
-                    Ok(stored) => {
-                        Self::reply(link, ServerMessage::ChatAck(ChatAck { id: c.id })).await;
-                        room.chat(stored).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(cause = %e, "chat not stored");
-                        Self::error(link, ErrorCode::Internal, "the chat message could not be stored; send it again").await;
-                    }
-                }
-            }
+            ClientMessage::Chat(c) => return Box::pin(self.chat(c, state, link)).await,
             ClientMessage::Voice(v) => {
                 let kind = v.signal.get("type").and_then(|t| t.as_str()).unwrap_or("");
                 let span = self.trace.voice_signal(kind, self.room.as_ref().map(|(room, _)| &*room.id));
-                return tracing::Instrument::instrument(self.voice_signal(v, state, link), span).await;
+                return Box::pin(tracing::Instrument::instrument(self.voice_signal(v, state, link), span)).await;
+            }
+        }
+        None
+    }
+
+    /// Moves the socket into the room `j` names (leaving the one it is in).
+    async fn join(&mut self, j: Join, state: &AppState, link: &MemberLink) -> Option<End> {
+        // Checked before anything moves: a join too soon leaves the
+        // socket where it is.
+        if !self.joins.take(Instant::now()) {
+            metrics::counter!(m::RATE_LIMITED).increment(1);
+            let message = format!(
+                "at most {} room changes at once, then one every {} ms; this join was dropped{}",
+                plaza_shared::limits::JOIN_BURST,
+                plaza_shared::limits::JOIN_EVERY_MS,
+                if self.room.is_some() { " and you are still in your room" } else { "" }
+            );
+            Self::error(link, ErrorCode::RateLimited, message).await;
+            return None;
+        }
+        let traced = self.trace.join(&j.room);
+        self.end_voice(link, Some("voice is per room and you joined another; offer again")).await;
+        if let Some((room, seat)) = self.room.take() {
+            room.leave(seat.you, self.conn).await;
+        }
+        let started = Instant::now();
+        let room = match state.directory.resolve(&j.room, true).await {
+            Ok(room) => room,
+            Err(e) => {
+                Self::error(link, ErrorCode::RoomNotFound, e.to_string()).await;
+                return None;
+            }
+        };
+        match tracing::Instrument::instrument(room.join(self.occupant(), Default::default(), link.clone()), traced.span().clone()).await {
+            Ok(seat) => {
+                // The room already queued `joined` to this socket.
+                metrics::histogram!(m::JOIN_DURATION).record(started.elapsed().as_secs_f64());
+                self.trace.joined(traced, &room.id);
+                tracing::info!(room_id = %room.id, avatar = seat.you, "joined room");
+                self.room = Some((room.clone(), seat.clone()));
+                state.directory.remember(self.id.clone(), room, seat).await;
+            }
+            Err(JoinError::Full { capacity }) => Self::error(link, ErrorCode::RoomFull, format!("the room is full ({capacity} members)")).await,
+            Err(e @ JoinError::Busy) => Self::error(link, ErrorCode::Internal, e.to_string()).await,
+            Err(e) => Self::error(link, ErrorCode::RoomNotFound, e.to_string()).await,
+        }
+        None
+    }
+
+    /// Stores a chat message, acknowledges it, then gives it to the room.
+    async fn chat(&mut self, c: ChatSend, state: &AppState, link: &MemberLink) -> Option<End> {
+        let Some((room, _)) = &self.room else {
+            return self.invalid(link, ErrorCode::NotInRoom, "chat needs a room; join one first".into()).await;
+        };
+        // Stored before acknowledged; then broadcast.
+        match state.store.insert_chat(&room.id, &self.claims.sub, &self.claims.name, &c.id, &c.text, now_unix_ms()).await {
+            Ok(stored) => {
+                Self::reply(link, ServerMessage::ChatAck(ChatAck { id: c.id })).await;
+                room.chat(stored).await;
+            }
+            Err(e) => {
+                tracing::error!(cause = %e, "chat not stored");
+                Self::error(link, ErrorCode::Internal, "the chat message could not be stored; send it again").await;
             }
         }
         None
