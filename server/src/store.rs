@@ -445,6 +445,7 @@ async fn insert_batch(pool: &AnyPool, batch: &[PendingChat]) -> Result<HashMap<C
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[tokio::test]
     async fn a_database_that_refuses_says_so_at_once_and_once() {
@@ -458,8 +459,6 @@ mod tests {
         assert_eq!(chain.matches("Connection refused").count(), 1, "{chain}");
         assert!(chain.starts_with("can't open the store: database error: "), "{chain}");
     }
-
-    use super::*;
 
     #[tokio::test]
     async fn chat_is_stored_once_per_client_id_and_read_back_oldest_first() {
