@@ -105,6 +105,7 @@ pub fn init() -> &'static PrometheusHandle {
         }
         describe();
         register_zeros();
+        metrics::gauge!(BUILD_INFO, "version" => crate::build::VERSION, "commit" => crate::build::COMMIT).set(1.0);
         // Histogram samples wait in the recorder until drained: drain them
         // every few seconds even when nobody scrapes.
         let upkeep = handle.clone();
@@ -297,7 +298,6 @@ fn register_zeros() {
     for reason in DROP_REASONS {
         counter!(WS_DROPPED, "reason" => reason).increment(0);
     }
-    gauge!(BUILD_INFO, "version" => crate::build::VERSION, "commit" => crate::build::COMMIT).set(1.0);
     counter!(RATE_LIMITED).increment(0);
     counter!(SEATS_HELD).increment(0);
     counter!(SEATS_EXPIRED).increment(0);
@@ -424,7 +424,7 @@ pub fn render() -> String {
 
 /// The standard process metrics (the names Prometheus's own client
 /// libraries use), read from /proc on Linux.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 struct ProcessStats {
     cpu_s: f64,
     rss_bytes: u64,
