@@ -442,7 +442,13 @@ impl ProcessStats {
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
         let boot = std::fs::read_to_string("/proc/stat").ok()?;
         let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+        // Linux 6.2 and later give the count as the directory's size, in a
+        // fraction of a millisecond; listing it took 9 ms at 10,000 sockets,
+        // a worker stalled at every scrape. Older kernels say 0: list it.
+        let open_fds = match std::fs::metadata("/proc/self/fd").ok()?.len() {
+            0 => std::fs::read_dir("/proc/self/fd").ok()?.count() as u64,
+            counted => counted,
+        };
         Self::parse(&stat, &status, &boot, &limits, open_fds)
     }
 
