@@ -18,6 +18,8 @@ PACKAGES=(
   libopenxr-loader1 libopenxr-dev
   # chat store tests on PostgreSQL (the tests start their own cluster)
   postgresql
+  # instances sharing rooms (--redis-url; the tests start their own Redis)
+  redis-server
   # the socket.io baseline peers for load comparisons (tools/peers)
   nodejs
   # promtool (`make check-deploy`: alert rules and their unit tests) and the

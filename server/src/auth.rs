@@ -78,6 +78,26 @@ impl TokenKeys {
         (format!("{body}.{sig}"), claims)
     }
 
+    /// Signs a session id one instance asks another to use
+    /// (crate::relay::SESSION): only instances that share the token secret
+    /// can choose a session's id.
+    pub fn sign_session(&self, session: &str) -> String {
+        let mut mac = self.mac();
+        mac.update(b"plaza-session:");
+        mac.update(session.as_bytes());
+        B64.encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `sig` is [`TokenKeys::sign_session`]'s for `session` (in
+    /// constant time).
+    pub fn verify_session(&self, session: &str, sig: &str) -> bool {
+        let Ok(sig) = B64.decode(sig) else { return false };
+        let mut mac = self.mac();
+        mac.update(b"plaza-session:");
+        mac.update(session.as_bytes());
+        mac.verify_slice(&sig).is_ok()
+    }
+
     /// Checks the signature first (in constant time), then the expiry.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         self.verify_at(token, now_unix())
@@ -135,6 +155,17 @@ mod tests {
 
     fn keys() -> TokenKeys {
         TokenKeys::new(b"test secret".to_vec(), Duration::from_secs(900))
+    }
+
+    #[test]
+    fn a_session_signature_holds_only_for_its_session_and_secret() {
+        let sig = keys().sign_session("abc");
+        assert!(keys().verify_session("abc", &sig));
+        assert!(!keys().verify_session("abd", &sig));
+        assert!(!TokenKeys::new(b"other secret".to_vec(), Duration::from_secs(900)).verify_session("abc", &sig));
+        assert!(!keys().verify_session("abc", "not base64 !"));
+        // Not interchangeable with a token's signature over the same text.
+        assert!(!keys().verify_session("abc", ""));
     }
 
     #[test]

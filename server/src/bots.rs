@@ -67,16 +67,40 @@ pub fn headset_limbs(pose: &mut Pose, yaw: f64, t: f64) {
 
 /// Starts `count` bots in `room` (created if needed); they stop when the
 /// server starts closing.
+/// With `--redis-url`, only where the room runs: bots on another instance
+/// would be members of a second copy of it.
 pub fn spawn(state: AppState, room: String, count: u32) {
-    for i in 0..count {
-        let state = state.clone();
-        let room = room.clone();
-        tokio::spawn(async move {
-            if let Err(e) = run_bot(state, &room, i).await {
-                tracing::warn!(bot = i, cause = %e, "bot stopped");
-            }
-        });
+    if count == 0 {
+        return;
     }
+    tokio::spawn(async move {
+        if let Some(bus) = &state.bus {
+            let owner = match state.directory.resolve(&room, true).await {
+                Ok(handle) => bus.claim(&handle.id).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match owner {
+                Ok(crate::bus::Owner::Here) => {}
+                Ok(crate::bus::Owner::There { instance, .. }) => {
+                    tracing::warn!(room = %room, instance = %instance, "bots not started: their room runs on another instance (start them there)");
+                    return;
+                }
+                Err(cause) => {
+                    tracing::warn!(room = %room, %cause, "bots not started: their room's owner is unknown");
+                    return;
+                }
+            }
+        }
+        for i in 0..count {
+            let state = state.clone();
+            let room = room.clone();
+            tokio::spawn(async move {
+                if let Err(e) = run_bot(state, &room, i).await {
+                    tracing::warn!(bot = i, cause = %e, "bot stopped");
+                }
+            });
+        }
+    });
 }
 
 async fn run_bot(state: AppState, room_name: &str, i: u32) -> Result<(), crate::rooms::JoinError> {

@@ -90,14 +90,16 @@ fn rate_limit_debug() -> bool {
 /// `header_hello`: the hello (and the room to join) the upgrade request
 /// carried in its headers (plaza_shared::upgrade_hello); without one, the
 /// first frame must be the hello.
-pub async fn serve(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace, peer: Option<PeerSocket>, header_hello: Option<HeaderHello>) {
+/// `session`: the session id another instance relaying this socket's user
+/// gave its client (crate::relay), already checked.
+pub async fn serve(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace, peer: Option<PeerSocket>, header_hello: Option<HeaderHello>, session: Option<String>) {
     let _open = Arc::clone(&state.sockets);
     metrics::gauge!(m::WS_CONNECTIONS).increment(1.0);
-    serve_inner(socket, protocol, state, trace, peer, header_hello).await;
+    serve_inner(socket, protocol, state, trace, peer, header_hello, session).await;
     metrics::gauge!(m::WS_CONNECTIONS).decrement(1.0);
 }
 
-async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace, peer: Option<PeerSocket>, header_hello: Option<HeaderHello>) {
+async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, trace: crate::otel::SessionTrace, peer: Option<PeerSocket>, header_hello: Option<HeaderHello>, session_id: Option<String>) {
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
     let (kick_tx, kick_rx) = mpsc::channel(1);
@@ -114,7 +116,7 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
     // every socket's task for the socket's whole life (rustc lays the two
     // out side by side, and a wrapper such as `instrument` doubles them);
     // boxed, it is a pointer, and the handshake's is freed once it is done.
-    let handshake = Box::pin(tracing::Instrument::instrument(handshake(&mut stream, protocol, &state, &link, header_hello), hello.clone())).await;
+    let handshake = Box::pin(tracing::Instrument::instrument(handshake(&mut stream, protocol, &state, &link, header_hello, session_id), hello.clone())).await;
     let mut session = match handshake {
         Ok(mut session) => {
             trace.welcomed(&hello, &session.claims.sub, &session.id);
@@ -136,7 +138,7 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
             tracing::info!("welcomed");
             // The join the upgrade carried, when no seat was resumed: as if
             // it were the first message after the hello.
-            let joined_at_once = match header_join.filter(|_| session.room.is_none()) {
+            let joined_at_once = match header_join.filter(|_| !session.in_room()) {
                 Some(room) => session.handle(ClientMessage::Join(Join { room }), &state, &link).await,
                 None => None,
             };
@@ -144,12 +146,23 @@ async fn serve_inner(socket: WebSocket, protocol: Subprotocol, state: AppState, 
                 Some(end) => end,
                 None => session.run(&mut stream, &state, &link, &mut writer_end).await,
             };
+            // A drop, or this instance draining, holds the seat for a
+            // resume (at any instance, with --redis-url).
+            let keep_seat = matches!(end, End::Dropped | End::Close(close::SERVER_DRAINING, _));
             if let Some((room, seat)) = session.room.take() {
                 if end == End::Dropped {
                     room.detach(seat.you, session.conn).await;
                 } else {
                     room.leave(seat.you, session.conn).await;
                 }
+            }
+            if let Some(upstream) = session.remote.take() {
+                if keep_seat { upstream.drop_link() } else { upstream.close().await }
+            }
+            if let Some(bus) = &state.bus
+                && session.seated
+            {
+                if keep_seat { bus.seat_dropped(&session.id).await } else { bus.forget_seat(&session.id).await }
             }
             tracing::info!(?end, "socket done");
             if let End::Close(code, _) = end
@@ -437,7 +450,7 @@ fn read(protocol: Subprotocol, frame: Option<Result<Message, axum::Error>>) -> I
     }
 }
 
-async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState, link: &MemberLink, header_hello: Option<Hello>) -> Result<Session, (u16, &'static str)> {
+async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState, link: &MemberLink, header_hello: Option<Hello>, session_id: Option<String>) -> Result<Session, (u16, &'static str)> {
     let hello = match header_hello {
         Some(hello) => hello,
         None => hello_frame(stream, protocol).await?,
@@ -454,11 +467,15 @@ async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState,
         tracing::info!(user_id = %claims.sub, wait_ms = left.as_millis() as u64, "hello refused: closed for abuse a moment ago");
         return Err((close::RATE_LIMITED, "closed for abuse a moment ago; wait 10 s before reconnecting"));
     }
-    let mut session = Session { id: random_token(12).into(), conn: next_conn(), protocol, claims, room: None, limiter: Limiter::new(), invalid: Vec::new(), trace: crate::otel::SessionTrace::none(), voice: None, voice_offers: crate::limiter::voice_offer_bucket(), voice_failing: Default::default(), joins: crate::limiter::join_bucket() };
-    if let Some(resume) = hello.resume.as_deref()
-        && session.resume(resume, state, link).await
-    {
-        return Ok(session); // the room queued welcome and the full state
+    let id = session_id.unwrap_or_else(|| random_token(12));
+    let mut session = Session { id: id.into(), conn: next_conn(), protocol, claims, token: hello.token, room: None, remote: None, seated: false, limiter: Limiter::new(), invalid: Vec::new(), trace: crate::otel::SessionTrace::none(), voice: None, voice_offers: crate::limiter::voice_offer_bucket(), voice_failing: Default::default(), joins: crate::limiter::join_bucket() };
+    if let Some(resume) = hello.resume.as_deref() {
+        if session.resume(resume, state, link).await {
+            return Ok(session); // the room queued welcome and the full state
+        }
+        if session.resume_elsewhere(resume, state, link).await {
+            return Ok(session); // the welcome and the state come through the relay
+        }
     }
     let _ = link.outbound.try_send(Outbound::Message(Arc::new(session.welcome())));
     Ok(session)
@@ -481,7 +498,15 @@ struct Session {
     conn: u64,
     protocol: Subprotocol,
     claims: Claims,
+    /// The access token the claims came from (the latest refresh's):
+    /// what a relay to another instance signs in with.
+    token: String,
     room: Option<(RoomHandle, Seat)>,
+    /// The link to the instance running this socket's room, when that is
+    /// another one (crate::relay); `room` is `None` then.
+    remote: Option<crate::relay::Upstream>,
+    /// A seat of this session's is recorded in Redis (crate::bus).
+    seated: bool,
     limiter: Limiter,
     /// When recent invalid messages arrived.
     invalid: Vec<Instant>,
@@ -513,8 +538,12 @@ impl Session {
     async fn resume(&mut self, resume: &str, state: &AppState, link: &MemberLink) -> bool {
         let outcome = |resumed: bool| metrics::counter!(m::SEAT_RESUMES, "outcome" => if resumed { m::RESUMED } else { m::SEAT_GONE }).increment(1);
         let Some((room, avatar)) = state.directory.find_seat(resume).await else {
-            tracing::info!("resume: no seat held for that session");
-            outcome(false);
+            // With --redis-url another instance may hold it: that path
+            // counts the outcome.
+            if state.bus.is_none() {
+                tracing::info!("resume: no seat held for that session");
+                outcome(false);
+            }
             return false;
         };
         let previous = std::mem::replace(&mut self.id, resume.into());
@@ -523,6 +552,10 @@ impl Session {
                 tracing::info!(room_id = %room.id, avatar = seat.you, session_id = %self.id, "resumed");
                 self.room = Some((room, seat));
                 outcome(true);
+                if let Some(bus) = &state.bus {
+                    bus.remember_seat(&self.id, &bus.instance).await;
+                    self.seated = true;
+                }
                 true
             }
             Err(e) => {
@@ -532,6 +565,57 @@ impl Session {
                 false
             }
         }
+    }
+
+    /// With --redis-url: takes back a seat another instance holds, and
+    /// relays this socket there. On success the owner's welcome (with the
+    /// old session id) and full state are queued; on failure nothing was
+    /// sent.
+    async fn resume_elsewhere(&mut self, resume: &str, state: &AppState, link: &MemberLink) -> bool {
+        let Some(bus) = &state.bus else { return false };
+        let outcome = |resumed: bool| metrics::counter!(m::SEAT_RESUMES, "outcome" => if resumed { m::RESUMED } else { m::SEAT_GONE }).increment(1);
+        let owner = bus.seat_owner(resume).await.filter(|owner| **owner != *bus.instance);
+        let url = match &owner {
+            Some(owner) => bus.instance_url(owner).await.ok().flatten(),
+            None => None,
+        };
+        let (Some(owner), Some(url)) = (owner, url) else {
+            tracing::info!("resume: no seat held for that session");
+            outcome(false);
+            return false;
+        };
+        let dial = crate::relay::Dial { url: &url, token: &self.token, join: None, resume: Some(resume), session: None };
+        match crate::relay::dial(dial).await {
+            Ok(mut answered) if answered.welcome.session == resume => {
+                let Some(joined) = answered.next.take() else { return false };
+                let welcome = Arc::new(ServerMessage::Welcome(answered.welcome.clone()));
+                if link.outbound.try_send(Outbound::Resumed { welcome, state: Arc::new(joined) }).is_err() {
+                    return false;
+                }
+                tracing::info!(owner = %owner, session_id = resume, "resumed through the room's instance");
+                self.id = resume.into();
+                self.remote = Some(answered.start(owner.as_str().into(), link));
+                bus.remember_seat(resume, &owner).await;
+                self.seated = true;
+                outcome(true);
+                true
+            }
+            Ok(_) => {
+                tracing::info!(owner = %owner, "resume refused by the room's instance: the seat is gone");
+                outcome(false);
+                false
+            }
+            Err(e) => {
+                tracing::info!(cause = %e, "resume: the room's instance can't be reached");
+                outcome(false);
+                false
+            }
+        }
+    }
+
+    /// In a room, here or through a relay.
+    fn in_room(&self) -> bool {
+        self.room.is_some() || self.remote.is_some()
     }
 
     /// Replies wait for room in the queue: a client that doesn't read its
@@ -600,6 +684,10 @@ impl Session {
                     // kept sending.
                     tracing::info!(?end, "the writer stopped");
                     return if matches!(end, Ok(WriterEnd::Closed)) { End::Kicked } else { End::Dropped };
+                }
+                end = upstream_ended(self.remote.as_mut()) => {
+                    self.remote = None;
+                    return relay_end(end);
                 }
                 _ = voice_ended(self.voice.as_ref()) => {
                     self.end_voice(link, Some("the voice connection failed or closed; offer again to reconnect")).await;
@@ -675,6 +763,9 @@ impl Session {
     }
 
     async fn handle(&mut self, msg: ClientMessage, state: &AppState, link: &MemberLink) -> Option<End> {
+        if self.remote.is_some() {
+            return Box::pin(self.handle_relayed(msg, state, link)).await;
+        }
         match msg {
             ClientMessage::Hello(_) => return self.invalid(link, ErrorCode::BadMessage, "already said hello".into()).await,
             ClientMessage::Ping(p) => Self::reply(link, ServerMessage::Pong(Pong { t: p.t, server_time: now_unix_ms() })).await,
@@ -695,16 +786,62 @@ impl Session {
                 Some((_, seat)) => seat.poses.offer(self.conn, p.t, p.pose),
                 None => return self.invalid(link, ErrorCode::NotInRoom, "pose needs a room; join one first".into()).await,
             },
-            ClientMessage::Refresh(r) => match state.keys.verify(&r.token) {
-                Ok(claims) if claims.sub == self.claims.sub => self.claims = claims,
-                _ => return Some(End::Close(close::BAD_TOKEN, "refresh token is bad or for another user")),
-            },
+            ClientMessage::Refresh(r) => return self.refresh(r, state),
             ClientMessage::Chat(c) => return Box::pin(self.chat(c, state, link)).await,
             ClientMessage::Voice(v) => {
                 let kind = v.signal.get("type").and_then(|t| t.as_str()).unwrap_or("");
                 let span = self.trace.voice_signal(kind, self.room.as_ref().map(|(room, _)| &*room.id));
                 return Box::pin(tracing::Instrument::instrument(self.voice_signal(v, state, link), span)).await;
             }
+        }
+        None
+    }
+
+    /// A new access token for this socket (the relay's too).
+    fn refresh(&mut self, r: Refresh, state: &AppState) -> Option<End> {
+        match state.keys.verify(&r.token) {
+            Ok(claims) if claims.sub == self.claims.sub => {
+                self.claims = claims;
+                self.token = r.token;
+                None
+            }
+            _ => Some(End::Close(close::BAD_TOKEN, "refresh token is bad or for another user")),
+        }
+    }
+
+    /// A message while the room runs on another instance: the room's own
+    /// go up the relay; the socket's (ping, refresh, join) are answered
+    /// here, and a ping and a refresh go up too, so the owner neither takes
+    /// the link for dead nor lets its token expire.
+    async fn handle_relayed(&mut self, msg: ClientMessage, state: &AppState, link: &MemberLink) -> Option<End> {
+        let up = match &msg {
+            ClientMessage::Pose(_) | ClientMessage::Chat(_) | ClientMessage::Voice(_) => true,
+            ClientMessage::Ping(p) => {
+                Self::reply(link, ServerMessage::Pong(Pong { t: p.t, server_time: now_unix_ms() })).await;
+                true
+            }
+            ClientMessage::Refresh(r) => {
+                if let Some(end) = self.refresh(r.clone(), state) {
+                    return Some(end);
+                }
+                true
+            }
+            ClientMessage::Leave => {
+                if let Some(upstream) = self.remote.take() {
+                    upstream.close().await;
+                }
+                if let Some(bus) = &state.bus {
+                    bus.forget_seat(&self.id).await;
+                }
+                self.seated = false;
+                false
+            }
+            ClientMessage::Join(j) => return Box::pin(self.join(j.clone(), state, link)).await,
+            ClientMessage::Hello(_) => return self.invalid(link, ErrorCode::BadMessage, "already said hello".into()).await,
+        };
+        if up && let Some(upstream) = self.remote.as_mut() {
+            // A link that failed reports its end to `run`.
+            let _ = upstream.send(&msg).await;
         }
         None
     }
@@ -719,7 +856,7 @@ impl Session {
                 "at most {} room changes at once, then one every {} ms; this join was dropped{}",
                 plaza_shared::limits::JOIN_BURST,
                 plaza_shared::limits::JOIN_EVERY_MS,
-                if self.room.is_some() { " and you are still in your room" } else { "" }
+                if self.in_room() { " and you are still in your room" } else { "" }
             );
             Self::error(link, ErrorCode::RateLimited, message).await;
             return None;
@@ -729,6 +866,9 @@ impl Session {
         if let Some((room, seat)) = self.room.take() {
             room.leave(seat.you, self.conn).await;
         }
+        if let Some(upstream) = self.remote.take() {
+            upstream.close().await;
+        }
         let started = Instant::now();
         let room = match state.directory.resolve(&j.room, true).await {
             Ok(room) => room,
@@ -737,6 +877,17 @@ impl Session {
                 return None;
             }
         };
+        if let Some(bus) = &state.bus {
+            match bus.claim(&room.id).await {
+                Ok(crate::bus::Owner::Here) => {}
+                Ok(crate::bus::Owner::There { instance, url }) => return self.join_elsewhere(&room, instance, url, state, link, started).await,
+                Err(e) => {
+                    tracing::error!(cause = %e, "room owner not found in Redis");
+                    Self::error(link, ErrorCode::Internal, "rooms are shared through Redis, which doesn't answer now; join again in a moment").await;
+                    return None;
+                }
+            }
+        }
         match tracing::Instrument::instrument(room.join(self.occupant(), Default::default(), link.clone()), traced.span().clone()).await {
             Ok(seat) => {
                 // The room already queued `joined` to this socket.
@@ -745,10 +896,52 @@ impl Session {
                 tracing::info!(room_id = %room.id, avatar = seat.you, "joined room");
                 self.room = Some((room.clone(), seat.clone()));
                 state.directory.remember(self.id.clone(), room, seat).await;
+                if let Some(bus) = &state.bus {
+                    bus.remember_seat(&self.id, &bus.instance).await;
+                    self.seated = true;
+                }
             }
             Err(JoinError::Full { capacity }) => Self::error(link, ErrorCode::RoomFull, format!("the room is full ({capacity} members)")).await,
             Err(e @ JoinError::Busy) => Self::error(link, ErrorCode::Internal, e.to_string()).await,
             Err(e) => Self::error(link, ErrorCode::RoomNotFound, e.to_string()).await,
+        }
+        None
+    }
+
+    /// Joins `room`, which runs on instance `owner` at `url`, through a
+    /// relay. An owner that can't be reached is taken over (if the lease
+    /// still names it), and the room started here.
+    async fn join_elsewhere(&mut self, room: &RoomHandle, owner: Arc<str>, url: String, state: &AppState, link: &MemberLink, started: Instant) -> Option<End> {
+        let bus = state.bus.as_ref()?;
+        let sig = state.keys.sign_session(&self.id);
+        let dial = crate::relay::Dial { url: &url, token: &self.token, join: Some(&room.id), resume: None, session: Some((&self.id, sig)) };
+        let mut answered = match crate::relay::dial(dial).await {
+            Ok(answered) => answered,
+            Err(e) => {
+                tracing::warn!(cause = %e, owner = %owner, "the room's instance can't be reached");
+                if matches!(e, crate::relay::RelayError::Unreachable { .. }) && bus.take_over(&room.id, &owner).await.unwrap_or(false) {
+                    // Ours now: join here, as if it had been all along.
+                    return Box::pin(self.join(Join { room: room.id.to_string() }, state, link)).await;
+                }
+                Self::error(link, ErrorCode::Internal, "the room's server can't be reached now; join again in a moment").await;
+                return None;
+            }
+        };
+        match answered.next.take() {
+            Some(joined @ ServerMessage::Joined(_)) => {
+                let _ = link.outbound.send(Outbound::Message(Arc::new(joined))).await;
+                metrics::histogram!(m::JOIN_DURATION).record(started.elapsed().as_secs_f64());
+                tracing::info!(room_id = %room.id, owner = %owner, "joined room through its instance");
+                bus.remember_seat(&self.id, &owner).await;
+                self.seated = true;
+                self.remote = Some(answered.start(owner, link));
+            }
+            // The room's refusal (full, say), as the client would have had it here.
+            Some(error @ ServerMessage::Error(_)) => Self::reply(link, error).await,
+            other => {
+                tracing::warn!(answer = ?other.as_ref().map(ServerMessage::type_name), "the room's instance answered a join out of turn");
+                Self::error(link, ErrorCode::Internal, "the room's server answered out of turn; join again").await;
+            }
         }
         None
     }
@@ -848,6 +1041,32 @@ impl Session {
 }
 
 /// Resolves once `voice`'s connection has failed or closed; never without one.
+/// Resolves when the relay to the room's instance ends; never without one.
+async fn upstream_ended(upstream: Option<&mut crate::relay::Upstream>) -> crate::relay::UpstreamEnd {
+    match upstream {
+        Some(upstream) => upstream.ended().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How a socket ends when its relay did: the owner's close, passed on, so
+/// the client does what it would have done on the owner's own socket; an
+/// owner that went away is a restart to the client (1001: it resumes or
+/// joins again, and the room starts on an instance that answers).
+fn relay_end(end: crate::relay::UpstreamEnd) -> End {
+    use crate::relay::UpstreamEnd;
+    match end {
+        UpstreamEnd::ClientGone => End::Dropped,
+        UpstreamEnd::Closed(close::BAD_TOKEN) => End::Close(close::BAD_TOKEN, "token missing, bad or expired"),
+        UpstreamEnd::Closed(close::RATE_LIMITED) => End::Close(close::RATE_LIMITED, "rate limited by the room's server"),
+        UpstreamEnd::Closed(close::TOO_SLOW) => End::Close(close::TOO_SLOW, "too slow to keep up with the room"),
+        UpstreamEnd::Closed(close::POLICY) => End::Close(close::POLICY, "too many invalid messages"),
+        UpstreamEnd::Closed(close::TOO_LARGE) => End::Close(close::TOO_LARGE, "message too large"),
+        UpstreamEnd::Closed(close::SERVER_DRAINING) => End::Close(close::SERVER_DRAINING, "the room's server is restarting; reconnect shortly"),
+        UpstreamEnd::Closed(_) | UpstreamEnd::Dropped => End::Close(close::SERVER_DRAINING, "the room's server went away; reconnect shortly"),
+    }
+}
+
 async fn voice_ended(voice: Option<&crate::voice::VoicePeer>) {
     match voice {
         Some(peer) => peer.ended().await,

@@ -127,16 +127,27 @@ async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// 200 when the store answers and the server is not draining.
+/// 200 when the store (and Redis, with `--redis-url`) answers and the
+/// server is not draining.
 async fn ready(State(state): State<AppState>) -> Response {
     if *state.draining.borrow() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining", "reason": "the server is shutting down"}))).into_response();
     }
-    match tokio::time::timeout(std::time::Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => Json(json!({"status": "ok"})).into_response(),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": format!("store: {e}")}))).into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": "store: no answer within 2 s"}))).into_response(),
+    let unavailable = |reason: String| (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": reason}))).into_response();
+    let wait = std::time::Duration::from_secs(2);
+    match tokio::time::timeout(wait, state.store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return unavailable(format!("store: {e}")),
+        Err(_) => return unavailable("store: no answer within 2 s".into()),
     }
+    if let Some(bus) = &state.bus {
+        match tokio::time::timeout(wait, bus.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return unavailable(format!("redis: {e}")),
+            Err(_) => return unavailable("redis: no answer within 2 s".into()),
+        }
+    }
+    Json(json!({"status": "ok"})).into_response()
 }
 
 async fn metrics_text() -> impl IntoResponse {
@@ -266,6 +277,16 @@ async fn websocket(State(state): State<AppState>, peer: Option<axum::Extension<c
         Err(message) => return bad_request(message).into_response(),
     };
     let (hello_taken, join_taken) = (header_hello.is_some(), header_hello.as_ref().is_some_and(|h| h.join.is_some()));
+    // Another instance relaying this socket's user names the session its
+    // client knows (crate::relay); only with that instance's signature.
+    let session = match (header(crate::relay::SESSION), header(crate::relay::SESSION_SIG)) {
+        (None, None) => None,
+        (Some(session), Some(sig)) => match (std::str::from_utf8(session), std::str::from_utf8(sig)) {
+            (Ok(session), Ok(sig)) if state.keys.verify_session(session, sig) => Some(session.to_owned()),
+            _ => return bad_request("Plaza-Session is for instances relaying to each other; its signature doesn't hold").into_response(),
+        },
+        _ => return bad_request("Plaza-Session and Plaza-Session-Sig go together (instances relaying to each other)").into_response(),
+    };
     // Held by the socket's task for its whole life.
     let Some(admitted) = state.connections.admit() else {
         return crate::capacity::websocket_refusal(state.connections.limit());
@@ -287,7 +308,7 @@ async fn websocket(State(state): State<AppState>, peer: Option<axum::Extension<c
             tracing::Instrument::instrument(
                 async move {
                     let _admitted = admitted;
-                    crate::gateway::serve(socket, protocol, state, trace, peer.map(|p| p.0), header_hello).await
+                    crate::gateway::serve(socket, protocol, state, trace, peer.map(|p| p.0), header_hello, session).await
                 },
                 span,
             )

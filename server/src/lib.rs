@@ -10,6 +10,8 @@
 //! - [`capacity`]: the connection budgets and the open-file limit.
 //! - [`serve`]: the connection loop, with a deadline on request heads.
 //! - [`peer_link`]: whether a socket's peer still answers (TCP state).
+//! - [`bus`], [`relay`]: instances sharing rooms through Redis; a socket
+//!   whose room runs on another instance is relayed there.
 //!
 //! - [`store`]: chat storage (sqlx: SQLite or Postgres).
 //! - [`telemetry`]: client frame-timing reports into `plaza_client_*`.
@@ -21,6 +23,7 @@
 pub mod auth;
 pub mod bots;
 pub mod build;
+pub mod bus;
 pub mod capacity;
 pub mod gateway;
 pub mod http;
@@ -30,6 +33,7 @@ pub mod metrics;
 pub mod otel;
 pub mod peer_link;
 pub mod recent_chat;
+pub mod relay;
 pub mod rooms;
 pub mod serve;
 pub mod store;
@@ -50,6 +54,11 @@ pub struct ServerConfig {
     pub access_ttl: Duration,
     /// `sqlite://…` or `postgres://…`.
     pub database_url: String,
+    /// `redis://…` (`--redis-url`): instances share rooms (crate::bus).
+    pub redis_url: Option<String>,
+    /// The URL other instances reach this one at (`--advertise-url`), with
+    /// `redis_url`.
+    pub advertise_url: String,
     /// After the shutdown signal: `/ready` says 503 this long before
     /// sockets are closed with 1001, so load balancers move traffic first.
     pub drain_grace: Duration,
@@ -105,6 +114,8 @@ impl ServerConfig {
             token_secret: auth::random_token(32).into_bytes(),
             access_ttl: Duration::from_secs(15 * 60),
             database_url: "sqlite::memory:".into(),
+            redis_url: None,
+            advertise_url: String::new(),
             drain_grace: Duration::from_millis(200),
             heartbeat_timeout: gateway::HEARTBEAT_TIMEOUT,
             bots: 0,
@@ -141,6 +152,8 @@ pub struct AppState {
     pub voice: voice::Sfu,
     /// Users closed for abuse a moment ago ([`ServerConfig::abuse_cooldown`]).
     pub abusers: Arc<std::sync::Mutex<limiter::Interval<String>>>,
+    /// With `--redis-url`: the rooms' owners, shared with other instances.
+    pub bus: Option<bus::Bus>,
 }
 
 /// The two switches of a shutdown: draining, then closing.
@@ -151,15 +164,19 @@ pub struct Shutdown {
 }
 
 impl AppState {
-    pub async fn new(config: &ServerConfig) -> Result<(Self, Shutdown), store::StoreError> {
+    pub async fn new(config: &ServerConfig) -> Result<(Self, Shutdown), RunError> {
         metrics::init();
         ::metrics::gauge!(crate::metrics::WS_CONNECTION_LIMIT).set(config.max_connections as f64);
         let store = store::Store::connect(&config.database_url).await?;
+        let bus = match &config.redis_url {
+            Some(url) => Some(bus::Bus::connect(url, &config.advertise_url).await.map_err(RunError::Bus)?),
+            None => None,
+        };
         let (draining_tx, draining) = tokio::sync::watch::channel(false);
         let (closing_tx, closing) = tokio::sync::watch::channel(false);
         let state = AppState {
             keys: auth::TokenKeys::new(config.token_secret.clone(), config.access_ttl),
-            directory: rooms::Directory::start(store.clone()).await?,
+            directory: rooms::Directory::start(store.clone(), bus.is_some()).await?,
             store,
             heartbeat_timeout: config.heartbeat_timeout,
             draining,
@@ -169,6 +186,7 @@ impl AppState {
             telemetry: telemetry::TelemetryState::new(),
             voice: voice::Sfu::new(config.voice.clone()),
             abusers: Arc::new(std::sync::Mutex::new(limiter::Interval::new(config.abuse_cooldown))),
+            bus,
         };
         Ok((state, Shutdown { draining: draining_tx, closing: closing_tx }))
     }
@@ -180,6 +198,8 @@ impl AppState {
 pub enum RunError {
     #[error("can't open the store: {0}")]
     Store(store::StoreError),
+    #[error("can't share rooms through Redis: {0}")]
+    Bus(bus::BusError),
     #[error("serving failed: {0}")]
     Io(std::io::Error),
 }
@@ -225,6 +245,11 @@ fn tune_socket(tcp: &mut tokio::net::TcpStream, send_buffer: usize) {
 pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), RunError> {
     let (state, switches) = AppState::new(&config).await?;
     let sockets = state.sockets.clone();
+    let bus = state.bus.clone();
+    if let Some(bus) = &bus {
+        bus.spawn_renewals(state.closing.clone());
+        tracing::info!(instance = %bus.instance, advertise_url = %config.advertise_url, "sharing rooms with other instances through Redis");
+    }
     bots::spawn(state.clone(), config.bots_room.clone(), config.bots);
     tracing::info!(addr = %listener.local_addr()?, version = build::VERSION, commit = build::COMMIT, "plaza-server listening");
     let grace = config.drain_grace;
@@ -232,6 +257,10 @@ pub async fn run(config: ServerConfig, listener: TcpListener, shutdown: impl Fut
         shutdown.await;
         tracing::info!(grace_ms = grace.as_millis() as u64, "draining");
         let _ = switches.draining.send(true);
+        // The rooms' next joins start them on an instance that stays.
+        if let Some(bus) = &bus {
+            bus.release_all().await;
+        }
         tokio::time::sleep(grace).await;
         tracing::info!("closing sockets");
         let _ = switches.closing.send(true);

@@ -16,6 +16,16 @@ struct Config {
     /// sqlite://… or postgres://… (default: sqlite://<data dir>/plaza.db).
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
+    /// Share rooms with other instances through Redis
+    /// (redis://HOST:PORT[/DB]); they also need one --database-url
+    /// (Postgres) and one PLAZA_TOKEN_SECRET. Unset: a single instance.
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// With --redis-url: the URL other instances reach this one at,
+    /// http://HOST:PORT (default: http://<--bind>, which then can't be an
+    /// unspecified address such as 0.0.0.0).
+    #[arg(long, env = "PLAZA_ADVERTISE_URL")]
+    advertise_url: Option<String>,
     /// Local development: make (once) and keep a token secret in the data dir.
     #[arg(long)]
     dev: bool,
@@ -178,10 +188,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!(voice_ports = %ports, voice_max_peers, "fewer voice ports than voice peers: at most {} peers", ports.len());
         voice_max_peers = ports.len();
     }
+    let advertise_url = match &config.redis_url {
+        Some(_) => advertise_url(config.bind, config.advertise_url.as_deref())?,
+        None => String::new(),
+    };
     let server = plaza_server::ServerConfig {
         token_secret: token_secret(&config)?,
         access_ttl: std::time::Duration::from_secs(15 * 60),
         database_url,
+        redis_url: config.redis_url.clone(),
+        advertise_url,
         drain_grace: std::time::Duration::from_secs(config.drain_grace_s),
         heartbeat_timeout: plaza_server::gateway::HEARTBEAT_TIMEOUT,
         bots: config.bots,
@@ -210,4 +226,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     };
     plaza_server::run(server, listener, shutdown).await.context("server failed")
+}
+
+/// Where other instances reach this one: `--advertise-url`, checked, or
+/// `--bind` when that names one address.
+fn advertise_url(bind: SocketAddr, given: Option<&str>) -> anyhow::Result<String> {
+    match given {
+        Some(url) => {
+            let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("--advertise-url {url:?} must be http://HOST:PORT"))?;
+            let host_port = rest.trim_end_matches('/');
+            let port = host_port.rsplit_once(':').and_then(|(host, port)| (!host.is_empty()).then_some(port)).and_then(|p| p.parse::<u16>().ok());
+            if port.is_none_or(|p| p == 0) || host_port.contains('/') {
+                bail!("--advertise-url {url:?} must be http://HOST:PORT, with a port from 1 to 65535 and no path");
+            }
+            Ok(format!("http://{host_port}"))
+        }
+        None if bind.ip().is_unspecified() => bail!("--bind {bind} listens on every address, so other instances can't be told which one reaches this one; pass --advertise-url http://HOST:PORT"),
+        None => Ok(format!("http://{bind}")),
+    }
 }

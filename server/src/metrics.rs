@@ -32,6 +32,16 @@ pub const SEATS_HELD: &str = "plaza_seats_held_total";
 pub const SEAT_RESUMES: &str = "plaza_seat_resumes_total";
 /// Held seats let go because no socket came back for them in time.
 pub const SEATS_EXPIRED: &str = "plaza_seats_expired_total";
+/// Instances sharing rooms (`--redis-url`, crate::bus): rooms this
+/// instance runs for all of them (holds the lease of), leases lost to
+/// another instance, rooms taken over from an instance that stopped
+/// answering, Redis commands that failed, and sockets relayed to the
+/// instance running their room (crate::relay).
+pub const ROOM_LEASES: &str = "plaza_room_leases";
+pub const ROOM_LEASES_LOST: &str = "plaza_room_leases_lost_total";
+pub const ROOM_TAKEOVERS: &str = "plaza_room_takeovers_total";
+pub const REDIS_ERRORS: &str = "plaza_redis_errors_total";
+pub const WS_RELAYED: &str = "plaza_ws_relayed";
 pub const AUTH_DURATION: &str = "plaza_auth_duration_seconds";
 pub const JOIN_DURATION: &str = "plaza_join_duration_seconds";
 pub const TICK_DURATION: &str = "plaza_tick_duration_seconds";
@@ -154,6 +164,11 @@ fn describe() {
     describe_histogram!(CLIENT_VOICE_DELAY, "mean voice playout delay of each client telemetry report, seconds");
     describe_histogram!(CLIENT_VOICE_JITTER, "largest voice jitter of each client telemetry report, seconds");
     describe_counter!(CLIENT_VOICE_MIC_FRAMES, "client microphone frames sent, and skipped for a late voice thread");
+    describe_gauge!(ROOM_LEASES, "rooms this instance runs for every instance (holds the Redis lease of)");
+    describe_counter!(ROOM_LEASES_LOST, "room leases lost to another instance (missed renewals)");
+    describe_counter!(ROOM_TAKEOVERS, "rooms taken over from an instance that stopped answering");
+    describe_counter!(REDIS_ERRORS, "Redis commands that failed");
+    describe_gauge!(WS_RELAYED, "WebSockets relayed to the instance that runs their room");
     describe_gauge!(RUNTIME_TASKS, "tasks alive on the server's tokio runtime");
     describe_gauge!(BUILD_INFO, "always 1; the labels say which build this process runs");
     describe_counter!(HTTP_REQUESTS, "HTTP answers by route pattern, method and status class");
@@ -162,7 +177,7 @@ fn describe() {
 /// Every metric `/metrics` shows from start-up: the contract's and the
 /// server's own (the `process_*` series are added at each scrape, on Linux;
 /// `plaza_client_frame_seconds` by [`crate::telemetry::render_frames`]).
-pub const ALL: [&str; 41] = [
+pub const ALL: [&str; 46] = [
     ROOMS_ACTIVE,
     ROOM_USERS,
     WS_CONNECTIONS,
@@ -178,6 +193,11 @@ pub const ALL: [&str; 41] = [
     SEATS_HELD,
     SEAT_RESUMES,
     SEATS_EXPIRED,
+    ROOM_LEASES,
+    ROOM_LEASES_LOST,
+    ROOM_TAKEOVERS,
+    REDIS_ERRORS,
+    WS_RELAYED,
     AUTH_DURATION,
     JOIN_DURATION,
     TICK_DURATION,
@@ -301,6 +321,9 @@ fn register_zeros() {
     counter!(RATE_LIMITED).increment(0);
     counter!(SEATS_HELD).increment(0);
     counter!(SEATS_EXPIRED).increment(0);
+    for name in [ROOM_LEASES_LOST, ROOM_TAKEOVERS, REDIS_ERRORS] {
+        counter!(name).increment(0);
+    }
     for outcome in RESUME_OUTCOMES {
         counter!(SEAT_RESUMES, "outcome" => outcome).increment(0);
     }
@@ -318,7 +341,7 @@ fn register_zeros() {
             counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status).increment(0);
         }
     }
-    for name in [ROOMS_ACTIVE, WS_CONNECTIONS, WS_CONNECTION_LIMIT, TCP_CONNECTIONS, TCP_CONNECTION_LIMIT, VOICE_STREAMS, RUNTIME_TASKS] {
+    for name in [ROOMS_ACTIVE, WS_CONNECTIONS, WS_CONNECTION_LIMIT, TCP_CONNECTIONS, TCP_CONNECTION_LIMIT, VOICE_STREAMS, RUNTIME_TASKS, ROOM_LEASES, WS_RELAYED] {
         gauge!(name).increment(0.0);
     }
     for name in [ROOM_USERS, AUTH_DURATION, JOIN_DURATION, TICK_DURATION] {

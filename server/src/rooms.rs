@@ -915,8 +915,10 @@ impl SeatIndex {
 }
 
 impl Directory {
-    /// Starts the directory with every room the store remembers.
-    pub async fn start(store: Store) -> Result<Directory, StoreError> {
+    /// Starts the directory with every room the store remembers. `shared`:
+    /// other instances share the store (crate::bus) and make rooms too, so
+    /// a room not known here is looked for there before one is made.
+    pub async fn start(store: Store, shared: bool) -> Result<Directory, StoreError> {
         let mut by_id: HashMap<Arc<str>, RoomHandle> = HashMap::new();
         let mut by_name: HashMap<Arc<str>, Arc<str>> = HashMap::new();
         for (id, name, capacity) in store.rooms().await? {
@@ -927,14 +929,34 @@ impl Directory {
         let (tx, mut rx) = mpsc::channel::<DirectoryCommand>(DIRECTORY_QUEUE);
         // Rooms are created rarely, so waiting on the store here is fine;
         // joins of existing rooms never touch it.
-        let create_room = move |name: String, capacity: u32| {
+        let create_room = {
+            let store = store.clone();
+            move |name: String, capacity: u32| {
+                let store = store.clone();
+                async move {
+                    let handle = spawn_room(&name, capacity);
+                    match store.insert_room(&handle.id, &name, capacity).await {
+                        Ok(()) => Ok(handle),
+                        Err(e) => {
+                            // Another instance may have made it a moment ago.
+                            if shared && let Ok(Some((id, name, capacity))) = store.room(&name).await {
+                                return Ok(spawn_stored_room(&id, &name, capacity, store));
+                            }
+                            tracing::error!(cause = %e, "room not stored");
+                            Err(JoinError::Unavailable)
+                        }
+                    }
+                }
+            }
+        };
+        // A room another instance made since this one started.
+        let stored_room = move |key: String| {
             let store = store.clone();
             async move {
-                let handle = spawn_room(&name, capacity);
-                match store.insert_room(&handle.id, &name, capacity).await {
-                    Ok(()) => Ok(handle),
+                match store.room(&key).await {
+                    Ok(found) => Ok(found.map(|(id, name, capacity)| spawn_stored_room(&id, &name, capacity, store))),
                     Err(e) => {
-                        tracing::error!(cause = %e, "room not stored");
+                        tracing::error!(cause = %e, "rooms not read from the store");
                         Err(JoinError::Unavailable)
                     }
                 }
@@ -945,7 +967,21 @@ impl Directory {
             while let Some(command) = rx.recv().await {
                 match command {
                     DirectoryCommand::Resolve { room, create, reply } => {
-                        let found = by_id.get(room.as_str()).or_else(|| by_name.get(room.as_str()).and_then(|id| by_id.get(id))).cloned();
+                        let mut found = by_id.get(room.as_str()).or_else(|| by_name.get(room.as_str()).and_then(|id| by_id.get(id))).cloned();
+                        if found.is_none() && shared {
+                            match stored_room(room.clone()).await {
+                                Ok(Some(handle)) => {
+                                    by_name.entry(handle.name.clone()).or_insert_with(|| handle.id.clone());
+                                    by_id.insert(handle.id.clone(), handle.clone());
+                                    found = Some(handle);
+                                }
+                                Ok(None) => {}
+                                Err(e) => {
+                                    let _ = reply.send(Err(e));
+                                    continue;
+                                }
+                            }
+                        }
                         let result = match found {
                             Some(handle) => Ok(handle),
                             None if create => match create_room(room, DEFAULT_ROOM_CAPACITY).await {
@@ -965,6 +1001,12 @@ impl Directory {
                         // leave the second reachable only by id.
                         if let Some(id) = by_name.get(name.as_str()) {
                             let _ = reply.send(Err(JoinError::NameTaken { id: id.to_string() }));
+                            continue;
+                        }
+                        if shared && let Ok(Some(elsewhere)) = stored_room(name.clone()).await {
+                            let _ = reply.send(Err(JoinError::NameTaken { id: elsewhere.id.to_string() }));
+                            by_name.entry(elsewhere.name.clone()).or_insert_with(|| elsewhere.id.clone());
+                            by_id.insert(elsewhere.id.clone(), elsewhere);
                             continue;
                         }
                         let result = create_room(name, capacity).await;
@@ -1414,7 +1456,7 @@ mod tests {
     #[tokio::test]
     async fn the_directory_finds_a_held_seat_until_the_room_lets_it_go() {
         let store = Store::connect("sqlite::memory:").await.unwrap();
-        let directory = Directory::start(store).await.unwrap();
+        let directory = Directory::start(store, false).await.unwrap();
         let room = directory.resolve("square", true).await.unwrap();
         let (l, _rx, _k) = link(64);
         let seat = room.join(occupant("ada", 1), Pose::default(), l).await.unwrap();

@@ -193,6 +193,13 @@ impl Store {
         }
         sqlx::query(&chat_schema(backend)).execute(&pool).await?;
         sqlx::query(ROOMS_SCHEMA).execute(&pool).await?;
+        // Names find rooms; instances sharing the store (`--redis-url`) may
+        // make one at the same moment, and the index keeps it one room.
+        // A database made before the index may hold a duplicate name: then
+        // the index can't be made, and rooms work as before.
+        if let Err(e) = sqlx::query("CREATE UNIQUE INDEX IF NOT EXISTS rooms_by_name ON rooms (name)").execute(&pool).await {
+            tracing::warn!(cause = %e, "rooms' names not made unique (two rooms share a name); instances that share this store could each make a room of one name");
+        }
         sqlx::query(REFRESH_SCHEMA).execute(&pool).await?;
         let (chats, queue) = mpsc::channel(CHAT_QUEUE);
         tokio::spawn(write_chats(pool.clone(), queue));
@@ -221,6 +228,17 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// The room with this id, or else this name: (id, name, capacity).
+    pub async fn room(&self, id_or_name: &str) -> Result<Option<(String, String, u32)>, StoreError> {
+        let row = sqlx::query("SELECT id, name, capacity FROM rooms WHERE id = $1 UNION ALL SELECT id, name, capacity FROM rooms WHERE name = $1 LIMIT 1")
+            .bind(id_or_name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("id")?, r.try_get("name")?, r.try_get::<i64, _>("capacity")?.clamp(1, i64::from(u32::MAX)) as u32)))
+            .transpose()
+            .map_err(|e: sqlx::Error| StoreError::from(e))
     }
 
     /// Every room ever created: (id, name, capacity).

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod postgres;
+pub mod redis;
 
 use futures_util::{SinkExt, StreamExt};
 use plaza_shared::codec::Subprotocol;

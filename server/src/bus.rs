@@ -1,0 +1,275 @@
+//! Instances sharing rooms through Redis (`--redis-url`).
+//!
+//! Each room runs on one instance at a time, the one holding its lease in
+//! Redis; a socket whose room runs elsewhere is relayed there by its own
+//! instance over an internal WebSocket (crate::relay), so room state keeps
+//! one owner and voice reaches the owner's SFU. Redis keeps only small,
+//! expiring keys:
+//!
+//! - `plaza:instance:{id}`: the instance's advertised URL, renewed every
+//!   [`RENEW_EVERY`], gone [`LEASE_TTL`] after the instance stops renewing.
+//! - `plaza:room:{room id}:owner`: the instance running the room (the
+//!   lease), renewed the same way while the instance runs; given up when
+//!   it drains, and taken over by another instance when the owner stops
+//!   answering.
+//! - `plaza:seat:{session}`: the instance holding a session's seat, so a
+//!   resume arriving at any instance finds it.
+
+use redis::aio::ConnectionManager;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long a lease or an instance's address outlives its last renewal.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often leases and the instance's address are renewed.
+pub const RENEW_EVERY: Duration = Duration::from_secs(3);
+/// How long a seat's owner is remembered: while the socket is open, and
+/// the room's resume window after it drops ([`Bus::seat_dropped`]).
+const SEAT_TTL: Duration = Duration::from_secs(3600);
+/// Longer than the room's resume window ([`plaza_shared::limits::RESUME_WINDOW_MS`]).
+const DROPPED_SEAT_TTL: Duration = Duration::from_millis(plaza_shared::limits::RESUME_WINDOW_MS + 5_000);
+/// A Redis command that takes longer fails: a join waits on it.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Extends a key's expiry only while it still names this instance.
+const RENEW: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
+/// Deletes a key only while it still names this instance.
+const RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+/// Moves a lease from an instance that stopped answering to this one,
+/// only if it still names that instance.
+const TAKE_OVER: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end";
+
+/// The messages carry their cause; see crate::RunError on why no `source`.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bad Redis URL {url:?} ({cause}); use redis://HOST:PORT[/DB]")]
+    Url { url: String, cause: String },
+    #[error("Redis at {url} doesn't answer: {cause}")]
+    Unreachable { url: String, cause: String },
+    #[error("Redis command failed: {0}")]
+    Command(String),
+}
+
+impl From<redis::RedisError> for BusError {
+    fn from(e: redis::RedisError) -> Self {
+        BusError::Command(e.to_string())
+    }
+}
+
+/// Where a room runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// On this instance.
+    Here,
+    /// On another instance, reachable at `url` (`http://host:port`).
+    There { instance: Arc<str>, url: String },
+}
+
+/// This instance's link to Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    redis: ConnectionManager,
+    /// This instance's id: random, new at every start.
+    pub instance: Arc<str>,
+    advertise: Arc<str>,
+    /// Rooms whose lease this instance holds.
+    leases: Arc<Mutex<HashSet<Arc<str>>>>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus").field("instance", &self.instance).field("advertise", &self.advertise).finish_non_exhaustive()
+    }
+}
+
+fn instance_key(id: &str) -> String {
+    format!("plaza:instance:{id}")
+}
+
+fn owner_key(room: &str) -> String {
+    format!("plaza:room:{room}:owner")
+}
+
+fn seat_key(session: &str) -> String {
+    format!("plaza:seat:{session}")
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+impl Bus {
+    /// Connects, checks Redis answers, and announces this instance at
+    /// `advertise` (the URL other instances reach it at).
+    pub async fn connect(url: &str, advertise: &str) -> Result<Bus, BusError> {
+        let client = redis::Client::open(url).map_err(|e| BusError::Url { url: url.to_owned(), cause: e.to_string() })?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(1);
+        let unreachable = |e: redis::RedisError| BusError::Unreachable { url: url.to_owned(), cause: crate_root_cause(&e) };
+        let redis = client.get_connection_manager_with_config(config).await.map_err(unreachable)?;
+        let bus = Bus { redis, instance: crate::auth::random_token(9).into(), advertise: advertise.into(), leases: Arc::default() };
+        bus.ping().await.map_err(|e| BusError::Unreachable { url: url.to_owned(), cause: e.to_string() })?;
+        bus.announce().await?;
+        Ok(bus)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+
+    /// For `/ready`.
+    pub async fn ping(&self) -> Result<(), BusError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    async fn announce(&self) -> Result<(), BusError> {
+        let _: () = redis::cmd("SET").arg(instance_key(&self.instance)).arg(&*self.advertise).arg("PX").arg(millis(LEASE_TTL)).query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// Where `room` runs: here when this instance holds its lease or takes
+    /// it now (no instance does), else the owner's address.
+    pub async fn claim(&self, room: &str) -> Result<Owner, BusError> {
+        let key = owner_key(room);
+        let set: Option<String> = redis::cmd("SET").arg(&key).arg(&*self.instance).arg("NX").arg("PX").arg(millis(LEASE_TTL)).query_async(&mut self.conn()).await?;
+        let owner: Option<String> = match set {
+            Some(_) => None,
+            None => redis::cmd("GET").arg(&key).query_async(&mut self.conn()).await?,
+        };
+        match owner {
+            None => {
+                self.hold(room);
+                Ok(Owner::Here)
+            }
+            Some(owner) if *owner == *self.instance => {
+                self.hold(room);
+                Ok(Owner::Here)
+            }
+            Some(owner) => match self.instance_url(&owner).await? {
+                Some(url) => Ok(Owner::There { instance: owner.into(), url }),
+                // Its instance stopped renewing: take the room over.
+                None if self.take_over(room, &owner).await? => Ok(Owner::Here),
+                None => Box::pin(self.claim(room)).await,
+            },
+        }
+    }
+
+    /// Takes `room`'s lease from `from`, an owner that stopped answering;
+    /// false when the lease no longer names it (someone else moved first).
+    pub async fn take_over(&self, room: &str, from: &str) -> Result<bool, BusError> {
+        let moved: i64 = redis::Script::new(TAKE_OVER).key(owner_key(room)).arg(from).arg(&*self.instance).arg(millis(LEASE_TTL)).invoke_async(&mut self.conn()).await?;
+        if moved == 1 {
+            tracing::warn!(room_id = room, from, "took over a room whose instance stopped answering");
+            metrics::counter!(crate::metrics::ROOM_TAKEOVERS).increment(1);
+            self.hold(room);
+        }
+        Ok(moved == 1)
+    }
+
+    fn hold(&self, room: &str) {
+        if let Ok(mut leases) = self.leases.lock() {
+            leases.insert(room.into());
+            metrics::gauge!(crate::metrics::ROOM_LEASES).set(leases.len() as f64);
+        }
+    }
+
+    /// The URL instance `id` advertised, while it is alive.
+    pub async fn instance_url(&self, id: &str) -> Result<Option<String>, BusError> {
+        Ok(redis::cmd("GET").arg(instance_key(id)).query_async(&mut self.conn()).await?)
+    }
+
+    /// Records that `owner` holds `session`'s seat (on join or resume).
+    pub async fn remember_seat(&self, session: &str, owner: &str) {
+        let done: Result<(), _> = redis::cmd("SET").arg(seat_key(session)).arg(owner).arg("PX").arg(millis(SEAT_TTL)).query_async(&mut self.conn()).await;
+        if let Err(e) = done {
+            tracing::warn!(cause = %e, "seat not recorded in Redis; a resume at another instance won't find it");
+        }
+    }
+
+    /// The socket dropped: its seat is held for the resume window only.
+    pub async fn seat_dropped(&self, session: &str) {
+        let _: Result<(), _> = redis::cmd("PEXPIRE").arg(seat_key(session)).arg(millis(DROPPED_SEAT_TTL)).query_async(&mut self.conn()).await;
+    }
+
+    /// The session left its room.
+    pub async fn forget_seat(&self, session: &str) {
+        let _: Result<(), _> = redis::cmd("DEL").arg(seat_key(session)).query_async(&mut self.conn()).await;
+    }
+
+    /// The instance holding `session`'s seat, if one was recorded.
+    pub async fn seat_owner(&self, session: &str) -> Option<String> {
+        redis::cmd("GET").arg(seat_key(session)).query_async(&mut self.conn()).await.ok().flatten()
+    }
+
+    /// Renews this instance's address and leases every [`RENEW_EVERY`]
+    /// until `closing`.
+    pub fn spawn_renewals(&self, mut closing: tokio::sync::watch::Receiver<bool>) {
+        let bus = self.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(RENEW_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => bus.renew().await,
+                    _ = async { let _ = closing.wait_for(|c| *c).await; } => break,
+                }
+            }
+        });
+    }
+
+    async fn renew(&self) {
+        if let Err(e) = self.announce().await {
+            metrics::counter!(crate::metrics::REDIS_ERRORS).increment(1);
+            tracing::warn!(cause = %e, "instance address not renewed in Redis");
+        }
+        let rooms: Vec<Arc<str>> = self.leases.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default();
+        for room in rooms {
+            let renewed: Result<i64, _> = redis::Script::new(RENEW).key(owner_key(&room)).arg(&*self.instance).arg(millis(LEASE_TTL)).invoke_async(&mut self.conn()).await;
+            match renewed {
+                Ok(1) => {}
+                Ok(_) => {
+                    // Redis lost the key (a restart) or another instance took
+                    // the room over after missed renewals: take it back only
+                    // if nobody holds it now.
+                    let set: Result<Option<String>, _> = redis::cmd("SET").arg(owner_key(&room)).arg(&*self.instance).arg("NX").arg("PX").arg(millis(LEASE_TTL)).query_async(&mut self.conn()).await;
+                    if !matches!(set, Ok(Some(_))) {
+                        tracing::error!(room_id = %room, "lost this room's lease to another instance; members here no longer share it with members there");
+                        metrics::counter!(crate::metrics::ROOM_LEASES_LOST).increment(1);
+                        if let Ok(mut leases) = self.leases.lock() {
+                            leases.remove(&room);
+                            metrics::gauge!(crate::metrics::ROOM_LEASES).set(leases.len() as f64);
+                        }
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!(crate::metrics::REDIS_ERRORS).increment(1);
+                    tracing::warn!(room_id = %room, cause = %e, "room lease not renewed in Redis");
+                }
+            }
+        }
+    }
+
+    /// Gives up every lease and the instance's address (draining): the
+    /// rooms' next joins start them on another instance.
+    pub async fn release_all(&self) {
+        let rooms: Vec<Arc<str>> = self.leases.lock().map(|mut l| l.drain().collect()).unwrap_or_default();
+        metrics::gauge!(crate::metrics::ROOM_LEASES).set(0.0);
+        for room in &rooms {
+            let released: Result<i64, _> = redis::Script::new(RELEASE).key(owner_key(room)).arg(&*self.instance).invoke_async(&mut self.conn()).await;
+            if let Err(e) = released {
+                tracing::warn!(room_id = %room, cause = %e, "room lease not released; it expires by itself");
+            }
+        }
+        let _: Result<(), _> = redis::cmd("DEL").arg(instance_key(&self.instance)).query_async(&mut self.conn()).await;
+        tracing::info!(rooms = rooms.len(), "room leases released");
+    }
+}
+
+/// The innermost cause of a Redis error ("Connection refused").
+fn crate_root_cause(e: &redis::RedisError) -> String {
+    plaza_shared::errors::root_cause(e).to_string()
+}

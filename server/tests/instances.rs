@@ -1,0 +1,255 @@
+//! Instances sharing rooms through Redis (`--redis-url`): two servers in
+//! this process, one Redis, one store. A room runs on one instance; a
+//! socket at the other is relayed there.
+
+mod common;
+
+use common::redis::Redis;
+use common::{Client, Ended, TestServer, pose_at};
+use plaza_shared::codec::Subprotocol;
+use plaza_shared::messages::*;
+use std::time::Duration;
+
+/// One cluster's shared pieces: Redis, a store file, the token secret.
+struct Cluster {
+    redis: Redis,
+    database_url: String,
+    secret: Vec<u8>,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Cluster {
+    fn new(tag: &str) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("plaza-instances-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Cluster { redis: Redis::start(), database_url: format!("sqlite://{}", dir.join("plaza.db").display()), secret: b"a secret every instance shares".to_vec(), _dir: TempDir(dir) }
+    }
+
+    /// An instance, advertised at its own address.
+    async fn instance(&self) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let config = plaza_server::ServerConfig {
+            token_secret: self.secret.clone(),
+            database_url: self.database_url.clone(),
+            redis_url: Some(self.redis.url.clone()),
+            advertise_url: format!("http://{addr}"),
+            ..plaza_server::ServerConfig::ephemeral()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(plaza_server::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        let server = TestServer { addr, stop: Some(stop) };
+        wait_ready(&server).await;
+        server
+    }
+
+    fn owner_of(&self, room_id: &str) -> Option<String> {
+        self.redis.get(&format!("plaza:room:{room_id}:owner"))
+    }
+}
+
+async fn wait_ready(server: &TestServer) {
+    for _ in 0..100 {
+        if let Ok(stream) = tokio::net::TcpStream::connect(server.addr).await
+            && common::http_over(stream, "GET", "/ready", "", &[]).await.0 == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("instance at {} not ready within 5 s", server.addr);
+}
+
+/// A user signed in at `server`, said hello and joined `room` there.
+async fn member(server: &TestServer, name: &str, protocol: Subprotocol, room: &str) -> (Client, Welcome, Joined, String) {
+    let token = server.token(name).await;
+    let mut c = Client::connect(server.addr, protocol).await;
+    let welcome = c.hello(&token, None).await;
+    c.send(&ClientMessage::Join(Join { room: room.into() })).await;
+    match c.recv().await {
+        ServerMessage::Joined(j) => (c, welcome, j, token),
+        other => panic!("expected joined, got {other:?}"),
+    }
+}
+
+/// Reads deltas until one puts `avatar` at x.
+async fn sees_at(c: &mut Client, avatar: AvatarId, x: f32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "avatar {avatar} never seen at x = {x}");
+        let d = c.next_delta().await;
+        let poses = d.avatars.iter().map(|a| (a.id, a.pose.p[0])).chain(d.joined.iter().map(|j| (j.id, j.pose.p[0])));
+        if poses.into_iter().any(|(id, at)| id == avatar && (at - x).abs() < 0.01) {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn members_at_two_instances_share_one_room_its_moves_and_its_chat() {
+    let cluster = Cluster::new("share");
+    let (a, b) = (cluster.instance().await, cluster.instance().await);
+    let (mut ada, _, at_a, _) = member(&a, "Ada", Subprotocol::Binary, "hall").await;
+    assert!(at_a.avatars.is_empty());
+    let owner = cluster.owner_of(&at_a.room).expect("the room's lease is in Redis");
+
+    // Bo signs in at the other instance, on JSON: relayed to the owner.
+    let (mut bo, bo_welcome, at_b, _) = member(&b, "Bo", Subprotocol::Json, "hall").await;
+    assert_eq!(at_b.room, at_a.room, "one room, not a copy per instance");
+    assert_eq!(at_b.avatars.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["Ada"], "the full state comes from the room's instance");
+    assert_eq!(cluster.owner_of(&at_a.room).as_deref(), Some(owner.as_str()), "the lease stayed with the first instance");
+
+    bo.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(4.0, 1.0) })).await;
+    sees_at(&mut ada, at_b.you, 4.0).await;
+    ada.send(&ClientMessage::Pose(PoseUpdate { t: 1, pose: pose_at(-2.0, 1.0) })).await;
+    sees_at(&mut bo, at_a.you, -2.0).await;
+
+    // Chat through the relay: stored once, acknowledged, heard by both.
+    bo.send(&ClientMessage::Chat(ChatSend { id: "m1".into(), text: "hello from b".into() })).await;
+    let (mut acked, mut heard_b) = (false, false);
+    while !(acked && heard_b) {
+        match bo.recv().await {
+            ServerMessage::ChatAck(ack) => acked = ack.id == "m1",
+            ServerMessage::Chat(c) => heard_b = c.text == "hello from b" && c.from == bo_welcome.user_id,
+            _ => {}
+        }
+    }
+    loop {
+        if let ServerMessage::Chat(c) = ada.recv().await {
+            assert_eq!((c.text.as_str(), c.name.as_str()), ("hello from b", "Bo"));
+            break;
+        }
+    }
+    let (_, _, history) = a.http("GET", &format!("/api/v1/rooms/{}/chat", at_a.room), "", &[]).await;
+    assert_eq!(history.matches("hello from b").count(), 1, "stored once: {history}");
+
+    // A ping is answered at Bo's own instance, once.
+    bo.send(&ClientMessage::Ping(Ping { t: 77 })).await;
+    let mut pongs = 0;
+    while let Some(msg) = bo.try_recv(Duration::from_millis(400)).await {
+        pongs += u32::from(matches!(msg, ServerMessage::Pong(p) if p.t == 77));
+    }
+    assert_eq!(pongs, 1);
+
+    // Bo leaves cleanly: Ada hears it at once.
+    bo.ws.close(None).await.unwrap();
+    loop {
+        if ada.next_delta().await.left.contains(&at_b.you) {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_relayed_socket_resumes_its_seat_at_either_instance() {
+    let cluster = Cluster::new("resume");
+    let (a, b) = (cluster.instance().await, cluster.instance().await);
+    let (mut ada, _, at_a, _) = member(&a, "Ada", Subprotocol::Binary, "plaza-r").await;
+    for (attempt, back_at) in [&b, &a].into_iter().enumerate() {
+        let (bo, welcome, seat, token) = member(&b, &format!("Bo{attempt}"), Subprotocol::Binary, "plaza-r").await;
+        drop(bo); // a network drop: no close frame
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut back = Client::connect(back_at.addr, Subprotocol::Binary).await;
+        let resumed = back.hello(&token, Some(&welcome.session)).await;
+        assert_eq!(resumed.session, welcome.session, "resumed (attempt {attempt}, at {})", back_at.addr);
+        let ServerMessage::Joined(state) = back.recv().await else { panic!("the full state follows the welcome") };
+        assert_eq!((state.you, state.room.as_str()), (seat.you, at_a.room.as_str()), "the same seat in the same room");
+        back.send(&ClientMessage::Pose(PoseUpdate { t: 2, pose: pose_at(6.0 + attempt as f32, 0.0) })).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            assert!(tokio::time::Instant::now() < deadline);
+            let d = ada.next_delta().await;
+            assert!(!d.left.contains(&seat.you), "no leave for the others while the seat waits");
+            if d.avatars.iter().any(|a| a.id == seat.you && (a.pose.p[0] - (6.0 + attempt as f32)).abs() < 0.01) {
+                break;
+            }
+        }
+        back.ws.close(None).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_draining_owner_gives_up_its_rooms_and_they_start_again_where_users_return() {
+    let cluster = Cluster::new("drain");
+    let (mut a, b) = (cluster.instance().await, cluster.instance().await);
+    let (_ada, _, at_a, _) = member(&a, "Ada", Subprotocol::Binary, "lobby").await;
+    let a_instance = cluster.owner_of(&at_a.room).unwrap();
+    let (mut bo, _, _, token) = member(&b, "Bo", Subprotocol::Binary, "lobby").await;
+
+    let _ = a.stop.take().unwrap().send(()); // SIGTERM, in effect
+    assert_eq!(bo.ended(Duration::from_secs(5)).await, Ended::Closed(1001), "the relayed member is told to reconnect");
+    assert_eq!(cluster.owner_of(&at_a.room), None, "the lease is given up at once, not left to expire");
+
+    let mut again = Client::connect(b.addr, Subprotocol::Binary).await;
+    again.hello(&token, None).await;
+    again.send(&ClientMessage::Join(Join { room: "lobby".into() })).await;
+    let ServerMessage::Joined(j) = again.recv().await else { panic!("joined") };
+    assert_eq!(j.room, at_a.room, "the same room, by name");
+    let owner = cluster.owner_of(&j.room).unwrap();
+    assert_ne!(owner, a_instance, "running on the instance that stayed");
+}
+
+#[tokio::test]
+async fn a_room_whose_instance_stopped_answering_is_taken_over() {
+    let cluster = Cluster::new("takeover");
+    let b = cluster.instance().await;
+    // A room made, then its instance gone without a drain: its lease and
+    // address still in Redis, nothing listening there.
+    let (mut first, _, made, _) = member(&b, "Ada", Subprotocol::Binary, "atrium").await;
+    first.ws.close(None).await.unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    assert_eq!(cluster.redis.command(&["SET", "plaza:instance:ghost", &dead_url]).as_deref(), Some("+OK"));
+    assert_eq!(cluster.redis.command(&["SET", &format!("plaza:room:{}:owner", made.room), "ghost"]).as_deref(), Some("+OK"));
+
+    let (mut bo, _, j, _) = member(&b, "Bo", Subprotocol::Binary, "atrium").await;
+    assert_eq!(j.room, made.room);
+    let owner = cluster.owner_of(&j.room).unwrap();
+    assert_ne!(owner, "ghost", "taken over");
+    bo.send(&ClientMessage::Ping(Ping { t: 1 })).await;
+    assert!(matches!(bo.recv().await, ServerMessage::Pong(_)), "and served here");
+}
+
+#[tokio::test]
+async fn ready_says_when_redis_is_gone_and_a_start_without_it_says_why() {
+    let mut cluster = Cluster::new("ready");
+    let a = cluster.instance().await;
+    cluster.redis.stop();
+    let (status, _, body) = a.http("GET", "/ready", "", &[]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("redis"), "{body}");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = plaza_server::ServerConfig { redis_url: Some(cluster.redis.url.clone()), advertise_url: "http://127.0.0.1:1".into(), ..plaza_server::ServerConfig::ephemeral() };
+    let error = plaza_server::run(config, listener, std::future::pending()).await.expect_err("no Redis, no start");
+    let text = error.to_string();
+    assert!(text.starts_with("can't share rooms through Redis") && text.contains("Connection refused"), "{text}");
+}
+
+#[tokio::test]
+async fn only_an_instance_can_choose_a_session_id() {
+    let cluster = Cluster::new("forged");
+    let a = cluster.instance().await;
+    let token = a.token("Mallory").await;
+    let auth = format!("Bearer {token}");
+    for headers in [vec![("plaza-session", "victim"), ("plaza-session-sig", "AAAA")], vec![("plaza-session", "victim")]] {
+        let stream = tokio::net::TcpStream::connect(a.addr).await.unwrap();
+        let mut with_auth = headers.clone();
+        with_auth.push(("authorization", &auth));
+        let refused = Client::upgrade(stream, Subprotocol::Binary, &with_auth).await.err().expect("refused");
+        assert_eq!(refused.0, 400, "{}", refused.1);
+        assert!(refused.1.contains("Plaza-Session"), "{}", refused.1);
+    }
+}
