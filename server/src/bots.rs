@@ -76,7 +76,7 @@ pub fn spawn(state: AppState, room: String, count: u32) {
     tokio::spawn(async move {
         if let Some(bus) = &state.bus {
             let owner = match state.directory.resolve(&room, true).await {
-                Ok(handle) => bus.claim(&handle.id).await.map_err(|e| e.to_string()),
+                Ok(handle) => bus.claim(&handle).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             match owner {

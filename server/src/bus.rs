@@ -12,11 +12,14 @@
 //!   lease), renewed the same way while the instance runs; given up when
 //!   it drains, and taken over by another instance when the owner stops
 //!   answering.
+//! - `plaza:room:{room id}:users`: how many are in the room, written by
+//!   its owner with each renewal, for every instance's room list.
 //! - `plaza:seat:{session}`: the instance holding a session's seat, so a
 //!   resume arriving at any instance finds it.
 
 use redis::aio::ConnectionManager;
-use std::collections::HashSet;
+use crate::rooms::RoomHandle;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,8 +76,8 @@ pub struct Bus {
     /// This instance's id: random, new at every start.
     pub instance: Arc<str>,
     advertise: Arc<str>,
-    /// Rooms whose lease this instance holds.
-    leases: Arc<Mutex<HashSet<Arc<str>>>>,
+    /// Rooms whose lease this instance holds, by id.
+    leases: Arc<Mutex<HashMap<Arc<str>, RoomHandle>>>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -89,6 +92,10 @@ fn instance_key(id: &str) -> String {
 
 fn owner_key(room: &str) -> String {
     format!("plaza:room:{room}:owner")
+}
+
+fn users_key(room: &str) -> String {
+    format!("plaza:room:{room}:users")
 }
 
 fn seat_key(session: &str) -> String {
@@ -133,7 +140,8 @@ impl Bus {
 
     /// Where `room` runs: here when this instance holds its lease or takes
     /// it now (no instance does), else the owner's address.
-    pub async fn claim(&self, room: &str) -> Result<Owner, BusError> {
+    pub async fn claim(&self, handle: &RoomHandle) -> Result<Owner, BusError> {
+        let room = &*handle.id;
         let key = owner_key(room);
         let set: Option<String> = redis::cmd("SET").arg(&key).arg(&*self.instance).arg("NX").arg("PX").arg(millis(LEASE_TTL)).query_async(&mut self.conn()).await?;
         let owner: Option<String> = match set {
@@ -142,39 +150,62 @@ impl Bus {
         };
         match owner {
             None => {
-                self.hold(room);
+                self.hold(handle);
                 Ok(Owner::Here)
             }
             Some(owner) if *owner == *self.instance => {
-                self.hold(room);
+                self.hold(handle);
                 Ok(Owner::Here)
             }
             Some(owner) => match self.instance_url(&owner).await? {
                 Some(url) => Ok(Owner::There { instance: owner.into(), url }),
                 // Its instance stopped renewing: take the room over.
-                None if self.take_over(room, &owner).await? => Ok(Owner::Here),
-                None => Box::pin(self.claim(room)).await,
+                None if self.take_over(handle, &owner).await? => Ok(Owner::Here),
+                None => Box::pin(self.claim(handle)).await,
             },
         }
     }
 
     /// Takes `room`'s lease from `from`, an owner that stopped answering;
     /// false when the lease no longer names it (someone else moved first).
-    pub async fn take_over(&self, room: &str, from: &str) -> Result<bool, BusError> {
-        let moved: i64 = redis::Script::new(TAKE_OVER).key(owner_key(room)).arg(from).arg(&*self.instance).arg(millis(LEASE_TTL)).invoke_async(&mut self.conn()).await?;
+    pub async fn take_over(&self, handle: &RoomHandle, from: &str) -> Result<bool, BusError> {
+        let moved: i64 = redis::Script::new(TAKE_OVER).key(owner_key(&handle.id)).arg(from).arg(&*self.instance).arg(millis(LEASE_TTL)).invoke_async(&mut self.conn()).await?;
         if moved == 1 {
-            tracing::warn!(room_id = room, from, "took over a room whose instance stopped answering");
+            tracing::warn!(room_id = %handle.id, from, "took over a room whose instance stopped answering");
             metrics::counter!(crate::metrics::ROOM_TAKEOVERS).increment(1);
-            self.hold(room);
+            self.hold(handle);
         }
         Ok(moved == 1)
     }
 
-    fn hold(&self, room: &str) {
+    fn hold(&self, handle: &RoomHandle) {
         if let Ok(mut leases) = self.leases.lock() {
-            leases.insert(room.into());
+            leases.entry(handle.id.clone()).or_insert_with(|| handle.clone());
             metrics::gauge!(crate::metrics::ROOM_LEASES).set(leases.len() as f64);
         }
+    }
+
+    /// How many are in each of `rooms` (ids), as their owners last said;
+    /// 0 for a room no instance runs.
+    pub async fn users(&self, rooms: &[&str]) -> Vec<u32> {
+        if rooms.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<String> = rooms.iter().map(|r| users_key(r)).collect();
+        let counts: Result<Vec<Option<u32>>, _> = redis::cmd("MGET").arg(keys).query_async(&mut self.conn()).await;
+        match counts {
+            Ok(counts) => counts.into_iter().map(Option::unwrap_or_default).collect(),
+            Err(e) => {
+                metrics::counter!(crate::metrics::REDIS_ERRORS).increment(1);
+                tracing::warn!(cause = %e, "room user counts not read from Redis");
+                vec![0; rooms.len()]
+            }
+        }
+    }
+
+    /// The rooms this instance runs.
+    pub fn held(&self) -> Vec<RoomHandle> {
+        self.leases.lock().map(|l| l.values().cloned().collect()).unwrap_or_default()
     }
 
     /// The URL instance `id` advertised, while it is alive.
@@ -226,23 +257,31 @@ impl Bus {
             metrics::counter!(crate::metrics::REDIS_ERRORS).increment(1);
             tracing::warn!(cause = %e, "instance address not renewed in Redis");
         }
-        let rooms: Vec<Arc<str>> = self.leases.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default();
-        for room in rooms {
+        for handle in self.held() {
+            let room = handle.id.clone();
             let renewed: Result<i64, _> = redis::Script::new(RENEW).key(owner_key(&room)).arg(&*self.instance).arg(millis(LEASE_TTL)).invoke_async(&mut self.conn()).await;
             match renewed {
-                Ok(1) => {}
+                Ok(1) => {
+                    let users: Result<(), _> = redis::cmd("SET").arg(users_key(&room)).arg(handle.members()).arg("PX").arg(millis(LEASE_TTL)).query_async(&mut self.conn()).await;
+                    if users.is_err() {
+                        metrics::counter!(crate::metrics::REDIS_ERRORS).increment(1);
+                    }
+                }
                 Ok(_) => {
                     // Redis lost the key (a restart) or another instance took
                     // the room over after missed renewals: take it back only
                     // if nobody holds it now.
                     let set: Result<Option<String>, _> = redis::cmd("SET").arg(owner_key(&room)).arg(&*self.instance).arg("NX").arg("PX").arg(millis(LEASE_TTL)).query_async(&mut self.conn()).await;
                     if !matches!(set, Ok(Some(_))) {
-                        tracing::error!(room_id = %room, "lost this room's lease to another instance; members here no longer share it with members there");
+                        // Two copies of the room now: close this one's
+                        // members, who come back to the one that runs.
+                        tracing::error!(room_id = %room, "lost this room's lease to another instance; its members here are sent there");
                         metrics::counter!(crate::metrics::ROOM_LEASES_LOST).increment(1);
                         if let Ok(mut leases) = self.leases.lock() {
                             leases.remove(&room);
                             metrics::gauge!(crate::metrics::ROOM_LEASES).set(leases.len() as f64);
                         }
+                        handle.evict().await;
                     }
                 }
                 Err(e) => {
@@ -256,7 +295,7 @@ impl Bus {
     /// Gives up every lease and the instance's address (draining): the
     /// rooms' next joins start them on another instance.
     pub async fn release_all(&self) {
-        let rooms: Vec<Arc<str>> = self.leases.lock().map(|mut l| l.drain().collect()).unwrap_or_default();
+        let rooms: Vec<Arc<str>> = self.leases.lock().map(|mut l| l.drain().map(|(id, _)| id).collect()).unwrap_or_default();
         metrics::gauge!(crate::metrics::ROOM_LEASES).set(0.0);
         for room in &rooms {
             let released: Result<i64, _> = redis::Script::new(RELEASE).key(owner_key(room)).arg(&*self.instance).invoke_async(&mut self.conn()).await;

@@ -878,7 +878,7 @@ impl Session {
             }
         };
         if let Some(bus) = &state.bus {
-            match bus.claim(&room.id).await {
+            match bus.claim(&room).await {
                 Ok(crate::bus::Owner::Here) => {}
                 Ok(crate::bus::Owner::There { instance, url }) => return self.join_elsewhere(&room, instance, url, state, link, started).await,
                 Err(e) => {
@@ -919,7 +919,7 @@ impl Session {
             Ok(answered) => answered,
             Err(e) => {
                 tracing::warn!(cause = %e, owner = %owner, "the room's instance can't be reached");
-                if matches!(e, crate::relay::RelayError::Unreachable { .. }) && bus.take_over(&room.id, &owner).await.unwrap_or(false) {
+                if matches!(e, crate::relay::RelayError::Unreachable { .. }) && bus.take_over(room, &owner).await.unwrap_or(false) {
                     // Ours now: join here, as if it had been all along.
                     return Box::pin(self.join(Join { room: room.id.to_string() }, state, link)).await;
                 }

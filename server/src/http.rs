@@ -210,14 +210,37 @@ async fn refresh(State(state): State<AppState>, body: axum::body::Bytes) -> Resu
 }
 
 async fn list_rooms(State(state): State<AppState>) -> impl IntoResponse {
-    let rooms: Vec<_> = state
+    let mut rooms: Vec<_> = state
         .directory
         .list()
         .await
         .into_iter()
         .map(|r| plaza_shared::messages::RoomSummary { id: r.id.to_string(), name: r.name.to_string(), users: r.members(), capacity: r.capacity })
         .collect();
+    if let Some(bus) = &state.bus {
+        shared_rooms(&state, bus, &mut rooms).await;
+    }
     Json(rooms)
+}
+
+/// With `--redis-url`: the rooms other instances made too, and who is in
+/// the rooms other instances run (as their owners last said).
+async fn shared_rooms(state: &AppState, bus: &crate::bus::Bus, rooms: &mut Vec<plaza_shared::messages::RoomSummary>) {
+    match state.store.rooms().await {
+        Ok(stored) => {
+            let known: std::collections::HashSet<String> = rooms.iter().map(|r| r.id.clone()).collect();
+            rooms.extend(stored.into_iter().filter(|(id, _, _)| !known.contains(id)).map(|(id, name, capacity)| plaza_shared::messages::RoomSummary { id, name, users: 0, capacity }));
+        }
+        Err(e) => tracing::warn!(cause = %e, "rooms other instances made not read from the store"),
+    }
+    let here: std::collections::HashSet<std::sync::Arc<str>> = bus.held().into_iter().map(|r| r.id).collect();
+    let elsewhere: Vec<usize> = (0..rooms.len()).filter(|&i| !here.contains(rooms[i].id.as_str())).collect();
+    let ids: Vec<&str> = elsewhere.iter().map(|&i| rooms[i].id.as_str()).collect();
+    let counts = bus.users(&ids).await;
+    for (i, users) in elsewhere.into_iter().zip(counts) {
+        rooms[i].users = users;
+    }
+    rooms.sort_by(|a, b| a.name.cmp(&b.name));
 }
 
 #[derive(Deserialize)]

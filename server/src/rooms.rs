@@ -247,6 +247,9 @@ pub enum RoomCommand {
     VoiceLeave { avatar: AvatarId, conn: u64 },
     /// The avatars this member muted (all of them): not routed to it.
     VoiceMute { avatar: AvatarId, conn: u64, muted: Vec<AvatarId> },
+    /// Another instance runs this room now (crate::bus): every member is
+    /// closed with 1001, to come back to the room where it runs.
+    Evict,
 }
 
 /// A cheap handle to a room task.
@@ -312,6 +315,11 @@ impl RoomHandle {
 
     pub async fn voice_mute(&self, avatar: AvatarId, conn: u64, muted: Vec<AvatarId>) {
         let _ = self.tx.send(RoomCommand::VoiceMute { avatar, conn, muted }).await;
+    }
+
+    /// Closes every member with 1001 (the room runs on another instance now).
+    pub async fn evict(&self) {
+        let _ = self.tx.send(RoomCommand::Evict).await;
     }
 }
 
@@ -590,6 +598,16 @@ impl Room {
                 if self.members.get(&avatar).is_some_and(|m| m.conn == conn) && self.voice.remove(&avatar).is_some() {
                     tracing::info!(avatar, "voice off");
                     self.route_voice(Reroute::Left);
+                }
+            }
+            RoomCommand::Evict => {
+                let ids: Vec<AvatarId> = self.members.keys().copied().collect();
+                tracing::warn!(room_id = %self.id, members = ids.len(), "closing every member: another instance runs this room now");
+                for id in ids {
+                    if let Some(m) = self.members.get(&id) {
+                        let _ = m.link.kick.try_send(Kick::Close(close::SERVER_DRAINING, "this room moved to another server; reconnect"));
+                    }
+                    self.remove(id);
                 }
             }
             RoomCommand::VoiceMute { avatar, conn, muted } => {

@@ -253,3 +253,34 @@ async fn only_an_instance_can_choose_a_session_id() {
         assert!(refused.1.contains("Plaza-Session"), "{}", refused.1);
     }
 }
+
+#[tokio::test]
+async fn each_instance_lists_every_room_with_who_is_in_it() {
+    let cluster = Cluster::new("list");
+    let (a, b) = (cluster.instance().await, cluster.instance().await);
+    let (_ada, _, at_a, _) = member(&a, "Ada", Subprotocol::Binary, "gallery").await;
+    let (_cy, _, _, _) = member(&a, "Cy", Subprotocol::Binary, "gallery").await;
+    // The owner writes its count with each renewal (every 3 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let (status, _, body) = b.http("GET", "/api/v1/rooms", "", &[]).await;
+        assert_eq!(status, 200);
+        let rooms: Vec<RoomSummary> = serde_json::from_str(&body).unwrap();
+        let gallery = rooms.iter().find(|r| r.id == at_a.room);
+        if gallery.is_some_and(|g| g.users == 2 && g.name == "gallery") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the other instance never listed gallery with 2 users: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_instance_that_lost_a_rooms_lease_sends_its_members_to_the_owner() {
+    let cluster = Cluster::new("lost");
+    let a = cluster.instance().await;
+    let (mut ada, _, at_a, _) = member(&a, "Ada", Subprotocol::Binary, "cellar").await;
+    // Another instance holds it now (this one missed its renewals, say).
+    assert_eq!(cluster.redis.command(&["SET", &format!("plaza:room:{}:owner", at_a.room), "elsewhere"]).as_deref(), Some("+OK"));
+    assert_eq!(ada.ended(Duration::from_secs(6)).await, Ended::Closed(1001), "closed at the next renewal, to reconnect");
+}
