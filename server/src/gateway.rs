@@ -359,6 +359,7 @@ async fn write_loop(
                 }
                 (encode(protocol, &state, own), state.type_name(), false)
             }
+            Some(Outbound::Frame(frame)) => (Some(Message::Binary(frame)), "delta", true),
             Some(Outbound::Close(code, reason)) => {
                 if unflushed > 0
                     && let Err(end) = flush(&mut sink, &mut kick_rx).await
@@ -594,7 +595,7 @@ impl Session {
                 }
                 tracing::info!(owner = %owner, session_id = resume, "resumed through the room's instance");
                 self.id = resume.into();
-                self.remote = Some(answered.start(owner.as_str().into(), link));
+                self.remote = Some(answered.start(owner.as_str().into(), link, self.protocol));
                 bus.remember_seat(resume, &owner).await;
                 self.seated = true;
                 outcome(true);
@@ -934,7 +935,7 @@ impl Session {
                 tracing::info!(room_id = %room.id, owner = %owner, "joined room through its instance");
                 bus.remember_seat(&self.id, &owner).await;
                 self.seated = true;
-                self.remote = Some(answered.start(owner, link));
+                self.remote = Some(answered.start(owner, link, self.protocol));
             }
             // The room's refusal (full, say), as the client would have had it here.
             Some(error @ ServerMessage::Error(_)) => Self::reply(link, error).await,

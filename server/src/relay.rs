@@ -164,13 +164,14 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Answered {
-    /// Starts passing what the owner sends to the socket's queue.
-    pub fn start(self, instance: Arc<str>, link: &MemberLink) -> Upstream {
+    /// Starts passing what the owner sends to the socket's queue, in the
+    /// socket's `protocol`.
+    pub fn start(self, instance: Arc<str>, link: &MemberLink, protocol: plaza_shared::codec::Subprotocol) -> Upstream {
         let (sink, stream) = self.ws.split();
         let (ended_tx, ended) = oneshot::channel();
         let outbound = link.outbound.clone();
         let forward = tokio::spawn(async move {
-            let _ = ended_tx.send(forward(stream, outbound).await);
+            let _ = ended_tx.send(forward(stream, outbound, protocol == plaza_shared::codec::Subprotocol::Binary).await);
         });
         metrics::gauge!(crate::metrics::WS_RELAYED).increment(1.0);
         Upstream { sink, ended, forward, instance }
@@ -179,10 +180,18 @@ impl Answered {
 
 /// Passes the owner's messages down, waiting for room in the socket's
 /// queue: a socket that doesn't keep up backs the link up, and the owner
-/// treats that as it treats any slow member.
-async fn forward(mut stream: SplitStream<Ws>, outbound: tokio::sync::mpsc::Sender<Outbound>) -> UpstreamEnd {
+/// treats that as it treats any slow member. `binary_socket`: deltas, the
+/// bulk of it, go down as the owner encoded them (decoding each and
+/// encoding it again doubled the relaying instance's cost per user).
+async fn forward(mut stream: SplitStream<Ws>, outbound: tokio::sync::mpsc::Sender<Outbound>, binary_socket: bool) -> UpstreamEnd {
     loop {
         let msg = match stream.next().await {
+            Some(Ok(Message::Binary(bytes))) if binary_socket && binary::is_delta(&bytes) => {
+                if outbound.send(Outbound::Frame(bytes)).await.is_err() {
+                    return UpstreamEnd::ClientGone;
+                }
+                continue;
+            }
             Some(Ok(Message::Binary(bytes))) => match binary::decode_server(&bytes) {
                 // The relaying instance answers the socket's pings and
                 // warns of its token's expiry itself.

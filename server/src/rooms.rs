@@ -81,6 +81,9 @@ pub enum Outbound {
     Resumed { welcome: Arc<ServerMessage>, state: Arc<ServerMessage> },
     /// Close the socket with this code.
     Close(u16, &'static str),
+    /// A delta another instance already encoded for this member (binary,
+    /// its own avatar left out), passed through as it is (crate::relay).
+    Frame(bytes::Bytes),
 }
 
 /// One tick's delta for the whole room. Binary members' frames are spliced
@@ -872,7 +875,7 @@ impl Room {
                             }
                         }
                         Outbound::Delta(d) => m.missed_left.extend(&d.delta().left),
-                        Outbound::Resumed { .. } | Outbound::Close(..) => {}
+                        Outbound::Resumed { .. } | Outbound::Close(..) | Outbound::Frame(_) => {}
                     }
                     if m.missed >= SLOW_TICKS_BEFORE_CLOSE {
                         too_slow.push(id);

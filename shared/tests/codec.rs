@@ -163,6 +163,15 @@ proptest! {
         }
     }
 
+    /// A relay's look at the header calls a frame a delta exactly when the
+    /// decoder does.
+    #[test]
+    fn a_frame_is_a_delta_by_its_header_exactly_when_it_decodes_to_one(msg in server_message()) {
+        let bytes = binary::encode_server(&msg);
+        prop_assert_eq!(binary::is_delta(&bytes), matches!(binary::decode_server(&bytes).unwrap(), ServerMessage::Delta(_)));
+        prop_assert!(!binary::is_delta(&bytes[..1]));
+    }
+
     /// The load tool's pose-less reading of a delta agrees with the full
     /// decoder on every id, stamp and section, and reads every other
     /// message as "not a delta".

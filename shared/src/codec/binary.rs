@@ -206,6 +206,13 @@ pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, DecodeError> {
     Ok(msg)
 }
 
+/// Whether `bytes` is a delta in this format, by its header alone: a
+/// relay passes deltas on without decoding them (the server's
+/// `relay`). Its body is not checked.
+pub fn is_delta(bytes: &[u8]) -> bool {
+    bytes.len() >= 2 && bytes[0] == BINARY_FORMAT_VERSION && bytes[1] == tag::DELTA
+}
+
 pub fn decode_server(bytes: &[u8]) -> Result<ServerMessage, DecodeError> {
     let (kind, mut r) = open(bytes)?;
     let msg = match kind {

@@ -168,6 +168,12 @@ pub struct RunArgs {
     /// with --restart-every). Not with --server.
     #[arg(long, value_parser = parse_access_ttl)]
     pub access_ttl: Option<Duration>,
+    /// Another instance of --server's cluster (plaza-server --redis-url),
+    /// http://host:port; repeatable. Users sign in and connect at --server
+    /// and these in turn, so each room has members at every instance and
+    /// the relay between them is in the run. Needs --server.
+    #[arg(long = "also-server", value_parser = parse_server)]
+    pub also_servers: Vec<String>,
     /// Faults between the users and the server: any of these puts the fault
     /// proxy (as `plaza-load proxy`) in between, in this process.
     #[command(flatten)]
@@ -246,6 +252,8 @@ pub struct RunConfig {
     pub restart_every: Option<Duration>,
     /// `--access-ttl`: the embedded server's access-token lifetime.
     pub access_ttl: Option<Duration>,
+    /// `--also-server`: users spread over `server` and these.
+    pub also_servers: Vec<String>,
 }
 
 impl RunConfig {
@@ -303,6 +311,14 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
             args.silence_limit
         ));
     }
+    if !args.also_servers.is_empty() {
+        if args.server.is_none() {
+            return Err("--also-server needs --server: the users spread over the instances of a running cluster".into());
+        }
+        if args.faults.any() || args.protocol.wire().subprotocol().is_none() {
+            return Err("--also-server is for Plaza instances without the fault proxy: not with --protocol socketio, --latency, --loss, --reset-every or --silence-every".into());
+        }
+    }
     if args.chat_every > 0.0 && args.chat_every < 1.0 {
         return Err(format!("--chat-every {} is too often; use 0 (never) or at least 1 second", args.chat_every));
     }
@@ -329,6 +345,7 @@ pub fn validate(args: RunArgs) -> Result<RunConfig, String> {
         hostile: args.hostile,
         restart_every: args.restart_every,
         access_ttl: args.access_ttl,
+        also_servers: args.also_servers,
     })
 }
 

@@ -478,7 +478,7 @@ impl Hostile {
         let recv_buffer = sending.is_none().then_some(STALL_RECV_BUFFER);
         // The hello as a frame, as a plain bot sends it: that path stays
         // under load too.
-        let (mut ws, _) = open_socket(&self.env, recv_buffer, None).await.map_err(|e| if e.retry_after.is_some() { "server_full" } else { "connect" }.to_owned())?;
+        let (mut ws, _) = open_socket(&self.env, &self.env.ws_url, recv_buffer, None).await.map_err(|e| if e.retry_after.is_some() { "server_full" } else { "connect" }.to_owned())?;
         let wire = self.env.wire;
         let hello = wire.encode(&ClientMessage::Hello(Hello { token: token.to_owned(), protocol: PROTOCOL_VERSION, resume: None }));
         Self::send(&mut ws, hello).await.map_err(|()| "send".to_owned())?;

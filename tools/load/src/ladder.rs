@@ -285,6 +285,7 @@ fn step_config(cfg: &LadderConfig, target: Target, users: u64, run: u32, server:
         hostile: 0,
         restart_every: None,
         access_ttl: None,
+        also_servers: Vec::new(),
     }
 }
 

@@ -184,6 +184,7 @@ pub async fn run(cfg: &RunConfig) -> Result<RunResult, RunError> {
         http: http.clone(),
         ws_url: cfg.wire.ws_url(&user_base.replacen("http://", "ws://", 1)),
         base: user_base,
+        also: cfg.also_servers.iter().map(|base| (base.clone(), cfg.wire.ws_url(&base.replacen("http://", "ws://", 1)))).collect(),
         wire: cfg.wire,
         rate_hz: cfg.rate_hz,
         chat_every: cfg.chat_every,

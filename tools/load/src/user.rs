@@ -189,6 +189,9 @@ pub struct Env {
     pub base: String,
     /// `ws://host:port/ws` (or socket.io's path)
     pub ws_url: String,
+    /// `--also-server`: more instances' `(base, ws_url)`; users take
+    /// `base` and these in turn ([`Env::endpoint`]).
+    pub also: Vec<(String, String)>,
     pub wire: Wire,
     pub rate_hz: f64,
     /// `None`: never chat.
@@ -211,6 +214,18 @@ pub struct Env {
     pub voice: Option<Arc<crate::voice::VoiceLoad>>,
     /// `--vr-share`: the share of users whose poses carry a head and hands.
     pub vr_share: f64,
+}
+
+impl Env {
+    /// Where user `key` signs in and connects, `(base, ws_url)`: the run's
+    /// server, or an `--also-server` instance, in turn by the user's number
+    /// in its room (so every room has members at each instance).
+    pub fn endpoint(&self, key: UserKey) -> (&str, &str) {
+        match key.user as usize % (1 + self.also.len()) {
+            0 => (&self.base, &self.ws_url),
+            i => (&self.also[i - 1].0, &self.also[i - 1].1),
+        }
+    }
 }
 
 /// One user's part in the run.
@@ -603,7 +618,7 @@ impl User {
             let started = Instant::now();
             let body = serde_json::json!({ "name": self.plan.name });
             let result = tokio::select! {
-                r = post(&self.env.http, &self.env.base, "/api/v1/auth/guest", body) => r,
+                r = post(&self.env.http, self.env.endpoint(self.plan.key).0, "/api/v1/auth/guest", body) => r,
                 _ = phase.wait_for(|p| *p != Phase::Run) => return false,
             };
             match result {
@@ -646,7 +661,7 @@ impl User {
         // hello's when it goes as a frame.
         self.connect_at = Some(Instant::now());
         let opened = tokio::select! {
-            r = open_socket(&self.env, None, Some(UpgradeHello { token: &token, resume: resume.as_deref(), join: Some(&self.plan.room) })) => r,
+            r = open_socket(&self.env, self.env.endpoint(self.plan.key).1, None, Some(UpgradeHello { token: &token, resume: resume.as_deref(), join: Some(&self.plan.room) })) => r,
             _ = phase.wait_for(|p| *p == Phase::Close) => return End::Done,
         };
         let (mut ws, taken) = match opened {
@@ -1155,7 +1170,7 @@ impl User {
     /// (docs/benchmarks.md, session 13).
     fn fetch_missed_chats(&mut self) {
         let (Some(room), Some(tokens)) = (self.tracker.room_id(), self.tokens.as_ref()) else { return };
-        let url = format!("{}/api/v1/rooms/{room}/chat?limit=200", self.env.base);
+        let url = format!("{}/api/v1/rooms/{room}/chat?limit=200", self.env.endpoint(self.plan.key).0);
         let token = tokens.access_token.clone();
         let http = self.env.http.clone();
         // A newer fetch covers what an older one would have brought.
@@ -1231,7 +1246,7 @@ impl User {
     fn start_refresh(&mut self) -> bool {
         let Some(refresh_token) = self.tokens.as_ref().map(|t| t.refresh_token.clone()) else { return false };
         if self.refreshing.is_none() {
-            let (http, base) = (self.env.http.clone(), self.env.base.clone());
+            let (http, base) = (self.env.http.clone(), self.env.endpoint(self.plan.key).0.to_owned());
             self.refreshing = Some(tokio::spawn(async move { post(&http, &base, "/api/v1/auth/refresh", serde_json::json!({ "refresh_token": refresh_token })).await }));
         }
         true
@@ -1400,9 +1415,8 @@ pub(crate) struct UpgradeHello<'a> {
 /// set before the connect), as on a client that stops reading. With
 /// `hello`, a Plaza socket asks the server to take it (and the join) from
 /// the upgrade request, and says which it did: those go as no frame.
-pub(crate) async fn open_socket(env: &Env, recv_buffer: Option<u32>, hello: Option<UpgradeHello<'_>>) -> Result<(Ws, Taken), OpenError> {
-    let url = &env.ws_url;
-    let mut request = url.as_str().into_client_request().map_err(|e| format!("{url}: {e}"))?;
+pub(crate) async fn open_socket(env: &Env, url: &str, recv_buffer: Option<u32>, hello: Option<UpgradeHello<'_>>) -> Result<(Ws, Taken), OpenError> {
+    let mut request = url.into_client_request().map_err(|e| format!("{url}: {e}"))?;
     let protocol = env.wire.subprotocol();
     if let Some(protocol) = protocol {
         request.headers_mut().insert("sec-websocket-protocol", protocol.parse().map_err(|_| "bad subprotocol header".to_owned())?);

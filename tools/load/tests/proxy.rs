@@ -310,6 +310,7 @@ fn run_through_proxy_of_its_own(name: &str, users_per_room: u32, duration: Durat
         hostile: 0,
         restart_every: None,
         access_ttl: None,
+        also_servers: Vec::new(),
     }
 }
 
@@ -488,6 +489,7 @@ async fn a_run_with_resets_resumes_every_user_and_loses_nothing() {
         hostile: 0,
         restart_every: None,
         access_ttl: None,
+        also_servers: Vec::new(),
     };
     let r = plaza_load::run::run(&run).await.expect("the run is done");
     assert!(r.passed, "{}", r.failure);
