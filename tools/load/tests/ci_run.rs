@@ -283,3 +283,60 @@ fn an_unreachable_server_fails_cleanly() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("/health"));
 }
+
+// The server tests' throwaway Redis, shared rather than copied.
+#[path = "../../../server/tests/common/redis.rs"]
+#[allow(dead_code)]
+mod redis;
+
+/// `--also-server`: users spread over two instances sharing rooms through
+/// Redis, every room with members at both; nothing lost or misrouted
+/// through the relay. (About 20 s: both instances run in this process, so
+/// the tool's after-run check of the server's tasks sees each room's task
+/// twice and waits out its 20 s.)
+#[test]
+fn users_spread_over_two_instances_lose_nothing() {
+    let redis = redis::Redis::start();
+    let dir = out_dir("cluster-store");
+    std::fs::create_dir_all(&dir).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut stops = Vec::new();
+    let mut urls = Vec::new();
+    for _ in 0..2 {
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let config = plaza_server::ServerConfig {
+            token_secret: b"one secret for the cluster".to_vec(),
+            database_url: format!("sqlite://{}", dir.join("plaza.db").display()),
+            redis_url: Some(redis.url.clone()),
+            advertise_url: url.clone(),
+            ..plaza_server::ServerConfig::ephemeral()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        runtime.spawn(plaza_server::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        stops.push(stop);
+        urls.push(url);
+    }
+    let (r, _, _) = run_passing("cluster", &["--rooms", "2", "--users-per-room", "4", "--rate", "10", "--duration", "3", "--ramp", "0.5", "--chat-every", "1", "--server", &urls[0], "--also-server", &urls[1]]);
+    assert_eq!((r["users"].as_u64(), r["lost"].as_u64(), r["misrouted"].as_u64(), r["errors"].as_u64()), (Some(8), Some(0), Some(0), Some(0)), "{r:#}");
+    assert!(r["received"].as_u64().unwrap() > 0);
+    assert!(r["chat"]["received"].as_u64().unwrap_or(0) > 0, "chat crossed the relay: {r:#}");
+    drop(stops);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn also_server_needs_a_cluster_to_spread_over() {
+    for (args, says) in [
+        (vec!["--also-server", "http://127.0.0.1:9"], "--also-server needs --server"),
+        (vec!["--server", "http://127.0.0.1:9", "--also-server", "http://127.0.0.1:9", "--latency", "50ms"], "without the fault proxy"),
+        (vec!["--server", "http://127.0.0.1:9", "--also-server", "ftp://x"], "must start with http://"),
+    ] {
+        let output = load().args(["run", "--rooms", "1", "--users-per-room", "2", "--rate", "10", "--duration", "2"]).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
