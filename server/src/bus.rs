@@ -203,6 +203,11 @@ impl Bus {
         }
     }
 
+    /// Whether this instance runs room `id`.
+    pub fn holds(&self, id: &str) -> bool {
+        self.leases.lock().is_ok_and(|l| l.contains_key(id))
+    }
+
     /// The rooms this instance runs.
     pub fn held(&self) -> Vec<RoomHandle> {
         self.leases.lock().map(|l| l.values().cloned().collect()).unwrap_or_default()

@@ -359,8 +359,14 @@ async fn chat_history(
         .resolve(&room, false)
         .await
         .map_err(|_| ApiError(StatusCode::NOT_FOUND, "room_not_found", "no room has that id".into()))?;
-    // From the room's memory; the store only when the room can't tell.
-    let messages = match room.recent_chat(limit as usize).await {
+    // From the room's memory; the store when the room can't tell, or when
+    // the room runs on another instance (this one's copy hears no chat).
+    let runs_here = state.bus.as_ref().is_none_or(|bus| bus.holds(&room.id));
+    let remembered = match runs_here {
+        true => room.recent_chat(limit as usize).await,
+        false => None,
+    };
+    let messages = match remembered {
         Some(messages) => messages,
         None => state
             .store
