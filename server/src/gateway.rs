@@ -469,7 +469,9 @@ async fn handshake(stream: &mut Stream, protocol: Subprotocol, state: &AppState,
         return Err((close::RATE_LIMITED, "closed for abuse a moment ago; wait 10 s before reconnecting"));
     }
     let id = session_id.unwrap_or_else(|| random_token(12));
-    let mut session = Session { id: id.into(), conn: next_conn(), protocol, claims, token: hello.token, room: None, remote: None, seated: false, limiter: Limiter::new(), invalid: Vec::new(), trace: crate::otel::SessionTrace::none(), voice: None, voice_offers: crate::limiter::voice_offer_bucket(), voice_failing: Default::default(), joins: crate::limiter::join_bucket() };
+    // Kept only where a relay may need it: a few hundred bytes a socket.
+    let token = if state.bus.is_some() { hello.token } else { String::new() };
+    let mut session = Session { id: id.into(), conn: next_conn(), protocol, claims, token, room: None, remote: None, seated: false, limiter: Limiter::new(), invalid: Vec::new(), trace: crate::otel::SessionTrace::none(), voice: None, voice_offers: crate::limiter::voice_offer_bucket(), voice_failing: Default::default(), joins: crate::limiter::join_bucket() };
     if let Some(resume) = hello.resume.as_deref() {
         if session.resume(resume, state, link).await {
             return Ok(session); // the room queued welcome and the full state
@@ -500,7 +502,8 @@ struct Session {
     protocol: Subprotocol,
     claims: Claims,
     /// The access token the claims came from (the latest refresh's):
-    /// what a relay to another instance signs in with.
+    /// what a relay to another instance signs in with. Empty on a single
+    /// instance (no `--redis-url`).
     token: String,
     room: Option<(RoomHandle, Seat)>,
     /// The link to the instance running this socket's room, when that is
@@ -803,7 +806,9 @@ impl Session {
         match state.keys.verify(&r.token) {
             Ok(claims) if claims.sub == self.claims.sub => {
                 self.claims = claims;
-                self.token = r.token;
+                if !self.token.is_empty() {
+                    self.token = r.token;
+                }
                 None
             }
             _ => Some(End::Close(close::BAD_TOKEN, "refresh token is bad or for another user")),
