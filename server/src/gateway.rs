@@ -591,7 +591,10 @@ impl Session {
         let dial = crate::relay::Dial { url: &url, token: &self.token, join: None, resume: Some(resume), session: None };
         match crate::relay::dial(dial).await {
             Ok(mut answered) if answered.welcome.session == resume => {
-                let Some(joined) = answered.next.take() else { return false };
+                let Some(joined) = answered.next.take() else {
+                    outcome(false);
+                    return false;
+                };
                 let welcome = Arc::new(ServerMessage::Welcome(answered.welcome.clone()));
                 if link.outbound.try_send(Outbound::Resumed { welcome, state: Arc::new(joined) }).is_err() {
                     return false;
@@ -883,10 +886,16 @@ impl Session {
                 return None;
             }
         };
+        self.enter(room, state, link, started, traced).await
+    }
+
+    /// Takes a seat in `room`: here, or through a relay to the instance
+    /// that runs it (with --redis-url).
+    async fn enter(&mut self, room: RoomHandle, state: &AppState, link: &MemberLink, started: Instant, traced: crate::otel::Join) -> Option<End> {
         if let Some(bus) = &state.bus {
             match bus.claim(&room).await {
                 Ok(crate::bus::Owner::Here) => {}
-                Ok(crate::bus::Owner::There { instance, url }) => return self.join_elsewhere(&room, instance, url, state, link, started).await,
+                Ok(crate::bus::Owner::There { instance, url }) => return self.join_elsewhere(room, instance, url, state, link, started, traced).await,
                 Err(e) => {
                     tracing::error!(cause = %e, "room owner not found in Redis");
                     Self::error(link, ErrorCode::Internal, "rooms are shared through Redis, which doesn't answer now; join again in a moment").await;
@@ -917,7 +926,7 @@ impl Session {
     /// Joins `room`, which runs on instance `owner` at `url`, through a
     /// relay. An owner that can't be reached is taken over (if the lease
     /// still names it), and the room started here.
-    async fn join_elsewhere(&mut self, room: &RoomHandle, owner: Arc<str>, url: String, state: &AppState, link: &MemberLink, started: Instant) -> Option<End> {
+    async fn join_elsewhere(&mut self, room: RoomHandle, owner: Arc<str>, url: String, state: &AppState, link: &MemberLink, started: Instant, traced: crate::otel::Join) -> Option<End> {
         let bus = state.bus.as_ref()?;
         let sig = state.keys.sign_session(&self.id);
         let dial = crate::relay::Dial { url: &url, token: &self.token, join: Some(&room.id), resume: None, session: Some((&self.id, sig)) };
@@ -925,9 +934,9 @@ impl Session {
             Ok(answered) => answered,
             Err(e) => {
                 tracing::warn!(cause = %e, owner = %owner, "the room's instance can't be reached");
-                if matches!(e, crate::relay::RelayError::Unreachable { .. }) && bus.take_over(room, &owner).await.unwrap_or(false) {
+                if matches!(e, crate::relay::RelayError::Unreachable { .. }) && bus.take_over(&room, &owner).await.unwrap_or(false) {
                     // Ours now: join here, as if it had been all along.
-                    return Box::pin(self.join(Join { room: room.id.to_string() }, state, link)).await;
+                    return Box::pin(self.enter(room, state, link, started, traced)).await;
                 }
                 Self::error(link, ErrorCode::Internal, "the room's server can't be reached now; join again in a moment").await;
                 return None;
@@ -1046,7 +1055,6 @@ impl Session {
     }
 }
 
-/// Resolves once `voice`'s connection has failed or closed; never without one.
 /// Resolves when the relay to the room's instance ends; never without one.
 async fn upstream_ended(upstream: Option<&mut crate::relay::Upstream>) -> crate::relay::UpstreamEnd {
     match upstream {
@@ -1073,6 +1081,7 @@ fn relay_end(end: crate::relay::UpstreamEnd) -> End {
     }
 }
 
+/// Resolves once `voice`'s connection has failed or closed; never without one.
 async fn voice_ended(voice: Option<&crate::voice::VoicePeer>) {
     match voice {
         Some(peer) => peer.ended().await,

@@ -222,12 +222,23 @@ async fn a_room_whose_instance_stopped_answering_is_taken_over() {
     assert_eq!(cluster.redis.command(&["SET", "plaza:instance:ghost", &dead_url]).as_deref(), Some("+OK"));
     assert_eq!(cluster.redis.command(&["SET", &format!("plaza:room:{}:owner", made.room), "ghost"]).as_deref(), Some("+OK"));
 
-    let (mut bo, _, j, _) = member(&b, "Bo", Subprotocol::Binary, "atrium").await;
+    // Bo has used two of his three quick room changes: the take-over
+    // must not cost him another.
+    let (mut bo, _, _, _) = member(&b, "Bo", Subprotocol::Binary, "porch").await;
+    bo.send(&ClientMessage::Join(Join { room: "steps".into() })).await;
+    bo.send(&ClientMessage::Join(Join { room: "atrium".into() })).await;
+    let j = loop {
+        match bo.recv().await {
+            ServerMessage::Joined(j) if j.room_name == "atrium" => break j,
+            ServerMessage::Error(e) => panic!("the join failed: {e:?}"),
+            _ => {}
+        }
+    };
     assert_eq!(j.room, made.room);
     let owner = cluster.owner_of(&j.room).unwrap();
     assert_ne!(owner, "ghost", "taken over");
     bo.send(&ClientMessage::Ping(Ping { t: 1 })).await;
-    assert!(matches!(bo.recv().await, ServerMessage::Pong(_)), "and served here");
+    while !matches!(bo.recv().await, ServerMessage::Pong(_)) {}
 }
 
 #[tokio::test]
