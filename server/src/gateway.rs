@@ -359,7 +359,7 @@ async fn write_loop(
                 }
                 (encode(protocol, &state, own), state.type_name(), false)
             }
-            Some(Outbound::Frame(frame)) => (Some(Message::Binary(frame)), "delta", true),
+            Some(Outbound::Frame(frame)) => (Some(Message::Binary(*frame)), "delta", true),
             Some(Outbound::Close(code, reason)) => {
                 if unflushed > 0
                     && let Err(end) = flush(&mut sink, &mut kick_rx).await
@@ -507,8 +507,9 @@ struct Session {
     token: String,
     room: Option<(RoomHandle, Seat)>,
     /// The link to the instance running this socket's room, when that is
-    /// another one (crate::relay); `room` is `None` then.
-    remote: Option<crate::relay::Upstream>,
+    /// another one (crate::relay); `room` is `None` then. Boxed: a pointer
+    /// in every session, the link only where there is one.
+    remote: Option<Box<crate::relay::Upstream>>,
     /// A seat of this session's is recorded in Redis (crate::bus).
     seated: bool,
     limiter: Limiter,
@@ -601,7 +602,7 @@ impl Session {
                 }
                 tracing::info!(owner = %owner, session_id = resume, "resumed through the room's instance");
                 self.id = resume.into();
-                self.remote = Some(answered.start(owner.as_str().into(), link, self.protocol));
+                self.remote = Some(Box::new(answered.start(owner.as_str().into(), link, self.protocol)));
                 bus.remember_seat(resume, &owner).await;
                 self.seated = true;
                 outcome(true);
@@ -692,7 +693,7 @@ impl Session {
                     tracing::info!(?end, "the writer stopped");
                     return if matches!(end, Ok(WriterEnd::Closed)) { End::Kicked } else { End::Dropped };
                 }
-                end = upstream_ended(self.remote.as_mut()) => {
+                end = upstream_ended(self.remote.as_deref_mut()) => {
                     self.remote = None;
                     return relay_end(end);
                 }
@@ -895,7 +896,7 @@ impl Session {
         if let Some(bus) = &state.bus {
             match bus.claim(&room).await {
                 Ok(crate::bus::Owner::Here) => {}
-                Ok(crate::bus::Owner::There { instance, url }) => return self.join_elsewhere(room, instance, url, state, link, started, traced).await,
+                Ok(crate::bus::Owner::There { instance, url }) => return self.join_elsewhere(room, (instance, url), state, link, started, traced).await,
                 Err(e) => {
                     tracing::error!(cause = %e, "room owner not found in Redis");
                     Self::error(link, ErrorCode::Internal, "rooms are shared through Redis, which doesn't answer now; join again in a moment").await;
@@ -926,7 +927,7 @@ impl Session {
     /// Joins `room`, which runs on instance `owner` at `url`, through a
     /// relay. An owner that can't be reached is taken over (if the lease
     /// still names it), and the room started here.
-    async fn join_elsewhere(&mut self, room: RoomHandle, owner: Arc<str>, url: String, state: &AppState, link: &MemberLink, started: Instant, traced: crate::otel::Join) -> Option<End> {
+    async fn join_elsewhere(&mut self, room: RoomHandle, (owner, url): (Arc<str>, String), state: &AppState, link: &MemberLink, started: Instant, traced: crate::otel::Join) -> Option<End> {
         let bus = state.bus.as_ref()?;
         let sig = state.keys.sign_session(&self.id);
         let dial = crate::relay::Dial { url: &url, token: &self.token, join: Some(&room.id), resume: None, session: Some((&self.id, sig)) };
@@ -949,7 +950,7 @@ impl Session {
                 tracing::info!(room_id = %room.id, owner = %owner, "joined room through its instance");
                 bus.remember_seat(&self.id, &owner).await;
                 self.seated = true;
-                self.remote = Some(answered.start(owner, link, self.protocol));
+                self.remote = Some(Box::new(answered.start(owner, link, self.protocol)));
             }
             // The room's refusal (full, say), as the client would have had it here.
             Some(error @ ServerMessage::Error(_)) => Self::reply(link, error).await,

@@ -187,7 +187,7 @@ async fn forward(mut stream: SplitStream<Ws>, outbound: tokio::sync::mpsc::Sende
     loop {
         let msg = match stream.next().await {
             Some(Ok(Message::Binary(bytes))) if binary_socket && binary::is_delta(&bytes) => {
-                if outbound.send(Outbound::Frame(bytes)).await.is_err() {
+                if outbound.send(Outbound::Frame(Box::new(bytes))).await.is_err() {
                     return UpstreamEnd::ClientGone;
                 }
                 continue;

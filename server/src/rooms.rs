@@ -83,7 +83,9 @@ pub enum Outbound {
     Close(u16, &'static str),
     /// A delta another instance already encoded for this member (binary,
     /// its own avatar left out), passed through as it is (crate::relay).
-    Frame(bytes::Bytes),
+    /// Boxed: every socket's queue is made of slots this enum's size, and
+    /// a `Bytes` would grow them by a quarter for what only relays send.
+    Frame(Box<bytes::Bytes>),
 }
 
 /// One tick's delta for the whole room. Binary members' frames are spliced
