@@ -303,3 +303,24 @@ async fn an_instance_that_lost_a_rooms_lease_sends_its_members_to_the_owner() {
     assert_eq!(cluster.redis.command(&["SET", &format!("plaza:room:{}:owner", at_a.room), "elsewhere"]).as_deref(), Some("+OK"));
     assert_eq!(ada.ended(Duration::from_secs(6)).await, Ended::Closed(1001), "closed at the next renewal, to reconnect");
 }
+
+#[tokio::test]
+async fn a_relayed_member_talks_and_hears_through_the_rooms_sfu() {
+    use common::voice::*;
+    let cluster = Cluster::new("voice");
+    let (a, b) = (cluster.instance().await, cluster.instance().await);
+    let (mut ann, _, ann_joined, _) = member(&a, "Ann", Subprotocol::Binary, "voice-hall").await;
+    // Ben is relayed: his offer, the answer and the speakers go through B.
+    let (mut ben, _, ben_joined, _) = member(&b, "Ben", Subprotocol::Json, "voice-hall").await;
+    let (mut ann_voice, ann_first) = start_voice(&mut ann).await;
+    let (mut ben_voice, ben_first) = start_voice(&mut ben).await;
+    until_hears(&mut ben, ben_first, ann_joined.you).await;
+    until_hears(&mut ann, ann_first, ben_joined.you).await;
+    for peer in [&mut ann_voice, &mut ben_voice] {
+        peer.connected(Duration::from_secs(10)).await.expect("ICE and DTLS with the room's SFU");
+    }
+    let listen = Duration::from_millis(2_500);
+    let (ann_heard, ben_heard) = tokio::join!(talk(&mut ann_voice, b"ann", 50, listen), talk(&mut ben_voice, b"ben", 50, listen));
+    let (from_ann, from_ben) = (ben_heard.get(b"ann".as_slice()).copied().unwrap_or(0), ann_heard.get(b"ben".as_slice()).copied().unwrap_or(0));
+    assert!(from_ann >= 45 && from_ben >= 45, "each heard the other's 50 frames: Ben {from_ann}, Ann {from_ben}");
+}

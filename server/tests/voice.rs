@@ -4,31 +4,18 @@
 
 mod common;
 
-use bytes::Bytes;
+use common::voice::*;
 use common::*;
 use plaza_server::voice::client::VoiceClient;
 use plaza_shared::codec::Subprotocol;
 use plaza_shared::messages::*;
-use plaza_shared::voice::{SlotSpeaker, VoiceSignal};
-use std::collections::HashMap;
-use std::net::IpAddr;
+use plaza_shared::voice::VoiceSignal;
 use std::time::Duration;
-
-const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 /// The metrics recorder is one per process, shared by every test server
 /// here: tests that make voice streams take turns, so each reads its own
 /// `plaza_voice_streams`.
 static STREAMS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The next voice signal to `client`, skipping deltas and the rest.
-async fn voice_signal(client: &mut Client) -> VoiceSignal {
-    loop {
-        if let ServerMessage::Voice(v) = client.recv().await {
-            return VoiceSignal::from_message(&v).expect("a voice signal the server sent");
-        }
-    }
-}
 
 /// The next `error`, skipping everything else.
 async fn error(client: &mut Client) -> ErrorMessage {
@@ -39,63 +26,8 @@ async fn error(client: &mut Client) -> ErrorMessage {
     }
 }
 
-fn offer(sdp: &str) -> ClientMessage {
-    ClientMessage::Voice(VoiceSignal::Offer { sdp: sdp.into() }.into_message())
-}
-
-/// Offers voice for `client` (a microphone, two slots) and applies the
-/// answer; returns the peer and the first `speakers` it was told.
-async fn start_voice(client: &mut Client) -> (VoiceClient, Vec<SlotSpeaker>) {
-    let peer = VoiceClient::new(LOOPBACK, true, 2).await.expect("a voice peer");
-    client.send(&offer(&peer.offer)).await;
-    let VoiceSignal::Answer { sdp } = voice_signal(client).await else { panic!("expected an answer first") };
-    peer.answer(sdp).await.expect("the answer applies");
-    let VoiceSignal::Speakers { slots } = voice_signal(client).await else { panic!("expected speakers after the answer") };
-    (peer, slots)
-}
-
-/// `first`, or the speakers signals after it, until one names `avatar`
-/// (within 2 s each).
-async fn until_hears(client: &mut Client, first: Vec<SlotSpeaker>, avatar: AvatarId) -> Vec<SlotSpeaker> {
-    if first.iter().any(|s| s.avatar == Some(avatar)) {
-        return first;
-    }
-    loop {
-        if let VoiceSignal::Speakers { slots } = voice_signal(client).await
-            && slots.iter().any(|s| s.avatar == Some(avatar))
-        {
-            return slots;
-        }
-    }
-}
-
 fn metric(body: &str, series: &str) -> f64 {
     body.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("{series} in /metrics"))
-}
-
-/// For `listen`: sends `frames` 20 ms frames tagged `tag` from `peer`, and
-/// counts what it hears, by tag.
-async fn talk(peer: &mut VoiceClient, tag: &'static [u8], frames: u32, listen: Duration) -> HashMap<Vec<u8>, usize> {
-    let deadline = tokio::time::Instant::now() + listen;
-    let mut next = tokio::time::Instant::now();
-    let mut sent = 0;
-    let mut heard = HashMap::new();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next), if sent < frames => {
-                let mut payload = tag.to_vec();
-                payload.extend_from_slice(&sent.to_be_bytes());
-                peer.send(sent * 960, Bytes::from(payload)).await.expect("send");
-                sent += 1;
-                next += Duration::from_millis(20);
-            }
-            got = tokio::time::timeout_at(deadline, peer.recv()) => {
-                let Ok(Some(h)) = got else { return heard };
-                let tag = h.packet.payload[..h.packet.payload.len() - 4].to_vec();
-                *heard.entry(tag).or_insert(0) += 1;
-            }
-        }
-    }
 }
 
 #[tokio::test]

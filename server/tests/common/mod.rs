@@ -3,6 +3,7 @@
 
 pub mod postgres;
 pub mod redis;
+pub mod voice;
 
 use futures_util::{SinkExt, StreamExt};
 use plaza_shared::codec::Subprotocol;
