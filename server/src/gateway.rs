@@ -948,6 +948,7 @@ impl Session {
                 let _ = link.outbound.send(Outbound::Message(Arc::new(joined))).await;
                 metrics::histogram!(m::JOIN_DURATION).record(started.elapsed().as_secs_f64());
                 tracing::info!(room_id = %room.id, owner = %owner, "joined room through its instance");
+                self.trace.joined(traced, &room.id);
                 bus.remember_seat(&self.id, &owner).await;
                 self.seated = true;
                 self.remote = Some(Box::new(answered.start(owner, link, self.protocol)));
