@@ -19,12 +19,12 @@ struct Config {
     /// Share rooms with other instances through Redis
     /// (redis://HOST:PORT[/DB]); they also need one --database-url
     /// (Postgres) and one PLAZA_TOKEN_SECRET. Unset: a single instance.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url)]
     redis_url: Option<String>,
     /// With --redis-url: the URL other instances reach this one at,
     /// http://HOST:PORT (default: http://<--bind>, which then can't be an
     /// unspecified address such as 0.0.0.0).
-    #[arg(long, env = "PLAZA_ADVERTISE_URL")]
+    #[arg(long, env = "PLAZA_ADVERTISE_URL", value_parser = parse_advertise_url)]
     advertise_url: Option<String>,
     /// Local development: make (once) and keep a token secret in the data dir.
     #[arg(long)]
@@ -228,20 +228,33 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     plaza_server::run(server, listener, shutdown).await.context("server failed")
 }
 
-/// Where other instances reach this one: `--advertise-url`, checked, or
-/// `--bind` when that names one address.
+/// Where other instances reach this one: `--advertise-url`, or `--bind`
+/// when that names one address.
 fn advertise_url(bind: SocketAddr, given: Option<&str>) -> anyhow::Result<String> {
     match given {
-        Some(url) => {
-            let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("--advertise-url {url:?} must be http://HOST:PORT"))?;
-            let host_port = rest.trim_end_matches('/');
-            let port = host_port.rsplit_once(':').and_then(|(host, port)| (!host.is_empty()).then_some(port)).and_then(|p| p.parse::<u16>().ok());
-            if port.is_none_or(|p| p == 0) || host_port.contains('/') {
-                bail!("--advertise-url {url:?} must be http://HOST:PORT, with a port from 1 to 65535 and no path");
-            }
-            Ok(format!("http://{host_port}"))
-        }
+        Some(url) => Ok(url.to_owned()),
         None if bind.ip().is_unspecified() => bail!("--bind {bind} listens on every address, so other instances can't be told which one reaches this one; pass --advertise-url http://HOST:PORT"),
         None => Ok(format!("http://{bind}")),
     }
+}
+
+/// `--advertise-url`: http://HOST:PORT, no path.
+fn parse_advertise_url(url: &str) -> Result<String, String> {
+    let wrong = || format!("`{url}` must be http://HOST:PORT (the address other instances reach this one at), with a port from 1 to 65535 and no path");
+    let host_port = url.strip_prefix("http://").ok_or_else(wrong)?.trim_end_matches('/');
+    let port = host_port.rsplit_once(':').and_then(|(host, port)| (!host.is_empty()).then_some(port)).and_then(|p| p.parse::<u16>().ok());
+    if port.is_none_or(|p| p == 0) || host_port.contains('/') {
+        return Err(wrong());
+    }
+    Ok(format!("http://{host_port}"))
+}
+
+/// `--redis-url`: redis://[USER:PASSWORD@]HOST:PORT[/DB], as the Redis
+/// client reads it.
+fn parse_redis_url(url: &str) -> Result<String, String> {
+    if !url.starts_with("redis://") {
+        return Err(format!("`{url}` must be redis://HOST:PORT[/DB] (TLS and Unix sockets are not supported)"));
+    }
+    redis::Client::open(url).map_err(|e| format!("`{url}` is not a Redis URL ({e}); use redis://HOST:PORT[/DB]"))?;
+    Ok(url.to_owned())
 }

@@ -324,3 +324,23 @@ async fn a_relayed_member_talks_and_hears_through_the_rooms_sfu() {
     let (from_ann, from_ben) = (ben_heard.get(b"ann".as_slice()).copied().unwrap_or(0), ann_heard.get(b"ben".as_slice()).copied().unwrap_or(0));
     assert!(from_ann >= 45 && from_ben >= 45, "each heard the other's 50 frames: Ben {from_ann}, Ann {from_ben}");
 }
+
+#[test]
+fn bad_cluster_flags_get_one_line_each() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_plaza-server")).arg("--dev").arg("--data-dir").arg(std::env::temp_dir().join("plaza-cluster-flags")).args(args).env_remove("REDIS_URL").output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    for (args, says) in [
+        (vec!["--redis-url", "garbage"], "must be redis://HOST:PORT[/DB]"),
+        (vec!["--redis-url", "rediss://h:1"], "TLS and Unix sockets are not supported"),
+        (vec!["--redis-url", "redis://127.0.0.1:1", "--advertise-url", "http://host:80/path"], "must be http://HOST:PORT"),
+    ] {
+        let (code, stderr) = run(&args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let (code, stderr) = run(&["--bind", "0.0.0.0:0", "--redis-url", "redis://127.0.0.1:1"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("pass --advertise-url"), "{stderr}");
+}
