@@ -265,6 +265,22 @@ pub struct RoomHandle {
     pub capacity: u32,
     members: Arc<AtomicU32>,
     tx: mpsc::Sender<RoomCommand>,
+    task: Arc<RoomTask>,
+}
+
+/// A room's task, started by its first command. Rooms the store remembers
+/// are all known at start, and with `--redis-url` an instance knows rooms
+/// that run on another; a room nobody uses here costs its handle, not a
+/// task.
+struct RoomTask {
+    started: AtomicBool,
+    unstarted: std::sync::Mutex<Option<(Room, mpsc::Receiver<RoomCommand>)>>,
+}
+
+impl std::fmt::Debug for RoomTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomTask").field("started", &self.started.load(Ordering::Relaxed)).finish()
+    }
 }
 
 impl RoomHandle {
@@ -272,10 +288,33 @@ impl RoomHandle {
         self.members.load(Ordering::Relaxed)
     }
 
+    /// The room's commands; its task starts with the first.
+    fn tx(&self) -> &mpsc::Sender<RoomCommand> {
+        if !self.task.started.load(Ordering::Acquire) {
+            self.start();
+        }
+        &self.tx
+    }
+
+    #[cold]
+    fn start(&self) {
+        let Ok(mut unstarted) = self.task.unstarted.lock() else { return };
+        if let Some((room, rx)) = unstarted.take() {
+            let span = tracing::info_span!("room", room_id = %self.id, room_name = %self.name);
+            tokio::spawn(room.run(rx).instrument(span));
+        }
+        self.task.started.store(true, Ordering::Release);
+    }
+
+    /// Whether the room's task runs (it starts with the first command).
+    pub fn started(&self) -> bool {
+        self.task.started.load(Ordering::Acquire)
+    }
+
     /// Takes a new seat; the room queues `joined` to `link` itself.
     pub async fn join(&self, occupant: Occupant, pose: Pose, link: MemberLink) -> Result<Seat, JoinError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(RoomCommand::Join { occupant, pose, link, reply }).await.map_err(|_| JoinError::Closed)?;
+        self.tx().send(RoomCommand::Join { occupant, pose, link, reply }).await.map_err(|_| JoinError::Closed)?;
         answer.await.map_err(|_| JoinError::Closed)?
     }
 
@@ -285,46 +324,46 @@ impl RoomHandle {
     pub async fn resume(&self, avatar: AvatarId, occupant: Occupant, link: MemberLink, welcome: ServerMessage) -> Result<Seat, JoinError> {
         let (reply, answer) = oneshot::channel();
         let welcome = Arc::new(welcome);
-        self.tx.send(RoomCommand::Resume { avatar, occupant, link, welcome, reply }).await.map_err(|_| JoinError::Closed)?;
+        self.tx().send(RoomCommand::Resume { avatar, occupant, link, welcome, reply }).await.map_err(|_| JoinError::Closed)?;
         answer.await.map_err(|_| JoinError::Closed)?
     }
 
     pub async fn chat(&self, message: plaza_shared::messages::ChatMessage) {
-        let _ = self.tx.send(RoomCommand::Chat(Arc::new(ServerMessage::Chat(message)))).await;
+        let _ = self.tx().send(RoomCommand::Chat(Arc::new(ServerMessage::Chat(message)))).await;
     }
 
     /// The room's newest `limit` chat messages, oldest first, from memory;
     /// `None` when the room can't tell (ask the store).
     pub async fn recent_chat(&self, limit: usize) -> Option<Vec<Arc<plaza_shared::messages::ChatMessage>>> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(RoomCommand::RecentChat { limit, reply }).await.ok()?;
+        self.tx().send(RoomCommand::RecentChat { limit, reply }).await.ok()?;
         answer.await.ok().flatten()
     }
 
     pub async fn leave(&self, avatar: AvatarId, conn: u64) {
-        let _ = self.tx.send(RoomCommand::Leave { avatar, conn }).await;
+        let _ = self.tx().send(RoomCommand::Leave { avatar, conn }).await;
     }
 
     /// The socket dropped without a goodbye: hold the seat for a resume.
     pub async fn detach(&self, avatar: AvatarId, conn: u64) {
-        let _ = self.tx.send(RoomCommand::Detach { avatar, conn }).await;
+        let _ = self.tx().send(RoomCommand::Detach { avatar, conn }).await;
     }
 
     pub async fn voice_join(&self, avatar: AvatarId, conn: u64, routing: VoiceRouting) {
-        let _ = self.tx.send(RoomCommand::VoiceJoin { avatar, conn, routing }).await;
+        let _ = self.tx().send(RoomCommand::VoiceJoin { avatar, conn, routing }).await;
     }
 
     pub async fn voice_leave(&self, avatar: AvatarId, conn: u64) {
-        let _ = self.tx.send(RoomCommand::VoiceLeave { avatar, conn }).await;
+        let _ = self.tx().send(RoomCommand::VoiceLeave { avatar, conn }).await;
     }
 
     pub async fn voice_mute(&self, avatar: AvatarId, conn: u64, muted: Vec<AvatarId>) {
-        let _ = self.tx.send(RoomCommand::VoiceMute { avatar, conn, muted }).await;
+        let _ = self.tx().send(RoomCommand::VoiceMute { avatar, conn, muted }).await;
     }
 
     /// Closes every member with 1001 (the room runs on another instance now).
     pub async fn evict(&self) {
-        let _ = self.tx.send(RoomCommand::Evict).await;
+        let _ = self.tx().send(RoomCommand::Evict).await;
     }
 }
 
@@ -422,12 +461,13 @@ struct Room {
     store: Option<(Store, mpsc::WeakSender<RoomCommand>)>,
 }
 
-/// A new room's task.
+/// A new room (its task starts with its first command).
 pub fn spawn_room(name: &str, capacity: u32) -> RoomHandle {
     spawn_room_task(&format!("r_{}", random_token(9)), name, capacity, None)
 }
 
-/// The task of a room the store remembers (its chat history is there).
+/// A room the store remembers (its chat history is there); its task
+/// starts with its first command.
 pub fn spawn_stored_room(id: &str, name: &str, capacity: u32, store: Store) -> RoomHandle {
     spawn_room_task(id, name, capacity, Some(store))
 }
@@ -440,6 +480,7 @@ fn spawn_room_task(id: &str, name: &str, capacity: u32, store: Option<Store>) ->
         capacity,
         members: Arc::new(AtomicU32::new(0)),
         tx,
+        task: Arc::new(RoomTask { started: AtomicBool::new(false), unstarted: std::sync::Mutex::new(None) }),
     };
     let room = Room {
         id: handle.id.clone(),
@@ -457,8 +498,9 @@ fn spawn_room_task(id: &str, name: &str, capacity: u32, store: Option<Store>) ->
         recent_chat: if store.is_some() { crate::recent_chat::RecentChat::stored_room() } else { crate::recent_chat::RecentChat::new_room() },
         store: store.map(|store| (store, handle.tx.downgrade())),
     };
-    let span = tracing::info_span!("room", room_id = %handle.id, room_name = %handle.name);
-    tokio::spawn(room.run(rx).instrument(span));
+    if let Ok(mut unstarted) = handle.task.unstarted.lock() {
+        *unstarted = Some((room, rx));
+    }
     handle
 }
 
@@ -1212,6 +1254,19 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(last_speakers(&mut ann), Some(vec![None]));
         assert_eq!(bob_routes.borrow().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_room_starts_its_task_with_its_first_command_and_not_before() {
+        let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        let before = tasks();
+        let rooms: Vec<RoomHandle> = (0..50).map(|i| spawn_room(&format!("idle-{i}"), 40)).collect();
+        assert_eq!(tasks(), before, "50 rooms nobody used: no tasks");
+        assert!(rooms.iter().all(|r| !r.started()));
+        let probe = join(&rooms[7], "Ada", 8).await;
+        assert!(rooms[7].started() && probe.seat.you > 0);
+        assert_eq!(tasks(), before + 1, "one room used, one task");
+        assert_eq!(rooms[7].members(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -291,9 +291,7 @@ mod redis;
 
 /// `--also-server`: users spread over two instances sharing rooms through
 /// Redis, every room with members at both; nothing lost or misrouted
-/// through the relay. (About 20 s: both instances run in this process, so
-/// the tool's after-run check of the server's tasks sees each room's task
-/// twice and waits out its 20 s.)
+/// through the relay.
 #[test]
 fn users_spread_over_two_instances_lose_nothing() {
     let redis = redis::Redis::start();
