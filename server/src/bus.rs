@@ -145,14 +145,12 @@ impl Bus {
         let key = owner_key(room);
         let set: Option<String> = redis::cmd("SET").arg(&key).arg(&*self.instance).arg("NX").arg("PX").arg(millis(LEASE_TTL)).query_async(&mut self.conn()).await?;
         let owner: Option<String> = match set {
-            Some(_) => None,
+            Some(_) => Some(self.instance.to_string()),
             None => redis::cmd("GET").arg(&key).query_async(&mut self.conn()).await?,
         };
         match owner {
-            None => {
-                self.hold(handle);
-                Ok(Owner::Here)
-            }
+            // The lease expired between the two: try again.
+            None => Box::pin(self.claim(handle)).await,
             Some(owner) if *owner == *self.instance => {
                 self.hold(handle);
                 Ok(Owner::Here)

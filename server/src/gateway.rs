@@ -939,7 +939,11 @@ impl Session {
                     // Ours now: join here, as if it had been all along.
                     return Box::pin(self.enter(room, state, link, started, traced)).await;
                 }
-                Self::error(link, ErrorCode::Internal, "the room's server can't be reached now; join again in a moment").await;
+                let message = match e {
+                    crate::relay::RelayError::Refused { .. } => "the room's server is full or restarting; join again in a moment",
+                    _ => "the room's server can't be reached now; join again in a moment",
+                };
+                Self::error(link, ErrorCode::Internal, message).await;
                 return None;
             }
         };

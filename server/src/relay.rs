@@ -41,6 +41,10 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub enum RelayError {
     #[error("can't reach the room's instance at {url}: {cause}")]
     Unreachable { url: String, cause: String },
+    /// It answered the upgrade with an HTTP error (full, draining): alive,
+    /// so its rooms are not to be taken over.
+    #[error("the room's instance at {url} refused the link: HTTP {status}")]
+    Refused { url: String, status: u16 },
     #[error("the room's instance at {url} closed the link ({code}: {reason})")]
     Closed { url: String, code: u16, reason: String },
     #[error("the room's instance at {url} answered out of turn: {what}")]
@@ -99,9 +103,10 @@ pub async fn dial(d: Dial<'_>) -> Result<Answered, RelayError> {
     let config = WebSocketConfig::default().read_buffer_size(4096);
     let expect_next = d.join.is_some() || d.resume.is_some();
     let answered = tokio::time::timeout(DIAL_TIMEOUT, async {
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
-            .await
-            .map_err(|e| unreachable(plaza_shared::errors::with_root_cause(&e)))?;
+        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true).await.map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(response) => RelayError::Refused { url: url.clone(), status: response.status().as_u16() },
+            e => unreachable(plaza_shared::errors::with_root_cause(&e)),
+        })?;
         let welcome = match next_message(&mut ws, &url).await? {
             ServerMessage::Welcome(w) => w,
             other => return Err(RelayError::Protocol { url: url.clone(), what: format!("{} before welcome", other.type_name()) }),

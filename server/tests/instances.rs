@@ -36,6 +36,11 @@ impl Cluster {
 
     /// An instance, advertised at its own address.
     async fn instance(&self) -> TestServer {
+        self.instance_with(|config| config).await
+    }
+
+    /// An instance whose config `tune` changes first.
+    async fn instance_with(&self, tune: impl FnOnce(plaza_server::ServerConfig) -> plaza_server::ServerConfig) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = plaza_server::ServerConfig {
@@ -45,6 +50,7 @@ impl Cluster {
             advertise_url: format!("http://{addr}"),
             ..plaza_server::ServerConfig::ephemeral()
         };
+        let config = tune(config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(plaza_server::run(config, listener, async {
             let _ = stopped.await;
@@ -343,4 +349,21 @@ fn bad_cluster_flags_get_one_line_each() {
     let (code, stderr) = run(&["--bind", "0.0.0.0:0", "--redis-url", "redis://127.0.0.1:1"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("pass --advertise-url"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_room_whose_instance_is_full_stays_there() {
+    let cluster = Cluster::new("full");
+    // One WebSocket place: Ada's. The relay for Bo is refused with 503.
+    let a = cluster.instance_with(|config| plaza_server::ServerConfig { max_connections: 1, ..config }).await;
+    let b = cluster.instance().await;
+    let (_ada, _, at_a, _) = member(&a, "Ada", Subprotocol::Binary, "small").await;
+    let owner = cluster.owner_of(&at_a.room).unwrap();
+    let token = b.token("Bo").await;
+    let mut bo = Client::connect(b.addr, Subprotocol::Binary).await;
+    bo.hello(&token, None).await;
+    bo.send(&ClientMessage::Join(Join { room: "small".into() })).await;
+    let ServerMessage::Error(e) = bo.recv().await else { panic!("an error, not a seat") };
+    assert!(e.message.contains("full or restarting"), "{e:?}");
+    assert_eq!(cluster.owner_of(&at_a.room), Some(owner), "a full instance is alive: its room isn't taken from it");
 }
