@@ -42,6 +42,9 @@ pub const ROOM_LEASES_LOST: &str = "plaza_room_leases_lost_total";
 pub const ROOM_TAKEOVERS: &str = "plaza_room_takeovers_total";
 pub const REDIS_ERRORS: &str = "plaza_redis_errors_total";
 pub const WS_RELAYED: &str = "plaza_ws_relayed";
+/// Relays to a room's instance that could not be opened, by `reason`
+/// ([`RELAY_FAILURE_REASONS`]).
+pub const RELAY_FAILURES: &str = "plaza_relay_failures_total";
 pub const AUTH_DURATION: &str = "plaza_auth_duration_seconds";
 pub const JOIN_DURATION: &str = "plaza_join_duration_seconds";
 pub const TICK_DURATION: &str = "plaza_tick_duration_seconds";
@@ -169,6 +172,7 @@ fn describe() {
     describe_counter!(ROOM_TAKEOVERS, "rooms taken over from an instance that stopped answering");
     describe_counter!(REDIS_ERRORS, "Redis commands that failed");
     describe_gauge!(WS_RELAYED, "WebSockets relayed to the instance that runs their room");
+    describe_counter!(RELAY_FAILURES, "relays to a room's instance that could not be opened, by reason");
     describe_gauge!(RUNTIME_TASKS, "tasks alive on the server's tokio runtime");
     describe_gauge!(BUILD_INFO, "always 1; the labels say which build this process runs");
     describe_counter!(HTTP_REQUESTS, "HTTP answers by route pattern, method and status class");
@@ -177,7 +181,7 @@ fn describe() {
 /// Every metric `/metrics` shows from start-up: the contract's and the
 /// server's own (the `process_*` series are added at each scrape, on Linux;
 /// `plaza_client_frame_seconds` by [`crate::telemetry::render_frames`]).
-pub const ALL: [&str; 46] = [
+pub const ALL: [&str; 47] = [
     ROOMS_ACTIVE,
     ROOM_USERS,
     WS_CONNECTIONS,
@@ -198,6 +202,7 @@ pub const ALL: [&str; 46] = [
     ROOM_TAKEOVERS,
     REDIS_ERRORS,
     WS_RELAYED,
+    RELAY_FAILURES,
     AUTH_DURATION,
     JOIN_DURATION,
     TICK_DURATION,
@@ -286,6 +291,10 @@ pub const SEAT_GONE: &str = "seat_gone";
 /// `direction` label values (`plaza_ws_bytes_total`, `plaza_voice_bytes_total`,
 /// `plaza_voice_packets_total`).
 pub const DIRECTIONS: [&str; 2] = ["in", "out"];
+/// Why a relay could not be opened: no connection (`unreachable`), an HTTP
+/// refusal such as a full instance (`refused`), a close or an unexpected
+/// answer after the upgrade (`closed`, `protocol`).
+pub const RELAY_FAILURE_REASONS: [&str; 4] = ["unreachable", "refused", "closed", "protocol"];
 /// `outcome` label values of `plaza_voice_calls_total`.
 pub const VOICE_CALL_OUTCOMES: [&str; 2] = ["connected", "never_connected"];
 /// `outcome` label values of `plaza_client_voice_frames_total`, as in
@@ -323,6 +332,9 @@ fn register_zeros() {
     counter!(SEATS_EXPIRED).increment(0);
     for name in [ROOM_LEASES_LOST, ROOM_TAKEOVERS, REDIS_ERRORS] {
         counter!(name).increment(0);
+    }
+    for reason in RELAY_FAILURE_REASONS {
+        counter!(RELAY_FAILURES, "reason" => reason).increment(0);
     }
     for outcome in RESUME_OUTCOMES {
         counter!(SEAT_RESUMES, "outcome" => outcome).increment(0);

@@ -51,6 +51,18 @@ pub enum RelayError {
     Protocol { url: String, what: String },
 }
 
+impl RelayError {
+    /// Its `reason` label (crate::metrics::RELAY_FAILURE_REASONS).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RelayError::Unreachable { .. } => "unreachable",
+            RelayError::Refused { .. } => "refused",
+            RelayError::Closed { .. } => "closed",
+            RelayError::Protocol { .. } => "protocol",
+        }
+    }
+}
+
 /// How to reach the room's instance, and as whom.
 #[derive(Debug)]
 pub struct Dial<'a> {
@@ -76,8 +88,17 @@ pub struct Answered {
     ws: Ws,
 }
 
-/// Opens the link and reads the owner's first answers.
+/// Opens the link and reads the owner's first answers; a failure is
+/// counted (`plaza_relay_failures_total`).
 pub async fn dial(d: Dial<'_>) -> Result<Answered, RelayError> {
+    let dialed = dial_once(d).await;
+    if let Err(e) = &dialed {
+        metrics::counter!(crate::metrics::RELAY_FAILURES, "reason" => e.reason()).increment(1);
+    }
+    dialed
+}
+
+async fn dial_once(d: Dial<'_>) -> Result<Answered, RelayError> {
     let url = d.url.to_owned();
     let unreachable = |cause: String| RelayError::Unreachable { url: url.clone(), cause };
     let ws_url = format!("{}/ws", d.url.replacen("http", "ws", 1));

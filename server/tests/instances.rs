@@ -65,6 +65,12 @@ impl Cluster {
     }
 }
 
+/// A series' value in a `/metrics` text (`series` with its labels and a
+/// trailing space).
+fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("{series} in /metrics"))
+}
+
 async fn wait_ready(server: &TestServer) {
     for _ in 0..100 {
         if let Ok(stream) = tokio::net::TcpStream::connect(server.addr).await
@@ -359,11 +365,15 @@ async fn a_room_whose_instance_is_full_stays_there() {
     let b = cluster.instance().await;
     let (_ada, _, at_a, _) = member(&a, "Ada", Subprotocol::Binary, "small").await;
     let owner = cluster.owner_of(&at_a.room).unwrap();
+    let refused = |metrics: &str| metric_value(metrics, "plaza_relay_failures_total{reason=\"refused\"} ");
+    let before = refused(&b.http("GET", "/metrics", "", &[]).await.2);
     let token = b.token("Bo").await;
     let mut bo = Client::connect(b.addr, Subprotocol::Binary).await;
     bo.hello(&token, None).await;
     bo.send(&ClientMessage::Join(Join { room: "small".into() })).await;
     let ServerMessage::Error(e) = bo.recv().await else { panic!("an error, not a seat") };
     assert!(e.message.contains("full or restarting"), "{e:?}");
+    // The recorder is the process's (other tests relay too): at least one more.
+    assert!(refused(&b.http("GET", "/metrics", "", &[]).await.2) >= before + 1.0, "the refusal is counted");
     assert_eq!(cluster.owner_of(&at_a.room), Some(owner), "a full instance is alive: its room isn't taken from it");
 }
