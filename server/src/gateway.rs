@@ -541,13 +541,12 @@ impl Session {
     /// has queued `welcome` (with that id) and `joined`; on failure nothing
     /// was sent and the session keeps its new id.
     async fn resume(&mut self, resume: &str, state: &AppState, link: &MemberLink) -> bool {
-        let outcome = |resumed: bool| metrics::counter!(m::SEAT_RESUMES, "outcome" => if resumed { m::RESUMED } else { m::SEAT_GONE }).increment(1);
         let Some((room, avatar)) = state.directory.find_seat(resume).await else {
             // With --redis-url another instance may hold it: that path
             // counts the outcome.
             if state.bus.is_none() {
                 tracing::info!("resume: no seat held for that session");
-                outcome(false);
+                count_resume(false);
             }
             return false;
         };
@@ -556,7 +555,7 @@ impl Session {
             Ok(seat) => {
                 tracing::info!(room_id = %room.id, avatar = seat.you, session_id = %self.id, "resumed");
                 self.room = Some((room, seat));
-                outcome(true);
+                count_resume(true);
                 if let Some(bus) = &state.bus {
                     bus.remember_seat(&self.id, &bus.instance).await;
                     self.seated = true;
@@ -566,7 +565,7 @@ impl Session {
             Err(e) => {
                 tracing::info!(cause = %e, "resume refused");
                 self.id = previous;
-                outcome(false);
+                count_resume(false);
                 false
             }
         }
@@ -578,7 +577,6 @@ impl Session {
     /// sent.
     async fn resume_elsewhere(&mut self, resume: &str, state: &AppState, link: &MemberLink) -> bool {
         let Some(bus) = &state.bus else { return false };
-        let outcome = |resumed: bool| metrics::counter!(m::SEAT_RESUMES, "outcome" => if resumed { m::RESUMED } else { m::SEAT_GONE }).increment(1);
         let owner = bus.seat_owner(resume).await.filter(|owner| **owner != *bus.instance);
         let url = match &owner {
             Some(owner) => bus.instance_url(owner).await.ok().flatten(),
@@ -586,14 +584,14 @@ impl Session {
         };
         let (Some(owner), Some(url)) = (owner, url) else {
             tracing::info!("resume: no seat held for that session");
-            outcome(false);
+            count_resume(false);
             return false;
         };
         let dial = crate::relay::Dial { url: &url, token: &self.token, join: None, resume: Some(resume), session: None };
         match crate::relay::dial(dial).await {
             Ok(mut answered) if answered.welcome.session == resume => {
                 let Some(joined) = answered.next.take() else {
-                    outcome(false);
+                    count_resume(false);
                     return false;
                 };
                 let welcome = Arc::new(ServerMessage::Welcome(answered.welcome.clone()));
@@ -605,17 +603,17 @@ impl Session {
                 self.remote = Some(Box::new(answered.start(owner.as_str().into(), link, self.protocol)));
                 bus.remember_seat(resume, &owner).await;
                 self.seated = true;
-                outcome(true);
+                count_resume(true);
                 true
             }
             Ok(_) => {
                 tracing::info!(owner = %owner, "resume refused by the room's instance: the seat is gone");
-                outcome(false);
+                count_resume(false);
                 false
             }
             Err(e) => {
                 tracing::info!(cause = %e, "resume: the room's instance can't be reached");
-                outcome(false);
+                count_resume(false);
                 false
             }
         }
@@ -770,13 +768,19 @@ impl Session {
         }
     }
 
+    /// While the room runs on another instance (`remote`), the room's
+    /// messages go up the relay; the socket's own (ping, refresh, join)
+    /// are answered here, and a ping and a refresh go up too, so the room's
+    /// instance neither takes the link for dead nor lets its token expire.
     async fn handle(&mut self, msg: ClientMessage, state: &AppState, link: &MemberLink) -> Option<End> {
-        if self.remote.is_some() {
-            return Box::pin(self.handle_relayed(msg, state, link)).await;
-        }
         match msg {
             ClientMessage::Hello(_) => return self.invalid(link, ErrorCode::BadMessage, "already said hello".into()).await,
-            ClientMessage::Ping(p) => Self::reply(link, ServerMessage::Pong(Pong { t: p.t, server_time: now_unix_ms() })).await,
+            ClientMessage::Ping(p) => {
+                Self::reply(link, ServerMessage::Pong(Pong { t: p.t, server_time: now_unix_ms() })).await;
+                if self.remote.is_some() {
+                    Box::pin(self.relay(&ClientMessage::Ping(p))).await;
+                }
+            }
             // Boxed, as chat and voice below: their futures (the room's,
             // the store's, the SFU's) run to kilobytes, and an arm's future
             // is part of every socket's task for its whole life unless it is
@@ -786,16 +790,29 @@ impl Session {
                 self.end_voice(link, Some("voice is per room and you left it")).await;
                 match self.room.take() {
                     Some((room, seat)) => room.leave(seat.you, self.conn).await,
+                    None if self.remote.is_some() => Box::pin(self.leave_relay(state)).await,
                     None => return self.invalid(link, ErrorCode::NotInRoom, "leave needs a room; join one first".into()).await,
                 }
             }
             // Left for the room's next tick; a newer pose replaces it.
             ClientMessage::Pose(p) => match &self.room {
                 Some((_, seat)) => seat.poses.offer(self.conn, p.t, p.pose),
+                None if self.remote.is_some() => Box::pin(self.relay(&ClientMessage::Pose(p))).await,
                 None => return self.invalid(link, ErrorCode::NotInRoom, "pose needs a room; join one first".into()).await,
             },
-            ClientMessage::Refresh(r) => return self.refresh(r, state),
+            ClientMessage::Refresh(r) => {
+                let up = self.remote.is_some().then(|| ClientMessage::Refresh(r.clone()));
+                let end = self.refresh(r, state);
+                if end.is_none()
+                    && let Some(up) = up
+                {
+                    Box::pin(self.relay(&up)).await;
+                }
+                return end;
+            }
+            ClientMessage::Chat(c) if self.remote.is_some() => Box::pin(self.relay(&ClientMessage::Chat(c))).await,
             ClientMessage::Chat(c) => return Box::pin(self.chat(c, state, link)).await,
+            ClientMessage::Voice(v) if self.remote.is_some() => Box::pin(self.relay(&ClientMessage::Voice(v))).await,
             ClientMessage::Voice(v) => {
                 let kind = v.signal.get("type").and_then(|t| t.as_str()).unwrap_or("");
                 let span = self.trace.voice_signal(kind, self.room.as_ref().map(|(room, _)| &*room.id));
@@ -819,41 +836,24 @@ impl Session {
         }
     }
 
-    /// A message while the room runs on another instance: the room's own
-    /// go up the relay; the socket's (ping, refresh, join) are answered
-    /// here, and a ping and a refresh go up too, so the owner neither takes
-    /// the link for dead nor lets its token expire.
-    async fn handle_relayed(&mut self, msg: ClientMessage, state: &AppState, link: &MemberLink) -> Option<End> {
-        let up = match &msg {
-            ClientMessage::Pose(_) | ClientMessage::Chat(_) | ClientMessage::Voice(_) => true,
-            ClientMessage::Ping(p) => {
-                Self::reply(link, ServerMessage::Pong(Pong { t: p.t, server_time: now_unix_ms() })).await;
-                true
-            }
-            ClientMessage::Refresh(r) => {
-                if let Some(end) = self.refresh(r.clone(), state) {
-                    return Some(end);
-                }
-                true
-            }
-            ClientMessage::Leave => {
-                if let Some(upstream) = self.remote.take() {
-                    upstream.close().await;
-                }
-                if let Some(bus) = &state.bus {
-                    bus.forget_seat(&self.id).await;
-                }
-                self.seated = false;
-                false
-            }
-            ClientMessage::Join(j) => return Box::pin(self.join(j.clone(), state, link)).await,
-            ClientMessage::Hello(_) => return self.invalid(link, ErrorCode::BadMessage, "already said hello".into()).await,
-        };
-        if up && let Some(upstream) = self.remote.as_mut() {
-            // A link that failed reports its end to `run`.
-            let _ = upstream.send(&msg).await;
+    /// Passes a message up the relay, if there is one. A link that failed
+    /// reports its end to `run`.
+    async fn relay(&mut self, msg: &ClientMessage) {
+        if let Some(upstream) = self.remote.as_mut() {
+            let _ = upstream.send(msg).await;
         }
-        None
+    }
+
+    /// Leaves the room on the other instance: the relay closes, so the
+    /// seat there is let go.
+    async fn leave_relay(&mut self, state: &AppState) {
+        if let Some(upstream) = self.remote.take() {
+            upstream.close().await;
+        }
+        if let Some(bus) = &state.bus {
+            bus.forget_seat(&self.id).await;
+        }
+        self.seated = false;
     }
 
     /// Moves the socket into the room `j` names (leaving the one it is in).
@@ -1059,6 +1059,11 @@ impl Session {
             Self::reply(link, ServerMessage::Voice(VoiceSignal::Ended { reason: reason.into() }.into_message())).await;
         }
     }
+}
+
+/// A hello that asked to resume a session: the seat taken back, or gone.
+fn count_resume(resumed: bool) {
+    metrics::counter!(m::SEAT_RESUMES, "outcome" => if resumed { m::RESUMED } else { m::SEAT_GONE }).increment(1);
 }
 
 /// Resolves when the relay to the room's instance ends; never without one.
