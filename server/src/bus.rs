@@ -20,7 +20,7 @@
 use redis::aio::ConnectionManager;
 use crate::rooms::RoomHandle;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 /// How long a lease or an instance's address outlives its last renewal.
@@ -35,13 +35,51 @@ const DROPPED_SEAT_TTL: Duration = Duration::from_millis(plaza_shared::limits::R
 /// A Redis command that takes longer fails: a join waits on it.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Extends a key's expiry only while it still names this instance.
-const RENEW: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
-/// Deletes a key only while it still names this instance.
-const RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+/// Every lease this instance holds, in one round trip: KEYS are each
+/// room's owner and users keys in pairs, ARGV the instance, the TTL (ms)
+/// and each room's user count. A lease that still names this instance is
+/// extended; one nobody holds (Redis lost it) is taken back; one another
+/// instance holds is lost (0 in the answer). A kept room's count is
+/// written beside it.
+static RENEW_ALL: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "local kept = {}
+        for i = 1, #KEYS, 2 do
+            local owner = redis.call('get', KEYS[i])
+            local ok = 0
+            if owner == ARGV[1] then
+                redis.call('pexpire', KEYS[i], ARGV[2])
+                ok = 1
+            elseif not owner then
+                redis.call('set', KEYS[i], ARGV[1], 'PX', ARGV[2])
+                ok = 1
+            end
+            if ok == 1 then
+                redis.call('set', KEYS[i + 1], ARGV[2 + (i + 1) / 2], 'PX', ARGV[2])
+            end
+            kept[#kept + 1] = ok
+        end
+        return kept",
+    )
+});
+/// Deletes each of KEYS that still names this instance (ARGV[1]).
+static RELEASE_ALL: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "local n = 0
+        for _, key in ipairs(KEYS) do
+            if redis.call('get', key) == ARGV[1] then
+                redis.call('del', key)
+                n = n + 1
+            end
+        end
+        return n",
+    )
+});
 /// Moves a lease from an instance that stopped answering to this one,
 /// only if it still names that instance.
-const TAKE_OVER: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end";
+static TAKE_OVER: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new("if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end")
+});
 
 /// The messages carry their cause; see crate::RunError on why no `source`.
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +153,7 @@ impl Bus {
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_number_of_retries(1);
-        let unreachable = |e: redis::RedisError| BusError::Unreachable { url: url.to_owned(), cause: crate_root_cause(&e) };
+        let unreachable = |e: redis::RedisError| BusError::Unreachable { url: url.to_owned(), cause: plaza_shared::errors::root_cause(&e).to_string() };
         let redis = client.get_connection_manager_with_config(config).await.map_err(unreachable)?;
         let bus = Bus { redis, instance: crate::auth::random_token(9).into(), advertise: advertise.into(), leases: Arc::default() };
         bus.ping().await.map_err(|e| BusError::Unreachable { url: url.to_owned(), cause: e.to_string() })?;
@@ -167,7 +205,7 @@ impl Bus {
     /// Takes `room`'s lease from `from`, an owner that stopped answering;
     /// false when the lease no longer names it (someone else moved first).
     pub async fn take_over(&self, handle: &RoomHandle, from: &str) -> Result<bool, BusError> {
-        let moved: i64 = redis::Script::new(TAKE_OVER).key(owner_key(&handle.id)).arg(from).arg(&*self.instance).arg(millis(LEASE_TTL)).invoke_async(&mut self.conn()).await?;
+        let moved: i64 = TAKE_OVER.key(owner_key(&handle.id)).arg(from).arg(&*self.instance).arg(millis(LEASE_TTL)).invoke_async(&mut self.conn()).await?;
         if moved == 1 {
             tracing::warn!(room_id = %handle.id, from, "took over a room whose instance stopped answering");
             metrics::counter!(crate::metrics::ROOM_TAKEOVERS).increment(1);
@@ -260,38 +298,37 @@ impl Bus {
             metrics::counter!(crate::metrics::REDIS_ERRORS).increment(1);
             tracing::warn!(cause = %e, "instance address not renewed in Redis");
         }
-        for handle in self.held() {
-            let room = handle.id.clone();
-            let renewed: Result<i64, _> = redis::Script::new(RENEW).key(owner_key(&room)).arg(&*self.instance).arg(millis(LEASE_TTL)).invoke_async(&mut self.conn()).await;
-            match renewed {
-                Ok(1) => {
-                    let users: Result<(), _> = redis::cmd("SET").arg(users_key(&room)).arg(handle.members()).arg("PX").arg(millis(LEASE_TTL)).query_async(&mut self.conn()).await;
-                    if users.is_err() {
-                        metrics::counter!(crate::metrics::REDIS_ERRORS).increment(1);
-                    }
-                }
-                Ok(_) => {
-                    // Redis lost the key (a restart) or another instance took
-                    // the room over after missed renewals: take it back only
-                    // if nobody holds it now.
-                    let set: Result<Option<String>, _> = redis::cmd("SET").arg(owner_key(&room)).arg(&*self.instance).arg("NX").arg("PX").arg(millis(LEASE_TTL)).query_async(&mut self.conn()).await;
-                    if !matches!(set, Ok(Some(_))) {
-                        // Two copies of the room now: close this one's
-                        // members, who come back to the one that runs.
-                        tracing::error!(room_id = %room, "lost this room's lease to another instance; its members here are sent there");
-                        metrics::counter!(crate::metrics::ROOM_LEASES_LOST).increment(1);
-                        if let Ok(mut leases) = self.leases.lock() {
-                            leases.remove(&room);
-                            metrics::gauge!(crate::metrics::ROOM_LEASES).set(leases.len() as f64);
-                        }
-                        handle.evict().await;
-                    }
-                }
-                Err(e) => {
-                    metrics::counter!(crate::metrics::REDIS_ERRORS).increment(1);
-                    tracing::warn!(room_id = %room, cause = %e, "room lease not renewed in Redis");
-                }
+        let held = self.held();
+        if held.is_empty() {
+            return;
+        }
+        let mut renew = RENEW_ALL.prepare_invoke();
+        for handle in &held {
+            renew.key(owner_key(&handle.id)).key(users_key(&handle.id));
+        }
+        renew.arg(&*self.instance).arg(millis(LEASE_TTL));
+        for handle in &held {
+            renew.arg(handle.members());
+        }
+        let kept: Vec<i64> = match renew.invoke_async(&mut self.conn()).await {
+            Ok(kept) => kept,
+            Err(e) => {
+                metrics::counter!(crate::metrics::REDIS_ERRORS).increment(1);
+                tracing::warn!(rooms = held.len(), cause = %e, "room leases not renewed in Redis");
+                return;
             }
+        };
+        for (handle, _) in held.iter().zip(kept).filter(|(_, kept)| *kept != 1) {
+            // Another instance took the room over after missed renewals:
+            // two copies of it now. This one's members are closed, and
+            // come back to the one that runs.
+            tracing::error!(room_id = %handle.id, "lost this room's lease to another instance; its members here are sent there");
+            metrics::counter!(crate::metrics::ROOM_LEASES_LOST).increment(1);
+            if let Ok(mut leases) = self.leases.lock() {
+                leases.remove(&handle.id);
+                metrics::gauge!(crate::metrics::ROOM_LEASES).set(leases.len() as f64);
+            }
+            handle.evict().await;
         }
     }
 
@@ -300,18 +337,17 @@ impl Bus {
     pub async fn release_all(&self) {
         let rooms: Vec<Arc<str>> = self.leases.lock().map(|mut l| l.drain().map(|(id, _)| id).collect()).unwrap_or_default();
         metrics::gauge!(crate::metrics::ROOM_LEASES).set(0.0);
-        for room in &rooms {
-            let released: Result<i64, _> = redis::Script::new(RELEASE).key(owner_key(room)).arg(&*self.instance).invoke_async(&mut self.conn()).await;
+        if !rooms.is_empty() {
+            let mut release = RELEASE_ALL.prepare_invoke();
+            for room in &rooms {
+                release.key(owner_key(room));
+            }
+            let released: Result<i64, _> = release.arg(&*self.instance).invoke_async(&mut self.conn()).await;
             if let Err(e) = released {
-                tracing::warn!(room_id = %room, cause = %e, "room lease not released; it expires by itself");
+                tracing::warn!(rooms = rooms.len(), cause = %e, "room leases not released; they expire by themselves");
             }
         }
         let _: Result<(), _> = redis::cmd("DEL").arg(instance_key(&self.instance)).query_async(&mut self.conn()).await;
         tracing::info!(rooms = rooms.len(), "room leases released");
     }
-}
-
-/// The innermost cause of a Redis error ("Connection refused").
-fn crate_root_cause(e: &redis::RedisError) -> String {
-    plaza_shared::errors::root_cause(e).to_string()
 }

@@ -377,3 +377,21 @@ async fn a_room_whose_instance_is_full_stays_there() {
     assert!(refused(&b.http("GET", "/metrics", "", &[]).await.2) >= before + 1.0, "the refusal is counted");
     assert_eq!(cluster.owner_of(&at_a.room), Some(owner), "a full instance is alive: its room isn't taken from it");
 }
+
+#[tokio::test]
+async fn a_lease_redis_lost_is_taken_back_and_its_members_stay() {
+    let cluster = Cluster::new("retake");
+    let a = cluster.instance().await;
+    let (mut ada, _, at_a, _) = member(&a, "Ada", Subprotocol::Binary, "annex").await;
+    let owner = cluster.owner_of(&at_a.room).unwrap();
+    // A Redis restart without persistence, for this key.
+    cluster.redis.command(&["DEL", &format!("plaza:room:{}:owner", at_a.room)]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while cluster.owner_of(&at_a.room).is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the lease was never taken back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cluster.owner_of(&at_a.room), Some(owner));
+    ada.send(&ClientMessage::Ping(Ping { t: 5 })).await;
+    while !matches!(ada.recv().await, ServerMessage::Pong(_)) {}
+}
