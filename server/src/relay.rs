@@ -122,7 +122,6 @@ async fn dial_once(d: Dial<'_>) -> Result<Answered, RelayError> {
         put(SESSION_SIG, sig)?;
     }
     let config = WebSocketConfig::default().read_buffer_size(4096);
-    let expect_next = d.join.is_some() || d.resume.is_some();
     let answered = tokio::time::timeout(DIAL_TIMEOUT, async {
         let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true).await.map_err(|e| match e {
             tokio_tungstenite::tungstenite::Error::Http(response) => RelayError::Refused { url: url.clone(), status: response.status().as_u16() },
@@ -132,10 +131,10 @@ async fn dial_once(d: Dial<'_>) -> Result<Answered, RelayError> {
             ServerMessage::Welcome(w) => w,
             other => return Err(RelayError::Protocol { url: url.clone(), what: format!("{} before welcome", other.type_name()) }),
         };
-        let resumed = d.resume.is_some_and(|s| s == welcome.session);
-        let next = match (d.join.is_some(), d.resume.is_some()) {
-            (_, true) if !resumed => None,
-            _ if expect_next => Some(next_message(&mut ws, &url).await?),
+        // A resume that found no seat gets a new session and nothing more.
+        let seat_gone = d.resume.is_some_and(|s| s != welcome.session);
+        let next = match d.join.is_some() || d.resume.is_some() {
+            true if !seat_gone => Some(next_message(&mut ws, &url).await?),
             _ => None,
         };
         Ok(Answered { welcome, next, ws })
@@ -260,9 +259,7 @@ impl Upstream {
 
     /// Goes without a close frame, so the owner holds the seat for a
     /// resume (the client's socket dropped, or this instance drains).
-    pub fn drop_link(self) {
-        self.forward.abort();
-    }
+    pub fn drop_link(self) {}
 }
 
 impl Drop for Upstream {

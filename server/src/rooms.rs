@@ -273,13 +273,13 @@ pub struct RoomHandle {
 /// that run on another; a room nobody uses here costs its handle, not a
 /// task.
 struct RoomTask {
-    started: AtomicBool,
+    started: std::sync::OnceLock<()>,
     unstarted: std::sync::Mutex<Option<(Room, mpsc::Receiver<RoomCommand>)>>,
 }
 
 impl std::fmt::Debug for RoomTask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RoomTask").field("started", &self.started.load(Ordering::Relaxed)).finish()
+        f.debug_struct("RoomTask").field("started", &self.started.get().is_some()).finish()
     }
 }
 
@@ -290,25 +290,18 @@ impl RoomHandle {
 
     /// The room's commands; its task starts with the first.
     fn tx(&self) -> &mpsc::Sender<RoomCommand> {
-        if !self.task.started.load(Ordering::Acquire) {
-            self.start();
-        }
+        self.task.started.get_or_init(|| {
+            if let Some((room, rx)) = self.task.unstarted.lock().ok().and_then(|mut u| u.take()) {
+                let span = tracing::info_span!("room", room_id = %self.id, room_name = %self.name);
+                tokio::spawn(room.run(rx).instrument(span));
+            }
+        });
         &self.tx
-    }
-
-    #[cold]
-    fn start(&self) {
-        let Ok(mut unstarted) = self.task.unstarted.lock() else { return };
-        if let Some((room, rx)) = unstarted.take() {
-            let span = tracing::info_span!("room", room_id = %self.id, room_name = %self.name);
-            tokio::spawn(room.run(rx).instrument(span));
-        }
-        self.task.started.store(true, Ordering::Release);
     }
 
     /// Whether the room's task runs (it starts with the first command).
     pub fn started(&self) -> bool {
-        self.task.started.load(Ordering::Acquire)
+        self.task.started.get().is_some()
     }
 
     /// Takes a new seat; the room queues `joined` to `link` itself.
@@ -480,7 +473,7 @@ fn spawn_room_task(id: &str, name: &str, capacity: u32, store: Option<Store>) ->
         capacity,
         members: Arc::new(AtomicU32::new(0)),
         tx,
-        task: Arc::new(RoomTask { started: AtomicBool::new(false), unstarted: std::sync::Mutex::new(None) }),
+        task: Arc::new(RoomTask { started: std::sync::OnceLock::new(), unstarted: std::sync::Mutex::new(None) }),
     };
     let room = Room {
         id: handle.id.clone(),
@@ -498,9 +491,7 @@ fn spawn_room_task(id: &str, name: &str, capacity: u32, store: Option<Store>) ->
         recent_chat: if store.is_some() { crate::recent_chat::RecentChat::stored_room() } else { crate::recent_chat::RecentChat::new_room() },
         store: store.map(|store| (store, handle.tx.downgrade())),
     };
-    if let Ok(mut unstarted) = handle.task.unstarted.lock() {
-        *unstarted = Some((room, rx));
-    }
+    handle.task.unstarted.lock().expect("a new room's own lock").replace((room, rx));
     handle
 }
 
