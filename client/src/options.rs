@@ -6,7 +6,7 @@
 //! and the allowed values (clap's behaviour, with our parsers' messages).
 
 use clap::Parser;
-use plaza_shared::flags::Switch;
+use plaza_shared::flags::{HttpBaseError, Switch};
 use plaza_shared::quality::{Platform, PresetChoice};
 use std::path::PathBuf;
 
@@ -199,11 +199,11 @@ fn parse_device(s: &str) -> Result<String, String> {
 
 fn parse_server_url(s: &str) -> Result<String, String> {
     let s = s.trim().trim_end_matches('/');
-    let rest = s.strip_prefix("http://").ok_or_else(|| format!("`{s}` is not a server URL; expected http://HOST:PORT (https is not supported yet)"))?;
-    if rest.is_empty() || rest.contains('/') {
-        return Err(format!("`{s}` is not a server URL; expected http://HOST:PORT with no path"));
+    match plaza_shared::flags::http_base(s) {
+        Ok(_) => Ok(s.to_owned()),
+        Err(HttpBaseError::NotHttp) => Err(format!("`{s}` is not a server URL; expected http://HOST:PORT (https is not supported yet)")),
+        Err(HttpBaseError::NotHostPort) => Err(format!("`{s}` is not a server URL; expected http://HOST:PORT with no path")),
     }
-    Ok(s.to_owned())
 }
 
 /// A room as `--room` and the settings panel take it: an id or a name.

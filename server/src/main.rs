@@ -241,9 +241,9 @@ fn advertise_url(bind: SocketAddr, given: Option<&str>) -> anyhow::Result<String
 /// `--advertise-url`: http://HOST:PORT, no path.
 fn parse_advertise_url(url: &str) -> Result<String, String> {
     let wrong = || format!("`{url}` must be http://HOST:PORT (the address other instances reach this one at), with a port from 1 to 65535 and no path");
-    let host_port = url.strip_prefix("http://").ok_or_else(wrong)?.trim_end_matches('/');
+    let host_port = plaza_shared::flags::http_base(url).map_err(|_| wrong())?;
     let port = host_port.rsplit_once(':').and_then(|(host, port)| (!host.is_empty()).then_some(port)).and_then(|p| p.parse::<u16>().ok());
-    if port.is_none_or(|p| p == 0) || host_port.contains('/') {
+    if port.is_none_or(|p| p == 0) {
         return Err(wrong());
     }
     Ok(format!("http://{host_port}"))

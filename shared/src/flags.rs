@@ -1,5 +1,6 @@
 //! On/off switches as written in flags (`--lod off`) and environment
-//! variables (`ENABLE_LOD=false`).
+//! variables (`ENABLE_LOD=false`); servers' base URLs (`--server`,
+//! `--advertise-url`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -43,9 +44,39 @@ impl fmt::Display for Switch {
     }
 }
 
+/// What is wrong with a server's base URL ([`http_base`]); each program
+/// words it for its own flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpBaseError {
+    /// Not `http://…` (https is not supported).
+    NotHttp,
+    /// No host, or a path after it.
+    NotHostPort,
+}
+
+/// The `HOST[:PORT]` of a server's base URL, `http://HOST[:PORT]` with at
+/// most trailing slashes after it: what the client's and the load tool's
+/// `--server` and the server's `--advertise-url` take.
+pub fn http_base(url: &str) -> Result<&str, HttpBaseError> {
+    let host = url.strip_prefix("http://").ok_or(HttpBaseError::NotHttp)?.trim_end_matches('/');
+    if host.is_empty() || host.contains('/') {
+        return Err(HttpBaseError::NotHostPort);
+    }
+    Ok(host)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_base_url_is_http_a_host_and_nothing_after() {
+        assert_eq!(http_base("http://h:7878/"), Ok("h:7878"));
+        assert_eq!(http_base("http://h"), Ok("h"));
+        assert_eq!(http_base("https://h:1"), Err(HttpBaseError::NotHttp));
+        assert_eq!(http_base("http://"), Err(HttpBaseError::NotHostPort));
+        assert_eq!(http_base("http://h:1/api"), Err(HttpBaseError::NotHostPort));
+    }
 
     #[test]
     fn accepts_the_documented_spellings() {

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::ladder::{LadderConfig, Target};
 use crate::wire::Wire;
 use plaza_shared::codec::Subprotocol;
+use plaza_shared::flags::HttpBaseError;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -208,12 +209,11 @@ fn parse_silence_limit(s: &str) -> Result<f64, String> {
 }
 
 fn parse_server(s: &str) -> Result<String, String> {
-    let rest = s.strip_prefix("http://").ok_or_else(|| format!("`{s}` must start with http:// (https is not supported)"))?;
-    let host = rest.trim_end_matches('/');
-    if host.is_empty() || host.contains('/') {
-        return Err(format!("`{s}` must be http://host:port with no path"));
+    match plaza_shared::flags::http_base(s) {
+        Ok(host) => Ok(format!("http://{host}")),
+        Err(HttpBaseError::NotHttp) => Err(format!("`{s}` must start with http:// (https is not supported)")),
+        Err(HttpBaseError::NotHostPort) => Err(format!("`{s}` must be http://host:port with no path")),
     }
-    Ok(format!("http://{host}"))
 }
 
 /// A validated run.
