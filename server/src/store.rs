@@ -87,6 +87,35 @@ impl PendingChat {
     }
 }
 
+/// How long a schema statement retries while another process holds the
+/// database: instances that share a store may all start at once.
+const SCHEMA_BUSY_WAIT: Duration = Duration::from_secs(15);
+
+/// One idempotent schema statement, retried while SQLite says the
+/// database is busy. The busy timeout doesn't cover everything here:
+/// switching a new file to WAL takes an exclusive lock that SQLite does not
+/// wait for, so a second instance opening the same new file at the same
+/// moment got "database is locked" and failed to start.
+async fn execute_schema(pool: &AnyPool, sql: &str) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + SCHEMA_BUSY_WAIT;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match sqlx::query(sql).execute(pool).await {
+            Err(sqlx::Error::Database(e)) if is_busy(e.as_ref()) && tokio::time::Instant::now() + pause < deadline => {
+                tracing::debug!(cause = %e, "store busy while making its schema; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            result => return result.map(drop).map_err(StoreError::from),
+        }
+    }
+}
+
+/// SQLITE_BUSY, or one of its extended codes (the low byte is 5).
+fn is_busy(e: &dyn sqlx::error::DatabaseError) -> bool {
+    e.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(|code| code & 0xff == 5)
+}
+
 /// The chat table; only the auto-increment key is spelled per backend.
 fn chat_schema(backend: Backend) -> String {
     let key = match backend {
@@ -189,18 +218,18 @@ impl Store {
         if sqlite {
             // WAL (kept in the file): readers don't block the writer; a
             // killed process loses nothing that was committed.
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+            execute_schema(&pool, "PRAGMA journal_mode = WAL").await?;
         }
-        sqlx::query(&chat_schema(backend)).execute(&pool).await?;
-        sqlx::query(ROOMS_SCHEMA).execute(&pool).await?;
+        execute_schema(&pool, &chat_schema(backend)).await?;
+        execute_schema(&pool, ROOMS_SCHEMA).await?;
         // Names find rooms; instances sharing the store (`--redis-url`) may
         // make one at the same moment, and the index keeps it one room.
         // A database made before the index may hold a duplicate name: then
         // the index can't be made, and rooms work as before.
-        if let Err(e) = sqlx::query("CREATE UNIQUE INDEX IF NOT EXISTS rooms_by_name ON rooms (name)").execute(&pool).await {
+        if let Err(e) = execute_schema(&pool, "CREATE UNIQUE INDEX IF NOT EXISTS rooms_by_name ON rooms (name)").await {
             tracing::warn!(cause = %e, "rooms' names not made unique (two rooms share a name); instances that share this store could each make a room of one name");
         }
-        sqlx::query(REFRESH_SCHEMA).execute(&pool).await?;
+        execute_schema(&pool, REFRESH_SCHEMA).await?;
         let (chats, queue) = mpsc::channel(CHAT_QUEUE);
         tokio::spawn(write_chats(pool.clone(), queue));
         let (refresh_grants, queue) = mpsc::channel(REFRESH_QUEUE);
@@ -565,6 +594,26 @@ mod tests {
         assert_eq!(store.history("r1", 10).await.unwrap()[0].text, "kept");
         assert_eq!(store.rooms().await.unwrap(), vec![("r1".to_owned(), "plaza".to_owned(), 40)]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Instances sharing one store start at once (a cluster's first start,
+    /// or CI's): each makes the same schema in the same new file, and none
+    /// may fail for the other's lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_opening_one_new_file_at_once_all_open_it() {
+        for round in 0..60 {
+            let (dir, url) = empty_file_database(&format!("plaza-store-race-{round}"));
+            let opened = futures_util::future::join_all((0..4).map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { Store::connect(&url).await })
+            }))
+            .await;
+            for (i, store) in opened.into_iter().enumerate() {
+                let store = store.unwrap().unwrap_or_else(|e| panic!("round {round}, store {i}: {e}"));
+                store.insert_room(&format!("r{i}"), &format!("room {i}"), 40).await.unwrap();
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     #[tokio::test]

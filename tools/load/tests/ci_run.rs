@@ -311,11 +311,23 @@ fn users_spread_over_two_instances_lose_nothing() {
             ..plaza_server::ServerConfig::ephemeral()
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(plaza_server::run(config, listener, async {
+        let server = runtime.spawn(plaza_server::run(config, listener, async {
             let _ = stopped.await;
         }));
-        stops.push(stop);
+        stops.push((stop, server));
         urls.push(url);
+    }
+    // Both started at once, on one new store file; one that failed to
+    // start says why here, not as the load tool's refused logins.
+    for ((_, server), url) in stops.iter_mut().zip(&urls) {
+        let started = std::time::Instant::now();
+        while !runtime.block_on(async { reqwest::get(format!("{url}/health")).await.is_ok_and(|r| r.status().is_success()) }) {
+            if server.is_finished() {
+                panic!("the instance at {url} stopped: {:?}", runtime.block_on(server));
+            }
+            assert!(started.elapsed() < std::time::Duration::from_secs(20), "the instance at {url} didn't answer /health in 20 s");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
     let (r, _, _) = run_passing("cluster", &["--rooms", "2", "--users-per-room", "4", "--rate", "10", "--duration", "3", "--ramp", "0.5", "--chat-every", "1", "--server", &urls[0], "--also-server", &urls[1]]);
     assert_eq!((r["users"].as_u64(), r["lost"].as_u64(), r["misrouted"].as_u64(), r["errors"].as_u64()), (Some(8), Some(0), Some(0), Some(0)), "{r:#}");
