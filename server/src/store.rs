@@ -14,7 +14,7 @@
 
 use plaza_shared::messages::ChatMessage;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Row};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -96,11 +96,11 @@ const SCHEMA_BUSY_WAIT: Duration = Duration::from_secs(15);
 /// switching a new file to WAL takes an exclusive lock that SQLite does not
 /// wait for, so a second instance opening the same new file at the same
 /// moment got "database is locked" and failed to start.
-async fn execute_schema(pool: &AnyPool, sql: &str) -> Result<(), StoreError> {
+async fn execute_schema(conn: &mut AnyConnection, sql: &str) -> Result<(), StoreError> {
     let deadline = tokio::time::Instant::now() + SCHEMA_BUSY_WAIT;
     let mut pause = Duration::from_millis(10);
     loop {
-        match sqlx::query(sql).execute(pool).await {
+        match sqlx::query(sql).execute(&mut *conn).await {
             Err(sqlx::Error::Database(e)) if is_busy(e.as_ref()) && tokio::time::Instant::now() + pause < deadline => {
                 tracing::debug!(cause = %e, "store busy while making its schema; trying again");
                 tokio::time::sleep(pause).await;
@@ -109,6 +109,29 @@ async fn execute_schema(pool: &AnyPool, sql: &str) -> Result<(), StoreError> {
             result => return result.map(drop).map_err(StoreError::from),
         }
     }
+}
+
+/// The Postgres advisory lock that instances making the schema take in
+/// turn (any constant the database's other users don't take).
+const SCHEMA_LOCK_KEY: i64 = 0x70_6c_61_7a_61; // "plaza" in ASCII
+
+/// The tables and index, made where missing; every statement idempotent.
+async fn make_schema(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreError> {
+    if backend == Backend::Sqlite {
+        // WAL (kept in the file): readers don't block the writer; a
+        // killed process loses nothing that was committed.
+        execute_schema(conn, "PRAGMA journal_mode = WAL").await?;
+    }
+    execute_schema(conn, &chat_schema(backend)).await?;
+    execute_schema(conn, ROOMS_SCHEMA).await?;
+    // Names find rooms; instances sharing the store (`--redis-url`) may
+    // make one at the same moment, and the index keeps it one room.
+    // A database made before the index may hold a duplicate name: then
+    // the index can't be made, and rooms work as before.
+    if let Err(e) = execute_schema(conn, "CREATE UNIQUE INDEX IF NOT EXISTS rooms_by_name ON rooms (name)").await {
+        tracing::warn!(cause = %e, "rooms' names not made unique (two rooms share a name); instances that share this store could each make a room of one name");
+    }
+    execute_schema(conn, REFRESH_SCHEMA).await
 }
 
 /// SQLITE_BUSY, or one of its extended codes (the low byte is 5).
@@ -215,21 +238,20 @@ impl Store {
             })
             .connect(&url)
             .await?;
-        if sqlite {
-            // WAL (kept in the file): readers don't block the writer; a
-            // killed process loses nothing that was committed.
-            execute_schema(&pool, "PRAGMA journal_mode = WAL").await?;
+        let mut conn = pool.acquire().await?;
+        if backend == Backend::Postgres {
+            // Postgres's CREATE … IF NOT EXISTS is not safe against itself:
+            // instances sharing a new database that start at once failed
+            // on a duplicate key in its catalog. One makes the schema at a
+            // time; the lock is the connection's, freed with it on error.
+            sqlx::query(&format!("SELECT 1 FROM pg_advisory_lock({SCHEMA_LOCK_KEY})")).execute(&mut *conn).await?;
         }
-        execute_schema(&pool, &chat_schema(backend)).await?;
-        execute_schema(&pool, ROOMS_SCHEMA).await?;
-        // Names find rooms; instances sharing the store (`--redis-url`) may
-        // make one at the same moment, and the index keeps it one room.
-        // A database made before the index may hold a duplicate name: then
-        // the index can't be made, and rooms work as before.
-        if let Err(e) = execute_schema(&pool, "CREATE UNIQUE INDEX IF NOT EXISTS rooms_by_name ON rooms (name)").await {
-            tracing::warn!(cause = %e, "rooms' names not made unique (two rooms share a name); instances that share this store could each make a room of one name");
+        let made = make_schema(&mut conn, backend).await;
+        if backend == Backend::Postgres {
+            sqlx::query(&format!("SELECT pg_advisory_unlock({SCHEMA_LOCK_KEY})")).execute(&mut *conn).await?;
         }
-        execute_schema(&pool, REFRESH_SCHEMA).await?;
+        made?;
+        drop(conn);
         let (chats, queue) = mpsc::channel(CHAT_QUEUE);
         tokio::spawn(write_chats(pool.clone(), queue));
         let (refresh_grants, queue) = mpsc::channel(REFRESH_QUEUE);

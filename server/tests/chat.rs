@@ -39,6 +39,18 @@ async fn chat_on_postgres() {
     assert!(stored > 10, "{stored} rows in Postgres");
     let grants: u64 = pg.query("SELECT count(*) FROM refresh_tokens").parse().unwrap();
     assert!(grants >= 1, "{grants} refresh tokens in Postgres");
+    // Instances sharing a new database that start at once (a cluster's
+    // first start) each make the schema; Postgres's CREATE … IF NOT EXISTS
+    // run twice at once fails one of them unless they take turns.
+    for round in 0..6 {
+        pg.query(&format!("CREATE DATABASE at_once_{round}"));
+        let url = format!("{}/at_once_{round}", pg.url.rsplit_once('/').unwrap().0);
+        let opened = futures_util::future::join_all((0..4).map(|_| plaza_server::store::Store::connect(&url))).await;
+        for (i, store) in opened.into_iter().enumerate() {
+            let store = store.unwrap_or_else(|e| panic!("round {round}, instance {i}: {e}"));
+            store.insert_room(&format!("r{i}"), &format!("room {i}"), 40).await.unwrap();
+        }
+    }
     tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
 }
 
