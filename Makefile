@@ -11,7 +11,7 @@ RUN_FRAMES ?= 30
 FUZZ_SECONDS ?= 300
 FUZZ_TARGETS := decode_client_bin decode_server_bin decode_client_json decode_server_json
 
-.PHONY: setup build run test check-deps check-deploy check-tracy stack cluster peers bench bench-frames load load-voice load-restart load-hostile load-bad-network load-blackhole load-cluster ladder soak fuzz clippy clean-run assets
+.PHONY: setup build run test check-deps check-deploy check-tracy stack cluster peers bench bench-frames load load-voice load-restart load-hostile load-bad-network load-blackhole load-cluster load-balanced ladder soak fuzz clippy clean-run assets
 
 setup:
 	@bash tools/setup.sh
@@ -53,8 +53,9 @@ load: setup
 	$(CARGO) build --profile bench -p plaza-load
 	"$(CARGO_TARGET_DIR)/release/plaza-load" run $(LOAD_ARGS) --out target/plaza-load
 
-# Instances sharing rooms: two on loopback with a Redis (tools/cluster.sh,
-# docs/operations.md "Several instances"); Ctrl-C stops them.
+# Instances sharing rooms: two on loopback with a Redis and the balancer in
+# front (tools/cluster.sh, docs/operations.md "Several instances"); Ctrl-C
+# stops them.
 cluster: setup
 	$(CARGO) build --profile bench -p plaza-server
 	bash tools/cluster.sh "$(CARGO_TARGET_DIR)/release/plaza-server" target/plaza-cluster
@@ -64,7 +65,13 @@ cluster: setup
 CLUSTER_LOAD_ARGS ?= --rooms 20 --users-per-room 40 --rate 20 --duration 40 --ramp 5
 load-cluster: setup
 	$(CARGO) build --profile bench -p plaza-load -p plaza-server
-	bash tools/load-cluster.sh "$(CARGO_TARGET_DIR)/release/plaza-server" "$(CARGO_TARGET_DIR)/release/plaza-load" target/plaza-load/cluster $(CLUSTER_LOAD_ARGS)
+	bash tools/load-cluster.sh "$(CARGO_TARGET_DIR)/release/plaza-server" "$(CARGO_TARGET_DIR)/release/plaza-load" target/plaza-load/cluster spread $(CLUSTER_LOAD_ARGS)
+
+# The same users through the balancer (deploy/balancer/nginx.conf), which
+# routes by room: each room on one instance, nobody relayed.
+load-balanced: setup
+	$(CARGO) build --profile bench -p plaza-load -p plaza-server
+	bash tools/load-cluster.sh "$(CARGO_TARGET_DIR)/release/plaza-server" "$(CARGO_TARGET_DIR)/release/plaza-load" target/plaza-load/balanced balanced $(CLUSTER_LOAD_ARGS)
 
 # A 40-user room in voice: every user also sends and hears Opus-sized
 # frames through the SFU (docs/load.md, "Voice in a run").

@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Two plaza-server instances sharing rooms through one Redis, on loopback:
-# what docs/operations.md ("Several instances") describes, without Docker.
+# Two plaza-server instances sharing rooms through one Redis, on loopback,
+# behind the load balancer of deploy/balancer/nginx.conf: what
+# docs/operations.md ("Several instances") describes, without Docker.
 #
-#   tools/cluster.sh SERVER_BINARY DIR [PORT_A PORT_B REDIS_PORT]
+#   tools/cluster.sh SERVER_BINARY DIR [PORT_A PORT_B REDIS_PORT BALANCER_PORT]
 #
-# Starts redis-server and the two instances (one token secret, one SQLite
-# file in DIR), waits until both answer /ready, prints their URLs, and
-# keeps them running until interrupted; then stops all three. Logs in DIR.
+# Starts redis-server, the two instances (one token secret, one SQLite file
+# in DIR) and nginx, waits until all answer /ready, prints their URLs, and
+# keeps them running until interrupted; then stops them all. Logs in DIR.
 set -euo pipefail
-server=${1:?usage: tools/cluster.sh SERVER_BINARY DIR [PORT_A PORT_B REDIS_PORT]}
-dir=${2:?usage: tools/cluster.sh SERVER_BINARY DIR [PORT_A PORT_B REDIS_PORT]}
+server=${1:?usage: tools/cluster.sh SERVER_BINARY DIR [PORT_A PORT_B REDIS_PORT BALANCER_PORT]}
+dir=${2:?usage: tools/cluster.sh SERVER_BINARY DIR [PORT_A PORT_B REDIS_PORT BALANCER_PORT]}
 port_a=${3:-7878}
 port_b=${4:-7879}
 redis_port=${5:-6390}
-command -v redis-server >/dev/null || { echo "cluster: redis-server not found; run tools/setup.sh" >&2; exit 1; }
+balancer_port=${6:-7880}
+for tool in redis-server nginx; do
+  command -v "$tool" >/dev/null || { echo "cluster: $tool not found; run tools/setup.sh" >&2; exit 1; }
+done
 [ -x "$server" ] || { echo "cluster: $server is not an executable plaza-server" >&2; exit 1; }
 mkdir -p "$dir"
 
@@ -33,14 +37,20 @@ for port in "$port_a" "$port_b"; do
   "$server" --bind "127.0.0.1:$port" --data-dir "$dir/data" --redis-url "redis://127.0.0.1:$redis_port" --drain-grace-s 1 > "$dir/server-$port.log" 2>&1 &
   pids+=($!)
 done
-for port in "$port_a" "$port_b"; do
+# The balancer the docs describe, its upstreams swapped for these two.
+conf=$(cd "$(dirname "$0")/.." && pwd)/deploy/balancer/nginx.conf
+sed -e "s/plaza-server-1:7878/127.0.0.1:$port_a/" -e "s/plaza-server-2:7878/127.0.0.1:$port_b/" \
+    -e "s/listen 7878;/listen 127.0.0.1:$balancer_port;/" "$conf" > "$dir/balancer.conf"
+nginx -c "$dir/balancer.conf" -e "$dir/balancer.log" -g "daemon off; pid $dir/balancer.pid;" &
+pids+=($!)
+for port in "$port_a" "$port_b" "$balancer_port"; do
   for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$port/ready" >/dev/null && continue 2
     sleep 0.1
   done
-  echo "cluster: the instance on port $port isn't ready after 10 s; see $dir/server-$port.log" >&2
+  echo "cluster: nothing ready on port $port after 10 s; see the logs in $dir" >&2
   exit 1
 done
-echo "cluster: instances at http://127.0.0.1:$port_a and http://127.0.0.1:$port_b, Redis at redis://127.0.0.1:$redis_port (logs in $dir)"
+echo "cluster: instances at http://127.0.0.1:$port_a and http://127.0.0.1:$port_b, Redis at redis://127.0.0.1:$redis_port, and the balancer in front at http://127.0.0.1:$balancer_port, which sends each room's members to one instance (logs in $dir)"
 wait -n "${pids[@]}"
 echo "cluster: a process exited; stopping the others" >&2

@@ -20,6 +20,8 @@ PACKAGES=(
   postgresql
   # instances sharing rooms (--redis-url; the tests start their own Redis)
   redis-server
+  # the balancer in front of them (deploy/balancer, `make cluster`)
+  nginx
   # the socket.io baseline peers for load comparisons (tools/peers)
   nodejs
   # promtool (`make check-deploy`: alert rules and their unit tests) and the
