@@ -31,7 +31,13 @@ stop() {
 trap stop EXIT INT TERM
 
 redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no > "$dir/redis.log" 2>&1 &
-pids+=($!)
+redis=$!
+pids+=($redis)
+# Its own Redis, not one already on the port: wait until it listens.
+until grep -q "Ready to accept connections" "$dir/redis.log" 2>/dev/null; do
+  kill -0 "$redis" 2>/dev/null || { echo "cluster: redis-server didn't start on port $redis_port: $(tail -1 "$dir/redis.log")" >&2; exit 1; }
+  sleep 0.1
+done
 export PLAZA_TOKEN_SECRET=${PLAZA_TOKEN_SECRET:-cluster-on-loopback-not-a-secret-0123456789}
 for port in "$port_a" "$port_b"; do
   "$server" --bind "127.0.0.1:$port" --data-dir "$dir/data" --redis-url "redis://127.0.0.1:$redis_port" --drain-grace-s 1 > "$dir/server-$port.log" 2>&1 &
