@@ -289,9 +289,87 @@ fn an_unreachable_server_fails_cleanly() {
 #[allow(dead_code)]
 mod redis;
 
+/// The most sockets either instance relayed while `run` ran (their
+/// `/metrics`, every 50 ms).
+fn most_relayed_during<T>(runtime: &tokio::runtime::Runtime, urls: &[String], run: impl FnOnce() -> T) -> (T, f64) {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (done, handle, urls) = (done.clone(), runtime.handle().clone(), urls.to_vec());
+        std::thread::spawn(move || {
+            let mut most = 0f64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                for url in &urls {
+                    let text = handle.block_on(async { reqwest::get(format!("{url}/metrics")).await.ok()?.text().await.ok() });
+                    if let Some(relayed) = text.and_then(|t| plaza_load::server::metric_value(&t, plaza_server::metrics::WS_RELAYED)) {
+                        most = most.max(relayed);
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            most
+        })
+    };
+    let out = run();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    (out, sampler.join().unwrap())
+}
+
+/// nginx running deploy/balancer/nginx.conf with its two upstreams swapped
+/// for `urls`' (what `make cluster` runs); stopped on drop.
+struct Balancer {
+    url: String,
+    child: std::process::Child,
+}
+
+impl Balancer {
+    fn start(urls: &[String], dir: &std::path::Path) -> Balancer {
+        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/balancer/nginx.conf")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let conf = shipped
+            .replace("plaza-server-1:7878", urls[0].trim_start_matches("http://"))
+            .replace("plaza-server-2:7878", urls[1].trim_start_matches("http://"))
+            .replace("listen 7878;", &format!("listen 127.0.0.1:{port};"));
+        assert_ne!(conf, shipped, "the shipped config names its upstreams as this test expects");
+        std::fs::write(dir.join("balancer.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(dir.join("balancer.conf"))
+            .arg("-e")
+            .arg(dir.join("balancer.log"))
+            .arg("-g")
+            .arg(format!("daemon off; pid {};", dir.join("balancer.pid").display()))
+            .spawn()
+            .unwrap_or_else(|e| panic!("nginx didn't start ({e}); run tools/setup.sh"));
+        Balancer { url: format!("http://127.0.0.1:{port}"), child }
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        // TERM to the master, which stops its workers (a KILL would leave
+        // them listening).
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for `url`'s /health (a started instance or the balancer); panics
+/// with `stopped()`'s words once that says it is gone.
+fn wait_for_health(runtime: &tokio::runtime::Runtime, url: &str, mut stopped: impl FnMut() -> Option<String>) {
+    let started = std::time::Instant::now();
+    while !runtime.block_on(async { reqwest::get(format!("{url}/health")).await.is_ok_and(|r| r.status().is_success()) }) {
+        if let Some(why) = stopped() {
+            panic!("{url} stopped: {why}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{url} didn't answer /health in 20 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// `--also-server`: users spread over two instances sharing rooms through
 /// Redis, every room with members at both; nothing lost or misrouted
-/// through the relay.
+/// through the relay. Then the same users through the balancer, which
+/// routes by room: still nothing lost, and nobody relayed.
 #[test]
 fn users_spread_over_two_instances_lose_nothing() {
     let redis = redis::Redis::start();
@@ -320,19 +398,25 @@ fn users_spread_over_two_instances_lose_nothing() {
     // Both started at once, on one new store file; one that failed to
     // start says why here, not as the load tool's refused logins.
     for ((_, server), url) in stops.iter_mut().zip(&urls) {
-        let started = std::time::Instant::now();
-        while !runtime.block_on(async { reqwest::get(format!("{url}/health")).await.is_ok_and(|r| r.status().is_success()) }) {
-            if server.is_finished() {
-                panic!("the instance at {url} stopped: {:?}", runtime.block_on(server));
-            }
-            assert!(started.elapsed() < std::time::Duration::from_secs(20), "the instance at {url} didn't answer /health in 20 s");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        wait_for_health(&runtime, url, || server.is_finished().then(|| format!("{:?}", runtime.block_on(&mut *server))));
     }
-    let (r, _, _) = run_passing("cluster", &["--rooms", "2", "--users-per-room", "4", "--rate", "10", "--duration", "3", "--ramp", "0.5", "--chat-every", "1", "--server", &urls[0], "--also-server", &urls[1]]);
+    // Through the balancer first, while the rooms are new: each starts at
+    // the instance its members are routed to. (A room keeps running where
+    // it first ran, so the spread run after finds them placed.)
+    let args = ["--rooms", "2", "--users-per-room", "4", "--rate", "10", "--duration", "3", "--ramp", "0.5", "--chat-every", "1"];
+    let mut balancer = Balancer::start(&urls, &dir);
+    wait_for_health(&runtime, &balancer.url.clone(), || balancer.child.try_wait().ok().flatten().map(|status| format!("nginx exited ({status}); see {}", dir.join("balancer.log").display())));
+    let ((r, _, _), relayed) = most_relayed_during(&runtime, &urls, || run_passing("balanced", &[&args[..], &["--server", &balancer.url]].concat()));
+    assert_eq!((r["users"].as_u64(), r["lost"].as_u64(), r["misrouted"].as_u64(), r["errors"].as_u64()), (Some(8), Some(0), Some(0), Some(0)), "{r:#}");
+    assert!(r["received"].as_u64().unwrap() > 0 && r["chat"]["received"].as_u64().unwrap_or(0) > 0, "{r:#}");
+    assert_eq!(relayed, 0.0, "routed by room, every member reaches its room's instance");
+
+    let ((r, _, _), relayed) = most_relayed_during(&runtime, &urls, || run_passing("cluster", &[&args[..], &["--server", &urls[0], "--also-server", &urls[1]]].concat()));
     assert_eq!((r["users"].as_u64(), r["lost"].as_u64(), r["misrouted"].as_u64(), r["errors"].as_u64()), (Some(8), Some(0), Some(0), Some(0)), "{r:#}");
     assert!(r["received"].as_u64().unwrap() > 0);
     assert!(r["chat"]["received"].as_u64().unwrap_or(0) > 0, "chat crossed the relay: {r:#}");
+    assert!(relayed >= 1.0, "spread, members reach their rooms through the relay (most relayed at once: {relayed})");
+    drop(balancer);
     drop(stops);
     let _ = std::fs::remove_dir_all(&dir);
 }
