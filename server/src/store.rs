@@ -35,6 +35,9 @@ pub enum StoreError {
     Database(sqlx::Error),
     #[error("the store's writer has stopped")]
     WriterGone,
+    /// Another instance held the schema's lock for the whole wait.
+    #[error("another instance held the schema's lock (a Postgres advisory lock, key {SCHEMA_LOCK_KEY}) for {wait}s; is one stuck starting? {0}", wait = SCHEMA_BUSY_WAIT.as_secs())]
+    SchemaLock(sqlx::Error),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -87,8 +90,9 @@ impl PendingChat {
     }
 }
 
-/// How long a schema statement retries while another process holds the
-/// database: instances that share a store may all start at once.
+/// How long making the schema waits for another process that holds the
+/// database (SQLite) or the schema's lock (Postgres): instances that share
+/// a store may all start at once.
 const SCHEMA_BUSY_WAIT: Duration = Duration::from_secs(15);
 
 /// One idempotent schema statement, retried while SQLite says the
@@ -244,11 +248,15 @@ impl Store {
             // instances sharing a new database that start at once failed
             // on a duplicate key in its catalog. One makes the schema at a
             // time; the lock is the connection's, freed with it on error.
-            sqlx::query(&format!("SELECT 1 FROM pg_advisory_lock({SCHEMA_LOCK_KEY})")).execute(&mut *conn).await?;
+            // The wait is bounded like SQLite's: an instance stuck holding
+            // it fails the next one's start with "lock timeout", no hang.
+            sqlx::query(&format!("SET lock_timeout = '{}s'", SCHEMA_BUSY_WAIT.as_secs())).execute(&mut *conn).await?;
+            sqlx::query(&format!("SELECT 1 FROM pg_advisory_lock({SCHEMA_LOCK_KEY})")).execute(&mut *conn).await.map_err(StoreError::SchemaLock)?;
         }
         let made = make_schema(&mut conn, backend).await;
         if backend == Backend::Postgres {
             sqlx::query(&format!("SELECT pg_advisory_unlock({SCHEMA_LOCK_KEY})")).execute(&mut *conn).await?;
+            sqlx::query("RESET lock_timeout").execute(&mut *conn).await?;
         }
         made?;
         drop(conn);
