@@ -7,7 +7,8 @@
 #
 # Starts redis-server, the two instances (one token secret, one SQLite file
 # in DIR) and nginx, waits until all answer /ready, prints their URLs, and
-# keeps them running until interrupted; then stops them all. Logs in DIR.
+# keeps them running until interrupted; then stops them all. Logs in DIR,
+# and DIR/ready once all of them answer.
 set -euo pipefail
 server=${1:?usage: tools/cluster.sh SERVER_BINARY DIR [PORT_A PORT_B REDIS_PORT BALANCER_PORT]}
 dir=${2:?usage: tools/cluster.sh SERVER_BINARY DIR [PORT_A PORT_B REDIS_PORT BALANCER_PORT]}
@@ -20,6 +21,9 @@ for tool in redis-server nginx; do
 done
 [ -x "$server" ] || { echo "cluster: $server is not an executable plaza-server" >&2; exit 1; }
 mkdir -p "$dir"
+# Made once everything answers, for scripts that start this in the
+# background (tools/load-cluster.sh).
+rm -f "$dir/ready"
 
 pids=()
 stop() {
@@ -57,6 +61,7 @@ for port in "$port_a" "$port_b" "$balancer_port"; do
   echo "cluster: nothing ready on port $port after 10 s; see the logs in $dir" >&2
   exit 1
 done
+touch "$dir/ready"
 echo "cluster: instances at http://127.0.0.1:$port_a and http://127.0.0.1:$port_b, Redis at redis://127.0.0.1:$redis_port, and the balancer in front at http://127.0.0.1:$balancer_port, which sends each room's members to one instance (logs in $dir)"
 wait -n "${pids[@]}"
 echo "cluster: a process exited; stopping the others" >&2
