@@ -56,6 +56,9 @@ pids+=($!)
 for port in "$port_a" "$port_b" "$balancer_port"; do
   for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$port/ready" >/dev/null && continue 2
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null || { echo "cluster: a process exited while starting; see the logs in $dir" >&2; exit 1; }
+    done
     sleep 0.1
   done
   echo "cluster: nothing ready on port $port after 10 s; see the logs in $dir" >&2
